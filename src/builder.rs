@@ -1,0 +1,415 @@
+//! The scan builder, [`Chunked`], and the methods that run it, [`RunChunkedDsl`].
+
+use std::marker::PhantomData;
+
+use diesel::Connection;
+
+use crate::iter::{LoadBatches, LoadIter, Scan, ScanConfig};
+use crate::key::{Bounds, Key};
+use crate::query::{LoadBatch, PrepareKeyed, PrepareModel, SeekQuery};
+use crate::source::ConnectionSource;
+
+/// The default number of rows per query, as in django-chunked-iterator.
+pub const DEFAULT_BATCH_SIZE: u64 = 1000;
+
+/// A query to be scanned in key order, one `LIMIT`ed query at a time.
+///
+/// Made by [`chunked_by`](crate::ChunkedDsl::chunked_by); configured with the
+/// methods below; run with [`RunChunkedDsl`]'s `load_iter` / `load_batches`.
+/// Nothing runs until the iterator is advanced.
+///
+/// ```
+/// # include!("../tests/doc_setup.rs");
+/// use diesel_chunked_iterator::prelude::*;
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let conn = &mut doc_connection();
+/// let titles: Vec<String> = posts::table
+///     .filter(posts::published.eq(true))
+///     .chunked_by(posts::id)
+///     .batch_size(2)      // SELECT … WHERE published AND id > ? ORDER BY id LIMIT 2
+///     .desc()             // … id < ? ORDER BY id DESC …
+///     .limit_total(2)     // stop after 2 rows
+///     .load_iter::<Post>(conn)
+///     .map(|p| p.map(|p| p.title))
+///     .collect::<Result<_, _>>()?;
+/// assert_eq!(titles, ["five", "three"]);
+/// # Ok(()) }
+/// ```
+#[must_use = "a chunked query does nothing until `load_iter` or `load_batches` runs it"]
+pub struct Chunked<Q, K: Key> {
+    query: Q,
+    key: K,
+    batch_size: u64,
+    limit_total: Option<u64>,
+    desc: bool,
+    start_after: Option<K::Value>,
+    end_at: Option<K::Value>,
+    max_retries: Option<u32>,
+}
+
+impl<Q, K: Key> Chunked<Q, K> {
+    pub(crate) fn new(query: Q, key: K) -> Self {
+        Self {
+            query,
+            key,
+            batch_size: DEFAULT_BATCH_SIZE,
+            limit_total: None,
+            desc: false,
+            start_after: None,
+            end_at: None,
+            max_retries: None,
+        }
+    }
+
+    /// Rows per query (the `LIMIT`); 1000 by default.
+    ///
+    /// `batch_size(0)` is not a panic: the first `next()` returns
+    /// [`Error::InvalidBatchSize`] and runs no query.
+    pub fn batch_size(mut self, n: u64) -> Self {
+        self.batch_size = n;
+        self
+    }
+
+    /// At most `n` rows in all. The last query asks only for what is left
+    /// (`LIMIT` shrinks), and no query runs once `n` rows were loaded;
+    /// `limit_total(0)` runs none.
+    pub fn limit_total(mut self, n: u64) -> Self {
+        self.limit_total = Some(n);
+        self
+    }
+
+    /// Scans in descending key order: `WHERE key < $last ORDER BY key DESC`.
+    pub fn desc(mut self) -> Self {
+        self.desc = true;
+        self
+    }
+
+    /// Scans in ascending key order (the default).
+    pub fn asc(mut self) -> Self {
+        self.desc = false;
+        self
+    }
+
+    /// Starts after `key`, exclusively: rows with a key greater than `key`
+    /// (less than `key` for [`desc`](Self::desc)).
+    ///
+    /// Pass the [`last_key`](crate::LoadIter::last_key) of an interrupted scan to
+    /// resume it with exactly the next row.
+    pub fn start_after(mut self, key: impl Into<K::Value>) -> Self {
+        self.start_after = Some(key.into());
+        self
+    }
+
+    /// Ends at `key`, inclusively: rows with a key up to and including `key`
+    /// (down to it for [`desc`](Self::desc)).
+    pub fn end_at(mut self, key: impl Into<K::Value>) -> Self {
+        self.end_at = Some(key.into());
+        self
+    }
+
+    /// How often a batch that failed for a transient reason (the connection broke,
+    /// the pool timed out) is run again; 0 disables retries. The default is 3 for
+    /// pools and 0 for a borrowed connection, which cannot be replaced.
+    pub fn max_retries(mut self, n: u32) -> Self {
+        self.max_retries = Some(n);
+        self
+    }
+
+    fn bounds(&self) -> Bounds<K::Value> {
+        Bounds {
+            after: self.start_after.clone(),
+            until: self.end_at.clone(),
+            desc: self.desc,
+        }
+    }
+
+    fn config(&self) -> ScanConfig {
+        ScanConfig {
+            batch_size: self.batch_size,
+            limit_total: self.limit_total,
+            max_retries: self.max_retries,
+        }
+    }
+}
+
+/// The backend a connection source talks to.
+pub type Db<S> = <<S as ConnectionSource>::Connection as Connection>::Backend;
+
+/// The prepared query of `load_iter::<M>` on query `Q`.
+pub type ModelBase<'a, Q, K, M, DB> = <Q as PrepareModel<'a, K, M, DB>>::Base;
+/// The prepared query of `load_iter_keyed` on query `Q`.
+pub type KeyedBase<'a, Q, K, DB> = <Q as PrepareKeyed<'a, K, DB>>::Base;
+
+/// What a scan yields per row: `M` for `load_iter::<M>`, the selection `U` for the
+/// `*_keyed` terminals.
+pub trait RowType {
+    /// What the iterators yield.
+    type Item;
+}
+
+/// How the rows of a batch are loaded and their keys read.
+pub trait Rows<Conn, B, K: Key>: RowType {
+    /// Loads one batch as `(key, item)` pairs.
+    fn load(
+        &mut self,
+        query: &SeekQuery<B, K>,
+        conn: &mut Conn,
+        limit: i64,
+    ) -> diesel::QueryResult<Vec<(K::Value, Self::Item)>>;
+}
+
+/// Rows of model `M`, loaded with the key selected beside them.
+#[derive(Debug)]
+pub struct ModelRows<M>(PhantomData<fn() -> M>);
+
+impl<M> RowType for ModelRows<M> {
+    type Item = M;
+}
+
+impl<Conn, B, K, M> Rows<Conn, B, K> for ModelRows<M>
+where
+    K: Key,
+    SeekQuery<B, K>: LoadBatch<Conn, (K::Value, M)>,
+{
+    fn load(
+        &mut self,
+        query: &SeekQuery<B, K>,
+        conn: &mut Conn,
+        limit: i64,
+    ) -> diesel::QueryResult<Vec<(K::Value, M)>> {
+        query.load_batch(conn, limit)
+    }
+}
+
+/// Rows of the query's own selection, with the key read by a closure.
+pub struct KeyedRows<U, F> {
+    key_of: F,
+    _row: PhantomData<fn() -> U>,
+}
+
+impl<U, F> std::fmt::Debug for KeyedRows<U, F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyedRows")
+    }
+}
+
+impl<U, F> RowType for KeyedRows<U, F> {
+    type Item = U;
+}
+
+impl<Conn, B, K, U, F> Rows<Conn, B, K> for KeyedRows<U, F>
+where
+    K: Key,
+    F: FnMut(&U) -> K::Value,
+    SeekQuery<B, K>: LoadBatch<Conn, U>,
+{
+    fn load(
+        &mut self,
+        query: &SeekQuery<B, K>,
+        conn: &mut Conn,
+        limit: i64,
+    ) -> diesel::QueryResult<Vec<(K::Value, U)>> {
+        let rows = query.load_batch(conn, limit)?;
+        Ok(rows.into_iter().map(|u| ((self.key_of)(&u), u)).collect())
+    }
+}
+
+/// A [`Chunked`] scan that can load model `M` from source `S`: every bound
+/// `load_iter::<M>` needs, in one place.
+pub trait ScanModel<'a, S: ConnectionSource, M> {
+    /// The prepared query.
+    type Base;
+    /// The key.
+    type Key: Key;
+    #[doc(hidden)]
+    fn into_scan(self, source: S) -> Scan<S, Self::Base, Self::Key, ModelRows<M>>;
+}
+
+impl<'a, Q, K, S, M> ScanModel<'a, S, M> for Chunked<Q, K>
+where
+    K: Key,
+    S: ConnectionSource,
+    Q: PrepareModel<'a, K, M, Db<S>>,
+    ModelRows<M>: Rows<S::Connection, ModelBase<'a, Q, K, M, Db<S>>, K>,
+{
+    type Base = ModelBase<'a, Q, K, M, Db<S>>;
+    type Key = K;
+
+    fn into_scan(self, source: S) -> Scan<S, Self::Base, K, ModelRows<M>> {
+        let (bounds, config) = (self.bounds(), self.config());
+        let query = self.query.prepare_model(self.key, bounds);
+        Scan::new(source, query, ModelRows(PhantomData), config)
+    }
+}
+
+/// A [`Chunked`] scan that can load its own selection `U` from source `S`, reading
+/// keys with `F`.
+pub trait ScanKeyed<'a, S: ConnectionSource, U, F> {
+    /// The prepared query.
+    type Base;
+    /// The key.
+    type Key: Key;
+    #[doc(hidden)]
+    fn into_scan(self, source: S, key_of: F) -> Scan<S, Self::Base, Self::Key, KeyedRows<U, F>>;
+}
+
+impl<'a, Q, K, S, U, F> ScanKeyed<'a, S, U, F> for Chunked<Q, K>
+where
+    K: Key,
+    S: ConnectionSource,
+    Q: PrepareKeyed<'a, K, Db<S>>,
+    F: FnMut(&U) -> K::Value,
+    KeyedRows<U, F>: Rows<S::Connection, KeyedBase<'a, Q, K, Db<S>>, K>,
+{
+    type Base = KeyedBase<'a, Q, K, Db<S>>;
+    type Key = K;
+
+    fn into_scan(self, source: S, key_of: F) -> Scan<S, Self::Base, K, KeyedRows<U, F>> {
+        let (bounds, config) = (self.bounds(), self.config());
+        let query = self.query.prepare_keyed(self.key, bounds);
+        let rows = KeyedRows {
+            key_of,
+            _row: PhantomData,
+        };
+        Scan::new(source, query, rows, config)
+    }
+}
+
+/// The iterator `load_iter::<M>` returns.
+pub type ModelIter<'a, C, S, M> =
+    LoadIter<S, <C as ScanModel<'a, S, M>>::Base, <C as ScanModel<'a, S, M>>::Key, ModelRows<M>>;
+/// The iterator `load_batches::<M>` returns.
+pub type ModelBatches<'a, C, S, M> =
+    LoadBatches<S, <C as ScanModel<'a, S, M>>::Base, <C as ScanModel<'a, S, M>>::Key, ModelRows<M>>;
+/// The iterator `load_iter_keyed` returns.
+pub type KeyedIter<'a, C, S, U, F> = LoadIter<
+    S,
+    <C as ScanKeyed<'a, S, U, F>>::Base,
+    <C as ScanKeyed<'a, S, U, F>>::Key,
+    KeyedRows<U, F>,
+>;
+/// The iterator `load_batches_keyed` returns.
+pub type KeyedBatches<'a, C, S, U, F> = LoadBatches<
+    S,
+    <C as ScanKeyed<'a, S, U, F>>::Base,
+    <C as ScanKeyed<'a, S, U, F>>::Key,
+    KeyedRows<U, F>,
+>;
+
+/// Runs a [`Chunked`] scan on a [`ConnectionSource`]: `&mut conn`, or a pool.
+///
+/// Like Diesel's `RunQueryDsl<Conn>`, the source is a parameter of the trait so
+/// that `load_iter::<Post>(&mut conn)` names only the model.
+///
+/// `load_iter::<M>` and `load_batches::<M>` select `(key, M::as_select())`, so the
+/// key column does not have to be a field of `M`; the query must not have its own
+/// `.select(..)` (that is a compile error). The `*_keyed` variants keep the
+/// query's selection and read the key with a closure.
+pub trait RunChunkedDsl<S: ConnectionSource>: Sized {
+    /// Yields rows of model `M` one by one, loading `batch_size` at a time.
+    ///
+    /// ```
+    /// # include!("../tests/doc_setup.rs");
+    /// use diesel_chunked_iterator::prelude::*;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let conn = &mut doc_connection();
+    /// for post in posts::table.chunked_by(posts::id).load_iter::<Post>(conn) {
+    ///     let post = post?;
+    ///     assert!(post.id >= 1);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    fn load_iter<'a, M>(self, source: S) -> ModelIter<'a, Self, S, M>
+    where
+        Self: ScanModel<'a, S, M>,
+    {
+        LoadIter::new(self.into_scan(source))
+    }
+
+    /// Yields one `Vec<M>` per query; never an empty one.
+    ///
+    /// ```
+    /// # include!("../tests/doc_setup.rs");
+    /// use diesel_chunked_iterator::prelude::*;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let conn = &mut doc_connection();
+    /// let sizes: Vec<usize> = posts::table
+    ///     .chunked_by(posts::id)
+    ///     .batch_size(2)
+    ///     .load_batches::<Post>(conn)
+    ///     .map(|b| b.map(|b| b.len()))
+    ///     .collect::<Result<_, _>>()?;
+    /// assert_eq!(sizes, [2, 2, 1]);
+    /// # Ok(()) }
+    /// ```
+    fn load_batches<'a, M>(self, source: S) -> ModelBatches<'a, Self, S, M>
+    where
+        Self: ScanModel<'a, S, M>,
+    {
+        LoadBatches::new(self.into_scan(source))
+    }
+
+    /// Yields rows of the query's own selection, one by one; `key_of` reads the
+    /// key from a row.
+    ///
+    /// ```
+    /// # include!("../tests/doc_setup.rs");
+    /// use diesel_chunked_iterator::prelude::*;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let conn = &mut doc_connection();
+    /// let rows: Vec<(i32, String)> = posts::table
+    ///     .select((posts::id, posts::title))
+    ///     .chunked_by(posts::id)
+    ///     .batch_size(2)
+    ///     .load_iter_keyed(conn, |row: &(i32, String)| row.0)
+    ///     .collect::<Result<_, _>>()?;
+    /// assert_eq!(rows[0], (1, "one".to_string()));
+    /// # Ok(()) }
+    /// ```
+    fn load_iter_keyed<'a, U, F>(self, source: S, key_of: F) -> KeyedIter<'a, Self, S, U, F>
+    where
+        Self: ScanKeyed<'a, S, U, F>,
+    {
+        LoadIter::new(self.into_scan(source, key_of))
+    }
+
+    /// Yields one `Vec` of the query's own selection per query; `key_of` reads the
+    /// key from a row.
+    ///
+    /// ```
+    /// # include!("../tests/doc_setup.rs");
+    /// use diesel_chunked_iterator::prelude::*;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let conn = &mut doc_connection();
+    /// let batches: Vec<Vec<i32>> = posts::table
+    ///     .select(posts::id)
+    ///     .chunked_by(posts::id)
+    ///     .batch_size(3)
+    ///     .load_batches_keyed(conn, |id: &i32| *id)
+    ///     .collect::<Result<_, _>>()?;
+    /// assert_eq!(batches, [vec![1, 2, 3], vec![4, 5]]);
+    /// # Ok(()) }
+    /// ```
+    fn load_batches_keyed<'a, U, F>(self, source: S, key_of: F) -> KeyedBatches<'a, Self, S, U, F>
+    where
+        Self: ScanKeyed<'a, S, U, F>,
+    {
+        LoadBatches::new(self.into_scan(source, key_of))
+    }
+}
+
+impl<Q, K: Key, S: ConnectionSource> RunChunkedDsl<S> for Chunked<Q, K> {}
+
+impl<Q, K: Key> std::fmt::Debug for Chunked<Q, K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Chunked")
+            .field("key", &self.key.describe())
+            .field("batch_size", &self.batch_size)
+            .field("limit_total", &self.limit_total)
+            .field("desc", &self.desc)
+            .field("start_after", &self.start_after)
+            .field("end_at", &self.end_at)
+            .field("max_retries", &self.max_retries)
+            .finish_non_exhaustive()
+    }
+}

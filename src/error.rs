@@ -1,0 +1,137 @@
+//! The crate's error type.
+
+use std::fmt;
+
+/// Everything a chunked scan can fail with.
+///
+/// Database errors are wrapped, never flattened into strings, so
+/// `matches!(err, Error::Database { source: diesel::result::Error::NotFound, .. })`
+/// style checks keep working.
+///
+/// ```
+/// use diesel_chunked_iterator::Error;
+///
+/// let err = Error::InvalidBatchSize { batch_size: 0 };
+/// assert_eq!(err.to_string(), "batch_size must be at least 1 (got 0)");
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// `batch_size(0)` (or a size that does not fit in SQL's `LIMIT`).
+    #[error("batch_size must be at least 1 (got {batch_size})")]
+    InvalidBatchSize {
+        /// The size that was asked for.
+        batch_size: u64,
+    },
+
+    /// The query already has a clause the scan must own. Only possible for a
+    /// query boxed with `into_boxed()`: for any other query this is a compile error.
+    #[error(
+        "the query already has {clause}: a chunked scan sets its own ORDER BY and LIMIT \
+         and never uses OFFSET; remove it ({hint})"
+    )]
+    QueryHasClause {
+        /// `"ORDER BY"`, `"LIMIT"` or `"OFFSET"`.
+        clause: &'static str,
+        /// What to use instead.
+        hint: &'static str,
+    },
+
+    /// Two rows of one batch had the same key. A keyset scan over a key that is not
+    /// unique skips rows at batch boundaries, so the scan stops instead.
+    #[error(
+        "key {columns} is not unique: two rows in batch {batch} share the value {value}; \
+         add a tiebreaker column, e.g. chunked_by(({columns}, id))"
+    )]
+    DuplicateKey {
+        /// The key column(s), as `table.column`.
+        columns: String,
+        /// The repeated value, `Debug`-formatted.
+        value: String,
+        /// The 1-based batch number.
+        batch: u64,
+    },
+
+    /// A batch ended at the key it started after: the key closure given to a
+    /// `*_keyed` terminal does not return the key column's value.
+    #[error(
+        "no progress: batch {batch} ended at the key it started after ({value}); \
+         the key closure must return the value of the key column {columns}"
+    )]
+    NoProgress {
+        /// The key column(s).
+        columns: String,
+        /// The key the batch started after.
+        value: String,
+        /// The 1-based batch number.
+        batch: u64,
+    },
+
+    /// A database error, with where in the scan it happened.
+    #[error("batch {batch} failed{}{}: {source}", DisplayAfter(.last_key), DisplayAttempts(*.attempts))]
+    Database {
+        /// The 1-based batch number.
+        batch: u64,
+        /// The key the batch started after (`Debug`-formatted), if any.
+        last_key: Option<String>,
+        /// How many times the batch was tried.
+        attempts: u32,
+        /// Diesel's error.
+        #[source]
+        source: diesel::result::Error,
+    },
+
+    /// A connection could not be had from a pool.
+    #[cfg(feature = "r2d2")]
+    #[error("batch {batch}: no connection from the pool after {attempts} attempt(s): {source}")]
+    Pool {
+        /// The 1-based batch number.
+        batch: u64,
+        /// How many times a connection was asked for.
+        attempts: u32,
+        /// r2d2's error.
+        #[source]
+        source: r2d2::Error,
+    },
+
+    /// A metadata query (such as the unique-index check) failed.
+    #[error("{context}: {source}")]
+    Query {
+        /// What was being done.
+        context: &'static str,
+        /// Diesel's error.
+        #[source]
+        source: diesel::result::Error,
+    },
+}
+
+struct DisplayAfter<'a>(&'a Option<String>);
+impl fmt::Display for DisplayAfter<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(k) => write!(f, " (after key {k})"),
+            None => Ok(()),
+        }
+    }
+}
+
+struct DisplayAttempts(u32);
+impl fmt::Display for DisplayAttempts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0 > 1 {
+            write!(f, " after {} attempts", self.0)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl Error {
+    /// The Diesel error inside, if this is a database error.
+    pub fn as_diesel(&self) -> Option<&diesel::result::Error> {
+        match self {
+            Error::Database { source, .. } | Error::Query { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,634 @@
+//! Keys: which columns can order a scan, what their values are in Rust, and the
+//! SQL that compares a row's key with a bound.
+//!
+//! A key is one column ([`chunked_by(posts::id)`](crate::ChunkedDsl::chunked_by)),
+//! or a tuple of two or three columns (`chunked_by((posts::created_at, posts::id))`)
+//! compared lexicographically. Every column must be `NOT NULL`: a nullable column is a
+//! compile error, since `NULL` neither sorts nor compares the same way on every
+//! backend and a keyset scan over it silently drops or repeats rows.
+//!
+//! The Rust type of a key value is found from the column's SQL type through
+//! [`KeySqlType`]: you never name it. For an SQL type this crate does not map,
+//! wrap the column in [`typed`] and name the Rust type once.
+
+use std::cell::UnsafeCell;
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use diesel::backend::Backend;
+use diesel::expression::{is_aggregate, AppearsOnTable, Expression, ValidGrouping};
+use diesel::query_builder::{AstPass, QueryFragment, QueryId};
+use diesel::serialize::ToSql;
+use diesel::sql_types::{self, is_nullable, Bool, HasSqlType, SingleValue, SqlType};
+use diesel::{Column, QueryResult};
+
+/// What a key value must be: cloneable, printable (for errors), comparable for
+/// equality (to detect duplicate keys) and shareable across threads.
+///
+/// Implemented for every type that has those traits.
+///
+/// ```
+/// fn takes_key_value<V: diesel_chunked_iterator::key::KeyValue>(_: V) {}
+/// takes_key_value(42_i64);
+/// takes_key_value((String::from("a"), 1_i32));
+/// ```
+pub trait KeyValue: Clone + fmt::Debug + PartialEq + Send + Sync + 'static {}
+impl<T: Clone + fmt::Debug + PartialEq + Send + Sync + 'static> KeyValue for T {}
+
+/// SQL types a key column may have, each with the Rust type its values load into.
+///
+/// | SQL type | Rust type | feature |
+/// | --- | --- | --- |
+/// | `SmallInt` / `Integer` / `BigInt` | `i16` / `i32` / `i64` | |
+/// | `Text` (and `Varchar`) | `String` | |
+/// | `Unsigned<Integer>` / `Unsigned<BigInt>` (MySQL) | `u32` / `u64` | `mysql` |
+/// | `Timestamp`, `Date` | `chrono::NaiveDateTime`, `chrono::NaiveDate` | `chrono` |
+/// | `Timestamptz` (PostgreSQL) | `chrono::DateTime<Utc>` | `chrono` + `postgres` |
+/// | `Datetime` (MySQL) | `chrono::NaiveDateTime` | `chrono` + `mysql` |
+/// | `Timestamp`, `Date` | `time::PrimitiveDateTime`, `time::Date` | `time` without `chrono` |
+/// | `Timestamptz` (PostgreSQL) | `time::OffsetDateTime` | `time` without `chrono` + `postgres` |
+/// | `Uuid` (PostgreSQL) | `uuid::Uuid` | `uuid` + `postgres` |
+///
+/// When both `chrono` and `time` are enabled, date and time columns map to
+/// `chrono`; use [`typed`] to scan one with `time` types.
+///
+/// `Nullable<_>` has no implementation on purpose: a nullable key column does not
+/// compile.
+///
+/// ```
+/// use diesel::sql_types::{BigInt, Text};
+/// use diesel_chunked_iterator::key::KeySqlType;
+///
+/// fn rust_type_of<ST: KeySqlType>() -> &'static str {
+///     std::any::type_name::<ST::Value>()
+/// }
+/// assert_eq!(rust_type_of::<BigInt>(), "i64");
+/// assert_eq!(rust_type_of::<Text>(), "alloc::string::String");
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "a column of SQL type `{Self}` cannot be a chunking key",
+    label = "not a key type",
+    note = "key columns must be NOT NULL and of type SmallInt, Integer, BigInt, Text, \
+            or (with the matching features) a date, timestamp or uuid type",
+    note = "a nullable column cannot be a key: NULLs do not compare, so rows would be \
+            skipped; scan by a NOT NULL column, or filter NULLs out and use \
+            `typed::<V>(column)` on a NOT NULL expression",
+    note = "for another NOT NULL type, name its Rust type: `chunked_by(typed::<MyType, _>(column))`"
+)]
+pub trait KeySqlType: SqlType<IsNull = is_nullable::NotNull> + SingleValue {
+    /// The Rust type values of this SQL type load into.
+    type Value: KeyValue;
+}
+
+macro_rules! key_sql_types {
+    ($($(#[$m:meta])* $st:ty => $v:ty;)*) => {$(
+        $(#[$m])*
+        impl KeySqlType for $st {
+            type Value = $v;
+        }
+    )*};
+}
+
+key_sql_types! {
+    sql_types::SmallInt => i16;
+    sql_types::Integer => i32;
+    sql_types::BigInt => i64;
+    sql_types::Text => String;
+    #[cfg(feature = "mysql")]
+    sql_types::Unsigned<sql_types::Integer> => u32;
+    #[cfg(feature = "mysql")]
+    sql_types::Unsigned<sql_types::BigInt> => u64;
+    #[cfg(feature = "chrono")]
+    sql_types::Timestamp => chrono::NaiveDateTime;
+    #[cfg(feature = "chrono")]
+    sql_types::Date => chrono::NaiveDate;
+    #[cfg(all(feature = "chrono", feature = "postgres"))]
+    sql_types::Timestamptz => chrono::DateTime<chrono::Utc>;
+    #[cfg(all(feature = "chrono", feature = "mysql"))]
+    sql_types::Datetime => chrono::NaiveDateTime;
+    #[cfg(all(feature = "time", not(feature = "chrono")))]
+    sql_types::Timestamp => time::PrimitiveDateTime;
+    #[cfg(all(feature = "time", not(feature = "chrono")))]
+    sql_types::Date => time::Date;
+    #[cfg(all(feature = "time", not(feature = "chrono"), feature = "postgres"))]
+    sql_types::Timestamptz => time::OffsetDateTime;
+    #[cfg(all(feature = "time", not(feature = "chrono"), feature = "mysql"))]
+    sql_types::Datetime => time::PrimitiveDateTime;
+    #[cfg(all(feature = "uuid", feature = "postgres"))]
+    sql_types::Uuid => uuid::Uuid;
+}
+
+/// One column of a key: a table column whose SQL type is a [`KeySqlType`], or a
+/// column wrapped in [`typed`].
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be (part of) a chunking key",
+    label = "not a NOT NULL column of a key type",
+    note = "a key is a NOT NULL column (`posts::id`), a tuple of 2 or 3 of them \
+            (`(posts::created_at, posts::id)`), or `typed::<V, _>(column)` for other types"
+)]
+pub trait KeyPart: Copy + Send + Sync + 'static {
+    /// The table column.
+    type Column: Column + Copy + Send + Sync + 'static;
+    /// The Rust type of the column's values.
+    type Value: KeyValue;
+    /// The column.
+    fn column(&self) -> &Self::Column;
+}
+
+impl<C> KeyPart for C
+where
+    C: Column + Copy + Send + Sync + 'static,
+    C::SqlType: KeySqlType,
+{
+    type Column = C;
+    type Value = <C::SqlType as KeySqlType>::Value;
+
+    fn column(&self) -> &C {
+        self
+    }
+}
+
+/// A key column whose Rust value type is named explicitly: the escape hatch for
+/// SQL types [`KeySqlType`] does not map (numerics, custom types, or `time` types
+/// while `chrono` is enabled). Made by [`typed`].
+pub struct Typed<V, C> {
+    column: C,
+    _value: PhantomData<fn() -> V>,
+}
+
+impl<V, C: Copy> Clone for Typed<V, C> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<V, C: Copy> Copy for Typed<V, C> {}
+impl<V, C: fmt::Debug> fmt::Debug for Typed<V, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "typed::<{}>({:?})", std::any::type_name::<V>(), self.column)
+    }
+}
+
+/// Uses `column` as a key whose values load into `V`.
+///
+/// The column must still be `NOT NULL`, and `V` must load from and bind to the
+/// column's SQL type on the backend you scan (Diesel checks that where the scan runs).
+///
+/// ```
+/// # include!("../tests/doc_setup.rs");
+/// use diesel_chunked_iterator::prelude::*;
+/// use diesel_chunked_iterator::key::typed;
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let conn = &mut doc_connection();
+/// // `i64` for an `Integer` column would not bind; any type that does works:
+/// let ids: Vec<i32> = posts::table
+///     .chunked_by(typed::<i32, _>(posts::id))
+///     .batch_size(2)
+///     .load_iter::<Post>(conn)
+///     .map(|p| p.map(|p| p.id))
+///     .collect::<Result<_, _>>()?;
+/// assert_eq!(ids, [1, 2, 3, 4, 5]);
+/// # Ok(()) }
+/// ```
+pub fn typed<V, C>(column: C) -> Typed<V, C>
+where
+    V: KeyValue,
+    C: Column + Copy + Send + Sync + 'static,
+    C::SqlType: SqlType<IsNull = is_nullable::NotNull> + SingleValue,
+{
+    Typed {
+        column,
+        _value: PhantomData,
+    }
+}
+
+impl<V, C> KeyPart for Typed<V, C>
+where
+    V: KeyValue,
+    C: Column + Copy + Send + Sync + 'static,
+    C::SqlType: SqlType<IsNull = is_nullable::NotNull> + SingleValue,
+{
+    type Column = C;
+    type Value = V;
+
+    fn column(&self) -> &C {
+        &self.column
+    }
+}
+
+/// A complete key: one column ([`Single`]) or a tuple of 2 or 3 [`KeyPart`]s.
+///
+/// You do not implement this; [`IntoKey`] turns what you pass to `chunked_by`
+/// into one.
+pub trait Key: Copy + Send + Sync + 'static {
+    /// The value of the key for one row: the column's value, or a tuple of them.
+    type Value: KeyValue;
+    /// What is selected to read the key back: the column, or a tuple of columns.
+    type Selection: Expression + Copy + Send + Sync + 'static;
+    /// How many columns the key has.
+    const ARITY: usize;
+    /// The expression to select.
+    fn selection(&self) -> Self::Selection;
+    /// `(table, column)` names of the key's columns, in order.
+    fn names(&self) -> Vec<(&'static str, &'static str)>;
+
+    /// The key's columns, as `posts.id` or `(posts.created_at, posts.id)`.
+    fn describe(&self) -> String {
+        let names: Vec<String> = self
+            .names()
+            .iter()
+            .map(|(t, c)| format!("{t}.{c}"))
+            .collect();
+        if names.len() == 1 {
+            names.into_iter().next().unwrap_or_default()
+        } else {
+            format!("({})", names.join(", "))
+        }
+    }
+}
+
+/// Renders a key's columns and binds a key value's parts on backend `DB`.
+///
+/// Implemented for every [`Key`] whose columns render on `DB` and whose values
+/// bind as the columns' SQL types there.
+pub trait KeySql<DB: Backend>: Key {
+    /// Writes column `i` of the key.
+    fn walk_column<'b>(&'b self, i: usize, out: AstPass<'_, 'b, DB>) -> QueryResult<()>;
+    /// Binds part `i` of `value`.
+    fn walk_value<'b>(value: &'b Self::Value, i: usize, out: AstPass<'_, 'b, DB>)
+        -> QueryResult<()>;
+}
+
+/// A key of one column. Made by `chunked_by(column)`.
+#[derive(Debug, Clone, Copy)]
+pub struct Single<P>(pub(crate) P);
+
+fn names_of<C: Column>() -> (&'static str, &'static str) {
+    (table_name::<C::Table>(), C::NAME)
+}
+
+/// The name `table!` gave a table type: `posts` for `schema::posts::table`.
+pub(crate) fn table_name<T>() -> &'static str {
+    let path = std::any::type_name::<T>();
+    let path = path.strip_suffix("::table").unwrap_or(path);
+    path.rsplit("::").next().unwrap_or(path)
+}
+
+impl<P: KeyPart> Key for Single<P> {
+    type Value = P::Value;
+    type Selection = P::Column;
+    const ARITY: usize = 1;
+
+    fn selection(&self) -> P::Column {
+        *self.0.column()
+    }
+    fn names(&self) -> Vec<(&'static str, &'static str)> {
+        vec![names_of::<P::Column>()]
+    }
+}
+
+type SqlTypeOf<P> = <<P as KeyPart>::Column as Expression>::SqlType;
+
+impl<P, DB> KeySql<DB> for Single<P>
+where
+    DB: Backend + HasSqlType<SqlTypeOf<P>>,
+    P: KeyPart,
+    P::Column: QueryFragment<DB>,
+    P::Value: ToSql<SqlTypeOf<P>, DB>,
+{
+    fn walk_column<'b>(&'b self, _i: usize, out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
+        self.0.column().walk_ast(out)
+    }
+    fn walk_value<'b>(value: &'b P::Value, _i: usize, mut out: AstPass<'_, 'b, DB>)
+        -> QueryResult<()> {
+        out.push_bind_param::<SqlTypeOf<P>, P::Value>(value)
+    }
+}
+
+macro_rules! tuple_key {
+    ($arity:expr; $($p:ident $i:tt),+) => {
+        impl<$($p: KeyPart),+> Key for ($($p,)+) {
+            type Value = ($($p::Value,)+);
+            type Selection = ($($p::Column,)+);
+            const ARITY: usize = $arity;
+
+            fn selection(&self) -> Self::Selection {
+                ($(*self.$i.column(),)+)
+            }
+            fn names(&self) -> Vec<(&'static str, &'static str)> {
+                vec![$(names_of::<$p::Column>()),+]
+            }
+        }
+
+        impl<DB, $($p),+> KeySql<DB> for ($($p,)+)
+        where
+            DB: Backend $(+ HasSqlType<SqlTypeOf<$p>>)+,
+            $($p: KeyPart, $p::Column: QueryFragment<DB>, $p::Value: ToSql<SqlTypeOf<$p>, DB>,)+
+        {
+            fn walk_column<'b>(&'b self, i: usize, out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
+                $(if i == $i { return self.$i.column().walk_ast(out); })+
+                Err(out_of_range(i))
+            }
+            fn walk_value<'b>(value: &'b Self::Value, i: usize, mut out: AstPass<'_, 'b, DB>)
+                -> QueryResult<()> {
+                $(if i == $i { return out.push_bind_param::<SqlTypeOf<$p>, $p::Value>(&value.$i); })+
+                Err(out_of_range(i))
+            }
+        }
+    };
+}
+
+fn out_of_range(i: usize) -> diesel::result::Error {
+    diesel::result::Error::QueryBuilderError(format!("key has no column {i}").into())
+}
+
+tuple_key!(2; A 0, B 1);
+tuple_key!(3; A 0, B 1, C 2);
+
+/// Turns what is passed to `chunked_by` into a [`Key`]: a column, a [`typed`]
+/// column, or a tuple of 2 or 3 of them.
+///
+/// `Marker` only lets single columns and tuples have separate implementations;
+/// the compiler infers it.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be a chunking key",
+    label = "not a key",
+    note = "a key is a NOT NULL column (`posts::id`), a tuple of 2 or 3 of them \
+            (`(posts::created_at, posts::id)`), or `typed::<V, _>(column)`; \
+            nullable columns cannot be keys"
+)]
+pub trait IntoKey<Marker> {
+    /// The key.
+    type Key: Key;
+    /// Converts.
+    fn into_key(self) -> Self::Key;
+}
+
+/// [`IntoKey`] marker for one column.
+#[derive(Debug)]
+pub enum OneColumn {}
+/// [`IntoKey`] marker for a tuple of columns.
+#[derive(Debug)]
+pub enum Columns {}
+
+impl<P: KeyPart> IntoKey<OneColumn> for P {
+    type Key = Single<P>;
+    fn into_key(self) -> Single<P> {
+        Single(self)
+    }
+}
+impl<A: KeyPart, B: KeyPart> IntoKey<Columns> for (A, B) {
+    type Key = (A, B);
+    fn into_key(self) -> Self {
+        self
+    }
+}
+impl<A: KeyPart, B: KeyPart, C: KeyPart> IntoKey<Columns> for (A, B, C) {
+    type Key = (A, B, C);
+    fn into_key(self) -> Self {
+        self
+    }
+}
+
+/// How a backend compares composite keys.
+///
+/// PostgreSQL and SQLite (≥ 3.15) get the row-value form `(a, b) > ($1, $2)`, which
+/// their planners turn into one index range scan. MySQL/MariaDB get the expanded
+/// form `a >= ? AND (a > ? OR a = ? AND b > ?)`: MariaDB does not use an index range
+/// for row-value comparisons, while the leading `a >= ?` gives it (and MySQL) a
+/// range on the first index column. Single-column keys are `a > ?` everywhere.
+///
+/// ```
+/// use diesel_chunked_iterator::key::KeysetBackend;
+/// assert!(<diesel::sqlite::Sqlite as KeysetBackend>::ROW_VALUES);
+/// ```
+pub trait KeysetBackend: Backend {
+    /// Whether composite keys are compared as row values.
+    const ROW_VALUES: bool;
+}
+
+#[cfg(feature = "sqlite")]
+impl KeysetBackend for diesel::sqlite::Sqlite {
+    const ROW_VALUES: bool = true;
+}
+#[cfg(feature = "postgres")]
+impl KeysetBackend for diesel::pg::Pg {
+    const ROW_VALUES: bool = true;
+}
+#[cfg(feature = "mysql")]
+impl KeysetBackend for diesel::mysql::Mysql {
+    const ROW_VALUES: bool = false;
+}
+
+/// The bounds of a scan: where the next batch starts and where the scan ends.
+#[derive(Debug, Clone)]
+#[doc(hidden)]
+pub struct Bounds<V> {
+    /// Exclusive: rows strictly after this key (before it, descending).
+    pub(crate) after: Option<V>,
+    /// Inclusive: rows up to and including this key (down to it, descending).
+    pub(crate) until: Option<V>,
+    pub(crate) desc: bool,
+}
+
+/// The bounds, shared between the scan (which moves `after` between batches) and
+/// the [`SeekPredicate`] inside the boxed query (which renders them).
+///
+/// A `Mutex` cannot be used: Diesel binds parameters by reference for the lifetime
+/// of the AST walk, which no lock guard can outlive.
+pub(crate) struct BoundsCell<V>(UnsafeCell<Bounds<V>>);
+
+// SAFETY: the cell hands out shared references (`get`) and is written only by
+// `set_after`, whose contract excludes any live shared reference. Sharing it is
+// sharing `&Bounds<V>`, which is `Sync` when `V` is; sending it sends a `V`.
+unsafe impl<V: Send> Send for BoundsCell<V> {}
+unsafe impl<V: Sync> Sync for BoundsCell<V> {}
+
+impl<V> BoundsCell<V> {
+    pub(crate) fn new(bounds: Bounds<V>) -> Arc<Self> {
+        Arc::new(Self(UnsafeCell::new(bounds)))
+    }
+
+    fn get(&self) -> &Bounds<V> {
+        // SAFETY: see `set_after`: no write happens while this borrow lives.
+        unsafe { &*self.0.get() }
+    }
+
+    pub(crate) fn bounds(&self) -> &Bounds<V> {
+        self.get()
+    }
+
+    /// Moves the exclusive bound.
+    ///
+    /// # Safety
+    /// No reference returned by `get`/`bounds` may be alive, on any thread. The
+    /// only holders of the cell are a [`crate::query::SeekQuery`] and the predicate
+    /// inside the query it owns; it calls this from `&mut self`, which proves that no
+    /// walk of its query (the only reader) is in progress.
+    pub(crate) unsafe fn set_after(&self, after: Option<V>) {
+        unsafe { (*self.0.get()).after = after };
+    }
+}
+
+/// The seek predicate: `key > $after AND key <= $until`, in the backend's form.
+/// It is added once to the user's query with `.filter(..)`; the bounds it renders
+/// move between batches.
+#[allow(missing_debug_implementations)]
+pub struct SeekPredicate<K: Key> {
+    key: K,
+    bounds: Arc<BoundsCell<K::Value>>,
+}
+
+impl<K: Key> SeekPredicate<K> {
+    pub(crate) fn new(key: K, bounds: Arc<BoundsCell<K::Value>>) -> Self {
+        Self { key, bounds }
+    }
+}
+
+impl<K: Key> Expression for SeekPredicate<K> {
+    type SqlType = Bool;
+}
+
+impl<K: Key> ValidGrouping<()> for SeekPredicate<K> {
+    type IsAggregate = is_aggregate::No;
+}
+
+impl<K: Key, QS> AppearsOnTable<QS> for SeekPredicate<K> where K::Selection: AppearsOnTable<QS> {}
+
+impl<K: Key> QueryId for SeekPredicate<K> {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Op {
+    Gt,
+    Lt,
+    Ge,
+    Le,
+}
+
+impl Op {
+    fn sql(self) -> &'static str {
+        match self {
+            Op::Gt => " > ",
+            Op::Lt => " < ",
+            Op::Ge => " >= ",
+            Op::Le => " <= ",
+        }
+    }
+    /// The strict comparison going the same way.
+    fn strict(self) -> Op {
+        match self {
+            Op::Gt | Op::Ge => Op::Gt,
+            Op::Lt | Op::Le => Op::Lt,
+        }
+    }
+    /// The non-strict comparison going the same way.
+    fn loose(self) -> Op {
+        match self {
+            Op::Gt | Op::Ge => Op::Ge,
+            Op::Lt | Op::Le => Op::Le,
+        }
+    }
+}
+
+impl<K, DB> QueryFragment<DB> for SeekPredicate<K>
+where
+    DB: KeysetBackend,
+    K: KeySql<DB>,
+{
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
+        let bounds = self.bounds.get();
+        let (start, end) = if bounds.desc {
+            (Op::Lt, Op::Ge)
+        } else {
+            (Op::Gt, Op::Le)
+        };
+        let mut parts = 0;
+        if let Some(after) = &bounds.after {
+            walk_compare(&self.key, after, start, out.reborrow())?;
+            parts += 1;
+        }
+        if let Some(until) = &bounds.until {
+            if parts > 0 {
+                out.push_sql(" AND ");
+            }
+            walk_compare(&self.key, until, end, out.reborrow())?;
+            parts += 1;
+        }
+        if parts == 0 {
+            // The first batch of an unbounded scan: the predicate is always true.
+            out.push_sql("1 = 1");
+        }
+        Ok(())
+    }
+}
+
+/// `key OP value`, lexicographic for composite keys.
+fn walk_compare<'b, K, DB>(
+    key: &'b K,
+    value: &'b K::Value,
+    op: Op,
+    mut out: AstPass<'_, 'b, DB>,
+) -> QueryResult<()>
+where
+    DB: KeysetBackend,
+    K: KeySql<DB>,
+{
+    let n = K::ARITY;
+    if n == 1 {
+        key.walk_column(0, out.reborrow())?;
+        out.push_sql(op.sql());
+        return K::walk_value(value, 0, out);
+    }
+    if DB::ROW_VALUES {
+        // (a, b) > (?, ?)
+        out.push_sql("(");
+        for i in 0..n {
+            if i > 0 {
+                out.push_sql(", ");
+            }
+            key.walk_column(i, out.reborrow())?;
+        }
+        out.push_sql(")");
+        out.push_sql(op.sql());
+        out.push_sql("(");
+        for i in 0..n {
+            if i > 0 {
+                out.push_sql(", ");
+            }
+            K::walk_value(value, i, out.reborrow())?;
+        }
+        out.push_sql(")");
+        return Ok(());
+    }
+    // a >= ? AND (a > ? OR a = ? AND (b > ? OR b = ? AND c OP ?))
+    out.push_sql("(");
+    key.walk_column(0, out.reborrow())?;
+    out.push_sql(op.loose().sql());
+    K::walk_value(value, 0, out.reborrow())?;
+    out.push_sql(" AND ");
+    for i in 0..n {
+        if i + 1 == n {
+            key.walk_column(i, out.reborrow())?;
+            out.push_sql(op.sql());
+            K::walk_value(value, i, out.reborrow())?;
+        } else {
+            out.push_sql("(");
+            key.walk_column(i, out.reborrow())?;
+            out.push_sql(op.strict().sql());
+            K::walk_value(value, i, out.reborrow())?;
+            out.push_sql(" OR ");
+            key.walk_column(i, out.reborrow())?;
+            out.push_sql(" = ");
+            K::walk_value(value, i, out.reborrow())?;
+            out.push_sql(" AND ");
+        }
+    }
+    for _ in 0..n {
+        out.push_sql(")");
+    }
+    Ok(())
+}

@@ -1,0 +1,394 @@
+//! The SQL of one batch, and how a user's query becomes it.
+//!
+//! A scan boxes the user's query once ([`ChunkableQuery`]), adds the seek
+//! predicate to its `WHERE` clause once ([`SeekPredicate`](crate::key::SeekPredicate)),
+//! and then runs, for every batch, the same statement with new bind values
+//! ([`Batch`]):
+//!
+//! ```text
+//! SELECT <key>, <model columns>            -- or the query's own selection
+//! FROM <the query's FROM and joins>
+//! WHERE (<the query's filters>) AND <key> > $after [AND <key> <= $until]
+//! [GROUP BY/HAVING of the query]
+//! ORDER BY <key> [DESC]
+//! LIMIT $n
+//! ```
+//!
+//! `> $after` becomes `< $after` for descending scans; the first batch of a scan
+//! with no start key renders the predicate as `1 = 1`. Composite keys compare
+//! lexicographically in the backend's best form ([`KeysetBackend`]).
+//!
+//! Keeping one boxed query for the whole scan is what lets a query the user boxed
+//! themselves (`into_boxed()`, the usual way to build dynamic filters) be scanned:
+//! boxed queries cannot be cloned. It also gives every batch after the first the
+//! same SQL text, so each backend prepares at most two statements per scan.
+
+use std::sync::Arc;
+
+use diesel::backend::Backend;
+use diesel::expression::Expression;
+use diesel::internal::derives::multiconnection::{
+    BoxedSelectStatement, LimitOffsetClause, NoLimitClause, NoOffsetClause, SelectStatement,
+    SelectStatementAccessor,
+};
+use diesel::internal::table_macro::{FromClause, NoFromClause};
+use diesel::query_builder::{AstPass, Query, QueryBuilder, QueryFragment, QueryId};
+use diesel::query_dsl::methods::{BoxedDsl, FilterDsl, SelectDsl};
+use diesel::query_dsl::LoadQuery;
+use diesel::{Selectable, SelectableHelper};
+use diesel::query_source::QuerySource;
+use diesel::sql_types::{BigInt, HasSqlType};
+use diesel::{QueryResult, RunQueryDsl};
+
+use crate::error::Error;
+use crate::key::{Bounds, BoundsCell, Key, KeySql, KeysetBackend, SeekPredicate};
+
+type PlainSelect = SelectStatement<NoFromClause, ()>;
+/// Diesel's "no ORDER BY" clause type, named through the accessor trait.
+type NoOrder = <PlainSelect as SelectStatementAccessor>::Order;
+/// Diesel's "no LIMIT, no OFFSET" clause type.
+type NoLimitOffset = LimitOffsetClause<NoLimitClause, NoOffsetClause>;
+/// Diesel's default (`SELECT` all columns of the source) clause type.
+type DefaultSelect<F> = <SelectStatement<F> as SelectStatementAccessor>::Select;
+
+/// Queries a chunked scan can run: `SELECT` statements with no `ORDER BY`,
+/// `LIMIT` or `OFFSET` of their own, plain or boxed.
+///
+/// For a plain query the check is done by the compiler. A boxed query's clauses are
+/// not in its type, so it is checked when the scan starts, and the first `next()`
+/// returns [`Error::QueryHasClause`] without running a query.
+///
+/// ```compile_fail
+/// # include!("../tests/doc_setup.rs");
+/// use diesel_chunked_iterator::prelude::*;
+/// # let conn = &mut doc_connection();
+/// // error: this query already has ORDER BY, LIMIT or OFFSET
+/// let it = posts::table.order(posts::title).chunked_by(posts::id).load_iter::<Post>(conn);
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "this query cannot be scanned in chunks: it already has ORDER BY, LIMIT or OFFSET",
+    label = "has ORDER BY, LIMIT or OFFSET",
+    note = "a chunked scan orders by its key and pages with LIMIT; it never uses OFFSET",
+    note = "remove `.order(..)`; for a reverse scan use `.chunked_by(key).desc()`",
+    note = "remove `.limit(..)` / `.offset(..)`; cap the rows with `.limit_total(n)` \
+            and resume with `.start_after(key)`"
+)]
+pub trait ChunkableQuery<'a, DB: Backend>: Sized {
+    /// The boxed form of the query.
+    type Boxed: Query;
+
+    /// Boxes the query, or says why it cannot be scanned.
+    fn into_boxed_checked(self) -> Result<Self::Boxed, Error>;
+}
+
+/// Implemented only for Diesel's "no ORDER BY" clause type.
+pub trait NoOrderClause {}
+impl NoOrderClause for NoOrder {}
+
+impl<'a, DB, F, S, D, W, O, G, H> ChunkableQuery<'a, DB>
+    for SelectStatement<FromClause<F>, S, D, W, O, NoLimitOffset, G, H>
+where
+    DB: Backend,
+    F: QuerySource,
+    O: NoOrderClause,
+    Self: BoxedDsl<'a, DB>,
+    diesel::dsl::IntoBoxed<'a, Self, DB>: Query,
+{
+    type Boxed = diesel::dsl::IntoBoxed<'a, Self, DB>;
+
+    fn into_boxed_checked(self) -> Result<Self::Boxed, Error> {
+        Ok(BoxedDsl::internal_into_boxed(self))
+    }
+}
+
+impl<'a, ST, QS, DB, GB> ChunkableQuery<'a, DB> for BoxedSelectStatement<'a, ST, FromClause<QS>, DB, GB>
+where
+    DB: Backend + Default,
+    DB::QueryBuilder: Default,
+    QS: QuerySource,
+    Self: Query + QueryFragment<DB>,
+{
+    type Boxed = Self;
+
+    fn into_boxed_checked(self) -> Result<Self, Error> {
+        let mut builder = DB::QueryBuilder::default();
+        self.to_sql(&mut builder, &DB::default())
+            .map_err(|source| Error::Query {
+                context: "rendering the boxed query",
+                source,
+            })?;
+        check_clauses(&builder.finish())?;
+        Ok(self)
+    }
+}
+
+/// Finds a top-level `ORDER BY`, `LIMIT` or `OFFSET` in Diesel-generated SQL:
+/// outside parentheses (subqueries) and quotes (identifiers and literals).
+fn check_clauses(sql: &str) -> Result<(), Error> {
+    let bytes = sql.as_bytes();
+    let mut depth = 0usize;
+    let mut quote: Option<u8> = None;
+    let mut i = 0;
+    while i < bytes.len() {
+        let c = bytes[i];
+        if let Some(q) = quote {
+            if c == q {
+                quote = None;
+            }
+        } else {
+            match c {
+                b'\'' | b'"' | b'`' => quote = Some(c),
+                b'(' => depth += 1,
+                b')' => depth = depth.saturating_sub(1),
+                b' ' if depth == 0 => {
+                    let rest = &sql[i + 1..];
+                    for (word, clause, hint) in [
+                        (
+                            "ORDER BY ",
+                            "ORDER BY",
+                            "the scan orders by its key; use .desc() for a reverse scan",
+                        ),
+                        (
+                            "LIMIT ",
+                            "LIMIT",
+                            "use .limit_total(n) to cap the number of rows",
+                        ),
+                        (
+                            "OFFSET ",
+                            "OFFSET",
+                            "use .start_after(key) to start further in",
+                        ),
+                    ] {
+                        if rest.starts_with(word) {
+                            return Err(Error::QueryHasClause { clause, hint });
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        i += 1;
+    }
+    Ok(())
+}
+
+/// Queries that select what Diesel selects by default (every column of the
+/// source), so that `load_iter::<M>` may select `(key, M::as_select())` instead
+/// without losing anything the user chose.
+///
+/// A query with its own `.select(..)` does not implement this: scan it with the
+/// `*_keyed` terminals, which keep the selection and take a closure that reads
+/// the key from a row.
+#[diagnostic::on_unimplemented(
+    message = "this query has its own `.select(..)`: `load_iter::<M>` / `load_batches::<M>` would replace it",
+    label = "custom selection",
+    note = "keep your selection and say how to read the key from a row: \
+            `.load_iter_keyed::<(i32, String), _>(conn, |row| row.0)`",
+    note = "or drop `.select(..)` and load a `Selectable` model: \
+            the scan selects `(key, M::as_select())` itself"
+)]
+pub trait DefaultSelection {}
+
+impl<F, D, W, O, L, G, H, LC> DefaultSelection
+    for SelectStatement<FromClause<F>, DefaultSelect<FromClause<F>>, D, W, O, L, G, H, LC>
+where
+    F: QuerySource,
+{
+}
+
+impl<ST, QS, DB, GB> DefaultSelection for BoxedSelectStatement<'_, ST, FromClause<QS>, DB, GB>
+where
+    QS: QuerySource,
+    QS::DefaultSelection: Expression<SqlType = ST>,
+{
+}
+
+/// A query prepared for a scan: the user's query, boxed, with the seek predicate
+/// in its `WHERE` clause and the selection the scan loads.
+#[allow(missing_debug_implementations)]
+pub struct SeekQuery<B, K: Key> {
+    base: B,
+    key: K,
+    bounds: Arc<BoundsCell<K::Value>>,
+}
+
+impl<B, K: Key> SeekQuery<B, K> {
+    /// Adds the seek predicate to `query` (once) and keeps the bounds it renders.
+    pub(crate) fn new<Q>(query: Q, key: K, bounds: Bounds<K::Value>) -> Self
+    where
+        Q: FilterDsl<SeekPredicate<K>, Output = B>,
+    {
+        let bounds = BoundsCell::new(bounds);
+        let base = query.filter(SeekPredicate::new(key, Arc::clone(&bounds)));
+        Self { base, key, bounds }
+    }
+
+    pub(crate) fn key(&self) -> &K {
+        &self.key
+    }
+
+    pub(crate) fn bounds(&self) -> &Bounds<K::Value> {
+        self.bounds.bounds()
+    }
+
+    /// Moves the exclusive start of the next batch.
+    pub(crate) fn set_after(&mut self, after: Option<K::Value>) {
+        // SAFETY: the predicate inside `self.base` is the only other holder of the
+        // cell, and it reads it only while `self.base` is walked, which needs a
+        // shared borrow of `self`; `&mut self` rules that out.
+        unsafe { self.bounds.set_after(after) }
+    }
+
+    /// The statement for the next batch: at most `limit` rows after the current
+    /// bound.
+    pub(crate) fn batch(&self, limit: i64) -> Batch<'_, B, K> {
+        Batch {
+            base: &self.base,
+            key: &self.key,
+            desc: self.bounds().desc,
+            limit,
+        }
+    }
+}
+
+/// One batch: the prepared query, then `ORDER BY <key> [DESC] LIMIT $n`.
+///
+/// The prepared query has no ORDER BY or LIMIT of its own ([`ChunkableQuery`]), so
+/// the clauses appended here land where SQL expects them, after any GROUP BY or
+/// HAVING.
+#[allow(missing_debug_implementations)]
+pub struct Batch<'q, B, K> {
+    base: &'q B,
+    key: &'q K,
+    desc: bool,
+    limit: i64,
+}
+
+impl<B: Query, K> Query for Batch<'_, B, K> {
+    type SqlType = B::SqlType;
+}
+
+impl<B, K> QueryId for Batch<'_, B, K> {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl<B, K, DB> QueryFragment<DB> for Batch<'_, B, K>
+where
+    DB: KeysetBackend + HasSqlType<BigInt>,
+    B: QueryFragment<DB>,
+    K: KeySql<DB>,
+    i64: diesel::serialize::ToSql<BigInt, DB>,
+{
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
+        self.base.walk_ast(out.reborrow())?;
+        out.push_sql(" ORDER BY ");
+        for i in 0..K::ARITY {
+            if i > 0 {
+                out.push_sql(", ");
+            }
+            self.key.walk_column(i, out.reborrow())?;
+            if self.desc {
+                out.push_sql(" DESC");
+            }
+        }
+        out.push_sql(" LIMIT ");
+        out.push_bind_param::<BigInt, i64>(&self.limit)
+    }
+}
+
+impl<B, K, Conn> RunQueryDsl<Conn> for Batch<'_, B, K> {}
+
+/// The `SELECT` the scan adds for `load_iter::<M>`: the key, then the model.
+pub type KeyAndModel<K, M, DB> = (
+    <K as Key>::Selection,
+    diesel::helper_types::AsSelect<M, DB>,
+);
+
+#[cfg(test)]
+mod tests {
+    use super::check_clauses;
+
+    #[test]
+    fn top_level_clauses_are_found() {
+        assert!(check_clauses("SELECT a FROM t WHERE b = $1").is_ok());
+        assert!(check_clauses("SELECT a FROM t ORDER BY a").is_err());
+        assert!(check_clauses("SELECT a FROM t LIMIT $1").is_err());
+        assert!(check_clauses("SELECT a FROM t LIMIT -1 OFFSET ?").is_err());
+        // inside a subquery or quotes: not the query's own
+        assert!(check_clauses("SELECT a FROM t WHERE a IN (SELECT b FROM u ORDER BY b LIMIT 1)").is_ok());
+        assert!(check_clauses("SELECT \"x LIMIT y\" FROM t").is_ok());
+        assert!(check_clauses("SELECT `a` FROM t WHERE c = ' ORDER BY '").is_ok());
+    }
+}
+
+/// Everything `load_iter::<M>` / `load_batches::<M>` needs of a query, in one bound:
+/// it can be chunked, it selects the default columns, and selecting
+/// `(key, M::as_select())` and adding the seek predicate type-check on `DB`.
+pub trait PrepareModel<'a, K: Key, M, DB: Backend> {
+    /// The prepared query's type.
+    type Base;
+
+    /// Boxes the query, selects `(key, M::as_select())`, adds the seek predicate.
+    fn prepare_model(self, key: K, bounds: Bounds<K::Value>) -> Result<SeekQuery<Self::Base, K>, Error>;
+}
+
+impl<'a, Q, K, M, DB> PrepareModel<'a, K, M, DB> for Q
+where
+    DB: Backend,
+    K: Key,
+    M: Selectable<DB>,
+    Q: ChunkableQuery<'a, DB> + DefaultSelection,
+    KeyAndModel<K, M, DB>: Expression,
+    Q::Boxed: SelectDsl<KeyAndModel<K, M, DB>>,
+    diesel::dsl::Select<Q::Boxed, KeyAndModel<K, M, DB>>: FilterDsl<SeekPredicate<K>>,
+{
+    type Base = diesel::dsl::Filter<diesel::dsl::Select<Q::Boxed, KeyAndModel<K, M, DB>>, SeekPredicate<K>>;
+
+    fn prepare_model(self, key: K, bounds: Bounds<K::Value>) -> Result<SeekQuery<Self::Base, K>, Error> {
+        let boxed = self.into_boxed_checked()?;
+        let selected = SelectDsl::select(boxed, (key.selection(), M::as_select()));
+        Ok(SeekQuery::new(selected, key, bounds))
+    }
+}
+
+/// Everything the `*_keyed` terminals need of a query: it can be chunked and the
+/// seek predicate type-checks. The query's own selection is kept.
+pub trait PrepareKeyed<'a, K: Key, DB: Backend> {
+    /// The prepared query's type.
+    type Base;
+
+    /// Boxes the query and adds the seek predicate.
+    fn prepare_keyed(self, key: K, bounds: Bounds<K::Value>) -> Result<SeekQuery<Self::Base, K>, Error>;
+}
+
+impl<'a, Q, K, DB> PrepareKeyed<'a, K, DB> for Q
+where
+    DB: Backend,
+    K: Key,
+    Q: ChunkableQuery<'a, DB>,
+    Q::Boxed: FilterDsl<SeekPredicate<K>>,
+{
+    type Base = diesel::dsl::Filter<Q::Boxed, SeekPredicate<K>>;
+
+    fn prepare_keyed(self, key: K, bounds: Bounds<K::Value>) -> Result<SeekQuery<Self::Base, K>, Error> {
+        let boxed = self.into_boxed_checked()?;
+        Ok(SeekQuery::new(boxed, key, bounds))
+    }
+}
+
+/// Runs one batch of a prepared query on `Conn`, loading `U`s.
+pub trait LoadBatch<Conn, U> {
+    /// Loads at most `limit` rows after the current bound.
+    fn load_batch(&self, conn: &mut Conn, limit: i64) -> QueryResult<Vec<U>>;
+}
+
+impl<B, K, Conn, U> LoadBatch<Conn, U> for SeekQuery<B, K>
+where
+    K: Key,
+    for<'q> Batch<'q, B, K>: LoadQuery<'q, Conn, U>,
+{
+    fn load_batch(&self, conn: &mut Conn, limit: i64) -> QueryResult<Vec<U>> {
+        self.batch(limit).load(conn)
+    }
+}
