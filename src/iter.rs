@@ -10,8 +10,8 @@
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use crate::error::Error;
 use crate::builder::{RowType, Rows};
+use crate::error::Error;
 use crate::key::Key;
 use crate::query::SeekQuery;
 use crate::source::{AttemptError, ConnectionSource};
@@ -166,10 +166,7 @@ where
         };
         let batch_no = self.batches + 1;
         let query = self.query.as_ref()?;
-        let max_retries = self
-            .config
-            .max_retries
-            .unwrap_or(S::DEFAULT_MAX_RETRIES);
+        let max_retries = self.config.max_retries.unwrap_or(S::DEFAULT_MAX_RETRIES);
         let loader = &mut self.rows;
         let mut attempt = 0u32;
         let rows = loop {

@@ -165,7 +165,12 @@ impl<V, C: Copy> Clone for Typed<V, C> {
 impl<V, C: Copy> Copy for Typed<V, C> {}
 impl<V, C: fmt::Debug> fmt::Debug for Typed<V, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "typed::<{}>({:?})", std::any::type_name::<V>(), self.column)
+        write!(
+            f,
+            "typed::<{}>({:?})",
+            std::any::type_name::<V>(),
+            self.column
+        )
     }
 }
 
@@ -256,8 +261,11 @@ pub trait KeySql<DB: Backend>: Key {
     /// Writes column `i` of the key.
     fn walk_column<'b>(&'b self, i: usize, out: AstPass<'_, 'b, DB>) -> QueryResult<()>;
     /// Binds part `i` of `value`.
-    fn walk_value<'b>(value: &'b Self::Value, i: usize, out: AstPass<'_, 'b, DB>)
-        -> QueryResult<()>;
+    fn walk_value<'b>(
+        value: &'b Self::Value,
+        i: usize,
+        out: AstPass<'_, 'b, DB>,
+    ) -> QueryResult<()>;
 }
 
 /// A key of one column. Made by `chunked_by(column)`.
@@ -300,8 +308,11 @@ where
     fn walk_column<'b>(&'b self, _i: usize, out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
         self.0.column().walk_ast(out)
     }
-    fn walk_value<'b>(value: &'b P::Value, _i: usize, mut out: AstPass<'_, 'b, DB>)
-        -> QueryResult<()> {
+    fn walk_value<'b>(
+        value: &'b P::Value,
+        _i: usize,
+        mut out: AstPass<'_, 'b, DB>,
+    ) -> QueryResult<()> {
         out.push_bind_param::<SqlTypeOf<P>, P::Value>(value)
     }
 }

@@ -11,8 +11,8 @@ pub mod query;
 mod source;
 
 pub use builder::{
-    Chunked, Db, KeyedBase, KeyedBatches, KeyedIter, KeyedRows, ModelBase, ModelBatches,
-    ModelIter, ModelRows, RowType, Rows, RunChunkedDsl, ScanKeyed, ScanModel, DEFAULT_BATCH_SIZE,
+    Chunked, Db, KeyedBase, KeyedBatches, KeyedIter, KeyedRows, ModelBase, ModelBatches, ModelIter,
+    ModelRows, RowType, Rows, RunChunkedDsl, ScanKeyed, ScanModel, DEFAULT_BATCH_SIZE,
 };
 pub use dsl::ChunkedDsl;
 pub use error::Error;

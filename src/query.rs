@@ -35,10 +35,10 @@ use diesel::internal::table_macro::{FromClause, NoFromClause};
 use diesel::query_builder::{AstPass, Query, QueryBuilder, QueryFragment, QueryId};
 use diesel::query_dsl::methods::{BoxedDsl, FilterDsl, SelectDsl};
 use diesel::query_dsl::LoadQuery;
-use diesel::{Selectable, SelectableHelper};
 use diesel::query_source::QuerySource;
 use diesel::sql_types::{BigInt, HasSqlType};
 use diesel::{QueryResult, RunQueryDsl};
+use diesel::{Selectable, SelectableHelper};
 
 use crate::error::Error;
 use crate::key::{Bounds, BoundsCell, Key, KeySql, KeysetBackend, SeekPredicate};
@@ -101,7 +101,8 @@ where
     }
 }
 
-impl<'a, ST, QS, DB, GB> ChunkableQuery<'a, DB> for BoxedSelectStatement<'a, ST, FromClause<QS>, DB, GB>
+impl<'a, ST, QS, DB, GB> ChunkableQuery<'a, DB>
+    for BoxedSelectStatement<'a, ST, FromClause<QS>, DB, GB>
 where
     DB: Backend + Default,
     DB::QueryBuilder: Default,
@@ -300,10 +301,7 @@ where
 impl<B, K, Conn> RunQueryDsl<Conn> for Batch<'_, B, K> {}
 
 /// The `SELECT` the scan adds for `load_iter::<M>`: the key, then the model.
-pub type KeyAndModel<K, M, DB> = (
-    <K as Key>::Selection,
-    diesel::helper_types::AsSelect<M, DB>,
-);
+pub type KeyAndModel<K, M, DB> = (<K as Key>::Selection, diesel::helper_types::AsSelect<M, DB>);
 
 #[cfg(test)]
 mod tests {
@@ -316,7 +314,10 @@ mod tests {
         assert!(check_clauses("SELECT a FROM t LIMIT $1").is_err());
         assert!(check_clauses("SELECT a FROM t LIMIT -1 OFFSET ?").is_err());
         // inside a subquery or quotes: not the query's own
-        assert!(check_clauses("SELECT a FROM t WHERE a IN (SELECT b FROM u ORDER BY b LIMIT 1)").is_ok());
+        assert!(
+            check_clauses("SELECT a FROM t WHERE a IN (SELECT b FROM u ORDER BY b LIMIT 1)")
+                .is_ok()
+        );
         assert!(check_clauses("SELECT \"x LIMIT y\" FROM t").is_ok());
         assert!(check_clauses("SELECT `a` FROM t WHERE c = ' ORDER BY '").is_ok());
     }
@@ -330,7 +331,11 @@ pub trait PrepareModel<'a, K: Key, M, DB: Backend> {
     type Base;
 
     /// Boxes the query, selects `(key, M::as_select())`, adds the seek predicate.
-    fn prepare_model(self, key: K, bounds: Bounds<K::Value>) -> Result<SeekQuery<Self::Base, K>, Error>;
+    fn prepare_model(
+        self,
+        key: K,
+        bounds: Bounds<K::Value>,
+    ) -> Result<SeekQuery<Self::Base, K>, Error>;
 }
 
 impl<'a, Q, K, M, DB> PrepareModel<'a, K, M, DB> for Q
@@ -343,9 +348,14 @@ where
     Q::Boxed: SelectDsl<KeyAndModel<K, M, DB>>,
     diesel::dsl::Select<Q::Boxed, KeyAndModel<K, M, DB>>: FilterDsl<SeekPredicate<K>>,
 {
-    type Base = diesel::dsl::Filter<diesel::dsl::Select<Q::Boxed, KeyAndModel<K, M, DB>>, SeekPredicate<K>>;
+    type Base =
+        diesel::dsl::Filter<diesel::dsl::Select<Q::Boxed, KeyAndModel<K, M, DB>>, SeekPredicate<K>>;
 
-    fn prepare_model(self, key: K, bounds: Bounds<K::Value>) -> Result<SeekQuery<Self::Base, K>, Error> {
+    fn prepare_model(
+        self,
+        key: K,
+        bounds: Bounds<K::Value>,
+    ) -> Result<SeekQuery<Self::Base, K>, Error> {
         let boxed = self.into_boxed_checked()?;
         let selected = SelectDsl::select(boxed, (key.selection(), M::as_select()));
         Ok(SeekQuery::new(selected, key, bounds))
@@ -359,7 +369,11 @@ pub trait PrepareKeyed<'a, K: Key, DB: Backend> {
     type Base;
 
     /// Boxes the query and adds the seek predicate.
-    fn prepare_keyed(self, key: K, bounds: Bounds<K::Value>) -> Result<SeekQuery<Self::Base, K>, Error>;
+    fn prepare_keyed(
+        self,
+        key: K,
+        bounds: Bounds<K::Value>,
+    ) -> Result<SeekQuery<Self::Base, K>, Error>;
 }
 
 impl<'a, Q, K, DB> PrepareKeyed<'a, K, DB> for Q
@@ -371,7 +385,11 @@ where
 {
     type Base = diesel::dsl::Filter<Q::Boxed, SeekPredicate<K>>;
 
-    fn prepare_keyed(self, key: K, bounds: Bounds<K::Value>) -> Result<SeekQuery<Self::Base, K>, Error> {
+    fn prepare_keyed(
+        self,
+        key: K,
+        bounds: Bounds<K::Value>,
+    ) -> Result<SeekQuery<Self::Base, K>, Error> {
         let boxed = self.into_boxed_checked()?;
         Ok(SeekQuery::new(boxed, key, bounds))
     }

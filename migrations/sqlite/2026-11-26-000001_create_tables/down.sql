@@ -1,0 +1,3 @@
+DROP TABLE events;
+DROP TABLE posts;
+DROP TABLE users;
