@@ -4,10 +4,12 @@ use std::marker::PhantomData;
 
 use diesel::Connection;
 
+use crate::error::Error;
 use crate::iter::{LoadBatches, LoadIter, Scan, ScanConfig};
 use crate::key::{Bounds, Key};
 use crate::query::{LoadBatch, PrepareKeyed, PrepareModel, SeekQuery};
 use crate::source::ConnectionSource;
+use crate::unique::UniqueIndexes;
 
 /// The default number of rows per query, as in django-chunked-iterator.
 pub const DEFAULT_BATCH_SIZE: u64 = 1000;
@@ -113,6 +115,54 @@ impl<Q, K: Key> Chunked<Q, K> {
     pub fn max_retries(mut self, n: u32) -> Self {
         self.max_retries = Some(n);
         self
+    }
+
+    /// Checks the schema: succeeds if the table has a primary key or a unique index
+    /// whose columns are all key columns, so no two rows can share a key value.
+    ///
+    /// A scan also stops with [`Error::DuplicateKey`] when two rows of one batch
+    /// share a key, but it cannot see a run of equal keys that starts exactly at a
+    /// batch boundary; this check can, before the scan. The table is named after
+    /// the `table!` module (a table renamed with `#[sql_name]` is not found and
+    /// fails the check).
+    ///
+    /// ```
+    /// # include!("../tests/doc_setup.rs");
+    /// use diesel_chunked_iterator::{prelude::*, Error};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let conn = &mut doc_connection();
+    /// posts::table.chunked_by(posts::id).verify_unique(conn)?;
+    /// let err = posts::table.chunked_by(posts::title).verify_unique(conn).unwrap_err();
+    /// assert!(matches!(err, Error::NotUnique { .. }));
+    /// # Ok(()) }
+    /// ```
+    pub fn verify_unique<C: UniqueIndexes>(&self, conn: &mut C) -> Result<(), Error> {
+        let names = self.key.names();
+        let columns = self.key.describe();
+        let table = names.first().map(|(t, _)| *t).unwrap_or_default();
+        if names.iter().any(|(t, _)| *t != table) {
+            return Err(Error::NotUnique {
+                table: names.iter().map(|(t, _)| *t).collect::<Vec<_>>().join(", "),
+                columns,
+            });
+        }
+        let sets = conn
+            .unique_column_sets(table)
+            .map_err(|source| Error::Query {
+                context: "reading the table's unique indexes",
+                source,
+            })?;
+        let covered = sets
+            .iter()
+            .any(|set| !set.is_empty() && set.iter().all(|c| names.iter().any(|(_, k)| k == c)));
+        if covered {
+            Ok(())
+        } else {
+            Err(Error::NotUnique {
+                table: table.to_string(),
+                columns,
+            })
+        }
     }
 
     fn bounds(&self) -> Bounds<K::Value> {

@@ -67,6 +67,20 @@ pub enum Error {
         batch: u64,
     },
 
+    /// No primary key or unique index makes the key unique
+    /// (from [`Chunked::verify_unique`](crate::Chunked::verify_unique)).
+    #[error(
+        "no primary key or unique index of table {table} is made of key columns only \
+         ({columns}); rows sharing a key value would be skipped at batch boundaries: \
+         add a unique tiebreaker column to the key, e.g. ({columns}, id)"
+    )]
+    NotUnique {
+        /// The table.
+        table: String,
+        /// The key column(s).
+        columns: String,
+    },
+
     /// A database error, with where in the scan it happened.
     #[error("batch {batch} failed{}{}: {source}", DisplayAfter(.last_key), DisplayAttempts(*.attempts))]
     Database {

@@ -7,6 +7,7 @@
 //! with `.start_after(key)`, where `key` is [`LoadIter::last_key`] (the key of the
 //! last item you received).
 
+use std::cmp::Ordering;
 use std::fmt;
 use std::time::{Duration, Instant};
 
@@ -47,6 +48,20 @@ pub struct Progress<V> {
     pub elapsed: Duration,
 }
 
+/// Why a scan ended; see [`LoadIter::end_reason`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EndReason {
+    /// A batch came back shorter than asked: no rows are left.
+    Exhausted,
+    /// `limit_total` rows were loaded.
+    LimitReached,
+    /// The bounds (`start_after` / `end_at`) leave no key; no query ran.
+    EmptyBounds,
+    /// An error was returned.
+    Failed,
+}
+
 /// Configuration of a scan, from the builder.
 #[derive(Debug, Clone)]
 pub(crate) struct ScanConfig {
@@ -65,6 +80,7 @@ pub struct Scan<S: ConnectionSource, B, K: Key, R> {
     rows: R,
     config: ScanConfig,
     done: bool,
+    end: Option<EndReason>,
     /// Rows loaded so far (counted against `limit_total`).
     loaded: u64,
     batches: u64,
@@ -87,6 +103,7 @@ impl<S: ConnectionSource, B, K: Key, R> Scan<S, B, K, R> {
         // Bounds that cannot hold any row need no query.
         let done = query.as_ref().is_some_and(|q| bounds_are_empty(q));
         Self {
+            end: done.then_some(EndReason::EmptyBounds),
             source,
             query,
             pending_error,
@@ -112,6 +129,11 @@ impl<S: ConnectionSource, B, K: Key, R> Scan<S, B, K, R> {
         }
     }
 
+    fn finish(&mut self, reason: EndReason) {
+        self.done = true;
+        self.end.get_or_insert(reason);
+    }
+
     /// At most how many more rows can be loaded, if a total cap is set.
     fn rows_left(&self) -> Option<u64> {
         if self.done {
@@ -132,7 +154,7 @@ where
     R: Rows<S::Connection, B, K>,
 {
     fn fail(&mut self, e: Error) -> BatchResult<K, R::Item> {
-        self.done = true;
+        self.finish(EndReason::Failed);
         Some(Err(e))
     }
 
@@ -157,7 +179,7 @@ where
             Some(total) => {
                 let left = total.saturating_sub(self.loaded);
                 if left == 0 {
-                    self.done = true;
+                    self.finish(EndReason::LimitReached);
                     return None;
                 }
                 batch_size.min(i64::try_from(left).unwrap_or(i64::MAX))
@@ -205,10 +227,10 @@ where
         }
         if (rows.len() as u64) < limit as u64 {
             // A short batch is the last one: no query to find out there is nothing left.
-            self.done = true;
+            self.finish(EndReason::Exhausted);
         }
         let Some((last, _)) = rows.last() else {
-            self.done = true;
+            self.finish(EndReason::Exhausted);
             return None;
         };
         let last = last.clone();
@@ -218,7 +240,7 @@ where
             q.set_after(Some(last));
         }
         if self.config.limit_total.is_some_and(|t| self.loaded >= t) {
-            self.done = true;
+            self.finish(EndReason::LimitReached);
         }
         Some(Ok(rows))
     }
@@ -253,8 +275,19 @@ where
     }
 }
 
-fn bounds_are_empty<B, K: Key>(_q: &SeekQuery<B, K>) -> bool {
-    false
+/// Whether the bounds leave no key at all: `start_after` at or past `end_at` in
+/// the scan's direction, when Rust can compare the values for certain.
+fn bounds_are_empty<B, K: Key>(q: &SeekQuery<B, K>) -> bool {
+    let bounds = q.bounds();
+    let (Some(after), Some(until)) = (&bounds.after, &bounds.until) else {
+        return false;
+    };
+    match K::compare(after, until) {
+        Some(Ordering::Equal) => true,
+        Some(Ordering::Greater) => !bounds.desc,
+        Some(Ordering::Less) => bounds.desc,
+        None => false,
+    }
 }
 
 fn is_transient(e: &AttemptError) -> bool {
@@ -292,6 +325,12 @@ impl<S: ConnectionSource, B, K: Key, R> LoadBatches<S, B, K, R> {
     /// Counters of the scan so far.
     pub fn progress(&self) -> Progress<K::Value> {
         self.scan.progress(self.rows, self.last_key.clone())
+    }
+
+    /// Why the scan ended, once it has: for example
+    /// [`EndReason::EmptyBounds`] when `start_after` / `end_at` leave no key.
+    pub fn end_reason(&self) -> Option<EndReason> {
+        self.scan.end
     }
 }
 
@@ -367,6 +406,15 @@ impl<S: ConnectionSource, B, K: Key, R: RowType> LoadIter<S, B, K, R> {
     /// Counters of the scan so far.
     pub fn progress(&self) -> Progress<K::Value> {
         self.scan.progress(self.rows, self.last_key.clone())
+    }
+
+    /// Why the scan ended, once it has: for example
+    /// [`EndReason::EmptyBounds`] when `start_after` / `end_at` leave no key.
+    pub fn end_reason(&self) -> Option<EndReason> {
+        if self.buffer.len() > 0 {
+            return None;
+        }
+        self.scan.end
     }
 }
 

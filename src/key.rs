@@ -12,6 +12,7 @@
 //! wrap the column in [`typed`] and name the Rust type once.
 
 use std::cell::UnsafeCell;
+use std::cmp::Ordering;
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -79,44 +80,58 @@ impl<T: Clone + fmt::Debug + PartialEq + Send + Sync + 'static> KeyValue for T {
 pub trait KeySqlType: SqlType<IsNull = is_nullable::NotNull> + SingleValue {
     /// The Rust type values of this SQL type load into.
     type Value: KeyValue;
+
+    /// How two values compare in the database, where Rust can tell for certain.
+    ///
+    /// Numbers, dates, timestamps and UUIDs order the same in Rust and in SQL.
+    /// Text does not (collations), so only equality is known.
+    fn compare(a: &Self::Value, b: &Self::Value) -> Option<Ordering> {
+        (a == b).then_some(Ordering::Equal)
+    }
 }
 
 macro_rules! key_sql_types {
-    ($($(#[$m:meta])* $st:ty => $v:ty;)*) => {$(
+    ($($(#[$m:meta])* $st:ty => $v:ty $(, $ord:ident)?;)*) => {$(
         $(#[$m])*
         impl KeySqlType for $st {
             type Value = $v;
+            $(key_sql_types!(@$ord);)?
         }
     )*};
+    (@ordered) => {
+        fn compare(a: &Self::Value, b: &Self::Value) -> Option<Ordering> {
+            Some(a.cmp(b))
+        }
+    };
 }
 
 key_sql_types! {
-    sql_types::SmallInt => i16;
-    sql_types::Integer => i32;
-    sql_types::BigInt => i64;
+    sql_types::SmallInt => i16, ordered;
+    sql_types::Integer => i32, ordered;
+    sql_types::BigInt => i64, ordered;
     sql_types::Text => String;
     #[cfg(feature = "mysql")]
-    sql_types::Unsigned<sql_types::Integer> => u32;
+    sql_types::Unsigned<sql_types::Integer> => u32, ordered;
     #[cfg(feature = "mysql")]
-    sql_types::Unsigned<sql_types::BigInt> => u64;
+    sql_types::Unsigned<sql_types::BigInt> => u64, ordered;
     #[cfg(feature = "chrono")]
-    sql_types::Timestamp => chrono::NaiveDateTime;
+    sql_types::Timestamp => chrono::NaiveDateTime, ordered;
     #[cfg(feature = "chrono")]
-    sql_types::Date => chrono::NaiveDate;
+    sql_types::Date => chrono::NaiveDate, ordered;
     #[cfg(all(feature = "chrono", feature = "postgres"))]
-    sql_types::Timestamptz => chrono::DateTime<chrono::Utc>;
+    sql_types::Timestamptz => chrono::DateTime<chrono::Utc>, ordered;
     #[cfg(all(feature = "chrono", feature = "mysql"))]
-    sql_types::Datetime => chrono::NaiveDateTime;
+    sql_types::Datetime => chrono::NaiveDateTime, ordered;
     #[cfg(all(feature = "time", not(feature = "chrono")))]
-    sql_types::Timestamp => time::PrimitiveDateTime;
+    sql_types::Timestamp => time::PrimitiveDateTime, ordered;
     #[cfg(all(feature = "time", not(feature = "chrono")))]
-    sql_types::Date => time::Date;
+    sql_types::Date => time::Date, ordered;
     #[cfg(all(feature = "time", not(feature = "chrono"), feature = "postgres"))]
-    sql_types::Timestamptz => time::OffsetDateTime;
+    sql_types::Timestamptz => time::OffsetDateTime, ordered;
     #[cfg(all(feature = "time", not(feature = "chrono"), feature = "mysql"))]
-    sql_types::Datetime => time::PrimitiveDateTime;
+    sql_types::Datetime => time::PrimitiveDateTime, ordered;
     #[cfg(all(feature = "uuid", feature = "postgres"))]
-    sql_types::Uuid => uuid::Uuid;
+    sql_types::Uuid => uuid::Uuid, ordered;
 }
 
 /// One column of a key: a table column whose SQL type is a [`KeySqlType`], or a
@@ -134,6 +149,12 @@ pub trait KeyPart: Copy + Send + Sync + 'static {
     type Value: KeyValue;
     /// The column.
     fn column(&self) -> &Self::Column;
+
+    /// How two values compare in the database, where Rust can tell for certain
+    /// (see [`KeySqlType::compare`]).
+    fn compare(a: &Self::Value, b: &Self::Value) -> Option<Ordering> {
+        (a == b).then_some(Ordering::Equal)
+    }
 }
 
 impl<C> KeyPart for C
@@ -146,6 +167,10 @@ where
 
     fn column(&self) -> &C {
         self
+    }
+
+    fn compare(a: &Self::Value, b: &Self::Value) -> Option<Ordering> {
+        <C::SqlType as KeySqlType>::compare(a, b)
     }
 }
 
@@ -238,6 +263,10 @@ pub trait Key: Copy + Send + Sync + 'static {
     /// `(table, column)` names of the key's columns, in order.
     fn names(&self) -> Vec<(&'static str, &'static str)>;
 
+    /// How two key values compare in the database (lexicographically for
+    /// composite keys), where Rust can tell for certain.
+    fn compare(a: &Self::Value, b: &Self::Value) -> Option<Ordering>;
+
     /// The key's columns, as `posts.id` or `(posts.created_at, posts.id)`.
     fn describe(&self) -> String {
         let names: Vec<String> = self
@@ -294,6 +323,9 @@ impl<P: KeyPart> Key for Single<P> {
     fn names(&self) -> Vec<(&'static str, &'static str)> {
         vec![names_of::<P::Column>()]
     }
+    fn compare(a: &Self::Value, b: &Self::Value) -> Option<Ordering> {
+        P::compare(a, b)
+    }
 }
 
 type SqlTypeOf<P> = <<P as KeyPart>::Column as Expression>::SqlType;
@@ -329,6 +361,15 @@ macro_rules! tuple_key {
             }
             fn names(&self) -> Vec<(&'static str, &'static str)> {
                 vec![$(names_of::<$p::Column>()),+]
+            }
+            fn compare(a: &Self::Value, b: &Self::Value) -> Option<Ordering> {
+                $(
+                    match $p::compare(&a.$i, &b.$i)? {
+                        Ordering::Equal => {}
+                        unequal => return Some(unequal),
+                    }
+                )+
+                Some(Ordering::Equal)
             }
         }
 

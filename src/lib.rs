@@ -9,6 +9,7 @@ mod iter;
 pub mod key;
 pub mod query;
 mod source;
+mod unique;
 
 pub use builder::{
     Chunked, Db, KeyedBase, KeyedBatches, KeyedIter, KeyedRows, ModelBase, ModelBatches, ModelIter,
@@ -16,9 +17,10 @@ pub use builder::{
 };
 pub use dsl::ChunkedDsl;
 pub use error::Error;
-pub use iter::{LoadBatches, LoadIter, Progress};
+pub use iter::{EndReason, LoadBatches, LoadIter, Progress};
 pub use key::typed;
 pub use source::{AttemptError, ConnectionSource};
+pub use unique::UniqueIndexes;
 
 /// Everything a scan needs in scope: `use diesel_chunked_iterator::prelude::*;`.
 ///
