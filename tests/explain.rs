@@ -1,0 +1,217 @@
+//! The plans the backends choose for a batch: every batch of a composite-key scan
+//! must be an index range scan in key order, not a full scan with a sort.
+//!
+//! The batch SQL is taken from the statement the scan really ran (through Diesel's
+//! instrumentation), its placeholders replaced by the literals the test passed,
+//! and handed to `EXPLAIN`.
+
+mod common;
+
+use common::*;
+use diesel::prelude::*;
+use diesel::sql_types::Text;
+use diesel_chunked_iterator::prelude::*;
+
+#[derive(QueryableByName, Debug)]
+struct PlanLine {
+    #[diesel(sql_type = Text)]
+    line: String,
+}
+
+/// The SQL of the one SELECT in `log`, without the binds comment.
+fn batch_sql(log: &QueryLog) -> String {
+    let selects = log.selects();
+    assert_eq!(selects.len(), 1, "{selects:#?}");
+    selects[0].split(" -- binds:").next().unwrap().to_string()
+}
+
+/// Replaces `$1, $2, …` (PostgreSQL) or `?` (MySQL, SQLite) with `literals`, in order.
+fn inline(sql: &str, literals: &[&str]) -> String {
+    let mut out = sql.to_string();
+    if out.contains("$1") {
+        for (i, lit) in literals.iter().enumerate().rev() {
+            out = out.replace(&format!("${}", i + 1), lit);
+        }
+    } else {
+        for lit in literals {
+            out = out.replacen('?', lit, 1);
+        }
+    }
+    out
+}
+
+fn fill<C>(conn: &mut C)
+where
+    C: Connection,
+    for<'a> &'a [Post]: diesel::Insertable<posts::table>,
+    for<'a> diesel::query_builder::InsertStatement<
+        posts::table,
+        <&'a [Post] as diesel::Insertable<posts::table>>::Values,
+    >: diesel::query_dsl::methods::ExecuteDsl<C>,
+{
+    // 20,000 rows, 4 per created_at value: the composite index is the way in.
+    let rows: Vec<Post> = (1..=20_000)
+        .map(|id| Post {
+            created_at: ts(i64::from(id / 4) * 60),
+            body: "x".repeat(100),
+            ..post(id)
+        })
+        .collect();
+    for chunk in rows.chunks(1000) {
+        diesel::insert_into(posts::table)
+            .values(chunk)
+            .execute(conn)
+            .unwrap();
+    }
+}
+
+/// Runs one batch of a `(created_at, id)` scan after `(ts(60_000), 9)` on
+/// `$conn` and evaluates to its SQL with the binds inlined.
+macro_rules! composite_batch {
+    ($conn:expr, $desc:expr) => {{
+        let log = QueryLog::install($conn);
+        let c = posts::table
+            .chunked_by((posts::created_at, posts::id))
+            .start_after((ts(60_000), 9))
+            .batch_size(500)
+            .limit_total(500);
+        let c = if $desc { c.desc() } else { c };
+        assert_eq!(c.load_iter::<Post>(&mut *$conn).count(), 500);
+        with_literals(&batch_sql(&log))
+    }};
+}
+
+/// Inlines the binds of the batch after `(ts(60_000), 9)` with `LIMIT 500`.
+fn with_literals(sql: &str) -> String {
+    let stamp = "'2026-01-01 16:40:00'";
+    assert_eq!(ts(60_000).to_string(), "2026-01-01 16:40:00");
+    // row values bind each key part once; the expanded form (MySQL) binds
+    // created_at three times and id once
+    let n = sql.matches('?').count().max(sql.matches('$').count());
+    let literals: Vec<&str> = match n {
+        3 => vec![stamp, "9", "500"],
+        5 => vec![stamp, stamp, stamp, "9", "500"],
+        other => panic!("unexpected number of binds {other} in {sql}"),
+    };
+    inline(sql, &literals)
+}
+
+#[cfg(feature = "postgres")]
+#[test]
+fn postgres_batches_are_index_range_scans() {
+    let db = <Pg as TestBackend>::create();
+    let mut conn = connect::<Pg>(&db);
+    fill(&mut conn);
+    diesel::sql_query("ANALYZE posts")
+        .execute(&mut conn)
+        .unwrap();
+    for desc in [false, true] {
+        let sql = composite_batch!(&mut conn, desc);
+        assert!(
+            sql.contains("(\"posts\".\"created_at\", \"posts\".\"id\") "),
+            "{sql}"
+        );
+        let plan: Vec<String> = diesel::sql_query(format!("EXPLAIN {sql}"))
+            .load::<PgPlan>(&mut conn)
+            .unwrap()
+            .into_iter()
+            .map(|l| l.plan)
+            .collect();
+        let plan = plan.join("\n");
+        assert!(
+            plan.contains("Index Scan") && plan.contains("posts_created_at_id"),
+            "{plan}"
+        );
+        assert!(plan.contains("Index Cond: (ROW(created_at, id)"), "{plan}");
+        assert!(
+            !plan.contains("Sort") && !plan.contains("Seq Scan"),
+            "{plan}"
+        );
+    }
+}
+
+#[cfg(feature = "postgres")]
+#[derive(QueryableByName, Debug)]
+struct PgPlan {
+    #[diesel(sql_type = Text, column_name = "QUERY PLAN")]
+    plan: String,
+}
+
+#[cfg(feature = "mysql")]
+#[derive(QueryableByName, Debug)]
+struct MysqlPlan {
+    #[diesel(sql_type = diesel::sql_types::Nullable<Text>, column_name = "type")]
+    access: Option<String>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<Text>)]
+    key: Option<String>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<Text>, column_name = "Extra")]
+    extra: Option<String>,
+}
+
+#[cfg(feature = "mysql")]
+#[test]
+fn mysql_batches_are_index_range_scans() {
+    let db = <Mysql as TestBackend>::create();
+    let mut conn = connect::<Mysql>(&db);
+    fill(&mut conn);
+    diesel::sql_query("ANALYZE TABLE posts")
+        .execute(&mut conn)
+        .unwrap();
+    for desc in [false, true] {
+        let sql = composite_batch!(&mut conn, desc);
+        // the expanded form, with a leading range on the first index column
+        let lead = if desc { "(`posts`.`created_at` <= " } else { "(`posts`.`created_at` >= " };
+        assert!(sql.contains(lead), "{sql}");
+        let plan = diesel::sql_query(format!("EXPLAIN {sql}"))
+            .load::<MysqlPlan>(&mut conn)
+            .unwrap();
+        assert_eq!(plan.len(), 1, "{plan:?}");
+        assert_eq!(plan[0].access.as_deref(), Some("range"), "{plan:?}");
+        assert_eq!(
+            plan[0].key.as_deref(),
+            Some("posts_created_at_id"),
+            "{plan:?}"
+        );
+        let extra = plan[0].extra.clone().unwrap_or_default();
+        assert!(!extra.contains("filesort"), "{plan:?}");
+    }
+}
+
+#[cfg(feature = "sqlite")]
+#[test]
+fn sqlite_batches_search_the_index() {
+    let db = <Sqlite as TestBackend>::create();
+    let mut conn = connect::<Sqlite>(&db);
+    fill(&mut conn);
+    diesel::sql_query("ANALYZE").execute(&mut conn).unwrap();
+    for desc in [false, true] {
+        let sql = composite_batch!(&mut conn, desc);
+        let plan: Vec<String> = diesel::sql_query(format!(
+            "SELECT detail AS line FROM (EXPLAIN QUERY PLAN {sql})"
+        ))
+        .load::<PlanLine>(&mut conn)
+        .map(|v| v.into_iter().map(|l| l.line).collect())
+        .unwrap_or_else(|_| explain_sqlite(&mut conn, &sql));
+        let plan = plan.join("\n");
+        assert!(
+            plan.contains("SEARCH posts USING INDEX posts_created_at_id"),
+            "{plan}"
+        );
+        assert!(!plan.contains("TEMP B-TREE"), "{plan}");
+    }
+}
+
+#[cfg(feature = "sqlite")]
+fn explain_sqlite(conn: &mut diesel::SqliteConnection, sql: &str) -> Vec<String> {
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = Text)]
+        detail: String,
+    }
+    diesel::sql_query(format!("EXPLAIN QUERY PLAN {sql}"))
+        .load::<Row>(conn)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.detail)
+        .collect()
+}
