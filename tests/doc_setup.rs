@@ -21,15 +21,20 @@ struct Post {
 #[allow(dead_code)]
 fn doc_connection() -> SqliteConnection {
     let mut conn = SqliteConnection::establish(":memory:").expect("in-memory SQLite");
+    fill(&mut conn);
+    conn
+}
+
+#[allow(dead_code)]
+fn fill(conn: &mut SqliteConnection) {
     diesel::sql_query(
         "CREATE TABLE posts (id INTEGER PRIMARY KEY NOT NULL, title TEXT NOT NULL, published BOOLEAN NOT NULL)",
     )
-    .execute(&mut conn)
+    .execute(conn)
     .expect("create table");
     diesel::sql_query(
         "INSERT INTO posts VALUES (1, 'one', 1), (2, 'two', 0), (3, 'three', 1), (4, 'four', 0), (5, 'five', 1)",
     )
-    .execute(&mut conn)
+    .execute(conn)
     .expect("insert rows");
-    conn
 }

@@ -160,7 +160,11 @@ fn mysql_batches_are_index_range_scans() {
     for desc in [false, true] {
         let sql = composite_batch!(&mut conn, desc);
         // the expanded form, with a leading range on the first index column
-        let lead = if desc { "(`posts`.`created_at` <= " } else { "(`posts`.`created_at` >= " };
+        let lead = if desc {
+            "(`posts`.`created_at` <= "
+        } else {
+            "(`posts`.`created_at` >= "
+        };
         assert!(sql.contains(lead), "{sql}");
         let plan = diesel::sql_query(format!("EXPLAIN {sql}"))
             .load::<MysqlPlan>(&mut conn)

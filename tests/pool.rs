@@ -1,0 +1,202 @@
+//! Scans on an r2d2 pool: one connection per batch, none held between batches,
+//! and batches retried on a fresh connection when the server kills the old one.
+#![cfg(feature = "r2d2")]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use diesel::prelude::*;
+use diesel::r2d2::{ConnectionManager, Pool};
+use diesel_chunked_iterator::prelude::*;
+use diesel_chunked_iterator::Error;
+
+backend_tests! {
+    fn pool_of_one_is_free_between_batches(db) {
+        let mut conn = connect::<B>(&db);
+        insert_posts(&mut conn, 1..=95);
+        let pool = Pool::builder()
+            .max_size(1)
+            .connection_timeout(Duration::from_secs(2))
+            .build(ConnectionManager::<Conn>::new(&db.url))
+            .unwrap();
+        let mut seen = Vec::new();
+        for post in posts::table.chunked_by(posts::id).batch_size(10).load_iter::<Post>(&pool) {
+            seen.push(post.unwrap().id);
+            // the scan's connection is back in the pool while we hold a row
+            let mut c = pool.get().expect("the pool's only connection is free");
+            let n: i64 = posts::table.count().get_result(&mut c).unwrap();
+            assert_eq!(n, 95);
+        }
+        assert_eq!(seen, (1..=95).collect::<Vec<_>>());
+        let batches: Vec<usize> = posts::table
+            .chunked_by(posts::id)
+            .batch_size(40)
+            .load_batches::<Post>(&pool)
+            .map(|b| b.unwrap().len())
+            .collect();
+        assert_eq!(batches, [40, 40, 15]);
+    }
+
+    fn non_transient_errors_are_not_retried(db) {
+        let pool = Pool::builder()
+            .max_size(2)
+            .build(ConnectionManager::<Conn>::new(&db.url))
+            .unwrap();
+        {
+            let mut c = pool.get().unwrap();
+            diesel::sql_query("DROP TABLE posts").execute(&mut c).unwrap();
+        }
+        let mut it = posts::table.chunked_by(posts::id).max_retries(5).load_iter::<Post>(&pool);
+        match it.next() {
+            Some(Err(Error::Database { batch, attempts, .. })) => {
+                assert_eq!((batch, attempts), (1, 1));
+            }
+            other => panic!("expected a database error, got {other:?}"),
+        }
+        assert_eq!(it.progress().queries, 1);
+        assert_eq!(it.progress().retries, 0);
+        assert!(it.next().is_none());
+    }
+}
+
+/// Kills every other connection to the test's database, from a fresh connection.
+#[cfg(feature = "postgres")]
+fn kill_pg(url: &str) -> usize {
+    #[derive(QueryableByName)]
+    struct Killed {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        #[allow(dead_code)]
+        killed: bool,
+    }
+    let mut admin = diesel::PgConnection::establish(url).unwrap();
+    diesel::sql_query(
+        "SELECT pg_terminate_backend(pid) AS killed FROM pg_stat_activity \
+         WHERE pid <> pg_backend_pid() AND application_name = current_setting('application_name')",
+    )
+    .load::<Killed>(&mut admin)
+    .unwrap()
+    .len()
+}
+
+#[cfg(feature = "postgres")]
+#[test]
+fn pg_batches_survive_killed_connections() {
+    let db = <Pg as TestBackend>::create();
+    let url = format!("{}&application_name={}", db.url, unique_name("scan"));
+    let mut conn = diesel::PgConnection::establish(&url).unwrap();
+    insert_posts(&mut conn, 1..=500);
+    drop(conn);
+    let pool = Pool::builder()
+        .max_size(2)
+        .test_on_check_out(false)
+        .build(ConnectionManager::<diesel::PgConnection>::new(&url))
+        .unwrap();
+    let mut it = posts::table
+        .chunked_by(posts::id)
+        .batch_size(50)
+        .load_iter::<Post>(&pool);
+    let mut seen = Vec::new();
+    let mut kills = 0;
+    while let Some(post) = it.next() {
+        let id = post.unwrap().id;
+        seen.push(id);
+        if id % 120 == 0 {
+            kills += kill_pg(&url);
+        }
+    }
+    assert!(
+        kills >= 4,
+        "the test must really kill connections (killed {kills})"
+    );
+    assert_eq!(
+        seen,
+        (1..=500).collect::<Vec<_>>(),
+        "every row exactly once"
+    );
+    assert!(it.progress().retries >= 1, "{:?}", it.progress());
+}
+
+#[cfg(feature = "mysql")]
+fn kill_mysql(url: &str) -> usize {
+    #[derive(QueryableByName)]
+    struct Id {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        id: i64,
+    }
+    let mut admin = diesel::MysqlConnection::establish(url).unwrap();
+    let ids = diesel::sql_query(
+        "SELECT CAST(ID AS SIGNED) AS id FROM information_schema.PROCESSLIST \
+         WHERE DB = DATABASE() AND ID <> CONNECTION_ID()",
+    )
+    .load::<Id>(&mut admin)
+    .unwrap();
+    for Id { id } in &ids {
+        let _ = diesel::sql_query(format!("KILL CONNECTION {id}")).execute(&mut admin);
+    }
+    ids.len()
+}
+
+#[cfg(feature = "mysql")]
+#[test]
+fn mysql_batches_survive_killed_connections() {
+    let db = <Mysql as TestBackend>::create();
+    let mut conn = diesel::MysqlConnection::establish(&db.url).unwrap();
+    insert_posts(&mut conn, 1..=500);
+    drop(conn);
+    let pool = Pool::builder()
+        .max_size(2)
+        .test_on_check_out(false)
+        .build(ConnectionManager::<diesel::MysqlConnection>::new(&db.url))
+        .unwrap();
+    let mut it = posts::table
+        .chunked_by(posts::id)
+        .batch_size(50)
+        .load_iter::<Post>(&pool);
+    let mut seen = Vec::new();
+    let mut kills = 0;
+    while let Some(post) = it.next() {
+        let id = post
+            .unwrap_or_else(|e| panic!("after {} rows: {e}", seen.len()))
+            .id;
+        seen.push(id);
+        if id % 120 == 0 {
+            kills += kill_mysql(&db.url);
+        }
+    }
+    assert!(
+        kills >= 4,
+        "the test must really kill connections (killed {kills})"
+    );
+    assert_eq!(
+        seen,
+        (1..=500).collect::<Vec<_>>(),
+        "every row exactly once"
+    );
+    assert!(it.progress().retries >= 1, "{:?}", it.progress());
+}
+
+#[cfg(feature = "postgres")]
+#[test]
+fn retries_exhausted_is_a_clear_error() {
+    let db = <Pg as TestBackend>::create();
+    // a pool whose connections cannot be made: every attempt fails at check-out
+    let bad = "postgres://nobody@127.0.0.1:1/none";
+    let pool = Pool::builder()
+        .max_size(1)
+        .connection_timeout(Duration::from_millis(200))
+        .build_unchecked(ConnectionManager::<diesel::PgConnection>::new(bad));
+    let mut it = posts::table
+        .chunked_by(posts::id)
+        .max_retries(2)
+        .load_iter::<Post>(&pool);
+    match it.next() {
+        Some(Err(Error::Pool {
+            batch, attempts, ..
+        })) => assert_eq!((batch, attempts), (1, 3)),
+        other => panic!("expected a pool error, got {other:?}"),
+    }
+    assert_eq!(it.progress().retries, 2);
+    drop(db);
+}
