@@ -21,7 +21,7 @@ pub const DEFAULT_BATCH_SIZE: u64 = 1000;
 /// Nothing runs until the iterator is advanced.
 ///
 /// ```
-/// # include!("../tests/doc_setup.rs");
+/// # include!("../tests/doc/setup.rs");
 /// use diesel_chunked_iterator::prelude::*;
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// # let conn = &mut doc_connection();
@@ -127,7 +127,7 @@ impl<Q, K: Key> Chunked<Q, K> {
     /// fails the check).
     ///
     /// ```
-    /// # include!("../tests/doc_setup.rs");
+    /// # include!("../tests/doc/setup.rs");
     /// use diesel_chunked_iterator::{prelude::*, Error};
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// # let conn = &mut doc_connection();
@@ -359,7 +359,7 @@ pub trait RunChunkedDsl<S: ConnectionSource>: Sized {
     /// Yields rows of model `M` one by one, loading `batch_size` at a time.
     ///
     /// ```
-    /// # include!("../tests/doc_setup.rs");
+    /// # include!("../tests/doc/setup.rs");
     /// use diesel_chunked_iterator::prelude::*;
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// # let conn = &mut doc_connection();
@@ -379,7 +379,7 @@ pub trait RunChunkedDsl<S: ConnectionSource>: Sized {
     /// Yields one `Vec<M>` per query; never an empty one.
     ///
     /// ```
-    /// # include!("../tests/doc_setup.rs");
+    /// # include!("../tests/doc/setup.rs");
     /// use diesel_chunked_iterator::prelude::*;
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// # let conn = &mut doc_connection();
@@ -403,7 +403,7 @@ pub trait RunChunkedDsl<S: ConnectionSource>: Sized {
     /// key from a row.
     ///
     /// ```
-    /// # include!("../tests/doc_setup.rs");
+    /// # include!("../tests/doc/setup.rs");
     /// use diesel_chunked_iterator::prelude::*;
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// # let conn = &mut doc_connection();
@@ -427,7 +427,7 @@ pub trait RunChunkedDsl<S: ConnectionSource>: Sized {
     /// key from a row.
     ///
     /// ```
-    /// # include!("../tests/doc_setup.rs");
+    /// # include!("../tests/doc/setup.rs");
     /// use diesel_chunked_iterator::prelude::*;
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// # let conn = &mut doc_connection();

@@ -11,7 +11,7 @@ use crate::key::IntoKey;
 /// and queries boxed with `into_boxed()`.
 ///
 /// ```
-/// # include!("../tests/doc_setup.rs");
+/// # include!("../tests/doc/setup.rs");
 /// use diesel_chunked_iterator::prelude::*;
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// # let conn = &mut doc_connection();

@@ -20,7 +20,7 @@ use crate::source::{AttemptError, ConnectionSource};
 /// Counters of a scan, for logs and progress bars.
 ///
 /// ```
-/// # include!("../tests/doc_setup.rs");
+/// # include!("../tests/doc/setup.rs");
 /// use diesel_chunked_iterator::prelude::*;
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// # let conn = &mut doc_connection();

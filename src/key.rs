@@ -205,7 +205,7 @@ impl<V, C: fmt::Debug> fmt::Debug for Typed<V, C> {
 /// column's SQL type on the backend you scan (Diesel checks that where the scan runs).
 ///
 /// ```
-/// # include!("../tests/doc_setup.rs");
+/// # include!("../tests/doc/setup.rs");
 /// use diesel_chunked_iterator::prelude::*;
 /// use diesel_chunked_iterator::key::typed;
 ///

@@ -59,7 +59,7 @@ type DefaultSelect<F> = <SelectStatement<F> as SelectStatementAccessor>::Select;
 /// returns [`Error::QueryHasClause`] without running a query.
 ///
 /// ```compile_fail
-/// # include!("../tests/doc_setup.rs");
+/// # include!("../tests/doc/setup.rs");
 /// use diesel_chunked_iterator::prelude::*;
 /// # let conn = &mut doc_connection();
 /// // error: this query already has ORDER BY, LIMIT or OFFSET
@@ -303,26 +303,6 @@ impl<B, K, Conn> RunQueryDsl<Conn> for Batch<'_, B, K> {}
 /// The `SELECT` the scan adds for `load_iter::<M>`: the key, then the model.
 pub type KeyAndModel<K, M, DB> = (<K as Key>::Selection, diesel::helper_types::AsSelect<M, DB>);
 
-#[cfg(test)]
-mod tests {
-    use super::check_clauses;
-
-    #[test]
-    fn top_level_clauses_are_found() {
-        assert!(check_clauses("SELECT a FROM t WHERE b = $1").is_ok());
-        assert!(check_clauses("SELECT a FROM t ORDER BY a").is_err());
-        assert!(check_clauses("SELECT a FROM t LIMIT $1").is_err());
-        assert!(check_clauses("SELECT a FROM t LIMIT -1 OFFSET ?").is_err());
-        // inside a subquery or quotes: not the query's own
-        assert!(
-            check_clauses("SELECT a FROM t WHERE a IN (SELECT b FROM u ORDER BY b LIMIT 1)")
-                .is_ok()
-        );
-        assert!(check_clauses("SELECT \"x LIMIT y\" FROM t").is_ok());
-        assert!(check_clauses("SELECT `a` FROM t WHERE c = ' ORDER BY '").is_ok());
-    }
-}
-
 /// Everything `load_iter::<M>` / `load_batches::<M>` needs of a query, in one bound:
 /// it can be chunked, it selects the default columns, and selecting
 /// `(key, M::as_select())` and adding the seek predicate type-check on `DB`.
@@ -408,5 +388,25 @@ where
 {
     fn load_batch(&self, conn: &mut Conn, limit: i64) -> QueryResult<Vec<U>> {
         self.batch(limit).load(conn)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_clauses;
+
+    #[test]
+    fn top_level_clauses_are_found() {
+        assert!(check_clauses("SELECT a FROM t WHERE b = $1").is_ok());
+        assert!(check_clauses("SELECT a FROM t ORDER BY a").is_err());
+        assert!(check_clauses("SELECT a FROM t LIMIT $1").is_err());
+        assert!(check_clauses("SELECT a FROM t LIMIT -1 OFFSET ?").is_err());
+        // inside a subquery or quotes: not the query's own
+        assert!(
+            check_clauses("SELECT a FROM t WHERE a IN (SELECT b FROM u ORDER BY b LIMIT 1)")
+                .is_ok()
+        );
+        assert!(check_clauses("SELECT \"x LIMIT y\" FROM t").is_ok());
+        assert!(check_clauses("SELECT `a` FROM t WHERE c = ' ORDER BY '").is_ok());
     }
 }

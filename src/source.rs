@@ -22,7 +22,7 @@ pub enum AttemptError {
 /// `&r2d2::Pool<ConnectionManager<C>>`.
 ///
 /// ```
-/// # include!("../tests/doc_setup.rs");
+/// # include!("../tests/doc/setup.rs");
 /// use diesel_chunked_iterator::prelude::*;
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let mut conn = doc_connection();
@@ -114,7 +114,7 @@ mod pool {
     /// Diesel itself.)
     ///
     /// ```
-    /// # include!("../tests/doc_setup.rs");
+    /// # include!("../tests/doc/setup.rs");
     /// use diesel::r2d2::{ConnectionManager, Pool};
     /// use diesel_chunked_iterator::prelude::*;
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {

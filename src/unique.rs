@@ -12,7 +12,7 @@ use diesel::{QueryResult, QueryableByName, RunQueryDsl};
 /// Implemented for the connections of the three backends.
 ///
 /// ```
-/// # include!("../tests/doc_setup.rs");
+/// # include!("../tests/doc/setup.rs");
 /// use diesel_chunked_iterator::UniqueIndexes;
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// # let conn = &mut doc_connection();

@@ -99,7 +99,7 @@ fn pg_batches_survive_killed_connections() {
         .load_iter::<Post>(&pool);
     let mut seen = Vec::new();
     let mut kills = 0;
-    while let Some(post) = it.next() {
+    for post in it.by_ref() {
         let id = post.unwrap().id;
         seen.push(id);
         if id % 120 == 0 {
@@ -156,7 +156,7 @@ fn mysql_batches_survive_killed_connections() {
         .load_iter::<Post>(&pool);
     let mut seen = Vec::new();
     let mut kills = 0;
-    while let Some(post) = it.next() {
+    for post in it.by_ref() {
         let id = post
             .unwrap_or_else(|e| panic!("after {} rows: {e}", seen.len()))
             .id;
