@@ -82,6 +82,12 @@ pub trait ChunkableQuery<'a, DB: Backend>: Sized {
 }
 
 /// Implemented only for Diesel's "no ORDER BY" clause type.
+#[diagnostic::on_unimplemented(
+    message = "this query cannot be scanned in chunks: it already has an ORDER BY clause",
+    label = "the query's ORDER BY",
+    note = "a chunked scan orders by its key: remove `.order(..)`; \
+            for a reverse scan use `.chunked_by(key).desc()`"
+)]
 pub trait NoOrderClause {}
 impl NoOrderClause for NoOrder {}
 

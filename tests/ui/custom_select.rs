@@ -1,0 +1,30 @@
+// `load_iter::<M>` selects `(key, M::as_select())` itself, so a query with its own
+// `.select(..)` must use `load_iter_keyed` instead.
+use diesel::prelude::*;
+use diesel_chunked_iterator::prelude::*;
+
+diesel::table! {
+    posts (id) {
+        id -> Integer,
+        title -> Text,
+        score -> Nullable<Integer>,
+    }
+}
+
+#[allow(dead_code)]
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = posts)]
+#[diesel(check_for_backend(diesel::sqlite::Sqlite))]
+struct Post {
+    id: i32,
+    title: String,
+    score: Option<i32>,
+}
+
+fn main() {
+    let conn = &mut SqliteConnection::establish(":memory:").unwrap();
+    let _rows = posts::table
+        .select((posts::id, posts::title))
+        .chunked_by(posts::id)
+        .load_iter::<Post>(conn);
+}
