@@ -66,7 +66,7 @@ impl<Q, K: Key> Chunked<Q, K> {
     /// Rows per query (the `LIMIT`); 1000 by default.
     ///
     /// `batch_size(0)` is not a panic: the first `next()` returns
-    /// [`Error::InvalidBatchSize`] and runs no query.
+    /// [`Error::InvalidBatchSize`](crate::Error::InvalidBatchSize) and runs no query.
     pub fn batch_size(mut self, n: u64) -> Self {
         self.batch_size = n;
         self

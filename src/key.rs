@@ -73,8 +73,8 @@ impl<T: Clone + fmt::Debug + PartialEq + Send + Sync + 'static> KeyValue for T {
     note = "key columns must be NOT NULL and of type SmallInt, Integer, BigInt, Text, \
             or (with the matching features) a date, timestamp or uuid type",
     note = "a nullable column cannot be a key: NULLs do not compare, so rows would be \
-            skipped; scan by a NOT NULL column, or filter NULLs out and use \
-            `typed::<V>(column)` on a NOT NULL expression",
+            skipped or repeated; scan by a NOT NULL column (add a NOT NULL constraint, \
+            or use a tiebreaker such as the primary key)",
     note = "for another NOT NULL type, name its Rust type: `chunked_by(typed::<MyType, _>(column))`"
 )]
 pub trait KeySqlType: SqlType<IsNull = is_nullable::NotNull> + SingleValue {

@@ -1,7 +1,7 @@
 //! The SQL of one batch, and how a user's query becomes it.
 //!
 //! A scan boxes the user's query once ([`ChunkableQuery`]), adds the seek
-//! predicate to its `WHERE` clause once ([`SeekPredicate`](crate::key::SeekPredicate)),
+//! predicate to its `WHERE` clause once ([`SeekPredicate`]),
 //! and then runs, for every batch, the same statement with new bind values
 //! ([`Batch`]):
 //!

@@ -330,10 +330,11 @@ fn drop_namespace(server: &str, sql: &str) {
 
 /// Runs each test body once per enabled backend, as `sqlite::name`, `pg::name`,
 /// `mysql::name`. Inside a body, `B` is the backend, `Conn` its connection type,
-/// `DB` its Diesel backend, and `db` the test's database.
+/// `DB` its Diesel backend, and `db` the test's database. Attributes written before
+/// a `fn` (such as `#[ignore = "..."]`) are put on each generated test.
 #[macro_export]
 macro_rules! backend_tests {
-    ($(fn $name:ident($db:ident) $body:block)*) => {
+    ($($(#[$attr:meta])* fn $name:ident($db:ident) $body:block)*) => {
         #[cfg(feature = "sqlite")]
         mod sqlite {
             #[allow(unused_imports)]
@@ -344,7 +345,7 @@ macro_rules! backend_tests {
             type Conn = diesel::SqliteConnection;
             #[allow(dead_code)]
             type DB = diesel::sqlite::Sqlite;
-            $(#[test] fn $name() { let $db = <B as $crate::common::TestBackend>::create(); $body })*
+            $($(#[$attr])* #[test] fn $name() { let $db = <B as $crate::common::TestBackend>::create(); $body })*
         }
         #[cfg(feature = "postgres")]
         mod pg {
@@ -356,7 +357,7 @@ macro_rules! backend_tests {
             type Conn = diesel::PgConnection;
             #[allow(dead_code)]
             type DB = diesel::pg::Pg;
-            $(#[test] fn $name() { let $db = <B as $crate::common::TestBackend>::create(); $body })*
+            $($(#[$attr])* #[test] fn $name() { let $db = <B as $crate::common::TestBackend>::create(); $body })*
         }
         #[cfg(feature = "mysql")]
         mod mysql {
@@ -368,7 +369,7 @@ macro_rules! backend_tests {
             type Conn = diesel::MysqlConnection;
             #[allow(dead_code)]
             type DB = diesel::mysql::Mysql;
-            $(#[test] fn $name() { let $db = <B as $crate::common::TestBackend>::create(); $body })*
+            $($(#[$attr])* #[test] fn $name() { let $db = <B as $crate::common::TestBackend>::create(); $body })*
         }
     };
 }
@@ -395,5 +396,78 @@ where
             .values(chunk)
             .execute(conn)
             .expect("insert posts");
+    }
+}
+
+/// Inserts the given posts as they are (in chunks, to stay under bind limits).
+pub fn insert_post_rows<C>(conn: &mut C, rows: &[Post])
+where
+    C: Connection,
+    for<'a> diesel::query_builder::InsertStatement<
+        posts::table,
+        <&'a [Post] as diesel::Insertable<posts::table>>::Values,
+    >: diesel::query_dsl::methods::ExecuteDsl<C>,
+    for<'a> &'a [Post]: diesel::Insertable<posts::table>,
+{
+    for chunk in rows.chunks(500) {
+        diesel::insert_into(posts::table)
+            .values(chunk)
+            .execute(conn)
+            .expect("insert posts");
+    }
+}
+
+/// A user with the given id, named after it.
+pub fn user(id: i32) -> User {
+    User {
+        id,
+        name: format!("user {id}"),
+    }
+}
+
+/// Inserts the given users.
+pub fn insert_users<C>(conn: &mut C, rows: &[User])
+where
+    C: Connection,
+    for<'a> diesel::query_builder::InsertStatement<
+        users::table,
+        <&'a [User] as diesel::Insertable<users::table>>::Values,
+    >: diesel::query_dsl::methods::ExecuteDsl<C>,
+    for<'a> &'a [User]: diesel::Insertable<users::table>,
+{
+    for chunk in rows.chunks(500) {
+        diesel::insert_into(users::table)
+            .values(chunk)
+            .execute(conn)
+            .expect("insert users");
+    }
+}
+
+/// An event with the given id and code; other columns derived from the id.
+pub fn event(id: i64, code: i16) -> Event {
+    Event {
+        id,
+        code,
+        kind: ["alpha", "beta", "gamma"][id.rem_euclid(3) as usize].to_string(),
+        seq: (id.rem_euclid(5)) as i32,
+        payload: format!("payload {id}"),
+    }
+}
+
+/// Inserts the given events.
+pub fn insert_events<C>(conn: &mut C, rows: &[Event])
+where
+    C: Connection,
+    for<'a> diesel::query_builder::InsertStatement<
+        events::table,
+        <&'a [Event] as diesel::Insertable<events::table>>::Values,
+    >: diesel::query_dsl::methods::ExecuteDsl<C>,
+    for<'a> &'a [Event]: diesel::Insertable<events::table>,
+{
+    for chunk in rows.chunks(500) {
+        diesel::insert_into(events::table)
+            .values(chunk)
+            .execute(conn)
+            .expect("insert events");
     }
 }
