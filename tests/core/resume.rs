@@ -16,7 +16,7 @@ backend_tests! {
 
         let mut it = posts::table.chunked_by(posts::id).batch_size(5).load_batches::<Post>(&mut conn);
         let mut batches = Vec::new();
-        while let Some(batch) = it.next() {
+        for batch in it.by_ref() {
             batches.push(ids(&batch.unwrap()));
             match batches.len() {
                 1 => {
@@ -57,7 +57,7 @@ backend_tests! {
 
         let mut it = posts::table.chunked_by(posts::id).batch_size(5).desc().load_batches::<Post>(&mut conn);
         let mut batches = Vec::new();
-        while let Some(batch) = it.next() {
+        for batch in it.by_ref() {
             batches.push(ids(&batch.unwrap()));
             if batches.len() == 1 {
                 // Cursor at 17, going down: 1 is ahead (seen), 100 behind (not seen).
