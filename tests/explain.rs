@@ -4,6 +4,7 @@
 //! The batch SQL is taken from the statement the scan really ran (through Diesel's
 //! instrumentation), its placeholders replaced by the literals the test passed,
 //! and handed to `EXPLAIN`.
+#![cfg(feature = "chrono")]
 
 mod common;
 
