@@ -47,6 +47,7 @@ pub struct Chunked<Q, K: Key> {
     start_after: Option<K::Value>,
     end_at: Option<K::Value>,
     max_retries: Option<u32>,
+    cache_statements: bool,
 }
 
 impl<Q, K: Key> Chunked<Q, K> {
@@ -60,6 +61,7 @@ impl<Q, K: Key> Chunked<Q, K> {
             start_after: None,
             end_at: None,
             max_retries: None,
+            cache_statements: true,
         }
     }
 
@@ -114,6 +116,41 @@ impl<Q, K: Key> Chunked<Q, K> {
     /// pools and 0 for a borrowed connection, which cannot be replaced.
     pub fn max_retries(mut self, n: u32) -> Self {
         self.max_retries = Some(n);
+        self
+    }
+
+    /// Whether the connection may keep the batch statement prepared (the default),
+    /// or must send it unnamed each time.
+    ///
+    /// Every batch of a scan has the same SQL, so by default the connection
+    /// prepares it once and only binds new values for the next batches (Diesel's
+    /// prepared statement cache). `cache_statements(false)` sends each batch as an
+    /// unnamed statement instead: on PostgreSQL it is parsed, bound and run in one
+    /// round trip, so it needs no state on the server connection between batches.
+    ///
+    /// That is what a pooler in transaction mode needs, such as pgbouncer before
+    /// 1.21, or later versions without `max_prepared_statements`: it hands each
+    /// transaction (each batch) to any server connection, where a statement
+    /// prepared on another one does not exist. The connection-wide alternative is
+    /// Diesel's `conn.set_prepared_statement_cache_size(CacheSize::Disabled)`; see
+    /// the README's section on poolers.
+    ///
+    /// ```
+    /// # include!("../tests/doc/setup.rs");
+    /// use diesel_chunked_iterator::prelude::*;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let conn = &mut doc_connection();
+    /// let n = posts::table
+    ///     .chunked_by(posts::id)
+    ///     .batch_size(2)
+    ///     .cache_statements(false)
+    ///     .load_iter::<Post>(conn)
+    ///     .count();
+    /// assert_eq!(n, 5);
+    /// # Ok(()) }
+    /// ```
+    pub fn cache_statements(mut self, on: bool) -> Self {
+        self.cache_statements = on;
         self
     }
 
@@ -178,6 +215,7 @@ impl<Q, K: Key> Chunked<Q, K> {
             batch_size: self.batch_size,
             limit_total: self.limit_total,
             max_retries: self.max_retries,
+            cache_statements: self.cache_statements,
         }
     }
 }

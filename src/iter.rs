@@ -68,6 +68,7 @@ pub(crate) struct ScanConfig {
     pub(crate) batch_size: u64,
     pub(crate) limit_total: Option<u64>,
     pub(crate) max_retries: Option<u32>,
+    pub(crate) cache_statements: bool,
 }
 
 /// The engine shared by both iterators: runs batches, moves the bound, counts.
@@ -97,7 +98,10 @@ impl<S: ConnectionSource, B, K: Key, R> Scan<S, B, K, R> {
         config: ScanConfig,
     ) -> Self {
         let (query, pending_error) = match query {
-            Ok(q) => (Some(q), None),
+            Ok(mut q) => {
+                q.set_cache_statements(config.cache_statements);
+                (Some(q), None)
+            }
             Err(e) => (None, Some(e)),
         };
         // Bounds that cannot hold any row need no query.
@@ -135,7 +139,14 @@ impl<S: ConnectionSource, B, K: Key, R> Scan<S, B, K, R> {
     }
 
     /// At most how many more rows can be loaded, if a total cap is set.
+    ///
+    /// An error still to be reported (a refused query, an invalid batch size) is
+    /// the one item left, so it counts as one.
     fn rows_left(&self) -> Option<u64> {
+        let bad_batch_size = !matches!(i64::try_from(self.config.batch_size), Ok(n) if n > 0);
+        if self.pending_error.is_some() || (!self.done && bad_batch_size) {
+            return Some(1);
+        }
         if self.done {
             return Some(0);
         }

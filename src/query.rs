@@ -166,7 +166,15 @@ fn check_clauses(sql: &str) -> Result<(), Error> {
                             "use .start_after(key) to start further in",
                         ),
                     ] {
-                        if rest.starts_with(word) {
+                        // `.offset(n)` alone renders as `LIMIT -1 OFFSET` on SQLite
+                        // and `LIMIT 18446744073709551615 OFFSET` on MySQL: the
+                        // user wrote no LIMIT, so report the OFFSET that follows.
+                        let no_limit = |r: &str| {
+                            ["-1 ", "18446744073709551615 "]
+                                .iter()
+                                .any(|v| r[word.len()..].starts_with(v))
+                        };
+                        if rest.starts_with(word) && !(clause == "LIMIT" && no_limit(rest)) {
                             return Err(Error::QueryHasClause { clause, hint });
                         }
                     }
@@ -217,6 +225,7 @@ pub struct SeekQuery<B, K: Key> {
     base: B,
     key: K,
     bounds: Arc<BoundsCell<K::Value>>,
+    cache_statements: bool,
 }
 
 impl<B, K: Key> SeekQuery<B, K> {
@@ -227,7 +236,17 @@ impl<B, K: Key> SeekQuery<B, K> {
     {
         let bounds = BoundsCell::new(bounds);
         let base = query.filter(SeekPredicate::new(key, Arc::clone(&bounds)));
-        Self { base, key, bounds }
+        Self {
+            base,
+            key,
+            bounds,
+            cache_statements: true,
+        }
+    }
+
+    /// Whether the batch statement may be kept prepared by the connection.
+    pub(crate) fn set_cache_statements(&mut self, on: bool) {
+        self.cache_statements = on;
     }
 
     pub(crate) fn key(&self) -> &K {
@@ -254,6 +273,7 @@ impl<B, K: Key> SeekQuery<B, K> {
             key: &self.key,
             desc: self.bounds().desc,
             limit,
+            cache: self.cache_statements,
         }
     }
 }
@@ -269,6 +289,7 @@ pub struct Batch<'q, B, K> {
     key: &'q K,
     desc: bool,
     limit: i64,
+    cache: bool,
 }
 
 impl<B: Query, K> Query for Batch<'_, B, K> {
@@ -288,6 +309,11 @@ where
     i64: diesel::serialize::ToSql<BigInt, DB>,
 {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
+        if !self.cache {
+            // Diesel then sends the statement unnamed, parsed and run in one
+            // round trip (see `Chunked::cache_statements`).
+            out.unsafe_to_cache_prepared();
+        }
         self.base.walk_ast(out.reborrow())?;
         out.push_sql(" ORDER BY ");
         for i in 0..K::ARITY {

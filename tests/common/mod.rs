@@ -57,7 +57,7 @@ pub mod schema {
 pub use schema::{events, posts, users};
 
 #[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
-#[diesel(table_name = posts)]
+#[diesel(table_name = posts, treat_none_as_default_value = false)]
 pub struct Post {
     pub id: i32,
     pub user_id: i32,
@@ -161,7 +161,7 @@ impl QueryLog {
     }
 }
 
-fn in_ci() -> bool {
+pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
 }
 

@@ -132,7 +132,6 @@ backend_tests! {
         assert_eq!((p.rows, p.batches, p.queries, p.retries), (5, 1, 2, 0));
     }
 
-    #[ignore = "BUG: a boxed query with only .offset(n) is reported as having a LIMIT on SQLite and MySQL"]
     fn offset_alone_is_reported_as_offset(db) {
         let mut conn = connect::<B>(&db);
         insert_posts(&mut conn, 1..=5);

@@ -23,6 +23,32 @@ fn assert_invalid_batch_size<T: std::fmt::Debug>(
 }
 
 backend_tests! {
+    fn size_hint_counts_the_error_of_an_invalid_scan(db) {
+        let mut conn = connect::<B>(&db);
+        insert_posts(&mut conn, 1..=3);
+        // The error is the one item left, even under limit_total(0).
+        for total in [None, Some(0), Some(5)] {
+            let q = posts::table.chunked_by(posts::id).batch_size(0);
+            let q = match total { Some(t) => q.limit_total(t), None => q };
+            let mut it = q.load_iter::<Post>(&mut conn);
+            assert_eq!(it.size_hint(), (0, Some(1)), "limit_total {total:?}");
+            assert!(matches!(it.next(), Some(Err(Error::InvalidBatchSize { .. }))));
+            assert_eq!(it.size_hint(), (0, Some(0)));
+        }
+        let mut it = posts::table.into_boxed::<DB>().order(posts::id)
+            .chunked_by(posts::id).limit_total(0).load_batches::<Post>(&mut conn);
+        assert_eq!(it.size_hint(), (0, Some(1)));
+        assert!(matches!(it.next(), Some(Err(Error::QueryHasClause { .. }))));
+        assert_eq!(it.size_hint(), (0, Some(0)));
+        assert!(it.next().is_none());
+
+        // Exact where limit_total bounds the scan.
+        let mut it = posts::table.chunked_by(posts::id).limit_total(2).load_iter::<Post>(&mut conn);
+        assert_eq!(it.size_hint(), (0, Some(2)));
+        it.next().unwrap().unwrap();
+        assert_eq!(it.size_hint(), (1, Some(1)));
+    }
+
     fn limit_total_caps_rows_and_shrinks_the_last_limit(db) {
         let mut conn = connect::<B>(&db);
         insert_posts(&mut conn, 1..=25);
