@@ -2,11 +2,13 @@
 
 use std::marker::PhantomData;
 
-use diesel::Connection;
+use diesel::query_dsl::LoadQuery;
+use diesel::{Connection, RunQueryDsl};
 
 use crate::error::Error;
 use crate::iter::{LoadBatches, LoadIter, Scan, ScanConfig};
-use crate::key::{Bounds, Key};
+use crate::key::{Bounds, Key, KeysetBackend};
+use crate::plan::{self, CountQuery, Partition, PartitionColumns, PartitionQuery, PreparePlan};
 use crate::query::{LoadBatch, PrepareKeyed, PrepareModel, SeekQuery};
 use crate::source::ConnectionSource;
 use crate::unique::UniqueIndexes;
@@ -48,6 +50,24 @@ pub struct Chunked<Q, K: Key> {
     end_at: Option<K::Value>,
     max_retries: Option<u32>,
     cache_statements: bool,
+    within: Option<(Option<K::Value>, Option<K::Value>)>,
+}
+
+impl<Q: Clone, K: Key> Clone for Chunked<Q, K> {
+    fn clone(&self) -> Self {
+        Self {
+            query: self.query.clone(),
+            key: self.key,
+            batch_size: self.batch_size,
+            limit_total: self.limit_total,
+            desc: self.desc,
+            start_after: self.start_after.clone(),
+            end_at: self.end_at.clone(),
+            max_retries: self.max_retries,
+            cache_statements: self.cache_statements,
+            within: self.within.clone(),
+        }
+    }
 }
 
 impl<Q, K: Key> Chunked<Q, K> {
@@ -62,6 +82,7 @@ impl<Q, K: Key> Chunked<Q, K> {
             end_at: None,
             max_retries: None,
             cache_statements: true,
+            within: None,
         }
     }
 
@@ -154,6 +175,149 @@ impl<Q, K: Key> Chunked<Q, K> {
         self
     }
 
+    /// Restricts the scan to one slice of the key range: the rows with
+    /// `partition.start_after < key <= partition.end_at`, in either direction.
+    ///
+    /// On an ascending scan this is `start_after(..)` and `end_at(..)`; both can
+    /// still be set as well (to resume inside a slice, say), and every bound
+    /// applies.
+    ///
+    /// ```
+    /// # include!("../tests/doc/setup.rs");
+    /// use diesel_chunked_iterator::prelude::*;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let conn = &mut doc_connection();
+    /// let parts = posts::table.chunked_by(posts::id).partitions(2, conn)?;
+    /// let second: Vec<i32> = posts::table
+    ///     .chunked_by(posts::id)
+    ///     .within(&parts[1])  // WHERE posts.id > 3
+    ///     .desc()             // ORDER BY posts.id DESC
+    ///     .load_iter::<Post>(conn)
+    ///     .map(|p| p.map(|p| p.id))
+    ///     .collect::<Result<_, _>>()?;
+    /// assert_eq!(second, [5, 4]);
+    /// # Ok(()) }
+    /// ```
+    pub fn within(mut self, partition: &Partition<K::Value>) -> Self {
+        self.within = Some((partition.start_after.clone(), partition.end_at.clone()));
+        self
+    }
+
+    /// Splits the key range of the query into `n` disjoint slices that together
+    /// cover it, holding equal numbers of rows (to one row), in one query.
+    ///
+    /// The query's filters and the scan's bounds decide which rows are counted;
+    /// hand each slice to a worker, which scans it with
+    /// [`within`](Self::within) on the same query. The first slice has no lower
+    /// end and the last no upper end, so rows inserted later at either end are
+    /// still covered. With fewer than `n` rows there is one slice per row (and
+    /// one open slice for no rows at all). The statement is in the
+    /// [`plan`](crate::plan) module's docs: window functions over the key, one
+    /// pass over the key's index, `n` rows back.
+    ///
+    /// `n = 0` is [`Error::InvalidPartitionCount`].
+    ///
+    /// ```
+    /// # include!("../tests/doc/setup.rs");
+    /// use diesel_chunked_iterator::prelude::*;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let conn = &mut doc_connection();
+    /// let parts = posts::table.chunked_by(posts::id).partitions(2, conn)?;
+    /// assert_eq!(parts.len(), 2);
+    /// assert_eq!((parts[0].start_after, parts[0].end_at, parts[0].rows), (None, Some(3), 3));
+    /// assert_eq!((parts[1].start_after, parts[1].end_at, parts[1].rows), (Some(3), None, 2));
+    ///
+    /// // every slice scanned: each row exactly once
+    /// let mut ids = Vec::new();
+    /// for p in &parts {
+    ///     for post in posts::table.chunked_by(posts::id).within(p).load_iter::<Post>(&mut *conn) {
+    ///         ids.push(post?.id);
+    ///     }
+    /// }
+    /// assert_eq!(ids, [1, 2, 3, 4, 5]);
+    /// # Ok(()) }
+    /// ```
+    pub fn partitions<'a, C>(
+        self,
+        n: usize,
+        conn: &mut C,
+    ) -> Result<Vec<Partition<K::Value>>, Error>
+    where
+        C: Connection,
+        C::Backend: KeysetBackend,
+        Q: PreparePlan<'a, K, PartitionColumns<K>, C::Backend>,
+        PartitionQuery<PlanInner<'a, Q, K, PartitionColumns<K>, C::Backend>, K>:
+            LoadQuery<'a, C, (K::Value, i64, i64)>,
+    {
+        let count = match i64::try_from(n) {
+            Ok(c) if c > 0 => c,
+            _ => return Err(Error::InvalidPartitionCount { n }),
+        };
+        let bounds = self.bounds();
+        let inner = self
+            .query
+            .prepare_plan(self.key, bounds, plan::partition_columns(self.key))?;
+        let kept = plan::partition_query::<_, K>(inner, count)
+            .load(conn)
+            .map_err(|source| Error::Query {
+                context: "computing the partitions",
+                source,
+            })?;
+        Ok(plan::slices(kept))
+    }
+
+    /// How many rows the scan will yield, for a progress bar: cheap where the
+    /// backend has an estimate, exact otherwise.
+    ///
+    /// On PostgreSQL this is the planner's estimate for the scan's query
+    /// (`EXPLAIN`, the top node's row count): nothing is scanned, and it is only
+    /// as good as the table's statistics (`ANALYZE`). On SQLite and MariaDB/MySQL,
+    /// whose plans carry no usable row estimate for a filtered query, it is an
+    /// exact `SELECT COUNT(*)` over the scan's query, which reads the matching
+    /// keys. Either way the query's filters and the scan's bounds apply, and the
+    /// result is capped by [`limit_total`](Self::limit_total).
+    ///
+    /// ```
+    /// # include!("../tests/doc/setup.rs");
+    /// use diesel_chunked_iterator::prelude::*;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let conn = &mut doc_connection();
+    /// let published = posts::table.filter(posts::published.eq(true)).chunked_by(posts::id);
+    /// assert_eq!(published.estimate_total(conn)?, 3); // SQLite: an exact count
+    /// # Ok(()) }
+    /// ```
+    pub fn estimate_total<'a, C>(&self, conn: &mut C) -> Result<u64, Error>
+    where
+        Q: Clone,
+        C: Connection,
+        C::Backend: KeysetBackend,
+        Q: PreparePlan<'a, K, K::Selection, C::Backend>,
+        CountQuery<PlanInner<'a, Q, K, K::Selection, C::Backend>>: LoadQuery<'a, C, String>,
+    {
+        let inner =
+            self.query
+                .clone()
+                .prepare_plan(self.key, self.bounds(), self.key.selection())?;
+        let out: String = plan::count_query::<_, C::Backend>(inner)
+            .get_result(conn)
+            .map_err(|source| Error::Query {
+                context: "estimating the rows of the scan",
+                source,
+            })?;
+        let rows = if <C::Backend as KeysetBackend>::PLANNER_ESTIMATE {
+            plan::plan_rows(&out)
+        } else {
+            out.trim().parse().ok()
+        }
+        .ok_or(Error::Query {
+            context: "estimating the rows of the scan",
+            source: diesel::result::Error::DeserializationError(
+                format!("no row count in {out:?}").into(),
+            ),
+        })?;
+        Ok(self.limit_total.map_or(rows, |cap| rows.min(cap)))
+    }
+
     /// Checks the schema: succeeds if the table has a primary key or a unique index
     /// whose columns are all key columns, so no two rows can share a key value.
     ///
@@ -203,11 +367,27 @@ impl<Q, K: Key> Chunked<Q, K> {
     }
 
     fn bounds(&self) -> Bounds<K::Value> {
-        Bounds {
+        let mut bounds = Bounds {
             after: self.start_after.clone(),
             until: self.end_at.clone(),
+            lower: None,
+            upper: None,
             desc: self.desc,
+        };
+        if let Some((lower, upper)) = self.within.clone() {
+            // Ascending, a slice's ends are the scan's own bounds when those are
+            // free, so `within` renders exactly as `start_after`/`end_at`.
+            let asc = !self.desc;
+            match lower {
+                Some(v) if asc && bounds.after.is_none() => bounds.after = Some(v),
+                v => bounds.lower = v,
+            }
+            match upper {
+                Some(v) if asc && bounds.until.is_none() => bounds.until = Some(v),
+                v => bounds.upper = v,
+            }
         }
+        bounds
     }
 
     fn config(&self) -> ScanConfig {
@@ -219,6 +399,9 @@ impl<Q, K: Key> Chunked<Q, K> {
         }
     }
 }
+
+/// The prepared query of a planning method on query `Q` with selection `X`.
+pub type PlanInner<'a, Q, K, X, DB> = <Q as PreparePlan<'a, K, X, DB>>::Inner;
 
 /// The backend a connection source talks to.
 pub type Db<S> = <<S as ConnectionSource>::Connection as Connection>::Backend;

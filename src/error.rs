@@ -81,6 +81,13 @@ pub enum Error {
         columns: String,
     },
 
+    /// `partitions(0)`: a key range cannot be split into no slices.
+    #[error("partitions(n) needs n of at least 1 (got {n})")]
+    InvalidPartitionCount {
+        /// The count that was asked for.
+        n: usize,
+    },
+
     /// A database error, with where in the scan it happened.
     #[error("batch {batch} failed{}{}: {source}", DisplayAfter(.last_key), DisplayAttempts(*.attempts))]
     Database {

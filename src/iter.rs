@@ -289,16 +289,16 @@ where
 /// Whether the bounds leave no key at all: `start_after` at or past `end_at` in
 /// the scan's direction, when Rust can compare the values for certain.
 fn bounds_are_empty<B, K: Key>(q: &SeekQuery<B, K>) -> bool {
-    let bounds = q.bounds();
-    let (Some(after), Some(until)) = (&bounds.after, &bounds.until) else {
-        return false;
-    };
-    match K::compare(after, until) {
-        Some(Ordering::Equal) => true,
-        Some(Ordering::Greater) => !bounds.desc,
-        Some(Ordering::Less) => bounds.desc,
-        None => false,
-    }
+    let (lows, highs) = q.bounds().ends();
+    lows.iter().any(|(low, low_excl)| {
+        highs
+            .iter()
+            .any(|(high, high_excl)| match K::compare(low, high) {
+                Some(Ordering::Greater) => true,
+                Some(Ordering::Equal) => *low_excl || *high_excl,
+                Some(Ordering::Less) | None => false,
+            })
+    })
 }
 
 fn is_transient(e: &AttemptError) -> bool {

@@ -458,6 +458,9 @@ impl<A: KeyPart, B: KeyPart, C: KeyPart> IntoKey<Columns> for (A, B, C) {
 pub trait KeysetBackend: Backend {
     /// Whether composite keys are compared as row values.
     const ROW_VALUES: bool;
+    /// Whether [`estimate_total`](crate::Chunked::estimate_total) asks the
+    /// planner (`EXPLAIN`) instead of counting.
+    const PLANNER_ESTIMATE: bool = false;
 }
 
 #[cfg(feature = "sqlite")]
@@ -467,6 +470,7 @@ impl KeysetBackend for diesel::sqlite::Sqlite {
 #[cfg(feature = "postgres")]
 impl KeysetBackend for diesel::pg::Pg {
     const ROW_VALUES: bool = true;
+    const PLANNER_ESTIMATE: bool = true;
 }
 #[cfg(feature = "mysql")]
 impl KeysetBackend for diesel::mysql::Mysql {
@@ -481,7 +485,30 @@ pub struct Bounds<V> {
     pub(crate) after: Option<V>,
     /// Inclusive: rows up to and including this key (down to it, descending).
     pub(crate) until: Option<V>,
+    /// Exclusive lower end of a partition, whatever the direction: `key > lower`.
+    pub(crate) lower: Option<V>,
+    /// Inclusive upper end of a partition, whatever the direction: `key <= upper`.
+    pub(crate) upper: Option<V>,
     pub(crate) desc: bool,
+}
+
+impl<V> Bounds<V> {
+    /// The bounds as `(value, exclusive)` pairs: the lower ends, then the upper.
+    pub(crate) fn ends(&self) -> (Vec<(&V, bool)>, Vec<(&V, bool)>) {
+        let mut lows = Vec::new();
+        let mut highs = Vec::new();
+        let (after, until) = (self.after.as_ref(), self.until.as_ref());
+        if self.desc {
+            highs.extend(after.map(|v| (v, true)));
+            lows.extend(until.map(|v| (v, false)));
+        } else {
+            lows.extend(after.map(|v| (v, true)));
+            highs.extend(until.map(|v| (v, false)));
+        }
+        lows.extend(self.lower.as_ref().map(|v| (v, true)));
+        highs.extend(self.upper.as_ref().map(|v| (v, false)));
+        (lows, highs)
+    }
 }
 
 /// The bounds, shared between the scan (which moves `after` between batches) and
@@ -603,12 +630,18 @@ where
             walk_compare(&self.key, after, start, out.reborrow())?;
             parts += 1;
         }
-        if let Some(until) = &bounds.until {
-            if parts > 0 {
-                out.push_sql(" AND ");
+        for (value, op) in [
+            (&bounds.until, end),
+            (&bounds.lower, Op::Gt),
+            (&bounds.upper, Op::Le),
+        ] {
+            if let Some(value) = value {
+                if parts > 0 {
+                    out.push_sql(" AND ");
+                }
+                walk_compare(&self.key, value, op, out.reborrow())?;
+                parts += 1;
             }
-            walk_compare(&self.key, until, end, out.reborrow())?;
-            parts += 1;
         }
         if parts == 0 {
             // The first batch of an unbounded scan: the predicate is always true.

@@ -7,18 +7,20 @@ mod dsl;
 mod error;
 mod iter;
 pub mod key;
+pub mod plan;
 pub mod query;
 mod source;
 mod unique;
 
 pub use builder::{
     Chunked, Db, KeyedBase, KeyedBatches, KeyedIter, KeyedRows, ModelBase, ModelBatches, ModelIter,
-    ModelRows, RowType, Rows, RunChunkedDsl, ScanKeyed, ScanModel, DEFAULT_BATCH_SIZE,
+    ModelRows, PlanInner, RowType, Rows, RunChunkedDsl, ScanKeyed, ScanModel, DEFAULT_BATCH_SIZE,
 };
 pub use dsl::ChunkedDsl;
 pub use error::Error;
 pub use iter::{EndReason, LoadBatches, LoadIter, Progress};
 pub use key::typed;
+pub use plan::Partition;
 pub use source::{AttemptError, ConnectionSource};
 pub use unique::UniqueIndexes;
 

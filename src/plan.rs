@@ -1,0 +1,359 @@
+//! Planning a scan before it runs: splitting the key range into
+//! [`Partition`]s for many workers, and estimating how many rows a scan will
+//! yield.
+//!
+//! Both run one query on the user's query as the scan would see it: its own
+//! filters and joins, plus the scan's bounds (`start_after`, `end_at`,
+//! `within`).
+//!
+//! The partition boundaries come from the database in one statement, with window
+//! functions (PostgreSQL, MariaDB/MySQL 8 and SQLite 3.25 all have them):
+//!
+//! ```text
+//! SELECT p.k0 [, p.k1 ...], p.rn, p.cnt FROM (
+//!     SELECT <key columns> AS k0 [, ...],
+//!            ROW_NUMBER() OVER (ORDER BY <key>) AS rn,
+//!            COUNT(*) OVER () AS cnt
+//!     FROM ... WHERE (<the query's filters>) AND <the scan's bounds>
+//! ) p
+//! WHERE (p.rn * $n) % p.cnt < $n
+//! ORDER BY p.rn
+//! ```
+//!
+//! Row `rn` is kept when a multiple of `cnt` lies in `((rn - 1)·n, rn·n]`, that
+//! is for `rn = ⌈j·cnt/n⌉`, `j = 1..=n`: exactly `n` rows when the query has at
+//! least `n` rows (every row otherwise), the last of them row `cnt`. The kept keys
+//! but the last are the boundaries, so slice sizes differ by at most one row,
+//! however skewed or gappy the keys are. The statement reads every key of the
+//! range once, from the key's index where there is one; no rows are sent back but
+//! the `n` boundaries.
+
+use diesel::backend::Backend;
+use diesel::expression::{is_aggregate, AppearsOnTable, Expression, SelectableExpression};
+use diesel::expression::{TypedExpressionType, ValidGrouping};
+use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
+use diesel::query_dsl::methods::{FilterDsl, SelectDsl};
+use diesel::sql_types::{BigInt, Text};
+use diesel::{QueryResult, RunQueryDsl};
+
+use crate::error::Error;
+use crate::key::{Bounds, BoundsCell, Key, KeySql, KeysetBackend, SeekPredicate};
+use crate::query::ChunkableQuery;
+
+/// One slice of a key range: the rows with `start_after < key <= end_at`, where
+/// a missing end is open.
+///
+/// Made by [`Chunked::partitions`](crate::Chunked::partitions); scanned with
+/// [`Chunked::within`](crate::Chunked::within). The slices of one call are
+/// disjoint and cover the whole key range: the first has no `start_after` and the
+/// last no `end_at`, so rows inserted later before the first key or after the
+/// last are still covered. With the `serde` feature it serializes, to be handed
+/// to a job queue.
+///
+/// ```
+/// use diesel_chunked_iterator::Partition;
+///
+/// let p = Partition { index: 1, start_after: Some(250), end_at: Some(500), rows: 250 };
+/// assert!(!p.contains(&250));
+/// assert!(p.contains(&251) && p.contains(&500));
+/// assert!(!p.contains(&501));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct Partition<V> {
+    /// The slice's position, from 0, in ascending key order.
+    pub index: usize,
+    /// Exclusive lower end; `None` for the first slice.
+    pub start_after: Option<V>,
+    /// Inclusive upper end; `None` for the last slice.
+    pub end_at: Option<V>,
+    /// How many rows the slice held when the partitions were computed.
+    pub rows: u64,
+}
+
+impl<V: PartialOrd> Partition<V> {
+    /// Whether `key` falls in this slice, by Rust's ordering of the values.
+    ///
+    /// For numbers, dates, timestamps and UUIDs this is the database's ordering;
+    /// text keys follow the database's collation, which Rust does not know.
+    pub fn contains(&self, key: &V) -> bool {
+        self.start_after.as_ref().is_none_or(|a| key > a)
+            && self.end_at.as_ref().is_none_or(|e| key <= e)
+    }
+}
+
+/// Makes the slices from the kept `(key, rn, cnt)` rows.
+pub(crate) fn slices<V: Clone>(kept: Vec<(V, i64, i64)>) -> Vec<Partition<V>> {
+    let total = kept.last().map_or(0, |(_, _, cnt)| *cnt);
+    let mut out = Vec::with_capacity(kept.len().max(1));
+    let mut after: Option<V> = None;
+    let mut after_rn = 0i64;
+    let last = kept.len().saturating_sub(1);
+    for (i, (key, rn, _)) in kept.into_iter().enumerate() {
+        if i == last {
+            break;
+        }
+        out.push(Partition {
+            index: i,
+            start_after: after.take(),
+            end_at: Some(key.clone()),
+            rows: u64::try_from(rn - after_rn).unwrap_or(0),
+        });
+        after = Some(key);
+        after_rn = rn;
+    }
+    out.push(Partition {
+        index: out.len(),
+        start_after: after,
+        end_at: None,
+        rows: u64::try_from(total - after_rn).unwrap_or(0),
+    });
+    out
+}
+
+/// The inner selection of the partition query: the key columns, each row's
+/// position in key order and the number of rows.
+#[derive(Debug, Clone, Copy)]
+#[doc(hidden)]
+pub struct PartitionColumns<K>(K);
+
+impl<K: Key> Expression for PartitionColumns<K>
+where
+    <K::Selection as Expression>::SqlType: TypedExpressionType,
+{
+    type SqlType = <K::Selection as Expression>::SqlType;
+}
+
+impl<K: Key> ValidGrouping<()> for PartitionColumns<K> {
+    type IsAggregate = is_aggregate::No;
+}
+
+impl<K: Key, QS> AppearsOnTable<QS> for PartitionColumns<K>
+where
+    Self: Expression,
+    K::Selection: AppearsOnTable<QS>,
+{
+}
+
+impl<K: Key, QS> SelectableExpression<QS> for PartitionColumns<K>
+where
+    Self: AppearsOnTable<QS>,
+    K::Selection: SelectableExpression<QS>,
+{
+}
+
+impl<K: Key> QueryId for PartitionColumns<K> {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl<K: KeySql<DB>, DB: Backend> QueryFragment<DB> for PartitionColumns<K> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
+        for i in 0..K::ARITY {
+            self.0.walk_column(i, out.reborrow())?;
+            out.push_sql(&format!(" AS chunked_k{i}, "));
+        }
+        out.push_sql("ROW_NUMBER() OVER (ORDER BY ");
+        for i in 0..K::ARITY {
+            if i > 0 {
+                out.push_sql(", ");
+            }
+            self.0.walk_column(i, out.reborrow())?;
+        }
+        out.push_sql(") AS chunked_rn, COUNT(*) OVER () AS chunked_cnt");
+        Ok(())
+    }
+}
+
+/// The partition statement around the inner query (see the module docs).
+#[derive(Debug)]
+#[doc(hidden)]
+pub struct PartitionQuery<I, K> {
+    inner: I,
+    n: i64,
+    _key: std::marker::PhantomData<K>,
+}
+
+impl<I, K: Key> Query for PartitionQuery<I, K>
+where
+    <K::Selection as Expression>::SqlType: TypedExpressionType,
+{
+    type SqlType = (<K::Selection as Expression>::SqlType, BigInt, BigInt);
+}
+
+impl<I, K> QueryId for PartitionQuery<I, K> {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl<I, K, DB> QueryFragment<DB> for PartitionQuery<I, K>
+where
+    DB: Backend,
+    K: Key,
+    I: QueryFragment<DB>,
+    i64: diesel::serialize::ToSql<BigInt, DB>,
+    DB: diesel::sql_types::HasSqlType<BigInt>,
+{
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
+        out.unsafe_to_cache_prepared();
+        out.push_sql("SELECT ");
+        for i in 0..K::ARITY {
+            out.push_sql(&format!("chunked_p.chunked_k{i}, "));
+        }
+        out.push_sql("chunked_p.chunked_rn, chunked_p.chunked_cnt FROM (");
+        self.inner.walk_ast(out.reborrow())?;
+        out.push_sql(") chunked_p WHERE (chunked_p.chunked_rn * ");
+        out.push_bind_param::<BigInt, i64>(&self.n)?;
+        out.push_sql(") % chunked_p.chunked_cnt < ");
+        out.push_bind_param::<BigInt, i64>(&self.n)?;
+        out.push_sql(" ORDER BY chunked_p.chunked_rn");
+        Ok(())
+    }
+}
+
+impl<I, K, Conn> RunQueryDsl<Conn> for PartitionQuery<I, K> {}
+
+/// `SELECT COUNT(*)` of the scan's rows, or, where the backend's planner has a
+/// cheap estimate, `EXPLAIN` of the scan's query.
+#[derive(Debug)]
+#[doc(hidden)]
+pub struct CountQuery<I> {
+    inner: I,
+    explain: bool,
+}
+
+impl<I> Query for CountQuery<I> {
+    type SqlType = Text;
+}
+
+impl<I> QueryId for CountQuery<I> {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl<I: QueryFragment<DB>, DB: Backend> QueryFragment<DB> for CountQuery<I> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
+        out.unsafe_to_cache_prepared();
+        if self.explain {
+            out.push_sql("EXPLAIN (FORMAT JSON) ");
+            return self.inner.walk_ast(out.reborrow());
+        }
+        // As text, so that both forms load alike on every backend.
+        out.push_sql("SELECT CAST(COUNT(*) AS CHAR(20)) FROM (");
+        self.inner.walk_ast(out.reborrow())?;
+        out.push_sql(") chunked_c");
+        Ok(())
+    }
+}
+
+impl<I, Conn> RunQueryDsl<Conn> for CountQuery<I> {}
+
+/// The `Plan Rows` of the top node of PostgreSQL's `EXPLAIN (FORMAT JSON)`.
+pub(crate) fn plan_rows(json: &str) -> Option<u64> {
+    let at = json.find("\"Plan Rows\":")? + "\"Plan Rows\":".len();
+    let digits: String = json[at..]
+        .trim_start()
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.')
+        .collect();
+    digits.parse::<f64>().ok().map(|r| r.round() as u64)
+}
+
+/// The queries the planning methods need of the user's query: boxed and checked
+/// like a scan's, with the scan's bounds in its `WHERE` clause and selection `X`.
+pub trait PreparePlan<'a, K: Key, X, DB: Backend> {
+    /// The prepared query's type.
+    type Inner;
+
+    /// Boxes the query, selects `selection`, adds the scan's bounds.
+    fn prepare_plan(
+        self,
+        key: K,
+        bounds: Bounds<K::Value>,
+        selection: X,
+    ) -> Result<Self::Inner, Error>;
+}
+
+impl<'a, Q, K, X, DB> PreparePlan<'a, K, X, DB> for Q
+where
+    DB: Backend,
+    K: Key,
+    X: Expression,
+    Q: ChunkableQuery<'a, DB>,
+    Q::Boxed: SelectDsl<X>,
+    diesel::dsl::Select<Q::Boxed, X>: FilterDsl<SeekPredicate<K>>,
+{
+    type Inner = diesel::dsl::Filter<diesel::dsl::Select<Q::Boxed, X>, SeekPredicate<K>>;
+
+    fn prepare_plan(
+        self,
+        key: K,
+        bounds: Bounds<K::Value>,
+        selection: X,
+    ) -> Result<Self::Inner, Error> {
+        let boxed = self.into_boxed_checked()?;
+        let selected = SelectDsl::select(boxed, selection);
+        Ok(FilterDsl::filter(
+            selected,
+            SeekPredicate::new(key, BoundsCell::new(bounds)),
+        ))
+    }
+}
+
+/// The partition statement for `n` slices of the prepared query.
+pub(crate) fn partition_query<I, K>(inner: I, n: i64) -> PartitionQuery<I, K> {
+    PartitionQuery {
+        inner,
+        n,
+        _key: std::marker::PhantomData,
+    }
+}
+
+/// The count (or estimate) statement of the prepared query.
+pub(crate) fn count_query<I, DB: KeysetBackend>(inner: I) -> CountQuery<I> {
+    CountQuery {
+        inner,
+        explain: DB::PLANNER_ESTIMATE,
+    }
+}
+
+/// The selection of the partition statement's inner query.
+pub(crate) fn partition_columns<K: Key>(key: K) -> PartitionColumns<K> {
+    PartitionColumns(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{plan_rows, slices};
+
+    #[test]
+    fn slices_from_kept_rows() {
+        // 10 rows, n = 3: rows 4, 7 and 10 kept
+        let p = slices(vec![(40, 4, 10), (70, 7, 10), (100, 10, 10)]);
+        assert_eq!(p.len(), 3);
+        assert_eq!(
+            (p[0].start_after, p[0].end_at, p[0].rows),
+            (None, Some(40), 4)
+        );
+        assert_eq!(
+            (p[1].start_after, p[1].end_at, p[1].rows),
+            (Some(40), Some(70), 3)
+        );
+        assert_eq!(
+            (p[2].start_after, p[2].end_at, p[2].rows),
+            (Some(70), None, 3)
+        );
+        assert_eq!(p.iter().map(|p| p.index).collect::<Vec<_>>(), [0, 1, 2]);
+        // no rows: one open slice
+        let p = slices::<i32>(vec![]);
+        assert_eq!(p.len(), 1);
+        assert_eq!((p[0].start_after, p[0].end_at, p[0].rows), (None, None, 0));
+    }
+
+    #[test]
+    fn plan_rows_of_explain_json() {
+        let json = r#"[{"Plan": {"Node Type": "Seq Scan", "Plan Rows": 1234, "Plan Width": 4}}]"#;
+        assert_eq!(plan_rows(json), Some(1234));
+        assert_eq!(plan_rows("[]"), None);
+    }
+}
