@@ -199,12 +199,31 @@ where
         };
         let batch_no = self.batches + 1;
         let query = self.query.as_ref()?;
+        #[cfg(feature = "tracing")]
+        let span = tracing::info_span!(
+            "chunked_batch",
+            batch = batch_no,
+            key = %query.key().describe(),
+            after = ?query.bounds().after,
+            until = tracing::field::Empty,
+            limit,
+            rows = tracing::field::Empty,
+            attempt = tracing::field::Empty,
+            elapsed_ms = tracing::field::Empty,
+            error = tracing::field::Empty,
+        );
+        #[cfg(feature = "tracing")]
+        let _entered = span.enter();
+        #[cfg(feature = "tracing")]
+        let batch_started = Instant::now();
         let max_retries = self.config.max_retries.unwrap_or(S::DEFAULT_MAX_RETRIES);
         let loader = &mut self.rows;
         let mut attempt = 0u32;
         let rows = loop {
             attempt += 1;
             self.queries += 1;
+            #[cfg(feature = "tracing")]
+            span.record("attempt", attempt);
             match self.source.run(|conn| loader.load(query, conn, limit)) {
                 Ok(rows) => break rows,
                 Err(e) => {
@@ -213,6 +232,11 @@ where
                         self.retries += 1;
                         std::thread::sleep(backoff(attempt));
                         continue;
+                    }
+                    #[cfg(feature = "tracing")]
+                    {
+                        span.record("error", tracing::field::display(&e));
+                        span.record("elapsed_ms", elapsed_ms(batch_started));
                     }
                     let last_key = query.bounds().after.as_ref().map(|k| format!("{k:?}"));
                     let err = match e {
@@ -233,6 +257,14 @@ where
                 }
             }
         };
+        #[cfg(feature = "tracing")]
+        {
+            span.record("rows", rows.len());
+            span.record("elapsed_ms", elapsed_ms(batch_started));
+            if let Some((last, _)) = rows.last() {
+                span.record("until", tracing::field::debug(last));
+            }
+        }
         if let Err(e) = self.check_batch(&rows, batch_no) {
             return self.fail(e);
         }
@@ -299,6 +331,11 @@ fn bounds_are_empty<B, K: Key>(q: &SeekQuery<B, K>) -> bool {
                 Some(Ordering::Less) | None => false,
             })
     })
+}
+
+#[cfg(feature = "tracing")]
+fn elapsed_ms(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1000.0
 }
 
 fn is_transient(e: &AttemptError) -> bool {

@@ -5,13 +5,15 @@
 use diesel::Connection;
 
 /// The failure of one attempt to run a batch.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum AttemptError {
     /// The query failed.
+    #[error("{0}")]
     Query(diesel::result::Error),
     /// No connection could be had.
     #[cfg(feature = "r2d2")]
+    #[error("no connection from the pool: {0}")]
     Pool(r2d2::Error),
 }
 
