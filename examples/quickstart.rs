@@ -12,66 +12,15 @@ use std::time::Instant;
 use diesel::connection::InstrumentationEvent;
 use diesel::prelude::*;
 use diesel_chunked_iterator::prelude::*;
-use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
-const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
+mod common;
+use common::{posts, Post};
+
 const ROWS: i32 = 100_000;
 
-diesel::table! {
-    posts (id) {
-        id -> Integer,
-        user_id -> Integer,
-        title -> Text,
-        slug -> Varchar,
-        published -> Bool,
-        score -> Nullable<Integer>,
-        created_at -> Timestamp,
-        body -> Text,
-    }
-}
-
-#[derive(Debug, Queryable, Selectable, Insertable)]
-#[diesel(table_name = posts)]
-struct Post {
-    id: i32,
-    user_id: i32,
-    title: String,
-    slug: String,
-    published: bool,
-    score: Option<i32>,
-    created_at: chrono::NaiveDateTime,
-    body: String,
-}
-
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let mut conn = SqliteConnection::establish(":memory:")?;
-    conn.run_pending_migrations(MIGRATIONS)
-        .map_err(|e| format!("migrations: {e}"))?;
-
     let started = Instant::now();
-    let epoch = chrono::DateTime::from_timestamp(1_767_225_600, 0)
-        .ok_or("bad epoch")?
-        .naive_utc();
-    conn.transaction(|conn| {
-        let rows: Vec<Post> = (1..=ROWS)
-            .map(|id| Post {
-                id,
-                user_id: id % 100,
-                title: format!("post number {id}"),
-                slug: format!("post-{id:06}"),
-                published: id % 3 != 0,
-                score: (id % 10 != 0).then_some(id % 50),
-                created_at: epoch + chrono::Duration::seconds(i64::from(id)),
-                body: "lorem ipsum ".repeat(10),
-            })
-            .collect();
-        for chunk in rows.chunks(2_000) {
-            diesel::insert_into(posts::table)
-                .values(chunk)
-                .execute(conn)?;
-        }
-        diesel::QueryResult::Ok(())
-    })?;
+    let mut conn = common::create(":memory:", 1..=ROWS)?;
     println!("inserted {ROWS} posts in {:?}", started.elapsed());
 
     // Count the statements the scans run.

@@ -50,7 +50,7 @@ pub struct Chunked<Q, K: Key> {
     end_at: Option<K::Value>,
     max_retries: Option<u32>,
     cache_statements: bool,
-    within: Option<(Option<K::Value>, Option<K::Value>)>,
+    within: Option<Partition<K::Value>>,
 }
 
 impl<Q: Clone, K: Key> Clone for Chunked<Q, K> {
@@ -199,7 +199,7 @@ impl<Q, K: Key> Chunked<Q, K> {
     /// # Ok(()) }
     /// ```
     pub fn within(mut self, partition: &Partition<K::Value>) -> Self {
-        self.within = Some((partition.start_after.clone(), partition.end_at.clone()));
+        self.within = Some(partition.clone());
         self
     }
 
@@ -374,7 +374,12 @@ impl<Q, K: Key> Chunked<Q, K> {
             upper: None,
             desc: self.desc,
         };
-        if let Some((lower, upper)) = self.within.clone() {
+        if let Some(Partition {
+            start_after: lower,
+            end_at: upper,
+            ..
+        }) = self.within.clone()
+        {
             // Ascending, a slice's ends are the scan's own bounds when those are
             // free, so `within` renders exactly as `start_after`/`end_at`.
             let asc = !self.desc;

@@ -492,9 +492,12 @@ pub struct Bounds<V> {
     pub(crate) desc: bool,
 }
 
+/// One end of a key range: the value, and whether it is excluded.
+pub(crate) type End<'a, V> = (&'a V, bool);
+
 impl<V> Bounds<V> {
     /// The bounds as `(value, exclusive)` pairs: the lower ends, then the upper.
-    pub(crate) fn ends(&self) -> (Vec<(&V, bool)>, Vec<(&V, bool)>) {
+    pub(crate) fn ends(&self) -> (Vec<End<'_, V>>, Vec<End<'_, V>>) {
         let mut lows = Vec::new();
         let mut highs = Vec::new();
         let (after, until) = (self.after.as_ref(), self.until.as_ref());

@@ -29,7 +29,8 @@ struct Visitor<'a>(&'a mut Fields);
 
 impl Visit for Visitor<'_> {
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        self.0.insert(field.name().to_string(), format!("{value:?}"));
+        self.0
+            .insert(field.name().to_string(), format!("{value:?}"));
     }
     fn record_str(&mut self, field: &Field, value: &str) {
         self.0.insert(field.name().to_string(), value.to_string());
@@ -72,7 +73,9 @@ impl Capture {
 }
 
 fn field<'a>(f: &'a Fields, name: &str) -> &'a str {
-    f.get(name).map(String::as_str).unwrap_or_else(|| panic!("no field {name} in {f:?}"))
+    f.get(name)
+        .map(String::as_str)
+        .unwrap_or_else(|| panic!("no field {name} in {f:?}"))
 }
 
 backend_tests! {
