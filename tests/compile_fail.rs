@@ -20,7 +20,6 @@
     not(feature = "chrono"),
     not(feature = "time"),
     not(feature = "uuid"),
-    not(feature = "r2d2"),
     not(feature = "serde")
 ))]
 
