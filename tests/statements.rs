@@ -110,7 +110,7 @@ backend_tests! {
             let q = posts::table.filter(posts::published.eq(true)).chunked_by(posts::id).batch_size(100).limit_total(1_150);
             let q = if desc { q.desc() } else { q };
             let q = match start { Some(k) => q.start_after(k), None => q };
-            let n = q.load_iter::<Post>(&mut conn).map(|p| p.unwrap()).count();
+            let n = q.load_iter::<Post>(&mut conn).collect::<Result<Vec<_>, _>>().unwrap().len();
             // 1,250 published posts; 900 of them after id 700
             assert_eq!(n, if start.is_some() { 900 } else { 1_150 }, "{name}");
             let after = server_prepared(&mut conn);
