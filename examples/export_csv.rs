@@ -28,7 +28,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut conn = common::create(&url, 1..=ROWS)?;
 
     let scan = posts::table.chunked_by(posts::id).batch_size(2_000);
-    let total = scan.estimate_total(&mut conn)?;
+    let total = scan.clone().estimate_total(&mut conn)?;
     let bar = ProgressBar::new(total).with_style(ProgressStyle::with_template(
         "{bar:40} {pos}/{len} rows, {per_sec}, eta {eta}",
     )?);

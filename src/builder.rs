@@ -8,7 +8,7 @@ use diesel::{Connection, RunQueryDsl};
 use crate::error::Error;
 use crate::iter::{LoadBatches, LoadIter, Scan, ScanConfig};
 use crate::key::{Bounds, Key, KeysetBackend};
-use crate::plan::{self, CountQuery, Partition, PartitionColumns, PartitionQuery, PreparePlan};
+use crate::plan::{self, CountQuery, KeyColumns, Partition, PartitionQuery, PreparePlan};
 use crate::query::{LoadBatch, PrepareKeyed, PrepareModel, SeekQuery};
 use crate::source::ConnectionSource;
 use crate::unique::UniqueIndexes;
@@ -215,7 +215,9 @@ impl<Q, K: Key> Chunked<Q, K> {
     /// [`plan`](crate::plan) module's docs: window functions over the key, one
     /// pass over the key's index, `n` rows back.
     ///
-    /// `n = 0` is [`Error::InvalidPartitionCount`].
+    /// `n = 0` and `n` above [`MAX_PARTITIONS`](crate::plan::MAX_PARTITIONS) are
+    /// [`Error::InvalidPartitionCount`]. [`limit_total`](Self::limit_total) does
+    /// not limit the rows that are split (each worker's scan applies it).
     ///
     /// ```
     /// # include!("../tests/doc/setup.rs");
@@ -245,18 +247,18 @@ impl<Q, K: Key> Chunked<Q, K> {
     where
         C: Connection,
         C::Backend: KeysetBackend,
-        Q: PreparePlan<'a, K, PartitionColumns<K>, C::Backend>,
-        PartitionQuery<PlanInner<'a, Q, K, PartitionColumns<K>, C::Backend>, K>:
+        Q: PreparePlan<'a, K, KeyColumns<K>, C::Backend>,
+        PartitionQuery<PlanInner<'a, Q, K, KeyColumns<K>, C::Backend>, K>:
             LoadQuery<'a, C, (K::Value, i64, i64)>,
     {
         let count = match i64::try_from(n) {
-            Ok(c) if c > 0 => c,
+            Ok(c) if c > 0 && n <= plan::MAX_PARTITIONS => c,
             _ => return Err(Error::InvalidPartitionCount { n }),
         };
         let bounds = self.bounds();
         let inner = self
             .query
-            .prepare_plan(self.key, bounds, plan::partition_columns(self.key))?;
+            .prepare_plan(self.key, bounds, plan::key_columns(self.key))?;
         let kept = plan::partition_query::<_, K>(inner, count)
             .load(conn)
             .map_err(|source| Error::Query {
@@ -286,18 +288,18 @@ impl<Q, K: Key> Chunked<Q, K> {
     /// assert_eq!(published.estimate_total(conn)?, 3); // SQLite: an exact count
     /// # Ok(()) }
     /// ```
-    pub fn estimate_total<'a, C>(&self, conn: &mut C) -> Result<u64, Error>
+    pub fn estimate_total<'a, C>(self, conn: &mut C) -> Result<u64, Error>
     where
-        Q: Clone,
         C: Connection,
         C::Backend: KeysetBackend,
-        Q: PreparePlan<'a, K, K::Selection, C::Backend>,
-        CountQuery<PlanInner<'a, Q, K, K::Selection, C::Backend>>: LoadQuery<'a, C, String>,
+        Q: PreparePlan<'a, K, KeyColumns<K>, C::Backend>,
+        CountQuery<PlanInner<'a, Q, K, KeyColumns<K>, C::Backend>>: LoadQuery<'a, C, String>,
     {
-        let inner =
-            self.query
-                .clone()
-                .prepare_plan(self.key, self.bounds(), self.key.selection())?;
+        let bounds = self.bounds();
+        let cap = self.limit_total;
+        let inner = self
+            .query
+            .prepare_plan(self.key, bounds, plan::key_columns(self.key))?;
         let out: String = plan::count_query::<_, C::Backend>(inner)
             .get_result(conn)
             .map_err(|source| Error::Query {
@@ -315,7 +317,7 @@ impl<Q, K: Key> Chunked<Q, K> {
                 format!("no row count in {out:?}").into(),
             ),
         })?;
-        Ok(self.limit_total.map_or(rows, |cap| rows.min(cap)))
+        Ok(cap.map_or(rows, |cap| rows.min(cap)))
     }
 
     /// Checks the schema: succeeds if the table has a primary key or a unique index

@@ -67,6 +67,24 @@ pub enum Error {
         batch: u64,
     },
 
+    /// The keys of a batch do not follow the scan's order: the key closure given
+    /// to a `*_keyed` terminal does not return the key column's value, and the
+    /// scan would repeat or skip rows.
+    #[error(
+        "keys out of order in batch {batch}: {next} came after {previous}; \
+         the key closure must return the value of the key column {columns}"
+    )]
+    KeyOutOfOrder {
+        /// The key column(s).
+        columns: String,
+        /// The earlier key (the start key, or a row's key), `Debug`-formatted.
+        previous: String,
+        /// The key that came after it.
+        next: String,
+        /// The 1-based batch number.
+        batch: u64,
+    },
+
     /// No primary key or unique index makes the key unique
     /// (from [`Chunked::verify_unique`](crate::Chunked::verify_unique)).
     #[error(
@@ -81,8 +99,9 @@ pub enum Error {
         columns: String,
     },
 
-    /// `partitions(0)`: a key range cannot be split into no slices.
-    #[error("partitions(n) needs n of at least 1 (got {n})")]
+    /// `partitions(n)` with `n` of 0 or above
+    /// [`MAX_PARTITIONS`](crate::plan::MAX_PARTITIONS).
+    #[error("partitions(n) needs n between 1 and 100000 (got {n})")]
     InvalidPartitionCount {
         /// The count that was asked for.
         n: usize,

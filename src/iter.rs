@@ -296,11 +296,30 @@ where
             return Ok(());
         };
         let columns = || query.key().describe();
+        let desc = query.bounds().desc;
+        // Whether `next` may follow `prev` in the scan's direction, where Rust
+        // can tell (text keys follow the database's collation: only equality is
+        // known). Rows loaded by the crate always do; a key closure that does not
+        // return the key column may not, and would repeat or skip rows.
+        let backwards = |prev: &K::Value, next: &K::Value| {
+            matches!(
+                (K::compare(prev, next), desc),
+                (Some(Ordering::Greater), false) | (Some(Ordering::Less), true)
+            )
+        };
         for pair in rows.windows(2) {
             if pair[0].0 == pair[1].0 {
                 return Err(Error::DuplicateKey {
                     columns: columns(),
                     value: format!("{:?}", pair[0].0),
+                    batch,
+                });
+            }
+            if backwards(&pair[0].0, &pair[1].0) {
+                return Err(Error::KeyOutOfOrder {
+                    columns: columns(),
+                    previous: format!("{:?}", pair[0].0),
+                    next: format!("{:?}", pair[1].0),
                     batch,
                 });
             }
@@ -310,6 +329,14 @@ where
                 return Err(Error::NoProgress {
                     columns: columns(),
                     value: format!("{after:?}"),
+                    batch,
+                });
+            }
+            if backwards(after, first) {
+                return Err(Error::KeyOutOfOrder {
+                    columns: columns(),
+                    previous: format!("{after:?}"),
+                    next: format!("{first:?}"),
                     batch,
                 });
             }

@@ -11,14 +11,20 @@
 //!
 //! ```text
 //! SELECT p.k0 [, p.k1 ...], p.rn, p.cnt FROM (
-//!     SELECT <key columns> AS k0 [, ...],
-//!            ROW_NUMBER() OVER (ORDER BY <key>) AS rn,
+//!     SELECT d.k0 [, ...],
+//!            ROW_NUMBER() OVER (ORDER BY d.k0 [, ...]) AS rn,
 //!            COUNT(*) OVER () AS cnt
-//!     FROM ... WHERE (<the query's filters>) AND <the scan's bounds>
+//!     FROM (
+//!         SELECT [DISTINCT] <key columns> AS k0 [, ...]
+//!         FROM ... WHERE (<the query's filters>) AND <the scan's bounds>
+//!     ) d
 //! ) p
-//! WHERE (p.rn * $n) % p.cnt < $n
+//! WHERE CASE WHEN p.cnt <= $n THEN 1 WHEN (p.rn * $n) % p.cnt < $n THEN 1 ELSE 0 END = 1
 //! ORDER BY p.rn
 //! ```
+//!
+//! The rows are numbered over the query's own result (after its `DISTINCT`), so
+//! a join that repeats a key does not skew the slices.
 //!
 //! Row `rn` is kept when a multiple of `cnt` lies in `((rn - 1)·n, rn·n]`, that
 //! is for `rn = ⌈j·cnt/n⌉`, `j = 1..=n`: exactly `n` rows when the query has at
@@ -111,56 +117,52 @@ pub(crate) fn slices<V: Clone>(kept: Vec<(V, i64, i64)>) -> Vec<Partition<V>> {
     out
 }
 
-/// The inner selection of the partition query: the key columns, each row's
-/// position in key order and the number of rows.
+/// The selection of the planning queries' inner query: the key columns, named
+/// `chunked_k0`, `chunked_k1`, ... (so that two `id` columns of a join do not
+/// clash in a derived table).
 #[derive(Debug, Clone, Copy)]
 #[doc(hidden)]
-pub struct PartitionColumns<K>(K);
+pub struct KeyColumns<K>(K);
 
-impl<K: Key> Expression for PartitionColumns<K>
+impl<K: Key> Expression for KeyColumns<K>
 where
     <K::Selection as Expression>::SqlType: TypedExpressionType,
 {
     type SqlType = <K::Selection as Expression>::SqlType;
 }
 
-impl<K: Key> ValidGrouping<()> for PartitionColumns<K> {
+impl<K: Key> ValidGrouping<()> for KeyColumns<K> {
     type IsAggregate = is_aggregate::No;
 }
 
-impl<K: Key, QS> AppearsOnTable<QS> for PartitionColumns<K>
+impl<K: Key, QS> AppearsOnTable<QS> for KeyColumns<K>
 where
     Self: Expression,
     K::Selection: AppearsOnTable<QS>,
 {
 }
 
-impl<K: Key, QS> SelectableExpression<QS> for PartitionColumns<K>
+impl<K: Key, QS> SelectableExpression<QS> for KeyColumns<K>
 where
     Self: AppearsOnTable<QS>,
     K::Selection: SelectableExpression<QS>,
 {
 }
 
-impl<K: Key> QueryId for PartitionColumns<K> {
+impl<K: Key> QueryId for KeyColumns<K> {
     type QueryId = ();
     const HAS_STATIC_QUERY_ID: bool = false;
 }
 
-impl<K: KeySql<DB>, DB: Backend> QueryFragment<DB> for PartitionColumns<K> {
+impl<K: KeySql<DB>, DB: Backend> QueryFragment<DB> for KeyColumns<K> {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
-        for i in 0..K::ARITY {
-            self.0.walk_column(i, out.reborrow())?;
-            out.push_sql(&format!(" AS chunked_k{i}, "));
-        }
-        out.push_sql("ROW_NUMBER() OVER (ORDER BY ");
         for i in 0..K::ARITY {
             if i > 0 {
                 out.push_sql(", ");
             }
             self.0.walk_column(i, out.reborrow())?;
+            out.push_sql(&format!(" AS chunked_k{i}"));
         }
-        out.push_sql(") AS chunked_rn, COUNT(*) OVER () AS chunked_cnt");
         Ok(())
     }
 }
@@ -196,17 +198,31 @@ where
 {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
         out.unsafe_to_cache_prepared();
-        out.push_sql("SELECT ");
-        for i in 0..K::ARITY {
-            out.push_sql(&format!("chunked_p.chunked_k{i}, "));
-        }
-        out.push_sql("chunked_p.chunked_rn, chunked_p.chunked_cnt FROM (");
+        let keys = |prefix: &str| {
+            (0..K::ARITY)
+                .map(|i| format!("{prefix}.chunked_k{i}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        out.push_sql(&format!(
+            "SELECT {}, chunked_p.chunked_rn, chunked_p.chunked_cnt FROM (\
+             SELECT {}, ROW_NUMBER() OVER (ORDER BY {}) AS chunked_rn, \
+             COUNT(*) OVER () AS chunked_cnt FROM (",
+            keys("chunked_p"),
+            keys("chunked_d"),
+            keys("chunked_d"),
+        ));
         self.inner.walk_ast(out.reborrow())?;
-        out.push_sql(") chunked_p WHERE (chunked_p.chunked_rn * ");
+        // Every row when there are no more rows than slices; otherwise the rows
+        // at ⌈j·cnt/n⌉. The CASE keeps `rn * n` from being computed (and
+        // overflowing) in the first case.
+        out.push_sql(") chunked_d) chunked_p WHERE CASE WHEN chunked_p.chunked_cnt <= ");
+        out.push_bind_param::<BigInt, i64>(&self.n)?;
+        out.push_sql(" THEN 1 WHEN (chunked_p.chunked_rn * ");
         out.push_bind_param::<BigInt, i64>(&self.n)?;
         out.push_sql(") % chunked_p.chunked_cnt < ");
         out.push_bind_param::<BigInt, i64>(&self.n)?;
-        out.push_sql(" ORDER BY chunked_p.chunked_rn");
+        out.push_sql(" THEN 1 ELSE 0 END = 1 ORDER BY chunked_p.chunked_rn");
         Ok(())
     }
 }
@@ -317,10 +333,13 @@ pub(crate) fn count_query<I, DB: KeysetBackend>(inner: I) -> CountQuery<I> {
     }
 }
 
-/// The selection of the partition statement's inner query.
-pub(crate) fn partition_columns<K: Key>(key: K) -> PartitionColumns<K> {
-    PartitionColumns(key)
+/// The selection of the planning statements' inner query.
+pub(crate) fn key_columns<K: Key>(key: K) -> KeyColumns<K> {
+    KeyColumns(key)
 }
+
+/// The most slices [`Chunked::partitions`](crate::Chunked::partitions) makes.
+pub const MAX_PARTITIONS: usize = 100_000;
 
 #[cfg(test)]
 mod tests {

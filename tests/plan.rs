@@ -113,9 +113,8 @@ backend_tests! {
         log.clear();
         posts::table.chunked_by(posts::id).partitions(4, &mut conn).unwrap();
         let sql = log.all()[0].replace(['"', '`'], "");
-        assert!(sql.contains("ROW_NUMBER() OVER (ORDER BY posts.id) AS chunked_rn"), "{sql}");
-        assert!(sql.contains("COUNT(*) OVER () AS chunked_cnt"), "{sql}");
-        assert!(sql.contains("ORDER BY chunked_p.chunked_rn"), "{sql}");
+        assert!(sql.starts_with("SELECT chunked_p.chunked_k0, chunked_p.chunked_rn, chunked_p.chunked_cnt FROM (SELECT chunked_d.chunked_k0, ROW_NUMBER() OVER (ORDER BY chunked_d.chunked_k0) AS chunked_rn, COUNT(*) OVER () AS chunked_cnt FROM (SELECT posts.id AS chunked_k0 FROM posts WHERE 1 = 1) chunked_d) chunked_p WHERE CASE WHEN chunked_p.chunked_cnt <= "), "{sql}");
+        assert!(sql.contains(" ORDER BY chunked_p.chunked_rn"), "{sql}");
     }
 
     fn partitions_of_a_filtered_query_with_bounds(db) {
@@ -162,7 +161,11 @@ backend_tests! {
         // n = 0: an error, and no query
         let err = posts::table.chunked_by(posts::id).partitions(0, &mut conn).unwrap_err();
         assert!(matches!(err, Error::InvalidPartitionCount { n: 0 }), "{err}");
-        assert_eq!(err.to_string(), "partitions(n) needs n of at least 1 (got 0)");
+        assert_eq!(err.to_string(), "partitions(n) needs n between 1 and 100000 (got 0)");
+        for n in [100_001, usize::MAX] {
+            let err = posts::table.chunked_by(posts::id).partitions(n, &mut conn).unwrap_err();
+            assert!(matches!(err, Error::InvalidPartitionCount { n: m } if m == n), "{err}");
+        }
         assert!(log.all().is_empty());
 
         // an empty table: one open slice, which covers rows inserted later
@@ -172,11 +175,14 @@ backend_tests! {
         let got = scan_slices!(&mut conn, &parts, 2);
         assert_eq!(got, [vec![10, 20, 30]]);
 
-        // more slices asked than rows: one slice per row
-        let parts = posts::table.chunked_by(posts::id).partitions(8, &mut conn).unwrap();
-        let slices = scan_slices!(&mut conn, &parts, 2);
-        check_partitions(&parts, &slices, &[10, 20, 30], 8, "3 rows");
-        assert_eq!(slices, [vec![10], vec![20], vec![30]]);
+        // more slices asked than rows: one slice per row (also at the largest n,
+        // where `rn * n` is never computed)
+        for n in [8, diesel_chunked_iterator::plan::MAX_PARTITIONS] {
+            let parts = posts::table.chunked_by(posts::id).partitions(n, &mut conn).unwrap();
+            let slices = scan_slices!(&mut conn, &parts, 2);
+            check_partitions(&parts, &slices, &[10, 20, 30], n, "3 rows");
+            assert_eq!(slices, [vec![10], vec![20], vec![30]]);
+        }
 
         // n = 1: one open slice
         let parts = posts::table.chunked_by(posts::id).partitions(1, &mut conn).unwrap();
@@ -225,6 +231,64 @@ backend_tests! {
         // 333 events of each kind, ids 3, 6, ... for "alpha": the first slice is all of "alpha"
         assert_eq!(parts[0].end_at, Some(("alpha".to_string(), 999)));
         assert_eq!(parts[1].start_after, Some(("alpha".to_string(), 999)));
+    }
+
+    fn partitions_of_joins_distinct_and_boxed_queries(db) {
+        let mut conn = connect::<B>(&db);
+        insert_users(&mut conn, &(1..=30).map(user).collect::<Vec<_>>());
+        // user 1 has 60 posts, users 2..=30 one each
+        insert_post_rows(
+            &mut conn,
+            &(1..=89).map(|id| Post { user_id: if id <= 60 { 1 } else { id - 59 }, ..post(id) }).collect::<Vec<_>>(),
+        );
+        // the users that have posts, each once: the join repeats user 1 sixty times
+        let authors = || users::table.inner_join(posts::table).select(users::id).distinct();
+        let parts = authors().chunked_by(users::id).partitions(3, &mut conn).unwrap();
+        assert_eq!(parts.iter().map(|p| p.rows).collect::<Vec<_>>(), [10, 10, 10]);
+        let mut union = Vec::new();
+        for p in &parts {
+            let got: Vec<i32> = authors()
+                .chunked_by(users::id)
+                .within(p)
+                .batch_size(4)
+                .load_iter_keyed(&mut conn, |id: &i32| *id)
+                .map(|r| r.unwrap())
+                .collect();
+            assert_eq!(got.len() as u64, p.rows);
+            union.extend(got);
+        }
+        assert_eq!(union, (1..=30).collect::<Vec<_>>());
+        let est = authors().chunked_by(users::id).estimate_total(&mut conn).unwrap();
+        if B::NAME != "postgres" {
+            assert_eq!(est, 30, "a count of the distinct rows");
+        } else {
+            assert!(est > 0);
+        }
+
+        // a composite key over both tables of a join: (users.id, posts.id)
+        let joined = || posts::table.inner_join(users::table).chunked_by((users::id, posts::id));
+        let parts = joined().partitions(4, &mut conn).unwrap();
+        assert_eq!(parts.iter().map(|p| p.rows).collect::<Vec<_>>(), [23, 22, 22, 22]);
+        assert_eq!(parts[0].end_at, Some((1, 23)));
+        if B::NAME != "postgres" {
+            assert_eq!(joined().estimate_total(&mut conn).unwrap(), 89);
+        } else {
+            assert!(joined().estimate_total(&mut conn).unwrap() > 0);
+        }
+
+        // a boxed query with dynamic filters
+        let boxed = || {
+            let mut q = posts::table.into_boxed::<DB>();
+            q = q.filter(posts::user_id.eq(1));
+            q
+        };
+        let parts = boxed().chunked_by(posts::id).partitions(2, &mut conn).unwrap();
+        assert_eq!((parts[0].end_at, parts[0].rows, parts[1].rows), (Some(30), 30, 30));
+        if B::NAME != "postgres" {
+            assert_eq!(boxed().chunked_by(posts::id).estimate_total(&mut conn).unwrap(), 60);
+        }
+        let n = boxed().chunked_by(posts::id).within(&parts[1]).load_iter::<Post>(&mut conn).count();
+        assert_eq!(n, 30);
     }
 
     fn within_descending_scans_the_same_slice(db) {

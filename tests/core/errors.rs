@@ -110,6 +110,57 @@ backend_tests! {
         assert_eq!(log.selects().len(), 2, "{:#?}", log.all());
     }
 
+    fn a_key_closure_reading_another_column_never_repeats_rows(db) {
+        let mut conn = connect::<B>(&db);
+        insert_posts(&mut conn, 1..=10);
+
+        // user_id (id % 3 + 1) instead of id: keyed 2, 3, 1, the next batch would
+        // start after 1 and find rows 2.. again. The first batch already goes
+        // backwards: an error before any row is yielded, not a repeat.
+        let mut it = posts::table
+            .select((posts::id, posts::user_id))
+            .chunked_by(posts::id)
+            .batch_size(3)
+            .load_iter_keyed(&mut conn, |r: &(i32, i32)| r.1);
+        match it.next() {
+            Some(Err(e @ Error::KeyOutOfOrder { .. })) => {
+                let Error::KeyOutOfOrder { columns, previous, next, batch } = &e else { unreachable!() };
+                assert_eq!((columns.as_str(), batch), ("posts.id", &1), "{e}");
+                assert_eq!((previous.as_str(), next.as_str()), ("3", "1"), "{e}");
+                assert!(e.to_string().starts_with("keys out of order in batch 1: 1 came after 3;"), "{e}");
+            }
+            other => panic!("expected KeyOutOfOrder, got {other:?}"),
+        }
+        assert!(it.next().is_none());
+
+        // a negated key: every batch would be the same batch, forever
+        let mut it = posts::table
+            .select((posts::id, posts::user_id))
+            .chunked_by(posts::id)
+            .batch_size(2)
+            .load_batches_keyed(&mut conn, |r: &(i32, i32)| -r.0);
+        assert!(matches!(it.next(), Some(Err(Error::KeyOutOfOrder { batch: 1, .. }))));
+        assert!(it.next().is_none());
+
+        // descending: keys must fall
+        let n = posts::table
+            .select((posts::id, posts::user_id))
+            .chunked_by(posts::id)
+            .desc()
+            .batch_size(4)
+            .load_iter_keyed(&mut conn, |r: &(i32, i32)| r.0)
+            .map(|r| r.unwrap())
+            .count();
+        assert_eq!(n, 10);
+        let mut it = posts::table
+            .select((posts::id, posts::user_id))
+            .chunked_by(posts::id)
+            .desc()
+            .batch_size(4)
+            .load_iter_keyed(&mut conn, |r: &(i32, i32)| -r.0);
+        assert!(matches!(it.next(), Some(Err(Error::KeyOutOfOrder { batch: 1, .. }))));
+    }
+
     fn a_failing_batch_is_a_database_error_with_its_position(db) {
         let mut conn = connect::<B>(&db);
         let mut other = connect::<B>(&db);
