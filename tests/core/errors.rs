@@ -149,8 +149,9 @@ backend_tests! {
             .desc()
             .batch_size(4)
             .load_iter_keyed(&mut conn, |r: &(i32, i32)| r.0)
-            .map(|r| r.unwrap())
-            .count();
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap()
+            .len();
         assert_eq!(n, 10);
         let mut it = posts::table
             .select((posts::id, posts::user_id))
