@@ -956,7 +956,14 @@ fn parent_main(args: Vec<String>) -> Res<()> {
                         merge(&mut results, v);
                     }
                 }
-                drop_namespace(backend, &url);
+                if std::env::var("BENCH_KEEP").is_ok_and(|v| v == "1") {
+                    println!(
+                        "  {}: kept the table at {url} (BENCH_KEEP=1)",
+                        backend.name()
+                    );
+                } else {
+                    drop_namespace(backend, &url);
+                }
             }
         }
         sort_results(&mut results);
@@ -1202,6 +1209,21 @@ fn budget_section(results: &[Value]) -> String {
     md
 }
 
+/// An axis label: `2`, `0.25`, `100k`, `1M`.
+fn tidy(v: f64) -> String {
+    let a = v.abs();
+    if a >= 1e6 && (v / 1e6).fract().abs() < 1e-9 {
+        format!("{}M", v / 1e6)
+    } else if a >= 1e3 && (v / 1e3).fract().abs() < 1e-9 {
+        format!("{}k", v / 1e3)
+    } else if a >= 10.0 || v.fract().abs() < 1e-9 {
+        format!("{v:.0}")
+    } else {
+        let s = format!("{v:.3}");
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    }
+}
+
 fn plot_err<E: std::fmt::Debug>(e: E) -> Box<dyn StdError> {
     format!("{e:?}").into()
 }
@@ -1272,6 +1294,8 @@ fn plots(results: &[Value], dir: &Path) -> Res<()> {
             .configure_mesh()
             .x_desc("depth (fraction of the table before the batch)")
             .y_desc("ms per batch (median, log scale)")
+            .x_label_formatter(&|x| tidy(*x))
+            .y_label_formatter(&|y| tidy(*y))
             .draw()
             .map_err(plot_err)?;
         for (i, (label, pts)) in series.into_iter().enumerate() {
@@ -1345,6 +1369,8 @@ fn plots(results: &[Value], dir: &Path) -> Res<()> {
             .configure_mesh()
             .x_desc("rows in the table (log scale)")
             .y_desc("peak RSS, MB (log scale)")
+            .x_label_formatter(&|x| tidy(*x))
+            .y_label_formatter(&|y| tidy(*y))
             .draw()
             .map_err(plot_err)?;
         for (i, (label, pts)) in series.into_iter().enumerate() {
