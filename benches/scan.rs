@@ -323,17 +323,22 @@ const METHODS: [&str; 7] = [
     "chunked_batches",
 ];
 
+/// Diagnostic methods, run only when named in `--methods`: `hand_keyset_with_key` is
+/// `hand_keyset` selecting `(id, Post)` like the crate does, to tell the cost of
+/// reading the key column twice from the cost of the crate's own code.
+const EXTRA_METHODS: [&str; 1] = ["hand_keyset_with_key"];
+
 /// Methods that read in pages of `batch_size` rows (one result per batch size).
 fn is_batched(method: &str) -> bool {
     matches!(
         method,
-        "offset" | "hand_keyset" | "chunked_iter" | "chunked_batches"
+        "offset" | "hand_keyset" | "hand_keyset_with_key" | "chunked_iter" | "chunked_batches"
     )
 }
 
 /// Methods whose single-batch latency is measured at several depths.
 fn has_depths(method: &str) -> bool {
-    is_batched(method)
+    is_batched(method) && !EXTRA_METHODS.contains(&method)
 }
 
 /// Depths (fractions of the table) at which one batch is timed.
@@ -423,6 +428,25 @@ macro_rules! full_scan {
                     }
                     match page.last() {
                         Some(p) if page.len() as i64 == b => last = p.id,
+                        _ => break,
+                    }
+                }
+            }
+            "hand_keyset_with_key" => {
+                let mut last = 0i32;
+                loop {
+                    let page: Vec<(i32, Post)> = posts::table
+                        .filter(posts::id.gt(last))
+                        .order(posts::id)
+                        .select((posts::id, Post::as_select()))
+                        .limit(b)
+                        .load(&mut *$conn)?;
+                    s.queries += 1;
+                    for (_, p) in &page {
+                        s.see(t0, p);
+                    }
+                    match page.last() {
+                        Some((k, _)) if page.len() as i64 == b => last = *k,
                         _ => break,
                     }
                 }
@@ -632,7 +656,9 @@ fn child(
         };
         // The scan's own peak: read before the (small) depth queries run.
         let rss = peak_rss_mb();
-        let depths = if has_depths(method) {
+        // BENCH_NO_DEPTHS=1: the full scan only (for profiling a child by hand).
+        let skip_depths = std::env::var("BENCH_NO_DEPTHS").is_ok_and(|v| v == "1");
+        let depths = if has_depths(method) && !skip_depths {
             Some(depth_latencies!(conn, method, batch, rows))
         } else {
             None
@@ -679,9 +705,10 @@ fn parse_list<T: std::str::FromStr>(flag: &str, v: Option<String>) -> Res<Vec<T>
     v.split(',')
         .filter(|x| !x.trim().is_empty())
         .map(|x| {
-            x.trim()
-                .replace('_', "")
-                .parse::<T>()
+            // `100_000` reads as a number; method names keep their underscores.
+            let x = x.trim();
+            x.parse::<T>()
+                .or_else(|_| x.replace('_', "").parse::<T>())
                 .map_err(|_| format!("{flag}: bad value `{x}`").into())
         })
         .collect()
@@ -708,7 +735,10 @@ fn parse_options(args: Vec<String>) -> Res<Options> {
             "--methods" => {
                 let ms: Vec<String> = parse_list("--methods", value())?;
                 for m in &ms {
-                    if !METHODS.contains(&m.as_str()) && m != "chunked" {
+                    if !METHODS.contains(&m.as_str())
+                        && !EXTRA_METHODS.contains(&m.as_str())
+                        && m != "chunked"
+                    {
                         return Err(
                             format!("unknown method `{m}`; known: {}", METHODS.join(", ")).into(),
                         );
@@ -1025,7 +1055,11 @@ fn backend_rank(b: &str) -> usize {
 }
 
 fn method_rank(m: &str) -> usize {
-    METHODS.iter().position(|x| *x == m).unwrap_or(99)
+    METHODS
+        .iter()
+        .chain(EXTRA_METHODS.iter())
+        .position(|x| *x == m)
+        .unwrap_or(99)
 }
 
 fn sort_results(results: &mut [Value]) {
@@ -1122,10 +1156,12 @@ fn budget_section(results: &[Value]) -> String {
          `chunked_batches`): throughput against `load_all` (budget ≥ 0.9), time overhead against \
          `hand_keyset` (hand rows/s ÷ chunked rows/s − 1, budget ≤ 5%), first row against \
          `load_all` (budget ≤ 1/100), single-batch latency at depth 1 ÷ depth 0 (budget ≤ 1.5; \
-         OFFSET shown for contrast, no budget).\n\n",
+         OFFSET shown for contrast, no budget). The last column, when measured, compares with \
+         `hand_keyset_with_key`: the hand loop selecting `(id, Post)` as the crate does, so the \
+         key column is read twice there too.\n\n",
     );
-    md.push_str("| backend | rows | iterator | rows/s ÷ load_all | overhead vs hand_keyset | first row ÷ load_all | batch depth 1 ÷ 0 | OFFSET depth 1 ÷ 0 |\n");
-    md.push_str("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |\n");
+    md.push_str("| backend | rows | iterator | rows/s ÷ load_all | overhead vs hand_keyset | first row ÷ load_all | batch depth 1 ÷ 0 | OFFSET depth 1 ÷ 0 | overhead vs hand_keyset_with_key |\n");
+    md.push_str("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n");
     let mut keys: Vec<(String, u64)> = results
         .iter()
         .map(|r| {
@@ -1144,13 +1180,14 @@ fn budget_section(results: &[Value]) -> String {
         let all = find(results, backend, "load_all", None, *rows);
         let hand = find(results, backend, "hand_keyset", Some(1000), *rows);
         let off = find(results, backend, "offset", Some(1000), *rows);
+        let hand_key = find(results, backend, "hand_keyset_with_key", Some(1000), *rows);
         for it in ["chunked_iter", "chunked_batches"] {
             let c = find(results, backend, it, Some(1000), *rows);
             if c.is_none() {
                 continue;
             }
             md.push_str(&format!(
-                "| {backend} | {rows} | {it} | {} | {} | {} | {} | {} |\n",
+                "| {backend} | {rows} | {it} | {} | {} | {} | {} | {} | {} |\n",
                 judged(ratio(rps(c), rps(all)), |x| x >= 0.9, |x| format!("{x:.2}")),
                 judged(
                     ratio(rps(hand), rps(c)).map(|x| (x - 1.0) * 100.0),
@@ -1164,6 +1201,8 @@ fn budget_section(results: &[Value]) -> String {
                 ),
                 judged(growth(c), |x| x <= 1.5, |x| format!("{x:.2}")),
                 growth(off).map_or("–".into(), |x| format!("{x:.1}")),
+                ratio(rps(hand_key), rps(c))
+                    .map_or("–".into(), |x| format!("{:+.1}%", (x - 1.0) * 100.0)),
             ));
         }
     }
