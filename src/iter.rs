@@ -423,14 +423,10 @@ where
             Err(e) => return Some(Err(e)),
         };
         self.rows += rows.len() as u64;
-        let mut out = Vec::with_capacity(rows.len());
-        let mut last = None;
-        for (k, t) in rows {
-            last = Some(k);
-            out.push(t);
-        }
-        self.last_key = last;
-        Some(Ok(out))
+        self.last_key = rows.last().map(|(k, _)| k.clone());
+        // Collected in place: the batch's allocation is reused where the layouts
+        // allow, rather than every row copied into a new `Vec`.
+        Some(Ok(rows.into_iter().map(|(_, t)| t).collect()))
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
