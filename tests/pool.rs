@@ -200,3 +200,83 @@ fn retries_exhausted_is_a_clear_error() {
     assert_eq!(it.progress().retries, 2);
     drop(db);
 }
+
+/// A borrowed connection is not retried: when the server kills it mid-scan the
+/// error comes back (naming the batch, the last key and one attempt), and a new
+/// scan on a new connection, started after the last key handed out, yields the
+/// rest: every row exactly once in all.
+macro_rules! borrowed_connection_resume {
+    ($conn_ty:ty, $url:expr, $kill:expr) => {{
+        let url = $url;
+        let mut conn = <$conn_ty>::establish(&url).unwrap();
+        insert_posts(&mut conn, 1..=300);
+        let mut seen = Vec::new();
+        let mut it = posts::table
+            .chunked_by(posts::id)
+            .batch_size(40)
+            .load_iter::<Post>(&mut conn);
+        let mut failure = None;
+        for post in it.by_ref() {
+            match post {
+                Ok(p) => {
+                    seen.push(p.id);
+                    if p.id == 100 {
+                        assert!($kill(&url) >= 1, "the scan's connection must be killed");
+                    }
+                }
+                Err(e) => failure = Some(e),
+            }
+        }
+        let err = failure.expect("the killed connection must fail the next batch");
+        match &err {
+            Error::Database {
+                batch,
+                last_key,
+                attempts,
+                ..
+            } => {
+                assert_eq!(
+                    (*batch, last_key.as_deref(), *attempts),
+                    (4, Some("120"), 1),
+                    "{err}"
+                );
+            }
+            other => panic!("expected a Database error, got {other:?}"),
+        }
+        let p = it.progress();
+        assert_eq!((p.rows, p.retries, p.last_key), (120, 0, Some(120)));
+        let resume = it.last_key().copied().unwrap();
+        drop(it);
+        let mut fresh = <$conn_ty>::establish(&url).unwrap();
+        for post in posts::table
+            .chunked_by(posts::id)
+            .batch_size(40)
+            .start_after(resume)
+            .load_iter::<Post>(&mut fresh)
+        {
+            seen.push(post.unwrap().id);
+        }
+        assert_eq!(
+            seen,
+            (1..=300).collect::<Vec<_>>(),
+            "every row exactly once"
+        );
+    }};
+}
+
+#[cfg(feature = "postgres")]
+#[test]
+fn pg_borrowed_connection_is_not_retried_and_resumes() {
+    let db = <Pg as TestBackend>::create();
+    let url = format!("{}&application_name={}", db.url, unique_name("borrowed"));
+    borrowed_connection_resume!(diesel::PgConnection, url, |u: &str| kill_pg(u));
+}
+
+#[cfg(feature = "mysql")]
+#[test]
+fn mysql_borrowed_connection_is_not_retried_and_resumes() {
+    let db = <Mysql as TestBackend>::create();
+    borrowed_connection_resume!(diesel::MysqlConnection, db.url.clone(), |u: &str| {
+        kill_mysql(u)
+    });
+}
