@@ -112,13 +112,7 @@ fn postgres_batches_are_index_range_scans() {
             sql.contains("(\"posts\".\"created_at\", \"posts\".\"id\") "),
             "{sql}"
         );
-        let plan: Vec<String> = diesel::sql_query(format!("EXPLAIN {sql}"))
-            .load::<PgPlan>(&mut conn)
-            .unwrap()
-            .into_iter()
-            .map(|l| l.plan)
-            .collect();
-        let plan = plan.join("\n");
+        let plan = explain_pg(&mut conn, &sql);
         assert!(
             plan.contains("Index Scan") && plan.contains("posts_created_at_id"),
             "{plan}"
@@ -129,13 +123,6 @@ fn postgres_batches_are_index_range_scans() {
             "{plan}"
         );
     }
-}
-
-#[cfg(feature = "postgres")]
-#[derive(QueryableByName, Debug)]
-struct PgPlan {
-    #[diesel(sql_type = Text, column_name = "QUERY PLAN")]
-    plan: String,
 }
 
 #[cfg(feature = "mysql")]

@@ -150,13 +150,6 @@ backend_tests! {
     }
 }
 
-#[cfg(feature = "postgres")]
-#[derive(QueryableByName, Debug)]
-struct PgPlan {
-    #[diesel(sql_type = diesel::sql_types::Text, column_name = "QUERY PLAN")]
-    plan: String,
-}
-
 /// Replaces `$1, $2, …` with the logged bind values, in order.
 #[cfg(feature = "postgres")]
 fn inline_binds(logged: &str) -> String {
@@ -190,13 +183,7 @@ fn postgres_every_batch_is_an_index_scan() {
         assert_eq!(batches.len(), 11, "{batches:#?}");
         for (i, logged) in batches.iter().enumerate() {
             let sql = inline_binds(logged);
-            let plan: Vec<String> = diesel::sql_query(format!("EXPLAIN {sql}"))
-                .load::<PgPlan>(&mut conn)
-                .unwrap()
-                .into_iter()
-                .map(|l| l.plan)
-                .collect();
-            let plan = plan.join("\n");
+            let plan = explain_pg(&mut conn, &sql);
             assert!(
                 plan.contains("Index Scan") && plan.contains("posts_pkey"),
                 "batch {i}: {sql}\n{plan}"

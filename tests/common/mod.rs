@@ -328,6 +328,23 @@ fn drop_namespace(server: &str, sql: &str) {
     let _ = (server, sql);
 }
 
+/// PostgreSQL's `EXPLAIN` of `sql` (binds inlined), its lines joined by newlines.
+#[cfg(feature = "postgres")]
+pub fn explain_pg(conn: &mut diesel::PgConnection, sql: &str) -> String {
+    #[derive(QueryableByName)]
+    struct PlanLine {
+        #[diesel(sql_type = diesel::sql_types::Text, column_name = "QUERY PLAN")]
+        plan: String,
+    }
+    diesel::sql_query(format!("EXPLAIN {sql}"))
+        .load::<PlanLine>(conn)
+        .unwrap_or_else(|e| panic!("EXPLAIN {sql}: {e}"))
+        .into_iter()
+        .map(|l| l.plan)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// Runs each test body once per enabled backend, as `sqlite::name`, `pg::name`,
 /// `mysql::name`. Inside a body, `B` is the backend, `Conn` its connection type,
 /// `DB` its Diesel backend, and `db` the test's database. Attributes written before
