@@ -1263,6 +1263,43 @@ fn tidy(v: f64) -> String {
     }
 }
 
+/// Draws each named series as a line with its points, and the legend.
+fn draw_lines<'a, X, Y>(
+    chart: &mut plotters::chart::ChartContext<
+        'a,
+        plotters::backend::SVGBackend<'a>,
+        plotters::coord::cartesian::Cartesian2d<X, Y>,
+    >,
+    series: Vec<(String, Vec<(f64, f64)>)>,
+) -> Res<()>
+where
+    X: plotters::coord::ranged1d::Ranged<ValueType = f64>,
+    Y: plotters::coord::ranged1d::Ranged<ValueType = f64>,
+{
+    use plotters::prelude::*;
+    for (i, (label, pts)) in series.into_iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        chart
+            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
+            .map_err(plot_err)?
+            .label(label)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+        chart
+            .draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))
+            .map_err(plot_err)?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(plot_err)?;
+    Ok(())
+}
+
 fn plot_err<E: std::fmt::Debug>(e: E) -> Box<dyn StdError> {
     format!("{e:?}").into()
 }
@@ -1337,26 +1374,7 @@ fn plots(results: &[Value], dir: &Path) -> Res<()> {
             .y_label_formatter(&|y| tidy(*y))
             .draw()
             .map_err(plot_err)?;
-        for (i, (label, pts)) in series.into_iter().enumerate() {
-            let color = Palette99::pick(i).to_rgba();
-            chart
-                .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
-                .map_err(plot_err)?
-                .label(label)
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-                });
-            chart
-                .draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))
-                .map_err(plot_err)?;
-        }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()
-            .map_err(plot_err)?;
+        draw_lines(&mut chart, series)?;
         root.present().map_err(plot_err)?;
     }
 
@@ -1412,26 +1430,7 @@ fn plots(results: &[Value], dir: &Path) -> Res<()> {
             .y_label_formatter(&|y| tidy(*y))
             .draw()
             .map_err(plot_err)?;
-        for (i, (label, pts)) in series.into_iter().enumerate() {
-            let color = Palette99::pick(i).to_rgba();
-            chart
-                .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
-                .map_err(plot_err)?
-                .label(label)
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-                });
-            chart
-                .draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))
-                .map_err(plot_err)?;
-        }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()
-            .map_err(plot_err)?;
+        draw_lines(&mut chart, series)?;
         root.present().map_err(plot_err)?;
     }
     Ok(())
