@@ -101,7 +101,7 @@ pub enum Error {
 
     /// `partitions(n)` with `n` of 0 or above
     /// [`MAX_PARTITIONS`](crate::plan::MAX_PARTITIONS).
-    #[error("partitions(n) needs n between 1 and 100000 (got {n})")]
+    #[error("partitions(n) needs n between 1 and {max} (got {n})", max = crate::plan::MAX_PARTITIONS)]
     InvalidPartitionCount {
         /// The count that was asked for.
         n: usize,
