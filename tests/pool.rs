@@ -205,6 +205,7 @@ fn retries_exhausted_is_a_clear_error() {
 /// error comes back (naming the batch, the last key and one attempt), and a new
 /// scan on a new connection, started after the last key handed out, yields the
 /// rest: every row exactly once in all.
+#[cfg(any(feature = "postgres", feature = "mysql"))]
 macro_rules! borrowed_connection_resume {
     ($conn_ty:ty, $url:expr, $kill:expr) => {{
         let url = $url;

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use common::*;
 use diesel::connection::InstrumentationEvent;
 use diesel::prelude::*;
-use diesel::sql_types::BigInt;
+
 use diesel_chunked_iterator::prelude::*;
 
 /// The statements Diesel put in its prepared statement cache, and every query run.
@@ -54,9 +54,10 @@ impl Cached {
     }
 }
 
+#[cfg(any(feature = "postgres", feature = "mysql"))]
 #[derive(QueryableByName)]
 struct Count {
-    #[diesel(sql_type = BigInt)]
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
     n: i64,
 }
 
