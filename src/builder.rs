@@ -7,9 +7,12 @@ use diesel::{Connection, RunQueryDsl};
 
 use crate::error::Error;
 use crate::iter::{LoadBatches, LoadIter, Scan, ScanConfig};
+use crate::key::KeyPositions;
 use crate::key::{Bounds, Key, KeysetBackend};
 use crate::plan::{self, CountQuery, KeyColumns, Partition, PartitionQuery, PreparePlan};
-use crate::query::{LoadBatch, PrepareKeyed, PrepareModel, SeekQuery};
+use crate::query::{
+    with_key_columns, KeyedModel, LoadBatch, PrepareKeyed, PrepareModel, SeekQuery,
+};
 use crate::source::ConnectionSource;
 use crate::unique::UniqueIndexes;
 
@@ -436,9 +439,13 @@ pub trait Rows<Conn, B, K: Key>: RowType {
     ) -> diesel::QueryResult<Vec<(K::Value, Self::Item)>>;
 }
 
-/// Rows of model `M`, loaded with the key selected beside them.
+/// Rows of model `M`, each with its key read from the same row
+/// ([`KeyedModel`]).
 #[derive(Debug)]
-pub struct ModelRows<M>(PhantomData<fn() -> M>);
+pub struct ModelRows<M> {
+    key_columns: KeyPositions,
+    _model: PhantomData<fn() -> M>,
+}
 
 impl<M> RowType for ModelRows<M> {
     type Item = M;
@@ -447,7 +454,7 @@ impl<M> RowType for ModelRows<M> {
 impl<Conn, B, K, M> Rows<Conn, B, K> for ModelRows<M>
 where
     K: Key,
-    SeekQuery<B, K>: LoadBatch<Conn, (K::Value, M)>,
+    SeekQuery<B, K>: LoadBatch<Conn, KeyedModel<K, M>>,
 {
     fn load(
         &mut self,
@@ -455,7 +462,8 @@ where
         conn: &mut Conn,
         limit: i64,
     ) -> diesel::QueryResult<Vec<(K::Value, M)>> {
-        query.load_batch(conn, limit)
+        let rows = with_key_columns(self.key_columns, || query.load_batch(conn, limit))?;
+        Ok(rows.into_iter().map(|r| (r.key, r.model)).collect())
     }
 }
 
@@ -515,8 +523,15 @@ where
 
     fn into_scan(self, source: S) -> Scan<S, Self::Base, K, ModelRows<M>> {
         let (bounds, config) = (self.bounds(), self.config());
-        let query = self.query.prepare_model(self.key, bounds);
-        Scan::new(source, query, ModelRows(PhantomData), config)
+        let (query, key_columns) = match self.query.prepare_model(self.key, bounds) {
+            Ok((query, at)) => (Ok(query), at),
+            Err(e) => (Err(e), [0; 3]),
+        };
+        let rows = ModelRows {
+            key_columns,
+            _model: PhantomData,
+        };
+        Scan::new(source, query, rows, config)
     }
 }
 
@@ -579,8 +594,9 @@ pub type KeyedBatches<'a, C, S, U, F> = LoadBatches<
 /// Like Diesel's `RunQueryDsl<Conn>`, the source is a parameter of the trait so
 /// that `load_iter::<Post>(&mut conn)` names only the model.
 ///
-/// `load_iter::<M>` and `load_batches::<M>` select `(key, M::as_select())`, so the
-/// key column does not have to be a field of `M`; the query must not have its own
+/// `load_iter::<M>` and `load_batches::<M>` select `M::as_select()`, plus the key
+/// columns when `M` does not select them, so the key does not have to be a field
+/// of `M`; the query must not have its own
 /// `.select(..)` (that is a compile error). The `*_keyed` variants keep the
 /// query's selection and read the key with a closure.
 pub trait RunChunkedDsl<S: ConnectionSource>: Sized {

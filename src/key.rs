@@ -18,8 +18,10 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 
 use diesel::backend::Backend;
+use diesel::deserialize::{self, FromSql};
 use diesel::expression::{is_aggregate, AppearsOnTable, Expression, ValidGrouping};
 use diesel::query_builder::{AstPass, QueryFragment, QueryId};
+use diesel::row::Row;
 use diesel::serialize::ToSql;
 use diesel::sql_types::{self, is_nullable, Bool, HasSqlType, SingleValue, SqlType};
 use diesel::{Column, QueryResult};
@@ -297,6 +299,21 @@ pub trait KeySql<DB: Backend>: Key {
     ) -> QueryResult<()>;
 }
 
+/// Reads a key's value from a result row on backend `DB`, part by part, from the
+/// columns at the given positions.
+///
+/// This is how `load_iter::<M>` reads keys: from the model's own columns when the
+/// key is among them (nothing is selected twice), from columns appended after the
+/// model's otherwise. Implemented for every [`Key`] whose values load from the
+/// columns' SQL types on `DB`.
+pub trait KeyFromRow<DB: Backend>: Key {
+    /// Reads part `i` of the key from column `at[i]` of `row`.
+    fn from_row<'a>(row: &impl Row<'a, DB>, at: &KeyPositions) -> deserialize::Result<Self::Value>;
+}
+
+/// The positions, in a result row, of a key's columns (at most three).
+pub type KeyPositions = [usize; 3];
+
 /// A key of one column. Made by `chunked_by(column)`.
 #[derive(Debug, Clone, Copy)]
 pub struct Single<P>(pub(crate) P);
@@ -349,6 +366,17 @@ where
     }
 }
 
+impl<P, DB> KeyFromRow<DB> for Single<P>
+where
+    DB: Backend,
+    P: KeyPart,
+    P::Value: FromSql<SqlTypeOf<P>, DB>,
+{
+    fn from_row<'a>(row: &impl Row<'a, DB>, at: &KeyPositions) -> deserialize::Result<P::Value> {
+        row.get_value::<SqlTypeOf<P>, P::Value, usize>(at[0])
+    }
+}
+
 macro_rules! tuple_key {
     ($arity:expr; $($p:ident $i:tt),+) => {
         impl<$($p: KeyPart),+> Key for ($($p,)+) {
@@ -386,6 +414,17 @@ macro_rules! tuple_key {
                 -> QueryResult<()> {
                 $(if i == $i { return out.push_bind_param::<SqlTypeOf<$p>, $p::Value>(&value.$i); })+
                 Err(out_of_range(i))
+            }
+        }
+
+        impl<DB, $($p),+> KeyFromRow<DB> for ($($p,)+)
+        where
+            DB: Backend,
+            $($p: KeyPart, $p::Value: FromSql<SqlTypeOf<$p>, DB>,)+
+        {
+            fn from_row<'a>(row: &impl Row<'a, DB>, at: &KeyPositions)
+                -> deserialize::Result<Self::Value> {
+                Ok(($(row.get_value::<SqlTypeOf<$p>, $p::Value, usize>(at[$i])?,)+))
             }
         }
     };

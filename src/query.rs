@@ -6,7 +6,7 @@
 //! ([`Batch`]):
 //!
 //! ```text
-//! SELECT <key>, <model columns>            -- or the query's own selection
+//! SELECT <model columns> [, <key>]          -- or the query's own selection
 //! FROM <the query's FROM and joins>
 //! WHERE (<the query's filters>) AND <key> > $after [AND <key> <= $until]
 //! [GROUP BY/HAVING of the query]
@@ -23,10 +23,12 @@
 //! boxed queries cannot be cloned. It also gives every batch after the first the
 //! same SQL text, so each backend prepares at most two statements per scan.
 
+use std::cell::Cell;
 use std::sync::Arc;
 
 use diesel::backend::Backend;
-use diesel::expression::Expression;
+use diesel::deserialize::{FromSqlRow, QueryableByName};
+use diesel::expression::{AppearsOnTable, Expression, SelectableExpression, ValidGrouping};
 use diesel::internal::derives::multiconnection::{
     BoxedSelectStatement, LimitOffsetClause, NoLimitClause, NoOffsetClause, SelectStatement,
     SelectStatementAccessor,
@@ -36,12 +38,15 @@ use diesel::query_builder::{AstPass, Query, QueryBuilder, QueryFragment, QueryId
 use diesel::query_dsl::methods::{BoxedDsl, FilterDsl, SelectDsl};
 use diesel::query_dsl::LoadQuery;
 use diesel::query_source::QuerySource;
+use diesel::row::NamedRow;
 use diesel::sql_types::{BigInt, HasSqlType};
 use diesel::{QueryResult, RunQueryDsl};
 use diesel::{Selectable, SelectableHelper};
 
 use crate::error::Error;
-use crate::key::{Bounds, BoundsCell, Key, KeySql, KeysetBackend, SeekPredicate};
+use crate::key::{
+    Bounds, BoundsCell, Key, KeyFromRow, KeyPositions, KeySql, KeysetBackend, SeekPredicate,
+};
 
 type PlainSelect = SelectStatement<NoFromClause, ()>;
 /// Diesel's "no ORDER BY" clause type, named through the accessor trait.
@@ -332,46 +337,216 @@ where
 
 impl<B, K, Conn> RunQueryDsl<Conn> for Batch<'_, B, K> {}
 
-/// The `SELECT` the scan adds for `load_iter::<M>`: the key, then the model.
-pub type KeyAndModel<K, M, DB> = (<K as Key>::Selection, diesel::helper_types::AsSelect<M, DB>);
+/// The `SELECT` list of `load_iter::<M>`: the model's columns, then the key's
+/// columns unless the model already selects them.
+///
+/// ```text
+/// SELECT posts.id, posts.title, ...            -- chunked_by(posts::id): id is in Post
+/// SELECT posts.id, posts.title, ..., posts.rank -- chunked_by(posts::rank): appended
+/// ```
+///
+/// Which of the two is decided once per scan, by rendering both selections
+/// ([`PrepareModel`]); rows are then read by [`KeyedModel`]. Its SQL type is
+/// `Untyped`: the row is read by position, not as one fixed tuple.
+#[derive(Debug, Clone, Copy)]
+pub struct ModelSelection<KS, MS> {
+    key: KS,
+    model: MS,
+    append_key: bool,
+}
+
+/// The selection `load_iter::<M>` runs with key `K` on backend `DB`.
+pub type ModelSelectionOf<K, M, DB> =
+    ModelSelection<<K as Key>::Selection, diesel::helper_types::AsSelect<M, DB>>;
+
+impl<KS, MS> Expression for ModelSelection<KS, MS> {
+    type SqlType = diesel::sql_types::Untyped;
+}
+
+impl<KS, MS, QS> AppearsOnTable<QS> for ModelSelection<KS, MS> where (KS, MS): AppearsOnTable<QS> {}
+
+impl<KS, MS, QS> SelectableExpression<QS> for ModelSelection<KS, MS> where
+    (KS, MS): SelectableExpression<QS>
+{
+}
+
+impl<KS, MS, GB> ValidGrouping<GB> for ModelSelection<KS, MS>
+where
+    (KS, MS): ValidGrouping<GB>,
+{
+    type IsAggregate = <(KS, MS) as ValidGrouping<GB>>::IsAggregate;
+}
+
+impl<KS, MS> QueryId for ModelSelection<KS, MS> {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl<KS, MS, DB> QueryFragment<DB> for ModelSelection<KS, MS>
+where
+    DB: Backend,
+    KS: QueryFragment<DB>,
+    MS: QueryFragment<DB>,
+{
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
+        self.model.walk_ast(out.reborrow())?;
+        if self.append_key {
+            out.push_sql(", ");
+            self.key.walk_ast(out.reborrow())?;
+        }
+        Ok(())
+    }
+}
+
+thread_local! {
+    /// Where [`KeyedModel`] finds the key in the rows of the batch being loaded
+    /// on this thread: set by [`with_key_columns`] around each batch.
+    static KEY_COLUMNS: Cell<KeyPositions> = const { Cell::new([0; 3]) };
+}
+
+/// Runs `load` with rows' keys read from columns `at`.
+pub(crate) fn with_key_columns<T>(at: KeyPositions, load: impl FnOnce() -> T) -> T {
+    let outer = KEY_COLUMNS.replace(at);
+    let loaded = load();
+    KEY_COLUMNS.set(outer);
+    loaded
+}
+
+/// One row of `load_iter::<M>`: the model, and its key read from the same row.
+///
+/// The model is built from the row's leading columns as Diesel builds it for
+/// `M::as_select()`; the key is read from the columns the scan found it in (see
+/// [`ModelSelection`]), once per row, with no second copy of the column sent.
+#[derive(Debug)]
+pub struct KeyedModel<K: Key, M> {
+    pub(crate) key: K::Value,
+    pub(crate) model: M,
+}
+
+impl<K, M, DB> QueryableByName<DB> for KeyedModel<K, M>
+where
+    DB: Backend,
+    K: KeyFromRow<DB>,
+    M: Selectable<DB> + FromSqlRow<ModelSqlType<M, DB>, DB>,
+{
+    fn build<'a>(row: &impl NamedRow<'a, DB>) -> diesel::deserialize::Result<Self> {
+        let at = KEY_COLUMNS.get();
+        Ok(KeyedModel {
+            key: K::from_row(row, &at)?,
+            model: M::build_from_row(row)?,
+        })
+    }
+}
+
+/// The SQL type Diesel loads model `M` from: that of the columns `M` selects.
+pub type ModelSqlType<M, DB> = <<M as Selectable<DB>>::SelectExpression as Expression>::SqlType;
 
 /// Everything `load_iter::<M>` / `load_batches::<M>` needs of a query, in one bound:
 /// it can be chunked, it selects the default columns, and selecting
-/// `(key, M::as_select())` and adding the seek predicate type-check on `DB`.
+/// `M::as_select()` (and the key) and adding the seek predicate type-check on `DB`.
 pub trait PrepareModel<'a, K: Key, M, DB: Backend> {
     /// The prepared query's type.
     type Base;
 
-    /// Boxes the query, selects `(key, M::as_select())`, adds the seek predicate.
+    /// Boxes the query, selects [`ModelSelection`], adds the seek predicate; also
+    /// returns where the key's columns are in a row.
     fn prepare_model(
         self,
         key: K,
         bounds: Bounds<K::Value>,
-    ) -> Result<SeekQuery<Self::Base, K>, Error>;
+    ) -> Result<(SeekQuery<Self::Base, K>, KeyPositions), Error>;
 }
 
 impl<'a, Q, K, M, DB> PrepareModel<'a, K, M, DB> for Q
 where
-    DB: Backend,
+    DB: Backend + Default,
+    DB::QueryBuilder: Default,
     K: Key,
+    K::Selection: QueryFragment<DB>,
     M: Selectable<DB>,
+    diesel::helper_types::AsSelect<M, DB>: QueryFragment<DB>,
     Q: ChunkableQuery<'a, DB> + DefaultSelection,
-    KeyAndModel<K, M, DB>: Expression,
-    Q::Boxed: SelectDsl<KeyAndModel<K, M, DB>>,
-    diesel::dsl::Select<Q::Boxed, KeyAndModel<K, M, DB>>: FilterDsl<SeekPredicate<K>>,
+    Q::Boxed: SelectDsl<ModelSelectionOf<K, M, DB>>,
+    diesel::dsl::Select<Q::Boxed, ModelSelectionOf<K, M, DB>>: FilterDsl<SeekPredicate<K>>,
 {
-    type Base =
-        diesel::dsl::Filter<diesel::dsl::Select<Q::Boxed, KeyAndModel<K, M, DB>>, SeekPredicate<K>>;
+    type Base = diesel::dsl::Filter<
+        diesel::dsl::Select<Q::Boxed, ModelSelectionOf<K, M, DB>>,
+        SeekPredicate<K>,
+    >;
 
     fn prepare_model(
         self,
         key: K,
         bounds: Bounds<K::Value>,
-    ) -> Result<SeekQuery<Self::Base, K>, Error> {
+    ) -> Result<(SeekQuery<Self::Base, K>, KeyPositions), Error> {
         let boxed = self.into_boxed_checked()?;
-        let selected = SelectDsl::select(boxed, (key.selection(), M::as_select()));
-        Ok(SeekQuery::new(selected, key, bounds))
+        let model = M::as_select();
+        let rendered = |sql: &dyn QueryFragment<DB>| {
+            let mut builder = DB::QueryBuilder::default();
+            sql.to_sql(&mut builder, &DB::default())
+                .map(|()| builder.finish())
+                .map_err(|source| Error::Query {
+                    context: "rendering the selection",
+                    source,
+                })
+        };
+        let model_sql = rendered(&model)?;
+        let key_sql = rendered(&key.selection())?;
+        let model_columns = top_level_items(&model_sql);
+        let found: Option<Vec<usize>> = top_level_items(&key_sql)
+            .iter()
+            .map(|k| model_columns.iter().position(|c| c == k))
+            .collect();
+        let mut at: KeyPositions = [0; 3];
+        let append_key = match found {
+            Some(positions) => {
+                at[..positions.len()].copy_from_slice(&positions);
+                false
+            }
+            None => {
+                for (i, a) in at.iter_mut().enumerate().take(K::ARITY) {
+                    *a = model_columns.len() + i;
+                }
+                true
+            }
+        };
+        let selection = ModelSelection {
+            key: key.selection(),
+            model,
+            append_key,
+        };
+        let selected = SelectDsl::select(boxed, selection);
+        Ok((SeekQuery::new(selected, key, bounds), at))
     }
+}
+
+/// The comma-separated items of Diesel-generated SQL at the top level (outside
+/// parentheses and quotes), trimmed: the columns of a rendered `SELECT` list.
+fn top_level_items(sql: &str) -> Vec<&str> {
+    let mut items = Vec::new();
+    let mut depth = 0usize;
+    let mut quote: Option<u8> = None;
+    let mut start = 0;
+    for (i, c) in sql.bytes().enumerate() {
+        if let Some(q) = quote {
+            if c == q {
+                quote = None;
+            }
+            continue;
+        }
+        match c {
+            b'\'' | b'"' | b'`' => quote = Some(c),
+            b'(' => depth += 1,
+            b')' => depth = depth.saturating_sub(1),
+            b',' if depth == 0 => {
+                items.push(sql[start..i].trim());
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    items.push(sql[start..].trim());
+    items
 }
 
 /// Everything the `*_keyed` terminals need of a query: it can be chunked and the
@@ -425,7 +600,16 @@ where
 
 #[cfg(test)]
 mod tests {
-    use super::check_clauses;
+    use super::{check_clauses, top_level_items};
+
+    #[test]
+    fn select_list_items() {
+        assert_eq!(
+            top_level_items("`posts`.`id`, COALESCE(`a`, `b`), 'x, y', \"c\""),
+            ["`posts`.`id`", "COALESCE(`a`, `b`)", "'x, y'", "\"c\""]
+        );
+        assert_eq!(top_level_items("\"posts\".\"id\""), ["\"posts\".\"id\""]);
+    }
 
     #[test]
     fn top_level_clauses_are_found() {

@@ -297,8 +297,8 @@ backend_tests! {
         assert_eq!(got, titles);
         assert_eq!(log.selects().len(), 8, "{:#?}", log.all());
         for (i, q) in select_sql(&log).iter().enumerate() {
-            // The scan selects the key itself, in front of the model's columns.
-            assert!(q.starts_with("SELECT posts.id, posts.title FROM posts WHERE "), "{q}");
+            // The scan selects the key itself, after the model's columns.
+            assert!(q.starts_with("SELECT posts.title, posts.id FROM posts WHERE "), "{q}");
             if i > 0 {
                 assert!(q.contains("WHERE posts.id > ? ORDER BY posts.id LIMIT ?"), "{q}");
             }
@@ -308,6 +308,91 @@ backend_tests! {
         let got = collect_ok(posts::table.chunked_by(posts::slug).batch_size(4).desc().load_batches::<PostTitle>(&mut conn));
         let expected: Vec<Vec<PostTitle>> = reversed(&titles).chunks(4).map(<[_]>::to_vec).collect();
         assert_eq!(got, expected);
+    }
+
+    fn the_key_is_read_from_the_models_own_columns(db) {
+        let mut conn = connect::<B>(&db);
+        // Slug and created_at orders differ from id order, so a key read from the
+        // wrong column would show in `last_key` and in the next batch's bound.
+        let rows: Vec<Post> = GAPPY_IDS
+            .iter()
+            .map(|&id| Post {
+                slug: format!("slug-{:06}", 100_000 - id),
+                created_at: ts(i64::from(id % 7) * 100_000 + i64::from(id)),
+                ..post(id)
+            })
+            .collect();
+        insert_post_rows(&mut conn, &rows);
+        let log = QueryLog::install(&mut conn);
+        let model = "posts.id, posts.user_id, posts.title, posts.slug, posts.published, \
+                     posts.score, posts.created_at, posts.body";
+
+        // The key is the model's first column: every column is selected once.
+        let mut expected = rows.clone();
+        expected.sort_by_key(|p| p.id);
+        let mut it = posts::table.chunked_by(posts::id).batch_size(4).load_iter::<Post>(&mut conn);
+        let mut got = Vec::new();
+        while let Some(p) = it.next() {
+            let p = p.unwrap();
+            assert_eq!(it.last_key(), Some(&p.id));
+            got.push(p);
+        }
+        assert_eq!(got, expected);
+        assert_eq!(log.selects().len(), 8, "{:#?}", log.all());
+        for q in select_sql(&log) {
+            assert!(q.starts_with(&format!("SELECT {model} FROM posts WHERE ")), "{q}");
+        }
+
+        // A key in the middle of the model, descending.
+        log.clear();
+        expected.sort_by(|a, b| b.slug.cmp(&a.slug));
+        let mut it = posts::table.chunked_by(posts::slug).batch_size(4).desc().load_iter::<Post>(&mut conn);
+        let mut got = Vec::new();
+        while let Some(p) = it.next() {
+            let p = p.unwrap();
+            assert_eq!(it.last_key(), Some(&p.slug));
+            got.push(p);
+        }
+        assert_eq!(got, expected);
+        for q in select_sql(&log) {
+            assert!(q.starts_with(&format!("SELECT {model} FROM posts WHERE ")), "{q}");
+            assert!(q.ends_with(" ORDER BY posts.slug DESC LIMIT ?"), "{q}");
+        }
+
+        // A composite key whose columns are the model's 7th and 1st, in batches.
+        log.clear();
+        expected.sort_by_key(|p| (p.created_at, p.id));
+        let mut it = posts::table
+            .chunked_by((posts::created_at, posts::id))
+            .batch_size(4)
+            .load_batches::<Post>(&mut conn);
+        let mut got = Vec::new();
+        while let Some(batch) = it.next() {
+            let batch = batch.unwrap();
+            let last = batch.last().unwrap();
+            assert_eq!(it.last_key(), Some(&(last.created_at, last.id)));
+            got.extend(batch);
+        }
+        assert_eq!(got, expected);
+        assert_eq!(log.selects().len(), 8, "{:#?}", log.all());
+        for q in select_sql(&log) {
+            assert!(q.starts_with(&format!("SELECT {model} FROM posts WHERE ")), "{q}");
+        }
+
+        // A composite key partly outside the model: both its columns are appended.
+        log.clear();
+        let got = collect_ok(
+            posts::table
+                .chunked_by((posts::slug, posts::id))
+                .batch_size(4)
+                .load_iter::<PostTitle>(&mut conn),
+        );
+        expected.sort_by(|a, b| a.slug.cmp(&b.slug));
+        let titles: Vec<PostTitle> = expected.iter().map(|p| PostTitle { title: p.title.clone() }).collect();
+        assert_eq!(got, titles);
+        for q in select_sql(&log) {
+            assert!(q.starts_with("SELECT posts.title, posts.slug, posts.id FROM posts WHERE "), "{q}");
+        }
     }
 
     fn descending_with_a_filter_and_limit_total(db) {
