@@ -421,22 +421,50 @@ pub type ModelBase<'a, Q, K, M, DB> = <Q as PrepareModel<'a, K, M, DB>>::Base;
 /// The prepared query of `load_iter_keyed` on query `Q`.
 pub type KeyedBase<'a, Q, K, DB> = <Q as PrepareKeyed<'a, K, DB>>::Base;
 
-/// What a scan yields per row: `M` for `load_iter::<M>`, the selection `U` for the
-/// `*_keyed` terminals.
-pub trait RowType {
+/// What a scan with key `K` yields per row: `M` for `load_iter::<M>`, the
+/// selection `U` for the `*_keyed` terminals.
+pub trait RowType<K: Key> {
     /// What the iterators yield.
     type Item;
+    /// A loaded row: the item and its key, kept as loaded until handed out.
+    type Loaded: LoadedRow<K::Value, Self::Item>;
 }
 
 /// How the rows of a batch are loaded and their keys read.
-pub trait Rows<Conn, B, K: Key>: RowType {
-    /// Loads one batch as `(key, item)` pairs.
+pub trait Rows<Conn, B, K: Key>: RowType<K> {
+    /// Loads one batch.
     fn load(
         &mut self,
         query: &SeekQuery<B, K>,
         conn: &mut Conn,
         limit: i64,
-    ) -> diesel::QueryResult<Vec<(K::Value, Self::Item)>>;
+    ) -> diesel::QueryResult<Vec<Self::Loaded>>;
+}
+
+/// A loaded row: an item of type `T` with its key of type `V`.
+pub trait LoadedRow<V, T> {
+    /// The row's key.
+    fn key(&self) -> &V;
+    /// The key and the item.
+    fn into_parts(self) -> (V, T);
+}
+
+impl<V, T> LoadedRow<V, T> for (V, T) {
+    fn key(&self) -> &V {
+        &self.0
+    }
+    fn into_parts(self) -> (V, T) {
+        self
+    }
+}
+
+impl<K: Key, M> LoadedRow<K::Value, M> for KeyedModel<K, M> {
+    fn key(&self) -> &K::Value {
+        &self.key
+    }
+    fn into_parts(self) -> (K::Value, M) {
+        (self.key, self.model)
+    }
 }
 
 /// Rows of model `M`, each with its key read from the same row
@@ -447,8 +475,9 @@ pub struct ModelRows<M> {
     _model: PhantomData<fn() -> M>,
 }
 
-impl<M> RowType for ModelRows<M> {
+impl<K: Key, M> RowType<K> for ModelRows<M> {
     type Item = M;
+    type Loaded = KeyedModel<K, M>;
 }
 
 impl<Conn, B, K, M> Rows<Conn, B, K> for ModelRows<M>
@@ -461,9 +490,8 @@ where
         query: &SeekQuery<B, K>,
         conn: &mut Conn,
         limit: i64,
-    ) -> diesel::QueryResult<Vec<(K::Value, M)>> {
-        let rows = with_key_columns(self.key_columns, || query.load_batch(conn, limit))?;
-        Ok(rows.into_iter().map(|r| (r.key, r.model)).collect())
+    ) -> diesel::QueryResult<Vec<KeyedModel<K, M>>> {
+        with_key_columns(self.key_columns, || query.load_batch(conn, limit))
     }
 }
 
@@ -479,8 +507,9 @@ impl<U, F> std::fmt::Debug for KeyedRows<U, F> {
     }
 }
 
-impl<U, F> RowType for KeyedRows<U, F> {
+impl<K: Key, U, F> RowType<K> for KeyedRows<U, F> {
     type Item = U;
+    type Loaded = (K::Value, U);
 }
 
 impl<Conn, B, K, U, F> Rows<Conn, B, K> for KeyedRows<U, F>

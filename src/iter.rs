@@ -11,7 +11,7 @@ use std::cmp::Ordering;
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use crate::builder::{RowType, Rows};
+use crate::builder::{LoadedRow, RowType, Rows};
 use crate::error::Error;
 use crate::key::Key;
 use crate::query::SeekQuery;
@@ -156,7 +156,7 @@ impl<S: ConnectionSource, B, K: Key, R> Scan<S, B, K, R> {
     }
 }
 
-type BatchResult<K, T> = Option<Result<Vec<(<K as Key>::Value, T)>, Error>>;
+type BatchResult<T> = Option<Result<Vec<T>, Error>>;
 
 impl<S, B, K, R> Scan<S, B, K, R>
 where
@@ -164,13 +164,13 @@ where
     K: Key,
     R: Rows<S::Connection, B, K>,
 {
-    fn fail(&mut self, e: Error) -> BatchResult<K, R::Item> {
+    fn fail(&mut self, e: Error) -> BatchResult<R::Loaded> {
         self.finish(EndReason::Failed);
         Some(Err(e))
     }
 
     /// Loads the next non-empty batch, or `None` at the end.
-    pub(crate) fn next_batch(&mut self) -> BatchResult<K, R::Item> {
+    pub(crate) fn next_batch(&mut self) -> BatchResult<R::Loaded> {
         if let Some(e) = self.pending_error.take() {
             return self.fail(e);
         }
@@ -261,8 +261,8 @@ where
         {
             span.record("rows", rows.len());
             span.record("elapsed_ms", elapsed_ms(batch_started));
-            if let Some((last, _)) = rows.last() {
-                span.record("until", tracing::field::debug(last));
+            if let Some(last) = rows.last() {
+                span.record("until", tracing::field::debug(last.key()));
             }
         }
         if let Err(e) = self.check_batch(&rows, batch_no) {
@@ -272,11 +272,11 @@ where
             // A short batch is the last one: no query to find out there is nothing left.
             self.finish(EndReason::Exhausted);
         }
-        let Some((last, _)) = rows.last() else {
+        let Some(last) = rows.last() else {
             self.finish(EndReason::Exhausted);
             return None;
         };
-        let last = last.clone();
+        let last = last.key().clone();
         self.loaded += rows.len() as u64;
         self.batches = batch_no;
         if let Some(q) = self.query.as_mut() {
@@ -291,7 +291,7 @@ where
     /// Rejects a batch in which two rows share a key (the key is not unique, and
     /// rows at batch boundaries would be skipped), or that ended where it started
     /// (a key closure that does not return the key column).
-    fn check_batch(&self, rows: &[(K::Value, R::Item)], batch: u64) -> Result<(), Error> {
+    fn check_batch(&self, rows: &[R::Loaded], batch: u64) -> Result<(), Error> {
         let Some(query) = self.query.as_ref() else {
             return Ok(());
         };
@@ -308,23 +308,25 @@ where
             )
         };
         for pair in rows.windows(2) {
-            if pair[0].0 == pair[1].0 {
+            let (prev, next) = (pair[0].key(), pair[1].key());
+            if prev == next {
                 return Err(Error::DuplicateKey {
                     columns: columns(),
-                    value: format!("{:?}", pair[0].0),
+                    value: format!("{prev:?}"),
                     batch,
                 });
             }
-            if backwards(&pair[0].0, &pair[1].0) {
+            if backwards(prev, next) {
                 return Err(Error::KeyOutOfOrder {
                     columns: columns(),
-                    previous: format!("{:?}", pair[0].0),
-                    next: format!("{:?}", pair[1].0),
+                    previous: format!("{prev:?}"),
+                    next: format!("{next:?}"),
                     batch,
                 });
             }
         }
-        if let (Some(after), Some((first, _))) = (&query.bounds().after, rows.first()) {
+        if let (Some(after), Some(first)) = (&query.bounds().after, rows.first()) {
+            let first = first.key();
             if first == after {
                 return Err(Error::NoProgress {
                     columns: columns(),
@@ -423,10 +425,10 @@ where
             Err(e) => return Some(Err(e)),
         };
         self.rows += rows.len() as u64;
-        self.last_key = rows.last().map(|(k, _)| k.clone());
+        self.last_key = rows.last().map(|r| r.key().clone());
         // Collected in place: the batch's allocation is reused where the layouts
         // allow, rather than every row copied into a new `Vec`.
-        Some(Ok(rows.into_iter().map(|(_, t)| t).collect()))
+        Some(Ok(rows.into_iter().map(|r| r.into_parts().1).collect()))
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
@@ -451,14 +453,14 @@ where
 ///
 /// Holds at most one batch in memory and runs the next query only when that batch
 /// is used up, so `it.take(3)` runs one query.
-pub struct LoadIter<S: ConnectionSource, B, K: Key, R: RowType> {
+pub struct LoadIter<S: ConnectionSource, B, K: Key, R: RowType<K>> {
     scan: Scan<S, B, K, R>,
-    buffer: std::vec::IntoIter<(K::Value, R::Item)>,
+    buffer: std::vec::IntoIter<R::Loaded>,
     rows: u64,
     last_key: Option<K::Value>,
 }
 
-impl<S: ConnectionSource, B, K: Key, R: RowType> LoadIter<S, B, K, R> {
+impl<S: ConnectionSource, B, K: Key, R: RowType<K>> LoadIter<S, B, K, R> {
     pub(crate) fn new(scan: Scan<S, B, K, R>) -> Self {
         Self {
             scan,
@@ -499,7 +501,8 @@ where
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
-            if let Some((k, t)) = self.buffer.next() {
+            if let Some(row) = self.buffer.next() {
+                let (k, t) = row.into_parts();
                 self.rows += 1;
                 self.last_key = Some(k);
                 return Some(Ok(t));
@@ -530,7 +533,7 @@ where
 {
 }
 
-impl<S: ConnectionSource, B, K: Key, R: RowType> fmt::Debug for LoadIter<S, B, K, R> {
+impl<S: ConnectionSource, B, K: Key, R: RowType<K>> fmt::Debug for LoadIter<S, B, K, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LoadIter")
             .field("progress", &self.progress())
