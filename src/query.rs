@@ -193,8 +193,8 @@ fn check_clauses(sql: &str) -> Result<(), Error> {
 }
 
 /// Queries that select what Diesel selects by default (every column of the
-/// source), so that `load_iter::<M>` may select `(key, M::as_select())` instead
-/// without losing anything the user chose.
+/// source), so that `load_iter::<M>` may select `M::as_select()` (and the key)
+/// instead without losing anything the user chose.
 ///
 /// A query with its own `.select(..)` does not implement this: scan it with the
 /// `*_keyed` terminals, which keep the selection and take a closure that reads
@@ -205,7 +205,7 @@ fn check_clauses(sql: &str) -> Result<(), Error> {
     note = "keep your selection and say how to read the key from a row: \
             `.load_iter_keyed::<(i32, String), _>(conn, |row| row.0)`",
     note = "or drop `.select(..)` and load a `Selectable` model: \
-            the scan selects `(key, M::as_select())` itself"
+            the scan selects `M::as_select()` and reads the key itself"
 )]
 pub trait DefaultSelection {}
 
