@@ -137,59 +137,73 @@ where
 /// Finds a top-level `ORDER BY`, `LIMIT` or `OFFSET` in Diesel-generated SQL:
 /// outside parentheses (subqueries) and quotes (identifiers and literals).
 fn check_clauses(sql: &str) -> Result<(), Error> {
-    let bytes = sql.as_bytes();
+    for (i, c) in top_level(sql) {
+        if c != b' ' {
+            continue;
+        }
+        let rest = &sql[i + 1..];
+        for (word, clause, hint) in [
+            (
+                "ORDER BY ",
+                "ORDER BY",
+                "the scan orders by its key; use .desc() for a reverse scan",
+            ),
+            (
+                "LIMIT ",
+                "LIMIT",
+                "use .limit_total(n) to cap the number of rows",
+            ),
+            (
+                "OFFSET ",
+                "OFFSET",
+                "use .start_after(key) to start further in",
+            ),
+        ] {
+            // `.offset(n)` alone renders as `LIMIT -1 OFFSET` on SQLite
+            // and `LIMIT 18446744073709551615 OFFSET` on MySQL: the
+            // user wrote no LIMIT, so report the OFFSET that follows.
+            let no_limit = |r: &str| {
+                ["-1 ", "18446744073709551615 "]
+                    .iter()
+                    .any(|v| r[word.len()..].starts_with(v))
+            };
+            if rest.starts_with(word) && !(clause == "LIMIT" && no_limit(rest)) {
+                return Err(Error::QueryHasClause { clause, hint });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The bytes of Diesel-generated SQL at the top level, with their positions:
+/// outside parentheses (subqueries, function calls) and quotes (identifiers and
+/// literals), the quote and parenthesis characters themselves left out.
+fn top_level(sql: &str) -> impl Iterator<Item = (usize, u8)> + '_ {
     let mut depth = 0usize;
     let mut quote: Option<u8> = None;
-    let mut i = 0;
-    while i < bytes.len() {
-        let c = bytes[i];
+    sql.bytes().enumerate().filter(move |&(_, c)| {
         if let Some(q) = quote {
             if c == q {
                 quote = None;
             }
-        } else {
-            match c {
-                b'\'' | b'"' | b'`' => quote = Some(c),
-                b'(' => depth += 1,
-                b')' => depth = depth.saturating_sub(1),
-                b' ' if depth == 0 => {
-                    let rest = &sql[i + 1..];
-                    for (word, clause, hint) in [
-                        (
-                            "ORDER BY ",
-                            "ORDER BY",
-                            "the scan orders by its key; use .desc() for a reverse scan",
-                        ),
-                        (
-                            "LIMIT ",
-                            "LIMIT",
-                            "use .limit_total(n) to cap the number of rows",
-                        ),
-                        (
-                            "OFFSET ",
-                            "OFFSET",
-                            "use .start_after(key) to start further in",
-                        ),
-                    ] {
-                        // `.offset(n)` alone renders as `LIMIT -1 OFFSET` on SQLite
-                        // and `LIMIT 18446744073709551615 OFFSET` on MySQL: the
-                        // user wrote no LIMIT, so report the OFFSET that follows.
-                        let no_limit = |r: &str| {
-                            ["-1 ", "18446744073709551615 "]
-                                .iter()
-                                .any(|v| r[word.len()..].starts_with(v))
-                        };
-                        if rest.starts_with(word) && !(clause == "LIMIT" && no_limit(rest)) {
-                            return Err(Error::QueryHasClause { clause, hint });
-                        }
-                    }
-                }
-                _ => {}
-            }
+            return false;
         }
-        i += 1;
-    }
-    Ok(())
+        match c {
+            b'\'' | b'"' | b'`' => {
+                quote = Some(c);
+                false
+            }
+            b'(' => {
+                depth += 1;
+                false
+            }
+            b')' => {
+                depth = depth.saturating_sub(1);
+                false
+            }
+            _ => depth == 0,
+        }
+    })
 }
 
 /// Queries that select what Diesel selects by default (every column of the
@@ -524,26 +538,10 @@ where
 /// parentheses and quotes), trimmed: the columns of a rendered `SELECT` list.
 fn top_level_items(sql: &str) -> Vec<&str> {
     let mut items = Vec::new();
-    let mut depth = 0usize;
-    let mut quote: Option<u8> = None;
     let mut start = 0;
-    for (i, c) in sql.bytes().enumerate() {
-        if let Some(q) = quote {
-            if c == q {
-                quote = None;
-            }
-            continue;
-        }
-        match c {
-            b'\'' | b'"' | b'`' => quote = Some(c),
-            b'(' => depth += 1,
-            b')' => depth = depth.saturating_sub(1),
-            b',' if depth == 0 => {
-                items.push(sql[start..i].trim());
-                start = i + 1;
-            }
-            _ => {}
-        }
+    for (i, _) in top_level(sql).filter(|&(_, c)| c == b',') {
+        items.push(sql[start..i].trim());
+        start = i + 1;
     }
     items.push(sql[start..].trim());
     items
