@@ -5,15 +5,18 @@ use std::marker::PhantomData;
 use diesel::query_dsl::LoadQuery;
 use diesel::{Connection, RunQueryDsl};
 
+use crate::backend::KeysetBackend;
+use crate::engine::ScanConfig;
 use crate::error::Error;
-use crate::iter::{LoadBatches, LoadIter, Scan, ScanConfig};
-use crate::key::KeyPositions;
-use crate::key::{Bounds, Key, KeysetBackend};
-use crate::plan::{self, CountQuery, KeyColumns, Partition, PartitionQuery, PreparePlan};
-use crate::query::{
-    with_key_columns, KeyedModel, LoadBatch, PrepareKeyed, PrepareModel, SeekQuery,
+use crate::iter::{LoadBatches, LoadIter, Scan};
+use crate::key::{Bounds, Key};
+use crate::plan::{
+    self, CountQuery, KeyColumns, Partition, PartitionQuery, PartitionRow, PreparePlan,
 };
+use crate::query::{PrepareKeyed, PrepareModel};
+use crate::rows::{KeyedRows, ModelRows, Rows};
 use crate::source::ConnectionSource;
+use crate::stored::StoredKey;
 use crate::unique::UniqueIndexes;
 
 /// The default number of rows per query, as in django-chunked-iterator.
@@ -49,8 +52,8 @@ pub struct Chunked<Q, K: Key> {
     batch_size: u64,
     limit_total: Option<u64>,
     desc: bool,
-    start_after: Option<K::Value>,
-    end_at: Option<K::Value>,
+    start_after: Option<StoredKey<K::Value>>,
+    end_at: Option<StoredKey<K::Value>>,
     max_retries: Option<u32>,
     cache_statements: bool,
     within: Option<Partition<K::Value>>,
@@ -122,15 +125,17 @@ impl<Q, K: Key> Chunked<Q, K> {
     /// (less than `key` for [`desc`](Self::desc)).
     ///
     /// Pass the [`last_key`](crate::LoadIter::last_key) of an interrupted scan to
-    /// resume it with exactly the next row.
-    pub fn start_after(mut self, key: impl Into<K::Value>) -> Self {
+    /// resume it with exactly the next row, or its
+    /// [`last_stored_key`](crate::LoadIter::last_stored_key), which is exact
+    /// also for key columns that SQLite holds in a format other than Diesel's.
+    pub fn start_after(mut self, key: impl Into<StoredKey<K::Value>>) -> Self {
         self.start_after = Some(key.into());
         self
     }
 
     /// Ends at `key`, inclusively: rows with a key up to and including `key`
     /// (down to it for [`desc`](Self::desc)).
-    pub fn end_at(mut self, key: impl Into<K::Value>) -> Self {
+    pub fn end_at(mut self, key: impl Into<StoredKey<K::Value>>) -> Self {
         self.end_at = Some(key.into());
         self
     }
@@ -211,10 +216,15 @@ impl<Q, K: Key> Chunked<Q, K> {
     ///
     /// The query's filters and the scan's bounds decide which rows are counted;
     /// hand each slice to a worker, which scans it with
-    /// [`within`](Self::within) on the same query. The first slice has no lower
-    /// end and the last no upper end, so rows inserted later at either end are
-    /// still covered. With fewer than `n` rows there is one slice per row (and
-    /// one open slice for no rows at all). The statement is in the
+    /// [`within`](Self::within) on the same query. The outer ends of the first
+    /// and the last slice are the scan's own bounds (`start_after`, `end_at`, a
+    /// `within` slice), so a slice carries every bound it needs; where the scan
+    /// has none, they are open, and rows inserted later at either end are still
+    /// covered. With fewer than `n` rows there is one slice per row (and one
+    /// slice for no rows at all). A descending scan with `start_after` or
+    /// `end_at` cannot be partitioned (its ends are inclusive at the bottom),
+    /// which [`Error::PartitionBounds`] says: partition the ascending scan, and
+    /// scan each slice with `.within(&p).desc()`. The statement is in the
     /// [`plan`](crate::plan) module's docs: window functions over the key, one
     /// pass over the key's index, `n` rows back.
     ///
@@ -252,13 +262,15 @@ impl<Q, K: Key> Chunked<Q, K> {
         C::Backend: KeysetBackend,
         Q: PreparePlan<'a, K, KeyColumns<K>, C::Backend>,
         PartitionQuery<PlanInner<'a, Q, K, KeyColumns<K>, C::Backend>, K>:
-            LoadQuery<'a, C, (K::Value, i64, i64)>,
+            LoadQuery<'a, C, PartitionRow<K>>,
     {
         let count = match i64::try_from(n) {
             Ok(c) if c > 0 && n <= plan::MAX_PARTITIONS => c,
             _ => return Err(Error::InvalidPartitionCount { n }),
         };
         let bounds = self.bounds();
+        let ends = plan::outer_ends::<K>(&bounds)?;
+        let key = self.key;
         let inner = self
             .query
             .prepare_plan(self.key, bounds, plan::key_columns(self.key))?;
@@ -268,7 +280,7 @@ impl<Q, K: Key> Chunked<Q, K> {
                 context: "computing the partitions",
                 source,
             })?;
-        Ok(plan::slices(kept))
+        plan::slices(&key, kept, ends)
     }
 
     /// How many rows the scan will yield, for a progress bar: cheap where the
@@ -388,11 +400,11 @@ impl<Q, K: Key> Chunked<Q, K> {
             // Ascending, a slice's ends are the scan's own bounds when those are
             // free, so `within` renders exactly as `start_after`/`end_at`.
             let asc = !self.desc;
-            match lower {
+            match lower.map(StoredKey::from) {
                 Some(v) if asc && bounds.after.is_none() => bounds.after = Some(v),
                 v => bounds.lower = v,
             }
-            match upper {
+            match upper.map(StoredKey::from) {
                 Some(v) if asc && bounds.until.is_none() => bounds.until = Some(v),
                 v => bounds.upper = v,
             }
@@ -420,114 +432,6 @@ pub type Db<S> = <<S as ConnectionSource>::Connection as Connection>::Backend;
 pub type ModelBase<'a, Q, K, M, DB> = <Q as PrepareModel<'a, K, M, DB>>::Base;
 /// The prepared query of `load_iter_keyed` on query `Q`.
 pub type KeyedBase<'a, Q, K, DB> = <Q as PrepareKeyed<'a, K, DB>>::Base;
-
-/// What a scan with key `K` yields per row: `M` for `load_iter::<M>`, the
-/// selection `U` for the `*_keyed` terminals.
-pub trait RowType<K: Key> {
-    /// What the iterators yield.
-    type Item;
-    /// A loaded row: the item and its key, kept as loaded until handed out.
-    type Loaded: LoadedRow<K::Value, Self::Item>;
-}
-
-/// How the rows of a batch are loaded and their keys read.
-pub trait Rows<Conn, B, K: Key>: RowType<K> {
-    /// Loads one batch.
-    fn load(
-        &mut self,
-        query: &SeekQuery<B, K>,
-        conn: &mut Conn,
-        limit: i64,
-    ) -> diesel::QueryResult<Vec<Self::Loaded>>;
-}
-
-/// A loaded row: an item of type `T` with its key of type `V`.
-pub trait LoadedRow<V, T> {
-    /// The row's key.
-    fn key(&self) -> &V;
-    /// The key and the item.
-    fn into_parts(self) -> (V, T);
-}
-
-impl<V, T> LoadedRow<V, T> for (V, T) {
-    fn key(&self) -> &V {
-        &self.0
-    }
-    fn into_parts(self) -> (V, T) {
-        self
-    }
-}
-
-impl<K: Key, M> LoadedRow<K::Value, M> for KeyedModel<K, M> {
-    fn key(&self) -> &K::Value {
-        &self.key
-    }
-    fn into_parts(self) -> (K::Value, M) {
-        (self.key, self.model)
-    }
-}
-
-/// Rows of model `M`, each with its key read from the same row
-/// ([`KeyedModel`]).
-#[derive(Debug)]
-pub struct ModelRows<M> {
-    key_columns: KeyPositions,
-    _model: PhantomData<fn() -> M>,
-}
-
-impl<K: Key, M> RowType<K> for ModelRows<M> {
-    type Item = M;
-    type Loaded = KeyedModel<K, M>;
-}
-
-impl<Conn, B, K, M> Rows<Conn, B, K> for ModelRows<M>
-where
-    K: Key,
-    SeekQuery<B, K>: LoadBatch<Conn, KeyedModel<K, M>>,
-{
-    fn load(
-        &mut self,
-        query: &SeekQuery<B, K>,
-        conn: &mut Conn,
-        limit: i64,
-    ) -> diesel::QueryResult<Vec<KeyedModel<K, M>>> {
-        with_key_columns(self.key_columns, || query.load_batch(conn, limit))
-    }
-}
-
-/// Rows of the query's own selection, with the key read by a closure.
-pub struct KeyedRows<U, F> {
-    key_of: F,
-    _row: PhantomData<fn() -> U>,
-}
-
-impl<U, F> std::fmt::Debug for KeyedRows<U, F> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("KeyedRows")
-    }
-}
-
-impl<K: Key, U, F> RowType<K> for KeyedRows<U, F> {
-    type Item = U;
-    type Loaded = (K::Value, U);
-}
-
-impl<Conn, B, K, U, F> Rows<Conn, B, K> for KeyedRows<U, F>
-where
-    K: Key,
-    F: FnMut(&U) -> K::Value,
-    SeekQuery<B, K>: LoadBatch<Conn, U>,
-{
-    fn load(
-        &mut self,
-        query: &SeekQuery<B, K>,
-        conn: &mut Conn,
-        limit: i64,
-    ) -> diesel::QueryResult<Vec<(K::Value, U)>> {
-        let rows = query.load_batch(conn, limit)?;
-        Ok(rows.into_iter().map(|u| ((self.key_of)(&u), u)).collect())
-    }
-}
 
 /// A [`Chunked`] scan that can load model `M` from source `S`: every bound
 /// `load_iter::<M>` needs, in one place.

@@ -12,13 +12,18 @@ use std::fmt;
 /// use diesel_chunked_iterator::Error;
 ///
 /// let err = Error::InvalidBatchSize { batch_size: 0 };
-/// assert_eq!(err.to_string(), "batch_size must be at least 1 (got 0)");
+/// assert!(err.to_string().starts_with("batch_size must be between 1 and "));
 /// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// `batch_size(0)` (or a size that does not fit in SQL's `LIMIT`).
-    #[error("batch_size must be at least 1 (got {batch_size})")]
+    /// `batch_size(0)`, or a size too large for SQL's `LIMIT` (above
+    /// `i64::MAX`).
+    #[error(
+        "batch_size must be between 1 and {max} (got {batch_size}); \
+         use limit_total(n) to cap the rows of the whole scan",
+        max = crate::engine::MAX_BATCH_SIZE
+    )]
     InvalidBatchSize {
         /// The size that was asked for.
         batch_size: u64,
@@ -37,11 +42,13 @@ pub enum Error {
         hint: &'static str,
     },
 
-    /// Two rows of one batch had the same key. A keyset scan over a key that is not
+    /// Two rows of the query had the same key: in one batch, or the last row of a
+    /// batch and the first of the next. A keyset scan over a key that is not
     /// unique skips rows at batch boundaries, so the scan stops instead.
     #[error(
-        "key {columns} is not unique: two rows in batch {batch} share the value {value}; \
-         add a tiebreaker column, e.g. chunked_by(({columns}, id))"
+        "key {columns} is not unique over the query: two rows in or right after batch {batch} \
+         share the value {value}; {}",
+        DuplicateHint(columns)
     )]
     DuplicateKey {
         /// The key column(s), as `table.column`.
@@ -85,6 +92,44 @@ pub enum Error {
         batch: u64,
     },
 
+    /// The database returned a row whose key does not follow the previous one in
+    /// the scan's order: its `ORDER BY` and its comparison operators disagree
+    /// for this key (a collation or column type the crate cannot scan), and the
+    /// scan would repeat or skip rows.
+    #[error(
+        "the database returned key {next} after {previous} in batch {batch}, out of the order \
+         of {columns}: its ORDER BY and its comparison disagree for this key, so a keyset scan \
+         would repeat or skip rows; scan by a key the database orders consistently, such as \
+         an integer primary key"
+    )]
+    InconsistentOrder {
+        /// The key column(s).
+        columns: String,
+        /// The earlier key (the start key, or a row's key), `Debug`-formatted.
+        previous: String,
+        /// The key that came after it.
+        next: String,
+        /// The 1-based batch number.
+        batch: u64,
+    },
+
+    /// A bound given as a Rust value (`start_after`, `end_at`, `within`) met rows
+    /// whose key the database stores in another form than Diesel binds the
+    /// value in (SQLite: a timestamp written as `2026-01-01T12:00:07Z` or as a
+    /// julian-day number), so the bound cannot be compared with them exactly.
+    #[error(
+        "key {columns}: the database stores {value}, not in the form Diesel binds a Rust \
+         value in, so a bound given as a Rust value (start_after, end_at, within) cannot be \
+         compared with it exactly; resume from the scan's last_stored_key() or a checkpoint, \
+         which keep the stored form, or rewrite the column in Diesel's format"
+    )]
+    StoredForm {
+        /// The key column(s).
+        columns: String,
+        /// A key as stored, `Debug`-formatted.
+        value: String,
+    },
+
     /// No primary key or unique index makes the key unique
     /// (from [`Chunked::verify_unique`](crate::Chunked::verify_unique)).
     #[error(
@@ -105,6 +150,14 @@ pub enum Error {
     InvalidPartitionCount {
         /// The count that was asked for.
         n: usize,
+    },
+
+    /// [`partitions`](crate::Chunked::partitions) cannot give its slices the
+    /// scan's bounds.
+    #[error("cannot partition this scan: {reason}")]
+    PartitionBounds {
+        /// What is wrong, and what to do.
+        reason: String,
     },
 
     /// A database error, with where in the scan it happened.
@@ -151,6 +204,32 @@ impl fmt::Display for DisplayAfter<'_> {
         match self.0 {
             Some(k) => write!(f, " (after key {k})"),
             None => Ok(()),
+        }
+    }
+}
+
+/// The advice of [`Error::DuplicateKey`].
+struct DuplicateHint<'a>(&'a str);
+impl fmt::Display for DuplicateHint<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let cols = self.0.trim_start_matches('(').trim_end_matches(')');
+        let last = cols.rsplit(", ").next().unwrap_or(cols);
+        let table = last.split('.').next().unwrap_or(last);
+        if last.ends_with(".id") {
+            write!(
+                f,
+                "the query returns several rows per key (a join with a table that has many \
+                 rows per {last}?): add a column that tells them apart to the key, such as \
+                 the joined table's primary key: chunked_by(({}, other_table::id))",
+                cols.replace('.', "::")
+            )
+        } else {
+            write!(
+                f,
+                "add a unique tiebreaker column to the key, such as the table's primary key: \
+                 chunked_by(({}, {table}::id))",
+                cols.replace('.', "::")
+            )
         }
     }
 }

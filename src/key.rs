@@ -11,20 +11,21 @@
 //! [`KeySqlType`]: you never name it. For an SQL type this crate does not map,
 //! wrap the column in [`typed`] and name the Rust type once.
 
-use std::cell::UnsafeCell;
 use std::cmp::Ordering;
 use std::fmt;
 use std::marker::PhantomData;
-use std::sync::Arc;
 
-use diesel::backend::Backend;
 use diesel::deserialize::{self, FromSql};
-use diesel::expression::{is_aggregate, AppearsOnTable, Expression, ValidGrouping};
-use diesel::query_builder::{AstPass, QueryFragment, QueryId};
-use diesel::row::Row;
+use diesel::expression::Expression;
+use diesel::query_builder::{AstPass, QueryFragment};
+use diesel::row::{Field, Row};
 use diesel::serialize::ToSql;
-use diesel::sql_types::{self, is_nullable, Bool, HasSqlType, SingleValue, SqlType};
+use diesel::sql_types::{self, is_nullable, HasSqlType, SingleValue, SqlType};
 use diesel::{Column, QueryResult};
+
+pub use crate::backend::KeysetBackend;
+pub use crate::predicate::{Bounds, SeekPredicate};
+use crate::stored::{Stored, StoredBuilder, StoredKey};
 
 /// What a key value must be: cloneable, printable (for errors), comparable for
 /// equality (to detect duplicate keys) and shareable across threads.
@@ -90,19 +91,33 @@ pub trait KeySqlType: SqlType<IsNull = is_nullable::NotNull> + SingleValue {
     fn compare(a: &Self::Value, b: &Self::Value) -> Option<Ordering> {
         (a == b).then_some(Ordering::Equal)
     }
+
+    /// The text Diesel binds a value as on SQLite, for types that SQLite stores
+    /// as text in a format of Diesel's choosing (dates and timestamps); `None`
+    /// for types whose stored text is the value itself or that are not text.
+    #[doc(hidden)]
+    fn sqlite_text(value: &Self::Value) -> Option<String> {
+        let _ = value;
+        None
+    }
 }
 
 macro_rules! key_sql_types {
-    ($($(#[$m:meta])* $st:ty => $v:ty $(, $ord:ident)?;)*) => {$(
+    ($($(#[$m:meta])* $st:ty => $v:ty $(, $flag:ident)*;)*) => {$(
         $(#[$m])*
         impl KeySqlType for $st {
             type Value = $v;
-            $(key_sql_types!(@$ord);)?
+            $(key_sql_types!(@$flag);)*
         }
     )*};
     (@ordered) => {
         fn compare(a: &Self::Value, b: &Self::Value) -> Option<Ordering> {
             Some(a.cmp(b))
+        }
+    };
+    (@text) => {
+        fn sqlite_text(value: &Self::Value) -> Option<String> {
+            Some(crate::stored::SqliteText::sqlite_text(value))
         }
     };
 }
@@ -117,17 +132,17 @@ key_sql_types! {
     #[cfg(feature = "mysql")]
     sql_types::Unsigned<sql_types::BigInt> => u64, ordered;
     #[cfg(feature = "chrono")]
-    sql_types::Timestamp => chrono::NaiveDateTime, ordered;
+    sql_types::Timestamp => chrono::NaiveDateTime, ordered, text;
     #[cfg(feature = "chrono")]
-    sql_types::Date => chrono::NaiveDate, ordered;
+    sql_types::Date => chrono::NaiveDate, ordered, text;
     #[cfg(all(feature = "chrono", feature = "postgres"))]
     sql_types::Timestamptz => chrono::DateTime<chrono::Utc>, ordered;
     #[cfg(all(feature = "chrono", feature = "mysql"))]
     sql_types::Datetime => chrono::NaiveDateTime, ordered;
     #[cfg(all(feature = "time", not(feature = "chrono")))]
-    sql_types::Timestamp => time::PrimitiveDateTime, ordered;
+    sql_types::Timestamp => time::PrimitiveDateTime, ordered, text;
     #[cfg(all(feature = "time", not(feature = "chrono")))]
-    sql_types::Date => time::Date, ordered;
+    sql_types::Date => time::Date, ordered, text;
     #[cfg(all(feature = "time", not(feature = "chrono"), feature = "postgres"))]
     sql_types::Timestamptz => time::OffsetDateTime, ordered;
     #[cfg(all(feature = "time", not(feature = "chrono"), feature = "mysql"))]
@@ -157,6 +172,13 @@ pub trait KeyPart: Copy + Send + Sync + 'static {
     fn compare(a: &Self::Value, b: &Self::Value) -> Option<Ordering> {
         (a == b).then_some(Ordering::Equal)
     }
+
+    /// See [`KeySqlType::sqlite_text`].
+    #[doc(hidden)]
+    fn sqlite_text(value: &Self::Value) -> Option<String> {
+        let _ = value;
+        None
+    }
 }
 
 impl<C> KeyPart for C
@@ -173,6 +195,10 @@ where
 
     fn compare(a: &Self::Value, b: &Self::Value) -> Option<Ordering> {
         <C::SqlType as KeySqlType>::compare(a, b)
+    }
+
+    fn sqlite_text(value: &Self::Value) -> Option<String> {
+        <C::SqlType as KeySqlType>::sqlite_text(value)
     }
 }
 
@@ -288,12 +314,13 @@ pub trait Key: Copy + Send + Sync + 'static {
 ///
 /// Implemented for every [`Key`] whose columns render on `DB` and whose values
 /// bind as the columns' SQL types there.
-pub trait KeySql<DB: Backend>: Key {
+pub trait KeySql<DB: KeysetBackend>: Key {
     /// Writes column `i` of the key.
     fn walk_column<'b>(&'b self, i: usize, out: AstPass<'_, 'b, DB>) -> QueryResult<()>;
-    /// Binds part `i` of `value`.
+    /// Binds part `i` of `value`: its stored form if it has one, otherwise the
+    /// Rust value as the column's SQL type.
     fn walk_value<'b>(
-        value: &'b Self::Value,
+        value: &'b StoredKey<Self::Value>,
         i: usize,
         out: AstPass<'_, 'b, DB>,
     ) -> QueryResult<()>;
@@ -306,9 +333,53 @@ pub trait KeySql<DB: Backend>: Key {
 /// key is among them (nothing is selected twice), from columns appended after the
 /// model's otherwise. Implemented for every [`Key`] whose values load from the
 /// columns' SQL types on `DB`.
-pub trait KeyFromRow<DB: Backend>: Key {
-    /// Reads part `i` of the key from column `at[i]` of `row`.
-    fn from_row<'a>(row: &impl Row<'a, DB>, at: &KeyPositions) -> deserialize::Result<Self::Value>;
+pub trait KeyFromRow<DB: KeysetBackend>: Key {
+    /// Reads part `i` of the key from column `at[i]` of `row`, with its stored
+    /// form where binding the Rust value would not reproduce it.
+    fn from_row<'a>(
+        row: &impl Row<'a, DB>,
+        at: &KeyPositions,
+    ) -> deserialize::Result<StoredKey<Self::Value>>;
+}
+
+/// Reads part `i` (SQL type `ST`) at column `at` of `row`, and its stored form.
+fn read_part<'a, DB, P, R>(
+    row: &R,
+    at: usize,
+) -> deserialize::Result<(P::Value, Option<Stored>)>
+where
+    DB: KeysetBackend + HasSqlType<SqlTypeOf<P>>,
+    P: KeyPart,
+    P::Value: FromSql<SqlTypeOf<P>, DB>,
+    R: Row<'a, DB>,
+{
+    let value = row.get_value::<SqlTypeOf<P>, P::Value, usize>(at)?;
+    let mut stored = None;
+    if DB::STORED_FORMS {
+        if let Some(field) = row.get(at) {
+            if let Some(raw) = field.value() {
+                stored = DB::stored_form::<SqlTypeOf<P>>(raw, || P::sqlite_text(&value));
+            }
+        }
+    }
+    Ok((value, stored))
+}
+
+/// Binds part value `value` of key part `P`, or its stored form.
+fn bind_part<'b, DB, P>(
+    value: &'b P::Value,
+    stored: Option<&'b Stored>,
+    out: AstPass<'_, 'b, DB>,
+) -> QueryResult<()>
+where
+    DB: KeysetBackend + HasSqlType<SqlTypeOf<P>>,
+    P: KeyPart,
+    P::Value: ToSql<SqlTypeOf<P>, DB>,
+{
+    match stored {
+        Some(s) => DB::bind_stored(s, out),
+        None => DB::bind_key::<SqlTypeOf<P>, P::Value>(value, out),
+    }
 }
 
 /// The positions, in a result row, of a key's columns (at most three).
@@ -349,7 +420,7 @@ type SqlTypeOf<P> = <<P as KeyPart>::Column as Expression>::SqlType;
 
 impl<P, DB> KeySql<DB> for Single<P>
 where
-    DB: Backend + HasSqlType<SqlTypeOf<P>>,
+    DB: KeysetBackend + HasSqlType<SqlTypeOf<P>>,
     P: KeyPart,
     P::Column: QueryFragment<DB>,
     P::Value: ToSql<SqlTypeOf<P>, DB>,
@@ -358,22 +429,28 @@ where
         self.0.column().walk_ast(out)
     }
     fn walk_value<'b>(
-        value: &'b P::Value,
+        value: &'b StoredKey<P::Value>,
         _i: usize,
-        mut out: AstPass<'_, 'b, DB>,
+        out: AstPass<'_, 'b, DB>,
     ) -> QueryResult<()> {
-        out.push_bind_param::<SqlTypeOf<P>, P::Value>(value)
+        bind_part::<DB, P>(&value.value, value.part(0), out)
     }
 }
 
 impl<P, DB> KeyFromRow<DB> for Single<P>
 where
-    DB: Backend,
+    DB: KeysetBackend + HasSqlType<SqlTypeOf<P>>,
     P: KeyPart,
     P::Value: FromSql<SqlTypeOf<P>, DB>,
 {
-    fn from_row<'a>(row: &impl Row<'a, DB>, at: &KeyPositions) -> deserialize::Result<P::Value> {
-        row.get_value::<SqlTypeOf<P>, P::Value, usize>(at[0])
+    fn from_row<'a>(
+        row: &impl Row<'a, DB>,
+        at: &KeyPositions,
+    ) -> deserialize::Result<StoredKey<P::Value>> {
+        let (value, stored) = read_part::<DB, P, _>(row, at[0])?;
+        let mut b = StoredBuilder::default();
+        b.set(0, stored);
+        Ok(b.finish(value))
     }
 }
 
@@ -403,28 +480,36 @@ macro_rules! tuple_key {
 
         impl<DB, $($p),+> KeySql<DB> for ($($p,)+)
         where
-            DB: Backend $(+ HasSqlType<SqlTypeOf<$p>>)+,
+            DB: KeysetBackend $(+ HasSqlType<SqlTypeOf<$p>>)+,
             $($p: KeyPart, $p::Column: QueryFragment<DB>, $p::Value: ToSql<SqlTypeOf<$p>, DB>,)+
         {
             fn walk_column<'b>(&'b self, i: usize, out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
                 $(if i == $i { return self.$i.column().walk_ast(out); })+
                 Err(out_of_range(i))
             }
-            fn walk_value<'b>(value: &'b Self::Value, i: usize, mut out: AstPass<'_, 'b, DB>)
+            fn walk_value<'b>(value: &'b StoredKey<Self::Value>, i: usize, out: AstPass<'_, 'b, DB>)
                 -> QueryResult<()> {
-                $(if i == $i { return out.push_bind_param::<SqlTypeOf<$p>, $p::Value>(&value.$i); })+
+                $(if i == $i { return bind_part::<DB, $p>(&value.value.$i, value.part($i), out); })+
                 Err(out_of_range(i))
             }
         }
 
         impl<DB, $($p),+> KeyFromRow<DB> for ($($p,)+)
         where
-            DB: Backend,
+            DB: KeysetBackend $(+ HasSqlType<SqlTypeOf<$p>>)+,
             $($p: KeyPart, $p::Value: FromSql<SqlTypeOf<$p>, DB>,)+
         {
             fn from_row<'a>(row: &impl Row<'a, DB>, at: &KeyPositions)
-                -> deserialize::Result<Self::Value> {
-                Ok(($(row.get_value::<SqlTypeOf<$p>, $p::Value, usize>(at[$i])?,)+))
+                -> deserialize::Result<StoredKey<Self::Value>> {
+                let mut b = StoredBuilder::default();
+                let value = ($(
+                    {
+                        let (v, s) = read_part::<DB, $p, _>(row, at[$i])?;
+                        b.set($i, s);
+                        v
+                    },
+                )+);
+                Ok(b.finish(value))
             }
         }
     };
@@ -482,280 +567,3 @@ impl<A: KeyPart, B: KeyPart, C: KeyPart> IntoKey<Columns> for (A, B, C) {
     }
 }
 
-/// How a backend compares composite keys.
-///
-/// PostgreSQL and SQLite (≥ 3.15) get the row-value form `(a, b) > ($1, $2)`, which
-/// their planners turn into one index range scan. MySQL/MariaDB get the expanded
-/// form `a >= ? AND (a > ? OR a = ? AND b > ?)`: MariaDB does not use an index range
-/// for row-value comparisons, while the leading `a >= ?` gives it (and MySQL) a
-/// range on the first index column. Single-column keys are `a > ?` everywhere.
-///
-/// ```
-/// use diesel_chunked_iterator::key::KeysetBackend;
-/// assert!(<diesel::sqlite::Sqlite as KeysetBackend>::ROW_VALUES);
-/// ```
-pub trait KeysetBackend: Backend {
-    /// Whether composite keys are compared as row values.
-    const ROW_VALUES: bool;
-    /// Whether [`estimate_total`](crate::Chunked::estimate_total) asks the
-    /// planner (`EXPLAIN`) instead of counting.
-    const PLANNER_ESTIMATE: bool = false;
-}
-
-#[cfg(feature = "sqlite")]
-impl KeysetBackend for diesel::sqlite::Sqlite {
-    const ROW_VALUES: bool = true;
-}
-#[cfg(feature = "postgres")]
-impl KeysetBackend for diesel::pg::Pg {
-    const ROW_VALUES: bool = true;
-    const PLANNER_ESTIMATE: bool = true;
-}
-#[cfg(feature = "mysql")]
-impl KeysetBackend for diesel::mysql::Mysql {
-    const ROW_VALUES: bool = false;
-}
-
-/// The bounds of a scan: where the next batch starts and where the scan ends.
-#[derive(Debug, Clone)]
-#[doc(hidden)]
-pub struct Bounds<V> {
-    /// Exclusive: rows strictly after this key (before it, descending).
-    pub(crate) after: Option<V>,
-    /// Inclusive: rows up to and including this key (down to it, descending).
-    pub(crate) until: Option<V>,
-    /// Exclusive lower end of a partition, whatever the direction: `key > lower`.
-    pub(crate) lower: Option<V>,
-    /// Inclusive upper end of a partition, whatever the direction: `key <= upper`.
-    pub(crate) upper: Option<V>,
-    pub(crate) desc: bool,
-}
-
-/// One end of a key range: the value, and whether it is excluded.
-pub(crate) type End<'a, V> = (&'a V, bool);
-
-impl<V> Bounds<V> {
-    /// The bounds as `(value, exclusive)` pairs: the lower ends, then the upper.
-    pub(crate) fn ends(&self) -> (Vec<End<'_, V>>, Vec<End<'_, V>>) {
-        let mut lows = Vec::new();
-        let mut highs = Vec::new();
-        let (after, until) = (self.after.as_ref(), self.until.as_ref());
-        if self.desc {
-            highs.extend(after.map(|v| (v, true)));
-            lows.extend(until.map(|v| (v, false)));
-        } else {
-            lows.extend(after.map(|v| (v, true)));
-            highs.extend(until.map(|v| (v, false)));
-        }
-        lows.extend(self.lower.as_ref().map(|v| (v, true)));
-        highs.extend(self.upper.as_ref().map(|v| (v, false)));
-        (lows, highs)
-    }
-}
-
-/// The bounds, shared between the scan (which moves `after` between batches) and
-/// the [`SeekPredicate`] inside the boxed query (which renders them).
-///
-/// A `Mutex` cannot be used: Diesel binds parameters by reference for the lifetime
-/// of the AST walk, which no lock guard can outlive.
-pub(crate) struct BoundsCell<V>(UnsafeCell<Bounds<V>>);
-
-// SAFETY: the cell hands out shared references (`get`) and is written only by
-// `set_after`, whose contract excludes any live shared reference. Sharing it is
-// sharing `&Bounds<V>`, which is `Sync` when `V` is; sending it sends a `V`.
-unsafe impl<V: Send> Send for BoundsCell<V> {}
-unsafe impl<V: Sync> Sync for BoundsCell<V> {}
-
-impl<V> BoundsCell<V> {
-    pub(crate) fn new(bounds: Bounds<V>) -> Arc<Self> {
-        Arc::new(Self(UnsafeCell::new(bounds)))
-    }
-
-    fn get(&self) -> &Bounds<V> {
-        // SAFETY: see `set_after`: no write happens while this borrow lives.
-        unsafe { &*self.0.get() }
-    }
-
-    pub(crate) fn bounds(&self) -> &Bounds<V> {
-        self.get()
-    }
-
-    /// Moves the exclusive bound.
-    ///
-    /// # Safety
-    /// No reference returned by `get`/`bounds` may be alive, on any thread. The
-    /// only holders of the cell are a [`crate::query::SeekQuery`] and the predicate
-    /// inside the query it owns; it calls this from `&mut self`, which proves that no
-    /// walk of its query (the only reader) is in progress.
-    pub(crate) unsafe fn set_after(&self, after: Option<V>) {
-        unsafe { (*self.0.get()).after = after };
-    }
-}
-
-/// The seek predicate: `key > $after AND key <= $until`, in the backend's form.
-/// It is added once to the user's query with `.filter(..)`; the bounds it renders
-/// move between batches.
-#[allow(missing_debug_implementations)]
-pub struct SeekPredicate<K: Key> {
-    key: K,
-    bounds: Arc<BoundsCell<K::Value>>,
-}
-
-impl<K: Key> SeekPredicate<K> {
-    pub(crate) fn new(key: K, bounds: Arc<BoundsCell<K::Value>>) -> Self {
-        Self { key, bounds }
-    }
-}
-
-impl<K: Key> Expression for SeekPredicate<K> {
-    type SqlType = Bool;
-}
-
-impl<K: Key> ValidGrouping<()> for SeekPredicate<K> {
-    type IsAggregate = is_aggregate::No;
-}
-
-impl<K: Key, QS> AppearsOnTable<QS> for SeekPredicate<K> where K::Selection: AppearsOnTable<QS> {}
-
-impl<K: Key> QueryId for SeekPredicate<K> {
-    type QueryId = ();
-    const HAS_STATIC_QUERY_ID: bool = false;
-}
-
-#[derive(Clone, Copy, PartialEq)]
-enum Op {
-    Gt,
-    Lt,
-    Ge,
-    Le,
-}
-
-impl Op {
-    fn sql(self) -> &'static str {
-        match self {
-            Op::Gt => " > ",
-            Op::Lt => " < ",
-            Op::Ge => " >= ",
-            Op::Le => " <= ",
-        }
-    }
-    /// The strict comparison going the same way.
-    fn strict(self) -> Op {
-        match self {
-            Op::Gt | Op::Ge => Op::Gt,
-            Op::Lt | Op::Le => Op::Lt,
-        }
-    }
-    /// The non-strict comparison going the same way.
-    fn loose(self) -> Op {
-        match self {
-            Op::Gt | Op::Ge => Op::Ge,
-            Op::Lt | Op::Le => Op::Le,
-        }
-    }
-}
-
-impl<K, DB> QueryFragment<DB> for SeekPredicate<K>
-where
-    DB: KeysetBackend,
-    K: KeySql<DB>,
-{
-    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
-        let bounds = self.bounds.get();
-        let (start, end) = if bounds.desc {
-            (Op::Lt, Op::Ge)
-        } else {
-            (Op::Gt, Op::Le)
-        };
-        let mut parts = 0;
-        if let Some(after) = &bounds.after {
-            walk_compare(&self.key, after, start, out.reborrow())?;
-            parts += 1;
-        }
-        for (value, op) in [
-            (&bounds.until, end),
-            (&bounds.lower, Op::Gt),
-            (&bounds.upper, Op::Le),
-        ] {
-            if let Some(value) = value {
-                if parts > 0 {
-                    out.push_sql(" AND ");
-                }
-                walk_compare(&self.key, value, op, out.reborrow())?;
-                parts += 1;
-            }
-        }
-        if parts == 0 {
-            // The first batch of an unbounded scan: the predicate is always true.
-            out.push_sql("1 = 1");
-        }
-        Ok(())
-    }
-}
-
-/// `key OP value`, lexicographic for composite keys.
-fn walk_compare<'b, K, DB>(
-    key: &'b K,
-    value: &'b K::Value,
-    op: Op,
-    mut out: AstPass<'_, 'b, DB>,
-) -> QueryResult<()>
-where
-    DB: KeysetBackend,
-    K: KeySql<DB>,
-{
-    let n = K::ARITY;
-    if n == 1 {
-        key.walk_column(0, out.reborrow())?;
-        out.push_sql(op.sql());
-        return K::walk_value(value, 0, out);
-    }
-    if DB::ROW_VALUES {
-        // (a, b) > (?, ?)
-        out.push_sql("(");
-        for i in 0..n {
-            if i > 0 {
-                out.push_sql(", ");
-            }
-            key.walk_column(i, out.reborrow())?;
-        }
-        out.push_sql(")");
-        out.push_sql(op.sql());
-        out.push_sql("(");
-        for i in 0..n {
-            if i > 0 {
-                out.push_sql(", ");
-            }
-            K::walk_value(value, i, out.reborrow())?;
-        }
-        out.push_sql(")");
-        return Ok(());
-    }
-    // a >= ? AND (a > ? OR a = ? AND (b > ? OR b = ? AND c OP ?))
-    out.push_sql("(");
-    key.walk_column(0, out.reborrow())?;
-    out.push_sql(op.loose().sql());
-    K::walk_value(value, 0, out.reborrow())?;
-    out.push_sql(" AND ");
-    for i in 0..n {
-        if i + 1 == n {
-            key.walk_column(i, out.reborrow())?;
-            out.push_sql(op.sql());
-            K::walk_value(value, i, out.reborrow())?;
-        } else {
-            out.push_sql("(");
-            key.walk_column(i, out.reborrow())?;
-            out.push_sql(op.strict().sql());
-            K::walk_value(value, i, out.reborrow())?;
-            out.push_sql(" OR ");
-            key.walk_column(i, out.reborrow())?;
-            out.push_sql(" = ");
-            K::walk_value(value, i, out.reborrow())?;
-            out.push_sql(" AND ");
-        }
-    }
-    for _ in 0..n {
-        out.push_sql(")");
-    }
-    Ok(())
-}

@@ -2,25 +2,33 @@
 #![warn(missing_docs, missing_debug_implementations)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod backend;
 mod builder;
 mod dsl;
+mod engine;
 mod error;
 mod iter;
 pub mod key;
 pub mod plan;
+mod predicate;
 pub mod query;
+mod rows;
 mod source;
+mod stored;
 mod unique;
 
 pub use builder::{
-    Chunked, Db, KeyedBase, KeyedBatches, KeyedIter, KeyedRows, ModelBase, ModelBatches, ModelIter,
-    ModelRows, PlanInner, RowType, Rows, RunChunkedDsl, ScanKeyed, ScanModel, DEFAULT_BATCH_SIZE,
+    Chunked, Db, KeyedBase, KeyedBatches, KeyedIter, ModelBase, ModelBatches, ModelIter, PlanInner,
+    RunChunkedDsl, ScanKeyed, ScanModel, DEFAULT_BATCH_SIZE,
 };
+pub use engine::{EndReason, Progress};
 pub use dsl::ChunkedDsl;
 pub use error::Error;
-pub use iter::{EndReason, LoadBatches, LoadIter, Progress};
+pub use iter::{LoadBatches, LoadIter};
+pub use rows::{KeyedRows, LoadedRow, ModelRows, RowType, Rows};
 pub use key::typed;
 pub use plan::Partition;
+pub use stored::StoredKey;
 pub use source::{AttemptError, ConnectionSource};
 pub use unique::UniqueIndexes;
 

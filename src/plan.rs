@@ -34,17 +34,24 @@
 //! range once, from the key's index where there is one; no rows are sent back but
 //! the `n` boundaries.
 
+use std::cmp::Ordering;
+
 use diesel::backend::Backend;
+use diesel::deserialize::{FromSql, QueryableByName};
 use diesel::expression::{is_aggregate, AppearsOnTable, Expression, SelectableExpression};
 use diesel::expression::{TypedExpressionType, ValidGrouping};
 use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
 use diesel::query_dsl::methods::{FilterDsl, SelectDsl};
-use diesel::sql_types::{BigInt, Text};
+use diesel::row::NamedRow;
+use diesel::sql_types::{BigInt, HasSqlType, Text, Untyped};
 use diesel::{QueryResult, RunQueryDsl};
 
+use crate::backend::KeysetBackend;
 use crate::error::Error;
-use crate::key::{Bounds, BoundsCell, Key, KeySql, KeysetBackend, SeekPredicate};
+use crate::key::{Key, KeyFromRow, KeySql};
+use crate::predicate::{Bounds, BoundsCell, SeekPredicate};
 use crate::query::ChunkableQuery;
+use crate::stored::StoredKey;
 
 /// One slice of a key range: the rows with `start_after < key <= end_at`, where
 /// a missing end is open.
@@ -88,11 +95,113 @@ impl<V: PartialOrd> Partition<V> {
     }
 }
 
-/// Makes the slices from the kept `(key, rn, cnt)` rows.
-pub(crate) fn slices<V: Clone>(kept: Vec<(V, i64, i64)>) -> Vec<Partition<V>> {
+/// One kept row of the partition statement: a boundary key (as stored), its row
+/// number and the row count.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct PartitionRow<K: Key> {
+    key: StoredKey<K::Value>,
+    rn: i64,
+    cnt: i64,
+}
+
+impl<K, DB> QueryableByName<DB> for PartitionRow<K>
+where
+    DB: KeysetBackend + HasSqlType<BigInt>,
+    K: KeyFromRow<DB>,
+    i64: FromSql<BigInt, DB>,
+{
+    fn build<'a>(row: &impl NamedRow<'a, DB>) -> diesel::deserialize::Result<Self> {
+        Ok(PartitionRow {
+            key: K::from_row(row, &[0, 1, 2])?,
+            rn: row.get_value::<BigInt, i64, usize>(K::ARITY)?,
+            cnt: row.get_value::<BigInt, i64, usize>(K::ARITY + 1)?,
+        })
+    }
+}
+
+/// The outer ends a scan's slices get: its exclusive lower end and inclusive
+/// upper end in ascending key order, from its bounds.
+pub(crate) type OuterEnds<V> = (Option<V>, Option<V>);
+
+/// The scan's bounds as the outer ends of its slices.
+pub(crate) fn outer_ends<K: Key>(b: &Bounds<K::Value>) -> Result<OuterEnds<K::Value>, Error> {
+    let refuse = |reason: &str| Err(Error::PartitionBounds { reason: reason.into() });
+    if b.desc && (b.after.is_some() || b.until.is_some()) {
+        return refuse(
+            "a descending scan's start_after/end_at are an exclusive upper and an inclusive \
+             lower end, which a slice (start_after < key <= end_at) cannot carry; partition \
+             the ascending scan with the same keys (start_after(low).end_at(high)) and scan \
+             each slice with .within(&slice).desc()",
+        );
+    }
+    let (after, until) = if b.desc {
+        (None, None)
+    } else {
+        (b.after.as_ref(), b.until.as_ref())
+    };
+    // The tighter of two ends, where Rust can tell which it is.
+    let pick = |a: Option<&StoredKey<K::Value>>,
+                b: Option<&StoredKey<K::Value>>,
+                keep: Ordering|
+     -> Result<Option<K::Value>, Error> {
+        let end = match (a, b) {
+            (None, None) => return Ok(None),
+            (Some(k), None) | (None, Some(k)) => k,
+            (Some(x), Some(y)) => match K::compare(&x.value, &y.value) {
+                Some(o) if o == keep || o == Ordering::Equal => x,
+                Some(_) => y,
+                None => {
+                    return Err(Error::PartitionBounds {
+                        reason: "start_after/end_at and a within() slice both bound the same \
+                                 end of a key the crate cannot order in Rust (text); keep one \
+                                 of them"
+                            .into(),
+                    })
+                }
+            },
+        };
+        if end.has_stored_form() {
+            return Err(Error::PartitionBounds {
+                reason: format!(
+                    "the bound {end:?} is stored in a form of its own, which a slice's end \
+                     (a Rust value) cannot carry"
+                ),
+            });
+        }
+        Ok(Some(end.value.clone()))
+    };
+    Ok((
+        pick(after, b.lower.as_ref(), Ordering::Greater)?,
+        pick(until, b.upper.as_ref(), Ordering::Less)?,
+    ))
+}
+
+/// Makes the slices from the kept rows; the first slice starts after `ends.0`
+/// and the last ends at `ends.1`, the scan's own bounds.
+pub(crate) fn slices<K: Key>(
+    key: &K,
+    kept: Vec<PartitionRow<K>>,
+    ends: OuterEnds<K::Value>,
+) -> Result<Vec<Partition<K::Value>>, Error> {
+    if let Some(row) = kept.iter().find(|r| r.key.has_stored_form()) {
+        return Err(Error::StoredForm {
+            columns: key.describe(),
+            value: format!("{:?}", row.key),
+        });
+    }
+    let kept = kept
+        .into_iter()
+        .map(|r| (r.key.value, r.rn, r.cnt))
+        .collect();
+    Ok(slices_of(kept, ends))
+}
+
+fn slices_of<V: Clone>(kept: Vec<(V, i64, i64)>, ends: OuterEnds<V>) -> Vec<Partition<V>> {
+    let (lower, upper) = ends;
     let total = kept.last().map_or(0, |(_, _, cnt)| *cnt);
     let mut out = Vec::with_capacity(kept.len().max(1));
-    let mut after: Option<V> = None;
+    let mut after: Option<V> = lower;
     let mut after_rn = 0i64;
     let last = kept.len().saturating_sub(1);
     for (i, (key, rn, _)) in kept.into_iter().enumerate() {
@@ -111,7 +220,7 @@ pub(crate) fn slices<V: Clone>(kept: Vec<(V, i64, i64)>) -> Vec<Partition<V>> {
     out.push(Partition {
         index: out.len(),
         start_after: after,
-        end_at: None,
+        end_at: upper,
         rows: u64::try_from(total - after_rn).unwrap_or(0),
     });
     out
@@ -154,7 +263,7 @@ impl<K: Key> QueryId for KeyColumns<K> {
     const HAS_STATIC_QUERY_ID: bool = false;
 }
 
-impl<K: KeySql<DB>, DB: Backend> QueryFragment<DB> for KeyColumns<K> {
+impl<K: KeySql<DB>, DB: KeysetBackend> QueryFragment<DB> for KeyColumns<K> {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
         for i in 0..K::ARITY {
             if i > 0 {
@@ -176,11 +285,8 @@ pub struct PartitionQuery<I, K> {
     _key: std::marker::PhantomData<K>,
 }
 
-impl<I, K: Key> Query for PartitionQuery<I, K>
-where
-    <K::Selection as Expression>::SqlType: TypedExpressionType,
-{
-    type SqlType = (<K::Selection as Expression>::SqlType, BigInt, BigInt);
+impl<I, K: Key> Query for PartitionQuery<I, K> {
+    type SqlType = Untyped;
 }
 
 impl<I, K> QueryId for PartitionQuery<I, K> {
@@ -343,12 +449,12 @@ pub const MAX_PARTITIONS: usize = 100_000;
 
 #[cfg(test)]
 mod tests {
-    use super::{plan_rows, slices};
+    use super::{plan_rows, slices_of as slices};
 
     #[test]
     fn slices_from_kept_rows() {
         // 10 rows, n = 3: rows 4, 7 and 10 kept
-        let p = slices(vec![(40, 4, 10), (70, 7, 10), (100, 10, 10)]);
+        let p = slices(vec![(40, 4, 10), (70, 7, 10), (100, 10, 10)], (None, None));
         assert_eq!(p.len(), 3);
         assert_eq!(
             (p[0].start_after, p[0].end_at, p[0].rows),
@@ -364,7 +470,7 @@ mod tests {
         );
         assert_eq!(p.iter().map(|p| p.index).collect::<Vec<_>>(), [0, 1, 2]);
         // no rows: one open slice
-        let p = slices::<i32>(vec![]);
+        let p = slices::<i32>(vec![], (None, None));
         assert_eq!(p.len(), 1);
         assert_eq!((p[0].start_after, p[0].end_at, p[0].rows), (None, None, 0));
     }

@@ -43,10 +43,11 @@ use diesel::sql_types::{BigInt, HasSqlType};
 use diesel::{QueryResult, RunQueryDsl};
 use diesel::{Selectable, SelectableHelper};
 
+use crate::backend::KeysetBackend;
 use crate::error::Error;
-use crate::key::{
-    Bounds, BoundsCell, Key, KeyFromRow, KeyPositions, KeySql, KeysetBackend, SeekPredicate,
-};
+use crate::key::{Key, KeyFromRow, KeyPositions, KeySql};
+use crate::predicate::{Bounds, BoundsCell, SeekPredicate};
+use crate::stored::StoredKey;
 
 type PlainSelect = SelectStatement<NoFromClause, ()>;
 /// Diesel's "no ORDER BY" clause type, named through the accessor trait.
@@ -277,7 +278,7 @@ impl<B, K: Key> SeekQuery<B, K> {
     }
 
     /// Moves the exclusive start of the next batch.
-    pub(crate) fn set_after(&mut self, after: Option<K::Value>) {
+    pub(crate) fn set_after(&mut self, after: Option<StoredKey<K::Value>>) {
         // SAFETY: the predicate inside `self.base` is the only other holder of the
         // cell, and it reads it only while `self.base` is walked, which needs a
         // shared borrow of `self`; `&mut self` rules that out.
@@ -433,13 +434,13 @@ pub(crate) fn with_key_columns<T>(at: KeyPositions, load: impl FnOnce() -> T) ->
 /// [`ModelSelection`]), once per row, with no second copy of the column sent.
 #[derive(Debug)]
 pub struct KeyedModel<K: Key, M> {
-    pub(crate) key: K::Value,
+    pub(crate) key: StoredKey<K::Value>,
     pub(crate) model: M,
 }
 
 impl<K, M, DB> QueryableByName<DB> for KeyedModel<K, M>
 where
-    DB: Backend,
+    DB: KeysetBackend,
     K: KeyFromRow<DB>,
     M: Selectable<DB> + FromSqlRow<ModelSqlType<M, DB>, DB>,
 {

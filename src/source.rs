@@ -96,6 +96,11 @@ pub(crate) fn is_transient(e: &AttemptError) -> bool {
     }
 }
 
+/// How long to wait before attempt `attempt + 1` of a batch.
+pub(crate) fn retry_delay(attempt: u32) -> std::time::Duration {
+    std::time::Duration::from_millis(20u64 << attempt.min(6))
+}
+
 #[cfg(feature = "r2d2")]
 mod pool {
     use diesel::connection::TransactionManager;

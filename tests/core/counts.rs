@@ -1,5 +1,6 @@
-//! How many queries a scan runs: one per batch, and one more only when the last
-//! batch was full (a short batch ends the scan).
+//! How many queries a scan runs: one per batch. Each batch asks for one row
+//! more than it keeps (`LIMIT n + 1`); when that look-ahead row is missing, no
+//! rows are left and the scan ends without another query.
 
 use crate::backend_tests;
 use crate::common::*;
@@ -32,7 +33,7 @@ backend_tests! {
         assert_eq!(batches.concat().iter().map(|p| p.id).collect::<Vec<_>>(), (1..=7000).collect::<Vec<_>>());
         assert_eq!(log.selects().len(), 21, "{}", summary(&log));
         assert_eq!(log.all().len(), 21, "only SELECTs: {}", summary(&log));
-        assert!(limits(&log).iter().all(|&l| l == 345), "{:?}", limits(&log));
+        assert!(limits(&log).iter().all(|&l| l == 346), "{:?}", limits(&log));
     }
 
     fn batch_size_11_limit_total_33_over_7000_rows_runs_3_queries(db) {
@@ -46,7 +47,7 @@ backend_tests! {
 
         assert_eq!(ids(&posts), (1..=33).collect::<Vec<_>>());
         assert_eq!(log.selects().len(), 3, "{}", summary(&log));
-        assert_eq!(limits(&log), [11, 11, 11]);
+        assert_eq!(limits(&log), [12, 12, 12]);
     }
 
     fn default_batch_size_over_7000_rows_runs_8_queries(db) {
@@ -59,19 +60,20 @@ backend_tests! {
         assert_eq!(DEFAULT_BATCH_SIZE, 1000);
         assert_eq!(sizes(&batches), expected_sizes(1000, 7, 0));
         assert_eq!(batches.concat().iter().map(|p| p.id).collect::<Vec<_>>(), (1..=7000).collect::<Vec<_>>());
-        // 7000 is a multiple of 1000: 7 full batches, then one query that finds nothing.
-        assert_eq!(log.selects().len(), 8, "{}", summary(&log));
-        assert_eq!(limits(&log), [1000; 8]);
+        // 7000 is a multiple of 1000: the 7th batch finds no look-ahead row, and
+        // no query is run to find out that nothing is left.
+        assert_eq!(log.selects().len(), 7, "{}", summary(&log));
+        assert_eq!(limits(&log), [1001; 7]);
     }
 
-    fn rows_a_multiple_of_the_batch_size_take_one_more_query(db) {
+    fn rows_a_multiple_of_the_batch_size_take_no_extra_query(db) {
         let mut conn = connect::<B>(&db);
         insert_post_rows(&mut conn, &GAPPY_IDS[..20].iter().map(|&id| post(id)).collect::<Vec<_>>());
         let expected = GAPPY_IDS[..20].to_vec();
         let log = QueryLog::install(&mut conn);
 
-        // R = 20 rows: ceil(R / n) + 1 queries when n divides R, ceil(R / n) otherwise.
-        for (n, queries) in [(1, 21), (4, 6), (5, 5), (10, 3), (20, 2), (3, 7), (7, 3), (21, 1), (1000, 1)] {
+        // R = 20 rows: ceil(R / n) queries, whether n divides R or not.
+        for (n, queries) in [(1, 20), (4, 5), (5, 4), (10, 2), (20, 1), (3, 7), (7, 3), (21, 1), (1000, 1)] {
             log.clear();
             let batches = collect_ok(
                 posts::table.chunked_by(posts::id).batch_size(n).load_batches::<Post>(&mut conn),
@@ -98,7 +100,7 @@ backend_tests! {
         assert_eq!(log.selects().len(), 5, "{:#?}", log.all());
         // The seek bound of each query is the last key of the batch before.
         let after: Vec<Vec<String>> = log.selects().iter().map(|q| binds(q)).collect();
-        assert_eq!(after, [vec!["5"], vec!["5", "5"], vec!["10", "5"], vec!["15", "5"], vec!["20", "5"]]);
+        assert_eq!(after, [vec!["6"], vec!["5", "6"], vec!["10", "6"], vec!["15", "6"], vec!["20", "6"]]);
     }
 
     fn an_empty_table_runs_exactly_one_query(db) {
@@ -137,7 +139,7 @@ backend_tests! {
 
         assert_eq!(first, [post(1), post(2), post(3)]);
         assert_eq!(log.selects().len(), 1, "{:#?}", log.all());
-        assert_eq!(limits(&log), [10]);
+        assert_eq!(limits(&log), [11]);
 
         // Stopping right after the end of a batch does not run the next one either.
         log.clear();
@@ -156,11 +158,12 @@ backend_tests! {
         let mut it = posts::table.chunked_by(posts::id).batch_size(10).load_batches::<Post>(&mut conn);
         assert_eq!(ids(&it.next().unwrap().unwrap()), (1..=10).collect::<Vec<_>>());
         assert_eq!(ids(&it.next().unwrap().unwrap()), (11..=20).collect::<Vec<_>>());
-        // The third query finds nothing: that is the end, not an empty batch.
+        // The second query found no look-ahead row: that is the end, with no
+        // third query and no empty batch.
         assert!(it.next().is_none());
         assert!(it.next().is_none());
         drop(it);
-        assert_eq!(log.selects().len(), 3, "{:#?}", log.all());
+        assert_eq!(log.selects().len(), 2, "{:#?}", log.all());
 
         // Same with a filter that leaves the last query empty, descending.
         log.clear();
@@ -174,6 +177,6 @@ backend_tests! {
         );
         assert_eq!(batch_ids(&batches), [vec![20, 18, 16, 14, 12], vec![10, 8, 6, 4, 2]]);
         assert!(batches.iter().all(|b| !b.is_empty()));
-        assert_eq!(log.selects().len(), 3, "{:#?}", log.all());
+        assert_eq!(log.selects().len(), 2, "{:#?}", log.all());
     }
 }

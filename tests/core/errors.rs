@@ -97,17 +97,32 @@ backend_tests! {
             .chunked_by(posts::id)
             .batch_size(1)
             .load_iter_keyed(&mut conn, |_: &(i32, String)| 0);
-        assert_eq!(it.next().unwrap().unwrap(), (1, "post 1".to_string()));
-        // The second batch starts after "0" and finds row 1 again, keyed 0 again.
+        // The batch and its look-ahead row are both keyed 0: before any row is
+        // handed out, the scan stops instead of starting the next batch after
+        // "0" and finding row 1 again.
         match it.next() {
-            Some(Err(Error::NoProgress { columns, value, batch })) => {
-                assert_eq!((columns.as_str(), value.as_str(), batch), ("posts.id", "0", 2));
+            Some(Err(Error::DuplicateKey { columns, value, batch })) => {
+                assert_eq!((columns.as_str(), value.as_str(), batch), ("posts.id", "0", 1));
             }
-            other => panic!("expected NoProgress, got {other:?}"),
+            other => panic!("expected DuplicateKey, got {other:?}"),
         }
         assert!(it.next().is_none());
         drop(it);
-        assert_eq!(log.selects().len(), 2, "{:#?}", log.all());
+        assert_eq!(log.selects().len(), 1, "{:#?}", log.all());
+
+        // A key closure that returns the same key as the bound: no progress.
+        let mut it = posts::table
+            .select((posts::id, posts::title))
+            .chunked_by(posts::id)
+            .batch_size(2)
+            .start_after(3)
+            .load_iter_keyed(&mut conn, |_: &(i32, String)| 3);
+        match it.next() {
+            Some(Err(e @ Error::NoProgress { .. })) => {
+                assert!(e.to_string().contains("the key closure must return"), "{e}");
+            }
+            other => panic!("expected NoProgress, got {other:?}"),
+        }
     }
 
     fn a_key_closure_reading_another_column_never_repeats_rows(db) {

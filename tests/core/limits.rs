@@ -54,18 +54,20 @@ backend_tests! {
         insert_posts(&mut conn, 1..=25);
         let log = QueryLog::install(&mut conn);
 
-        // (limit_total, rows returned, LIMIT of each query), batch_size(10) over 25 rows.
+        // (limit_total, rows returned, LIMIT of each query), batch_size(10) over 25
+        // rows. Each LIMIT is one more than the rows the batch keeps: the
+        // look-ahead row.
         let cases: [(u64, i32, &[i64]); 10] = [
             (0, 0, &[]),              // nothing to load: no query at all
-            (1, 1, &[1]),
-            (7, 7, &[7]),             // less than a batch
-            (10, 10, &[10]),          // exactly a batch: no second query
-            (20, 20, &[10, 10]),      // a multiple of the batch size
-            (23, 23, &[10, 10, 3]),   // the last LIMIT shrinks
-            (25, 25, &[10, 10, 5]),   // exactly the rows there are
-            (26, 25, &[10, 10, 6]),   // one more: the short batch ends the scan
-            (30, 25, &[10, 10, 10]),
-            (1000, 25, &[10, 10, 10]),
+            (1, 1, &[2]),
+            (7, 7, &[8]),             // less than a batch
+            (10, 10, &[11]),          // exactly a batch: no second query
+            (20, 20, &[11, 11]),      // a multiple of the batch size
+            (23, 23, &[11, 11, 4]),   // the last LIMIT shrinks
+            (25, 25, &[11, 11, 6]),   // exactly the rows there are
+            (26, 25, &[11, 11, 7]),   // one more: the short batch ends the scan
+            (30, 25, &[11, 11, 11]),
+            (1000, 25, &[11, 11, 11]),
         ];
         for (total, rows, expected_limits) in cases {
             log.clear();
@@ -93,20 +95,20 @@ backend_tests! {
         // The cap is reached with the second batch: no third query to find the end.
         let got = collect_ok(posts::table.chunked_by(posts::id).batch_size(10).limit_total(20).load_iter::<Post>(&mut conn));
         assert_eq!(ids(&got), (1..=20).collect::<Vec<_>>());
-        assert_eq!(limits(&log), [10, 10]);
+        assert_eq!(limits(&log), [11, 11]);
 
-        // Without it, a full last batch needs one more query.
+        // Without it, the missing look-ahead row of the second batch ends the scan.
         log.clear();
         let got = collect_ok(posts::table.chunked_by(posts::id).batch_size(10).limit_total(21).load_iter::<Post>(&mut conn));
         assert_eq!(ids(&got), (1..=20).collect::<Vec<_>>());
-        assert_eq!(limits(&log), [10, 10, 1]);
+        assert_eq!(limits(&log), [11, 11]);
 
         // A cap smaller than the batch size, descending, resumed from a key.
         log.clear();
         let got = collect_ok(posts::table.chunked_by(posts::id).batch_size(10).desc().start_after(15).limit_total(3).load_iter::<Post>(&mut conn));
         assert_eq!(ids(&got), [14, 13, 12]);
         assert_eq!(log.selects().len(), 1);
-        assert_eq!(binds(&log.selects()[0]), ["15", "3"]);
+        assert_eq!(binds(&log.selects()[0]), ["15", "4"]);
     }
 
     fn limit_total_zero_runs_no_query(db) {

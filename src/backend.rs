@@ -1,0 +1,195 @@
+//! What a scan needs to know of each backend: how it compares composite keys,
+//! how it estimates rows, and how a key value read from a row is bound back so
+//! that it compares exactly as the stored value does.
+
+use diesel::backend::Backend;
+use diesel::query_builder::AstPass;
+use diesel::serialize::ToSql;
+use diesel::sql_types::HasSqlType;
+use diesel::QueryResult;
+
+use crate::stored::Stored;
+
+/// How a backend compares keys and binds key values.
+///
+/// Implemented for [`Sqlite`](diesel::sqlite::Sqlite),
+/// [`Pg`](diesel::pg::Pg) and [`Mysql`](diesel::mysql::Mysql) (with their
+/// features).
+///
+/// PostgreSQL and SQLite (≥ 3.15) get the row-value form `(a, b) > ($1, $2)` for
+/// composite keys, which their planners turn into one index range scan.
+/// MySQL/MariaDB get the expanded form `a >= ? AND (a > ? OR a = ? AND b > ?)`:
+/// MariaDB does not use an index range for row-value comparisons, while the
+/// leading `a >= ?` gives it (and MySQL) a range on the first index column.
+/// Single-column keys are `a > ?` everywhere.
+///
+/// Key values are bound so that they compare as the column's own values do:
+/// on PostgreSQL every key parameter is sent with an unspecified type, which the
+/// server infers from the key column it is compared with (a `char(n)` key
+/// compares as `bpchar`, not as `text`); on SQLite a key read from a row is bound
+/// back in the storage class and text the row had (see [`StoredKey`](crate::StoredKey)).
+///
+/// ```
+/// use diesel_chunked_iterator::backend::KeysetBackend;
+/// assert!(<diesel::sqlite::Sqlite as KeysetBackend>::ROW_VALUES);
+/// ```
+pub trait KeysetBackend: Backend {
+    /// Whether composite keys are compared as row values.
+    const ROW_VALUES: bool;
+    /// Whether [`estimate_total`](crate::Chunked::estimate_total) asks the
+    /// planner (`EXPLAIN`) instead of counting.
+    const PLANNER_ESTIMATE: bool = false;
+    /// Whether a value read from a row may be stored in a form that binding its
+    /// Rust value does not reproduce (SQLite).
+    #[doc(hidden)]
+    const STORED_FORMS: bool = false;
+
+    /// The stored form of `value`, a value of SQL type `ST`, when binding its
+    /// Rust value would not reproduce it; `text` is the text the Rust value
+    /// binds as, for types bound as text in a format of Diesel's own.
+    #[doc(hidden)]
+    fn stored_form<ST>(
+        value: Self::RawValue<'_>,
+        text: impl FnOnce() -> Option<String>,
+    ) -> Option<Stored>
+    where
+        Self: HasSqlType<ST>,
+    {
+        let _ = (value, text);
+        None
+    }
+
+    /// Binds a stored form.
+    #[doc(hidden)]
+    fn bind_stored<'b>(value: &'b Stored, out: AstPass<'_, 'b, Self>) -> QueryResult<()> {
+        let _ = (value, out);
+        Err(diesel::result::Error::QueryBuilderError(
+            "this backend has no stored key forms".into(),
+        ))
+    }
+
+    /// Binds a key value of SQL type `ST`.
+    #[doc(hidden)]
+    fn bind_key<'b, ST, V>(value: &'b V, mut out: AstPass<'_, 'b, Self>) -> QueryResult<()>
+    where
+        Self: HasSqlType<ST>,
+        V: ToSql<ST, Self>,
+    {
+        out.push_bind_param::<ST, V>(value)
+    }
+}
+
+#[cfg(feature = "sqlite")]
+impl KeysetBackend for diesel::sqlite::Sqlite {
+    const ROW_VALUES: bool = true;
+    const STORED_FORMS: bool = true;
+
+    fn stored_form<ST>(
+        mut value: Self::RawValue<'_>,
+        text: impl FnOnce() -> Option<String>,
+    ) -> Option<Stored>
+    where
+        Self: HasSqlType<ST>,
+    {
+        use diesel::sqlite::SqliteType as T;
+        let class = value.value_type()?;
+        let expected = <Self as HasSqlType<ST>>::metadata(&mut ());
+        let same_class = matches!(
+            (class, expected),
+            (T::Long, T::SmallInt | T::Integer | T::Long)
+                | (T::Double, T::Float | T::Double)
+                | (T::Text, T::Text)
+                | (T::Binary, T::Binary)
+        );
+        if same_class {
+            if !matches!(class, T::Text) {
+                return None;
+            }
+            let ours = text()?;
+            if value.read_text() == ours {
+                return None;
+            }
+        }
+        Some(match class {
+            T::Long | T::Integer | T::SmallInt => Stored::Integer(value.read_long()),
+            T::Double | T::Float => Stored::Real(value.read_double()),
+            T::Text => Stored::Text(value.read_text().to_owned()),
+            T::Binary => Stored::Blob(value.read_blob().to_vec()),
+        })
+    }
+
+    fn bind_stored<'b>(value: &'b Stored, mut out: AstPass<'_, 'b, Self>) -> QueryResult<()> {
+        use diesel::sql_types::{BigInt, Binary, Double, Text};
+        match value {
+            Stored::Integer(v) => out.push_bind_param::<BigInt, i64>(v),
+            Stored::Real(v) => out.push_bind_param::<Double, f64>(v),
+            Stored::Text(v) => out.push_bind_param::<Text, String>(v),
+            Stored::Blob(v) => out.push_bind_param::<Binary, Vec<u8>>(v),
+        }
+    }
+}
+
+#[cfg(feature = "postgres")]
+mod pg {
+    use std::marker::PhantomData;
+
+    use diesel::pg::{Pg, PgTypeMetadata};
+    use diesel::query_builder::AstPass;
+    use diesel::serialize::{self, Output, ToSql};
+    use diesel::sql_types::HasSqlType;
+    use diesel::QueryResult;
+
+    use super::KeysetBackend;
+
+    /// A parameter of SQL type `ST` sent with an unspecified type (OID 0): the
+    /// server takes the type of the key column it is compared with.
+    #[derive(Debug)]
+    pub struct Inferred<ST>(PhantomData<ST>);
+
+    impl<ST> HasSqlType<Inferred<ST>> for Pg {
+        fn metadata(_: &mut Self::MetadataLookup) -> PgTypeMetadata {
+            PgTypeMetadata::new(0, 0)
+        }
+    }
+
+    /// A value bound as [`Inferred`]: the bytes of its own `ToSql<ST, Pg>`.
+    #[repr(transparent)]
+    pub struct InferredValue<V>(V);
+
+    impl<V: std::fmt::Debug> std::fmt::Debug for InferredValue<V> {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            self.0.fmt(f)
+        }
+    }
+
+    impl<ST, V: ToSql<ST, Pg>> ToSql<Inferred<ST>, Pg> for InferredValue<V> {
+        fn to_sql<'b>(&'b self, out: &mut Output<'b, '_, Pg>) -> serialize::Result {
+            <V as ToSql<ST, Pg>>::to_sql(&self.0, out)
+        }
+    }
+
+    impl<V> InferredValue<V> {
+        fn wrap(value: &V) -> &Self {
+            // SAFETY: `InferredValue<V>` is `repr(transparent)` over `V`.
+            unsafe { &*(value as *const V as *const Self) }
+        }
+    }
+
+    impl KeysetBackend for Pg {
+        const ROW_VALUES: bool = true;
+        const PLANNER_ESTIMATE: bool = true;
+
+        fn bind_key<'b, ST, V>(value: &'b V, mut out: AstPass<'_, 'b, Self>) -> QueryResult<()>
+        where
+            Self: HasSqlType<ST>,
+            V: ToSql<ST, Self>,
+        {
+            out.push_bind_param::<Inferred<ST>, InferredValue<V>>(InferredValue::wrap(value))
+        }
+    }
+}
+
+#[cfg(feature = "mysql")]
+impl KeysetBackend for diesel::mysql::Mysql {
+    const ROW_VALUES: bool = false;
+}

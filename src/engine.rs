@@ -1,0 +1,408 @@
+//! The scan's state machine, without I/O: what the next batch asks for, whether
+//! a failed attempt is retried, what a loaded batch must satisfy, where the
+//! next batch starts, and the counters.
+//!
+//! Every driver (the iterators, the batched writes) runs the same loop:
+//!
+//! ```text
+//! loop {
+//!     let plan = engine.plan()?            // batch number, LIMIT (one row more than kept)
+//!     rows = run the batch statement       // on a connection: the driver's only job
+//!       (failed? engine.failed(..) says: retry after a delay, or the error)
+//!     rows = engine.accept(plan, rows)?    // checks, drops the look-ahead row, moves the bound
+//! }
+//! ```
+//!
+//! Each batch loads one row beyond its size. That row is not handed out (the
+//! next batch starts with it), but it shows whether the batch's last key
+//! repeats across the boundary, which would otherwise skip rows, and whether any
+//! rows are left, which saves the final empty query.
+
+use std::cmp::Ordering;
+use std::time::{Duration, Instant};
+
+use crate::error::Error;
+use crate::key::Key;
+use crate::predicate::Bounds;
+use crate::source::AttemptError;
+use crate::stored::StoredKey;
+
+/// Configuration of a scan, from the builder.
+#[derive(Debug, Clone)]
+pub(crate) struct ScanConfig {
+    pub(crate) batch_size: u64,
+    pub(crate) limit_total: Option<u64>,
+    pub(crate) max_retries: Option<u32>,
+    pub(crate) cache_statements: bool,
+}
+
+/// Why a scan ended; see [`LoadIter::end_reason`](crate::LoadIter::end_reason).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EndReason {
+    /// The last batch held every row that was left: none remain.
+    Exhausted,
+    /// `limit_total` rows were loaded.
+    LimitReached,
+    /// The bounds (`start_after` / `end_at`) leave no key; no query ran.
+    EmptyBounds,
+    /// An error was returned.
+    Failed,
+}
+
+/// Counters of a scan, for logs and progress bars.
+///
+/// ```
+/// # include!("../tests/doc/setup.rs");
+/// use diesel_chunked_iterator::prelude::*;
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let conn = &mut doc_connection();
+/// let mut it = posts::table.chunked_by(posts::id).batch_size(2).load_iter::<Post>(conn);
+/// it.next().transpose()?;
+/// let p = it.progress();
+/// assert_eq!((p.rows, p.batches, p.queries), (1, 1, 1));
+/// assert_eq!(p.last_key, Some(1));
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Progress<V> {
+    /// Rows handed to the caller so far.
+    pub rows: u64,
+    /// Non-empty batches loaded so far.
+    pub batches: u64,
+    /// Queries run so far, retries included.
+    pub queries: u64,
+    /// Batches that had to be run again after a transient failure.
+    pub retries: u64,
+    /// The key of the last row handed to the caller.
+    pub last_key: Option<V>,
+    /// Time since the first batch was asked for.
+    pub elapsed: Duration,
+}
+
+/// Where a scan's keys come from: read by the crate from the rows, or returned
+/// by a closure of the user's. Only the second can be wrong about the key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[doc(hidden)]
+pub enum KeyOrigin {
+    /// Read by the crate from the rows.
+    Rows,
+    /// Returned by the user's closure.
+    Closure,
+}
+
+/// One batch to run: its number and how many rows to keep. The statement asks
+/// for [`fetch`](Self::fetch) rows, one more.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BatchPlan {
+    pub(crate) batch: u64,
+    pub(crate) limit: i64,
+}
+
+impl BatchPlan {
+    /// The statement's `LIMIT`: the batch and one look-ahead row.
+    pub(crate) fn fetch(&self) -> i64 {
+        self.limit.saturating_add(1)
+    }
+}
+
+/// The largest `batch_size`: SQL's `LIMIT` is an `i64`.
+pub(crate) const MAX_BATCH_SIZE: u64 = i64::MAX as u64;
+
+/// The state of one scan.
+#[derive(Debug)]
+pub(crate) struct Engine {
+    pub(crate) config: ScanConfig,
+    origin: KeyOrigin,
+    pending_error: Option<Error>,
+    done: bool,
+    pub(crate) end: Option<EndReason>,
+    /// Rows loaded so far (counted against `limit_total`).
+    loaded: u64,
+    pub(crate) batches: u64,
+    pub(crate) queries: u64,
+    pub(crate) retries: u64,
+    started: Option<Instant>,
+}
+
+impl Engine {
+    /// A scan with `bounds`, or one that fails on its first step with
+    /// `pending_error`.
+    pub(crate) fn new<V: PartialEq>(
+        config: ScanConfig,
+        origin: KeyOrigin,
+        bounds: Option<&Bounds<V>>,
+        compare: fn(&V, &V) -> Option<Ordering>,
+        pending_error: Option<Error>,
+    ) -> Self {
+        // Bounds that cannot hold any row need no query.
+        let done = pending_error.is_none() && bounds.is_some_and(|b| bounds_are_empty(b, compare));
+        Self {
+            config,
+            origin,
+            pending_error,
+            done,
+            end: done.then_some(EndReason::EmptyBounds),
+            loaded: 0,
+            batches: 0,
+            queries: 0,
+            retries: 0,
+            started: None,
+        }
+    }
+
+    pub(crate) fn progress<V>(&self, rows: u64, last_key: Option<V>) -> Progress<V> {
+        Progress {
+            rows,
+            batches: self.batches,
+            queries: self.queries,
+            retries: self.retries,
+            last_key,
+            elapsed: self.started.map(|s| s.elapsed()).unwrap_or_default(),
+        }
+    }
+
+    pub(crate) fn finish(&mut self, reason: EndReason) {
+        self.done = true;
+        self.end.get_or_insert(reason);
+    }
+
+    /// Ends the scan with `e`.
+    pub(crate) fn fail(&mut self, e: Error) -> Error {
+        self.finish(EndReason::Failed);
+        e
+    }
+
+    fn batch_size(&self) -> Option<i64> {
+        match self.config.batch_size {
+            n @ 1..=MAX_BATCH_SIZE => i64::try_from(n).ok(),
+            _ => None,
+        }
+    }
+
+    /// At most how many more rows can be loaded, if a total cap is set.
+    ///
+    /// An error still to be reported (a refused query, an invalid batch size) is
+    /// the one item left, so it counts as one.
+    pub(crate) fn rows_left(&self) -> Option<u64> {
+        if self.pending_error.is_some() || (!self.done && self.batch_size().is_none()) {
+            return Some(1);
+        }
+        if self.done {
+            return Some(0);
+        }
+        self.config
+            .limit_total
+            .map(|t| t.saturating_sub(self.loaded))
+    }
+
+    /// The next batch to run, `Ok(None)` at the end.
+    pub(crate) fn plan(&mut self) -> Result<Option<BatchPlan>, Error> {
+        if let Some(e) = self.pending_error.take() {
+            return Err(self.fail(e));
+        }
+        if self.done {
+            return Ok(None);
+        }
+        self.started.get_or_insert_with(Instant::now);
+        let Some(batch_size) = self.batch_size() else {
+            let batch_size = self.config.batch_size;
+            return Err(self.fail(Error::InvalidBatchSize { batch_size }));
+        };
+        let limit = match self.config.limit_total {
+            Some(total) => {
+                let left = total.saturating_sub(self.loaded);
+                if left == 0 {
+                    self.finish(EndReason::LimitReached);
+                    return Ok(None);
+                }
+                batch_size.min(i64::try_from(left).unwrap_or(i64::MAX))
+            }
+            None => batch_size,
+        };
+        Ok(Some(BatchPlan {
+            batch: self.batches + 1,
+            limit,
+        }))
+    }
+
+    /// Counts one attempt at a batch's statement.
+    pub(crate) fn attempted(&mut self) {
+        self.queries += 1;
+    }
+
+    /// What to do after attempt `attempt` (1-based) of `plan` failed with `e`:
+    /// wait the returned time and try again, or give up with the error.
+    pub(crate) fn failed<V: std::fmt::Debug>(
+        &mut self,
+        plan: &BatchPlan,
+        attempt: u32,
+        default_retries: u32,
+        e: AttemptError,
+        after: Option<&StoredKey<V>>,
+    ) -> Result<Duration, Error> {
+        let max_retries = self.config.max_retries.unwrap_or(default_retries);
+        if attempt <= max_retries && crate::source::is_transient(&e) {
+            self.retries += 1;
+            return Ok(crate::source::retry_delay(attempt));
+        }
+        let err = match e {
+            AttemptError::Query(source) => Error::Database {
+                batch: plan.batch,
+                last_key: after.map(|k| format!("{k:?}")),
+                attempts: attempt,
+                source,
+            },
+            #[cfg(feature = "r2d2")]
+            AttemptError::Pool(source) => Error::Pool {
+                batch: plan.batch,
+                attempts: attempt,
+                source,
+            },
+        };
+        Err(self.fail(err))
+    }
+
+    /// Checks a loaded batch, drops its look-ahead row, counts it, and returns
+    /// the key the next batch starts after; `Ok(None)` when the batch is empty
+    /// (the scan is over).
+    ///
+    /// `rows` are in the statement's order; `key` reads a row's key.
+    pub(crate) fn accept<K: Key, T>(
+        &mut self,
+        plan: &BatchPlan,
+        key: &K,
+        bounds: &Bounds<K::Value>,
+        rows: &mut Vec<T>,
+        key_of: impl Fn(&T) -> &StoredKey<K::Value>,
+    ) -> Result<Option<StoredKey<K::Value>>, Error> {
+        let limit = usize::try_from(plan.limit).unwrap_or(usize::MAX);
+        if let Err(e) = check_batch(key, self.origin, bounds, rows, &key_of, plan.batch) {
+            return Err(self.fail(e));
+        }
+        if rows.len() > limit {
+            // The look-ahead row: the next batch starts with it.
+            rows.truncate(limit);
+        } else {
+            self.finish(EndReason::Exhausted);
+        }
+        let Some(last) = rows.last() else {
+            self.finish(EndReason::Exhausted);
+            return Ok(None);
+        };
+        let last = key_of(last).clone();
+        self.loaded += rows.len() as u64;
+        self.batches = plan.batch;
+        if self.config.limit_total.is_some_and(|t| self.loaded >= t) {
+            self.finish(EndReason::LimitReached);
+        }
+        Ok(Some(last))
+    }
+}
+
+/// Rejects a batch in which two rows share a key, across the boundary to the
+/// look-ahead row too (the key is not unique over the query, and rows at batch
+/// boundaries would be skipped); whose keys go backwards or do not move past the
+/// bound (a key closure that does not return the key column, or a database
+/// whose `ORDER BY` and comparison disagree); or whose keys are stored in a form
+/// a bound given as a Rust value cannot be compared with.
+fn check_batch<K: Key, T>(
+    key: &K,
+    origin: KeyOrigin,
+    bounds: &Bounds<K::Value>,
+    rows: &[T],
+    key_of: &impl Fn(&T) -> &StoredKey<K::Value>,
+    batch: u64,
+) -> Result<(), Error> {
+    let columns = || key.describe();
+    let desc = bounds.desc;
+    // Whether `next` may follow `prev` in the scan's direction, where Rust can
+    // tell: not for text (collations), nor for values stored in a form of their
+    // own (SQLite orders those by storage class and text).
+    let backwards = |prev: &StoredKey<K::Value>, next: &StoredKey<K::Value>| {
+        !prev.has_stored_form()
+            && !next.has_stored_form()
+            && matches!(
+                (K::compare(&prev.value, &next.value), desc),
+                (Some(Ordering::Greater), false) | (Some(Ordering::Less), true)
+            )
+    };
+    let out_of_order = |prev: &StoredKey<K::Value>, next: &StoredKey<K::Value>| {
+        let (previous, next) = (format!("{prev:?}"), format!("{next:?}"));
+        match origin {
+            KeyOrigin::Closure => Error::KeyOutOfOrder {
+                columns: columns(),
+                previous,
+                next,
+                batch,
+            },
+            KeyOrigin::Rows => Error::InconsistentOrder {
+                columns: columns(),
+                previous,
+                next,
+                batch,
+            },
+        }
+    };
+    if let (Some(after), Some(first)) = (&bounds.after, rows.first()) {
+        let first = key_of(first);
+        if first == after {
+            return Err(match origin {
+                KeyOrigin::Closure => Error::NoProgress {
+                    columns: columns(),
+                    value: format!("{after:?}"),
+                    batch,
+                },
+                KeyOrigin::Rows => out_of_order(after, first),
+            });
+        }
+        if backwards(after, first) {
+            return Err(out_of_order(after, first));
+        }
+    }
+    for pair in rows.windows(2) {
+        let (prev, next) = (key_of(&pair[0]), key_of(&pair[1]));
+        if prev == next {
+            return Err(Error::DuplicateKey {
+                columns: columns(),
+                value: format!("{prev:?}"),
+                batch,
+            });
+        }
+        if backwards(prev, next) {
+            return Err(out_of_order(prev, next));
+        }
+    }
+    // A bound given as a Rust value binds as Diesel encodes it; rows stored in
+    // another form (SQLite) do not compare with it as with their own kind.
+    let (lows, highs) = bounds.ends();
+    let rust_bound = lows.iter().chain(&highs).any(|(k, _)| !k.is_exact());
+    if rust_bound {
+        if let Some(row) = rows.iter().map(key_of).find(|k| k.has_stored_form()) {
+            return Err(Error::StoredForm {
+                columns: columns(),
+                value: format!("{row:?}"),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Whether the bounds leave no key at all: a lower end at or past an upper end,
+/// when Rust can compare the values for certain.
+fn bounds_are_empty<V>(b: &Bounds<V>, compare: fn(&V, &V) -> Option<Ordering>) -> bool {
+    let (lows, highs) = b.ends();
+    lows.iter().any(|(low, low_excl)| {
+        highs.iter().any(|(high, high_excl)| {
+            if low.has_stored_form() || high.has_stored_form() {
+                return false;
+            }
+            match compare(&low.value, &high.value) {
+                Some(Ordering::Greater) => true,
+                Some(Ordering::Equal) => *low_excl || *high_excl,
+                Some(Ordering::Less) | None => false,
+            }
+        })
+    })
+}

@@ -1,0 +1,258 @@
+//! The seek predicate: `key > $after AND key <= $until`, and the bounds it
+//! renders, in each backend's form.
+
+use std::cell::UnsafeCell;
+use std::sync::Arc;
+
+use diesel::expression::{is_aggregate, AppearsOnTable, Expression, ValidGrouping};
+use diesel::query_builder::{AstPass, QueryFragment, QueryId};
+use diesel::sql_types::Bool;
+use diesel::QueryResult;
+
+use crate::backend::KeysetBackend;
+use crate::key::{Key, KeySql};
+use crate::stored::StoredKey;
+
+/// The bounds of a scan: where the next batch starts and where the scan ends.
+#[derive(Debug, Clone)]
+#[doc(hidden)]
+pub struct Bounds<V> {
+    /// Exclusive: rows strictly after this key (before it, descending).
+    pub(crate) after: Option<StoredKey<V>>,
+    /// Inclusive: rows up to and including this key (down to it, descending).
+    pub(crate) until: Option<StoredKey<V>>,
+    /// Exclusive lower end of a partition, whatever the direction: `key > lower`.
+    pub(crate) lower: Option<StoredKey<V>>,
+    /// Inclusive upper end of a partition, whatever the direction: `key <= upper`.
+    pub(crate) upper: Option<StoredKey<V>>,
+    pub(crate) desc: bool,
+}
+
+/// One end of a key range: the value, and whether it is excluded.
+pub(crate) type End<'a, V> = (&'a StoredKey<V>, bool);
+
+impl<V> Bounds<V> {
+    /// The bounds as `(value, exclusive)` pairs: the lower ends, then the upper.
+    pub(crate) fn ends(&self) -> (Vec<End<'_, V>>, Vec<End<'_, V>>) {
+        let mut lows = Vec::new();
+        let mut highs = Vec::new();
+        let (after, until) = (self.after.as_ref(), self.until.as_ref());
+        if self.desc {
+            highs.extend(after.map(|v| (v, true)));
+            lows.extend(until.map(|v| (v, false)));
+        } else {
+            lows.extend(after.map(|v| (v, true)));
+            highs.extend(until.map(|v| (v, false)));
+        }
+        lows.extend(self.lower.as_ref().map(|v| (v, true)));
+        highs.extend(self.upper.as_ref().map(|v| (v, false)));
+        (lows, highs)
+    }
+}
+
+/// The bounds, shared between the scan (which moves `after` between batches) and
+/// the [`SeekPredicate`] inside the boxed query (which renders them).
+///
+/// A `Mutex` cannot be used: Diesel binds parameters by reference for the lifetime
+/// of the AST walk, which no lock guard can outlive.
+pub(crate) struct BoundsCell<V>(UnsafeCell<Bounds<V>>);
+
+// SAFETY: the cell hands out shared references (`get`) and is written only by
+// `set_after`, whose contract excludes any live shared reference. Sharing it is
+// sharing `&Bounds<V>`, which is `Sync` when `V` is; sending it sends a `V`.
+unsafe impl<V: Send> Send for BoundsCell<V> {}
+unsafe impl<V: Sync> Sync for BoundsCell<V> {}
+
+impl<V> BoundsCell<V> {
+    pub(crate) fn new(bounds: Bounds<V>) -> Arc<Self> {
+        Arc::new(Self(UnsafeCell::new(bounds)))
+    }
+
+    fn get(&self) -> &Bounds<V> {
+        // SAFETY: see `set_after`: no write happens while this borrow lives.
+        unsafe { &*self.0.get() }
+    }
+
+    pub(crate) fn bounds(&self) -> &Bounds<V> {
+        self.get()
+    }
+
+    /// Moves the exclusive bound.
+    ///
+    /// # Safety
+    /// No reference returned by `get`/`bounds` may be alive, on any thread. The
+    /// only holders of the cell are a [`crate::query::SeekQuery`] and the predicate
+    /// inside the query it owns; it calls this from `&mut self`, which proves that no
+    /// walk of its query (the only reader) is in progress.
+    pub(crate) unsafe fn set_after(&self, after: Option<StoredKey<V>>) {
+        unsafe { (*self.0.get()).after = after };
+    }
+}
+
+/// The seek predicate: `key > $after AND key <= $until`, in the backend's form.
+/// It is added once to the user's query with `.filter(..)`; the bounds it renders
+/// move between batches.
+#[allow(missing_debug_implementations)]
+pub struct SeekPredicate<K: Key> {
+    key: K,
+    bounds: Arc<BoundsCell<K::Value>>,
+}
+
+impl<K: Key> SeekPredicate<K> {
+    pub(crate) fn new(key: K, bounds: Arc<BoundsCell<K::Value>>) -> Self {
+        Self { key, bounds }
+    }
+}
+
+impl<K: Key> Expression for SeekPredicate<K> {
+    type SqlType = Bool;
+}
+
+impl<K: Key> ValidGrouping<()> for SeekPredicate<K> {
+    type IsAggregate = is_aggregate::No;
+}
+
+impl<K: Key, QS> AppearsOnTable<QS> for SeekPredicate<K> where K::Selection: AppearsOnTable<QS> {}
+
+impl<K: Key> QueryId for SeekPredicate<K> {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Op {
+    Gt,
+    Lt,
+    Ge,
+    Le,
+}
+
+impl Op {
+    fn sql(self) -> &'static str {
+        match self {
+            Op::Gt => " > ",
+            Op::Lt => " < ",
+            Op::Ge => " >= ",
+            Op::Le => " <= ",
+        }
+    }
+    /// The strict comparison going the same way.
+    fn strict(self) -> Op {
+        match self {
+            Op::Gt | Op::Ge => Op::Gt,
+            Op::Lt | Op::Le => Op::Lt,
+        }
+    }
+    /// The non-strict comparison going the same way.
+    fn loose(self) -> Op {
+        match self {
+            Op::Gt | Op::Ge => Op::Ge,
+            Op::Lt | Op::Le => Op::Le,
+        }
+    }
+}
+
+impl<K, DB> QueryFragment<DB> for SeekPredicate<K>
+where
+    DB: KeysetBackend,
+    K: KeySql<DB>,
+{
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
+        let bounds = self.bounds.get();
+        let (start, end) = if bounds.desc {
+            (Op::Lt, Op::Ge)
+        } else {
+            (Op::Gt, Op::Le)
+        };
+        let mut parts = 0;
+        if let Some(after) = &bounds.after {
+            walk_compare(&self.key, after, start, out.reborrow())?;
+            parts += 1;
+        }
+        for (value, op) in [
+            (&bounds.until, end),
+            (&bounds.lower, Op::Gt),
+            (&bounds.upper, Op::Le),
+        ] {
+            if let Some(value) = value {
+                if parts > 0 {
+                    out.push_sql(" AND ");
+                }
+                walk_compare(&self.key, value, op, out.reborrow())?;
+                parts += 1;
+            }
+        }
+        if parts == 0 {
+            // The first batch of an unbounded scan: the predicate is always true.
+            out.push_sql("1 = 1");
+        }
+        Ok(())
+    }
+}
+
+/// `key OP value`, lexicographic for composite keys.
+fn walk_compare<'b, K, DB>(
+    key: &'b K,
+    value: &'b StoredKey<K::Value>,
+    op: Op,
+    mut out: AstPass<'_, 'b, DB>,
+) -> QueryResult<()>
+where
+    DB: KeysetBackend,
+    K: KeySql<DB>,
+{
+    let n = K::ARITY;
+    if n == 1 {
+        key.walk_column(0, out.reborrow())?;
+        out.push_sql(op.sql());
+        return K::walk_value(value, 0, out);
+    }
+    if DB::ROW_VALUES {
+        // (a, b) > (?, ?)
+        out.push_sql("(");
+        for i in 0..n {
+            if i > 0 {
+                out.push_sql(", ");
+            }
+            key.walk_column(i, out.reborrow())?;
+        }
+        out.push_sql(")");
+        out.push_sql(op.sql());
+        out.push_sql("(");
+        for i in 0..n {
+            if i > 0 {
+                out.push_sql(", ");
+            }
+            K::walk_value(value, i, out.reborrow())?;
+        }
+        out.push_sql(")");
+        return Ok(());
+    }
+    // a >= ? AND (a > ? OR a = ? AND (b > ? OR b = ? AND c OP ?))
+    out.push_sql("(");
+    key.walk_column(0, out.reborrow())?;
+    out.push_sql(op.loose().sql());
+    K::walk_value(value, 0, out.reborrow())?;
+    out.push_sql(" AND ");
+    for i in 0..n {
+        if i + 1 == n {
+            key.walk_column(i, out.reborrow())?;
+            out.push_sql(op.sql());
+            K::walk_value(value, i, out.reborrow())?;
+        } else {
+            out.push_sql("(");
+            key.walk_column(i, out.reborrow())?;
+            out.push_sql(op.strict().sql());
+            K::walk_value(value, i, out.reborrow())?;
+            out.push_sql(" OR ");
+            key.walk_column(i, out.reborrow())?;
+            out.push_sql(" = ");
+            K::walk_value(value, i, out.reborrow())?;
+            out.push_sql(" AND ");
+        }
+    }
+    for _ in 0..n {
+        out.push_sql(")");
+    }
+    Ok(())
+}
