@@ -390,6 +390,7 @@ impl<Q, K: Key> Chunked<Q, K> {
             lower: None,
             upper: None,
             desc: self.desc,
+            probe: false,
         };
         if let Some(Partition {
             start_after: lower,

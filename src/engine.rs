@@ -247,6 +247,18 @@ impl Engine {
             self.retries += 1;
             return Ok(crate::source::retry_delay(attempt));
         }
+        Err(self.error(plan, attempt, e, after))
+    }
+
+    /// Ends the scan with the error of `attempts` failed attempts at `plan`.
+    pub(crate) fn error<V: std::fmt::Debug>(
+        &mut self,
+        plan: &BatchPlan,
+        attempts: u32,
+        e: AttemptError,
+        after: Option<&StoredKey<V>>,
+    ) -> Error {
+        let attempt = attempts;
         let err = match e {
             AttemptError::Query(source) => Error::Database {
                 batch: plan.batch,
@@ -261,7 +273,7 @@ impl Engine {
                 source,
             },
         };
-        Err(self.fail(err))
+        self.fail(err)
     }
 
     /// Checks a loaded batch, drops its look-ahead row, counts it, and returns
@@ -387,6 +399,24 @@ fn check_batch<K: Key, T>(
         }
     }
     Ok(())
+}
+
+/// Checks the rows just before a start key given as a Rust value (the probe):
+/// if the database stores them in a form of its own, the start key does not
+/// compare with them as with their kind, and rows would be skipped or
+/// repeated at the start.
+pub(crate) fn check_probe<K: Key, T>(
+    key: &K,
+    rows: &[T],
+    key_of: impl Fn(&T) -> &StoredKey<K::Value>,
+) -> Result<(), Error> {
+    match rows.iter().map(key_of).find(|k| k.has_stored_form()) {
+        Some(k) => Err(Error::StoredForm {
+            columns: key.describe(),
+            value: format!("{k:?}"),
+        }),
+        None => Ok(()),
+    }
 }
 
 /// Whether the bounds leave no key at all: a lower end at or past an upper end,

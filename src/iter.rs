@@ -9,7 +9,9 @@
 
 use std::fmt;
 
-use crate::engine::{Engine, EndReason, Progress, ScanConfig};
+use crate::backend::KeysetBackend;
+use crate::builder::Db;
+use crate::engine::{check_probe, Engine, EndReason, Progress, ScanConfig};
 use crate::error::Error;
 use crate::key::Key;
 use crate::query::SeekQuery;
@@ -63,9 +65,41 @@ type BatchResult<T> = Option<Result<Vec<T>, Error>>;
 impl<S, B, K, R> Scan<S, B, K, R>
 where
     S: ConnectionSource,
+    Db<S>: KeysetBackend,
     K: Key,
     R: Rows<S::Connection, B, K>,
 {
+    /// Before the first batch of a scan that starts after a key given as a Rust
+    /// value, on a key the backend may store in forms of its own: loads the row
+    /// just before that key and refuses the scan if it is stored so.
+    fn probe(&mut self) -> Result<(), Error> {
+        let Some(query) = self.query.as_mut() else {
+            return Ok(());
+        };
+        let inexact_start = query.bounds().after.as_ref().is_some_and(|a| !a.is_exact());
+        if !(Db::<S>::STORED_FORMS && K::STORED_FORMS && inexact_start) {
+            return Ok(());
+        }
+        query.set_probe(true);
+        let query = &*query;
+        let loader = &mut self.rows;
+        self.engine.attempted();
+        let rows = self.source.run(|conn| loader.load(query, conn, 1));
+        if let Some(q) = self.query.as_mut() {
+            q.set_probe(false);
+        }
+        let Some(query) = self.query.as_ref() else {
+            return Ok(());
+        };
+        match rows {
+            Ok(rows) => check_probe(query.key(), &rows, |r| r.key()).map_err(|e| self.engine.fail(e)),
+            Err(e) => {
+                let plan = crate::engine::BatchPlan { batch: 1, limit: 1 };
+                Err(self.engine.error(&plan, 1, e, query.bounds().after.as_ref()))
+            }
+        }
+    }
+
     /// Loads the next non-empty batch, or `None` at the end.
     pub(crate) fn next_batch(&mut self) -> BatchResult<R::Loaded> {
         let plan = match self.engine.plan() {
@@ -73,6 +107,11 @@ where
             Ok(None) => return None,
             Err(e) => return Some(Err(e)),
         };
+        if plan.batch == 1 && self.engine.queries == 0 {
+            if let Err(e) = self.probe() {
+                return Some(Err(e));
+            }
+        }
         let query = self.query.as_ref()?;
         #[cfg(feature = "tracing")]
         let span = tracing::info_span!(
@@ -193,6 +232,7 @@ impl<S: ConnectionSource, B, K: Key, R> LoadBatches<S, B, K, R> {
 impl<S, B, K, R> Iterator for LoadBatches<S, B, K, R>
 where
     S: ConnectionSource,
+    Db<S>: KeysetBackend,
     K: Key,
     R: Rows<S::Connection, B, K>,
 {
@@ -224,6 +264,7 @@ where
 impl<S, B, K, R> std::iter::FusedIterator for LoadBatches<S, B, K, R>
 where
     S: ConnectionSource,
+    Db<S>: KeysetBackend,
     K: Key,
     R: Rows<S::Connection, B, K>,
 {
@@ -302,6 +343,7 @@ impl<S: ConnectionSource, B, K: Key, R: RowType<K>> LoadIter<S, B, K, R> {
 impl<S, B, K, R> Iterator for LoadIter<S, B, K, R>
 where
     S: ConnectionSource,
+    Db<S>: KeysetBackend,
     K: Key,
     R: Rows<S::Connection, B, K>,
 {
@@ -337,6 +379,7 @@ where
 impl<S, B, K, R> std::iter::FusedIterator for LoadIter<S, B, K, R>
 where
     S: ConnectionSource,
+    Db<S>: KeysetBackend,
     K: Key,
     R: Rows<S::Connection, B, K>,
 {

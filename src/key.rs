@@ -100,6 +100,11 @@ pub trait KeySqlType: SqlType<IsNull = is_nullable::NotNull> + SingleValue {
         let _ = value;
         None
     }
+
+    /// Whether [`sqlite_text`](Self::sqlite_text) is implemented: values SQLite
+    /// may hold in other formats than Diesel writes.
+    #[doc(hidden)]
+    const TEXT_FORMAT: bool = false;
 }
 
 macro_rules! key_sql_types {
@@ -116,6 +121,7 @@ macro_rules! key_sql_types {
         }
     };
     (@text) => {
+        const TEXT_FORMAT: bool = true;
         fn sqlite_text(value: &Self::Value) -> Option<String> {
             Some(crate::stored::SqliteText::sqlite_text(value))
         }
@@ -179,6 +185,11 @@ pub trait KeyPart: Copy + Send + Sync + 'static {
         let _ = value;
         None
     }
+
+    /// Whether SQLite may store this column's values in a form that binding
+    /// the Rust value does not reproduce (dates, timestamps, `typed` columns).
+    #[doc(hidden)]
+    const STORED_FORMS: bool = true;
 }
 
 impl<C> KeyPart for C
@@ -200,6 +211,8 @@ where
     fn sqlite_text(value: &Self::Value) -> Option<String> {
         <C::SqlType as KeySqlType>::sqlite_text(value)
     }
+
+    const STORED_FORMS: bool = <C::SqlType as KeySqlType>::TEXT_FORMAT;
 }
 
 /// A key column whose Rust value type is named explicitly: the escape hatch for
@@ -286,6 +299,10 @@ pub trait Key: Copy + Send + Sync + 'static {
     type Selection: Expression + Copy + Send + Sync + 'static;
     /// How many columns the key has.
     const ARITY: usize;
+    /// Whether a part may be stored in a form of its own (see
+    /// [`KeyPart::STORED_FORMS`]).
+    #[doc(hidden)]
+    const STORED_FORMS: bool;
     /// The expression to select.
     fn selection(&self) -> Self::Selection;
     /// `(table, column)` names of the key's columns, in order.
@@ -404,6 +421,7 @@ impl<P: KeyPart> Key for Single<P> {
     type Value = P::Value;
     type Selection = P::Column;
     const ARITY: usize = 1;
+    const STORED_FORMS: bool = P::STORED_FORMS;
 
     fn selection(&self) -> P::Column {
         *self.0.column()
@@ -460,6 +478,7 @@ macro_rules! tuple_key {
             type Value = ($($p::Value,)+);
             type Selection = ($($p::Column,)+);
             const ARITY: usize = $arity;
+            const STORED_FORMS: bool = false $(|| $p::STORED_FORMS)+;
 
             fn selection(&self) -> Self::Selection {
                 ($(*self.$i.column(),)+)

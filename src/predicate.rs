@@ -26,6 +26,9 @@ pub struct Bounds<V> {
     /// Inclusive upper end of a partition, whatever the direction: `key <= upper`.
     pub(crate) upper: Option<StoredKey<V>>,
     pub(crate) desc: bool,
+    /// Renders the rows `after` excludes, nearest first: the statement that
+    /// checks what lies just before a start key given as a Rust value.
+    pub(crate) probe: bool,
 }
 
 /// One end of a key range: the value, and whether it is excluded.
@@ -86,6 +89,14 @@ impl<V> BoundsCell<V> {
     /// walk of its query (the only reader) is in progress.
     pub(crate) unsafe fn set_after(&self, after: Option<StoredKey<V>>) {
         unsafe { (*self.0.get()).after = after };
+    }
+
+    /// Switches the probe rendering on or off (see [`Bounds::probe`]).
+    ///
+    /// # Safety
+    /// As for [`set_after`](Self::set_after).
+    pub(crate) unsafe fn set_probe(&self, on: bool) {
+        unsafe { (*self.0.get()).probe = on };
     }
 }
 
@@ -159,10 +170,12 @@ where
 {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
         let bounds = self.bounds.get();
-        let (start, end) = if bounds.desc {
-            (Op::Lt, Op::Ge)
-        } else {
-            (Op::Gt, Op::Le)
+        let (start, end) = match (bounds.desc, bounds.probe) {
+            (true, false) => (Op::Lt, Op::Ge),
+            (false, false) => (Op::Gt, Op::Le),
+            // the rows the start key excludes
+            (true, true) => (Op::Ge, Op::Ge),
+            (false, true) => (Op::Le, Op::Le),
         };
         let mut parts = 0;
         if let Some(after) = &bounds.after {

@@ -285,13 +285,20 @@ impl<B, K: Key> SeekQuery<B, K> {
         unsafe { self.bounds.set_after(after) }
     }
 
+    /// Renders the statement as the probe of the start key (see
+    /// [`Bounds::probe`]) or as the scan's.
+    pub(crate) fn set_probe(&mut self, on: bool) {
+        // SAFETY: as in `set_after`.
+        unsafe { self.bounds.set_probe(on) }
+    }
+
     /// The statement for the next batch: at most `limit` rows after the current
     /// bound.
     pub(crate) fn batch(&self, limit: i64) -> Batch<'_, B, K> {
         Batch {
             base: &self.base,
             key: &self.key,
-            desc: self.bounds().desc,
+            desc: self.bounds().desc != self.bounds().probe,
             limit,
             cache: self.cache_statements,
         }
