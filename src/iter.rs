@@ -224,13 +224,16 @@ where
             self.queries += 1;
             #[cfg(feature = "tracing")]
             span.record("attempt", attempt);
-            match self.source.run(|conn| loader.load(query, conn, limit)) {
+            match self
+                .source
+                .run(attempt > 1, |conn| loader.load(query, conn, limit))
+            {
                 Ok(rows) => break rows,
                 Err(e) => {
                     let retry = attempt <= max_retries && is_transient(&e);
                     if retry {
                         self.retries += 1;
-                        std::thread::sleep(backoff(attempt));
+                        std::thread::sleep(crate::source::retry_delay(attempt));
                         continue;
                     }
                     #[cfg(feature = "tracing")]
@@ -369,10 +372,6 @@ fn elapsed_ms(since: Instant) -> f64 {
 
 fn is_transient(e: &AttemptError) -> bool {
     crate::source::is_transient(e)
-}
-
-fn backoff(attempt: u32) -> Duration {
-    Duration::from_millis(20u64 << attempt.min(6))
 }
 
 /// Yields one `Vec` per query; made by `load_batches` / `load_batches_keyed`.
