@@ -1,7 +1,7 @@
 //! Where a scan gets its connection for each batch: a connection you lend it
 //! (`&mut conn`), or (feature `r2d2`) a pool it checks a connection out of for
 //! one batch at a time. Also the retry rule: which failures are worth another
-//! attempt ([`is_transient`]) and how long to wait before it ([`retry_delay`]).
+//! attempt (`is_transient`) and how long to wait before it (`retry_delay`).
 
 use std::time::Duration;
 
