@@ -141,8 +141,16 @@ impl<Q, K: Key> Chunked<Q, K> {
     }
 
     /// How often a batch that failed for a transient reason (the connection broke,
-    /// the pool timed out) is run again; 0 disables retries. The default is 3 for
-    /// pools and 0 for a borrowed connection, which cannot be replaced.
+    /// the pool timed out, SQLite answered `database is locked`) is run again; 0
+    /// disables retries. The default is 3 for pools and 0 for a borrowed
+    /// connection, which cannot be replaced. Other errors are returned at once.
+    ///
+    /// A batch gets `n + 1` attempts. Before each retry the scan sleeps between
+    /// half and all of 5, 10, 20, 40, 80, then 100 ms: at most 35 ms in all for 3
+    /// retries, 155 ms + 100 ms per retry beyond the fifth in general. Each attempt
+    /// may also wait up to the pool's `connection_timeout` for a connection. A
+    /// retry pings the pooled connection it is given and replaces a dead one
+    /// (up to the pool's `max_size` + 1 times) without counting an attempt.
     pub fn max_retries(mut self, n: u32) -> Self {
         self.max_retries = Some(n);
         self

@@ -84,7 +84,7 @@ where
         let query = &*query;
         let loader = &mut self.rows;
         self.engine.attempted();
-        let rows = self.source.run(|conn| loader.load(query, conn, 1));
+        let rows = self.source.run(false, |conn| loader.load(query, conn, 1));
         if let Some(q) = self.query.as_mut() {
             q.set_probe(false);
         }
@@ -137,7 +137,7 @@ where
             self.engine.attempted();
             #[cfg(feature = "tracing")]
             span.record("attempt", attempt);
-            match self.source.run(|conn| loader.load(query, conn, plan.fetch())) {
+            match self.source.run(attempt > 1, |conn| loader.load(query, conn, plan.fetch())) {
                 Ok(rows) => break rows,
                 Err(e) => {
                     let after = query.bounds().after.as_ref();

@@ -1,6 +1,9 @@
 //! Where a scan gets its connection for each batch: a connection you lend it
 //! (`&mut conn`), or (feature `r2d2`) a pool it checks a connection out of for
-//! one batch at a time.
+//! one batch at a time. Also the retry rule: which failures are worth another
+//! attempt (`is_transient`) and how long to wait before it (`retry_delay`).
+
+use std::time::Duration;
 
 use diesel::Connection;
 
@@ -42,9 +45,12 @@ pub trait ConnectionSource {
 
     /// Runs `f` on a connection: one attempt at one batch.
     ///
+    /// `retry` is false for a batch's first attempt and true for every later one.
     /// A pool checks a connection out, runs `f`, and returns the connection before
     /// this returns (or discards it if `f` failed because the connection broke).
-    fn run<R, F>(&mut self, f: F) -> Result<R, AttemptError>
+    /// On a retry it first checks that the connection is alive, and replaces a
+    /// dead one without running `f` on it.
+    fn run<R, F>(&mut self, retry: bool, f: F) -> Result<R, AttemptError>
     where
         F: FnOnce(&mut Self::Connection) -> diesel::QueryResult<R>;
 }
@@ -53,7 +59,7 @@ impl<C: Connection> ConnectionSource for &mut C {
     type Connection = C;
     const DEFAULT_MAX_RETRIES: u32 = 0;
 
-    fn run<R, F>(&mut self, f: F) -> Result<R, AttemptError>
+    fn run<R, F>(&mut self, _retry: bool, f: F) -> Result<R, AttemptError>
     where
         F: FnOnce(&mut C) -> diesel::QueryResult<R>,
     {
@@ -61,21 +67,29 @@ impl<C: Connection> ConnectionSource for &mut C {
     }
 }
 
-/// Whether retrying an attempt on a fresh connection can succeed: the
-/// connection broke or none could be had. Errors of the query itself (syntax,
-/// missing table, type mismatch, constraint) are not transient.
+/// Whether retrying an attempt can succeed: the connection broke, none could be
+/// had, or the database was busy (SQLite's `database is locked`). Errors of the
+/// query itself (syntax, missing table, type mismatch, constraint) are not
+/// transient.
 pub(crate) fn is_transient(e: &AttemptError) -> bool {
+    match e {
+        AttemptError::Query(e) => connection_lost(e) || database_busy(e),
+        #[cfg(feature = "r2d2")]
+        AttemptError::Pool(_) => true,
+    }
+}
+
+/// Whether the connection the error came from is broken: closed, terminated by
+/// the server, or unable to send or receive.
+fn connection_lost(e: &diesel::result::Error) -> bool {
     use diesel::result::{DatabaseErrorKind, Error as E};
     match e {
-        AttemptError::Query(E::DatabaseError(DatabaseErrorKind::ClosedConnection, info)) => {
-            let _ = info;
-            true
-        }
+        E::DatabaseError(DatabaseErrorKind::ClosedConnection, _) => true,
         // The server went away mid-query: libpq and libmysqlclient report these as
         // unknown database errors with a recognisable message.
-        AttemptError::Query(E::DatabaseError(DatabaseErrorKind::Unknown, info)) => {
-            let m = info.message().to_ascii_lowercase();
-            [
+        E::DatabaseError(DatabaseErrorKind::Unknown, info) => message_has(
+            info.message(),
+            &[
                 "server closed the connection",
                 "terminating connection",
                 "connection to server",
@@ -86,27 +100,74 @@ pub(crate) fn is_transient(e: &AttemptError) -> bool {
                 "broken pipe",
                 "could not send data",
                 "could not receive data",
-            ]
-            .iter()
-            .any(|needle| m.contains(needle))
-        }
-        AttemptError::Query(_) => false,
-        #[cfg(feature = "r2d2")]
-        AttemptError::Pool(_) => true,
+                "connection has been closed unexpectedly",
+            ],
+        ),
+        _ => false,
     }
 }
 
-/// How long to wait before attempt `attempt + 1` of a batch.
-pub(crate) fn retry_delay(attempt: u32) -> std::time::Duration {
-    std::time::Duration::from_millis(20u64 << attempt.min(6))
+/// Whether SQLite refused the statement because another connection holds a lock
+/// (`SQLITE_BUSY`, `SQLITE_LOCKED`). The connection itself is fine.
+fn database_busy(e: &diesel::result::Error) -> bool {
+    use diesel::result::{DatabaseErrorKind, Error as E};
+    match e {
+        E::DatabaseError(DatabaseErrorKind::Unknown, info) => message_has(
+            info.message(),
+            &[
+                "database is locked",
+                "database table is locked",
+                "database schema is locked",
+            ],
+        ),
+        _ => false,
+    }
+}
+
+fn message_has(message: &str, needles: &[&str]) -> bool {
+    let m = message.to_ascii_lowercase();
+    needles.iter().any(|needle| m.contains(needle))
+}
+
+/// The first back-off, after a batch's first failed attempt.
+pub(crate) const RETRY_DELAY_FIRST: Duration = Duration::from_millis(5);
+/// The longest back-off between two attempts.
+pub(crate) const RETRY_DELAY_MAX: Duration = Duration::from_millis(100);
+
+/// How long to wait after failed attempt number `attempt` (1-based) of a batch
+/// before the next one.
+///
+/// The ceiling doubles from [`RETRY_DELAY_FIRST`] and stops at
+/// [`RETRY_DELAY_MAX`]: 5, 10, 20, 40, 80, then 100 ms. The wait is drawn between
+/// half the ceiling and the ceiling, so that retries do not fall in step with a
+/// failure that repeats at a fixed period. Short on purpose: a retry must be
+/// able to land between two failures, and waiting for a server that is down is
+/// the pool's check-out timeout's job, not the back-off's.
+pub(crate) fn retry_delay(attempt: u32) -> Duration {
+    let doublings = attempt.saturating_sub(1).min(16);
+    let ceiling = RETRY_DELAY_FIRST
+        .saturating_mul(1 << doublings)
+        .min(RETRY_DELAY_MAX);
+    let ceiling_us = u64::try_from(ceiling.as_micros()).unwrap_or(u64::MAX);
+    let half = ceiling_us / 2;
+    Duration::from_micros(half + jitter() % (ceiling_us - half + 1))
+}
+
+/// A cheap pseudo-random number: std's per-thread random hash keys, which change
+/// with every `RandomState`.
+fn jitter() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
 }
 
 #[cfg(feature = "r2d2")]
 mod pool {
     use diesel::connection::TransactionManager;
-    use diesel::r2d2::{ConnectionManager, Pool, R2D2Connection};
+    use diesel::r2d2::{ConnectionManager, Pool, PooledConnection, R2D2Connection};
 
-    use super::{is_transient, AttemptError, ConnectionSource};
+    use super::{connection_lost, AttemptError, ConnectionSource};
 
     /// A pool lends one connection per batch: it is checked out when the batch
     /// starts and back in the pool before the batch is handed to you, so a scan
@@ -119,6 +180,12 @@ mod pool {
     /// sees when the connection comes back, whatever `test_on_check_out` says.
     /// (MariaDB connections killed by the server are not always marked broken by
     /// Diesel itself.)
+    ///
+    /// A retry pings the connection it is given before running the batch: idle
+    /// connections may have died too (a server restart, connections killed by
+    /// an administrator), and `test_on_check_out(false)` hands them out as they
+    /// are. A dead one is discarded the same way and another is checked out,
+    /// up to the pool's `max_size` + 1 times; these checks are not attempts.
     ///
     /// ```
     /// # include!("../tests/doc/setup.rs");
@@ -144,25 +211,86 @@ mod pool {
         type Connection = C;
         const DEFAULT_MAX_RETRIES: u32 = 3;
 
-        fn run<R, F>(&mut self, f: F) -> Result<R, AttemptError>
+        fn run<R, F>(&mut self, retry: bool, f: F) -> Result<R, AttemptError>
         where
             F: FnOnce(&mut C) -> diesel::QueryResult<R>,
         {
-            let mut conn = self.get().map_err(AttemptError::Pool)?;
-            match f(&mut conn) {
-                Ok(r) => Ok(r),
+            let mut conn = if retry {
+                live_connection(self)?
+            } else {
+                self.get().map_err(AttemptError::Pool)?
+            };
+            f(&mut conn).map_err(|e| {
+                if connection_lost(&e) {
+                    // never hand a broken connection to the next attempt
+                    mark_broken::<C>(&mut conn);
+                }
+                AttemptError::Query(e)
+            })
+        }
+    }
+
+    /// Makes r2d2 discard the connection when it comes back to the pool.
+    fn mark_broken<C: R2D2Connection>(conn: &mut C) {
+        <C::TransactionManager as TransactionManager<C>>::transaction_manager_status_mut(conn)
+            .set_in_error();
+    }
+
+    /// A connection of the pool that answers a ping. Dead ones are discarded;
+    /// after `max_size` + 1 dead ones in a row, the last ping's error is the
+    /// attempt's error, so this never loops for ever.
+    fn live_connection<C>(
+        pool: &Pool<ConnectionManager<C>>,
+    ) -> Result<PooledConnection<ConnectionManager<C>>, AttemptError>
+    where
+        C: R2D2Connection + Send + 'static,
+    {
+        let mut checks_left = pool.max_size().saturating_add(1);
+        loop {
+            let mut conn = pool.get().map_err(AttemptError::Pool)?;
+            match R2D2Connection::ping(&mut *conn) {
+                Ok(()) => return Ok(conn),
                 Err(e) => {
-                    let e = AttemptError::Query(e);
-                    if is_transient(&e) {
-                        // never hand a broken connection to the next attempt
-                        <C::TransactionManager as TransactionManager<C>>::transaction_manager_status_mut(
-                            &mut conn,
-                        )
-                        .set_in_error();
+                    mark_broken::<C>(&mut conn);
+                    checks_left -= 1;
+                    if checks_left == 0 {
+                        return Err(AttemptError::Query(e));
                     }
-                    Err(e)
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delay_doubles_up_to_its_cap_with_jitter() {
+        let ceilings = [5, 10, 20, 40, 80, 100, 100, 100];
+        for (i, ms) in ceilings.into_iter().enumerate() {
+            let ceiling = Duration::from_millis(ms);
+            for _ in 0..50 {
+                let d = retry_delay(i as u32 + 1);
+                assert!(d <= ceiling && d >= ceiling / 2, "attempt {}: {d:?}", i + 1);
+            }
+        }
+        assert!(retry_delay(u32::MAX) <= RETRY_DELAY_MAX);
+        assert!(retry_delay(0) <= RETRY_DELAY_FIRST);
+        let draws: std::collections::HashSet<_> = (0..20).map(|_| retry_delay(6)).collect();
+        assert!(draws.len() > 1, "the back-off must vary");
+    }
+
+    #[test]
+    fn sqlite_busy_is_transient_and_keeps_the_connection() {
+        use diesel::result::{DatabaseErrorKind, Error as E};
+        let busy = |m: &str| E::DatabaseError(DatabaseErrorKind::Unknown, Box::new(m.to_string()));
+        for m in ["database is locked", "database table is locked: posts"] {
+            assert!(is_transient(&AttemptError::Query(busy(m))), "{m}");
+            assert!(!connection_lost(&busy(m)), "{m}");
+        }
+        let syntax = busy("near \"SELEC\": syntax error");
+        assert!(!is_transient(&AttemptError::Query(syntax)));
     }
 }
