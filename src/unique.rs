@@ -396,12 +396,12 @@ pub(crate) fn verify<C: UniqueIndexes>(
     }
     loop {
         let before = pinned.len();
-        for n in 0..from.instances.len() {
+        for (n, own_key) in key_of.iter().enumerate() {
             if pinned.contains(&n) {
                 continue;
             }
             // Columns of `n` whose value is fixed once the pinned instances are.
-            let mut fixed: HashSet<&str> = key_of[n].iter().copied().collect();
+            let mut fixed: HashSet<&str> = own_key.iter().copied().collect();
             for e in &from.equalities {
                 if !e.pinned.contains(&n) {
                     continue;
