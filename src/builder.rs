@@ -2,6 +2,8 @@
 
 use std::marker::PhantomData;
 
+use diesel::backend::Backend;
+use diesel::query_builder::QueryFragment;
 use diesel::query_dsl::LoadQuery;
 use diesel::{Connection, RunQueryDsl};
 
@@ -343,14 +345,30 @@ impl<Q, K: Key> Chunked<Q, K> {
         Ok(cap.map_or(rows, |cap| rows.min(cap)))
     }
 
-    /// Checks the schema: succeeds if the table has a primary key or a unique index
-    /// whose columns are all key columns, so no two rows can share a key value.
+    /// Checks the schema: succeeds if no two rows of the query can share a key
+    /// value, as far as the database's primary keys and unique indexes show.
     ///
     /// A scan also stops with [`Error::DuplicateKey`] when two rows of one batch
     /// share a key, but it cannot see a run of equal keys that starts exactly at a
-    /// batch boundary; this check can, before the scan. The table is named after
-    /// the `table!` module (a table renamed with `#[sql_name]` is not found and
-    /// fails the check).
+    /// batch boundary; this check can, before the scan.
+    ///
+    /// - **One table:** the table must have a primary key or unique index whose
+    ///   columns are all key columns, else [`Error::NotUnique`]. The table is
+    ///   looked up under its SQL name (`#[sql_name]` included) and in its own
+    ///   schema (`table! { other.items … }`), or where the connection finds an
+    ///   unqualified name.
+    /// - **Joins:** the key must also pin down every joined table: a joined
+    ///   table is pinned when the key covers one of its unique column sets, or
+    ///   when its join condition equates each column of one of its unique sets
+    ///   with a constant or a column of a table already pinned
+    ///   (`posts INNER JOIN users ON posts.user_id = users.id` pins `users` once
+    ///   `posts` is). Otherwise one row can meet several rows of that table and
+    ///   the key repeats: [`Error::NotUniqueOverQuery`] names the table and says
+    ///   which key to add. A query the check cannot read (a `RIGHT JOIN`, a
+    ///   subquery in `FROM`, a `UNION`, …) is that error too, never a false `Ok`.
+    /// - **Key types:** a key column the database cannot order and compare
+    ///   consistently is [`Error::UnsupportedKey`] (see
+    ///   [`UniqueIndexes::key_column_problem`]).
     ///
     /// ```
     /// # include!("../tests/doc/setup.rs");
@@ -362,33 +380,33 @@ impl<Q, K: Key> Chunked<Q, K> {
     /// assert!(matches!(err, Error::NotUnique { .. }));
     /// # Ok(()) }
     /// ```
-    pub fn verify_unique<C: UniqueIndexes>(&self, conn: &mut C) -> Result<(), Error> {
-        let names = self.key.names();
-        let columns = self.key.describe();
-        let table = names.first().map(|(t, _)| *t).unwrap_or_default();
-        if names.iter().any(|(t, _)| *t != table) {
-            return Err(Error::NotUnique {
-                table: names.iter().map(|(t, _)| *t).collect::<Vec<_>>().join(", "),
-                columns,
-            });
+    pub fn verify_unique<C>(&self, conn: &mut C) -> Result<(), Error>
+    where
+        C: UniqueIndexes,
+        C::Backend: Default,
+        <C::Backend as Backend>::QueryBuilder: Default,
+        Q: QueryFragment<C::Backend>,
+        K::Selection: QueryFragment<C::Backend>,
+    {
+        fn render<DB, T>(fragment: &T) -> Result<String, String>
+        where
+            DB: Backend + Default,
+            DB::QueryBuilder: Default,
+            T: QueryFragment<DB>,
+        {
+            use std::fmt::Write;
+            let mut sql = String::new();
+            write!(sql, "{}", diesel::debug_query::<DB, _>(fragment))
+                .map_err(|_| "Diesel could not render it".to_string())?;
+            Ok(sql)
         }
-        let sets = conn
-            .unique_column_sets(table)
-            .map_err(|source| Error::Query {
-                context: "reading the table's unique indexes",
-                source,
-            })?;
-        let covered = sets
-            .iter()
-            .any(|set| !set.is_empty() && set.iter().all(|c| names.iter().any(|(_, k)| k == c)));
-        if covered {
-            Ok(())
-        } else {
-            Err(Error::NotUnique {
-                table: table.to_string(),
-                columns,
-            })
-        }
+        crate::unique::verify(
+            conn,
+            &self.key.names(),
+            &self.key.describe(),
+            render::<C::Backend, _>(&self.key.selection()),
+            render::<C::Backend, _>(&self.query),
+        )
     }
 
     fn bounds(&self) -> Bounds<K::Value> {

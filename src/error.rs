@@ -144,6 +144,36 @@ pub enum Error {
         columns: String,
     },
 
+    /// The key is not shown to be unique over the whole query (from
+    /// [`Chunked::verify_unique`](crate::Chunked::verify_unique)): a joined table
+    /// can match several rows for one row of the others, so key values repeat, or
+    /// the query has a form the check cannot read. `reason` says which, and what
+    /// to do.
+    #[error("key {columns} is not unique over the query (table {table}): {reason}")]
+    NotUniqueOverQuery {
+        /// The table that repeats rows (`schema.table` when it has a schema), or
+        /// the key's table when the query could not be read.
+        table: String,
+        /// The key column(s).
+        columns: String,
+        /// Why, and what to change.
+        reason: String,
+    },
+
+    /// The database cannot order and compare the key's values consistently, so a
+    /// keyset scan over it could skip or repeat rows (from
+    /// [`Chunked::verify_unique`](crate::Chunked::verify_unique) and
+    /// [`UniqueIndexes::key_column_problem`](crate::UniqueIndexes::key_column_problem)):
+    /// on MySQL/MariaDB a `CHAR` key with a `NO PAD` collation, or a string key
+    /// longer than `@@max_sort_length` bytes.
+    #[error("key {columns} cannot be scanned reliably: {reason}")]
+    UnsupportedKey {
+        /// The key column(s).
+        columns: String,
+        /// What is wrong with the column, and what to use instead.
+        reason: String,
+    },
+
     /// `partitions(n)` with `n` of 0 or above
     /// [`MAX_PARTITIONS`](crate::plan::MAX_PARTITIONS).
     #[error("partitions(n) needs n between 1 and {max} (got {n})", max = crate::plan::MAX_PARTITIONS)]

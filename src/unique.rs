@@ -1,13 +1,22 @@
 //! Checking the schema for what makes a key safe: a primary key or unique index
 //! whose columns are all part of the key (as Rails 8 does before `in_batches`).
 
+use std::collections::{HashMap, HashSet};
+
 use diesel::connection::LoadConnection;
-use diesel::sql_types::{Nullable, Text};
+use diesel::sql_types::{BigInt, Nullable, Text};
 use diesel::{QueryResult, QueryableByName, RunQueryDsl};
+
+use crate::error::Error;
+
+mod sql;
+
+use sql::{Operand, TableName};
 
 /// Connections that can list a table's unique column sets: its primary key and
 /// its unique indexes (partial and expression indexes excluded, and on MySQL
-/// prefix indexes, none of which makes a column unique).
+/// prefix indexes, none of which makes a column unique); and that can tell
+/// whether the database orders and compares a key column consistently.
 ///
 /// Implemented for the connections of the three backends.
 ///
@@ -17,12 +26,50 @@ use diesel::{QueryResult, QueryableByName, RunQueryDsl};
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// # let conn = &mut doc_connection();
 /// assert_eq!(conn.unique_column_sets("posts")?, [vec!["id".to_string()]]);
+/// assert_eq!(conn.unique_column_sets_in(Some("main"), "posts")?, [vec!["id".to_string()]]);
+/// assert_eq!(conn.key_column_problem(None, "posts", "title")?, None);
 /// # Ok(()) }
 /// ```
 pub trait UniqueIndexes: LoadConnection {
-    /// The column sets of the primary key and unique indexes of `table`, each
-    /// sorted by name. A table that does not exist has none.
+    /// The column sets of the primary key and unique indexes of `table`, found
+    /// as the connection finds an unqualified table name (PostgreSQL's
+    /// `search_path`, MySQL's current database, SQLite's `main` then attached
+    /// databases), each sorted by name. A table that does not exist has none.
     fn unique_column_sets(&mut self, table: &str) -> QueryResult<Vec<Vec<String>>>;
+
+    /// The same for `table` in `schema` (a PostgreSQL schema, a MySQL database,
+    /// an attached SQLite database); `None` is [`unique_column_sets`](Self::unique_column_sets).
+    ///
+    /// The default implementation finds no unique set in a named schema, so a
+    /// connection that does not override it never vouches for such a table.
+    fn unique_column_sets_in(
+        &mut self,
+        schema: Option<&str>,
+        table: &str,
+    ) -> QueryResult<Vec<Vec<String>>> {
+        match schema {
+            None => self.unique_column_sets(table),
+            Some(_) => Ok(Vec::new()),
+        }
+    }
+
+    /// Why the database cannot order and compare `column` of `table` (in
+    /// `schema`, or the connection's default) consistently enough for a keyset
+    /// scan, or `None` when nothing is known against it.
+    ///
+    /// On MySQL/MariaDB: a `CHAR` column with a `NO PAD` collation, and a
+    /// string or binary column whose values can be longer than
+    /// `@@max_sort_length` bytes (a sort compares only that prefix). PostgreSQL
+    /// and SQLite have no such case; the default is `Ok(None)`.
+    fn key_column_problem(
+        &mut self,
+        schema: Option<&str>,
+        table: &str,
+        column: &str,
+    ) -> QueryResult<Option<String>> {
+        let _ = (schema, table, column);
+        Ok(None)
+    }
 }
 
 #[derive(QueryableByName)]
@@ -49,16 +96,41 @@ fn split(rows: Vec<ColumnSet>) -> Vec<Vec<String>> {
 #[cfg(feature = "sqlite")]
 impl UniqueIndexes for diesel::SqliteConnection {
     fn unique_column_sets(&mut self, table: &str) -> QueryResult<Vec<Vec<String>>> {
-        let rows = diesel::sql_query(
-            "SELECT group_concat(ii.name, ',') AS cols \
-             FROM pragma_index_list(?1) AS il JOIN pragma_index_info(il.name) AS ii \
-             WHERE il.\"unique\" = 1 AND il.partial = 0 \
-             GROUP BY il.name HAVING count(*) = count(ii.name) \
-             UNION ALL \
-             SELECT group_concat(name, ',') AS cols FROM pragma_table_info(?1) WHERE pk > 0",
-        )
-        .bind::<Text, _>(table)
-        .load::<ColumnSet>(self)?;
+        self.unique_column_sets_in(None, table)
+    }
+
+    fn unique_column_sets_in(
+        &mut self,
+        schema: Option<&str>,
+        table: &str,
+    ) -> QueryResult<Vec<Vec<String>>> {
+        // The table-valued pragmas take the schema as a second argument; without
+        // one they search `temp`, `main` and the attached databases in turn.
+        let rows = match schema {
+            None => diesel::sql_query(
+                "SELECT group_concat(ii.name, ',') AS cols \
+                 FROM pragma_index_list(?1) AS il JOIN pragma_index_info(il.name) AS ii \
+                 WHERE il.\"unique\" = 1 AND il.partial = 0 \
+                 GROUP BY il.name HAVING count(*) = count(ii.name) \
+                 UNION ALL \
+                 SELECT group_concat(name, ',') AS cols FROM pragma_table_info(?1) WHERE pk > 0",
+            )
+            .bind::<Text, _>(table)
+            .load::<ColumnSet>(self)?,
+            Some(schema) => diesel::sql_query(
+                "SELECT group_concat(ii.name, ',') AS cols \
+                 FROM pragma_index_list(?1, ?2) AS il \
+                 JOIN pragma_index_info(il.name, ?2) AS ii \
+                 WHERE il.\"unique\" = 1 AND il.partial = 0 \
+                 GROUP BY il.name HAVING count(*) = count(ii.name) \
+                 UNION ALL \
+                 SELECT group_concat(name, ',') AS cols FROM pragma_table_info(?1, ?2) \
+                 WHERE pk > 0",
+            )
+            .bind::<Text, _>(table)
+            .bind::<Text, _>(schema)
+            .load::<ColumnSet>(self)?,
+        };
         Ok(split(rows))
     }
 }
@@ -66,14 +138,24 @@ impl UniqueIndexes for diesel::SqliteConnection {
 #[cfg(feature = "postgres")]
 impl UniqueIndexes for diesel::PgConnection {
     fn unique_column_sets(&mut self, table: &str) -> QueryResult<Vec<Vec<String>>> {
+        self.unique_column_sets_in(None, table)
+    }
+
+    fn unique_column_sets_in(
+        &mut self,
+        schema: Option<&str>,
+        table: &str,
+    ) -> QueryResult<Vec<Vec<String>>> {
         let rows = diesel::sql_query(
             "SELECT string_agg(a.attname::text, ',') AS cols \
              FROM pg_index ix \
              JOIN pg_attribute a ON a.attrelid = ix.indrelid AND a.attnum = ANY(ix.indkey) \
-             WHERE ix.indrelid = to_regclass(quote_ident($1)) \
+             WHERE ix.indrelid = to_regclass(CASE WHEN $1::text IS NULL THEN quote_ident($2) \
+                   ELSE quote_ident($1) || '.' || quote_ident($2) END) \
                AND ix.indisunique AND ix.indpred IS NULL AND ix.indexprs IS NULL \
              GROUP BY ix.indexrelid",
         )
+        .bind::<Nullable<Text>, _>(schema)
         .bind::<Text, _>(table)
         .load::<ColumnSet>(self)?;
         Ok(split(rows))
@@ -83,14 +165,301 @@ impl UniqueIndexes for diesel::PgConnection {
 #[cfg(feature = "mysql")]
 impl UniqueIndexes for diesel::MysqlConnection {
     fn unique_column_sets(&mut self, table: &str) -> QueryResult<Vec<Vec<String>>> {
+        self.unique_column_sets_in(None, table)
+    }
+
+    fn unique_column_sets_in(
+        &mut self,
+        schema: Option<&str>,
+        table: &str,
+    ) -> QueryResult<Vec<Vec<String>>> {
         let rows = diesel::sql_query(
             "SELECT CAST(GROUP_CONCAT(COLUMN_NAME SEPARATOR ',') AS CHAR) AS cols \
              FROM information_schema.STATISTICS \
-             WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ? AND NON_UNIQUE = 0 \
+             WHERE TABLE_SCHEMA = COALESCE(?, DATABASE()) AND TABLE_NAME = ? AND NON_UNIQUE = 0 \
              GROUP BY INDEX_NAME HAVING SUM(SUB_PART IS NOT NULL) = 0",
         )
+        .bind::<Nullable<Text>, _>(schema)
         .bind::<Text, _>(table)
         .load::<ColumnSet>(self)?;
         Ok(split(rows))
     }
+
+    fn key_column_problem(
+        &mut self,
+        schema: Option<&str>,
+        table: &str,
+        column: &str,
+    ) -> QueryResult<Option<String>> {
+        #[derive(QueryableByName)]
+        struct ColumnInfo {
+            #[diesel(sql_type = Text)]
+            data_type: String,
+            #[diesel(sql_type = Nullable<Text>)]
+            collation: Option<String>,
+            #[diesel(sql_type = Nullable<BigInt>)]
+            octets: Option<i64>,
+            #[diesel(sql_type = BigInt)]
+            max_sort: i64,
+        }
+        let info = diesel::sql_query(
+            "SELECT CAST(LOWER(DATA_TYPE) AS CHAR) AS data_type, \
+                    CAST(COLLATION_NAME AS CHAR) AS collation, \
+                    CAST(CHARACTER_OCTET_LENGTH AS SIGNED) AS octets, \
+                    CAST(@@SESSION.max_sort_length AS SIGNED) AS max_sort \
+             FROM information_schema.COLUMNS \
+             WHERE TABLE_SCHEMA = COALESCE(?, DATABASE()) AND TABLE_NAME = ? AND COLUMN_NAME = ?",
+        )
+        .bind::<Nullable<Text>, _>(schema)
+        .bind::<Text, _>(table)
+        .bind::<Text, _>(column)
+        .load::<ColumnInfo>(self)?;
+        let Some(info) = info.into_iter().next() else {
+            return Ok(None);
+        };
+        let name = format!("{table}.{column}");
+        if info.data_type == "char" {
+            if let Some(collation) = &info.collation {
+                if no_pad(self, collation)? {
+                    return Ok(Some(format!(
+                        "{name} is CHAR with the NO PAD collation {collation}: the server \
+                         pads CHAR values with spaces in some comparisons and strips them in \
+                         others, so it cannot order and compare such a key consistently; use \
+                         a VARCHAR column or a PAD SPACE collation, or scan by a unique id \
+                         column"
+                    )));
+                }
+            }
+        }
+        let sorted_prefix = matches!(
+            info.data_type.as_str(),
+            "char"
+                | "varchar"
+                | "binary"
+                | "varbinary"
+                | "tinytext"
+                | "text"
+                | "mediumtext"
+                | "longtext"
+                | "tinyblob"
+                | "blob"
+                | "mediumblob"
+                | "longblob"
+        );
+        match info.octets {
+            Some(octets) if sorted_prefix && octets > info.max_sort => Ok(Some(format!(
+                "{name} is {} holding up to {octets} bytes, but the server sorts only the \
+                 first @@max_sort_length = {} bytes of a value, so values that share that \
+                 prefix come back in an arbitrary order and rows would be skipped or \
+                 repeated; scan by a shorter column or a unique id column, or raise \
+                 max_sort_length (globally) above {octets}",
+                info.data_type.to_ascii_uppercase(),
+                info.max_sort
+            ))),
+            _ => Ok(None),
+        }
+    }
+}
+
+/// Whether a MySQL/MariaDB collation is `NO PAD`: MariaDB names them
+/// `*_nopad_*`; MySQL 8 says so in `information_schema.COLLATIONS.PAD_ATTRIBUTE`,
+/// a column MariaDB does not have.
+#[cfg(feature = "mysql")]
+fn no_pad(conn: &mut diesel::MysqlConnection, collation: &str) -> QueryResult<bool> {
+    #[derive(QueryableByName)]
+    struct Pad {
+        #[diesel(sql_type = Text)]
+        pad: String,
+    }
+    if collation.to_ascii_lowercase().contains("nopad") {
+        return Ok(true);
+    }
+    let pad = diesel::sql_query(
+        "SELECT CAST(PAD_ATTRIBUTE AS CHAR) AS pad FROM information_schema.COLLATIONS \
+         WHERE COLLATION_NAME = ?",
+    )
+    .bind::<Text, _>(collation)
+    .load::<Pad>(conn);
+    Ok(matches!(pad, Ok(rows) if rows.iter().any(|r| r.pad.eq_ignore_ascii_case("NO PAD"))))
+}
+
+fn query_error(context: &'static str) -> impl FnOnce(diesel::result::Error) -> Error {
+    move |source| Error::Query { context, source }
+}
+
+/// The uniqueness check of [`Chunked::verify_unique`](crate::Chunked::verify_unique),
+/// on the SQL Diesel rendered for the key's columns and for the query.
+///
+/// The key is unique over the query when every table instance of its `FROM`
+/// clause is pinned down by the key: an instance is, when the key covers one of
+/// its unique column sets, or when each column of one of its unique sets is
+/// equated, by a join condition that holds wherever the instance is not
+/// null-extended, to a constant or to a column of an instance already pinned.
+pub(crate) fn verify<C: UniqueIndexes>(
+    conn: &mut C,
+    names: &[(&'static str, &'static str)],
+    describe: &str,
+    key_sql: Result<String, String>,
+    query_sql: Result<String, String>,
+) -> Result<(), Error> {
+    let unreadable = |table: String, reason: String| Error::NotUniqueOverQuery {
+        table,
+        columns: describe.to_string(),
+        reason: format!(
+            "{reason}; verify_unique vouches only for tables and joins it can read, so \
+             check the key by hand"
+        ),
+    };
+    let first_table = names
+        .first()
+        .map(|(t, _)| t.to_string())
+        .unwrap_or_default();
+    let key = key_sql
+        .and_then(|sql| sql::key_columns(&sql))
+        .map_err(|reason| {
+            unreadable(
+                first_table.clone(),
+                format!("the key cannot be read: {reason}"),
+            )
+        })?;
+
+    for k in &key {
+        if let Some(reason) = conn
+            .key_column_problem(k.table.schema.as_deref(), &k.table.table, &k.column)
+            .map_err(query_error("reading the key column's type"))?
+        {
+            return Err(Error::UnsupportedKey {
+                columns: describe.to_string(),
+                reason,
+            });
+        }
+    }
+
+    let from = query_sql
+        .and_then(|sql| sql::from_clause(&sql))
+        .map_err(|reason| {
+            unreadable(
+                key[0].table.to_string(),
+                format!("the query's FROM clause cannot be read: {reason}"),
+            )
+        })?;
+    // Each key column belongs to the instance of its table that has no alias.
+    let mut key_of: Vec<Vec<&str>> = vec![Vec::new(); from.instances.len()];
+    for k in &key {
+        let found: Vec<usize> = from
+            .instances
+            .iter()
+            .enumerate()
+            .filter(|(_, i)| i.alias.is_none() && i.name == k.table)
+            .map(|(n, _)| n)
+            .collect();
+        match found.as_slice() {
+            [n] => key_of[*n].push(&k.column),
+            _ => {
+                return Err(unreadable(
+                    k.table.to_string(),
+                    format!(
+                        "key column {}.{} does not name exactly one table of the query's \
+                         FROM clause",
+                        k.table, k.column
+                    ),
+                ))
+            }
+        }
+    }
+
+    let mut sets: HashMap<TableName, Vec<Vec<String>>> = HashMap::new();
+    for i in &from.instances {
+        if !sets.contains_key(&i.name) {
+            let s = conn
+                .unique_column_sets_in(i.name.schema.as_deref(), &i.name.table)
+                .map_err(query_error("reading the table's unique indexes"))?;
+            sets.insert(i.name.clone(), s);
+        }
+    }
+    let sets_of = |n: usize| &sets[&from.instances[n].name];
+
+    // Seeds: instances whose unique set the key covers.
+    let mut pinned: HashSet<usize> = (0..from.instances.len())
+        .filter(|&n| {
+            sets_of(n)
+                .iter()
+                .any(|set| !set.is_empty() && set.iter().all(|c| key_of[n].contains(&c.as_str())))
+        })
+        .collect();
+    if pinned.is_empty() {
+        let k = &key[0];
+        return Err(Error::NotUnique {
+            table: k.table.to_string(),
+            columns: describe.to_string(),
+        });
+    }
+    loop {
+        let before = pinned.len();
+        for (n, own_key) in key_of.iter().enumerate() {
+            if pinned.contains(&n) {
+                continue;
+            }
+            // Columns of `n` whose value is fixed once the pinned instances are.
+            let mut fixed: HashSet<&str> = own_key.iter().copied().collect();
+            for e in &from.equalities {
+                if !e.pinned.contains(&n) {
+                    continue;
+                }
+                for (this, other) in [(&e.left, &e.right), (&e.right, &e.left)] {
+                    if let Operand::Column(m, col) = this {
+                        let other_fixed = match other {
+                            Operand::Constant => true,
+                            Operand::Column(o, _) => *o != n && pinned.contains(o),
+                        };
+                        if *m == n && other_fixed {
+                            fixed.insert(col);
+                        }
+                    }
+                }
+            }
+            if sets_of(n)
+                .iter()
+                .any(|set| !set.is_empty() && set.iter().all(|c| fixed.contains(c.as_str())))
+            {
+                pinned.insert(n);
+            }
+        }
+        if pinned.len() == before {
+            break;
+        }
+    }
+    let Some(loose) = (0..from.instances.len()).find(|n| !pinned.contains(n)) else {
+        return Ok(());
+    };
+    let inst = &from.instances[loose];
+    let shown = match &inst.alias {
+        Some(a) => format!("{} (as {a})", inst.name),
+        None => inst.name.to_string(),
+    };
+    let advice = match sets_of(loose).first() {
+        Some(set) => {
+            let mut cols: Vec<String> = names.iter().map(|(t, c)| format!("{t}::{c}")).collect();
+            cols.extend(set.iter().map(|c| format!("{}::{c}", inst.name.table)));
+            format!(
+                "add a unique key of {} to the scan key, e.g. chunked_by(({}))",
+                inst.name,
+                cols.join(", ")
+            )
+        }
+        None => format!(
+            "{} has no primary key or unique index, so no key over this query can be \
+             verified",
+            inst.name
+        ),
+    };
+    Err(Error::NotUniqueOverQuery {
+        table: inst.name.to_string(),
+        columns: describe.to_string(),
+        reason: format!(
+            "several rows of {shown} can join one row of the other tables (neither the key \
+             nor a join condition fixes a primary key or unique index of {shown}), so key \
+             values repeat; {advice}"
+        ),
+    })
 }
