@@ -43,6 +43,11 @@ pub trait KeysetBackend: Backend {
     /// Rust value does not reproduce (SQLite).
     #[doc(hidden)]
     const STORED_FORMS: bool = false;
+    /// Whether some string key columns order inconsistently (MySQL/MariaDB:
+    /// `NO PAD` collations, values longer than `max_sort_length`), so that a
+    /// scan by a string key checks the column's type first.
+    #[doc(hidden)]
+    const CHECKS_STRING_KEYS: bool = false;
 
     /// The stored form of `value`, a value of SQL type `ST`, when binding its
     /// Rust value would not reproduce it; `text` is the text the Rust value
@@ -192,4 +197,5 @@ mod pg {
 #[cfg(feature = "mysql")]
 impl KeysetBackend for diesel::mysql::Mysql {
     const ROW_VALUES: bool = false;
+    const CHECKS_STRING_KEYS: bool = true;
 }

@@ -11,13 +11,14 @@ use std::fmt;
 
 use crate::backend::KeysetBackend;
 use crate::builder::Db;
-use crate::engine::{check_probe, Engine, EndReason, Progress, ScanConfig};
+use crate::engine::{check_probe, EndReason, Engine, Progress, ScanConfig};
 use crate::error::Error;
 use crate::key::Key;
 use crate::query::SeekQuery;
 use crate::rows::{LoadedRow, RowType, Rows};
 use crate::source::ConnectionSource;
 use crate::stored::StoredKey;
+use crate::unique::{key_problem, UniqueIndexes};
 
 /// The synchronous driver of a scan: runs each batch the [`Engine`] plans on a
 /// connection of the source, sleeping between retries.
@@ -65,10 +66,35 @@ type BatchResult<T> = Option<Result<Vec<T>, Error>>;
 impl<S, B, K, R> Scan<S, B, K, R>
 where
     S: ConnectionSource,
+    S::Connection: UniqueIndexes,
     Db<S>: KeysetBackend,
     K: Key,
     R: Rows<S::Connection, B, K>,
 {
+    /// Before the first batch of a scan by a string key on a backend where some
+    /// string columns order inconsistently: refuses such a column.
+    fn check_key(&mut self) -> Result<(), Error> {
+        let Some(key_sql) = self.query.as_ref().and_then(|q| q.key_sql()) else {
+            return Ok(());
+        };
+        self.engine.attempted();
+        match self.source.run(false, |conn| key_problem(conn, key_sql)) {
+            Ok(None) => Ok(()),
+            Ok(Some(reason)) => {
+                let columns = self
+                    .query
+                    .as_ref()
+                    .map(|q| q.key().describe())
+                    .unwrap_or_default();
+                Err(self.engine.fail(Error::UnsupportedKey { columns, reason }))
+            }
+            Err(e) => {
+                let plan = crate::engine::BatchPlan { batch: 1, limit: 1 };
+                Err(self.engine.error::<K::Value>(&plan, 1, e, None))
+            }
+        }
+    }
+
     /// Before the first batch of a scan that starts after a key given as a Rust
     /// value, on a key the backend may store in forms of its own: loads the row
     /// just before that key and refuses the scan if it is stored so.
@@ -92,10 +118,14 @@ where
             return Ok(());
         };
         match rows {
-            Ok(rows) => check_probe(query.key(), &rows, |r| r.key()).map_err(|e| self.engine.fail(e)),
+            Ok(rows) => {
+                check_probe(query.key(), &rows, |r| r.key()).map_err(|e| self.engine.fail(e))
+            }
             Err(e) => {
                 let plan = crate::engine::BatchPlan { batch: 1, limit: 1 };
-                Err(self.engine.error(&plan, 1, e, query.bounds().after.as_ref()))
+                Err(self
+                    .engine
+                    .error(&plan, 1, e, query.bounds().after.as_ref()))
             }
         }
     }
@@ -108,7 +138,7 @@ where
             Err(e) => return Some(Err(e)),
         };
         if plan.batch == 1 && self.engine.queries == 0 {
-            if let Err(e) = self.probe() {
+            if let Err(e) = self.check_key().and_then(|()| self.probe()) {
                 return Some(Err(e));
             }
         }
@@ -137,11 +167,17 @@ where
             self.engine.attempted();
             #[cfg(feature = "tracing")]
             span.record("attempt", attempt);
-            match self.source.run(attempt > 1, |conn| loader.load(query, conn, plan.fetch())) {
+            match self
+                .source
+                .run(attempt > 1, |conn| loader.load(query, conn, plan.fetch()))
+            {
                 Ok(rows) => break rows,
                 Err(e) => {
                     let after = query.bounds().after.as_ref();
-                    match self.engine.failed(&plan, attempt, S::DEFAULT_MAX_RETRIES, e, after) {
+                    match self
+                        .engine
+                        .failed(&plan, attempt, S::DEFAULT_MAX_RETRIES, e, after)
+                    {
                         Ok(delay) => std::thread::sleep(delay),
                         Err(e) => {
                             #[cfg(feature = "tracing")]
@@ -232,6 +268,7 @@ impl<S: ConnectionSource, B, K: Key, R> LoadBatches<S, B, K, R> {
 impl<S, B, K, R> Iterator for LoadBatches<S, B, K, R>
 where
     S: ConnectionSource,
+    S::Connection: UniqueIndexes,
     Db<S>: KeysetBackend,
     K: Key,
     R: Rows<S::Connection, B, K>,
@@ -264,6 +301,7 @@ where
 impl<S, B, K, R> std::iter::FusedIterator for LoadBatches<S, B, K, R>
 where
     S: ConnectionSource,
+    S::Connection: UniqueIndexes,
     Db<S>: KeysetBackend,
     K: Key,
     R: Rows<S::Connection, B, K>,
@@ -343,6 +381,7 @@ impl<S: ConnectionSource, B, K: Key, R: RowType<K>> LoadIter<S, B, K, R> {
 impl<S, B, K, R> Iterator for LoadIter<S, B, K, R>
 where
     S: ConnectionSource,
+    S::Connection: UniqueIndexes,
     Db<S>: KeysetBackend,
     K: Key,
     R: Rows<S::Connection, B, K>,
@@ -379,6 +418,7 @@ where
 impl<S, B, K, R> std::iter::FusedIterator for LoadIter<S, B, K, R>
 where
     S: ConnectionSource,
+    S::Connection: UniqueIndexes,
     Db<S>: KeysetBackend,
     K: Key,
     R: Rows<S::Connection, B, K>,

@@ -105,6 +105,10 @@ pub trait KeySqlType: SqlType<IsNull = is_nullable::NotNull> + SingleValue {
     /// may hold in other formats than Diesel writes.
     #[doc(hidden)]
     const TEXT_FORMAT: bool = false;
+
+    /// Whether this is a string type, whose order depends on a collation.
+    #[doc(hidden)]
+    const IS_TEXT: bool = false;
 }
 
 macro_rules! key_sql_types {
@@ -120,6 +124,9 @@ macro_rules! key_sql_types {
             Some(a.cmp(b))
         }
     };
+    (@text_key) => {
+        const IS_TEXT: bool = true;
+    };
     (@text) => {
         const TEXT_FORMAT: bool = true;
         fn sqlite_text(value: &Self::Value) -> Option<String> {
@@ -132,7 +139,7 @@ key_sql_types! {
     sql_types::SmallInt => i16, ordered;
     sql_types::Integer => i32, ordered;
     sql_types::BigInt => i64, ordered;
-    sql_types::Text => String;
+    sql_types::Text => String, text_key;
     #[cfg(feature = "mysql")]
     sql_types::Unsigned<sql_types::Integer> => u32, ordered;
     #[cfg(feature = "mysql")]
@@ -190,6 +197,11 @@ pub trait KeyPart: Copy + Send + Sync + 'static {
     /// the Rust value does not reproduce (dates, timestamps, `typed` columns).
     #[doc(hidden)]
     const STORED_FORMS: bool = true;
+
+    /// Whether the column may be a string, ordered by a collation (unknown
+    /// for `typed` columns, so assumed).
+    #[doc(hidden)]
+    const IS_TEXT: bool = true;
 }
 
 impl<C> KeyPart for C
@@ -213,6 +225,7 @@ where
     }
 
     const STORED_FORMS: bool = <C::SqlType as KeySqlType>::TEXT_FORMAT;
+    const IS_TEXT: bool = <C::SqlType as KeySqlType>::IS_TEXT;
 }
 
 /// A key column whose Rust value type is named explicitly: the escape hatch for
@@ -303,6 +316,9 @@ pub trait Key: Copy + Send + Sync + 'static {
     /// [`KeyPart::STORED_FORMS`]).
     #[doc(hidden)]
     const STORED_FORMS: bool;
+    /// Whether a part may be a string (see [`KeyPart::IS_TEXT`]).
+    #[doc(hidden)]
+    const IS_TEXT: bool;
     /// The expression to select.
     fn selection(&self) -> Self::Selection;
     /// `(table, column)` names of the key's columns, in order.
@@ -360,10 +376,7 @@ pub trait KeyFromRow<DB: KeysetBackend>: Key {
 }
 
 /// Reads part `i` (SQL type `ST`) at column `at` of `row`, and its stored form.
-fn read_part<'a, DB, P, R>(
-    row: &R,
-    at: usize,
-) -> deserialize::Result<(P::Value, Option<Stored>)>
+fn read_part<'a, DB, P, R>(row: &R, at: usize) -> deserialize::Result<(P::Value, Option<Stored>)>
 where
     DB: KeysetBackend + HasSqlType<SqlTypeOf<P>>,
     P: KeyPart,
@@ -422,6 +435,7 @@ impl<P: KeyPart> Key for Single<P> {
     type Selection = P::Column;
     const ARITY: usize = 1;
     const STORED_FORMS: bool = P::STORED_FORMS;
+    const IS_TEXT: bool = P::IS_TEXT;
 
     fn selection(&self) -> P::Column {
         *self.0.column()
@@ -479,6 +493,7 @@ macro_rules! tuple_key {
             type Selection = ($($p::Column,)+);
             const ARITY: usize = $arity;
             const STORED_FORMS: bool = false $(|| $p::STORED_FORMS)+;
+            const IS_TEXT: bool = false $(|| $p::IS_TEXT)+;
 
             fn selection(&self) -> Self::Selection {
                 ($(*self.$i.column(),)+)
@@ -585,4 +600,3 @@ impl<A: KeyPart, B: KeyPart, C: KeyPart> IntoKey<Columns> for (A, B, C) {
         self
     }
 }
-

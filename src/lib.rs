@@ -21,15 +21,15 @@ pub use builder::{
     Chunked, Db, KeyedBase, KeyedBatches, KeyedIter, ModelBase, ModelBatches, ModelIter, PlanInner,
     RunChunkedDsl, ScanKeyed, ScanModel, DEFAULT_BATCH_SIZE,
 };
-pub use engine::{EndReason, Progress};
 pub use dsl::ChunkedDsl;
+pub use engine::{EndReason, Progress};
 pub use error::Error;
 pub use iter::{LoadBatches, LoadIter};
-pub use rows::{KeyedRows, LoadedRow, ModelRows, RowType, Rows};
 pub use key::typed;
 pub use plan::Partition;
-pub use stored::StoredKey;
+pub use rows::{KeyedRows, LoadedRow, ModelRows, RowType, Rows};
 pub use source::{AttemptError, ConnectionSource};
+pub use stored::StoredKey;
 pub use unique::UniqueIndexes;
 
 /// Everything a scan needs in scope: `use diesel_chunked_iterator::prelude::*;`.

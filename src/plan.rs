@@ -126,7 +126,11 @@ pub(crate) type OuterEnds<V> = (Option<V>, Option<V>);
 
 /// The scan's bounds as the outer ends of its slices.
 pub(crate) fn outer_ends<K: Key>(b: &Bounds<K::Value>) -> Result<OuterEnds<K::Value>, Error> {
-    let refuse = |reason: &str| Err(Error::PartitionBounds { reason: reason.into() });
+    let refuse = |reason: &str| {
+        Err(Error::PartitionBounds {
+            reason: reason.into(),
+        })
+    };
     if b.desc && (b.after.is_some() || b.until.is_some()) {
         return refuse(
             "a descending scan's start_after/end_at are an exclusive upper and an inclusive \

@@ -246,6 +246,9 @@ pub struct SeekQuery<B, K: Key> {
     key: K,
     bounds: Arc<BoundsCell<K::Value>>,
     cache_statements: bool,
+    /// The key's columns as rendered, where the backend checks string keys'
+    /// columns before a scan ([`KeysetBackend::CHECKS_STRING_KEYS`]).
+    key_sql: Option<String>,
 }
 
 impl<B, K: Key> SeekQuery<B, K> {
@@ -261,7 +264,22 @@ impl<B, K: Key> SeekQuery<B, K> {
             key,
             bounds,
             cache_statements: true,
+            key_sql: None,
         }
+    }
+
+    /// Keeps the rendered key columns for the backend's check of string keys,
+    /// when it has one and the key may be a string.
+    fn checking_key<DB: KeysetBackend>(mut self, render: impl FnOnce() -> Option<String>) -> Self {
+        if DB::CHECKS_STRING_KEYS && K::IS_TEXT {
+            self.key_sql = render();
+        }
+        self
+    }
+
+    /// The rendered key columns to check before the first batch, if any.
+    pub(crate) fn key_sql(&self) -> Option<&str> {
+        self.key_sql.as_deref()
     }
 
     /// Whether the batch statement may be kept prepared by the connection.
@@ -481,7 +499,7 @@ pub trait PrepareModel<'a, K: Key, M, DB: Backend> {
 
 impl<'a, Q, K, M, DB> PrepareModel<'a, K, M, DB> for Q
 where
-    DB: Backend + Default,
+    DB: KeysetBackend + Default,
     DB::QueryBuilder: Default,
     K: Key,
     K::Selection: QueryFragment<DB>,
@@ -538,7 +556,8 @@ where
             append_key,
         };
         let selected = SelectDsl::select(boxed, selection);
-        Ok((SeekQuery::new(selected, key, bounds), at))
+        let query = SeekQuery::new(selected, key, bounds).checking_key::<DB>(|| Some(key_sql));
+        Ok((query, at))
     }
 }
 
@@ -571,8 +590,10 @@ pub trait PrepareKeyed<'a, K: Key, DB: Backend> {
 
 impl<'a, Q, K, DB> PrepareKeyed<'a, K, DB> for Q
 where
-    DB: Backend,
+    DB: KeysetBackend + Default,
+    DB::QueryBuilder: Default,
     K: Key,
+    K::Selection: QueryFragment<DB>,
     Q: ChunkableQuery<'a, DB>,
     Q::Boxed: FilterDsl<SeekPredicate<K>>,
 {
@@ -584,7 +605,12 @@ where
         bounds: Bounds<K::Value>,
     ) -> Result<SeekQuery<Self::Base, K>, Error> {
         let boxed = self.into_boxed_checked()?;
-        Ok(SeekQuery::new(boxed, key, bounds))
+        let render = || {
+            let mut builder = DB::QueryBuilder::default();
+            key.selection().to_sql(&mut builder, &DB::default()).ok()?;
+            Some(builder.finish())
+        };
+        Ok(SeekQuery::new(boxed, key, bounds).checking_key::<DB>(render))
     }
 }
 

@@ -124,4 +124,3 @@ where
             .collect())
     }
 }
-

@@ -283,6 +283,25 @@ fn no_pad(conn: &mut diesel::MysqlConnection, collation: &str) -> QueryResult<bo
     Ok(matches!(pad, Ok(rows) if rows.iter().any(|r| r.pad.eq_ignore_ascii_case("NO PAD"))))
 }
 
+/// Why the database cannot scan by the key whose columns render as `key_sql`
+/// ([`UniqueIndexes::key_column_problem`] of each column), if it cannot.
+pub(crate) fn key_problem<C: UniqueIndexes>(
+    conn: &mut C,
+    key_sql: &str,
+) -> QueryResult<Option<String>> {
+    let Ok(key) = sql::key_columns(key_sql) else {
+        return Ok(None);
+    };
+    for k in &key {
+        let problem =
+            conn.key_column_problem(k.table.schema.as_deref(), &k.table.table, &k.column)?;
+        if problem.is_some() {
+            return Ok(problem);
+        }
+    }
+    Ok(None)
+}
+
 fn query_error(context: &'static str) -> impl FnOnce(diesel::result::Error) -> Error {
     move |source| Error::Query { context, source }
 }

@@ -153,7 +153,11 @@ fn postgres_char_n_keys_compare_as_stored() {
         let code = format!("{base}{}", i / alphabet.len());
         codes.push(code.chars().take(8).collect());
     }
-    let values: Vec<String> = codes.iter().enumerate().map(|(i, c)| format!("('{c}', {i})")).collect();
+    let values: Vec<String> = codes
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("('{c}', {i})"))
+        .collect();
     diesel::sql_query(format!("INSERT INTO codes VALUES {}", values.join(", ")))
         .execute(&mut conn)
         .unwrap();
@@ -174,7 +178,10 @@ fn postgres_char_n_keys_compare_as_stored() {
     let (asc, desc) = (order(&mut conn, "ASC"), order(&mut conn, "DESC"));
     for n in [1u64, 7, 100] {
         for (is_desc, expected) in [(false, &asc), (true, &desc)] {
-            let c = codes::table.select((codes::code, codes::n)).chunked_by(codes::code).batch_size(n);
+            let c = codes::table
+                .select((codes::code, codes::n))
+                .chunked_by(codes::code)
+                .batch_size(n);
             let c = if is_desc { c.desc() } else { c };
             let got: Vec<i32> = c
                 .load_iter_keyed(&mut conn, |r: &(String, i32)| r.0.clone())
@@ -183,4 +190,67 @@ fn postgres_char_n_keys_compare_as_stored() {
             assert_eq!(&got, expected, "batch_size({n}) desc={is_desc}");
         }
     }
+}
+
+/// MariaDB keys whose `ORDER BY` disagrees with `>`: a `TEXT` column (sorted on
+/// its first `max_sort_length` bytes) and a `CHAR` column with a `NO PAD`
+/// collation. A scan refuses them before its first batch.
+#[cfg(feature = "mysql")]
+#[test]
+fn mariadb_keys_it_cannot_order_are_refused_before_the_first_batch() {
+    diesel::table! {
+        notes (id) {
+            id -> Integer,
+            body -> Text,
+            code -> Text,
+        }
+    }
+    let db = <common::Mysql as TestBackend>::create();
+    let mut conn = <common::Mysql as TestBackend>::connect(&db);
+    diesel::sql_query(
+        "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT NOT NULL, \
+         code CHAR(8) CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin NOT NULL UNIQUE)",
+    )
+    .execute(&mut conn)
+    .unwrap();
+    diesel::sql_query("INSERT INTO notes VALUES (1, 'a', 'a'), (2, 'b', 'b')")
+        .execute(&mut conn)
+        .unwrap();
+    for (key, what) in [("body", "max_sort_length"), ("code", "PAD")] {
+        let log = QueryLog::install(&mut conn);
+        let first = if key == "body" {
+            notes::table
+                .select((notes::id, notes::body))
+                .chunked_by(notes::body)
+                .load_iter_keyed(&mut conn, |r: &(i32, String)| r.1.clone())
+                .next()
+        } else {
+            notes::table
+                .select((notes::id, notes::code))
+                .chunked_by(notes::code)
+                .load_iter_keyed(&mut conn, |r: &(i32, String)| r.1.clone())
+                .next()
+        };
+        match first {
+            Some(Err(e @ Error::UnsupportedKey { .. })) => {
+                assert!(e.to_string().contains(what), "{key}: {e}");
+            }
+            other => panic!("{key}: expected UnsupportedKey, got {other:?}"),
+        }
+        assert!(
+            log.selects().iter().all(|q| !q.contains("FROM `notes`")),
+            "{key}: a batch ran: {:?}",
+            log.all()
+        );
+    }
+    // An integer key of the same table scans as usual, with no extra query.
+    let log = QueryLog::install(&mut conn);
+    let ids: Vec<i32> = notes::table
+        .select((notes::id, notes::body))
+        .chunked_by(notes::id)
+        .load_iter_keyed(&mut conn, |r: &(i32, String)| r.0)
+        .map(|r| r.unwrap().0)
+        .collect();
+    assert_eq!(ids, [1, 2]);
+    assert_eq!(log.all().len(), 1, "{:?}", log.all());
 }

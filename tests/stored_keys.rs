@@ -101,7 +101,11 @@ fn stamps_db(format_of: impl Fn(i32) -> Format) -> Db {
                 let t = created_of(id);
                 let day = NaiveDate::from_ymd_opt(2000, 1, 1).unwrap()
                     + TimeDelta::days(i64::from(id) * 7 % 2003);
-                format!("({id}, {}, '{}')", literal(t, format_of(id)), day.format("%F"))
+                format!(
+                    "({id}, {}, '{}')",
+                    literal(t, format_of(id)),
+                    day.format("%F")
+                )
             })
             .collect();
         diesel::sql_query(format!(
@@ -141,23 +145,27 @@ fn assert_scans_in_database_order(db: &mut Db, what: &str) {
     assert_eq!(asc.len(), ROWS as usize);
     let conn = &mut db.conn;
 
-    let got = ids(stamps::table.chunked_by(stamps::created).batch_size(100).load_iter::<Stamp>(&mut *conn));
+    let got = ids(stamps::table
+        .chunked_by(stamps::created)
+        .batch_size(100)
+        .load_iter::<Stamp>(&mut *conn));
     assert_eq!(got, asc, "{what}: chunked_by(created) ascending");
-    let got = ids(
-        stamps::table.chunked_by(stamps::created).batch_size(100).desc().load_iter::<Stamp>(&mut *conn),
-    );
+    let got = ids(stamps::table
+        .chunked_by(stamps::created)
+        .batch_size(100)
+        .desc()
+        .load_iter::<Stamp>(&mut *conn));
     assert_eq!(got, desc, "{what}: chunked_by(created) descending");
-    let got = ids(
-        stamps::table.chunked_by((stamps::created, stamps::id)).batch_size(100).load_iter::<Stamp>(&mut *conn),
-    );
+    let got = ids(stamps::table
+        .chunked_by((stamps::created, stamps::id))
+        .batch_size(100)
+        .load_iter::<Stamp>(&mut *conn));
     assert_eq!(got, asc, "{what}: chunked_by((created, id)) ascending");
-    let got = ids(
-        stamps::table
-            .chunked_by((stamps::created, stamps::id))
-            .batch_size(100)
-            .desc()
-            .load_iter::<Stamp>(&mut *conn),
-    );
+    let got = ids(stamps::table
+        .chunked_by((stamps::created, stamps::id))
+        .batch_size(100)
+        .desc()
+        .load_iter::<Stamp>(&mut *conn));
     assert_eq!(got, desc, "{what}: chunked_by((created, id)) descending");
     let batches: Vec<Vec<Stamp>> = stamps::table
         .chunked_by(stamps::created)
@@ -169,12 +177,23 @@ fn assert_scans_in_database_order(db: &mut Db, what: &str) {
     assert_eq!(got, asc, "{what}: load_batches, batch_size(7)");
 
     // Resuming from the stored form of the last key handed out is exact.
-    let mut it = stamps::table.chunked_by(stamps::created).batch_size(100).load_iter::<Stamp>(&mut *conn);
+    let mut it = stamps::table
+        .chunked_by(stamps::created)
+        .batch_size(100)
+        .load_iter::<Stamp>(&mut *conn);
     let first: Vec<i32> = it.by_ref().take(250).map(|s| s.unwrap().id).collect();
     let saved = it.last_stored_key().cloned().unwrap();
     drop(it);
-    let rest = ids(stamps::table.chunked_by(stamps::created).batch_size(100).start_after(saved).load_iter::<Stamp>(&mut *conn));
-    assert_eq!([first, rest].concat(), asc, "{what}: resumed from last_stored_key()");
+    let rest = ids(stamps::table
+        .chunked_by(stamps::created)
+        .batch_size(100)
+        .start_after(saved)
+        .load_iter::<Stamp>(&mut *conn));
+    assert_eq!(
+        [first, rest].concat(),
+        asc,
+        "{what}: resumed from last_stored_key()"
+    );
 }
 
 #[test]
@@ -215,18 +234,31 @@ fn diesel_written_timestamps_keep_exact_rust_keys() {
     let asc = db_order(&mut db.conn, "created");
     let conn = &mut db.conn;
     // No stored form is kept: last_key() resumes exactly, and partitions work.
-    let mut it = stamps::table.chunked_by(stamps::created).batch_size(64).load_iter::<Stamp>(&mut *conn);
+    let mut it = stamps::table
+        .chunked_by(stamps::created)
+        .batch_size(64)
+        .load_iter::<Stamp>(&mut *conn);
     let first: Vec<i32> = it.by_ref().take(100).map(|s| s.unwrap().id).collect();
     assert!(!it.last_stored_key().unwrap().has_stored_form());
     let saved = *it.last_key().unwrap();
     drop(it);
-    let rest = ids(stamps::table.chunked_by(stamps::created).start_after(saved).load_iter::<Stamp>(&mut *conn));
+    let rest = ids(stamps::table
+        .chunked_by(stamps::created)
+        .start_after(saved)
+        .load_iter::<Stamp>(&mut *conn));
     assert_eq!([first, rest].concat(), asc);
 
-    let parts = stamps::table.chunked_by(stamps::created).partitions(3, &mut *conn).unwrap();
+    let parts = stamps::table
+        .chunked_by(stamps::created)
+        .partitions(3, &mut *conn)
+        .unwrap();
     let mut all = Vec::new();
     for p in &parts {
-        all.extend(ids(stamps::table.chunked_by(stamps::created).within(p).batch_size(50).load_iter::<Stamp>(&mut *conn)));
+        all.extend(ids(stamps::table
+            .chunked_by(stamps::created)
+            .within(p)
+            .batch_size(50)
+            .load_iter::<Stamp>(&mut *conn)));
     }
     assert_eq!(all, asc);
 }
@@ -237,14 +269,20 @@ fn a_rust_bound_on_a_column_in_another_format_is_an_error_not_a_short_scan() {
     let asc = db_order(&mut db.conn, "created");
     let conn = &mut db.conn;
     let pivot = {
-        let mut it = stamps::table.chunked_by(stamps::created).batch_size(100).load_iter::<Stamp>(&mut *conn);
+        let mut it = stamps::table
+            .chunked_by(stamps::created)
+            .batch_size(100)
+            .load_iter::<Stamp>(&mut *conn);
         let _: Vec<_> = it.by_ref().take(500).collect();
         *it.last_key().unwrap()
     };
     // `pivot` binds as '2026-01-01 ...', the column holds '2026-01-01T...Z':
     // in either direction the comparison would be wrong, so the scan refuses.
     for desc in [false, true] {
-        let c = stamps::table.chunked_by(stamps::created).batch_size(100).start_after(pivot);
+        let c = stamps::table
+            .chunked_by(stamps::created)
+            .batch_size(100)
+            .start_after(pivot);
         let c = if desc { c.desc() } else { c };
         let mut it = c.load_iter::<Stamp>(&mut *conn);
         match it.next() {
@@ -257,7 +295,10 @@ fn a_rust_bound_on_a_column_in_another_format_is_an_error_not_a_short_scan() {
         }
     }
     // Partitions cannot carry stored forms: refused, with the reason.
-    match stamps::table.chunked_by(stamps::created).partitions(4, &mut *conn) {
+    match stamps::table
+        .chunked_by(stamps::created)
+        .partitions(4, &mut *conn)
+    {
         Err(e @ Error::StoredForm { .. }) => assert!(e.to_string().contains("stored"), "{e}"),
         other => panic!("expected StoredForm, got {other:?}"),
     }
@@ -271,8 +312,13 @@ fn unix_epoch_integers_are_an_error_before_any_row() {
     diesel::sql_query("UPDATE stamps SET created = CAST(strftime('%s', created) AS INTEGER)")
         .execute(&mut db.conn)
         .unwrap();
-    let mut it = stamps::table.chunked_by(stamps::created).load_iter::<Stamp>(&mut db.conn);
-    assert!(matches!(it.next(), Some(Err(Error::Database { batch: 1, .. }))));
+    let mut it = stamps::table
+        .chunked_by(stamps::created)
+        .load_iter::<Stamp>(&mut db.conn);
+    assert!(matches!(
+        it.next(),
+        Some(Err(Error::Database { batch: 1, .. }))
+    ));
     assert!(it.next().is_none());
 
     diesel::table! {
@@ -301,14 +347,34 @@ fn date_keys_in_both_directions_and_composite() {
     let asc = db_order(&mut db.conn, "day");
     let desc = db_order(&mut db.conn, "day DESC");
     let conn = &mut db.conn;
-    assert_eq!(ids(stamps::table.chunked_by(stamps::day).batch_size(99).load_iter::<Stamp>(&mut *conn)), asc);
-    assert_eq!(ids(stamps::table.chunked_by(stamps::day).batch_size(99).desc().load_iter::<Stamp>(&mut *conn)), desc);
     assert_eq!(
-        ids(stamps::table.chunked_by((stamps::day, stamps::id)).batch_size(99).load_iter::<Stamp>(&mut *conn)),
+        ids(stamps::table
+            .chunked_by(stamps::day)
+            .batch_size(99)
+            .load_iter::<Stamp>(&mut *conn)),
         asc
     );
     assert_eq!(
-        ids(stamps::table.chunked_by((stamps::day, stamps::created)).batch_size(99).desc().load_iter::<Stamp>(&mut *conn)),
+        ids(stamps::table
+            .chunked_by(stamps::day)
+            .batch_size(99)
+            .desc()
+            .load_iter::<Stamp>(&mut *conn)),
+        desc
+    );
+    assert_eq!(
+        ids(stamps::table
+            .chunked_by((stamps::day, stamps::id))
+            .batch_size(99)
+            .load_iter::<Stamp>(&mut *conn)),
+        asc
+    );
+    assert_eq!(
+        ids(stamps::table
+            .chunked_by((stamps::day, stamps::created))
+            .batch_size(99)
+            .desc()
+            .load_iter::<Stamp>(&mut *conn)),
         desc
     );
 }
