@@ -1,6 +1,7 @@
 //! The scan builder, [`Chunked`], and the methods that run it, [`RunChunkedDsl`].
 
 use std::marker::PhantomData;
+use std::time::Duration;
 
 use diesel::backend::Backend;
 use diesel::query_builder::QueryFragment;
@@ -20,6 +21,7 @@ use crate::rows::{KeyedRows, ModelRows, Rows};
 use crate::source::ConnectionSource;
 use crate::stored::StoredKey;
 use crate::unique::UniqueIndexes;
+use crate::write::{DeleteJob, ForEachBatch, UpdateJob, WriteConfig, WriteReport};
 
 /// The default number of rows per query, as in django-chunked-iterator.
 pub const DEFAULT_BATCH_SIZE: u64 = 1000;
@@ -49,8 +51,8 @@ pub const DEFAULT_BATCH_SIZE: u64 = 1000;
 /// ```
 #[must_use = "a chunked query does nothing until `load_iter` or `load_batches` runs it"]
 pub struct Chunked<Q, K: Key> {
-    query: Q,
-    key: K,
+    pub(crate) query: Q,
+    pub(crate) key: K,
     batch_size: u64,
     limit_total: Option<u64>,
     desc: bool,
@@ -59,6 +61,7 @@ pub struct Chunked<Q, K: Key> {
     max_retries: Option<u32>,
     cache_statements: bool,
     within: Option<Partition<K::Value>>,
+    pub(crate) write: WriteConfig,
 }
 
 impl<Q: Clone, K: Key> Clone for Chunked<Q, K> {
@@ -74,6 +77,7 @@ impl<Q: Clone, K: Key> Clone for Chunked<Q, K> {
             max_retries: self.max_retries,
             cache_statements: self.cache_statements,
             within: self.within.clone(),
+            write: self.write.clone(),
         }
     }
 }
@@ -91,6 +95,7 @@ impl<Q, K: Key> Chunked<Q, K> {
             max_retries: None,
             cache_statements: true,
             within: None,
+            write: WriteConfig::default(),
         }
     }
 
@@ -190,6 +195,109 @@ impl<Q, K: Key> Chunked<Q, K> {
     /// ```
     pub fn cache_statements(mut self, on: bool) -> Self {
         self.cache_statements = on;
+        self
+    }
+
+    /// Write jobs: waits `d` after every committed batch, so that replicas and
+    /// other writers keep up (as pt-archiver's `--sleep`). Adds to what a
+    /// [`throttle`](Self::throttle) closure asks for.
+    ///
+    /// ```
+    /// # include!("../tests/doc/setup.rs");
+    /// use std::time::Duration;
+    /// use diesel_chunked_iterator::prelude::*;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let conn = &mut doc_connection();
+    /// let report = posts::table
+    ///     .chunked_by(posts::id)
+    ///     .batch_size(2)
+    ///     .pause(Duration::from_millis(1))
+    ///     .update_all(conn, posts::title.eq("x"))?;
+    /// assert_eq!((report.rows, report.batches), (5, 3));
+    /// # Ok(()) }
+    /// ```
+    pub fn pause(mut self, d: Duration) -> Self {
+        self.write.pause = Some(d);
+        self
+    }
+
+    /// Write jobs: after every committed batch, asks `f` how long to wait
+    /// before the next one (`None`: no wait), given the batch's
+    /// [`BatchStats`](crate::BatchStats): wait on replication lag, load, or a
+    /// rate limit.
+    ///
+    /// ```
+    /// # include!("../tests/doc/setup.rs");
+    /// use std::time::Duration;
+    /// use diesel_chunked_iterator::prelude::*;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let conn = &mut doc_connection();
+    /// posts::table
+    ///     .chunked_by(posts::id)
+    ///     .batch_size(2)
+    ///     .throttle(|stats| (stats.duration > Duration::from_secs(1)).then(|| stats.duration))
+    ///     .delete_all(conn)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn throttle<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&crate::BatchStats) -> Option<Duration> + Send + Sync + 'static,
+    {
+        self.write.throttle = Some(std::sync::Arc::new(f));
+        self
+    }
+
+    /// Write jobs: sizes each batch toward taking `d`, starting from
+    /// [`batch_size`](Self::batch_size), within
+    /// [`min_batch_size`](Self::min_batch_size) (default 1) and
+    /// [`max_batch_size`](Self::max_batch_size) (default 10 × the start).
+    ///
+    /// The rule (as GitLab's batched migrations): the time per row is smoothed
+    /// over the batches (each new one weighs half); the ideal next size is
+    /// `d / time per row`; the next size is that, but at most 1.2 × and at
+    /// least 0.5 × the last one, so it grows slowly and shrinks fast.
+    pub fn target_batch_time(mut self, d: Duration) -> Self {
+        self.write.target_batch_time = Some(d);
+        self
+    }
+
+    /// The smallest batch [`target_batch_time`](Self::target_batch_time) may
+    /// choose.
+    pub fn min_batch_size(mut self, n: u64) -> Self {
+        self.write.min_batch_size = Some(n);
+        self
+    }
+
+    /// The largest batch [`target_batch_time`](Self::target_batch_time) may
+    /// choose.
+    pub fn max_batch_size(mut self, n: u64) -> Self {
+        self.write.max_batch_size = Some(n);
+        self
+    }
+
+    /// Write jobs: keeps the job's position in the checkpoint table under
+    /// `name`, written in each batch's own transaction. Run the job again with
+    /// the same name and it continues right after its last committed batch; a
+    /// finished job does nothing; [`checkpoint::reset`](crate::checkpoint::reset)
+    /// starts it over. Create the table once with
+    /// [`checkpoint::create_table`](crate::checkpoint::create_table).
+    ///
+    /// ```
+    /// # include!("../tests/doc/setup.rs");
+    /// use diesel_chunked_iterator::{checkpoint, prelude::*};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let conn = &mut doc_connection();
+    /// checkpoint::create_table(conn)?;
+    /// let job = || posts::table.chunked_by(posts::id).batch_size(2).checkpoint("retitle");
+    /// let first = job().limit_total(2).update_all(&mut *conn, posts::title.eq("x"))?;
+    /// assert_eq!((first.rows, first.done), (2, false));
+    /// let rest = job().update_all(&mut *conn, posts::title.eq("x"))?;
+    /// assert_eq!((rest.rows, rest.resumed_after, rest.done), (3, Some(2), true));
+    /// assert_eq!(job().update_all(&mut *conn, posts::title.eq("x"))?.batches, 0);
+    /// # Ok(()) }
+    /// ```
+    pub fn checkpoint(mut self, name: impl Into<String>) -> Self {
+        self.write.checkpoint = Some(name.into());
         self
     }
 
@@ -409,7 +517,7 @@ impl<Q, K: Key> Chunked<Q, K> {
         )
     }
 
-    fn bounds(&self) -> Bounds<K::Value> {
+    pub(crate) fn bounds(&self) -> Bounds<K::Value> {
         let mut bounds = Bounds {
             after: self.start_after.clone(),
             until: self.end_at.clone(),
@@ -439,7 +547,7 @@ impl<Q, K: Key> Chunked<Q, K> {
         bounds
     }
 
-    fn config(&self) -> ScanConfig {
+    pub(crate) fn config(&self) -> ScanConfig {
         ScanConfig {
             batch_size: self.batch_size,
             limit_total: self.limit_total,
@@ -649,6 +757,108 @@ pub trait RunChunkedDsl<S: ConnectionSource>: Sized {
         Self: ScanKeyed<'a, S, U, F>,
     {
         LoadBatches::new(self.into_scan(source, key_of))
+    }
+
+    /// Updates the query's rows in batches, each batch one transaction:
+    /// `UPDATE <table> SET <changes> WHERE <the query's filters> AND key > $lo
+    /// AND key <= $hi`, with `$hi` the last key of the batch, read in the same
+    /// transaction (see the [`write`](crate::write) module). Each row the
+    /// query matches is written at most once, also when `changes` sets a
+    /// column the query filters on.
+    ///
+    /// The query must be one table's (a join, a boxed query or a custom
+    /// `.select(..)` is a compile error: use
+    /// [`for_each_batch`](Self::for_each_batch)).
+    ///
+    /// ```
+    /// # include!("../tests/doc/setup.rs");
+    /// use diesel_chunked_iterator::prelude::*;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let conn = &mut doc_connection();
+    /// // BEGIN; SELECT posts.id FROM posts WHERE NOT published AND 1 = 1 ORDER BY posts.id LIMIT 2
+    /// //        UPDATE posts SET published = true WHERE NOT published AND posts.id <= 2; COMMIT
+    /// // BEGIN; SELECT ... AND posts.id > 2 ...; UPDATE ... AND posts.id > 2 AND posts.id <= 4; COMMIT
+    /// let report = posts::table
+    ///     .filter(posts::published.eq(false))
+    ///     .chunked_by(posts::id)
+    ///     .batch_size(1)
+    ///     .update_all(conn, posts::published.eq(true))?;
+    /// assert_eq!((report.rows, report.batches), (2, 2));
+    /// # Ok(()) }
+    /// ```
+    fn update_all<'a, V>(
+        self,
+        source: S,
+        changes: V,
+    ) -> Result<WriteReport<<Self as UpdateJob<'a, S, V>>::Value>, Error>
+    where
+        Self: UpdateJob<'a, S, V>,
+    {
+        self.run_update(source, changes)
+    }
+
+    /// Deletes the query's rows in batches, each batch one transaction:
+    /// `DELETE FROM <table> WHERE <the query's filters> AND key > $lo AND key
+    /// <= $hi` (see [`update_all`](Self::update_all)).
+    ///
+    /// ```
+    /// # include!("../tests/doc/setup.rs");
+    /// use diesel_chunked_iterator::prelude::*;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let conn = &mut doc_connection();
+    /// let report = posts::table.filter(posts::published.eq(true)).chunked_by(posts::id)
+    ///     .batch_size(2).delete_all(&mut *conn)?;
+    /// assert_eq!((report.rows, report.batches), (3, 2));
+    /// assert_eq!(posts::table.count().get_result::<i64>(conn)?, 2);
+    /// # Ok(()) }
+    /// ```
+    fn delete_all<'a>(self, source: S) -> Result<WriteReport<<Self as DeleteJob<'a, S>>::Value>, Error>
+    where
+        Self: DeleteJob<'a, S>,
+    {
+        self.run_delete(source)
+    }
+
+    /// Hands each batch of models `M` to `f` inside the batch's transaction,
+    /// with the connection that runs it: whatever `f` writes commits with the
+    /// batch (and its checkpoint), or not at all.
+    ///
+    /// `f` returns `Result<(), E>` for any `E` with
+    /// `From<diesel::result::Error>`, as Diesel's `transaction` does, so
+    /// `QueryResult<()>` works. An `Err` rolls that batch back and ends the job
+    /// with [`Error::Batch`], which carries `E`, the batch number and the last
+    /// committed key.
+    ///
+    /// ```
+    /// # include!("../tests/doc/setup.rs");
+    /// use diesel_chunked_iterator::prelude::*;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let conn = &mut doc_connection();
+    /// let report = posts::table
+    ///     .chunked_by(posts::id)
+    ///     .batch_size(2)
+    ///     .for_each_batch(conn, |conn: &mut SqliteConnection, batch: Vec<Post>| -> QueryResult<()> {
+    ///         for p in &batch {
+    ///             diesel::update(posts::table.find(p.id))
+    ///                 .set(posts::title.eq(p.title.to_uppercase()))
+    ///                 .execute(conn)?;
+    ///         }
+    ///         Ok(())
+    ///     })?;
+    /// assert_eq!((report.rows, report.batches), (5, 3));
+    /// # Ok(()) }
+    /// ```
+    fn for_each_batch<'a, M, E, F>(
+        self,
+        source: S,
+        f: F,
+    ) -> Result<WriteReport<<Self as ForEachBatch<'a, S, M>>::Value>, Error>
+    where
+        Self: ForEachBatch<'a, S, M>,
+        F: FnMut(&mut S::Connection, Vec<M>) -> Result<(), E>,
+        E: From<diesel::result::Error> + Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        ForEachBatch::run_for_each(self, source, f)
     }
 }
 

@@ -289,28 +289,67 @@ impl Engine {
         rows: &mut Vec<T>,
         key_of: impl Fn(&T) -> &StoredKey<K::Value>,
     ) -> Result<Option<StoredKey<K::Value>>, Error> {
+        match self.check(plan, key, bounds, rows, key_of) {
+            Ok(Checked { last, more }) => Ok(self.count(plan, rows.len(), last, more)),
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+
+    /// The first half of [`accept`](Self::accept), which changes nothing: checks
+    /// the batch and drops its look-ahead row. A write job calls it inside the
+    /// batch's transaction and [`count`](Self::count) once that committed.
+    pub(crate) fn check<K: Key, T>(
+        &self,
+        plan: &BatchPlan,
+        key: &K,
+        bounds: &Bounds<K::Value>,
+        rows: &mut Vec<T>,
+        key_of: impl Fn(&T) -> &StoredKey<K::Value>,
+    ) -> Result<Checked<K::Value>, Error> {
+        check_batch(key, self.origin, bounds, rows, &key_of, plan.batch)?;
         let limit = usize::try_from(plan.limit).unwrap_or(usize::MAX);
-        if let Err(e) = check_batch(key, self.origin, bounds, rows, &key_of, plan.batch) {
-            return Err(self.fail(e));
-        }
-        if rows.len() > limit {
-            // The look-ahead row: the next batch starts with it.
-            rows.truncate(limit);
-        } else {
+        let more = rows.len() > limit;
+        // The look-ahead row: the next batch starts with it.
+        rows.truncate(limit);
+        Ok(Checked {
+            last: rows.last().map(|r| key_of(r).clone()),
+            more,
+        })
+    }
+
+    /// The second half of [`accept`](Self::accept): counts a batch of `n` rows
+    /// ending at `last`, and ends the scan when no rows are left (`!more`) or
+    /// `limit_total` is reached. Returns the key the next batch starts after.
+    pub(crate) fn count<V>(
+        &mut self,
+        plan: &BatchPlan,
+        n: usize,
+        last: Option<StoredKey<V>>,
+        more: bool,
+    ) -> Option<StoredKey<V>> {
+        if !more {
             self.finish(EndReason::Exhausted);
         }
-        let Some(last) = rows.last() else {
-            self.finish(EndReason::Exhausted);
-            return Ok(None);
-        };
-        let last = key_of(last).clone();
-        self.loaded += rows.len() as u64;
+        let last = last?;
+        self.loaded += n as u64;
         self.batches = plan.batch;
         if self.config.limit_total.is_some_and(|t| self.loaded >= t) {
             self.finish(EndReason::LimitReached);
         }
-        Ok(Some(last))
+        Some(last)
     }
+
+    /// Whether the scan has ended.
+    pub(crate) fn is_done(&self) -> bool {
+        self.done
+    }
+}
+
+/// A checked batch: its last key, and whether rows are left after it.
+#[derive(Debug)]
+pub(crate) struct Checked<V> {
+    pub(crate) last: Option<StoredKey<V>>,
+    pub(crate) more: bool,
 }
 
 /// Rejects a batch in which two rows share a key, across the boundary to the

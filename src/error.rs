@@ -190,6 +190,46 @@ pub enum Error {
         reason: String,
     },
 
+    /// The closure of [`for_each_batch`](crate::RunChunkedDsl::for_each_batch)
+    /// returned an error: that batch was rolled back, and the job stopped.
+    /// `source` is the closure's error (downcast it to get it back).
+    #[error("batch {batch} failed and was rolled back{}: {source}", DisplayCommitted(.last_committed))]
+    Batch {
+        /// The 1-based batch number in this run.
+        batch: u64,
+        /// The last committed key (`Debug`-formatted): the job resumes after it.
+        last_committed: Option<String>,
+        /// The closure's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
+    /// Another runner holds job `name`: its checkpoint row is locked by a batch
+    /// in progress, or moved since this runner's last batch.
+    #[error(
+        "job {name:?} is being run by another process: its checkpoint is locked or moved on; \
+         run one process per job name (split the work with partitions and one name per slice)"
+    )]
+    CheckpointBusy {
+        /// The job's name.
+        name: String,
+    },
+
+    /// Job `name` has a checkpoint made with another key: resuming from it would
+    /// skip or repeat rows.
+    #[error(
+        "job {name:?} has a checkpoint of key {stored}, not {expected}; use another job name, \
+         or checkpoint::reset the job to start it over"
+    )]
+    CheckpointMismatch {
+        /// The job's name.
+        name: String,
+        /// The key of the checkpoint.
+        stored: String,
+        /// The key of this run.
+        expected: String,
+    },
+
     /// A database error, with where in the scan it happened.
     #[error("batch {batch} failed{}{}: {source}", DisplayAfter(.last_key), DisplayAttempts(*.attempts))]
     Database {
@@ -260,6 +300,16 @@ impl fmt::Display for DuplicateHint<'_> {
                  chunked_by(({}, {table}::id))",
                 cols.replace('.', "::")
             )
+        }
+    }
+}
+
+struct DisplayCommitted<'a>(&'a Option<String>);
+impl fmt::Display for DisplayCommitted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(k) => write!(f, " (last committed key {k})"),
+            None => f.write_str(" (no batch committed)"),
         }
     }
 }

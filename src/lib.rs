@@ -16,6 +16,8 @@ mod rows;
 mod source;
 mod stored;
 mod unique;
+pub mod write;
+pub mod checkpoint;
 
 pub use builder::{
     Chunked, Db, KeyedBase, KeyedBatches, KeyedIter, ModelBase, ModelBatches, ModelIter, PlanInner,
@@ -30,6 +32,7 @@ pub use plan::Partition;
 pub use rows::{KeyedRows, LoadedRow, ModelRows, RowType, Rows};
 pub use source::{AttemptError, ConnectionSource};
 pub use stored::StoredKey;
+pub use write::{BatchStats, WriteReport};
 pub use unique::UniqueIndexes;
 
 /// Everything a scan needs in scope: `use diesel_chunked_iterator::prelude::*;`.

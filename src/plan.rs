@@ -60,7 +60,7 @@ use crate::stored::StoredKey;
 /// [`Chunked::within`](crate::Chunked::within). The slices of one call are
 /// disjoint and cover the whole key range: the first has no `start_after` and the
 /// last no `end_at`, so rows inserted later before the first key or after the
-/// last are still covered. With the `serde` feature it serializes, to be handed
+/// last are still covered. It serializes (serde), to be handed
 /// to a job queue.
 ///
 /// ```
@@ -72,7 +72,7 @@ use crate::stored::StoredKey;
 /// assert!(!p.contains(&501));
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct Partition<V> {
     /// The slice's position, from 0, in ascending key order.
     pub index: usize,

@@ -438,6 +438,88 @@ where
     }
 }
 
+/// The `SELECT` list of a write job's batch: only the key's columns. Its SQL
+/// type is `Untyped`; rows are read by [`KeyRow`].
+///
+/// ```text
+/// SELECT posts.id FROM posts WHERE (<filters>) AND posts.id > $1 ORDER BY posts.id LIMIT $2
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct KeysOnly<KS>(KS);
+
+impl<KS> Expression for KeysOnly<KS> {
+    type SqlType = diesel::sql_types::Untyped;
+}
+
+impl<KS: AppearsOnTable<QS>, QS> AppearsOnTable<QS> for KeysOnly<KS> {}
+
+impl<KS: SelectableExpression<QS>, QS> SelectableExpression<QS> for KeysOnly<KS> {}
+
+impl<KS: ValidGrouping<GB>, GB> ValidGrouping<GB> for KeysOnly<KS> {
+    type IsAggregate = KS::IsAggregate;
+}
+
+impl<KS> QueryId for KeysOnly<KS> {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl<KS: QueryFragment<DB>, DB: Backend> QueryFragment<DB> for KeysOnly<KS> {
+    fn walk_ast<'b>(&'b self, out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
+        self.0.walk_ast(out)
+    }
+}
+
+/// One row of a write job's batch: its key, as stored.
+#[derive(Debug)]
+pub struct KeyRow<K: Key>(pub(crate) StoredKey<K::Value>);
+
+impl<K, DB> QueryableByName<DB> for KeyRow<K>
+where
+    DB: KeysetBackend,
+    K: KeyFromRow<DB>,
+{
+    fn build<'a>(row: &impl NamedRow<'a, DB>) -> diesel::deserialize::Result<Self> {
+        Ok(KeyRow(K::from_row(row, &[0, 1, 2])?))
+    }
+}
+
+/// Everything a write job needs of a query to load its batches' keys: it can
+/// be chunked, and selecting the key and adding the seek predicate type-check.
+pub trait PrepareKeys<'a, K: Key, DB: Backend> {
+    /// The prepared query's type.
+    type Base;
+
+    /// Boxes the query, selects the key's columns, adds the seek predicate.
+    fn prepare_keys(
+        self,
+        key: K,
+        bounds: Bounds<K::Value>,
+    ) -> Result<SeekQuery<Self::Base, K>, Error>;
+}
+
+impl<'a, Q, K, DB> PrepareKeys<'a, K, DB> for Q
+where
+    DB: Backend,
+    K: Key,
+    Q: ChunkableQuery<'a, DB>,
+    Q::Boxed: SelectDsl<KeysOnly<K::Selection>>,
+    diesel::dsl::Select<Q::Boxed, KeysOnly<K::Selection>>: FilterDsl<SeekPredicate<K>>,
+{
+    type Base =
+        diesel::dsl::Filter<diesel::dsl::Select<Q::Boxed, KeysOnly<K::Selection>>, SeekPredicate<K>>;
+
+    fn prepare_keys(
+        self,
+        key: K,
+        bounds: Bounds<K::Value>,
+    ) -> Result<SeekQuery<Self::Base, K>, Error> {
+        let boxed = self.into_boxed_checked()?;
+        let selected = SelectDsl::select(boxed, KeysOnly(key.selection()));
+        Ok(SeekQuery::new(selected, key, bounds))
+    }
+}
+
 thread_local! {
     /// Where [`KeyedModel`] finds the key in the rows of the batch being loaded
     /// on this thread: set by [`with_key_columns`] around each batch.

@@ -6,7 +6,7 @@ use std::marker::PhantomData;
 
 use crate::engine::KeyOrigin;
 use crate::key::{Key, KeyPositions};
-use crate::query::{with_key_columns, KeyedModel, LoadBatch, SeekQuery};
+use crate::query::{with_key_columns, KeyRow, KeyedModel, LoadBatch, SeekQuery};
 use crate::stored::StoredKey;
 
 /// What a scan with key `K` yields per row: `M` for `load_iter::<M>`, the
@@ -66,6 +66,16 @@ pub struct ModelRows<M> {
     pub(crate) _model: PhantomData<fn() -> M>,
 }
 
+impl<M> ModelRows<M> {
+    /// Rows whose key is at `key_columns`.
+    pub(crate) fn new(key_columns: KeyPositions) -> Self {
+        Self {
+            key_columns,
+            _model: PhantomData,
+        }
+    }
+}
+
 impl<K: Key, M> RowType<K> for ModelRows<M> {
     type Item = M;
     type Loaded = KeyedModel<K, M>;
@@ -122,5 +132,40 @@ where
             .into_iter()
             .map(|u| (StoredKey::from((self.key_of)(&u)), u))
             .collect())
+    }
+}
+
+impl<K: Key> LoadedRow<K::Value, ()> for KeyRow<K> {
+    fn key(&self) -> &StoredKey<K::Value> {
+        &self.0
+    }
+    fn into_parts(self) -> (StoredKey<K::Value>, ()) {
+        (self.0, ())
+    }
+}
+
+/// The keys of a batch, and nothing else: what a range `UPDATE` or `DELETE`
+/// needs.
+#[derive(Debug, Default)]
+pub struct KeyRows;
+
+impl<K: Key> RowType<K> for KeyRows {
+    type Item = ();
+    type Loaded = KeyRow<K>;
+    const ORIGIN: KeyOrigin = KeyOrigin::Rows;
+}
+
+impl<Conn, B, K> Rows<Conn, B, K> for KeyRows
+where
+    K: Key,
+    SeekQuery<B, K>: LoadBatch<Conn, KeyRow<K>>,
+{
+    fn load(
+        &mut self,
+        query: &SeekQuery<B, K>,
+        conn: &mut Conn,
+        limit: i64,
+    ) -> diesel::QueryResult<Vec<KeyRow<K>>> {
+        query.load_batch(conn, limit)
     }
 }

@@ -18,7 +18,7 @@ use std::fmt;
 /// One key column's value in the storage class SQLite returned it in.
 #[doc(hidden)]
 #[derive(Debug, Clone, PartialEq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[derive(serde::Serialize, serde::Deserialize)]
 pub enum Stored {
     /// `INTEGER`
     Integer(i64),
@@ -55,7 +55,7 @@ pub(crate) type StoredParts = [Option<Stored>; 3];
 /// columns whose text is not in the format Diesel writes (a timestamp written by
 /// another program as `2026-01-01T12:00:07.250Z`, or as a julian-day `REAL`):
 /// there, resume from `last_stored_key()`, which compares exactly as the column
-/// does. With the `serde` feature it serializes, stored form included.
+/// does. It serializes (serde), stored form included.
 ///
 /// ```
 /// use diesel_chunked_iterator::StoredKey;
@@ -65,17 +65,14 @@ pub(crate) type StoredParts = [Option<Stored>; 3];
 /// assert!(!k.has_stored_form() && !k.is_exact());
 /// ```
 #[derive(Clone)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct StoredKey<V> {
     /// The key's value in Rust.
     pub value: V,
-    #[cfg_attr(
-        feature = "serde",
-        serde(default, skip_serializing_if = "Option::is_none")
-    )]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     stored: Option<Box<StoredParts>>,
     /// Read from a row: binding it compares exactly as the row's key does.
-    #[cfg_attr(feature = "serde", serde(default))]
+    #[serde(default)]
     exact: bool,
 }
 

@@ -1,0 +1,668 @@
+//! Batched writes: [`update_all`](crate::RunChunkedDsl::update_all),
+//! [`delete_all`](crate::RunChunkedDsl::delete_all) and
+//! [`for_each_batch`](crate::RunChunkedDsl::for_each_batch).
+//!
+//! A write job is a scan whose every batch is one transaction:
+//!
+//! ```text
+//! BEGIN                                         -- SQLite: BEGIN IMMEDIATE; MySQL: READ COMMITTED
+//! [SELECT ... FROM chunked_checkpoints WHERE name = $job FOR UPDATE NOWAIT]
+//! SELECT <key> FROM t WHERE (<filters>) AND key > $lo ORDER BY key LIMIT $n + 1
+//! UPDATE t SET <changes> WHERE (<filters>) AND key > $lo AND key <= $hi
+//!   -- or DELETE FROM t WHERE ..., or your closure with the batch's rows
+//! [UPDATE chunked_checkpoints SET last_key = $hi, rows_done = .., batches_done = .. WHERE name = $job]
+//! COMMIT
+//! ```
+//!
+//! `$hi` is the last key of the batch, found in the same transaction, so the
+//! range statement writes each row the query matches at most once, also when
+//! it changes the columns the query filters on. The next batch starts after
+//! `$hi`. Between batches the job holds no transaction, no lock and (on a
+//! pool) no connection; it may pause ([`Chunked::pause`]), ask a closure how
+//! long to wait ([`Chunked::throttle`]), and size the next batch toward a
+//! target time ([`Chunked::target_batch_time`]).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use diesel::associations::HasTable;
+use diesel::query_builder::{AsChangeset, DeleteStatement, IntoUpdateTarget};
+use diesel::query_dsl::methods::{ExecuteDsl, FilterDsl};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::backend::KeysetBackend;
+use crate::builder::{Chunked, Db, ModelBase};
+use crate::checkpoint::{is_lock_conflict, CheckpointConnection};
+use crate::engine::{Engine, ScanConfig};
+use crate::error::Error;
+use crate::key::Key;
+use crate::predicate::{Bounds, BoundsCell, SeekPredicate};
+use crate::query::{PrepareKeys, PrepareModel, SeekQuery};
+use crate::rows::{KeyRows, LoadedRow, ModelRows, Rows};
+use crate::source::ConnectionSource;
+use crate::stored::StoredKey;
+
+/// What a write job did in the run that returned it; a resumed job's earlier
+/// runs are in its checkpoint (see [`checkpoint::status`](crate::checkpoint::status)).
+///
+/// ```
+/// # include!("../tests/doc/setup.rs");
+/// use diesel_chunked_iterator::prelude::*;
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let conn = &mut doc_connection();
+/// let report = posts::table
+///     .filter(posts::published.eq(false))
+///     .chunked_by(posts::id)
+///     .batch_size(1)
+///     .update_all(conn, posts::published.eq(true))?;
+/// assert_eq!((report.rows, report.batches, report.last_key), (2, 2, Some(4)));
+/// assert!(report.done);
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct WriteReport<V> {
+    /// Rows written in this run (affected by the `UPDATE`/`DELETE`), or handed
+    /// to the closure of `for_each_batch`.
+    pub rows: u64,
+    /// Batches committed in this run.
+    pub batches: u64,
+    /// The last committed key.
+    pub last_key: Option<V>,
+    /// The key this run resumed after, from its checkpoint.
+    pub resumed_after: Option<V>,
+    /// Rows of all runs of the job (this run's without a checkpoint).
+    pub total_rows: u64,
+    /// Batches of all runs of the job (this run's without a checkpoint).
+    pub total_batches: u64,
+    /// Whether the job is finished: no rows were left (not only `limit_total`).
+    pub done: bool,
+    /// Batches that had to be run again after a transient failure.
+    pub retries: u64,
+    /// The size of the last batch asked for (see
+    /// [`target_batch_time`](Chunked::target_batch_time)).
+    pub batch_size: u64,
+    /// Time this run took, pauses included.
+    pub elapsed: Duration,
+}
+
+/// The last committed batch, handed to a [`throttle`](Chunked::throttle)
+/// closure between batches.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct BatchStats {
+    /// The batch's number in this run, from 1.
+    pub batch: u64,
+    /// Rows the batch wrote.
+    pub rows: u64,
+    /// How long the batch's transaction took.
+    pub duration: Duration,
+    /// Rows written in this run so far.
+    pub total_rows: u64,
+    /// Time since the run started.
+    pub elapsed: Duration,
+    /// The size the next batch will ask for.
+    pub next_batch_size: u64,
+}
+
+/// A closure that says how long to wait before the next batch.
+pub(crate) type Throttle = Arc<dyn Fn(&BatchStats) -> Option<Duration> + Send + Sync>;
+
+/// A write job's settings, from the builder.
+#[derive(Clone, Default)]
+pub(crate) struct WriteConfig {
+    pub(crate) pause: Option<Duration>,
+    pub(crate) throttle: Option<Throttle>,
+    pub(crate) target_batch_time: Option<Duration>,
+    pub(crate) min_batch_size: Option<u64>,
+    pub(crate) max_batch_size: Option<u64>,
+    pub(crate) checkpoint: Option<String>,
+}
+
+impl std::fmt::Debug for WriteConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteConfig")
+            .field("pause", &self.pause)
+            .field("throttle", &self.throttle.is_some())
+            .field("target_batch_time", &self.target_batch_time)
+            .field("checkpoint", &self.checkpoint)
+            .finish()
+    }
+}
+
+/// Adapts the batch size toward a target time per batch.
+///
+/// The rule: keep an exponentially smoothed time per row (each new batch
+/// weighs half); the ideal size is `target / time per row`; the next size is
+/// the ideal, but at most 1.2 × and at least 0.5 × the current size (grow
+/// slowly, shrink fast), and within `[min, max]`.
+#[derive(Debug, Clone)]
+pub(crate) struct BatchSizer {
+    target: Duration,
+    min: u64,
+    max: u64,
+    per_row: Option<f64>,
+}
+
+impl BatchSizer {
+    pub(crate) fn new(target: Duration, start: u64, min: Option<u64>, max: Option<u64>) -> Self {
+        let min = min.unwrap_or(1).max(1);
+        let max = max.unwrap_or(start.saturating_mul(10)).max(min);
+        Self {
+            target,
+            min,
+            max,
+            per_row: None,
+        }
+    }
+
+    /// The size after a batch of `rows` rows, asked for as `current`, took `took`.
+    pub(crate) fn next(&mut self, current: u64, rows: u64, took: Duration) -> u64 {
+        if rows == 0 {
+            return current.clamp(self.min, self.max);
+        }
+        let sample = took.as_secs_f64() / rows as f64;
+        let per_row = match self.per_row {
+            Some(p) => 0.5 * p + 0.5 * sample,
+            None => sample,
+        };
+        self.per_row = Some(per_row);
+        let current = current as f64;
+        let ideal = if per_row > 0.0 {
+            self.target.as_secs_f64() / per_row
+        } else {
+            f64::INFINITY
+        };
+        let next = ideal.clamp((current * 0.5).ceil(), (current * 1.2).floor().max(current));
+        (next as u64).clamp(self.min, self.max)
+    }
+}
+
+/// Why a batch's transaction was rolled back.
+pub(crate) enum Abort {
+    /// A database error: retried if transient.
+    Db(diesel::result::Error),
+    /// The job stops with this error.
+    Fail(Error),
+    /// The closure of `for_each_batch` failed: the job stops with
+    /// [`Error::Batch`].
+    User(Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl From<diesel::result::Error> for Abort {
+    fn from(e: diesel::result::Error) -> Self {
+        Abort::Db(e)
+    }
+}
+
+/// One committed batch.
+struct Committed<V> {
+    n: usize,
+    written: u64,
+    last: Option<StoredKey<V>>,
+    more: bool,
+}
+
+/// What the job writes per batch: given the connection (in the batch's
+/// transaction), the batch's loaded rows and its key range, the rows written.
+type WriteFn<'f, C, L, V> = dyn FnMut(&mut C, Vec<L>, &Bounds<V>) -> Result<u64, Abort> + 'f;
+
+/// The write driver: runs each batch the [`Engine`] plans as one transaction
+/// with the job's write and its checkpoint.
+pub(crate) fn run_job<S, B, K, R>(
+    mut source: S,
+    query: Result<SeekQuery<B, K>, Error>,
+    mut rows: R,
+    scan: ScanConfig,
+    job: WriteConfig,
+    write: &mut WriteFn<'_, S::Connection, R::Loaded, K::Value>,
+) -> Result<WriteReport<K::Value>, Error>
+where
+    S: ConnectionSource,
+    S::Connection: CheckpointConnection,
+    Db<S>: KeysetBackend,
+    K: Key,
+    K::Value: Serialize + DeserializeOwned,
+    R: Rows<S::Connection, B, K>,
+{
+    let started = Instant::now();
+    let mut query = query?;
+    query.set_cache_statements(scan.cache_statements);
+    let mut engine = Engine::new(
+        scan.clone(),
+        R::ORIGIN,
+        Some(query.bounds()),
+        K::compare,
+        None,
+    );
+    let mut sizer = job
+        .target_batch_time
+        .map(|t| BatchSizer::new(t, scan.batch_size, job.min_batch_size, job.max_batch_size));
+    let key_type = format!(
+        "{} as {}",
+        query.key().describe(),
+        std::any::type_name::<K::Value>()
+    );
+    let mut report = WriteReport {
+        rows: 0,
+        batches: 0,
+        last_key: None,
+        resumed_after: None,
+        total_rows: 0,
+        total_batches: 0,
+        done: false,
+        retries: 0,
+        batch_size: scan.batch_size,
+        elapsed: Duration::ZERO,
+    };
+    let name = job.checkpoint.as_deref();
+    if let Some(name) = name {
+        let row = source
+            .run(false, |c| c.start_checkpoint(name, &key_type))
+            .map_err(|e| attempt_error("reading the checkpoint", e))?;
+        if row.key_type != key_type {
+            return Err(Error::CheckpointMismatch {
+                name: name.to_string(),
+                stored: row.key_type,
+                expected: key_type,
+            });
+        }
+        report.total_rows = row.rows;
+        report.total_batches = row.batches;
+        if row.done {
+            report.done = true;
+            report.elapsed = started.elapsed();
+            return Ok(report);
+        }
+        if let Some(json) = &row.last_key {
+            let key: StoredKey<K::Value> =
+                serde_json::from_str(json).map_err(|e| Error::CheckpointMismatch {
+                    name: name.to_string(),
+                    stored: format!("{} (last key {json}: {e})", row.key_type),
+                    expected: key_type.clone(),
+                })?;
+            report.resumed_after = Some(key.value.clone());
+            report.last_key = Some(key.value.clone());
+            query.set_after(Some(key));
+        }
+    }
+
+    loop {
+        let plan = match engine.plan()? {
+            Some(plan) => plan,
+            None => break,
+        };
+        #[cfg(feature = "tracing")]
+        let span = tracing::info_span!(
+            "chunked_write_batch",
+            batch = plan.batch,
+            key = %query.key().describe(),
+            after = ?query.bounds().after,
+            limit = plan.limit,
+            rows = tracing::field::Empty,
+            written = tracing::field::Empty,
+            attempt = tracing::field::Empty,
+            elapsed_ms = tracing::field::Empty,
+        );
+        #[cfg(feature = "tracing")]
+        let _entered = span.enter();
+        let batch_started = Instant::now();
+        let mut attempt = 0u32;
+        let committed = loop {
+            attempt += 1;
+            engine.attempted();
+            #[cfg(feature = "tracing")]
+            span.record("attempt", attempt);
+            let mut failure = None;
+            let (q, loader, engine_ref) = (&query, &mut rows, &engine);
+            let (total_rows, total_batches) = (report.total_rows, report.total_batches);
+            let ran = source.run(attempt > 1, |conn| {
+                let result = conn.batch_transaction(|conn| -> Result<_, Abort> {
+                    if let Some(name) = name {
+                        lock(conn, name, total_batches)?;
+                    }
+                    let mut loaded = loader.load(q, conn, plan.fetch())?;
+                    let checked = engine_ref
+                        .check(&plan, q.key(), q.bounds(), &mut loaded, |r| r.key())
+                        .map_err(Abort::Fail)?;
+                    let n = loaded.len();
+                    let written = match &checked.last {
+                        Some(hi) => {
+                            let mut range = q.bounds().clone();
+                            range.until = Some(hi.clone());
+                            write(conn, loaded, &range)?
+                        }
+                        None => 0,
+                    };
+                    if let Some(name) = name {
+                        // An empty batch keeps the position it started after.
+                        let last = match checked.last.as_ref().or(q.bounds().after.as_ref()) {
+                            Some(k) => Some(serde_json::to_string(k).map_err(|e| {
+                                Abort::Fail(Error::Query {
+                                    context: "writing the checkpoint",
+                                    source: diesel::result::Error::SerializationError(e.into()),
+                                })
+                            })?),
+                            None => None,
+                        };
+                        let batches = total_batches + u64::from(n > 0);
+                        conn.advance_checkpoint(
+                            name,
+                            last.as_deref(),
+                            total_rows + written,
+                            batches,
+                            !checked.more,
+                        )?;
+                    }
+                    Ok(Committed {
+                        n,
+                        written,
+                        last: checked.last,
+                        more: checked.more,
+                    })
+                });
+                match result {
+                    Ok(c) => Ok(c),
+                    Err(Abort::Db(e)) => Err(e),
+                    Err(Abort::Fail(e)) => {
+                        failure = Some(e);
+                        Err(diesel::result::Error::RollbackTransaction)
+                    }
+                    Err(Abort::User(source)) => {
+                        failure = Some(Error::Batch {
+                            batch: plan.batch,
+                            last_committed: q.bounds().after.as_ref().map(|k| format!("{:?}", k.value)),
+                            source,
+                        });
+                        Err(diesel::result::Error::RollbackTransaction)
+                    }
+                }
+            });
+            match ran {
+                Ok(c) => break c,
+                Err(e) => {
+                    if let Some(f) = failure {
+                        report.elapsed = started.elapsed();
+                        return Err(engine.fail(f));
+                    }
+                    let after = query.bounds().after.as_ref();
+                    let delay = engine.failed(&plan, attempt, S::DEFAULT_MAX_RETRIES, e, after)?;
+                    std::thread::sleep(delay);
+                }
+            }
+        };
+        let took = batch_started.elapsed();
+        #[cfg(feature = "tracing")]
+        {
+            span.record("rows", committed.n);
+            span.record("written", committed.written);
+            span.record("elapsed_ms", took.as_secs_f64() * 1000.0);
+        }
+        let next = engine.count(&plan, committed.n, committed.last, committed.more);
+        if committed.n > 0 {
+            report.batches += 1;
+            report.total_batches += 1;
+        }
+        report.rows += committed.written;
+        report.total_rows += committed.written;
+        if let Some(k) = next {
+            report.last_key = Some(k.value.clone());
+            query.set_after(Some(k));
+        }
+        if !committed.more {
+            report.done = true;
+        }
+        if engine.is_done() {
+            break;
+        }
+        if let Some(sizer) = sizer.as_mut() {
+            let size = sizer.next(engine.config.batch_size, committed.n as u64, took);
+            engine.config.batch_size = size;
+            report.batch_size = size;
+        }
+        let stats = BatchStats {
+            batch: plan.batch,
+            rows: committed.written,
+            duration: took,
+            total_rows: report.rows,
+            elapsed: started.elapsed(),
+            next_batch_size: engine.config.batch_size,
+        };
+        let wait = job.pause.unwrap_or_default()
+            + job
+                .throttle
+                .as_ref()
+                .and_then(|t| t(&stats))
+                .unwrap_or_default();
+        if !wait.is_zero() {
+            std::thread::sleep(wait);
+        }
+    }
+    report.retries = engine.retries;
+    report.elapsed = started.elapsed();
+    Ok(report)
+}
+
+/// Locks the checkpoint row of job `name` in the batch's transaction, and
+/// checks that no other runner committed a batch since this one's last.
+fn lock<C: CheckpointConnection>(conn: &mut C, name: &str, batches: u64) -> Result<(), Abort> {
+    let busy = || {
+        Abort::Fail(Error::CheckpointBusy {
+            name: name.to_string(),
+        })
+    };
+    match conn.lock_checkpoint(name) {
+        Ok(Some(row)) if row.batches == batches && !row.done => Ok(()),
+        Ok(_) => Err(busy()),
+        Err(e) if is_lock_conflict(&e) => Err(busy()),
+        Err(e) => Err(Abort::Db(e)),
+    }
+}
+
+fn attempt_error(context: &'static str, e: crate::source::AttemptError) -> Error {
+    match e {
+        crate::source::AttemptError::Query(source) => Error::Query { context, source },
+        #[cfg(feature = "r2d2")]
+        crate::source::AttemptError::Pool(source) => Error::Pool {
+            batch: 0,
+            attempts: 1,
+            source,
+        },
+    }
+}
+
+/// `update_all` / `delete_all` need a query of one table that Diesel can
+/// update: not a join, not a boxed query, no `.select(..)`.
+#[diagnostic::on_unimplemented(
+    message = "`update_all` / `delete_all` need a query of one table that Diesel can update or delete from",
+    label = "not an UPDATE/DELETE target (a join, a boxed query or a custom .select(..)?)",
+    note = "to write per batch from a join or anything else, use `for_each_batch(conn, |conn, rows: Vec<M>| ...)`, \
+            which hands each batch's rows to your closure inside the batch's transaction"
+)]
+pub trait UpdatableQuery {}
+
+impl<Q: IntoUpdateTarget> UpdatableQuery for Q {}
+
+/// The range statement's target: the user's query with the batch's key range.
+pub type RangeTarget<Q, K> = diesel::dsl::Filter<Q, SeekPredicate<K>>;
+
+/// Everything `update_all` needs: the query's batches can load their keys, and
+/// `UPDATE <table> SET <changes> WHERE <the query's filters> AND <range>` runs
+/// on the source's connection.
+pub trait UpdateJob<'a, S: ConnectionSource, V> {
+    /// The key's value type.
+    type Value;
+    #[doc(hidden)]
+    fn run_update(self, source: S, changes: V) -> Result<WriteReport<Self::Value>, Error>;
+}
+
+impl<'a, Q, K, S, V> UpdateJob<'a, S, V> for Chunked<Q, K>
+where
+    K: Key,
+    K::Value: Serialize + DeserializeOwned,
+    S: ConnectionSource,
+    S::Connection: CheckpointConnection,
+    Db<S>: KeysetBackend,
+    Q: UpdatableQuery + Clone + PrepareKeys<'a, K, Db<S>> + FilterDsl<SeekPredicate<K>>,
+    RangeTarget<Q, K>: IntoUpdateTarget,
+    V: AsChangeset<Target = <RangeTarget<Q, K> as HasTable>::Table> + Clone,
+    diesel::dsl::Update<RangeTarget<Q, K>, V>:
+        diesel::query_builder::AsQuery + ExecuteDsl<S::Connection>,
+    KeyRows: Rows<S::Connection, <Q as PrepareKeys<'a, K, Db<S>>>::Base, K>,
+{
+    type Value = K::Value;
+
+    fn run_update(self, source: S, changes: V) -> Result<WriteReport<K::Value>, Error> {
+        let (key, query, scan, job, seek) = self.into_job::<'a, Db<S>>();
+        run_job(source, seek, KeyRows, scan, job, &mut |conn, _, range| {
+            let target = FilterDsl::filter(
+                query.clone(),
+                SeekPredicate::new(key, BoundsCell::new(range.clone())),
+            );
+            let stmt = diesel::update(target).set(changes.clone());
+            Ok(ExecuteDsl::execute(stmt, conn)? as u64)
+        })
+    }
+}
+
+/// Everything `delete_all` needs: the query's batches can load their keys, and
+/// `DELETE FROM <table> WHERE <the query's filters> AND <range>` runs on the
+/// source's connection.
+pub trait DeleteJob<'a, S: ConnectionSource> {
+    /// The key's value type.
+    type Value;
+    #[doc(hidden)]
+    fn run_delete(self, source: S) -> Result<WriteReport<Self::Value>, Error>;
+}
+
+/// The `DELETE` of a batch's key range.
+pub type RangeDelete<Q, K> = DeleteStatement<
+    <RangeTarget<Q, K> as HasTable>::Table,
+    <RangeTarget<Q, K> as IntoUpdateTarget>::WhereClause,
+>;
+
+impl<'a, Q, K, S> DeleteJob<'a, S> for Chunked<Q, K>
+where
+    K: Key,
+    K::Value: Serialize + DeserializeOwned,
+    S: ConnectionSource,
+    S::Connection: CheckpointConnection,
+    Db<S>: KeysetBackend,
+    Q: UpdatableQuery + Clone + PrepareKeys<'a, K, Db<S>> + FilterDsl<SeekPredicate<K>>,
+    RangeTarget<Q, K>: IntoUpdateTarget,
+    RangeDelete<Q, K>: ExecuteDsl<S::Connection>,
+    KeyRows: Rows<S::Connection, <Q as PrepareKeys<'a, K, Db<S>>>::Base, K>,
+{
+    type Value = K::Value;
+
+    fn run_delete(self, source: S) -> Result<WriteReport<K::Value>, Error> {
+        let (key, query, scan, job, seek) = self.into_job::<'a, Db<S>>();
+        run_job(source, seek, KeyRows, scan, job, &mut |conn, _, range| {
+            let target = FilterDsl::filter(
+                query.clone(),
+                SeekPredicate::new(key, BoundsCell::new(range.clone())),
+            );
+            Ok(ExecuteDsl::execute(diesel::delete(target), conn)? as u64)
+        })
+    }
+}
+
+/// Everything `for_each_batch::<M>` needs: the query's batches load as
+/// `load_batches::<M>` loads them, on a connection that has the checkpoint
+/// statements.
+pub trait ForEachBatch<'a, S: ConnectionSource, M> {
+    /// The key's value type.
+    type Value;
+    #[doc(hidden)]
+    fn run_for_each<E, F>(self, source: S, f: F) -> Result<WriteReport<Self::Value>, Error>
+    where
+        F: FnMut(&mut S::Connection, Vec<M>) -> Result<(), E>,
+        E: From<diesel::result::Error> + Into<Box<dyn std::error::Error + Send + Sync>>;
+}
+
+impl<'a, Q, K, S, M> ForEachBatch<'a, S, M> for Chunked<Q, K>
+where
+    K: Key,
+    K::Value: Serialize + DeserializeOwned,
+    S: ConnectionSource,
+    S::Connection: CheckpointConnection,
+    Db<S>: KeysetBackend,
+    Q: PrepareModel<'a, K, M, Db<S>>,
+    ModelRows<M>: Rows<S::Connection, ModelBase<'a, Q, K, M, Db<S>>, K, Item = M>,
+{
+    type Value = K::Value;
+
+    fn run_for_each<E, F>(self, source: S, mut f: F) -> Result<WriteReport<K::Value>, Error>
+    where
+        F: FnMut(&mut S::Connection, Vec<M>) -> Result<(), E>,
+        E: From<diesel::result::Error> + Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let (bounds, scan, job) = (self.bounds(), self.config(), self.write.clone());
+        let (seek, key_columns) = match self.query.prepare_model(self.key, bounds) {
+            Ok((q, at)) => (Ok(q), at),
+            Err(e) => (Err(e), [0; 3]),
+        };
+        let rows = ModelRows::new(key_columns);
+        run_job(source, seek, rows, scan, job, &mut |conn, loaded, _| {
+            let n = loaded.len() as u64;
+            let items = loaded.into_iter().map(|r| r.into_parts().1).collect();
+            match f(conn, items) {
+                Ok(()) => Ok(n),
+                Err(e) => Err(Abort::User(e.into())),
+            }
+        })
+    }
+}
+
+impl<Q, K: Key> Chunked<Q, K> {
+    /// Splits the builder for a write job: the key, the query (kept for the
+    /// range statements), the configurations and the prepared key scan.
+    #[allow(clippy::type_complexity)]
+    fn into_job<'a, DB: diesel::backend::Backend>(
+        self,
+    ) -> (
+        K,
+        Q,
+        ScanConfig,
+        WriteConfig,
+        Result<SeekQuery<<Q as PrepareKeys<'a, K, DB>>::Base, K>, Error>,
+    )
+    where
+        Q: Clone + PrepareKeys<'a, K, DB>,
+    {
+        let (key, bounds, scan, job) = (self.key, self.bounds(), self.config(), self.write.clone());
+        let query = self.query;
+        let seek = query.clone().prepare_keys(key, bounds);
+        (key, query, scan, job, seek)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::BatchSizer;
+    use std::time::Duration;
+
+    #[test]
+    fn batch_size_grows_slowly_and_shrinks_fast() {
+        let ms = Duration::from_millis;
+        let mut s = BatchSizer::new(ms(100), 1000, None, Some(5000));
+        // 10 ms for 1000 rows: far under target, grow by at most 1.2×
+        assert_eq!(s.next(1000, 1000, ms(10)), 1200);
+        assert_eq!(s.next(1200, 1200, ms(12)), 1440);
+        // suddenly 10× slower per row: shrink at most by half
+        let mut s = BatchSizer::new(ms(100), 1000, None, None);
+        assert_eq!(s.next(1000, 1000, ms(1000)), 500);
+        // on target: stay
+        let mut s = BatchSizer::new(ms(100), 1000, None, None);
+        assert_eq!(s.next(1000, 1000, ms(100)), 1000);
+        // bounds apply
+        let mut s = BatchSizer::new(ms(100), 1000, Some(800), Some(1100));
+        assert_eq!(s.next(1000, 1000, ms(10)), 1100);
+        assert_eq!(s.next(1000, 1000, ms(10_000)), 800);
+        // smoothing: one fast batch after slow ones does not jump to the ideal
+        let mut s = BatchSizer::new(ms(100), 1000, None, None);
+        assert_eq!(s.next(1000, 1000, ms(200)), 500);
+        assert_eq!(s.next(500, 500, ms(10)), 600); // per row (0.2 + 0.02) / 2 ms
+    }
+}
