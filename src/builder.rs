@@ -525,6 +525,7 @@ impl<Q, K: Key> Chunked<Q, K> {
             upper: None,
             desc: self.desc,
             probe: false,
+            cache: self.cache_statements,
         };
         if let Some(Partition {
             start_after: lower,

@@ -29,6 +29,9 @@ pub struct Bounds<V> {
     /// Renders the rows `after` excludes, nearest first: the statement that
     /// checks what lies just before a start key given as a Rust value.
     pub(crate) probe: bool,
+    /// Whether statements with this predicate may be kept prepared (see
+    /// [`Chunked::cache_statements`](crate::Chunked::cache_statements)).
+    pub(crate) cache: bool,
 }
 
 /// One end of a key range: the value, and whether it is excluded.
@@ -170,6 +173,10 @@ where
 {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
         let bounds = self.bounds.get();
+        if !bounds.cache {
+            // Sent unnamed: no state left on the server connection (poolers).
+            out.unsafe_to_cache_prepared();
+        }
         let (start, end) = match (bounds.desc, bounds.probe) {
             (true, false) => (Op::Lt, Op::Ge),
             (false, false) => (Op::Gt, Op::Le),

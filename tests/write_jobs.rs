@@ -1,0 +1,276 @@
+//! Write jobs with checkpoints on every backend: resume after a run that
+//! stopped, a finished job run again, reset, a checkpoint of another key, two
+//! runners of one job at once, a process killed with SIGKILL while a batch's
+//! transaction is open, and (PostgreSQL, MariaDB) a writer of rows outside
+//! the open batch that is never blocked. A counter column `n` checks "exactly
+//! once" row by row.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use common::*;
+use diesel::prelude::*;
+use diesel_chunked_iterator::prelude::*;
+use diesel_chunked_iterator::{checkpoint, Error};
+
+diesel::table! {
+    items (id) {
+        id -> Integer,
+        n -> Integer,
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable)]
+#[diesel(table_name = items)]
+struct Item {
+    id: i32,
+    n: i32,
+}
+
+const ROWS: i32 = 600;
+
+fn create_items<C>(conn: &mut C)
+where
+    C: Connection,
+    diesel::query_builder::SqlQuery: diesel::query_dsl::methods::ExecuteDsl<C>,
+{
+    diesel::sql_query("CREATE TABLE items (id INTEGER PRIMARY KEY, n INTEGER NOT NULL)")
+        .execute(conn)
+        .unwrap();
+    let values: Vec<String> = (1..=ROWS).map(|i| format!("({i}, 0)")).collect();
+    diesel::sql_query(format!("INSERT INTO items (id, n) VALUES {}", values.join(", ")))
+        .execute(conn)
+        .unwrap();
+}
+
+fn counters<C>(conn: &mut C) -> BTreeMap<i32, i32>
+where
+    C: Connection + diesel::connection::LoadConnection,
+    for<'a> items::table: diesel::query_dsl::LoadQuery<'a, C, Item>,
+{
+    let rows: Vec<Item> = items::table.load(conn).unwrap();
+    rows.into_iter().map(|i| (i.id, i.n)).collect()
+}
+
+fn all_once(c: &BTreeMap<i32, i32>) -> bool {
+    c.len() == ROWS as usize && c.values().all(|&n| n == 1)
+}
+
+backend_tests! {
+    fn a_job_resumes_after_its_last_committed_batch(db) {
+        let mut conn = connect::<B>(&db);
+        create_items(&mut conn);
+        checkpoint::create_table(&mut conn).unwrap();
+        checkpoint::create_table(&mut conn).unwrap();
+        let job = || items::table.chunked_by(items::id).batch_size(50).checkpoint("bump");
+
+        // A run stopped by limit_total, then by a failing batch, then to the end.
+        let first = job().limit_total(120).update_all(&mut conn, items::n.eq(items::n + 1)).unwrap();
+        assert_eq!((first.rows, first.batches, first.last_key, first.done), (120, 3, Some(120), false));
+        let mut calls = 0;
+        let err = job()
+            .for_each_batch(&mut conn, |conn, batch: Vec<Item>| -> QueryResult<()> {
+                calls += 1;
+                for it in &batch {
+                    diesel::update(items::table.find(it.id)).set(items::n.eq(items::n + 1)).execute(conn)?;
+                }
+                if calls == 2 { Err(diesel::result::Error::RollbackTransaction) } else { Ok(()) }
+            })
+            .unwrap_err();
+        assert!(matches!(&err, Error::Batch { batch: 2, last_committed: Some(k), .. } if k == "170"), "{err:?}");
+        let c = checkpoint::status(&mut conn, "bump").unwrap().unwrap();
+        assert_eq!((c.rows, c.batches, c.done), (170, 4, false));
+        let rest = job().update_all(&mut conn, items::n.eq(items::n + 1)).unwrap();
+        assert_eq!(rest.resumed_after, Some(170));
+        assert_eq!((rest.rows, rest.total_rows, rest.total_batches, rest.done), (430, 600, 13, true));
+        assert!(all_once(&counters(&mut conn)), "{:?}", counters(&mut conn));
+
+        // Finished: a rerun does nothing.
+        let again = job().update_all(&mut conn, items::n.eq(items::n + 1)).unwrap();
+        assert_eq!((again.rows, again.batches, again.done), (0, 0, true));
+        assert!(all_once(&counters(&mut conn)));
+
+        // Reset: it runs from the start again.
+        checkpoint::reset(&mut conn, "bump").unwrap();
+        assert_eq!(checkpoint::status(&mut conn, "bump").unwrap(), None);
+        let over = job().update_all(&mut conn, items::n.eq(items::n - 1)).unwrap();
+        assert_eq!((over.rows, over.resumed_after), (600, None));
+        assert!(counters(&mut conn).values().all(|&n| n == 0));
+
+        // The same name with another key: a clear error, nothing written.
+        checkpoint::reset(&mut conn, "bump").unwrap();
+        job().limit_total(10).update_all(&mut conn, items::n.eq(items::n + 1)).unwrap();
+        let err = items::table.chunked_by((items::n, items::id)).checkpoint("bump")
+            .update_all(&mut conn, items::n.eq(items::n + 1)).unwrap_err();
+        assert!(matches!(err, Error::CheckpointMismatch { .. }), "{err:?}");
+        assert_eq!(counters(&mut conn).values().sum::<i32>(), 10);
+    }
+
+    fn two_runners_of_one_job_never_both_write_a_batch(db) {
+        let mut conn = connect::<B>(&db);
+        create_items(&mut conn);
+        checkpoint::create_table(&mut conn).unwrap();
+        let gate = Arc::new(Barrier::new(2));
+        let run = |gate: Arc<Barrier>, first: bool| {
+            let mut conn = connect::<B>(&db);
+            let mut calls = 0;
+            items::table.chunked_by(items::id).batch_size(40).checkpoint("shared")
+                .for_each_batch(&mut conn, move |conn, batch: Vec<Item>| -> QueryResult<()> {
+                    calls += 1;
+                    for it in &batch {
+                        diesel::update(items::table.find(it.id)).set(items::n.eq(items::n + 1)).execute(conn)?;
+                    }
+                    if first && calls == 1 {
+                        gate.wait(); // the other runner starts now, while this batch is open
+                        std::thread::sleep(Duration::from_millis(300));
+                    }
+                    Ok(())
+                })
+        };
+        let (a, b) = std::thread::scope(|s| {
+            let a = s.spawn(|| run(Arc::clone(&gate), true));
+            gate.wait();
+            let b = s.spawn(|| run(Arc::clone(&gate), false));
+            (a.join().unwrap(), b.join().unwrap())
+        });
+        let busy = |r: &Result<_, Error>| matches!(r, Err(Error::CheckpointBusy { .. }));
+        assert!(busy(&a) != busy(&b), "exactly one runner must stop: {a:?} / {b:?}");
+        let winner = if busy(&a) { b } else { a }.unwrap();
+        assert!(winner.done);
+        assert!(all_once(&counters(&mut conn)), "{:?}", counters(&mut conn));
+    }
+
+    fn a_runner_killed_inside_a_batch_resumes_exactly(db) {
+        let mut conn = connect::<B>(&db);
+        create_items(&mut conn);
+        checkpoint::create_table(&mut conn).unwrap();
+        let marker = std::env::temp_dir().join(unique_name("crash-marker"));
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--ignored", "--exact", "crash_child", "--nocapture", "--test-threads=1"])
+            .env("CHUNKED_CRASH_URL", &db.url)
+            .env("CHUNKED_CRASH_MARKER", &marker)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // The child commits 3 batches and stops inside the 4th, its transaction open.
+        let started = Instant::now();
+        while !marker.exists() {
+            assert!(started.elapsed() < Duration::from_secs(60), "the child never reached batch 4");
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("the child exited early: {status}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        let _ = std::fs::remove_file(&marker);
+
+        let c = checkpoint::status(&mut conn, "crash").unwrap().unwrap();
+        assert_eq!((c.batches, c.rows, c.done), (3, 150, false));
+        let before = counters(&mut conn);
+        assert!(before.iter().all(|(&id, &n)| n == i32::from(id <= 150)), "{before:?}");
+
+        let report = items::table.chunked_by(items::id).batch_size(50).checkpoint("crash")
+            .update_all(&mut conn, items::n.eq(items::n + 1)).unwrap();
+        assert_eq!((report.resumed_after, report.rows, report.done), (Some(150), 450, true));
+        assert!(all_once(&counters(&mut conn)), "{:?}", counters(&mut conn));
+    }
+}
+
+/// The process `a_runner_killed_inside_a_batch_resumes_exactly` kills: run by
+/// that test only (it is ignored otherwise).
+#[test]
+#[ignore = "run as a child process by a_runner_killed_inside_a_batch_resumes_exactly"]
+fn crash_child() {
+    let url = std::env::var("CHUNKED_CRASH_URL").expect("CHUNKED_CRASH_URL");
+    let marker = std::env::var("CHUNKED_CRASH_MARKER").expect("CHUNKED_CRASH_MARKER");
+    macro_rules! run {
+        ($conn:ty) => {{
+            let mut conn = <$conn>::establish(&url).unwrap();
+            let mut calls = 0;
+            let _ = items::table.chunked_by(items::id).batch_size(50).checkpoint("crash").for_each_batch(
+                &mut conn,
+                |conn: &mut $conn, batch: Vec<Item>| -> QueryResult<()> {
+                    calls += 1;
+                    for it in &batch {
+                        diesel::update(items::table.find(it.id)).set(items::n.eq(items::n + 1)).execute(conn)?;
+                    }
+                    if calls == 4 {
+                        std::fs::write(&marker, "in batch 4").unwrap();
+                        std::thread::sleep(Duration::from_secs(120));
+                    }
+                    Ok(())
+                },
+            );
+        }};
+    }
+    #[cfg(feature = "postgres")]
+    if url.starts_with("postgres") {
+        run!(diesel::PgConnection);
+        return;
+    }
+    #[cfg(feature = "mysql")]
+    if url.starts_with("mysql") {
+        run!(diesel::MysqlConnection);
+        return;
+    }
+    #[cfg(feature = "sqlite")]
+    run!(diesel::SqliteConnection);
+}
+
+/// While a batch's transaction is open (each row's update sleeps 100 ms in the
+/// database, 5 rows a batch), another connection updates a row of a later batch
+/// with a short lock timeout: it is not blocked. A row of the open batch is:
+/// the same update of one of those times out.
+macro_rules! outside_writer_test {
+    ($name:ident, $backend:ty, $feature:literal, $sleep:literal, $timeout:literal) => {
+        #[cfg(feature = $feature)]
+        #[test]
+        fn $name() {
+            let db = <$backend as TestBackend>::create();
+            let mut conn = <$backend as TestBackend>::connect(&db);
+            create_items(&mut conn);
+            let mut other = <$backend as TestBackend>::connect(&db);
+            diesel::sql_query($timeout).execute(&mut other).unwrap();
+            let (outside, inside) = std::thread::scope(|s| {
+                let job = s.spawn(|| {
+                    items::table.chunked_by(items::id).batch_size(5).limit_total(5).update_all(
+                        &mut conn,
+                        items::n.eq(items::n + diesel::dsl::sql::<diesel::sql_types::Integer>($sleep)),
+                    )
+                });
+                std::thread::sleep(Duration::from_millis(150)); // the batch is open now
+                let t = Instant::now();
+                let outside = diesel::update(items::table.find(300)).set(items::n.eq(items::n + 10)).execute(&mut other);
+                let outside = (outside, t.elapsed());
+                let inside = diesel::update(items::table.find(5)).set(items::n.eq(items::n + 10)).execute(&mut other);
+                let report = job.join().unwrap().unwrap();
+                assert_eq!(report.rows, 5);
+                (outside, inside)
+            });
+            assert_eq!(outside.0, Ok(1), "a row of a later batch must not wait");
+            assert!(outside.1 < Duration::from_millis(400), "waited {:?}", outside.1);
+            assert!(inside.is_err(), "a row of the open batch is locked: {inside:?}");
+            let c = counters(&mut conn);
+            assert_eq!((c[&1], c[&5], c[&300], c[&6]), (1, 1, 10, 0));
+        }
+    };
+}
+
+outside_writer_test!(
+    postgres_writers_outside_the_open_batch_are_not_blocked,
+    common::Pg,
+    "postgres",
+    "(SELECT 1 FROM pg_sleep(0.1))",
+    "SET lock_timeout = '100ms'"
+);
+outside_writer_test!(
+    mariadb_writers_outside_the_open_batch_are_not_blocked,
+    common::Mysql,
+    "mysql",
+    "(1 + 0 * SLEEP(0.1))",
+    "SET SESSION innodb_lock_wait_timeout = 1"
+);
