@@ -381,8 +381,8 @@ backend_tests! {
         assert_eq!(it.next().unwrap().unwrap().len(), 47);
         assert!(it.next().is_none());
         let p = it.progress();
-        // exactly a batch: one more query finds nothing
-        assert_eq!((p.rows, p.batches, p.queries, p.last_key), (47, 1, 2, Some(95)));
+        // exactly a batch: no look-ahead row, so no second query
+        assert_eq!((p.rows, p.batches, p.queries, p.last_key), (47, 1, 1, Some(95)));
     }
 }
 

@@ -135,7 +135,8 @@ backend_tests! {
             log.clear();
             let got = collect_ok(posts::table.chunked_by(posts::slug).batch_size(n).load_iter::<Post>(&mut conn));
             assert_eq!(ids(&got), ids(&asc), "ascending, batch_size({n})");
-            assert_eq!(log.selects().len(), 40 / n as usize + 1, "batch_size({n})");
+            // ceil(40 / n) queries: the batch without a look-ahead row is the last.
+            assert_eq!(log.selects().len(), 40usize.div_ceil(n as usize), "batch_size({n})");
             assert_seek_sql(&log, "posts.slug", false);
 
             log.clear();
@@ -212,7 +213,7 @@ backend_tests! {
             log.clear();
             let got = collect_ok(events::table.chunked_by((events::kind, events::id)).batch_size(n).load_iter::<Event>(&mut conn));
             assert_eq!(got, expected, "(kind, id) ascending, batch_size({n})");
-            assert_eq!(log.selects().len(), 60 / n as usize + 1);
+            assert_eq!(log.selects().len(), 60usize.div_ceil(n as usize));
             let q = sql(&log.selects()[1]);
             assert!(q.contains(" ORDER BY events.kind, events.id LIMIT ?"), "{q}");
         }
@@ -252,14 +253,15 @@ backend_tests! {
             assert_eq!(ids(&got), after(v), "asc start_after({v})");
             let first = &log.selects()[0];
             assert!(sql(first).contains("WHERE posts.id > ? ORDER BY posts.id LIMIT ?"), "{first}");
-            assert_eq!(binds(first), [v.to_string(), "4".to_string()]);
+            // LIMIT 5: the batch of 4 and its look-ahead row.
+            assert_eq!(binds(first), [v.to_string(), "5".to_string()]);
 
             log.clear();
             let got = collect_ok(posts::table.chunked_by(posts::id).batch_size(4).desc().start_after(v).load_iter::<Post>(&mut conn));
             assert_eq!(ids(&got), before(v), "desc start_after({v})");
             let first = &log.selects()[0];
             assert!(sql(first).contains("WHERE posts.id < ? ORDER BY posts.id DESC LIMIT ?"), "{first}");
-            assert_eq!(binds(first), [v.to_string(), "4".to_string()]);
+            assert_eq!(binds(first), [v.to_string(), "5".to_string()]);
         }
 
         // Nothing after the last key (one query), nothing before the first.
@@ -296,7 +298,7 @@ backend_tests! {
         assert_eq!(ids(&got), range(10, 50));
         let q = &log.selects()[0];
         assert!(sql(q).contains("WHERE posts.id > ? AND posts.id <= ? ORDER BY posts.id LIMIT ?"), "{q}");
-        assert_eq!(binds(q), ["10", "50", "3"]);
+        assert_eq!(binds(q), ["10", "50", "4"]);
 
         log.clear();
         let got = collect_ok(posts::table.chunked_by(posts::id).batch_size(3).desc().start_after(50).end_at(10).load_iter::<Post>(&mut conn));
