@@ -36,7 +36,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         checkpoint::reset(&mut conn, JOB)?;
     }
     match checkpoint::status(&mut conn, JOB)? {
-        Some(c) if c.done => println!("job {JOB:?} is done: {} rows in {} batches", c.rows, c.batches),
+        Some(c) if c.done => println!(
+            "job {JOB:?} is done: {} rows in {} batches",
+            c.rows, c.batches
+        ),
         Some(c) => println!(
             "job {JOB:?} resumes after key {} ({} rows in {} batches so far)",
             c.last_key.as_deref().unwrap_or("none"),
@@ -55,20 +58,27 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             if stats.batch % 10 == 0 {
                 println!(
                     "  batch {:>4}: {:>7} rows so far, last batch {:>5} rows in {:?}, next {}",
-                    stats.batch, stats.total_rows, stats.rows, stats.duration, stats.next_batch_size
+                    stats.batch,
+                    stats.total_rows,
+                    stats.rows,
+                    stats.duration,
+                    stats.next_batch_size
                 );
             }
             // a little breathing room for other writers
             Some(Duration::from_millis(5))
         })
-        .for_each_batch(&mut conn, |conn: &mut SqliteConnection, batch: Vec<Post>| -> QueryResult<()> {
-            for p in &batch {
-                diesel::update(posts::table.find(p.id))
-                    .set(posts::title.eq(p.title.to_uppercase()))
-                    .execute(conn)?;
-            }
-            Ok(())
-        })?;
+        .for_each_batch(
+            &mut conn,
+            |conn: &mut SqliteConnection, batch: Vec<Post>| -> QueryResult<()> {
+                for p in &batch {
+                    diesel::update(posts::table.find(p.id))
+                        .set(posts::title.eq(p.title.to_uppercase()))
+                        .execute(conn)?;
+                }
+                Ok(())
+            },
+        )?;
     println!(
         "this run: {} rows in {} batches in {:?}{}; job: {} rows, done: {}",
         report.rows,

@@ -813,7 +813,10 @@ pub trait RunChunkedDsl<S: ConnectionSource>: Sized {
     /// assert_eq!(posts::table.count().get_result::<i64>(conn)?, 2);
     /// # Ok(()) }
     /// ```
-    fn delete_all<'a>(self, source: S) -> Result<WriteReport<<Self as DeleteJob<'a, S>>::Value>, Error>
+    fn delete_all<'a>(
+        self,
+        source: S,
+    ) -> Result<WriteReport<<Self as DeleteJob<'a, S>>::Value>, Error>
     where
         Self: DeleteJob<'a, S>,
     {

@@ -22,7 +22,14 @@ pub trait CheckpointConnection: diesel::Connection {
     fn read_checkpoint(&mut self, name: &str) -> QueryResult<Option<Checkpoint>>;
     fn start_checkpoint(&mut self, name: &str, key_type: &str) -> QueryResult<Checkpoint>;
     fn lock_checkpoint(&mut self, name: &str) -> QueryResult<Option<Checkpoint>>;
-    fn advance_checkpoint(&mut self, name: &str, last_key: Option<&str>, rows: u64, batches: u64, done: bool) -> QueryResult<()>;
+    fn advance_checkpoint(
+        &mut self,
+        name: &str,
+        last_key: Option<&str>,
+        rows: u64,
+        batches: u64,
+        done: bool,
+    ) -> QueryResult<()>;
     fn delete_checkpoint(&mut self, name: &str) -> QueryResult<bool>;
     fn batch_transaction<T, E, F>(&mut self, f: F) -> Result<T, E>
     where
@@ -37,14 +44,36 @@ pub(crate) fn is_lock_conflict(e: &diesel::result::Error) -> bool {
 macro_rules! stub {
     ($c:ty) => {
         impl CheckpointConnection for $c {
-            fn create_checkpoint_table(&mut self) -> QueryResult<()> { Ok(()) }
-            fn read_checkpoint(&mut self, name: &str) -> QueryResult<Option<Checkpoint>> { Ok(None) }
-            fn start_checkpoint(&mut self, name: &str, key_type: &str) -> QueryResult<Checkpoint> { unimplemented!() }
-            fn lock_checkpoint(&mut self, name: &str) -> QueryResult<Option<Checkpoint>> { Ok(None) }
-            fn advance_checkpoint(&mut self, name: &str, last_key: Option<&str>, rows: u64, batches: u64, done: bool) -> QueryResult<()> { Ok(()) }
-            fn delete_checkpoint(&mut self, name: &str) -> QueryResult<bool> { Ok(false) }
+            fn create_checkpoint_table(&mut self) -> QueryResult<()> {
+                Ok(())
+            }
+            fn read_checkpoint(&mut self, name: &str) -> QueryResult<Option<Checkpoint>> {
+                Ok(None)
+            }
+            fn start_checkpoint(&mut self, name: &str, key_type: &str) -> QueryResult<Checkpoint> {
+                unimplemented!()
+            }
+            fn lock_checkpoint(&mut self, name: &str) -> QueryResult<Option<Checkpoint>> {
+                Ok(None)
+            }
+            fn advance_checkpoint(
+                &mut self,
+                name: &str,
+                last_key: Option<&str>,
+                rows: u64,
+                batches: u64,
+                done: bool,
+            ) -> QueryResult<()> {
+                Ok(())
+            }
+            fn delete_checkpoint(&mut self, name: &str) -> QueryResult<bool> {
+                Ok(false)
+            }
             fn batch_transaction<T, E, F>(&mut self, f: F) -> Result<T, E>
-            where F: FnOnce(&mut Self) -> Result<T, E>, E: From<diesel::result::Error> {
+            where
+                F: FnOnce(&mut Self) -> Result<T, E>,
+                E: From<diesel::result::Error>,
+            {
                 diesel::Connection::transaction(self, f)
             }
         }

@@ -4,6 +4,7 @@
 
 pub mod backend;
 mod builder;
+pub mod checkpoint;
 mod dsl;
 mod engine;
 mod error;
@@ -17,7 +18,6 @@ mod source;
 mod stored;
 mod unique;
 pub mod write;
-pub mod checkpoint;
 
 pub use builder::{
     Chunked, Db, KeyedBase, KeyedBatches, KeyedIter, ModelBase, ModelBatches, ModelIter, PlanInner,
@@ -32,8 +32,8 @@ pub use plan::Partition;
 pub use rows::{KeyedRows, LoadedRow, ModelRows, RowType, Rows};
 pub use source::{AttemptError, ConnectionSource};
 pub use stored::StoredKey;
-pub use write::{BatchStats, WriteReport};
 pub use unique::UniqueIndexes;
+pub use write::{BatchStats, WriteReport};
 
 /// Everything a scan needs in scope: `use diesel_chunked_iterator::prelude::*;`.
 ///

@@ -71,8 +71,7 @@ use crate::stored::StoredKey;
 /// assert!(p.contains(&251) && p.contains(&500));
 /// assert!(!p.contains(&501));
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Partition<V> {
     /// The slice's position, from 0, in ascending key order.
     pub index: usize,

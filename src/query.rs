@@ -506,8 +506,10 @@ where
     Q::Boxed: SelectDsl<KeysOnly<K::Selection>>,
     diesel::dsl::Select<Q::Boxed, KeysOnly<K::Selection>>: FilterDsl<SeekPredicate<K>>,
 {
-    type Base =
-        diesel::dsl::Filter<diesel::dsl::Select<Q::Boxed, KeysOnly<K::Selection>>, SeekPredicate<K>>;
+    type Base = diesel::dsl::Filter<
+        diesel::dsl::Select<Q::Boxed, KeysOnly<K::Selection>>,
+        SeekPredicate<K>,
+    >;
 
     fn prepare_keys(
         self,

@@ -17,8 +17,7 @@ use std::fmt;
 
 /// One key column's value in the storage class SQLite returned it in.
 #[doc(hidden)]
-#[derive(Debug, Clone, PartialEq)]
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Stored {
     /// `INTEGER`
     Integer(i64),
@@ -64,8 +63,7 @@ pub(crate) type StoredParts = [Option<Stored>; 3];
 /// assert_eq!(k.value, 42);
 /// assert!(!k.has_stored_form() && !k.is_exact());
 /// ```
-#[derive(Clone)]
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 pub struct StoredKey<V> {
     /// The key's value in Rust.
     pub value: V,

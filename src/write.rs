@@ -372,7 +372,11 @@ where
                     Err(Abort::User(source)) => {
                         failure = Some(Error::Batch {
                             batch: plan.batch,
-                            last_committed: q.bounds().after.as_ref().map(|k| format!("{:?}", k.value)),
+                            last_committed: q
+                                .bounds()
+                                .after
+                                .as_ref()
+                                .map(|k| format!("{:?}", k.value)),
                             source,
                         });
                         Err(diesel::result::Error::RollbackTransaction)

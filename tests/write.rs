@@ -46,11 +46,20 @@ where
     for chunk in ids.chunks(500) {
         let values: Vec<String> = chunk
             .iter()
-            .map(|i| format!("({i}, {}, {}, 0)", i % 5, if i % 3 == 0 { "TRUE" } else { "FALSE" }))
+            .map(|i| {
+                format!(
+                    "({i}, {}, {}, 0)",
+                    i % 5,
+                    if i % 3 == 0 { "TRUE" } else { "FALSE" }
+                )
+            })
             .collect();
-        diesel::sql_query(format!("INSERT INTO items (id, grp, flag, n) VALUES {}", values.join(", ")))
-            .execute(conn)
-            .unwrap();
+        diesel::sql_query(format!(
+            "INSERT INTO items (id, grp, flag, n) VALUES {}",
+            values.join(", ")
+        ))
+        .execute(conn)
+        .unwrap();
     }
 }
 

@@ -41,9 +41,12 @@ where
         .execute(conn)
         .unwrap();
     let values: Vec<String> = (1..=ROWS).map(|i| format!("({i}, 0)")).collect();
-    diesel::sql_query(format!("INSERT INTO items (id, n) VALUES {}", values.join(", ")))
-        .execute(conn)
-        .unwrap();
+    diesel::sql_query(format!(
+        "INSERT INTO items (id, n) VALUES {}",
+        values.join(", ")
+    ))
+    .execute(conn)
+    .unwrap();
 }
 
 fn counters<C>(conn: &mut C) -> BTreeMap<i32, i32>
@@ -191,20 +194,26 @@ fn crash_child() {
         ($conn:ty) => {{
             let mut conn = <$conn>::establish(&url).unwrap();
             let mut calls = 0;
-            let _ = items::table.chunked_by(items::id).batch_size(50).checkpoint("crash").for_each_batch(
-                &mut conn,
-                |conn: &mut $conn, batch: Vec<Item>| -> QueryResult<()> {
-                    calls += 1;
-                    for it in &batch {
-                        diesel::update(items::table.find(it.id)).set(items::n.eq(items::n + 1)).execute(conn)?;
-                    }
-                    if calls == 4 {
-                        std::fs::write(&marker, "in batch 4").unwrap();
-                        std::thread::sleep(Duration::from_secs(120));
-                    }
-                    Ok(())
-                },
-            );
+            let _ = items::table
+                .chunked_by(items::id)
+                .batch_size(50)
+                .checkpoint("crash")
+                .for_each_batch(
+                    &mut conn,
+                    |conn: &mut $conn, batch: Vec<Item>| -> QueryResult<()> {
+                        calls += 1;
+                        for it in &batch {
+                            diesel::update(items::table.find(it.id))
+                                .set(items::n.eq(items::n + 1))
+                                .execute(conn)?;
+                        }
+                        if calls == 4 {
+                            std::fs::write(&marker, "in batch 4").unwrap();
+                            std::thread::sleep(Duration::from_secs(120));
+                        }
+                        Ok(())
+                    },
+                );
         }};
     }
     #[cfg(feature = "postgres")]
@@ -237,23 +246,40 @@ macro_rules! outside_writer_test {
             diesel::sql_query($timeout).execute(&mut other).unwrap();
             let (outside, inside) = std::thread::scope(|s| {
                 let job = s.spawn(|| {
-                    items::table.chunked_by(items::id).batch_size(5).limit_total(5).update_all(
-                        &mut conn,
-                        items::n.eq(items::n + diesel::dsl::sql::<diesel::sql_types::Integer>($sleep)),
-                    )
+                    items::table
+                        .chunked_by(items::id)
+                        .batch_size(5)
+                        .limit_total(5)
+                        .update_all(
+                            &mut conn,
+                            items::n
+                                .eq(items::n
+                                    + diesel::dsl::sql::<diesel::sql_types::Integer>($sleep)),
+                        )
                 });
                 std::thread::sleep(Duration::from_millis(150)); // the batch is open now
                 let t = Instant::now();
-                let outside = diesel::update(items::table.find(300)).set(items::n.eq(items::n + 10)).execute(&mut other);
+                let outside = diesel::update(items::table.find(300))
+                    .set(items::n.eq(items::n + 10))
+                    .execute(&mut other);
                 let outside = (outside, t.elapsed());
-                let inside = diesel::update(items::table.find(5)).set(items::n.eq(items::n + 10)).execute(&mut other);
+                let inside = diesel::update(items::table.find(5))
+                    .set(items::n.eq(items::n + 10))
+                    .execute(&mut other);
                 let report = job.join().unwrap().unwrap();
                 assert_eq!(report.rows, 5);
                 (outside, inside)
             });
             assert_eq!(outside.0, Ok(1), "a row of a later batch must not wait");
-            assert!(outside.1 < Duration::from_millis(400), "waited {:?}", outside.1);
-            assert!(inside.is_err(), "a row of the open batch is locked: {inside:?}");
+            assert!(
+                outside.1 < Duration::from_millis(400),
+                "waited {:?}",
+                outside.1
+            );
+            assert!(
+                inside.is_err(),
+                "a row of the open batch is locked: {inside:?}"
+            );
             let c = counters(&mut conn);
             assert_eq!((c[&1], c[&5], c[&300], c[&6]), (1, 1, 10, 0));
         }
