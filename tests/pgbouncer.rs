@@ -266,3 +266,48 @@ fn connections_without_a_statement_cache_work_through_pgbouncer() {
     let pool = db.bounced_pool(8, Some(NoStatementCache));
     concurrent_scans(&pool, true, &expected);
 }
+
+/// Write jobs through pgbouncer: several runners, each with its own slice and
+/// checkpoint, update every published post exactly once, with every statement
+/// of a batch (keys, range UPDATE, checkpoint) sent unnamed.
+#[test]
+fn write_jobs_through_pgbouncer_write_every_row_once() {
+    use diesel_chunked_iterator::checkpoint;
+    let db = BouncedDb::create(3_000);
+    let pool = db.bounced_pool(3, None);
+    checkpoint::create_table(&mut pool.get().unwrap()).unwrap();
+    let parts = posts::table
+        .filter(posts::published.eq(true))
+        .chunked_by(posts::id)
+        .partitions(4, &mut pool.get().unwrap())
+        .unwrap();
+    std::thread::scope(|s| {
+        for p in &parts {
+            let pool = &pool;
+            s.spawn(move || {
+                let report = posts::table
+                    .filter(posts::published.eq(true))
+                    .chunked_by(posts::id)
+                    .within(p)
+                    .batch_size(37)
+                    .cache_statements(false)
+                    .checkpoint(format!("bounced-{}", p.index))
+                    .update_all(pool, posts::score.eq(posts::score + 1))
+                    .expect("write job through pgbouncer");
+                assert_eq!(report.rows, p.rows);
+                assert!(report.done);
+            });
+        }
+    });
+    let mut conn = PgConnection::establish(&db.direct).unwrap();
+    let scores: Vec<(i32, bool, Option<i32>)> = posts::table
+        .select((posts::id, posts::published, posts::score))
+        .order(posts::id)
+        .load(&mut conn)
+        .unwrap();
+    for (id, published, score) in scores {
+        let before = post(id).score;
+        let expected = if published { before.map(|s| s + 1) } else { before };
+        assert_eq!(score, expected, "post {id}");
+    }
+}
