@@ -348,7 +348,8 @@ impl<Q, K: Key> Chunked<Q, K> {
     ///
     /// `n = 0` and `n` above [`MAX_PARTITIONS`](crate::plan::MAX_PARTITIONS) are
     /// [`Error::InvalidPartitionCount`]. [`limit_total`](Self::limit_total) does
-    /// not limit the rows that are split (each worker's scan applies it).
+    /// not limit the rows that are split (each worker's scan applies it). A query
+    /// with `.group_by(..)` is a compile error here (scanning it works).
     ///
     /// ```
     /// # include!("../tests/doc/setup.rs");

@@ -42,6 +42,24 @@ pub enum Error {
         hint: &'static str,
     },
 
+    /// The query's `WHERE` clause has an `OR` outside parentheses, as a raw SQL
+    /// filter such as `sql::<Bool>("a OR b")` renders. The scan appends
+    /// `AND <key> > $last` to the clause, which would bound only the last operand
+    /// of the `OR`: rows beyond the bounds, and scans that never end. Refused
+    /// before any query runs.
+    #[error(
+        "the query's WHERE clause has an {operator} outside parentheses ({condition}): \
+         the scan appends `AND <key> > $last` to it, which would apply to the last operand \
+         of the {operator} only; wrap the raw SQL in parentheses (`sql(\"(a OR b)\")`) \
+         or use Diesel's `.or(..)` / `.or_filter(..)`, which group"
+    )]
+    UngroupedOr {
+        /// `"OR"`, or MySQL's `"XOR"`.
+        operator: &'static str,
+        /// The `WHERE` clause as rendered (placeholders, no values).
+        condition: String,
+    },
+
     /// Two rows of the query had the same key: in one batch, or the last row of a
     /// batch and the first of the next. A keyset scan over a key that is not
     /// unique skips rows at batch boundaries, so the scan stops instead.

@@ -50,8 +50,11 @@ use crate::backend::KeysetBackend;
 use crate::error::Error;
 use crate::key::{Key, KeyFromRow, KeySql};
 use crate::predicate::{Bounds, BoundsCell, SeekPredicate};
-use crate::query::ChunkableQuery;
+use crate::query::{ChunkableQuery, SelectableKey};
 use crate::stored::StoredKey;
+use diesel::internal::derives::multiconnection::BoxedSelectStatement;
+use diesel::internal::table_macro::FromClause;
+use diesel::query_source::QuerySource;
 
 /// One slice of a key range: the rows with `start_after < key <= end_at`, where
 /// a missing end is open.
@@ -257,7 +260,7 @@ where
 impl<K: Key, QS> SelectableExpression<QS> for KeyColumns<K>
 where
     Self: AppearsOnTable<QS>,
-    K::Selection: SelectableExpression<QS>,
+    K: SelectableKey<QS>,
 {
 }
 
@@ -402,13 +405,13 @@ pub trait PreparePlan<'a, K: Key, X, DB: Backend> {
 impl<'a, Q, K, X, DB> PreparePlan<'a, K, X, DB> for Q
 where
     DB: Backend,
-    K: Key,
+    K: Key + SelectableKey<Q::Source>,
     X: Expression,
     Q: ChunkableQuery<'a, DB>,
-    Q::Boxed: SelectDsl<X>,
-    diesel::dsl::Select<Q::Boxed, X>: FilterDsl<SeekPredicate<K>>,
+    Q::Boxed: PlanSelect<X>,
+    <Q::Boxed as PlanSelect<X>>::Output: FilterDsl<SeekPredicate<K>>,
 {
-    type Inner = diesel::dsl::Filter<diesel::dsl::Select<Q::Boxed, X>, SeekPredicate<K>>;
+    type Inner = diesel::dsl::Filter<<Q::Boxed as PlanSelect<X>>::Output, SeekPredicate<K>>;
 
     fn prepare_plan(
         self,
@@ -417,11 +420,41 @@ where
         selection: X,
     ) -> Result<Self::Inner, Error> {
         let boxed = self.into_boxed_checked()?;
-        let selected = SelectDsl::select(boxed, selection);
+        let selected = boxed.plan_select(selection);
         Ok(FilterDsl::filter(
             selected,
             SeekPredicate::new(key, BoundsCell::new(bounds)),
         ))
+    }
+}
+
+/// Boxed queries the planning statements can select the key from: those without
+/// `GROUP BY`.
+#[diagnostic::on_unimplemented(
+    message = "`partitions` and `estimate_total` need a query without GROUP BY",
+    label = "a query with GROUP BY",
+    note = "the planning statements number and count the rows of the query by their key, \
+            which a grouped query does not select",
+    note = "scanning a grouped query works: `.chunked_by(key).load_iter_keyed(..)`; \
+            plan with the same query without `.group_by(..)` (and `.having(..)`)"
+)]
+pub trait PlanSelect<X: Expression> {
+    /// The query with selection `X`.
+    type Output;
+    /// Replaces the query's selection with `selection`.
+    fn plan_select(self, selection: X) -> Self::Output;
+}
+
+impl<'a, ST, QS, DB, X> PlanSelect<X> for BoxedSelectStatement<'a, ST, FromClause<QS>, DB, ()>
+where
+    DB: Backend,
+    QS: QuerySource,
+    X: SelectableExpression<QS> + QueryFragment<DB> + ValidGrouping<()> + Send + 'a,
+{
+    type Output = BoxedSelectStatement<'a, X::SqlType, FromClause<QS>, DB, ()>;
+
+    fn plan_select(self, selection: X) -> Self::Output {
+        SelectDsl::select(self, selection)
     }
 }
 

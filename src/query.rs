@@ -30,8 +30,7 @@ use diesel::backend::Backend;
 use diesel::deserialize::{FromSqlRow, QueryableByName};
 use diesel::expression::{AppearsOnTable, Expression, SelectableExpression, ValidGrouping};
 use diesel::internal::derives::multiconnection::{
-    BoxedSelectStatement, LimitOffsetClause, NoLimitClause, NoOffsetClause, SelectStatement,
-    SelectStatementAccessor,
+    BoxedSelectStatement, LimitOffsetClause, SelectStatement, SelectStatementAccessor,
 };
 use diesel::internal::table_macro::{FromClause, NoFromClause};
 use diesel::query_builder::{AstPass, Query, QueryBuilder, QueryFragment, QueryId};
@@ -52,34 +51,42 @@ use crate::stored::StoredKey;
 type PlainSelect = SelectStatement<NoFromClause, ()>;
 /// Diesel's "no ORDER BY" clause type, named through the accessor trait.
 type NoOrder = <PlainSelect as SelectStatementAccessor>::Order;
-/// Diesel's "no LIMIT, no OFFSET" clause type.
-type NoLimitOffset = LimitOffsetClause<NoLimitClause, NoOffsetClause>;
 /// Diesel's default (`SELECT` all columns of the source) clause type.
 type DefaultSelect<F> = <SelectStatement<F> as SelectStatementAccessor>::Select;
 
-/// Queries a chunked scan can run: `SELECT` statements with no `ORDER BY`,
-/// `LIMIT` or `OFFSET` of their own, plain or boxed.
+/// Queries a chunked scan can run: one `SELECT ... FROM` statement with no
+/// `ORDER BY`, `LIMIT`, `OFFSET` or locking clause of its own, plain or boxed.
 ///
 /// For a plain query the check is done by the compiler. A boxed query's clauses are
 /// not in its type, so it is checked when the scan starts, and the first `next()`
 /// returns [`Error::QueryHasClause`] without running a query.
 ///
+/// Either way the query is rendered once when the scan starts, and a `WHERE`
+/// clause with an `OR` outside parentheses (raw SQL such as
+/// `sql::<Bool>("a OR b")`) is refused with [`Error::UngroupedOr`]: the seek
+/// predicate the scan appends would bind to its last operand only.
+///
 /// ```compile_fail
 /// # include!("../tests/doc/setup.rs");
 /// use diesel_chunked_iterator::prelude::*;
 /// # let conn = &mut doc_connection();
-/// // error: this query already has ORDER BY, LIMIT or OFFSET
+/// // error: this query already has an ORDER BY clause
 /// let it = posts::table.order(posts::title).chunked_by(posts::id).load_iter::<Post>(conn);
 /// ```
 #[diagnostic::on_unimplemented(
-    message = "this query cannot be scanned in chunks: it already has ORDER BY, LIMIT or OFFSET",
-    label = "has ORDER BY, LIMIT or OFFSET",
-    note = "a chunked scan orders by its key and pages with LIMIT; it never uses OFFSET",
-    note = "remove `.order(..)`; for a reverse scan use `.chunked_by(key).desc()`",
-    note = "remove `.limit(..)` / `.offset(..)`; cap the rows with `.limit_total(n)` \
-            and resume with `.start_after(key)`"
+    message = "this query cannot be scanned in chunks: it is not one `SELECT ... FROM` statement",
+    label = "not a single SELECT ... FROM (a UNION, INTERSECT or EXCEPT?)",
+    note = "a chunked scan appends `AND key > $last ORDER BY key LIMIT $n` to one SELECT; \
+            it cannot page through a UNION, INTERSECT or EXCEPT as a whole",
+    note = "scan each part on its own: `a.chunked_by(key)`, then `b.chunked_by(key)`",
+    note = "or wrap it in a filter and scan that: \
+            `posts::table.filter(posts::user_id.eq_any(a.select(users::id).union(b.select(users::id))))`"
 )]
 pub trait ChunkableQuery<'a, DB: Backend>: Sized {
+    /// The query's `FROM` source: a table, or a join of tables. The key must be
+    /// selectable from it (not from the nullable side of a `LEFT JOIN`).
+    type Source;
+
     /// The boxed form of the query.
     type Boxed: Query;
 
@@ -97,19 +104,73 @@ pub trait ChunkableQuery<'a, DB: Backend>: Sized {
 pub trait NoOrderClause {}
 impl NoOrderClause for NoOrder {}
 
-impl<'a, DB, F, S, D, W, O, G, H> ChunkableQuery<'a, DB>
-    for SelectStatement<FromClause<F>, S, D, W, O, NoLimitOffset, G, H>
+/// Implemented only for Diesel's "no LIMIT" clause type.
+#[diagnostic::on_unimplemented(
+    message = "this query cannot be scanned in chunks: it already has a LIMIT clause",
+    label = "the query's LIMIT",
+    note = "a chunked scan pages with its own LIMIT: remove `.limit(..)`; \
+            cap the rows with `.limit_total(n)` and set the rows per query with `.batch_size(n)`"
+)]
+pub trait NoLimitClause {}
+impl NoLimitClause for diesel::internal::derives::multiconnection::NoLimitClause {}
+
+/// Implemented only for Diesel's "no OFFSET" clause type.
+#[diagnostic::on_unimplemented(
+    message = "this query cannot be scanned in chunks: it already has an OFFSET clause",
+    label = "the query's OFFSET",
+    note = "a chunked scan never uses OFFSET: remove `.offset(..)`; \
+            start further in with `.start_after(key)`, the last key of an earlier scan"
+)]
+pub trait NoOffsetClause {}
+impl NoOffsetClause for diesel::internal::derives::multiconnection::NoOffsetClause {}
+
+/// Implemented only for `SELECT` statements without a locking clause
+/// (`FOR UPDATE`, `FOR SHARE`, ...); gives the statement's type without one.
+#[diagnostic::on_unimplemented(
+    message = "this query cannot be scanned in chunks: it has a locking clause \
+               (`.for_update()`, `.for_share()`, ...)",
+    label = "a query with FOR UPDATE / FOR SHARE",
+    note = "a chunked scan appends ORDER BY and LIMIT to the query, which SQL does not allow \
+            after FOR UPDATE; and its batches run as separate statements, \
+            so a lock would not last from one batch to the next",
+    note = "remove `.for_update()`: scan without the lock and lock what you change \
+            inside the loop (in a transaction per batch, with `load_batches`), \
+            or update the rows with one UPDATE ... WHERE key IN (batch) per batch"
+)]
+pub trait NoLockingClause {
+    /// The same statement type, with Diesel's "no locking" clause.
+    type Unlocked;
+    /// Returns the statement as that type.
+    fn unlocked(self) -> Self::Unlocked;
+}
+
+impl<F, S, D, W, O, L, G, H> NoLockingClause for SelectStatement<F, S, D, W, O, L, G, H> {
+    type Unlocked = Self;
+    fn unlocked(self) -> Self {
+        self
+    }
+}
+
+impl<'a, DB, F, S, D, W, O, Li, Of, G, H, LC> ChunkableQuery<'a, DB>
+    for SelectStatement<FromClause<F>, S, D, W, O, LimitOffsetClause<Li, Of>, G, H, LC>
 where
-    DB: Backend,
+    DB: Backend + Default,
+    DB::QueryBuilder: Default,
     F: QuerySource,
     O: NoOrderClause,
-    Self: BoxedDsl<'a, DB>,
-    diesel::dsl::IntoBoxed<'a, Self, DB>: Query,
+    Li: NoLimitClause,
+    Of: NoOffsetClause,
+    Self: NoLockingClause,
+    <Self as NoLockingClause>::Unlocked: BoxedDsl<'a, DB>,
+    diesel::dsl::IntoBoxed<'a, <Self as NoLockingClause>::Unlocked, DB>: Query + QueryFragment<DB>,
 {
-    type Boxed = diesel::dsl::IntoBoxed<'a, Self, DB>;
+    type Source = F;
+    type Boxed = diesel::dsl::IntoBoxed<'a, <Self as NoLockingClause>::Unlocked, DB>;
 
     fn into_boxed_checked(self) -> Result<Self::Boxed, Error> {
-        Ok(BoxedDsl::internal_into_boxed(self))
+        let boxed = BoxedDsl::internal_into_boxed(self.unlocked());
+        check_where(&render(&boxed)?)?;
+        Ok(boxed)
     }
 }
 
@@ -121,18 +182,55 @@ where
     QS: QuerySource,
     Self: Query + QueryFragment<DB>,
 {
+    type Source = QS;
     type Boxed = Self;
 
     fn into_boxed_checked(self) -> Result<Self, Error> {
-        let mut builder = DB::QueryBuilder::default();
-        self.to_sql(&mut builder, &DB::default())
-            .map_err(|source| Error::Query {
-                context: "rendering the boxed query",
-                source,
-            })?;
-        check_clauses(&builder.finish())?;
+        let sql = render(&self)?;
+        check_clauses(&sql)?;
+        check_where(&sql)?;
         Ok(self)
     }
+}
+
+/// The SQL of a (boxed) query on `DB`, as Diesel renders it.
+fn render<DB>(query: &impl QueryFragment<DB>) -> Result<String, Error>
+where
+    DB: Backend + Default,
+    DB::QueryBuilder: Default,
+{
+    let mut builder = DB::QueryBuilder::default();
+    query
+        .to_sql(&mut builder, &DB::default())
+        .map_err(|source| Error::Query {
+            context: "rendering the query",
+            source,
+        })?;
+    Ok(builder.finish())
+}
+
+/// Keys that can be read from every row of a query whose `FROM` is `QS`: their
+/// columns are selectable from it, as they are not from the nullable side of a
+/// `LEFT JOIN`.
+#[diagnostic::on_unimplemented(
+    message = "this key cannot be read from every row of the query: \
+               it is not selectable from the query's FROM clause",
+    label = "key not selectable from this query",
+    note = "a column of the right side of a LEFT JOIN is NULL in the rows without a match, \
+            and a keyset scan would drop all of those rows; a column of a table that is not \
+            in the query cannot be a key either",
+    note = "scan by a column of the left side: `users::table.left_join(posts::table)\
+            .chunked_by(users::id)`, or use `.inner_join(..)` if only rows with a match \
+            are wanted"
+)]
+pub trait SelectableKey<QS> {}
+
+#[diagnostic::do_not_recommend]
+impl<K, QS> SelectableKey<QS> for K
+where
+    K: Key,
+    K::Selection: SelectableExpression<QS>,
+{
 }
 
 /// Finds a top-level `ORDER BY`, `LIMIT` or `OFFSET` in Diesel-generated SQL:
@@ -174,6 +272,48 @@ fn check_clauses(sql: &str) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+/// Finds an `OR` (or MySQL's `XOR`) at the top level of the `WHERE` clause of
+/// Diesel-generated SQL: outside parentheses and quotes, as a word, in any case.
+///
+/// The scan appends its seek predicate as `<where> AND <seek>`, and Diesel
+/// parenthesizes only what it built itself (`.or(..)`, two `.filter(..)`s): a
+/// single raw `sql("a OR b")` filter would become `a OR b AND <seek>`, which
+/// bounds `b` only. The `WHERE` clause ends at Diesel's `GROUP BY` or `HAVING`.
+fn check_where(sql: &str) -> Result<(), Error> {
+    let bytes = sql.as_bytes();
+    let at = |i: usize, word: &str| bytes[i..].starts_with(word.as_bytes());
+    let mut top = top_level(sql).skip_while(|&(i, _)| !at(i, " WHERE "));
+    let Some((start, _)) = top.next() else {
+        return Ok(());
+    };
+    let start = start + " WHERE ".len();
+    let word_byte = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80;
+    let mut end = sql.len();
+    let mut found = None;
+    for (i, _) in top {
+        if at(i, " GROUP BY ") || at(i, " HAVING ") {
+            end = i;
+            break;
+        }
+        if found.is_some() || i < start || word_byte(bytes[i - 1]) {
+            continue;
+        }
+        found = ["OR", "XOR"].into_iter().find(|op| {
+            bytes
+                .get(i..i + op.len())
+                .is_some_and(|w| w.eq_ignore_ascii_case(op.as_bytes()))
+                && bytes.get(i + op.len()).is_none_or(|&b| !word_byte(b))
+        });
+    }
+    match found {
+        Some(operator) => Err(Error::UngroupedOr {
+            operator,
+            condition: sql[start..end].trim().to_string(),
+        }),
+        None => Ok(()),
+    }
 }
 
 /// The bytes of Diesel-generated SQL at the top level, with their positions:
@@ -676,7 +816,7 @@ impl<'a, Q, K, DB> PrepareKeyed<'a, K, DB> for Q
 where
     DB: KeysetBackend + Default,
     DB::QueryBuilder: Default,
-    K: Key,
+    K: Key + SelectableKey<Q::Source>,
     K::Selection: QueryFragment<DB>,
     Q: ChunkableQuery<'a, DB>,
     Q::Boxed: FilterDsl<SeekPredicate<K>>,
@@ -716,7 +856,8 @@ where
 
 #[cfg(test)]
 mod tests {
-    use super::{check_clauses, top_level_items};
+    use super::{check_clauses, check_where, top_level_items};
+    use crate::error::Error;
 
     #[test]
     fn select_list_items() {
@@ -740,5 +881,42 @@ mod tests {
         );
         assert!(check_clauses("SELECT \"x LIMIT y\" FROM t").is_ok());
         assert!(check_clauses("SELECT `a` FROM t WHERE c = ' ORDER BY '").is_ok());
+    }
+
+    #[test]
+    fn an_or_at_the_top_of_the_where_clause_is_found() {
+        let or = |sql: &str| match check_where(sql) {
+            Err(Error::UngroupedOr {
+                operator,
+                condition,
+            }) => Some((operator, condition)),
+            Ok(()) => None,
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(
+            or("SELECT a FROM t WHERE name = 'f' OR name = 'a'"),
+            Some(("OR", "name = 'f' OR name = 'a'".to_string()))
+        );
+        assert_eq!(
+            or("SELECT a FROM t WHERE x=1 or(y=2) GROUP BY a HAVING b OR c"),
+            Some(("OR", "x=1 or(y=2)".to_string()))
+        );
+        assert_eq!(or("SELECT a FROM t WHERE a xor b").unwrap().0, "XOR");
+        // grouped, quoted, a word inside an identifier, outside WHERE: not one
+        assert_eq!(or("SELECT a FROM t WHERE (a OR b)"), None);
+        assert_eq!(or("SELECT a FROM t WHERE ((a OR b) AND c = $1)"), None);
+        assert_eq!(
+            or("SELECT a FROM t WHERE name = ' OR ' AND \"OR\" = 1"),
+            None
+        );
+        assert_eq!(
+            or("SELECT a FROM t WHERE color = 1 AND orders = 2 AND t.or_x = 3"),
+            None
+        );
+        assert_eq!(or("SELECT a OR b FROM t"), None);
+        assert_eq!(
+            or("SELECT a FROM t WHERE a = 1 GROUP BY a HAVING a OR b"),
+            None
+        );
     }
 }
