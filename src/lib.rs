@@ -4,6 +4,7 @@
 
 pub mod backend;
 mod builder;
+pub mod checkpoint;
 mod dsl;
 mod engine;
 mod error;
