@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use common::*;
 use diesel::prelude::*;
 use diesel_chunked_iterator::prelude::*;
-use diesel_chunked_iterator::{checkpoint, Error};
+use diesel_chunked_iterator::Error;
 
 diesel::table! {
     items (id) {
