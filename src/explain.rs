@@ -290,7 +290,12 @@ fn judge_sqlite(lines: &[String], bounded: bool) -> Judged {
 }
 
 fn judge_pg(lines: &[String], bounded: bool) -> Judged {
-    let node = |l: &str| l.trim_start().trim_start_matches("->").trim_start().to_string();
+    let node = |l: &str| {
+        l.trim_start()
+            .trim_start_matches("->")
+            .trim_start()
+            .to_string()
+    };
     let nodes: Vec<String> = lines.iter().map(|l| node(l)).collect();
     let sort = nodes
         .iter()
@@ -540,12 +545,19 @@ mod tests {
         let sorted = r#"{"query_block": {"nested_loop": [{"read_sorted_file": {"filesort": {"table": {"table_name": "s", "access_type": "range", "key": "s_created", "rows": 4401}}}}]}}"#;
         let j = judge("EXPLAIN FORMAT=JSON ", &lines(sorted), true);
         assert_eq!(j.verdict, Verdict::SortsRemainingRows);
-        assert_eq!((j.index.as_deref(), j.rows), (Some("s_created"), Some(4401)));
+        assert_eq!(
+            (j.index.as_deref(), j.rows),
+            (Some("s_created"), Some(4401))
+        );
         let range = r#"{"query_block": {"table": {"table_name": "s", "access_type": "range", "key": "s_created_id", "rows": 2601}}}"#;
         let j = judge("EXPLAIN FORMAT=JSON ", &lines(range), true);
         assert_eq!(j.verdict, Verdict::IndexRangeInKeyOrder);
-        let all = r#"{"query_block": {"table": {"table_name": "s", "access_type": "ALL", "rows": 9}}}"#;
-        assert_eq!(judge("EXPLAIN FORMAT=JSON ", &lines(all), true).verdict, Verdict::FullScan);
+        let all =
+            r#"{"query_block": {"table": {"table_name": "s", "access_type": "ALL", "rows": 9}}}"#;
+        assert_eq!(
+            judge("EXPLAIN FORMAT=JSON ", &lines(all), true).verdict,
+            Verdict::FullScan
+        );
         let eq_ref = r#"{"query_block": {"table": {"table_name": "s", "access_type": "eq_ref"}}}"#;
         assert_eq!(
             judge("EXPLAIN FORMAT=JSON ", &lines(eq_ref), true).verdict,
@@ -574,7 +586,10 @@ mod tests {
         assert_eq!(j.index.as_deref(), Some("s_c_id"));
         let plan = "Limit  (cost=1..2 rows=101 width=12)\n  ->  Sort  (cost=1..2 rows=4000 width=12)\n        Sort Key: created, id\n        ->  Seq Scan on s  (cost=0..1 rows=4000 width=12)\n              Filter: (ROW(created, id) > ROW($1, $2))";
         let j = judge(q, &lines(plan), true);
-        assert_eq!((j.verdict, j.rows), (Verdict::SortsRemainingRows, Some(4000)));
+        assert_eq!(
+            (j.verdict, j.rows),
+            (Verdict::SortsRemainingRows, Some(4000))
+        );
         let plan = "Limit\n  ->  Index Scan using s_pkey on s\n        Filter: (x > 1)";
         assert_eq!(judge(q, &lines(plan), true).verdict, Verdict::FullScan);
         assert_eq!(
