@@ -184,8 +184,9 @@ backend_tests! {
                 .batch_size(1000)
                 .allow_sort()
                 .load_iter::<Stamp>(&mut conn)
-                .map(|s| s.unwrap())
-                .count();
+                .collect::<Result<Vec<_>, _>>()
+                .unwrap()
+                .len();
             assert_eq!(n, ROWS as usize);
         } else {
             // checked on MySQL/MariaDB only
