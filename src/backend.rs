@@ -48,6 +48,15 @@ pub trait KeysetBackend: Backend {
     /// scan by a string key checks the column's type first.
     #[doc(hidden)]
     const CHECKS_STRING_KEYS: bool = false;
+    /// Whether the planner sorts every batch of a composite key whose prefix
+    /// has a UNIQUE index of its own (MySQL/MariaDB: such an index is not
+    /// extended with the primary key), so that a scan orders by that prefix
+    /// (see [`Chunked::explain`](crate::Chunked::explain)).
+    #[doc(hidden)]
+    const ORDERS_BY_UNIQUE_PREFIX: bool = false;
+    /// The statement prefix that asks for a plan.
+    #[doc(hidden)]
+    const EXPLAIN: &'static str = "EXPLAIN ";
 
     /// The stored form of `value`, a value of SQL type `ST`, when binding its
     /// Rust value would not reproduce it; `text` is the text the Rust value
@@ -88,6 +97,7 @@ pub trait KeysetBackend: Backend {
 impl KeysetBackend for diesel::sqlite::Sqlite {
     const ROW_VALUES: bool = true;
     const STORED_FORMS: bool = true;
+    const EXPLAIN: &'static str = "EXPLAIN QUERY PLAN ";
 
     fn stored_form<ST>(
         mut value: Self::RawValue<'_>,
@@ -198,4 +208,6 @@ mod pg {
 impl KeysetBackend for diesel::mysql::Mysql {
     const ROW_VALUES: bool = false;
     const CHECKS_STRING_KEYS: bool = true;
+    const ORDERS_BY_UNIQUE_PREFIX: bool = true;
+    const EXPLAIN: &'static str = "EXPLAIN FORMAT=JSON ";
 }

@@ -61,6 +61,7 @@ pub struct Chunked<Q, K: Key> {
     max_retries: Option<u32>,
     cache_statements: bool,
     within: Option<Partition<K::Value>>,
+    pub(crate) allow_sort: bool,
     pub(crate) write: WriteConfig,
 }
 
@@ -77,6 +78,7 @@ impl<Q: Clone, K: Key> Clone for Chunked<Q, K> {
             max_retries: self.max_retries,
             cache_statements: self.cache_statements,
             within: self.within.clone(),
+            allow_sort: self.allow_sort,
             write: self.write.clone(),
         }
     }
@@ -95,6 +97,7 @@ impl<Q, K: Key> Chunked<Q, K> {
             max_retries: None,
             cache_statements: true,
             within: None,
+            allow_sort: false,
             write: WriteConfig::default(),
         }
     }
@@ -555,6 +558,7 @@ impl<Q, K: Key> Chunked<Q, K> {
             limit_total: self.limit_total,
             max_retries: self.max_retries,
             cache_statements: self.cache_statements,
+            allow_sort: self.allow_sort,
         }
     }
 }

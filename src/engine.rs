@@ -34,6 +34,8 @@ pub(crate) struct ScanConfig {
     pub(crate) limit_total: Option<u64>,
     pub(crate) max_retries: Option<u32>,
     pub(crate) cache_statements: bool,
+    /// Run a plan that sorts every batch instead of refusing it.
+    pub(crate) allow_sort: bool,
 }
 
 /// Why a scan ended; see [`LoadIter::end_reason`](crate::LoadIter::end_reason).

@@ -192,6 +192,26 @@ pub enum Error {
         reason: String,
     },
 
+    /// The backend would sort the remaining rows in every batch (an `ORDER BY`
+    /// no index provides), so the scan would take time quadratic in the rows:
+    /// returned by the first `next()` of such a scan, before any batch. Create
+    /// the index `suggestion` names, or opt out with
+    /// [`allow_sort`](crate::Chunked::allow_sort). See
+    /// [`Chunked::explain`](crate::Chunked::explain).
+    #[error(
+        "the backend sorts the remaining rows in every batch of the scan by {columns} \
+         (no index gives that order), which makes the scan quadratic; {suggestion}, \
+         or call .allow_sort() to run it anyway. Plan: {plan}"
+    )]
+    SortsEveryBatch {
+        /// The key column(s).
+        columns: String,
+        /// The plan as the backend reported it.
+        plan: String,
+        /// The index to create.
+        suggestion: String,
+    },
+
     /// `partitions(n)` with `n` of 0 or above
     /// [`MAX_PARTITIONS`](crate::plan::MAX_PARTITIONS).
     #[error("partitions(n) needs n between 1 and {max} (got {n})", max = crate::plan::MAX_PARTITIONS)]

@@ -130,6 +130,33 @@ where
         }
     }
 
+    /// Before the first batch: how the batches are ordered, or the refusal of
+    /// a plan that sorts every batch (see [`crate::explain`]).
+    fn check_order(&mut self) -> Result<(), Error> {
+        let Some(query) = self.query.as_ref().filter(|q| q.order_sql().is_some()) else {
+            return Ok(());
+        };
+        let (rows, config) = (&mut self.rows, &self.engine.config);
+        let (batch_size, allow_sort) = (config.batch_size, config.allow_sort);
+        self.engine.attempted();
+        let decided = self.source.run(false, |conn| {
+            crate::explain::order_before_first_batch(conn, query, rows, batch_size, allow_sort)
+        });
+        match decided {
+            Ok(Ok(prefix)) => {
+                if let Some(q) = self.query.as_mut() {
+                    q.set_order_prefix(prefix);
+                }
+                Ok(())
+            }
+            Ok(Err(refusal)) => Err(self.engine.fail(refusal)),
+            Err(e) => {
+                let plan = crate::engine::BatchPlan { batch: 1, limit: 1 };
+                Err(self.engine.error::<K::Value>(&plan, 1, e, None))
+            }
+        }
+    }
+
     /// Loads the next non-empty batch, or `None` at the end.
     pub(crate) fn next_batch(&mut self) -> BatchResult<R::Loaded> {
         let plan = match self.engine.plan() {
@@ -138,7 +165,8 @@ where
             Err(e) => return Some(Err(e)),
         };
         if plan.batch == 1 && self.engine.queries == 0 {
-            if let Err(e) = self.check_key().and_then(|()| self.probe()) {
+            let checked = self.check_key().and_then(|()| self.probe());
+            if let Err(e) = checked.and_then(|()| self.check_order()) {
                 return Some(Err(e));
             }
         }

@@ -8,6 +8,7 @@ pub mod checkpoint;
 mod dsl;
 mod engine;
 mod error;
+pub mod explain;
 mod iter;
 pub mod key;
 pub mod plan;
@@ -26,6 +27,7 @@ pub use builder::{
 pub use dsl::ChunkedDsl;
 pub use engine::{EndReason, Progress};
 pub use error::Error;
+pub use explain::{Explain, Verdict};
 pub use iter::{LoadBatches, LoadIter};
 pub use key::typed;
 pub use plan::Partition;

@@ -389,6 +389,11 @@ pub struct SeekQuery<B, K: Key> {
     /// The key's columns as rendered, where the backend checks string keys'
     /// columns before a scan ([`KeysetBackend::CHECKS_STRING_KEYS`]).
     key_sql: Option<String>,
+    /// The key's columns as rendered, where the backend may sort every batch
+    /// of a composite key ([`KeysetBackend::ORDERS_BY_UNIQUE_PREFIX`]).
+    order_sql: Option<String>,
+    /// How many leading key columns `ORDER BY` names (all when 0).
+    order_prefix: usize,
 }
 
 impl<B, K: Key> SeekQuery<B, K> {
@@ -405,16 +410,38 @@ impl<B, K: Key> SeekQuery<B, K> {
             bounds,
             cache_statements: true,
             key_sql: None,
+            order_sql: None,
+            order_prefix: 0,
         }
     }
 
     /// Keeps the rendered key columns for the backend's check of string keys,
     /// when it has one and the key may be a string.
     fn checking_key<DB: KeysetBackend>(mut self, render: impl FnOnce() -> Option<String>) -> Self {
-        if DB::CHECKS_STRING_KEYS && K::IS_TEXT {
-            self.key_sql = render();
+        let text = DB::CHECKS_STRING_KEYS && K::IS_TEXT;
+        let order = DB::ORDERS_BY_UNIQUE_PREFIX && K::ARITY > 1;
+        if text || order {
+            let sql = render();
+            if order {
+                self.order_sql.clone_from(&sql);
+            }
+            if text {
+                self.key_sql = sql;
+            }
         }
         self
+    }
+
+    /// The rendered key columns whose order is checked before the first
+    /// batch, if any (see [`crate::explain`]).
+    pub(crate) fn order_sql(&self) -> Option<&str> {
+        self.order_sql.as_deref()
+    }
+
+    /// Orders batches by the first `n` key columns only (all when 0): the same
+    /// order when those columns are unique.
+    pub(crate) fn set_order_prefix(&mut self, n: usize) {
+        self.order_prefix = n;
     }
 
     /// The rendered key columns to check before the first batch, if any.
@@ -459,6 +486,7 @@ impl<B, K: Key> SeekQuery<B, K> {
             desc: self.bounds().desc != self.bounds().probe,
             limit,
             cache: self.cache_statements,
+            order: self.order_prefix,
         }
     }
 }
@@ -475,6 +503,7 @@ pub struct Batch<'q, B, K> {
     desc: bool,
     limit: i64,
     cache: bool,
+    order: usize,
 }
 
 impl<B: Query, K> Query for Batch<'_, B, K> {
@@ -501,7 +530,11 @@ where
         }
         self.base.walk_ast(out.reborrow())?;
         out.push_sql(" ORDER BY ");
-        for i in 0..K::ARITY {
+        let order = match self.order {
+            0 => K::ARITY,
+            n => n.min(K::ARITY),
+        };
+        for i in 0..order {
             if i > 0 {
                 out.push_sql(", ");
             }

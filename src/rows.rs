@@ -5,6 +5,7 @@
 use std::marker::PhantomData;
 
 use crate::engine::KeyOrigin;
+use crate::explain::ExplainBatch;
 use crate::key::{Key, KeyPositions};
 use crate::query::{with_key_columns, KeyRow, KeyedModel, LoadBatch, SeekQuery};
 use crate::stored::StoredKey;
@@ -30,6 +31,16 @@ pub trait Rows<Conn, B, K: Key>: RowType<K> {
         conn: &mut Conn,
         limit: i64,
     ) -> diesel::QueryResult<Vec<Self::Loaded>>;
+
+    /// The backend's plan of one batch of `limit` rows, as reported (see
+    /// [`crate::explain`]).
+    #[doc(hidden)]
+    fn explain(
+        &mut self,
+        query: &SeekQuery<B, K>,
+        conn: &mut Conn,
+        limit: i64,
+    ) -> diesel::QueryResult<Vec<String>>;
 }
 
 /// A loaded row: an item of type `T` with its key of type `V`.
@@ -85,7 +96,7 @@ impl<K: Key, M> RowType<K> for ModelRows<M> {
 impl<Conn, B, K, M> Rows<Conn, B, K> for ModelRows<M>
 where
     K: Key,
-    SeekQuery<B, K>: LoadBatch<Conn, KeyedModel<K, M>>,
+    SeekQuery<B, K>: LoadBatch<Conn, KeyedModel<K, M>> + ExplainBatch<Conn>,
 {
     fn load(
         &mut self,
@@ -94,6 +105,15 @@ where
         limit: i64,
     ) -> diesel::QueryResult<Vec<KeyedModel<K, M>>> {
         with_key_columns(self.key_columns, || query.load_batch(conn, limit))
+    }
+
+    fn explain(
+        &mut self,
+        query: &SeekQuery<B, K>,
+        conn: &mut Conn,
+        limit: i64,
+    ) -> diesel::QueryResult<Vec<String>> {
+        query.explain_batch(conn, limit)
     }
 }
 
@@ -119,7 +139,7 @@ impl<Conn, B, K, U, F> Rows<Conn, B, K> for KeyedRows<U, F>
 where
     K: Key,
     F: FnMut(&U) -> K::Value,
-    SeekQuery<B, K>: LoadBatch<Conn, U>,
+    SeekQuery<B, K>: LoadBatch<Conn, U> + ExplainBatch<Conn>,
 {
     fn load(
         &mut self,
@@ -132,6 +152,15 @@ where
             .into_iter()
             .map(|u| (StoredKey::from((self.key_of)(&u)), u))
             .collect())
+    }
+
+    fn explain(
+        &mut self,
+        query: &SeekQuery<B, K>,
+        conn: &mut Conn,
+        limit: i64,
+    ) -> diesel::QueryResult<Vec<String>> {
+        query.explain_batch(conn, limit)
     }
 }
 
@@ -158,7 +187,7 @@ impl<K: Key> RowType<K> for KeyRows {
 impl<Conn, B, K> Rows<Conn, B, K> for KeyRows
 where
     K: Key,
-    SeekQuery<B, K>: LoadBatch<Conn, KeyRow<K>>,
+    SeekQuery<B, K>: LoadBatch<Conn, KeyRow<K>> + ExplainBatch<Conn>,
 {
     fn load(
         &mut self,
@@ -167,5 +196,14 @@ where
         limit: i64,
     ) -> diesel::QueryResult<Vec<KeyRow<K>>> {
         query.load_batch(conn, limit)
+    }
+
+    fn explain(
+        &mut self,
+        query: &SeekQuery<B, K>,
+        conn: &mut Conn,
+        limit: i64,
+    ) -> diesel::QueryResult<Vec<String>> {
+        query.explain_batch(conn, limit)
     }
 }

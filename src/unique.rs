@@ -9,7 +9,7 @@ use diesel::{QueryResult, QueryableByName, RunQueryDsl};
 
 use crate::error::Error;
 
-mod sql;
+pub(crate) mod sql;
 
 use sql::{Operand, TableName};
 
