@@ -33,7 +33,7 @@ use serde::Serialize;
 
 use crate::backend::KeysetBackend;
 use crate::builder::{Chunked, Db, ModelBase};
-use crate::checkpoint::{is_lock_conflict, CheckpointConnection};
+use crate::checkpoint::{is_lock_conflict, Checkpoint, CheckpointConnection};
 use crate::engine::{Engine, ScanConfig};
 use crate::error::Error;
 use crate::key::Key;
@@ -188,6 +188,10 @@ pub(crate) enum Abort {
     /// The closure of `for_each_batch` failed: the job stops with
     /// [`Error::Batch`].
     User(Box<dyn std::error::Error + Send + Sync>),
+    /// A retry found that the attempt before it committed after all (its
+    /// connection broke between `COMMIT` and the answer): the checkpoint row
+    /// has this run's next batch.
+    Committed(Checkpoint),
 }
 
 impl From<diesel::result::Error> for Abort {
@@ -315,12 +319,13 @@ where
             #[cfg(feature = "tracing")]
             span.record("attempt", attempt);
             let mut failure = None;
+            let mut adopted = None;
             let (q, loader, engine_ref) = (&query, &mut rows, &engine);
             let (total_rows, total_batches) = (report.total_rows, report.total_batches);
             let ran = source.run(attempt > 1, |conn| {
                 let result = conn.batch_transaction(|conn| -> Result<_, Abort> {
                     if let Some(name) = name {
-                        lock(conn, name, total_batches)?;
+                        lock(conn, name, total_batches, attempt > 1)?;
                     }
                     let mut loaded = loader.load(q, conn, plan.fetch())?;
                     let checked = engine_ref
@@ -369,6 +374,10 @@ where
                         failure = Some(e);
                         Err(diesel::result::Error::RollbackTransaction)
                     }
+                    Err(Abort::Committed(row)) => {
+                        adopted = Some(row);
+                        Err(diesel::result::Error::RollbackTransaction)
+                    }
                     Err(Abort::User(source)) => {
                         failure = Some(Error::Batch {
                             batch: plan.batch,
@@ -386,6 +395,9 @@ where
             match ran {
                 Ok(c) => break c,
                 Err(e) => {
+                    if let Some(row) = adopted {
+                        break committed_by_checkpoint(row, report.total_rows, &key_type)?;
+                    }
                     if let Some(f) = failure {
                         report.elapsed = started.elapsed();
                         return Err(engine.fail(f));
@@ -450,7 +462,16 @@ where
 
 /// Locks the checkpoint row of job `name` in the batch's transaction, and
 /// checks that no other runner committed a batch since this one's last.
-fn lock<C: CheckpointConnection>(conn: &mut C, name: &str, batches: u64) -> Result<(), Abort> {
+///
+/// On a retry, a row one batch ahead is this runner's own last attempt, which
+/// committed although its connection broke before the answer came back: the
+/// batch is taken as done ([`Abort::Committed`]), not written again.
+fn lock<C: CheckpointConnection>(
+    conn: &mut C,
+    name: &str,
+    batches: u64,
+    retry: bool,
+) -> Result<(), Abort> {
     let busy = || {
         Abort::Fail(Error::CheckpointBusy {
             name: name.to_string(),
@@ -458,10 +479,37 @@ fn lock<C: CheckpointConnection>(conn: &mut C, name: &str, batches: u64) -> Resu
     };
     match conn.lock_checkpoint(name) {
         Ok(Some(row)) if row.batches == batches && !row.done => Ok(()),
+        Ok(Some(row)) if retry && row.batches == batches + 1 => Err(Abort::Committed(row)),
         Ok(_) => Err(busy()),
         Err(e) if is_lock_conflict(&e) => Err(busy()),
         Err(e) => Err(Abort::Db(e)),
     }
+}
+
+/// The batch a retry found committed by the attempt before it, as the
+/// checkpoint row records it.
+fn committed_by_checkpoint<V: DeserializeOwned>(
+    row: Checkpoint,
+    total_rows: u64,
+    key_type: &str,
+) -> Result<Committed<V>, Error> {
+    let last = match &row.last_key {
+        Some(json) => Some(serde_json::from_str::<StoredKey<V>>(json).map_err(|e| {
+            Error::CheckpointMismatch {
+                name: row.name.clone(),
+                stored: format!("{} (last key {json}: {e})", row.key_type),
+                expected: key_type.to_string(),
+            }
+        })?),
+        None => None,
+    };
+    let written = row.rows.saturating_sub(total_rows);
+    Ok(Committed {
+        n: usize::try_from(written).unwrap_or(usize::MAX),
+        written,
+        last,
+        more: !row.done,
+    })
 }
 
 fn attempt_error(context: &'static str, e: crate::source::AttemptError) -> Error {

@@ -275,11 +275,11 @@ fn write_jobs_through_pgbouncer_write_every_row_once() {
     use diesel_chunked_iterator::checkpoint;
     let db = BouncedDb::create(3_000);
     let pool = db.bounced_pool(3, None);
-    checkpoint::create_table(&mut pool.get().unwrap()).unwrap();
+    checkpoint::create_table(&mut *pool.get().unwrap()).unwrap();
     let parts = posts::table
         .filter(posts::published.eq(true))
         .chunked_by(posts::id)
-        .partitions(4, &mut pool.get().unwrap())
+        .partitions(4, &mut *pool.get().unwrap())
         .unwrap();
     std::thread::scope(|s| {
         for p in &parts {

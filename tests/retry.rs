@@ -143,6 +143,84 @@ macro_rules! storm_scan {
     }};
 }
 
+/// A write job with a checkpoint under the storm: every batch that broke is
+/// retried on another connection (its transaction rolled back), and a batch
+/// whose `COMMIT` went through before its connection died is taken from the
+/// checkpoint instead of being written again. Every post's `user_id` must have
+/// grown by 1000 exactly once.
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+macro_rules! storm_write {
+    ($backend:expr, $pool:expr, $killer:expr, $direct:expr) => {{
+        use diesel_chunked_iterator::checkpoint;
+        let killer = $killer;
+        let report = posts::table
+            .chunked_by(posts::id)
+            .batch_size(STORM_BATCH)
+            .max_retries(50)
+            .checkpoint("storm")
+            .update_all($pool, posts::user_id.eq(posts::user_id + 1000));
+        let killed = killer.stop();
+        let report = report.unwrap_or_else(|e| panic!("{} write job failed: {e}", $backend));
+        eprintln!("{} write storm: {report:?}, {killed} connections killed", $backend);
+        assert!(killed >= 3, "the storm must really kill connections (killed {killed})");
+        assert!(report.done);
+        let mut conn = $direct;
+        let c = checkpoint::status(&mut conn, "storm").unwrap().unwrap();
+        assert_eq!((c.rows, c.done), (STORM_ROWS as u64, true));
+        let rows: Vec<(i32, i32)> = posts::table
+            .select((posts::id, posts::user_id))
+            .order(posts::id)
+            .load(&mut conn)
+            .unwrap();
+        assert_eq!(rows.len(), STORM_ROWS as usize);
+        for (id, user_id) in rows {
+            assert_eq!(user_id, post(id).user_id + 1000, "post {id}");
+        }
+    }};
+}
+
+#[cfg(feature = "postgres")]
+#[test]
+fn pg_write_job_completes_exactly_once_while_connections_keep_dying() {
+    #[derive(QueryableByName)]
+    struct Killed {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        killed: bool,
+    }
+    let db = <Pg as TestBackend>::create();
+    let app = unique_name("wstorm");
+    let url = format!("{}&application_name={app}", db.url);
+    {
+        let mut conn = diesel::PgConnection::establish(&db.url).unwrap();
+        insert_posts(&mut conn, 1..=STORM_ROWS);
+        diesel_chunked_iterator::checkpoint::create_table(&mut conn).unwrap();
+    }
+    let pool = Pool::builder()
+        .max_size(2)
+        .test_on_check_out(false)
+        .connection_timeout(Duration::from_secs(5))
+        .build(ConnectionManager::<diesel::PgConnection>::new(&url))
+        .unwrap();
+    let admin_url = db.url.clone();
+    let mut admin = diesel::PgConnection::establish(&admin_url).unwrap();
+    let killer = Killer::start(move || {
+        let killed = diesel::sql_query(
+            "SELECT pg_terminate_backend(pid) AS killed FROM pg_stat_activity \
+             WHERE application_name = $1 AND pid <> pg_backend_pid()",
+        )
+        .bind::<diesel::sql_types::Text, _>(&app)
+        .load::<Killed>(&mut admin);
+        match killed {
+            Ok(rows) => rows.iter().filter(|r| r.killed).count(),
+            Err(_) => {
+                admin = diesel::PgConnection::establish(&admin_url).unwrap();
+                0
+            }
+        }
+    });
+    storm_write!("PostgreSQL", &pool, killer, diesel::PgConnection::establish(&db.url).unwrap());
+}
+
 #[cfg(feature = "postgres")]
 #[test]
 fn pg_scan_completes_while_connections_keep_dying() {
@@ -242,6 +320,44 @@ fn mysql_scan_completes_while_connections_keep_dying() {
         killed
     });
     storm_scan!("MariaDB", &pool, killer);
+}
+
+#[cfg(feature = "mysql")]
+#[test]
+fn mysql_write_job_completes_exactly_once_while_connections_keep_dying() {
+    let db = <Mysql as TestBackend>::create();
+    {
+        let mut conn = diesel::MysqlConnection::establish(&db.url).unwrap();
+        insert_posts(&mut conn, 1..=STORM_ROWS);
+        diesel_chunked_iterator::checkpoint::create_table(&mut conn).unwrap();
+    }
+    let ids = RecordIds::default();
+    let pool = Pool::builder()
+        .max_size(2)
+        .test_on_check_out(false)
+        .connection_timeout(Duration::from_secs(5))
+        .connection_customizer(Box::new(ids.clone()))
+        .build(ConnectionManager::<diesel::MysqlConnection>::new(&db.url))
+        .unwrap();
+    let admin_url = db.url.clone();
+    let mut admin = diesel::MysqlConnection::establish(&admin_url).unwrap();
+    let killer = Killer::start(move || {
+        let targets: Vec<i64> = std::mem::take(&mut *ids.0.lock().unwrap());
+        let mut killed = 0;
+        for id in targets {
+            match diesel::sql_query(format!("KILL CONNECTION {id}")).execute(&mut admin) {
+                Ok(_) => killed += 1,
+                Err(diesel::result::Error::DatabaseError(_, info))
+                    if info.message().contains("Unknown thread id") => {}
+                Err(_) => {
+                    admin = diesel::MysqlConnection::establish(&admin_url).unwrap();
+                    ids.0.lock().unwrap().push(id);
+                }
+            }
+        }
+        killed
+    });
+    storm_write!("MariaDB", &pool, killer, diesel::MysqlConnection::establish(&db.url).unwrap());
 }
 
 /// SQLite in rollback-journal mode: a connection in `BEGIN EXCLUSIVE` makes every
