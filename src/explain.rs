@@ -380,8 +380,12 @@ fn unique_prefix<C: UniqueIndexes>(conn: &mut C, key: &[KeyColumn]) -> QueryResu
 /// Does nothing (and runs no statement) unless the query was prepared with the
 /// key's SQL for this check (MySQL/MariaDB, composite keys). Then it reads the
 /// key table's unique column sets (one statement); without a unique prefix,
-/// and unless `allow_sort`, it also runs `EXPLAIN` of a 2-row batch and
-/// refuses a plan that sorts more than ten batches of rows.
+/// and unless `allow_sort` or an index gives the key's order, it also runs
+/// `EXPLAIN` of a 2-row batch and refuses a plan that sorts more than ten
+/// batches of rows (and more than 2,000).
+/// The fewest rows a plan's sort must be estimated at to refuse the scan.
+const MIN_SORTED_ROWS: u64 = 2_000;
+
 pub(crate) fn order_before_first_batch<C, B, K, R>(
     conn: &mut C,
     query: &SeekQuery<B, K>,
@@ -402,12 +406,24 @@ where
     if prefix > 0 || allow_sort {
         return Ok(Ok(prefix));
     }
+    // An index in key order exists: the planner may still sort a small table,
+    // but not a large one.
+    let first = &key[0];
+    let columns: Vec<&str> = key.iter().map(|k| k.column.as_str()).collect();
+    let same_table = key.iter().all(|k| k.table == first.table);
+    if same_table
+        && conn.has_index_in_order(first.table.schema.as_deref(), &first.table.table, &columns)?
+    {
+        return Ok(Ok(0));
+    }
     let lines = rows.explain(query, conn, 2)?;
     let bounded = query.bounds().after.is_some();
     let judged = judge(<C::Backend as KeysetBackend>::EXPLAIN, &lines, bounded);
+    // Sorting a few thousand rows per batch is cheap; ten batches' worth of
+    // rows or more, in a table of more than that, is the quadratic case.
     let small = judged
         .rows
-        .is_some_and(|r| r <= batch_size.saturating_mul(10));
+        .is_some_and(|r| r <= batch_size.saturating_mul(10).max(MIN_SORTED_ROWS));
     if judged.verdict == Verdict::SortsRemainingRows && !small {
         let cols: Vec<&str> = key.iter().map(|k| k.column.as_str()).collect();
         return Ok(Err(Error::SortsEveryBatch {

@@ -70,6 +70,21 @@ pub trait UniqueIndexes: LoadConnection {
         let _ = (schema, table, column);
         Ok(None)
     }
+
+    /// Whether an index of `table` gives the order of `columns` (its leading
+    /// columns are these, in this order; on MySQL/MariaDB, a secondary index
+    /// that is not unique also ends with the primary key). The default answers
+    /// `true`: nothing is known against it.
+    #[doc(hidden)]
+    fn has_index_in_order(
+        &mut self,
+        schema: Option<&str>,
+        table: &str,
+        columns: &[&str],
+    ) -> QueryResult<bool> {
+        let _ = (schema, table, columns);
+        Ok(true)
+    }
 }
 
 #[derive(QueryableByName)]
@@ -183,6 +198,61 @@ impl UniqueIndexes for diesel::MysqlConnection {
         .bind::<Text, _>(table)
         .load::<ColumnSet>(self)?;
         Ok(split(rows))
+    }
+
+    fn has_index_in_order(
+        &mut self,
+        schema: Option<&str>,
+        table: &str,
+        columns: &[&str],
+    ) -> QueryResult<bool> {
+        #[derive(QueryableByName)]
+        struct IndexColumns {
+            #[diesel(sql_type = Text)]
+            name: String,
+            #[diesel(sql_type = BigInt)]
+            non_unique: i64,
+            #[diesel(sql_type = Text)]
+            cols: String,
+        }
+        let rows = diesel::sql_query(
+            "SELECT CAST(INDEX_NAME AS CHAR) AS name, CAST(MAX(NON_UNIQUE) AS SIGNED) AS non_unique, \
+             CAST(GROUP_CONCAT(IF(SUB_PART IS NULL, COLUMN_NAME, '') ORDER BY SEQ_IN_INDEX SEPARATOR ',') AS CHAR) AS cols \
+             FROM information_schema.STATISTICS \
+             WHERE TABLE_SCHEMA = COALESCE(?, DATABASE()) AND TABLE_NAME = ? \
+             GROUP BY INDEX_NAME",
+        )
+        .bind::<Nullable<Text>, _>(schema)
+        .bind::<Text, _>(table)
+        .load::<IndexColumns>(self)?;
+        let primary: Vec<&str> = rows
+            .iter()
+            .find(|r| r.name == "PRIMARY")
+            .map(|r| r.cols.split(',').collect())
+            .unwrap_or_default();
+        Ok(rows.iter().any(|r| {
+            let mut order: Vec<&str> = r.cols.split(',').collect();
+            // a prefix index part ends the usable order
+            if let Some(cut) = order.iter().position(|c| c.is_empty()) {
+                order.truncate(cut);
+            }
+            // InnoDB ends every secondary index with the primary key; MariaDB
+            // uses that order for a non-unique index only
+            if r.name != "PRIMARY" && r.non_unique == 1 && order.len() == r.cols.split(',').count()
+            {
+                let rest: Vec<&str> = primary
+                    .iter()
+                    .copied()
+                    .filter(|p| !order.contains(p))
+                    .collect();
+                order.extend(rest);
+            }
+            order.len() >= columns.len()
+                && order
+                    .iter()
+                    .zip(columns)
+                    .all(|(a, b)| a.eq_ignore_ascii_case(b))
+        }))
     }
 
     fn key_column_problem(

@@ -262,9 +262,26 @@ where
     };
     let name = job.checkpoint.as_deref();
     if let Some(name) = name {
-        let row = source
-            .run(false, |c| c.start_checkpoint(name, &key_type))
-            .map_err(|e| attempt_error("reading the checkpoint", e))?;
+        // Read (or create) the job's row; a broken connection is retried as a
+        // batch is.
+        let plan = crate::engine::BatchPlan { batch: 1, limit: 1 };
+        let mut attempt = 0;
+        let row = loop {
+            attempt += 1;
+            match source.run(attempt > 1, |c| c.start_checkpoint(name, &key_type)) {
+                Ok(row) => break row,
+                Err(e) => {
+                    let delay = engine.failed::<K::Value>(
+                        &plan,
+                        attempt,
+                        S::DEFAULT_MAX_RETRIES,
+                        e,
+                        None,
+                    )?;
+                    std::thread::sleep(delay);
+                }
+            }
+        };
         if row.key_type != key_type {
             return Err(Error::CheckpointMismatch {
                 name: name.to_string(),
@@ -510,18 +527,6 @@ fn committed_by_checkpoint<V: DeserializeOwned>(
         last,
         more: !row.done,
     })
-}
-
-fn attempt_error(context: &'static str, e: crate::source::AttemptError) -> Error {
-    match e {
-        crate::source::AttemptError::Query(source) => Error::Query { context, source },
-        #[cfg(feature = "r2d2")]
-        crate::source::AttemptError::Pool(source) => Error::Pool {
-            batch: 0,
-            attempts: 1,
-            source,
-        },
-    }
 }
 
 /// `update_all` / `delete_all` need a query of one table that Diesel can

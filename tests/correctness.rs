@@ -123,9 +123,10 @@ backend_tests! {
         assert!(e.contains("between 1 and 9223372036854775807") && e.contains(&u64::MAX.to_string()), "{e}");
 
         // A repeated non-id key: the advice names the table's id as a tiebreaker.
-        diesel::update(posts::table).set(posts::title.eq("same")).execute(&mut conn).unwrap();
-        let e = posts::table.chunked_by(posts::title).load_iter::<Post>(&mut conn).next().unwrap().unwrap_err();
-        assert!(e.to_string().contains("chunked_by((posts::title, posts::id))"), "{e}");
+        insert_events(&mut conn, &[event(1, 1), event(4, 4), event(7, 7)]); // all "beta"
+        let e = events::table.chunked_by(events::kind).load_iter::<Event>(&mut conn).next().unwrap().unwrap_err();
+        assert!(matches!(e, Error::DuplicateKey { .. }), "{e:?}");
+        assert!(e.to_string().contains("chunked_by((events::kind, events::id))"), "{e}");
     }
 }
 

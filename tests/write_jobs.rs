@@ -230,12 +230,12 @@ fn crash_child() {
     run!(diesel::SqliteConnection);
 }
 
-/// While a batch's transaction is open (each row's update sleeps 100 ms in the
+/// While a batch's transaction is open (each row's update sleeps in the
 /// database, 5 rows a batch), another connection updates a row of a later batch
 /// with a short lock timeout: it is not blocked. A row of the open batch is:
-/// the same update of one of those times out.
+/// the same update of its first row times out.
 macro_rules! outside_writer_test {
-    ($name:ident, $backend:ty, $feature:literal, $sleep:literal, $timeout:literal) => {
+    ($name:ident, $backend:ty, $feature:literal, $sleep:literal, $timeout:literal, $open_after:literal) => {
         #[cfg(feature = $feature)]
         #[test]
         fn $name() {
@@ -257,13 +257,14 @@ macro_rules! outside_writer_test {
                                     + diesel::dsl::sql::<diesel::sql_types::Integer>($sleep)),
                         )
                 });
-                std::thread::sleep(Duration::from_millis(150)); // the batch is open now
+                // the batch is open now, and has locked its first row
+                std::thread::sleep(Duration::from_millis($open_after));
                 let t = Instant::now();
                 let outside = diesel::update(items::table.find(300))
                     .set(items::n.eq(items::n + 10))
                     .execute(&mut other);
                 let outside = (outside, t.elapsed());
-                let inside = diesel::update(items::table.find(5))
+                let inside = diesel::update(items::table.find(1))
                     .set(items::n.eq(items::n + 10))
                     .execute(&mut other);
                 let report = job.join().unwrap().unwrap();
@@ -272,7 +273,7 @@ macro_rules! outside_writer_test {
             });
             assert_eq!(outside.0, Ok(1), "a row of a later batch must not wait");
             assert!(
-                outside.1 < Duration::from_millis(400),
+                outside.1 < Duration::from_millis(300),
                 "waited {:?}",
                 outside.1
             );
@@ -290,13 +291,15 @@ outside_writer_test!(
     postgres_writers_outside_the_open_batch_are_not_blocked,
     common::Pg,
     "postgres",
-    "(SELECT 1 FROM pg_sleep(0.1))",
-    "SET lock_timeout = '100ms'"
+    "(SELECT 1 FROM pg_sleep(0.2 + 0 * items.n))",
+    "SET lock_timeout = '100ms'",
+    300
 );
 outside_writer_test!(
     mariadb_writers_outside_the_open_batch_are_not_blocked,
     common::Mysql,
     "mysql",
-    "(1 + 0 * SLEEP(0.1))",
-    "SET SESSION innodb_lock_wait_timeout = 1"
+    "(1 + 0 * SLEEP(0.6 + 0 * items.n))",
+    "SET SESSION innodb_lock_wait_timeout = 1",
+    800
 );

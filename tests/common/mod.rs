@@ -148,11 +148,22 @@ impl QueryLog {
         self.0.lock().unwrap().clone()
     }
 
-    /// The SELECT statements only.
+    /// The SELECT statements on the data: the scans' batches (and probes).
+    /// Reads of the schema (`information_schema`: the checks a scan makes of
+    /// its key on MySQL/MariaDB) are in [`schema_reads`](Self::schema_reads).
     pub fn selects(&self) -> Vec<String> {
         self.all()
             .into_iter()
             .filter(|q| q.trim_start().to_uppercase().starts_with("SELECT"))
+            .filter(|q| !q.contains("information_schema."))
+            .collect()
+    }
+
+    /// The SELECT statements that read the schema (`information_schema`).
+    pub fn schema_reads(&self) -> Vec<String> {
+        self.all()
+            .into_iter()
+            .filter(|q| q.contains("information_schema."))
             .collect()
     }
 
