@@ -84,7 +84,12 @@ pub(crate) fn is_transient(e: &AttemptError) -> bool {
 fn connection_lost(e: &diesel::result::Error) -> bool {
     use diesel::result::{DatabaseErrorKind, Error as E};
     match e {
-        E::DatabaseError(DatabaseErrorKind::ClosedConnection, _) => true,
+        E::DatabaseError(
+            DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
+            _,
+        ) => true,
+        // A batch's COMMIT failed on a broken connection, and so did the rollback.
+        E::RollbackErrorOnCommit { commit_error, .. } => connection_lost(commit_error),
         // The server went away mid-query: libpq and libmysqlclient report these as
         // unknown database errors with a recognisable message.
         E::DatabaseError(DatabaseErrorKind::Unknown, info) => message_has(

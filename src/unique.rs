@@ -4,7 +4,9 @@
 use std::collections::{HashMap, HashSet};
 
 use diesel::connection::LoadConnection;
-use diesel::sql_types::{BigInt, Nullable, Text};
+#[cfg(feature = "mysql")]
+use diesel::sql_types::BigInt;
+use diesel::sql_types::{Nullable, Text};
 use diesel::{QueryResult, QueryableByName, RunQueryDsl};
 
 use crate::error::Error;

@@ -188,6 +188,9 @@ pub(crate) enum Abort {
     /// The closure of `for_each_batch` failed: the job stops with
     /// [`Error::Batch`].
     User(Box<dyn std::error::Error + Send + Sync>),
+    /// On a retry, the checkpoint row was still locked: retried after a delay
+    /// while attempts are left.
+    Busy(diesel::result::Error),
     /// A retry found that the attempt before it committed after all (its
     /// connection broke between `COMMIT` and the answer): the checkpoint row
     /// has this run's next batch.
@@ -337,6 +340,7 @@ where
             span.record("attempt", attempt);
             let mut failure = None;
             let mut adopted = None;
+            let mut busy = false;
             let (q, loader, engine_ref) = (&query, &mut rows, &engine);
             let (total_rows, total_batches) = (report.total_rows, report.total_batches);
             let ran = source.run(attempt > 1, |conn| {
@@ -395,6 +399,10 @@ where
                         adopted = Some(row);
                         Err(diesel::result::Error::RollbackTransaction)
                     }
+                    Err(Abort::Busy(e)) => {
+                        busy = true;
+                        Err(e)
+                    }
                     Err(Abort::User(source)) => {
                         failure = Some(Error::Batch {
                             batch: plan.batch,
@@ -418,6 +426,17 @@ where
                     if let Some(f) = failure {
                         report.elapsed = started.elapsed();
                         return Err(engine.fail(f));
+                    }
+                    if busy {
+                        let max = scan.max_retries.unwrap_or(S::DEFAULT_MAX_RETRIES);
+                        if attempt > max {
+                            return Err(engine.fail(Error::CheckpointBusy {
+                                name: name.unwrap_or_default().to_string(),
+                            }));
+                        }
+                        engine.retries += 1;
+                        std::thread::sleep(crate::source::retry_delay(attempt));
+                        continue;
                     }
                     let after = query.bounds().after.as_ref();
                     let delay = engine.failed(&plan, attempt, S::DEFAULT_MAX_RETRIES, e, after)?;
@@ -498,6 +517,10 @@ fn lock<C: CheckpointConnection>(
         Ok(Some(row)) if row.batches == batches && !row.done => Ok(()),
         Ok(Some(row)) if retry && row.batches == batches + 1 => Err(Abort::Committed(row)),
         Ok(_) => Err(busy()),
+        // On a retry, the lock may still be held by this runner's own attempt
+        // before, whose connection died and whose transaction the server is
+        // still rolling back: wait and try again, as for a broken connection.
+        Err(e) if is_lock_conflict(&e) && retry => Err(Abort::Busy(e)),
         Err(e) if is_lock_conflict(&e) => Err(busy()),
         Err(e) => Err(Abort::Db(e)),
     }

@@ -155,7 +155,7 @@ macro_rules! storm_write {
         let killer = $killer;
         let report = posts::table
             .chunked_by(posts::id)
-            .batch_size(STORM_BATCH)
+            .batch_size(400) // a batch's transaction must fit between two kills
             .max_retries(50)
             .checkpoint("storm")
             .update_all($pool, posts::user_id.eq(posts::user_id + 1000));
