@@ -570,6 +570,12 @@ pub type RangeTarget<Q, K> = diesel::dsl::Filter<Q, SeekPredicate<K>>;
 /// Everything `update_all` needs: the query's batches can load their keys, and
 /// `UPDATE <table> SET <changes> WHERE <the query's filters> AND <range>` runs
 /// on the source's connection.
+#[diagnostic::on_unimplemented(
+    message = "`update_all` needs a query of one table that Diesel can UPDATE, and changes of that table",
+    label = "not an UPDATE target with these changes (a join, a boxed query, a custom .select(..), or changes of another table?)",
+    note = "to write per batch from a join or anything else, use `for_each_batch(conn, |conn, rows: Vec<M>| ...)`, \
+            which hands each batch's rows to your closure inside the batch's transaction"
+)]
 pub trait UpdateJob<'a, S: ConnectionSource, V> {
     /// The key's value type.
     type Value;
@@ -577,6 +583,7 @@ pub trait UpdateJob<'a, S: ConnectionSource, V> {
     fn run_update(self, source: S, changes: V) -> Result<WriteReport<Self::Value>, Error>;
 }
 
+#[diagnostic::do_not_recommend]
 impl<'a, Q, K, S, V> UpdateJob<'a, S, V> for Chunked<Q, K>
 where
     K: Key,
@@ -609,6 +616,12 @@ where
 /// Everything `delete_all` needs: the query's batches can load their keys, and
 /// `DELETE FROM <table> WHERE <the query's filters> AND <range>` runs on the
 /// source's connection.
+#[diagnostic::on_unimplemented(
+    message = "`delete_all` needs a query of one table that Diesel can DELETE from",
+    label = "not a DELETE target (a join, a boxed query or a custom .select(..)?)",
+    note = "to write per batch from a join or anything else, use `for_each_batch(conn, |conn, rows: Vec<M>| ...)`, \
+            which hands each batch's rows to your closure inside the batch's transaction"
+)]
 pub trait DeleteJob<'a, S: ConnectionSource> {
     /// The key's value type.
     type Value;
@@ -622,6 +635,7 @@ pub type RangeDelete<Q, K> = DeleteStatement<
     <RangeTarget<Q, K> as IntoUpdateTarget>::WhereClause,
 >;
 
+#[diagnostic::do_not_recommend]
 impl<'a, Q, K, S> DeleteJob<'a, S> for Chunked<Q, K>
 where
     K: Key,
