@@ -61,10 +61,10 @@ use diesel::query_source::QuerySource;
 ///
 /// Made by [`Chunked::partitions`](crate::Chunked::partitions); scanned with
 /// [`Chunked::within`](crate::Chunked::within). The slices of one call are
-/// disjoint and cover the whole key range: the first has no `start_after` and the
-/// last no `end_at`, so rows inserted later before the first key or after the
-/// last are still covered. It serializes (serde), to be handed
-/// to a job queue.
+/// disjoint and cover the scan's whole key range: the first starts where the
+/// scan starts and the last ends where it ends (open ends for a scan without
+/// bounds, so rows inserted later before the first key or after the last are
+/// still covered). It serializes (serde), to be handed to a job queue.
 ///
 /// ```
 /// use diesel_chunked_iterator::Partition;
