@@ -16,6 +16,8 @@ pub mod query;
 mod rows;
 mod source;
 mod stored;
+#[cfg(feature = "async")]
+mod stream;
 mod unique;
 pub mod write;
 
@@ -32,6 +34,12 @@ pub use plan::Partition;
 pub use rows::{KeyedRows, LoadedRow, ModelRows, RowType, Rows};
 pub use source::{AttemptError, ConnectionSource};
 pub use stored::StoredKey;
+#[cfg(feature = "async")]
+pub use stream::{
+    AsyncConnectionSource, AsyncDb, AsyncKeyCheck, AsyncLoadBatch, AsyncRows, KeyedBatchesStream,
+    KeyedStream, LoadBatchesStream, LoadStream, ModelBatchesStream, ModelStream,
+    RunChunkedAsyncDsl, ScanKeyedAsync, ScanModelAsync,
+};
 pub use unique::UniqueIndexes;
 pub use write::{BatchStats, WriteReport};
 
@@ -44,4 +52,6 @@ pub mod prelude {
     pub use crate::dsl::ChunkedDsl;
     pub use crate::key::typed;
     pub use crate::RunChunkedDsl;
+    #[cfg(feature = "async")]
+    pub use crate::RunChunkedAsyncDsl;
 }

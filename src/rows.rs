@@ -128,10 +128,19 @@ where
         limit: i64,
     ) -> diesel::QueryResult<Vec<(StoredKey<K::Value>, U)>> {
         let rows = query.load_batch(conn, limit)?;
-        Ok(rows
-            .into_iter()
+        Ok(self.keyed(rows))
+    }
+}
+
+impl<U, F> KeyedRows<U, F> {
+    /// Each row with its key, read by the closure.
+    pub(crate) fn keyed<V>(&mut self, rows: Vec<U>) -> Vec<(StoredKey<V>, U)>
+    where
+        F: FnMut(&U) -> V,
+    {
+        rows.into_iter()
             .map(|u| (StoredKey::from((self.key_of)(&u)), u))
-            .collect())
+            .collect()
     }
 }
 
