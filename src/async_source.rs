@@ -34,7 +34,9 @@ where
 /// Pings a connection a retry is given: `Err` (and marked broken) when it is
 /// dead.
 async fn ping<C: AsyncConnection>(conn: &mut C) -> QueryResult<()> {
-    diesel_async::SimpleAsyncConnection::batch_execute(conn, "SELECT 1").await.inspect_err(|_| mark_broken(conn))
+    diesel_async::SimpleAsyncConnection::batch_execute(conn, "SELECT 1")
+        .await
+        .inspect_err(|_| mark_broken(conn))
 }
 
 fn pool_error(e: impl std::error::Error + Send + Sync + 'static) -> AttemptError {

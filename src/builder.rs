@@ -564,7 +564,9 @@ type ScanParts<B, K, R> = (Result<crate::query::SeekQuery<B, K>, Error>, R, Scan
 
 impl<Q, K: Key> Chunked<Q, K> {
     /// The parts of a scan loading model `M` on backend `DB`.
-    pub(crate) fn model_parts<'a, DB, M>(self) -> ScanParts<ModelBase<'a, Q, K, M, DB>, K, ModelRows<M>>
+    pub(crate) fn model_parts<'a, DB, M>(
+        self,
+    ) -> ScanParts<ModelBase<'a, Q, K, M, DB>, K, ModelRows<M>>
     where
         DB: Backend,
         Q: PrepareModel<'a, K, M, DB>,

@@ -124,7 +124,10 @@ impl<B, K: Key, R: RowType<K>> ScanCore<B, K, R> {
     }
 
     /// The outcome of the probe.
-    pub(crate) fn probed(&mut self, rows: Result<Vec<R::Loaded>, AttemptError>) -> Result<(), Error> {
+    pub(crate) fn probed(
+        &mut self,
+        rows: Result<Vec<R::Loaded>, AttemptError>,
+    ) -> Result<(), Error> {
         let Some(query) = self.query.as_mut() else {
             return Ok(());
         };
@@ -334,7 +337,10 @@ where
             attempt += 1;
             let (query, loader) = self.core.attempt(&trace, attempt)?;
             let fetch = plan.fetch();
-            match self.source.run(attempt > 1, |conn| loader.load(query, conn, fetch)) {
+            match self
+                .source
+                .run(attempt > 1, |conn| loader.load(query, conn, fetch))
+            {
                 Ok(rows) => break rows,
                 Err(e) => {
                     match self

@@ -51,7 +51,7 @@ pub use write::{BatchStats, WriteReport};
 pub mod prelude {
     pub use crate::dsl::ChunkedDsl;
     pub use crate::key::typed;
-    pub use crate::RunChunkedDsl;
     #[cfg(feature = "async")]
     pub use crate::RunChunkedAsyncDsl;
+    pub use crate::RunChunkedDsl;
 }

@@ -322,7 +322,13 @@ impl<B, K: Key> SeekQuery<B, K> {
     /// diesel-async needs.
     pub(crate) fn batch_mut(&mut self, limit: i64) -> Batch<'_, B, K, &mut B> {
         let desc = self.bounds().desc != self.bounds().probe;
-        Batch::new(&mut self.base, &self.key, desc, limit, self.cache_statements)
+        Batch::new(
+            &mut self.base,
+            &self.key,
+            desc,
+            limit,
+            self.cache_statements,
+        )
     }
 }
 

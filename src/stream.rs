@@ -124,7 +124,10 @@ impl<C: AsyncConnection + AsyncKeyCheck + 'static> AsyncConnectionSource for &mu
 pub trait AsyncKeyCheck {
     /// Why the database cannot scan by the key whose columns render as
     /// `key_sql`, if it cannot.
-    fn key_problem<'c>(&'c mut self, key_sql: &'c str) -> BoxFuture<'c, QueryResult<Option<String>>>;
+    fn key_problem<'c>(
+        &'c mut self,
+        key_sql: &'c str,
+    ) -> BoxFuture<'c, QueryResult<Option<String>>>;
 }
 
 #[cfg(feature = "postgres")]
@@ -331,8 +334,13 @@ where
 
 /// One batch being loaded: the scan is moved into the future and comes back
 /// with the batch.
-type Loading<'a, S, B, K, R> =
-    BoxFuture<'a, (BatchResult<<R as RowType<K>>::Loaded>, Box<AsyncScan<S, B, K, R>>)>;
+type Loading<'a, S, B, K, R> = BoxFuture<
+    'a,
+    (
+        BatchResult<<R as RowType<K>>::Loaded>,
+        Box<AsyncScan<S, B, K, R>>,
+    ),
+>;
 
 enum State<'a, S, B, K: Key, R: RowType<K>> {
     Idle(Box<AsyncScan<S, B, K, R>>),

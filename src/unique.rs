@@ -227,8 +227,7 @@ pub(crate) struct MysqlColumnInfo {
 }
 
 #[cfg(feature = "mysql")]
-pub(crate) const MYSQL_COLUMN_INFO: &str =
-    "SELECT CAST(LOWER(DATA_TYPE) AS CHAR) AS data_type, \
+pub(crate) const MYSQL_COLUMN_INFO: &str = "SELECT CAST(LOWER(DATA_TYPE) AS CHAR) AS data_type, \
             CAST(COLLATION_NAME AS CHAR) AS collation, \
             CAST(CHARACTER_OCTET_LENGTH AS SIGNED) AS octets, \
             CAST(@@SESSION.max_sort_length AS SIGNED) AS max_sort \
@@ -258,7 +257,9 @@ pub(crate) fn pad_is_no_pad(rows: QueryResult<Vec<MysqlPad>>) -> bool {
 impl MysqlColumnInfo {
     /// The collation to ask about `NO PAD`, for a `CHAR` column.
     pub(crate) fn char_collation(&self) -> Option<&str> {
-        (self.data_type == "char").then_some(self.collation.as_deref()).flatten()
+        (self.data_type == "char")
+            .then_some(self.collation.as_deref())
+            .flatten()
     }
 
     /// Why the column cannot be a key, given whether its collation is `NO PAD`.
