@@ -563,6 +563,51 @@ impl<Q, K: Key> Chunked<Q, K> {
     }
 }
 
+/// What every driver of `load_iter::<M>` / `load_iter_keyed` starts from: the
+/// prepared query (or why it cannot run), the row loader, the configuration.
+type ScanParts<B, K, R> = (Result<crate::query::SeekQuery<B, K>, Error>, R, ScanConfig);
+
+impl<Q, K: Key> Chunked<Q, K> {
+    /// The parts of a scan loading model `M` on backend `DB`.
+    pub(crate) fn model_parts<'a, DB, M>(
+        self,
+    ) -> ScanParts<ModelBase<'a, Q, K, M, DB>, K, ModelRows<M>>
+    where
+        DB: Backend,
+        Q: PrepareModel<'a, K, M, DB>,
+    {
+        let (bounds, config) = (self.bounds(), self.config());
+        let (query, key_columns) = match self.query.prepare_model(self.key, bounds) {
+            Ok((query, at)) => (Ok(query), at),
+            Err(e) => (Err(e), [0; 3]),
+        };
+        let rows = ModelRows {
+            key_columns,
+            _model: PhantomData,
+        };
+        (query, rows, config)
+    }
+
+    /// The parts of a scan loading the query's own selection `U` on backend
+    /// `DB`, with keys read by `key_of`.
+    pub(crate) fn keyed_parts<'a, DB, U, F>(
+        self,
+        key_of: F,
+    ) -> ScanParts<KeyedBase<'a, Q, K, DB>, K, KeyedRows<U, F>>
+    where
+        DB: Backend,
+        Q: PrepareKeyed<'a, K, DB>,
+    {
+        let (bounds, config) = (self.bounds(), self.config());
+        let query = self.query.prepare_keyed(self.key, bounds);
+        let rows = KeyedRows {
+            key_of,
+            _row: PhantomData,
+        };
+        (query, rows, config)
+    }
+}
+
 /// The prepared query of a planning method on query `Q` with selection `X`.
 pub type PlanInner<'a, Q, K, X, DB> = <Q as PreparePlan<'a, K, X, DB>>::Inner;
 
@@ -596,15 +641,7 @@ where
     type Key = K;
 
     fn into_scan(self, source: S) -> Scan<S, Self::Base, K, ModelRows<M>> {
-        let (bounds, config) = (self.bounds(), self.config());
-        let (query, key_columns) = match self.query.prepare_model(self.key, bounds) {
-            Ok((query, at)) => (Ok(query), at),
-            Err(e) => (Err(e), [0; 3]),
-        };
-        let rows = ModelRows {
-            key_columns,
-            _model: PhantomData,
-        };
+        let (query, rows, config) = self.model_parts::<Db<S>, M>();
         Scan::new(source, query, rows, config)
     }
 }
@@ -632,12 +669,7 @@ where
     type Key = K;
 
     fn into_scan(self, source: S, key_of: F) -> Scan<S, Self::Base, K, KeyedRows<U, F>> {
-        let (bounds, config) = (self.bounds(), self.config());
-        let query = self.query.prepare_keyed(self.key, bounds);
-        let rows = KeyedRows {
-            key_of,
-            _row: PhantomData,
-        };
+        let (query, rows, config) = self.keyed_parts::<Db<S>, U, F>(key_of);
         Scan::new(source, query, rows, config)
     }
 }

@@ -141,7 +141,7 @@ impl fmt::Display for Explain {
 /// `EXPLAIN` (in the backend's form) of a statement.
 #[doc(hidden)]
 #[derive(Debug)]
-pub struct Explained<I>(I);
+pub struct Explained<I>(pub(crate) I);
 
 impl<I> Query for Explained<I> {
     type SqlType = Untyped;
@@ -166,7 +166,7 @@ impl<I, Conn> RunQueryDsl<Conn> for Explained<I> {}
 /// SQLite's `detail`.
 #[doc(hidden)]
 #[derive(Debug)]
-pub struct PlanLine(String);
+pub struct PlanLine(pub(crate) String);
 
 impl<DB> QueryableByName<DB> for PlanLine
 where
@@ -357,68 +357,107 @@ fn suggestion(key: &[KeyColumn]) -> Option<String> {
 /// set of the key's table, in one metadata query; 0 when there is none, or
 /// when the key's columns are not all of one table.
 fn unique_prefix<C: UniqueIndexes>(conn: &mut C, key: &[KeyColumn]) -> QueryResult<usize> {
-    let Some(first) = key.first() else {
+    let Some((schema, table)) = key_table(key) else {
         return Ok(0);
     };
+    let sets = conn.unique_column_sets_in(schema, table)?;
+    Ok(prefix_in(key, &sets))
+}
+
+/// The table of a composite key whose columns are all of one table.
+fn key_table(key: &[KeyColumn]) -> Option<(Option<&str>, &str)> {
+    let first = key.first()?;
     if key.len() < 2 || key.iter().any(|k| k.table != first.table) {
-        return Ok(0);
+        return None;
     }
-    let sets = conn.unique_column_sets_in(first.table.schema.as_deref(), &first.table.table)?;
-    Ok((1..key.len())
+    Some((first.table.schema.as_deref(), &first.table.table))
+}
+
+/// The shortest strict prefix of `key` holding one of the unique column
+/// `sets` of its table; 0 when there is none.
+fn prefix_in(key: &[KeyColumn], sets: &[Vec<String>]) -> usize {
+    (1..key.len())
         .find(|&p| {
             sets.iter().any(|set| {
                 !set.is_empty() && set.iter().all(|c| key[..p].iter().any(|k| &k.column == c))
             })
         })
-        .unwrap_or(0))
+        .unwrap_or(0)
 }
 
-/// Decides, before the first batch of a scan, how its batches are ordered: the
-/// number of leading key columns to pass to `SeekQuery::set_order_prefix` (0:
-/// the whole key), or the refusal [`Error::SortsEveryBatch`].
+/// The decision, before the first batch of a scan, of how its batches are
+/// ordered: the number of leading key columns to pass to
+/// `SeekQuery::set_order_prefix` (0: the whole key), or the refusal
+/// [`Error::SortsEveryBatch`].
 ///
-/// Does nothing (and runs no statement) unless the query was prepared with the
-/// key's SQL for this check (MySQL/MariaDB, composite keys). Then it reads the
-/// key table's unique column sets (one statement); without a unique prefix,
-/// and unless `allow_sort`, it also runs `EXPLAIN` of a 2-row batch and
-/// refuses a plan that sorts more than ten batches of rows.
-pub(crate) fn order_before_first_batch<C, B, K, R>(
-    conn: &mut C,
-    query: &SeekQuery<B, K>,
-    rows: &mut R,
-    batch_size: u64,
+/// Made only when the query was prepared with the key's SQL for this check
+/// (MySQL/MariaDB, composite keys). A driver then reads the key table's unique
+/// column sets ([`table`](Self::table)), and without a unique prefix, unless
+/// the scan allows sorts ([`needs_plan`](Self::needs_plan)), the plan of a
+/// 2-row batch; [`decide`](Self::decide) refuses a plan that sorts more than
+/// ten batches of rows.
+#[derive(Debug)]
+pub(crate) struct OrderCheck {
+    key: Vec<KeyColumn>,
     allow_sort: bool,
-) -> QueryResult<Result<usize, Error>>
-where
-    C: UniqueIndexes,
-    C::Backend: KeysetBackend,
-    K: Key,
-    R: Rows<C, B, K>,
-{
-    let Some(key) = query.order_sql().and_then(|sql| key_columns(sql).ok()) else {
-        return Ok(Ok(0));
-    };
-    let prefix = unique_prefix(conn, &key)?;
-    if prefix > 0 || allow_sort {
-        return Ok(Ok(prefix));
+}
+
+/// What a driver read for an [`OrderCheck`]: the unique prefix and, when
+/// [`OrderCheck::needs_plan`], the plan of a 2-row batch.
+pub(crate) type OrderFound = (usize, Option<Vec<String>>);
+
+impl OrderCheck {
+    /// The check of `query`'s order, if it needs one.
+    pub(crate) fn new<B, K: Key>(query: &SeekQuery<B, K>, allow_sort: bool) -> Option<Self> {
+        let key = query.order_sql().and_then(|sql| key_columns(sql).ok())?;
+        Some(Self { key, allow_sort })
     }
-    let lines = rows.explain(query, conn, 2)?;
-    let bounded = query.bounds().after.is_some();
-    let judged = judge(<C::Backend as KeysetBackend>::EXPLAIN, &lines, bounded);
-    let small = judged
-        .rows
-        .is_some_and(|r| r <= batch_size.saturating_mul(10));
-    if judged.verdict == Verdict::SortsRemainingRows && !small {
-        let cols: Vec<&str> = key.iter().map(|k| k.column.as_str()).collect();
-        return Ok(Err(Error::SortsEveryBatch {
-            columns: query.key().describe(),
-            plan: lines.join("\n"),
-            suggestion: suggestion(&key).unwrap_or_else(|| {
-                format!("create an index on ({}) in that order", cols.join(", "))
-            }),
-        }));
+
+    /// The schema and table whose unique column sets to read; `None` when no
+    /// prefix of the key can be unique (its columns are of several tables).
+    pub(crate) fn table(&self) -> Option<(Option<&str>, &str)> {
+        key_table(&self.key)
     }
-    Ok(Ok(0))
+
+    /// The unique prefix, given the unique column sets of [`table`](Self::table).
+    pub(crate) fn prefix(&self, sets: &[Vec<String>]) -> usize {
+        prefix_in(&self.key, sets)
+    }
+
+    /// Whether the plan of a batch is needed, given the unique prefix.
+    pub(crate) fn needs_plan(&self, prefix: usize) -> bool {
+        prefix == 0 && !self.allow_sort
+    }
+
+    /// The number of key columns to order by, or the refusal of a plan (the
+    /// lines of `EXPLAIN` prefix `explain`) that sorts the remaining rows.
+    pub(crate) fn decide<K: Key>(
+        &self,
+        key: &K,
+        (prefix, plan): OrderFound,
+        explain: &str,
+        bounded: bool,
+        batch_size: u64,
+    ) -> Result<usize, Error> {
+        let Some(lines) = plan.filter(|_| self.needs_plan(prefix)) else {
+            return Ok(prefix);
+        };
+        let judged = judge(explain, &lines, bounded);
+        let small = judged
+            .rows
+            .is_some_and(|r| r <= batch_size.saturating_mul(10));
+        if judged.verdict == Verdict::SortsRemainingRows && !small {
+            let cols: Vec<&str> = self.key.iter().map(|k| k.column.as_str()).collect();
+            return Err(Error::SortsEveryBatch {
+                columns: key.describe(),
+                plan: lines.join("\n"),
+                suggestion: suggestion(&self.key).unwrap_or_else(|| {
+                    format!("create an index on ({}) in that order", cols.join(", "))
+                }),
+            });
+        }
+        Ok(0)
+    }
 }
 
 impl<Q, K: Key> Chunked<Q, K> {

@@ -147,6 +147,7 @@ impl StoredBuilder {
 
 /// The text Diesel binds for a date or time value on SQLite, for the types whose
 /// stored text may be in another format.
+#[cfg(any(feature = "chrono", feature = "time"))]
 pub trait SqliteText {
     /// What Diesel's `ToSql` for SQLite writes for this value.
     fn sqlite_text(&self) -> String;

@@ -4,7 +4,9 @@
 use std::collections::{HashMap, HashSet};
 
 use diesel::connection::LoadConnection;
-use diesel::sql_types::{BigInt, Nullable, Text};
+#[cfg(feature = "mysql")]
+use diesel::sql_types::BigInt;
+use diesel::sql_types::{Nullable, Text};
 use diesel::{QueryResult, QueryableByName, RunQueryDsl};
 
 use crate::error::Error;
@@ -173,15 +175,10 @@ impl UniqueIndexes for diesel::MysqlConnection {
         schema: Option<&str>,
         table: &str,
     ) -> QueryResult<Vec<Vec<String>>> {
-        let rows = diesel::sql_query(
-            "SELECT CAST(GROUP_CONCAT(COLUMN_NAME SEPARATOR ',') AS CHAR) AS cols \
-             FROM information_schema.STATISTICS \
-             WHERE TABLE_SCHEMA = COALESCE(?, DATABASE()) AND TABLE_NAME = ? AND NON_UNIQUE = 0 \
-             GROUP BY INDEX_NAME HAVING SUM(SUB_PART IS NOT NULL) = 0",
-        )
-        .bind::<Nullable<Text>, _>(schema)
-        .bind::<Text, _>(table)
-        .load::<ColumnSet>(self)?;
+        let rows = diesel::sql_query(MYSQL_UNIQUE_SETS)
+            .bind::<Nullable<Text>, _>(schema)
+            .bind::<Text, _>(table)
+            .load::<ColumnSet>(self)?;
         Ok(split(rows))
     }
 
@@ -191,44 +188,113 @@ impl UniqueIndexes for diesel::MysqlConnection {
         table: &str,
         column: &str,
     ) -> QueryResult<Option<String>> {
-        #[derive(QueryableByName)]
-        struct ColumnInfo {
-            #[diesel(sql_type = Text)]
-            data_type: String,
-            #[diesel(sql_type = Nullable<Text>)]
-            collation: Option<String>,
-            #[diesel(sql_type = Nullable<BigInt>)]
-            octets: Option<i64>,
-            #[diesel(sql_type = BigInt)]
-            max_sort: i64,
-        }
-        let info = diesel::sql_query(
-            "SELECT CAST(LOWER(DATA_TYPE) AS CHAR) AS data_type, \
-                    CAST(COLLATION_NAME AS CHAR) AS collation, \
-                    CAST(CHARACTER_OCTET_LENGTH AS SIGNED) AS octets, \
-                    CAST(@@SESSION.max_sort_length AS SIGNED) AS max_sort \
-             FROM information_schema.COLUMNS \
-             WHERE TABLE_SCHEMA = COALESCE(?, DATABASE()) AND TABLE_NAME = ? AND COLUMN_NAME = ?",
-        )
-        .bind::<Nullable<Text>, _>(schema)
-        .bind::<Text, _>(table)
-        .bind::<Text, _>(column)
-        .load::<ColumnInfo>(self)?;
+        let info = diesel::sql_query(MYSQL_COLUMN_INFO)
+            .bind::<Nullable<Text>, _>(schema)
+            .bind::<Text, _>(table)
+            .bind::<Text, _>(column)
+            .load::<MysqlColumnInfo>(self)?;
         let Some(info) = info.into_iter().next() else {
             return Ok(None);
         };
+        let no_pad = match info.char_collation() {
+            Some(c) if c.to_ascii_lowercase().contains("nopad") => true,
+            Some(c) => pad_is_no_pad(
+                diesel::sql_query(MYSQL_PAD)
+                    .bind::<Text, _>(c)
+                    .load::<MysqlPad>(self),
+            ),
+            None => false,
+        };
+        Ok(info.problem(table, column, no_pad))
+    }
+}
+
+/// The unique column sets of a MySQL/MariaDB table (see
+/// [`UniqueIndexes::unique_column_sets_in`]).
+#[cfg(feature = "mysql")]
+const MYSQL_UNIQUE_SETS: &str =
+    "SELECT CAST(GROUP_CONCAT(COLUMN_NAME SEPARATOR ',') AS CHAR) AS cols \
+     FROM information_schema.STATISTICS \
+     WHERE TABLE_SCHEMA = COALESCE(?, DATABASE()) AND TABLE_NAME = ? AND NON_UNIQUE = 0 \
+     GROUP BY INDEX_NAME HAVING SUM(SUB_PART IS NOT NULL) = 0";
+
+/// [`UniqueIndexes::unique_column_sets_in`] on an async MySQL connection.
+#[cfg(all(feature = "mysql", feature = "async"))]
+pub(crate) async fn unique_column_sets_async(
+    conn: &mut diesel_async::AsyncMysqlConnection,
+    schema: Option<&str>,
+    table: &str,
+) -> QueryResult<Vec<Vec<String>>> {
+    let query = diesel::sql_query(MYSQL_UNIQUE_SETS)
+        .bind::<Nullable<Text>, _>(schema)
+        .bind::<Text, _>(table);
+    let rows = diesel_async::RunQueryDsl::load::<ColumnSet>(query, conn).await?;
+    Ok(split(rows))
+}
+
+/// A key column's type, collation and length, and the server's sort prefix.
+#[cfg(feature = "mysql")]
+#[derive(QueryableByName)]
+pub(crate) struct MysqlColumnInfo {
+    #[diesel(sql_type = Text)]
+    data_type: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    collation: Option<String>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    octets: Option<i64>,
+    #[diesel(sql_type = BigInt)]
+    max_sort: i64,
+}
+
+#[cfg(feature = "mysql")]
+pub(crate) const MYSQL_COLUMN_INFO: &str = "SELECT CAST(LOWER(DATA_TYPE) AS CHAR) AS data_type, \
+            CAST(COLLATION_NAME AS CHAR) AS collation, \
+            CAST(CHARACTER_OCTET_LENGTH AS SIGNED) AS octets, \
+            CAST(@@SESSION.max_sort_length AS SIGNED) AS max_sort \
+     FROM information_schema.COLUMNS \
+     WHERE TABLE_SCHEMA = COALESCE(?, DATABASE()) AND TABLE_NAME = ? AND COLUMN_NAME = ?";
+
+/// Whether a MySQL/MariaDB collation is `NO PAD`: MariaDB names them
+/// `*_nopad_*`; MySQL 8 says so in `information_schema.COLLATIONS.PAD_ATTRIBUTE`,
+/// a column MariaDB does not have (the query's error then means "no").
+#[cfg(feature = "mysql")]
+pub(crate) const MYSQL_PAD: &str = "SELECT CAST(PAD_ATTRIBUTE AS CHAR) AS pad \
+     FROM information_schema.COLLATIONS WHERE COLLATION_NAME = ?";
+
+#[cfg(feature = "mysql")]
+#[derive(QueryableByName)]
+pub(crate) struct MysqlPad {
+    #[diesel(sql_type = Text)]
+    pad: String,
+}
+
+#[cfg(feature = "mysql")]
+pub(crate) fn pad_is_no_pad(rows: QueryResult<Vec<MysqlPad>>) -> bool {
+    matches!(rows, Ok(rows) if rows.iter().any(|r| r.pad.eq_ignore_ascii_case("NO PAD")))
+}
+
+#[cfg(feature = "mysql")]
+impl MysqlColumnInfo {
+    /// The collation to ask about `NO PAD`, for a `CHAR` column.
+    pub(crate) fn char_collation(&self) -> Option<&str> {
+        (self.data_type == "char")
+            .then_some(self.collation.as_deref())
+            .flatten()
+    }
+
+    /// Why the column cannot be a key, given whether its collation is `NO PAD`.
+    pub(crate) fn problem(&self, table: &str, column: &str, no_pad: bool) -> Option<String> {
+        let info = self;
         let name = format!("{table}.{column}");
-        if info.data_type == "char" {
-            if let Some(collation) = &info.collation {
-                if no_pad(self, collation)? {
-                    return Ok(Some(format!(
-                        "{name} is CHAR with the NO PAD collation {collation}: the server \
-                         pads CHAR values with spaces in some comparisons and strips them in \
-                         others, so it cannot order and compare such a key consistently; use \
-                         a VARCHAR column or a PAD SPACE collation, or scan by a unique id \
-                         column"
-                    )));
-                }
+        if no_pad {
+            if let Some(collation) = info.char_collation() {
+                return Some(format!(
+                    "{name} is CHAR with the NO PAD collation {collation}: the server \
+                     pads CHAR values with spaces in some comparisons and strips them in \
+                     others, so it cannot order and compare such a key consistently; use \
+                     a VARCHAR column or a PAD SPACE collation, or scan by a unique id \
+                     column"
+                ));
             }
         }
         let sorted_prefix = matches!(
@@ -247,7 +313,7 @@ impl UniqueIndexes for diesel::MysqlConnection {
                 | "longblob"
         );
         match info.octets {
-            Some(octets) if sorted_prefix && octets > info.max_sort => Ok(Some(format!(
+            Some(octets) if sorted_prefix && octets > info.max_sort => Some(format!(
                 "{name} is {} holding up to {octets} bytes, but the server sorts only the \
                  first @@max_sort_length = {} bytes of a value, so values that share that \
                  prefix come back in an arbitrary order and rows would be skipped or \
@@ -255,32 +321,45 @@ impl UniqueIndexes for diesel::MysqlConnection {
                  max_sort_length (globally) above {octets}",
                 info.data_type.to_ascii_uppercase(),
                 info.max_sort
-            ))),
-            _ => Ok(None),
+            )),
+            _ => None,
         }
     }
 }
 
-/// Whether a MySQL/MariaDB collation is `NO PAD`: MariaDB names them
-/// `*_nopad_*`; MySQL 8 says so in `information_schema.COLLATIONS.PAD_ATTRIBUTE`,
-/// a column MariaDB does not have.
-#[cfg(feature = "mysql")]
-fn no_pad(conn: &mut diesel::MysqlConnection, collation: &str) -> QueryResult<bool> {
-    #[derive(QueryableByName)]
-    struct Pad {
-        #[diesel(sql_type = Text)]
-        pad: String,
+/// [`key_problem`] on an async MySQL connection: the same queries and verdict.
+#[cfg(all(feature = "mysql", feature = "async"))]
+pub(crate) async fn key_problem_async(
+    conn: &mut diesel_async::AsyncMysqlConnection,
+    key_sql: &str,
+) -> QueryResult<Option<String>> {
+    use diesel_async::RunQueryDsl;
+    let Ok(key) = sql::key_columns(key_sql) else {
+        return Ok(None);
+    };
+    for k in &key {
+        let (schema, table, column) = (k.table.schema.as_deref(), &k.table.table, &k.column);
+        let query = diesel::sql_query(MYSQL_COLUMN_INFO)
+            .bind::<Nullable<Text>, _>(schema)
+            .bind::<Text, _>(table.as_str())
+            .bind::<Text, _>(column.as_str());
+        let info = RunQueryDsl::load::<MysqlColumnInfo>(query, conn).await?;
+        let Some(info) = info.into_iter().next() else {
+            continue;
+        };
+        let no_pad = match info.char_collation() {
+            Some(c) if c.to_ascii_lowercase().contains("nopad") => true,
+            Some(c) => {
+                let query = diesel::sql_query(MYSQL_PAD).bind::<Text, _>(c);
+                pad_is_no_pad(RunQueryDsl::load::<MysqlPad>(query, conn).await)
+            }
+            None => false,
+        };
+        if let Some(problem) = info.problem(table, column, no_pad) {
+            return Ok(Some(problem));
+        }
     }
-    if collation.to_ascii_lowercase().contains("nopad") {
-        return Ok(true);
-    }
-    let pad = diesel::sql_query(
-        "SELECT CAST(PAD_ATTRIBUTE AS CHAR) AS pad FROM information_schema.COLLATIONS \
-         WHERE COLLATION_NAME = ?",
-    )
-    .bind::<Text, _>(collation)
-    .load::<Pad>(conn);
-    Ok(matches!(pad, Ok(rows) if rows.iter().any(|r| r.pad.eq_ignore_ascii_case("NO PAD"))))
+    Ok(None)
 }
 
 /// Why the database cannot scan by the key whose columns render as `key_sql`

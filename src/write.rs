@@ -521,6 +521,12 @@ fn attempt_error(context: &'static str, e: crate::source::AttemptError) -> Error
             attempts: 1,
             source,
         },
+        #[cfg(any(feature = "deadpool", feature = "bb8"))]
+        crate::source::AttemptError::AsyncPool(source) => Error::AsyncPool {
+            batch: 0,
+            attempts: 1,
+            source,
+        },
     }
 }
 
