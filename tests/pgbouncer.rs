@@ -307,7 +307,11 @@ fn write_jobs_through_pgbouncer_write_every_row_once() {
         .unwrap();
     for (id, published, score) in scores {
         let before = post(id).score;
-        let expected = if published { before.map(|s| s + 1) } else { before };
+        let expected = if published {
+            before.map(|s| s + 1)
+        } else {
+            before
+        };
         assert_eq!(score, expected, "post {id}");
     }
 }

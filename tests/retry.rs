@@ -161,8 +161,14 @@ macro_rules! storm_write {
             .update_all($pool, posts::user_id.eq(posts::user_id + 1000));
         let killed = killer.stop();
         let report = report.unwrap_or_else(|e| panic!("{} write job failed: {e}", $backend));
-        eprintln!("{} write storm: {report:?}, {killed} connections killed", $backend);
-        assert!(killed >= 3, "the storm must really kill connections (killed {killed})");
+        eprintln!(
+            "{} write storm: {report:?}, {killed} connections killed",
+            $backend
+        );
+        assert!(
+            killed >= 3,
+            "the storm must really kill connections (killed {killed})"
+        );
         assert!(report.done);
         let mut conn = $direct;
         let c = checkpoint::status(&mut conn, "storm").unwrap().unwrap();
@@ -218,7 +224,12 @@ fn pg_write_job_completes_exactly_once_while_connections_keep_dying() {
             }
         }
     });
-    storm_write!("PostgreSQL", &pool, killer, diesel::PgConnection::establish(&db.url).unwrap());
+    storm_write!(
+        "PostgreSQL",
+        &pool,
+        killer,
+        diesel::PgConnection::establish(&db.url).unwrap()
+    );
 }
 
 #[cfg(feature = "postgres")]
@@ -357,7 +368,12 @@ fn mysql_write_job_completes_exactly_once_while_connections_keep_dying() {
         }
         killed
     });
-    storm_write!("MariaDB", &pool, killer, diesel::MysqlConnection::establish(&db.url).unwrap());
+    storm_write!(
+        "MariaDB",
+        &pool,
+        killer,
+        diesel::MysqlConnection::establish(&db.url).unwrap()
+    );
 }
 
 /// SQLite in rollback-journal mode: a connection in `BEGIN EXCLUSIVE` makes every

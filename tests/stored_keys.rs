@@ -382,7 +382,13 @@ fn date_keys_in_both_directions_and_composite() {
 #[test]
 fn a_checkpointed_job_resumes_exactly_on_a_column_in_another_format() {
     use diesel_chunked_iterator::checkpoint;
-    let mut db = stamps_db(|id| if id % 2 == 0 { Format::Iso } else { Format::Julian });
+    let mut db = stamps_db(|id| {
+        if id % 2 == 0 {
+            Format::Iso
+        } else {
+            Format::Julian
+        }
+    });
     let order = db_order(&mut db.conn, "created, id");
     let conn = &mut db.conn;
     checkpoint::create_table(&mut *conn).unwrap();
@@ -408,18 +414,31 @@ fn a_checkpointed_job_resumes_exactly_on_a_column_in_another_format() {
             .batch_size(64)
             .limit_total(700)
             .checkpoint("iso")
-            .for_each_batch(&mut *conn, |conn: &mut SqliteConnection, batch: Vec<Stamp>| -> QueryResult<()> {
-                for s in &batch {
-                    diesel::sql_query(format!("UPDATE stamps SET n = n + 1 WHERE id = {}", s.id)).execute(conn)?;
-                }
-                Ok(())
-            })
+            .for_each_batch(
+                &mut *conn,
+                |conn: &mut SqliteConnection, batch: Vec<Stamp>| -> QueryResult<()> {
+                    for s in &batch {
+                        diesel::sql_query(format!(
+                            "UPDATE stamps SET n = n + 1 WHERE id = {}",
+                            s.id
+                        ))
+                        .execute(conn)?;
+                    }
+                    Ok(())
+                },
+            )
             .unwrap();
         seen.push(report.rows);
         assert_eq!(report.done, run >= 2, "run {run}: {report:?}");
     }
     assert_eq!(seen, [700, 700, 600, 0]);
-    let counts: Vec<(i32, i32)> = counted::table.select((counted::id, counted::n)).load(&mut *conn).unwrap();
-    assert!(counts.iter().all(|&(_, n)| n == 1), "every row exactly once");
+    let counts: Vec<(i32, i32)> = counted::table
+        .select((counted::id, counted::n))
+        .load(&mut *conn)
+        .unwrap();
+    assert!(
+        counts.iter().all(|&(_, n)| n == 1),
+        "every row exactly once"
+    );
     assert_eq!(counts.len(), order.len());
 }
