@@ -43,6 +43,37 @@ fn pool_error(e: impl std::error::Error + Send + Sync + 'static) -> AttemptError
     AttemptError::AsyncPool(Box::new(e))
 }
 
+/// One attempt on a connection `get` checks out of a pool. A retry pings the
+/// connection first and replaces a dead one, up to `checks` times.
+async fn run_pooled<G, P, C, T, R, F>(
+    get: impl Fn() -> G,
+    checks: usize,
+    retry: bool,
+    state: &mut T,
+    f: F,
+) -> Result<R, AttemptError>
+where
+    G: std::future::Future<Output = Result<P, AttemptError>>,
+    P: std::ops::DerefMut<Target = C>,
+    C: AsyncConnection,
+    T: Send + ?Sized,
+    F: for<'c> FnOnce(&'c mut C, &'c mut T) -> BoxFuture<'c, QueryResult<R>>,
+{
+    let mut checks_left = checks;
+    let mut conn = get().await?;
+    if retry {
+        while let Err(e) = ping(&mut *conn).await {
+            checks_left = checks_left.saturating_sub(1);
+            if checks_left == 0 {
+                return Err(AttemptError::Query(e));
+            }
+            drop(conn);
+            conn = get().await?;
+        }
+    }
+    attempt(&mut *conn, state, f).await
+}
+
 /// A deadpool pool lends one connection per batch: checked out when the batch
 /// starts, back in the pool before the batch is handed out. A batch that failed
 /// because its connection broke is retried on another one, and the broken one
@@ -70,24 +101,9 @@ where
         F: for<'c> FnOnce(&'c mut C, &'c mut T) -> BoxFuture<'c, QueryResult<R>> + Send + 's,
     {
         let pool = *self;
-        Box::pin(async move {
-            let mut checks_left = pool.status().max_size.saturating_add(1);
-            let mut conn = pool.get().await.map_err(pool_error)?;
-            while retry {
-                match ping(&mut *conn).await {
-                    Ok(()) => break,
-                    Err(e) => {
-                        checks_left -= 1;
-                        if checks_left == 0 {
-                            return Err(AttemptError::Query(e));
-                        }
-                        drop(conn);
-                        conn = pool.get().await.map_err(pool_error)?;
-                    }
-                }
-            }
-            attempt(&mut *conn, state, f).await
-        })
+        let get = move || async move { pool.get().await.map_err(pool_error) };
+        let checks = pool.status().max_size.saturating_add(1);
+        Box::pin(run_pooled(get, checks, retry, state, f))
     }
 }
 
@@ -114,23 +130,14 @@ where
         F: for<'c> FnOnce(&'c mut C, &'c mut T) -> BoxFuture<'c, QueryResult<R>> + Send + 's,
     {
         let pool = *self;
-        Box::pin(async move {
-            let mut checks_left = pool.state().connections.saturating_add(1);
-            let mut conn = pool.get().await.map_err(pool_error)?;
-            while retry {
-                match ping(&mut *conn).await {
-                    Ok(()) => break,
-                    Err(e) => {
-                        checks_left = checks_left.saturating_sub(1);
-                        if checks_left == 0 {
-                            return Err(AttemptError::Query(e));
-                        }
-                        drop(conn);
-                        conn = pool.get().await.map_err(pool_error)?;
-                    }
-                }
-            }
-            attempt(&mut *conn, state, f).await
-        })
+        let get = move || async move { pool.get().await.map_err(pool_error) };
+        let connections = usize::try_from(pool.state().connections).unwrap_or(usize::MAX);
+        Box::pin(run_pooled(
+            get,
+            connections.saturating_add(1),
+            retry,
+            state,
+            f,
+        ))
     }
 }

@@ -557,24 +557,43 @@ pub struct LoadStream<'a, S, B, K: Key, R: RowType<K>> {
 impl<S, B, K: Key, R: RowType<K>> Unpin for LoadBatchesStream<'_, S, B, K, R> {}
 impl<S, B, K: Key, R: RowType<K>> Unpin for LoadStream<'_, S, B, K, R> {}
 
+/// The accessors both streams share: the last key handed out, the counters,
+/// and `Debug`.
+macro_rules! stream_accessors {
+    ($($stream:ident),*) => {$(
+        impl<S, B, K: Key, R: RowType<K>> $stream<'_, S, B, K, R> {
+            /// The key of the last row handed to the caller (by a batch stream:
+            /// the last row of the last batch): `start_after(last_key)` resumes
+            /// with exactly the next unprocessed row.
+            pub fn last_key(&self) -> Option<&K::Value> {
+                self.batches.last_key.as_ref().map(|k| &k.value)
+            }
+
+            /// [`last_key`](Self::last_key) as the database stored it (see
+            /// [`LoadIter::last_stored_key`](crate::LoadIter::last_stored_key)).
+            pub fn last_stored_key(&self) -> Option<&StoredKey<K::Value>> {
+                self.batches.last_key.as_ref()
+            }
+
+            /// Counters of the scan so far (while a batch loads: as of the last one).
+            pub fn progress(&self) -> Progress<K::Value> {
+                self.batches.progress()
+            }
+        }
+
+        impl<S, B, K: Key, R: RowType<K>> fmt::Debug for $stream<'_, S, B, K, R> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_struct(stringify!($stream))
+                    .field("progress", &self.progress())
+                    .finish_non_exhaustive()
+            }
+        }
+    )*};
+}
+
+stream_accessors!(LoadBatchesStream, LoadStream);
+
 impl<S, B, K: Key, R: RowType<K>> LoadBatchesStream<'_, S, B, K, R> {
-    /// The key of the last row of the last batch handed out: pass it to
-    /// `start_after` to resume after that batch.
-    pub fn last_key(&self) -> Option<&K::Value> {
-        self.batches.last_key.as_ref().map(|k| &k.value)
-    }
-
-    /// The key of the last row of the last batch handed out, as the database
-    /// stored it (see [`LoadBatches::last_stored_key`](crate::LoadBatches::last_stored_key)).
-    pub fn last_stored_key(&self) -> Option<&StoredKey<K::Value>> {
-        self.batches.last_key.as_ref()
-    }
-
-    /// Counters of the scan so far (while a batch loads: as of the last one).
-    pub fn progress(&self) -> Progress<K::Value> {
-        self.batches.progress()
-    }
-
     /// Why the scan ended, once it has.
     pub fn end_reason(&self) -> Option<EndReason> {
         self.batches.end_reason()
@@ -582,24 +601,7 @@ impl<S, B, K: Key, R: RowType<K>> LoadBatchesStream<'_, S, B, K, R> {
 }
 
 impl<S, B, K: Key, R: RowType<K>> LoadStream<'_, S, B, K, R> {
-    /// The key of the last row handed to the caller: `start_after(last_key)`
-    /// resumes with exactly the next unprocessed row.
-    pub fn last_key(&self) -> Option<&K::Value> {
-        self.batches.last_key.as_ref().map(|k| &k.value)
-    }
-
-    /// The key of the last row handed to the caller, as the database stored it
-    /// (see [`LoadIter::last_stored_key`](crate::LoadIter::last_stored_key)).
-    pub fn last_stored_key(&self) -> Option<&StoredKey<K::Value>> {
-        self.batches.last_key.as_ref()
-    }
-
-    /// Counters of the scan so far (while a batch loads: as of the last one).
-    pub fn progress(&self) -> Progress<K::Value> {
-        self.batches.progress()
-    }
-
-    /// Why the scan ended, once it has.
+    /// Why the scan ended, once it has (and its last batch is used up).
     pub fn end_reason(&self) -> Option<EndReason> {
         if self.buffer.len() > 0 {
             return None;
@@ -664,22 +666,6 @@ where
                 Some(Ok(rows)) => this.buffer = rows.into_iter(),
             }
         }
-    }
-}
-
-impl<S, B, K: Key, R: RowType<K>> fmt::Debug for LoadStream<'_, S, B, K, R> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LoadStream")
-            .field("progress", &self.progress())
-            .finish_non_exhaustive()
-    }
-}
-
-impl<S, B, K: Key, R: RowType<K>> fmt::Debug for LoadBatchesStream<'_, S, B, K, R> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LoadBatchesStream")
-            .field("progress", &self.progress())
-            .finish_non_exhaustive()
     }
 }
 
