@@ -94,7 +94,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // Every post written: no title left in lower case (GLOB is case-sensitive).
     let lower: i64 = posts::table
-        .filter(diesel::dsl::sql::<diesel::sql_types::Bool>("title GLOB 'post*'"))
+        .filter(diesel::dsl::sql::<diesel::sql_types::Bool>(
+            "title GLOB 'post*'",
+        ))
         .count()
         .get_result(&mut conn)?;
     println!("titles not yet written: {lower}");
