@@ -185,22 +185,19 @@ macro_rules! storm_write {
     }};
 }
 
+/// A pool of 2 on `db` that does not test connections on check-out, and a
+/// killer of its connections. They carry an `application_name` of their own;
+/// the killer's connection has another, and it kills only the backends whose
+/// `application_name` is this pool's: other tests share this server.
 #[cfg(feature = "postgres")]
-#[test]
-fn pg_write_job_completes_exactly_once_while_connections_keep_dying() {
+fn pg_storm(db: &TestDb) -> (Pool<ConnectionManager<diesel::PgConnection>>, Killer) {
     #[derive(QueryableByName)]
     struct Killed {
         #[diesel(sql_type = diesel::sql_types::Bool)]
         killed: bool,
     }
-    let db = <Pg as TestBackend>::create();
-    let app = unique_name("wstorm");
+    let app = unique_name("storm");
     let url = format!("{}&application_name={app}", db.url);
-    {
-        let mut conn = diesel::PgConnection::establish(&db.url).unwrap();
-        insert_posts(&mut conn, 1..=STORM_ROWS);
-        diesel_chunked_iterator::checkpoint::create_table(&mut conn).unwrap();
-    }
     let pool = Pool::builder()
         .max_size(2)
         .test_on_check_out(false)
@@ -224,6 +221,19 @@ fn pg_write_job_completes_exactly_once_while_connections_keep_dying() {
             }
         }
     });
+    (pool, killer)
+}
+
+#[cfg(feature = "postgres")]
+#[test]
+fn pg_write_job_completes_exactly_once_while_connections_keep_dying() {
+    let db = <Pg as TestBackend>::create();
+    {
+        let mut conn = diesel::PgConnection::establish(&db.url).unwrap();
+        insert_posts(&mut conn, 1..=STORM_ROWS);
+        diesel_chunked_iterator::checkpoint::create_table(&mut conn).unwrap();
+    }
+    let (pool, killer) = pg_storm(&db);
     storm_write!(
         "PostgreSQL",
         &pool,
@@ -235,43 +245,12 @@ fn pg_write_job_completes_exactly_once_while_connections_keep_dying() {
 #[cfg(feature = "postgres")]
 #[test]
 fn pg_scan_completes_while_connections_keep_dying() {
-    #[derive(QueryableByName)]
-    struct Killed {
-        #[diesel(sql_type = diesel::sql_types::Bool)]
-        killed: bool,
-    }
     let db = <Pg as TestBackend>::create();
-    let app = unique_name("storm");
-    let url = format!("{}&application_name={app}", db.url);
     {
         let mut conn = diesel::PgConnection::establish(&db.url).unwrap();
         insert_posts(&mut conn, 1..=STORM_ROWS);
     }
-    let pool = Pool::builder()
-        .max_size(2)
-        .test_on_check_out(false)
-        .connection_timeout(Duration::from_secs(5))
-        .build(ConnectionManager::<diesel::PgConnection>::new(&url))
-        .unwrap();
-    // The killer's own connection has another application_name, and it kills
-    // only the backends whose application_name is this test's.
-    let admin_url = db.url.clone();
-    let mut admin = diesel::PgConnection::establish(&admin_url).unwrap();
-    let killer = Killer::start(move || {
-        let killed = diesel::sql_query(
-            "SELECT pg_terminate_backend(pid) AS killed FROM pg_stat_activity \
-             WHERE application_name = $1 AND pid <> pg_backend_pid()",
-        )
-        .bind::<diesel::sql_types::Text, _>(&app)
-        .load::<Killed>(&mut admin);
-        match killed {
-            Ok(rows) => rows.iter().filter(|r| r.killed).count(),
-            Err(_) => {
-                admin = diesel::PgConnection::establish(&admin_url).unwrap();
-                0
-            }
-        }
-    });
+    let (pool, killer) = pg_storm(&db);
     storm_scan!("PostgreSQL", &pool, killer);
 }
 
@@ -293,14 +272,11 @@ impl diesel::r2d2::CustomizeConnection<diesel::MysqlConnection, diesel::r2d2::Er
     }
 }
 
+/// A pool of 2 on `db` that does not test connections on check-out, and a
+/// killer of every connection the pool makes, once each (thread ids are not
+/// reused), and of nothing else: other tests share this server.
 #[cfg(feature = "mysql")]
-#[test]
-fn mysql_scan_completes_while_connections_keep_dying() {
-    let db = <Mysql as TestBackend>::create();
-    {
-        let mut conn = diesel::MysqlConnection::establish(&db.url).unwrap();
-        insert_posts(&mut conn, 1..=STORM_ROWS);
-    }
+fn mysql_storm(db: &TestDb) -> (Pool<ConnectionManager<diesel::MysqlConnection>>, Killer) {
     let ids = RecordIds::default();
     let pool = Pool::builder()
         .max_size(2)
@@ -311,8 +287,6 @@ fn mysql_scan_completes_while_connections_keep_dying() {
         .unwrap();
     let admin_url = db.url.clone();
     let mut admin = diesel::MysqlConnection::establish(&admin_url).unwrap();
-    // Every recorded connection is killed once (thread ids are not reused), and
-    // nothing else: other tests share this server.
     let killer = Killer::start(move || {
         let targets: Vec<i64> = std::mem::take(&mut *ids.0.lock().unwrap());
         let mut killed = 0;
@@ -330,6 +304,18 @@ fn mysql_scan_completes_while_connections_keep_dying() {
         }
         killed
     });
+    (pool, killer)
+}
+
+#[cfg(feature = "mysql")]
+#[test]
+fn mysql_scan_completes_while_connections_keep_dying() {
+    let db = <Mysql as TestBackend>::create();
+    {
+        let mut conn = diesel::MysqlConnection::establish(&db.url).unwrap();
+        insert_posts(&mut conn, 1..=STORM_ROWS);
+    }
+    let (pool, killer) = mysql_storm(&db);
     storm_scan!("MariaDB", &pool, killer);
 }
 
@@ -342,32 +328,7 @@ fn mysql_write_job_completes_exactly_once_while_connections_keep_dying() {
         insert_posts(&mut conn, 1..=STORM_ROWS);
         diesel_chunked_iterator::checkpoint::create_table(&mut conn).unwrap();
     }
-    let ids = RecordIds::default();
-    let pool = Pool::builder()
-        .max_size(2)
-        .test_on_check_out(false)
-        .connection_timeout(Duration::from_secs(5))
-        .connection_customizer(Box::new(ids.clone()))
-        .build(ConnectionManager::<diesel::MysqlConnection>::new(&db.url))
-        .unwrap();
-    let admin_url = db.url.clone();
-    let mut admin = diesel::MysqlConnection::establish(&admin_url).unwrap();
-    let killer = Killer::start(move || {
-        let targets: Vec<i64> = std::mem::take(&mut *ids.0.lock().unwrap());
-        let mut killed = 0;
-        for id in targets {
-            match diesel::sql_query(format!("KILL CONNECTION {id}")).execute(&mut admin) {
-                Ok(_) => killed += 1,
-                Err(diesel::result::Error::DatabaseError(_, info))
-                    if info.message().contains("Unknown thread id") => {}
-                Err(_) => {
-                    admin = diesel::MysqlConnection::establish(&admin_url).unwrap();
-                    ids.0.lock().unwrap().push(id);
-                }
-            }
-        }
-        killed
-    });
+    let (pool, killer) = mysql_storm(&db);
     storm_write!(
         "MariaDB",
         &pool,
