@@ -386,6 +386,26 @@ impl<Q, K: Key> Chunked<Q, K> {
         PartitionQuery<PlanInner<'a, Q, K, KeyColumns<K>, C::Backend>, K>:
             LoadQuery<'a, C, PartitionRow<K>>,
     {
+        let (statement, finish) = self.partition_statement::<C::Backend>(n)?;
+        finish.slices(statement.load(conn))
+    }
+
+    /// The statement of [`partitions`](Self::partitions) and what turns its
+    /// rows into slices (shared by the async twin).
+    pub(crate) fn partition_statement<'a, DB>(
+        self,
+        n: usize,
+    ) -> Result<
+        (
+            PartitionQuery<PlanInner<'a, Q, K, KeyColumns<K>, DB>, K>,
+            plan::Slicing<K>,
+        ),
+        Error,
+    >
+    where
+        DB: KeysetBackend,
+        Q: PreparePlan<'a, K, KeyColumns<K>, DB>,
+    {
         let count = match i64::try_from(n) {
             Ok(c) if c > 0 && n <= plan::MAX_PARTITIONS => c,
             _ => return Err(Error::InvalidPartitionCount { n }),
@@ -396,13 +416,10 @@ impl<Q, K: Key> Chunked<Q, K> {
         let inner = self
             .query
             .prepare_plan(self.key, bounds, plan::key_columns(self.key))?;
-        let kept = plan::partition_query::<_, K>(inner, count)
-            .load(conn)
-            .map_err(|source| Error::Query {
-                context: "computing the partitions",
-                source,
-            })?;
-        plan::slices(&key, kept, ends)
+        Ok((
+            plan::partition_query::<_, K>(inner, count),
+            plan::Slicing { key, ends },
+        ))
     }
 
     /// How many rows the scan will yield, for a progress bar: cheap where the
@@ -432,29 +449,25 @@ impl<Q, K: Key> Chunked<Q, K> {
         Q: PreparePlan<'a, K, KeyColumns<K>, C::Backend>,
         CountQuery<PlanInner<'a, Q, K, KeyColumns<K>, C::Backend>>: LoadQuery<'a, C, String>,
     {
+        let (statement, cap) = self.count_statement::<C::Backend>()?;
+        plan::estimate::<C::Backend>(statement.get_result(conn), cap)
+    }
+
+    /// The statement of [`estimate_total`](Self::estimate_total) and the
+    /// scan's `limit_total` (shared by the async twin).
+    pub(crate) fn count_statement<'a, DB>(
+        self,
+    ) -> Result<(CountQuery<PlanInner<'a, Q, K, KeyColumns<K>, DB>>, Option<u64>), Error>
+    where
+        DB: KeysetBackend,
+        Q: PreparePlan<'a, K, KeyColumns<K>, DB>,
+    {
         let bounds = self.bounds();
         let cap = self.limit_total;
         let inner = self
             .query
             .prepare_plan(self.key, bounds, plan::key_columns(self.key))?;
-        let out: String = plan::count_query::<_, C::Backend>(inner)
-            .get_result(conn)
-            .map_err(|source| Error::Query {
-                context: "estimating the rows of the scan",
-                source,
-            })?;
-        let rows = if <C::Backend as KeysetBackend>::PLANNER_ESTIMATE {
-            plan::plan_rows(&out)
-        } else {
-            out.trim().parse().ok()
-        }
-        .ok_or(Error::Query {
-            context: "estimating the rows of the scan",
-            source: diesel::result::Error::DeserializationError(
-                format!("no row count in {out:?}").into(),
-            ),
-        })?;
-        Ok(cap.map_or(rows, |cap| rows.min(cap)))
+        Ok((plan::count_query::<_, DB>(inner), cap))
     }
 
     /// Checks the schema: succeeds if no two rows of the query can share a key
@@ -500,6 +513,25 @@ impl<Q, K: Key> Chunked<Q, K> {
         Q: QueryFragment<C::Backend>,
         K::Selection: QueryFragment<C::Backend>,
     {
+        let (key_sql, query_sql) = self.unique_sql::<C::Backend>();
+        crate::unique::verify(
+            conn,
+            &self.key.names(),
+            &self.key.describe(),
+            key_sql,
+            query_sql,
+        )
+    }
+
+    /// The SQL of the key's columns and of the query, as
+    /// [`verify_unique`](Self::verify_unique) reads them.
+    pub(crate) fn unique_sql<DB>(&self) -> (Result<String, String>, Result<String, String>)
+    where
+        DB: Backend + Default,
+        DB::QueryBuilder: Default,
+        Q: QueryFragment<DB>,
+        K::Selection: QueryFragment<DB>,
+    {
         fn render<DB, T>(fragment: &T) -> Result<String, String>
         where
             DB: Backend + Default,
@@ -512,12 +544,9 @@ impl<Q, K: Key> Chunked<Q, K> {
                 .map_err(|_| "Diesel could not render it".to_string())?;
             Ok(sql)
         }
-        crate::unique::verify(
-            conn,
-            &self.key.names(),
-            &self.key.describe(),
-            render::<C::Backend, _>(&self.key.selection()),
-            render::<C::Backend, _>(&self.query),
+        (
+            render::<DB, _>(&self.key.selection()),
+            render::<DB, _>(&self.query),
         )
     }
 
@@ -563,6 +592,51 @@ impl<Q, K: Key> Chunked<Q, K> {
     }
 }
 
+/// What every driver of `load_iter::<M>` / `load_iter_keyed` starts from: the
+/// prepared query (or why it cannot run), the row loader, the configuration.
+type ScanParts<B, K, R> = (Result<crate::query::SeekQuery<B, K>, Error>, R, ScanConfig);
+
+impl<Q, K: Key> Chunked<Q, K> {
+    /// The parts of a scan loading model `M` on backend `DB`.
+    pub(crate) fn model_parts<'a, DB, M>(
+        self,
+    ) -> ScanParts<ModelBase<'a, Q, K, M, DB>, K, ModelRows<M>>
+    where
+        DB: Backend,
+        Q: PrepareModel<'a, K, M, DB>,
+    {
+        let (bounds, config) = (self.bounds(), self.config());
+        let (query, key_columns) = match self.query.prepare_model(self.key, bounds) {
+            Ok((query, at)) => (Ok(query), at),
+            Err(e) => (Err(e), [0; 3]),
+        };
+        let rows = ModelRows {
+            key_columns,
+            _model: PhantomData,
+        };
+        (query, rows, config)
+    }
+
+    /// The parts of a scan loading the query's own selection `U` on backend
+    /// `DB`, with keys read by `key_of`.
+    pub(crate) fn keyed_parts<'a, DB, U, F>(
+        self,
+        key_of: F,
+    ) -> ScanParts<KeyedBase<'a, Q, K, DB>, K, KeyedRows<U, F>>
+    where
+        DB: Backend,
+        Q: PrepareKeyed<'a, K, DB>,
+    {
+        let (bounds, config) = (self.bounds(), self.config());
+        let query = self.query.prepare_keyed(self.key, bounds);
+        let rows = KeyedRows {
+            key_of,
+            _row: PhantomData,
+        };
+        (query, rows, config)
+    }
+}
+
 /// The prepared query of a planning method on query `Q` with selection `X`.
 pub type PlanInner<'a, Q, K, X, DB> = <Q as PreparePlan<'a, K, X, DB>>::Inner;
 
@@ -596,15 +670,7 @@ where
     type Key = K;
 
     fn into_scan(self, source: S) -> Scan<S, Self::Base, K, ModelRows<M>> {
-        let (bounds, config) = (self.bounds(), self.config());
-        let (query, key_columns) = match self.query.prepare_model(self.key, bounds) {
-            Ok((query, at)) => (Ok(query), at),
-            Err(e) => (Err(e), [0; 3]),
-        };
-        let rows = ModelRows {
-            key_columns,
-            _model: PhantomData,
-        };
+        let (query, rows, config) = self.model_parts::<Db<S>, M>();
         Scan::new(source, query, rows, config)
     }
 }
@@ -632,12 +698,7 @@ where
     type Key = K;
 
     fn into_scan(self, source: S, key_of: F) -> Scan<S, Self::Base, K, KeyedRows<U, F>> {
-        let (bounds, config) = (self.bounds(), self.config());
-        let query = self.query.prepare_keyed(self.key, bounds);
-        let rows = KeyedRows {
-            key_of,
-            _row: PhantomData,
-        };
+        let (query, rows, config) = self.keyed_parts::<Db<S>, U, F>(key_of);
         Scan::new(source, query, rows, config)
     }
 }

@@ -274,6 +274,12 @@ impl Engine {
                 attempts: attempt,
                 source,
             },
+            #[cfg(any(feature = "deadpool", feature = "bb8"))]
+            AttemptError::AsyncPool(source) => Error::AsyncPool {
+                batch: plan.batch,
+                attempts: attempt,
+                source,
+            },
         };
         self.fail(err)
     }

@@ -295,6 +295,19 @@ pub enum Error {
         source: r2d2::Error,
     },
 
+    /// A connection could not be had from an async pool (deadpool, bb8).
+    #[cfg(any(feature = "deadpool", feature = "bb8"))]
+    #[error("batch {batch}: no connection from the pool after {attempts} attempt(s): {source}")]
+    AsyncPool {
+        /// The 1-based batch number.
+        batch: u64,
+        /// How many times a connection was asked for.
+        attempts: u32,
+        /// The pool's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
     /// A metadata query (such as the unique-index check) failed.
     #[error("{context}: {source}")]
     Query {

@@ -141,7 +141,7 @@ impl fmt::Display for Explain {
 /// `EXPLAIN` (in the backend's form) of a statement.
 #[doc(hidden)]
 #[derive(Debug)]
-pub struct Explained<I>(I);
+pub struct Explained<I>(pub(crate) I);
 
 impl<I> Query for Explained<I> {
     type SqlType = Untyped;
@@ -166,7 +166,7 @@ impl<I, Conn> RunQueryDsl<Conn> for Explained<I> {}
 /// SQLite's `detail`.
 #[doc(hidden)]
 #[derive(Debug)]
-pub struct PlanLine(String);
+pub struct PlanLine(pub(crate) String);
 
 impl<DB> QueryableByName<DB> for PlanLine
 where
@@ -353,88 +353,115 @@ fn suggestion(key: &[KeyColumn]) -> Option<String> {
     ))
 }
 
-/// The shortest strict prefix of the key whose columns hold a unique column
-/// set of the key's table, in one metadata query; 0 when there is none, or
-/// when the key's columns are not all of one table.
-fn unique_prefix<C: UniqueIndexes>(conn: &mut C, key: &[KeyColumn]) -> QueryResult<usize> {
-    let Some(first) = key.first() else {
-        return Ok(0);
-    };
+/// The table of a composite key whose columns are all of one table.
+fn key_table(key: &[KeyColumn]) -> Option<(Option<&str>, &str)> {
+    let first = key.first()?;
     if key.len() < 2 || key.iter().any(|k| k.table != first.table) {
-        return Ok(0);
+        return None;
     }
-    let sets = conn.unique_column_sets_in(first.table.schema.as_deref(), &first.table.table)?;
-    Ok((1..key.len())
+    Some((first.table.schema.as_deref(), &first.table.table))
+}
+
+/// The shortest strict prefix of `key` holding one of the unique column
+/// `sets` of its table; 0 when there is none.
+fn prefix_in(key: &[KeyColumn], sets: &[Vec<String>]) -> usize {
+    (1..key.len())
         .find(|&p| {
             sets.iter().any(|set| {
                 !set.is_empty() && set.iter().all(|c| key[..p].iter().any(|k| &k.column == c))
             })
         })
-        .unwrap_or(0))
+        .unwrap_or(0)
 }
 
-/// Decides, before the first batch of a scan, how its batches are ordered: the
-/// number of leading key columns to pass to `SeekQuery::set_order_prefix` (0:
-/// the whole key), or the refusal [`Error::SortsEveryBatch`].
-///
-/// Does nothing (and runs no statement) unless the query was prepared with the
-/// key's SQL for this check (MySQL/MariaDB, composite keys). Then it reads the
-/// key table's unique column sets (one statement); without a unique prefix,
-/// and unless `allow_sort` or an index gives the key's order, it also runs
-/// `EXPLAIN` of a 2-row batch and refuses a plan that sorts more than ten
-/// batches of rows (and more than 2,000).
 /// The fewest rows a plan's sort must be estimated at to refuse the scan.
 const MIN_SORTED_ROWS: u64 = 2_000;
 
-pub(crate) fn order_before_first_batch<C, B, K, R>(
-    conn: &mut C,
-    query: &SeekQuery<B, K>,
-    rows: &mut R,
-    batch_size: u64,
+/// The decision, before the first batch of a scan, of how its batches are
+/// ordered: the number of leading key columns to pass to
+/// `SeekQuery::set_order_prefix` (0: the whole key), or the refusal
+/// [`Error::SortsEveryBatch`].
+///
+/// Made only when the query was prepared with the key's SQL for this check
+/// (MySQL/MariaDB, composite keys). A driver then reads the key table's unique
+/// column sets ([`table`](Self::table)); without a unique prefix, unless the
+/// scan allows sorts ([`needs_plan`](Self::needs_plan)), whether an index
+/// gives the key's order ([`index`](Self::index)); and without one, the plan
+/// of a 2-row batch. [`decide`](Self::decide) refuses a plan that sorts more
+/// than ten batches of rows (and more than 2,000).
+#[derive(Debug)]
+pub(crate) struct OrderCheck {
+    key: Vec<KeyColumn>,
     allow_sort: bool,
-) -> QueryResult<Result<usize, Error>>
-where
-    C: UniqueIndexes,
-    C::Backend: KeysetBackend,
-    K: Key,
-    R: Rows<C, B, K>,
-{
-    let Some(key) = query.order_sql().and_then(|sql| key_columns(sql).ok()) else {
-        return Ok(Ok(0));
-    };
-    let prefix = unique_prefix(conn, &key)?;
-    if prefix > 0 || allow_sort {
-        return Ok(Ok(prefix));
+}
+
+/// What a driver read for an [`OrderCheck`]: the unique prefix and, when
+/// [`OrderCheck::needs_plan`] and no index gives the key's order, the plan of
+/// a 2-row batch.
+pub(crate) type OrderFound = (usize, Option<Vec<String>>);
+
+impl OrderCheck {
+    /// The check of `query`'s order, if it needs one.
+    pub(crate) fn new<B, K: Key>(query: &SeekQuery<B, K>, allow_sort: bool) -> Option<Self> {
+        let key = query.order_sql().and_then(|sql| key_columns(sql).ok())?;
+        Some(Self { key, allow_sort })
     }
-    // An index in key order exists: the planner may still sort a small table,
-    // but not a large one.
-    let first = &key[0];
-    let columns: Vec<&str> = key.iter().map(|k| k.column.as_str()).collect();
-    let same_table = key.iter().all(|k| k.table == first.table);
-    if same_table
-        && conn.has_index_in_order(first.table.schema.as_deref(), &first.table.table, &columns)?
-    {
-        return Ok(Ok(0));
+
+    /// The schema and table whose unique column sets to read; `None` when no
+    /// prefix of the key can be unique (its columns are of several tables).
+    pub(crate) fn table(&self) -> Option<(Option<&str>, &str)> {
+        key_table(&self.key)
     }
-    let lines = rows.explain(query, conn, 2)?;
-    let bounded = query.bounds().after.is_some();
-    let judged = judge(<C::Backend as KeysetBackend>::EXPLAIN, &lines, bounded);
-    // Sorting a few thousand rows per batch is cheap; ten batches' worth of
-    // rows or more, in a table of more than that, is the quadratic case.
-    let small = judged
-        .rows
-        .is_some_and(|r| r <= batch_size.saturating_mul(10).max(MIN_SORTED_ROWS));
-    if judged.verdict == Verdict::SortsRemainingRows && !small {
-        let cols: Vec<&str> = key.iter().map(|k| k.column.as_str()).collect();
-        return Ok(Err(Error::SortsEveryBatch {
-            columns: query.key().describe(),
-            plan: lines.join("\n"),
-            suggestion: suggestion(&key).unwrap_or_else(|| {
-                format!("create an index on ({}) in that order", cols.join(", "))
-            }),
-        }));
+
+    /// The schema, table and key columns to ask
+    /// [`UniqueIndexes::has_index_in_order`] about; `None` when the key's
+    /// columns are of several tables (no index can hold them).
+    pub(crate) fn index(&self) -> Option<(Option<&str>, &str, Vec<&str>)> {
+        let (schema, table) = key_table(&self.key)?;
+        Some((schema, table, self.key.iter().map(|k| k.column.as_str()).collect()))
     }
-    Ok(Ok(0))
+
+    /// The unique prefix, given the unique column sets of [`table`](Self::table).
+    pub(crate) fn prefix(&self, sets: &[Vec<String>]) -> usize {
+        prefix_in(&self.key, sets)
+    }
+
+    /// Whether the plan of a batch may be needed, given the unique prefix.
+    pub(crate) fn needs_plan(&self, prefix: usize) -> bool {
+        prefix == 0 && !self.allow_sort
+    }
+
+    /// The number of key columns to order by, or the refusal of a plan (the
+    /// lines of `EXPLAIN` prefix `explain`) that sorts the remaining rows.
+    pub(crate) fn decide<K: Key>(
+        &self,
+        key: &K,
+        (prefix, plan): OrderFound,
+        explain: &str,
+        bounded: bool,
+        batch_size: u64,
+    ) -> Result<usize, Error> {
+        let Some(lines) = plan.filter(|_| self.needs_plan(prefix)) else {
+            return Ok(prefix);
+        };
+        let judged = judge(explain, &lines, bounded);
+        // Sorting a few thousand rows per batch is cheap; ten batches' worth
+        // of rows or more, in a table of more than that, is the quadratic case.
+        let small = judged
+            .rows
+            .is_some_and(|r| r <= batch_size.saturating_mul(10).max(MIN_SORTED_ROWS));
+        if judged.verdict == Verdict::SortsRemainingRows && !small {
+            let cols: Vec<&str> = self.key.iter().map(|k| k.column.as_str()).collect();
+            return Err(Error::SortsEveryBatch {
+                columns: key.describe(),
+                plan: lines.join("\n"),
+                suggestion: suggestion(&self.key).unwrap_or_else(|| {
+                    format!("create an index on ({}) in that order", cols.join(", "))
+                }),
+            });
+        }
+        Ok(0)
+    }
 }
 
 impl<Q, K: Key> Chunked<Q, K> {
@@ -499,43 +526,122 @@ impl<Q, K: Key> Chunked<Q, K> {
         Q: PrepareKeys<'a, K, C::Backend>,
         KeyRows: Rows<C, <Q as PrepareKeys<'a, K, C::Backend>>::Base, K>,
     {
-        let failed = |context| move |source| Error::Query { context, source };
+        let (mut query, mut steps) = self.explain_parts::<C::Backend>()?;
+        let sets = steps
+            .prefix_table::<C::Backend>()
+            .map(|(schema, table)| conn.unique_column_sets_in(schema, table));
+        if let Some(sets) = sets {
+            steps.order_by_prefix(&mut query, sets)?;
+        }
+        let mut rows = KeyRows;
+        if query.bounds().after.is_none() {
+            let first = rows.load(&query, conn, 1);
+            steps.start_after_first(&mut query, first)?;
+        }
+        let lines = rows.explain(&query, conn, steps.limit());
+        steps.finish::<C::Backend, _>(&query, lines)
+    }
+
+    /// The key-only statement [`explain`](Self::explain) runs under
+    /// `EXPLAIN`, and the steps around it (shared by the async twin).
+    pub(crate) fn explain_parts<'a, DB>(
+        self,
+    ) -> Result<(SeekQuery<<Q as PrepareKeys<'a, K, DB>>::Base, K>, ExplainSteps), Error>
+    where
+        DB: KeysetBackend + Default,
+        DB::QueryBuilder: Default,
+        K::Selection: QueryFragment<DB>,
+        Q: PrepareKeys<'a, K, DB>,
+    {
         let batch = i64::try_from(self.config().batch_size.max(1))
             .unwrap_or(i64::MAX - 1)
             .min(i64::MAX - 1);
-        let mut builder = <C::Backend as Backend>::QueryBuilder::default();
+        let mut builder = DB::QueryBuilder::default();
         self.key
             .selection()
-            .to_sql(&mut builder, &C::Backend::default())
+            .to_sql(&mut builder, &DB::default())
             .map_err(failed("rendering the key"))?;
         let key_sql = diesel::query_builder::QueryBuilder::finish(builder);
         let key = key_columns(&key_sql).unwrap_or_default();
         let bounds = self.bounds();
-        let mut query = self.query.prepare_keys(self.key, bounds)?;
-        let mut order_columns = K::ARITY;
-        if <C::Backend as KeysetBackend>::ORDERS_BY_UNIQUE_PREFIX && K::ARITY > 1 {
-            let p = unique_prefix(conn, &key).map_err(failed("reading the unique indexes"))?;
-            if p > 0 {
-                query.set_order_prefix(p);
-                order_columns = p;
-            }
+        let query = self.query.prepare_keys(self.key, bounds)?;
+        Ok((
+            query,
+            ExplainSteps {
+                key,
+                arity: K::ARITY,
+                batch,
+                order_columns: K::ARITY,
+            },
+        ))
+    }
+}
+
+fn failed(context: &'static str) -> impl FnOnce(diesel::result::Error) -> Error {
+    move |source| Error::Query { context, source }
+}
+
+/// The steps of [`Chunked::explain`] around its statements, for both drivers.
+pub(crate) struct ExplainSteps {
+    key: Vec<KeyColumn>,
+    arity: usize,
+    batch: i64,
+    order_columns: usize,
+}
+
+impl ExplainSteps {
+    /// The table whose unique column sets decide the order, where the backend
+    /// orders a composite key by a unique prefix.
+    pub(crate) fn prefix_table<DB: KeysetBackend>(&self) -> Option<(Option<&str>, &str)> {
+        if !DB::ORDERS_BY_UNIQUE_PREFIX || self.arity < 2 {
+            return None;
         }
-        let mut rows = KeyRows;
-        if query.bounds().after.is_none() {
-            let first = rows
-                .load(&query, conn, 1)
-                .map_err(failed("reading the first key"))?;
-            if let Some(first) = first.into_iter().next() {
-                query.set_after(Some(first.into_parts().0));
-            }
+        key_table(&self.key)
+    }
+
+    /// Orders `query` by the unique prefix the column `sets` give, if any.
+    pub(crate) fn order_by_prefix<B, K: Key>(
+        &mut self,
+        query: &mut SeekQuery<B, K>,
+        sets: QueryResult<Vec<Vec<String>>>,
+    ) -> Result<(), Error> {
+        let p = prefix_in(&self.key, &sets.map_err(failed("reading the unique indexes"))?);
+        if p > 0 {
+            query.set_order_prefix(p);
+            self.order_columns = p;
         }
-        let lines = rows
-            .explain(&query, conn, batch + 1)
-            .map_err(failed("explaining the batch statement"))?;
+        Ok(())
+    }
+
+    /// Starts `query` after the first key of the range, read with `LIMIT 1`.
+    pub(crate) fn start_after_first<B, K: Key, T, L: LoadedRow<K::Value, T>>(
+        &self,
+        query: &mut SeekQuery<B, K>,
+        first: QueryResult<Vec<L>>,
+    ) -> Result<(), Error> {
+        let first = first.map_err(failed("reading the first key"))?;
+        if let Some(first) = first.into_iter().next() {
+            query.set_after(Some(first.into_parts().0));
+        }
+        Ok(())
+    }
+
+    /// The `LIMIT` of the explained statement: a batch and its look-ahead row.
+    pub(crate) fn limit(&self) -> i64 {
+        self.batch + 1
+    }
+
+    /// The verdict on the plan `lines`.
+    pub(crate) fn finish<DB: KeysetBackend, B>(
+        self,
+        query: &SeekQuery<B, impl Key>,
+        lines: QueryResult<Vec<String>>,
+    ) -> Result<Explain, Error> {
+        let lines = lines.map_err(failed("explaining the batch statement"))?;
         let bounded = query.bounds().after.is_some();
-        let judged = judge(<C::Backend as KeysetBackend>::EXPLAIN, &lines, bounded);
+        let judged = judge(DB::EXPLAIN, &lines, bounded);
         let suggestion = match judged.verdict {
-            Verdict::SortsRemainingRows | Verdict::FullScan => suggestion(&key),
+            Verdict::SortsRemainingRows | Verdict::FullScan => suggestion(&self.key),
             _ => None,
         };
         Ok(Explain {
@@ -543,7 +649,7 @@ impl<Q, K: Key> Chunked<Q, K> {
             verdict: judged.verdict,
             index: judged.index,
             suggestion,
-            order_columns,
+            order_columns: self.order_columns,
         })
     }
 }

@@ -11,33 +11,44 @@ use std::fmt;
 
 use crate::backend::KeysetBackend;
 use crate::builder::Db;
-use crate::engine::{check_probe, EndReason, Engine, Progress, ScanConfig};
+use crate::engine::{check_probe, BatchPlan, EndReason, Engine, Progress, ScanConfig};
 use crate::error::Error;
+use crate::explain::{OrderCheck, OrderFound};
 use crate::key::Key;
 use crate::query::SeekQuery;
 use crate::rows::{LoadedRow, RowType, Rows};
-use crate::source::ConnectionSource;
+use crate::source::{AttemptError, ConnectionSource};
 use crate::stored::StoredKey;
 use crate::unique::{key_problem, UniqueIndexes};
 
-/// The synchronous driver of a scan: runs each batch the [`Engine`] plans on a
-/// connection of the source, sleeping between retries.
-#[doc(hidden)]
+/// The I/O-free half of a scan's driver, shared by the synchronous driver
+/// ([`Scan`]) and the async one: the prepared query, the row loader and the
+/// [`Engine`], and what to run before, during and after each batch. A driver
+/// only runs what this asks for on a connection of its source, and sleeps
+/// between retries.
 #[allow(missing_debug_implementations)]
-pub struct Scan<S: ConnectionSource, B, K: Key, R> {
-    source: S,
+pub(crate) struct ScanCore<B, K: Key, R> {
     query: Option<SeekQuery<B, K>>,
     rows: R,
-    engine: Engine,
+    pub(crate) engine: Engine,
 }
 
-impl<S: ConnectionSource, B, K: Key, R: RowType<K>> Scan<S, B, K, R> {
-    pub(crate) fn new(
-        source: S,
-        query: Result<SeekQuery<B, K>, Error>,
-        rows: R,
-        config: ScanConfig,
-    ) -> Self {
+/// What to run before the first batch of a scan.
+#[derive(Debug, Default)]
+pub(crate) struct FirstSteps {
+    /// The rendered key columns to check for string columns that order
+    /// inconsistently ([`key_problem`](crate::unique::key_problem)).
+    pub(crate) key_check: Option<String>,
+    /// Whether to load the row just before a start key given as a Rust value
+    /// ([`ScanCore::probe_query`]).
+    pub(crate) probe: bool,
+    /// How to order the batches of a composite key, or whether to refuse a
+    /// plan that sorts every batch ([`ScanCore::order_query`]).
+    pub(crate) order: Option<OrderCheck>,
+}
+
+impl<B, K: Key, R: RowType<K>> ScanCore<B, K, R> {
+    pub(crate) fn new(query: Result<SeekQuery<B, K>, Error>, rows: R, config: ScanConfig) -> Self {
         let (query, pending_error) = match query {
             Ok(mut q) => {
                 q.set_cache_statements(config.cache_statements);
@@ -53,32 +64,52 @@ impl<S: ConnectionSource, B, K: Key, R: RowType<K>> Scan<S, B, K, R> {
             pending_error,
         );
         Self {
-            source,
             query,
             rows,
             engine,
         }
     }
-}
 
-type BatchResult<T> = Option<Result<Vec<T>, Error>>;
-
-impl<S, B, K, R> Scan<S, B, K, R>
-where
-    S: ConnectionSource,
-    S::Connection: UniqueIndexes,
-    Db<S>: KeysetBackend,
-    K: Key,
-    R: Rows<S::Connection, B, K>,
-{
-    /// Before the first batch of a scan by a string key on a backend where some
-    /// string columns order inconsistently: refuses such a column.
-    fn check_key(&mut self) -> Result<(), Error> {
-        let Some(key_sql) = self.query.as_ref().and_then(|q| q.key_sql()) else {
-            return Ok(());
+    /// What to run before `plan`: nothing unless it is the scan's first batch.
+    /// `stored_forms` is the backend's
+    /// [`KeysetBackend::STORED_FORMS`](crate::backend::KeysetBackend).
+    pub(crate) fn first_steps(&self, plan: &BatchPlan, stored_forms: bool) -> FirstSteps {
+        let Some(query) = self.query.as_ref() else {
+            return FirstSteps::default();
         };
+        if plan.batch != 1 || self.engine.queries != 0 {
+            return FirstSteps::default();
+        }
+        // Before the first batch of a scan by a string key on a backend where some
+        // string columns order inconsistently: such a column is refused.
+        let key_check = query.key_sql().map(str::to_owned);
+        // Before the first batch of a scan that starts after a key given as a Rust
+        // value, on a key the backend may store in forms of its own: the row just
+        // before that key is loaded, and the scan refused if it is stored so.
+        let inexact_start = query.bounds().after.as_ref().is_some_and(|a| !a.is_exact());
+        // Before the first batch of a scan by a composite key on a backend that
+        // may sort every batch (MySQL/MariaDB): a unique prefix of the key, or
+        // else the plan of a batch.
+        let order = OrderCheck::new(query, self.engine.config.allow_sort);
+        FirstSteps {
+            key_check,
+            probe: stored_forms && K::STORED_FORMS && inexact_start,
+            order,
+        }
+    }
+
+    /// Counts the key check's query.
+    pub(crate) fn key_check_attempted(&mut self) {
         self.engine.attempted();
-        match self.source.run(false, |conn| key_problem(conn, key_sql)) {
+    }
+
+    /// The outcome of the key check: why the key cannot be scanned, if it
+    /// cannot.
+    pub(crate) fn key_checked(
+        &mut self,
+        problem: Result<Option<String>, AttemptError>,
+    ) -> Result<(), Error> {
+        match problem {
             Ok(None) => Ok(()),
             Ok(Some(reason)) => {
                 let columns = self
@@ -88,158 +119,304 @@ where
                     .unwrap_or_default();
                 Err(self.engine.fail(Error::UnsupportedKey { columns, reason }))
             }
-            Err(e) => {
-                let plan = crate::engine::BatchPlan { batch: 1, limit: 1 };
-                Err(self.engine.error::<K::Value>(&plan, 1, e, None))
-            }
+            Err(e) => Err(self.engine.error::<K::Value>(&FIRST, 1, e, None)),
         }
     }
 
-    /// Before the first batch of a scan that starts after a key given as a Rust
-    /// value, on a key the backend may store in forms of its own: loads the row
-    /// just before that key and refuses the scan if it is stored so.
-    fn probe(&mut self) -> Result<(), Error> {
+    /// The probe's statement (one row, loaded with [`Rows::load`] and a limit
+    /// of 1), counted as a query; [`probed`](Self::probed) restores the scan's.
+    pub(crate) fn probe_query(&mut self) -> Option<(&mut SeekQuery<B, K>, &mut R)> {
+        let query = self.query.as_mut()?;
+        query.set_probe(true);
+        self.engine.attempted();
+        Some((query, &mut self.rows))
+    }
+
+    /// The outcome of the probe.
+    pub(crate) fn probed(
+        &mut self,
+        rows: Result<Vec<R::Loaded>, AttemptError>,
+    ) -> Result<(), Error> {
         let Some(query) = self.query.as_mut() else {
             return Ok(());
         };
-        let inexact_start = query.bounds().after.as_ref().is_some_and(|a| !a.is_exact());
-        if !(Db::<S>::STORED_FORMS && K::STORED_FORMS && inexact_start) {
-            return Ok(());
-        }
-        query.set_probe(true);
-        let query = &*query;
-        let loader = &mut self.rows;
-        self.engine.attempted();
-        let rows = self.source.run(false, |conn| loader.load(query, conn, 1));
-        if let Some(q) = self.query.as_mut() {
-            q.set_probe(false);
-        }
-        let Some(query) = self.query.as_ref() else {
-            return Ok(());
-        };
+        query.set_probe(false);
         match rows {
             Ok(rows) => {
                 check_probe(query.key(), &rows, |r| r.key()).map_err(|e| self.engine.fail(e))
             }
-            Err(e) => {
-                let plan = crate::engine::BatchPlan { batch: 1, limit: 1 };
-                Err(self
-                    .engine
-                    .error(&plan, 1, e, query.bounds().after.as_ref()))
-            }
+            Err(e) => Err(self
+                .engine
+                .error(&FIRST, 1, e, query.bounds().after.as_ref())),
         }
     }
 
-    /// Before the first batch: how the batches are ordered, or the refusal of
-    /// a plan that sorts every batch (see [`crate::explain`]).
-    fn check_order(&mut self) -> Result<(), Error> {
-        let Some(query) = self.query.as_ref().filter(|q| q.order_sql().is_some()) else {
+    /// The statement and row loader the order check explains a batch with
+    /// (see [`OrderCheck`]); the check counts as one query.
+    pub(crate) fn order_query(&mut self) -> Option<(&mut SeekQuery<B, K>, &mut R)> {
+        let query = self.query.as_mut()?;
+        self.engine.attempted();
+        Some((query, &mut self.rows))
+    }
+
+    /// The outcome of the order check on backend `DB`: the batches order by
+    /// the key's unique prefix, or the scan is refused.
+    pub(crate) fn order_checked<DB: KeysetBackend>(
+        &mut self,
+        check: &OrderCheck,
+        found: Result<OrderFound, AttemptError>,
+    ) -> Result<(), Error> {
+        let Some(query) = self.query.as_mut() else {
             return Ok(());
         };
-        let (rows, config) = (&mut self.rows, &self.engine.config);
-        let (batch_size, allow_sort) = (config.batch_size, config.allow_sort);
-        self.engine.attempted();
-        let decided = self.source.run(false, |conn| {
-            crate::explain::order_before_first_batch(conn, query, rows, batch_size, allow_sort)
-        });
-        match decided {
-            Ok(Ok(prefix)) => {
-                if let Some(q) = self.query.as_mut() {
-                    q.set_order_prefix(prefix);
-                }
+        let found = found.map_err(|e| self.engine.error::<K::Value>(&FIRST, 1, e, None))?;
+        let bounded = query.bounds().after.is_some();
+        let batch_size = self.engine.config.batch_size;
+        match check.decide(query.key(), found, DB::EXPLAIN, bounded, batch_size) {
+            Ok(prefix) => {
+                query.set_order_prefix(prefix);
                 Ok(())
             }
-            Ok(Err(refusal)) => Err(self.engine.fail(refusal)),
-            Err(e) => {
-                let plan = crate::engine::BatchPlan { batch: 1, limit: 1 };
-                Err(self.engine.error::<K::Value>(&plan, 1, e, None))
-            }
+            Err(refusal) => Err(self.engine.fail(refusal)),
         }
     }
 
-    /// Loads the next non-empty batch, or `None` at the end.
-    pub(crate) fn next_batch(&mut self) -> BatchResult<R::Loaded> {
-        let plan = match self.engine.plan() {
-            Ok(Some(plan)) => plan,
-            Ok(None) => return None,
-            Err(e) => return Some(Err(e)),
-        };
-        if plan.batch == 1 && self.engine.queries == 0 {
-            let checked = self.check_key().and_then(|()| self.probe());
-            if let Err(e) = checked.and_then(|()| self.check_order()) {
-                return Some(Err(e));
-            }
-        }
-        let query = self.query.as_ref()?;
-        #[cfg(feature = "tracing")]
-        let span = tracing::info_span!(
-            "chunked_batch",
-            batch = plan.batch,
-            key = %query.key().describe(),
-            after = ?query.bounds().after,
-            until = tracing::field::Empty,
-            limit = plan.limit,
-            rows = tracing::field::Empty,
-            attempt = tracing::field::Empty,
-            elapsed_ms = tracing::field::Empty,
-            error = tracing::field::Empty,
-        );
-        #[cfg(feature = "tracing")]
-        let _entered = span.enter();
-        #[cfg(feature = "tracing")]
-        let batch_started = std::time::Instant::now();
-        let loader = &mut self.rows;
-        let mut attempt = 0u32;
-        let mut rows = loop {
-            attempt += 1;
-            self.engine.attempted();
-            #[cfg(feature = "tracing")]
-            span.record("attempt", attempt);
-            match self
-                .source
-                .run(attempt > 1, |conn| loader.load(query, conn, plan.fetch()))
-            {
-                Ok(rows) => break rows,
-                Err(e) => {
-                    let after = query.bounds().after.as_ref();
-                    match self
-                        .engine
-                        .failed(&plan, attempt, S::DEFAULT_MAX_RETRIES, e, after)
-                    {
-                        Ok(delay) => std::thread::sleep(delay),
-                        Err(e) => {
-                            #[cfg(feature = "tracing")]
-                            {
-                                span.record("error", tracing::field::display(&e));
-                                span.record("elapsed_ms", elapsed_ms(batch_started));
-                            }
-                            return Some(Err(e));
-                        }
-                    }
-                }
-            }
-        };
+    /// The tracing span of one batch.
+    pub(crate) fn trace(&self, plan: &BatchPlan) -> Trace {
+        Trace::new(plan, self.query.as_ref())
+    }
+
+    /// Attempt number `attempt` (1-based) at `plan`, counted: the statement and
+    /// the row loader to run it with.
+    pub(crate) fn attempt(
+        &mut self,
+        trace: &Trace,
+        attempt: u32,
+    ) -> Option<(&mut SeekQuery<B, K>, &mut R)> {
+        let query = self.query.as_mut()?;
+        self.engine.attempted();
+        trace.attempt(attempt);
+        Some((query, &mut self.rows))
+    }
+
+    /// After attempt `attempt` of `plan` failed: how long to wait before the
+    /// next, or the scan's error.
+    pub(crate) fn failed(
+        &mut self,
+        plan: &BatchPlan,
+        trace: &Trace,
+        attempt: u32,
+        default_retries: u32,
+        e: AttemptError,
+    ) -> Result<std::time::Duration, Error> {
+        let after = self.query.as_ref().and_then(|q| q.bounds().after.as_ref());
+        self.engine
+            .failed(plan, attempt, default_retries, e, after)
+            .inspect_err(|e| trace.failed(e))
+    }
+
+    /// A loaded batch: checked, its look-ahead row dropped, the bound moved
+    /// past it; `None` at the end.
+    pub(crate) fn loaded(
+        &mut self,
+        plan: &BatchPlan,
+        trace: &Trace,
+        mut rows: Vec<R::Loaded>,
+    ) -> BatchResult<R::Loaded> {
+        let query = self.query.as_mut()?;
         let accepted = self
             .engine
-            .accept(&plan, query.key(), query.bounds(), &mut rows, |r| r.key());
-        #[cfg(feature = "tracing")]
-        {
-            span.record("rows", rows.len());
-            span.record("elapsed_ms", elapsed_ms(batch_started));
-            if let Some(last) = rows.last() {
-                span.record("until", tracing::field::debug(last.key()));
-            }
-        }
+            .accept(plan, query.key(), query.bounds(), &mut rows, |r| r.key());
+        trace.loaded(&rows);
         match accepted {
             Ok(Some(last)) => {
-                if let Some(q) = self.query.as_mut() {
-                    q.set_after(Some(last));
-                }
+                query.set_after(Some(last));
                 Some(Ok(rows))
             }
             Ok(None) => None,
             Err(e) => Some(Err(e)),
         }
+    }
+}
+
+/// The plan errors of the checks before the first batch are reported under.
+const FIRST: BatchPlan = BatchPlan { batch: 1, limit: 1 };
+
+/// The `tracing` span of one batch (feature `tracing`; otherwise nothing).
+pub(crate) struct Trace {
+    #[cfg(feature = "tracing")]
+    span: tracing::Span,
+    #[cfg(feature = "tracing")]
+    started: std::time::Instant,
+}
+
+#[cfg_attr(not(feature = "tracing"), allow(unused_variables))]
+impl Trace {
+    fn new<B, K: Key>(plan: &BatchPlan, query: Option<&SeekQuery<B, K>>) -> Self {
+        Self {
+            #[cfg(feature = "tracing")]
+            span: tracing::info_span!(
+                "chunked_batch",
+                batch = plan.batch,
+                key = %query.map(|q| q.key().describe()).unwrap_or_default(),
+                after = ?query.and_then(|q| q.bounds().after.as_ref()),
+                until = tracing::field::Empty,
+                limit = plan.limit,
+                rows = tracing::field::Empty,
+                attempt = tracing::field::Empty,
+                elapsed_ms = tracing::field::Empty,
+                error = tracing::field::Empty,
+            ),
+            #[cfg(feature = "tracing")]
+            started: std::time::Instant::now(),
+        }
+    }
+
+    /// Enters the span (a synchronous driver, for the whole batch).
+    #[cfg(feature = "tracing")]
+    pub(crate) fn enter(&self) -> Option<tracing::span::Entered<'_>> {
+        Some(self.span.enter())
+    }
+
+    /// Enters the span (a synchronous driver, for the whole batch).
+    #[cfg(not(feature = "tracing"))]
+    pub(crate) fn enter(&self) -> Option<()> {
+        None
+    }
+
+    fn attempt(&self, attempt: u32) {
+        #[cfg(feature = "tracing")]
+        self.span.record("attempt", attempt);
+    }
+
+    fn failed(&self, e: &Error) {
+        #[cfg(feature = "tracing")]
+        {
+            self.span.record("error", tracing::field::display(e));
+            self.span.record("elapsed_ms", elapsed_ms(self.started));
+        }
+    }
+
+    fn loaded<V: std::fmt::Debug, T, L: LoadedRow<V, T>>(&self, rows: &[L]) {
+        #[cfg(feature = "tracing")]
+        {
+            self.span.record("rows", rows.len());
+            self.span.record("elapsed_ms", elapsed_ms(self.started));
+            if let Some(last) = rows.last() {
+                self.span.record("until", tracing::field::debug(last.key()));
+            }
+        }
+    }
+}
+
+/// The synchronous driver of a scan: runs what its [`ScanCore`] asks for on a
+/// connection of the source, sleeping between retries.
+#[doc(hidden)]
+#[allow(missing_debug_implementations)]
+pub struct Scan<S: ConnectionSource, B, K: Key, R> {
+    source: S,
+    core: ScanCore<B, K, R>,
+}
+
+impl<S: ConnectionSource, B, K: Key, R: RowType<K>> Scan<S, B, K, R> {
+    pub(crate) fn new(
+        source: S,
+        query: Result<SeekQuery<B, K>, Error>,
+        rows: R,
+        config: ScanConfig,
+    ) -> Self {
+        Self {
+            source,
+            core: ScanCore::new(query, rows, config),
+        }
+    }
+}
+
+pub(crate) type BatchResult<T> = Option<Result<Vec<T>, Error>>;
+
+impl<S, B, K, R> Scan<S, B, K, R>
+where
+    S: ConnectionSource,
+    S::Connection: UniqueIndexes,
+    Db<S>: KeysetBackend,
+    K: Key,
+    R: Rows<S::Connection, B, K>,
+{
+    /// The checks before the first batch.
+    fn first_steps(&mut self, plan: &BatchPlan) -> Result<(), Error> {
+        let steps = self.core.first_steps(plan, Db::<S>::STORED_FORMS);
+        if let Some(key_sql) = steps.key_check {
+            self.core.key_check_attempted();
+            let problem = self.source.run(false, |conn| key_problem(conn, &key_sql));
+            self.core.key_checked(problem)?;
+        }
+        if steps.probe {
+            if let Some((query, loader)) = self.core.probe_query() {
+                let rows = self.source.run(false, |conn| loader.load(query, conn, 1));
+                self.core.probed(rows)?;
+            }
+        }
+        if let Some(check) = steps.order {
+            if let Some((query, loader)) = self.core.order_query() {
+                let found = self.source.run(false, |conn| {
+                    let prefix = match check.table() {
+                        Some((schema, table)) => {
+                            check.prefix(&conn.unique_column_sets_in(schema, table)?)
+                        }
+                        None => 0,
+                    };
+                    let needs_plan = match check.index() {
+                        Some((schema, table, columns)) if check.needs_plan(prefix) => {
+                            !conn.has_index_in_order(schema, table, &columns)?
+                        }
+                        _ => check.needs_plan(prefix),
+                    };
+                    let plan = match needs_plan {
+                        true => Some(loader.explain(query, conn, 2)?),
+                        false => None,
+                    };
+                    Ok((prefix, plan))
+                });
+                self.core.order_checked::<Db<S>>(&check, found)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Loads the next non-empty batch, or `None` at the end.
+    pub(crate) fn next_batch(&mut self) -> BatchResult<R::Loaded> {
+        let plan = match self.core.engine.plan() {
+            Ok(Some(plan)) => plan,
+            Ok(None) => return None,
+            Err(e) => return Some(Err(e)),
+        };
+        if let Err(e) = self.first_steps(&plan) {
+            return Some(Err(e));
+        }
+        let trace = self.core.trace(&plan);
+        let _entered = trace.enter();
+        let mut attempt = 0u32;
+        let rows = loop {
+            attempt += 1;
+            let (query, loader) = self.core.attempt(&trace, attempt)?;
+            let fetch = plan.fetch();
+            match self
+                .source
+                .run(attempt > 1, |conn| loader.load(query, conn, fetch))
+            {
+                Ok(rows) => break rows,
+                Err(e) => {
+                    match self
+                        .core
+                        .failed(&plan, &trace, attempt, S::DEFAULT_MAX_RETRIES, e)
+                    {
+                        Ok(delay) => std::thread::sleep(delay),
+                        Err(e) => return Some(Err(e)),
+                    }
+                }
+            }
+        };
+        self.core.loaded(&plan, &trace, rows)
     }
 }
 
@@ -283,13 +460,13 @@ impl<S: ConnectionSource, B, K: Key, R> LoadBatches<S, B, K, R> {
     /// Counters of the scan so far.
     pub fn progress(&self) -> Progress<K::Value> {
         let last = self.last_key().cloned();
-        self.scan.engine.progress(self.rows, last)
+        self.scan.core.engine.progress(self.rows, last)
     }
 
     /// Why the scan ended, once it has: for example
     /// [`EndReason::EmptyBounds`] when `start_after` / `end_at` leave no key.
     pub fn end_reason(&self) -> Option<EndReason> {
-        self.scan.engine.end
+        self.scan.core.engine.end
     }
 }
 
@@ -316,9 +493,10 @@ where
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        let batch = self.scan.engine.config.batch_size.max(1);
+        let batch = self.scan.core.engine.config.batch_size.max(1);
         let upper = self
             .scan
+            .core
             .engine
             .rows_left()
             .map(|left| usize::try_from(left.div_ceil(batch)).unwrap_or(usize::MAX));
@@ -393,7 +571,7 @@ impl<S: ConnectionSource, B, K: Key, R: RowType<K>> LoadIter<S, B, K, R> {
     /// Counters of the scan so far.
     pub fn progress(&self) -> Progress<K::Value> {
         let last = self.last_key().cloned();
-        self.scan.engine.progress(self.rows, last)
+        self.scan.core.engine.progress(self.rows, last)
     }
 
     /// Why the scan ended, once it has: for example
@@ -402,7 +580,7 @@ impl<S: ConnectionSource, B, K: Key, R: RowType<K>> LoadIter<S, B, K, R> {
         if self.buffer.len() > 0 {
             return None;
         }
-        self.scan.engine.end
+        self.scan.core.engine.end
     }
 }
 
@@ -435,6 +613,7 @@ where
         let buffered = self.buffer.len();
         let upper = self
             .scan
+            .core
             .engine
             .rows_left()
             .and_then(|left| usize::try_from(left).ok())

@@ -17,6 +17,8 @@ pub mod query;
 mod rows;
 mod source;
 mod stored;
+#[cfg(feature = "async")]
+mod stream;
 mod unique;
 pub mod write;
 
@@ -34,6 +36,12 @@ pub use plan::Partition;
 pub use rows::{KeyedRows, LoadedRow, ModelRows, RowType, Rows};
 pub use source::{AttemptError, ConnectionSource};
 pub use stored::StoredKey;
+#[cfg(feature = "async")]
+pub use stream::{
+    AsyncConnectionSource, AsyncDb, AsyncKeyCheck, AsyncLoadBatch, AsyncRows, KeyedBatchesStream,
+    KeyedStream, LoadBatchesStream, LoadStream, ModelBatchesStream, ModelStream,
+    RunChunkedAsyncDsl, ScanKeyedAsync, ScanModelAsync,
+};
 pub use unique::UniqueIndexes;
 pub use write::{BatchStats, WriteReport};
 
@@ -45,5 +53,7 @@ pub use write::{BatchStats, WriteReport};
 pub mod prelude {
     pub use crate::dsl::ChunkedDsl;
     pub use crate::key::typed;
+    #[cfg(feature = "async")]
+    pub use crate::RunChunkedAsyncDsl;
     pub use crate::RunChunkedDsl;
 }

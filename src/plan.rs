@@ -518,3 +518,46 @@ mod tests {
         assert_eq!(plan_rows("[]"), None);
     }
 }
+
+/// What turns the rows of a [`PartitionQuery`] into slices: the key and the
+/// outer ends of the first and last slice.
+pub(crate) struct Slicing<K: Key> {
+    pub(crate) key: K,
+    pub(crate) ends: OuterEnds<K::Value>,
+}
+
+impl<K: Key> Slicing<K> {
+    /// The slices, from the rows the statement returned.
+    pub(crate) fn slices(
+        self,
+        kept: diesel::QueryResult<Vec<PartitionRow<K>>>,
+    ) -> Result<Vec<Partition<K::Value>>, Error> {
+        let kept = kept.map_err(|source| Error::Query {
+            context: "computing the partitions",
+            source,
+        })?;
+        slices(&self.key, kept, self.ends)
+    }
+}
+
+/// The row count a [`CountQuery`] returned (`out`: the plan on PostgreSQL, a
+/// count elsewhere), capped by `limit_total`.
+pub(crate) fn estimate<DB: KeysetBackend>(
+    out: diesel::QueryResult<String>,
+    cap: Option<u64>,
+) -> Result<u64, Error> {
+    let context = "estimating the rows of the scan";
+    let out = out.map_err(|source| Error::Query { context, source })?;
+    let rows = if DB::PLANNER_ESTIMATE {
+        plan_rows(&out)
+    } else {
+        out.trim().parse().ok()
+    }
+    .ok_or(Error::Query {
+        context,
+        source: diesel::result::Error::DeserializationError(
+            format!("no row count in {out:?}").into(),
+        ),
+    })?;
+    Ok(cap.map_or(rows, |cap| rows.min(cap)))
+}

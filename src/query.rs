@@ -480,14 +480,31 @@ impl<B, K: Key> SeekQuery<B, K> {
     /// The statement for the next batch: at most `limit` rows after the current
     /// bound.
     pub(crate) fn batch(&self, limit: i64) -> Batch<'_, B, K> {
-        Batch {
-            base: &self.base,
-            key: &self.key,
-            desc: self.bounds().desc != self.bounds().probe,
+        let desc = self.bounds().desc != self.bounds().probe;
+        Batch::new(
+            &self.base,
+            &self.key,
+            desc,
             limit,
-            cache: self.cache_statements,
-            order: self.order_prefix,
-        }
+            self.cache_statements,
+            self.order_prefix,
+        )
+    }
+
+    /// [`batch`](Self::batch), holding the query by `&mut`: a statement that is
+    /// `Send` when the query is (a boxed query is `Send` but not `Sync`), as
+    /// diesel-async needs.
+    #[cfg(feature = "async")]
+    pub(crate) fn batch_mut(&mut self, limit: i64) -> Batch<'_, B, K, &mut B> {
+        let desc = self.bounds().desc != self.bounds().probe;
+        Batch::new(
+            &mut self.base,
+            &self.key,
+            desc,
+            limit,
+            self.cache_statements,
+            self.order_prefix,
+        )
     }
 }
 
@@ -495,30 +512,46 @@ impl<B, K: Key> SeekQuery<B, K> {
 ///
 /// The prepared query has no ORDER BY or LIMIT of its own ([`ChunkableQuery`]), so
 /// the clauses appended here land where SQL expects them, after any GROUP BY or
-/// HAVING.
+/// HAVING. `R` is how the query is held: `&B`, or `&mut B` for the async driver.
 #[allow(missing_debug_implementations)]
-pub struct Batch<'q, B, K> {
-    base: &'q B,
+pub struct Batch<'q, B, K, R = &'q B> {
+    base: R,
     key: &'q K,
     desc: bool,
     limit: i64,
     cache: bool,
     order: usize,
+    _base: std::marker::PhantomData<fn() -> B>,
 }
 
-impl<B: Query, K> Query for Batch<'_, B, K> {
+impl<'q, B, K, R> Batch<'q, B, K, R> {
+    fn new(base: R, key: &'q K, desc: bool, limit: i64, cache: bool, order: usize) -> Self {
+        Self {
+            base,
+            key,
+            desc,
+            limit,
+            cache,
+            order,
+            _base: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<B: Query, K, R> Query for Batch<'_, B, K, R> {
     type SqlType = B::SqlType;
 }
 
-impl<B, K> QueryId for Batch<'_, B, K> {
+impl<B, K, R> QueryId for Batch<'_, B, K, R> {
     type QueryId = ();
     const HAS_STATIC_QUERY_ID: bool = false;
 }
 
-impl<B, K, DB> QueryFragment<DB> for Batch<'_, B, K>
+impl<B, K, R, DB> QueryFragment<DB> for Batch<'_, B, K, R>
 where
     DB: KeysetBackend + HasSqlType<BigInt>,
     B: QueryFragment<DB>,
+    R: std::ops::Deref<Target = B>,
     K: KeySql<DB>,
     i64: diesel::serialize::ToSql<BigInt, DB>,
 {
@@ -528,7 +561,7 @@ where
             // round trip (see `Chunked::cache_statements`).
             out.unsafe_to_cache_prepared();
         }
-        self.base.walk_ast(out.reborrow())?;
+        QueryFragment::<DB>::walk_ast(&*self.base, out.reborrow())?;
         out.push_sql(" ORDER BY ");
         let order = match self.order {
             0 => K::ARITY,
@@ -548,7 +581,7 @@ where
     }
 }
 
-impl<B, K, Conn> RunQueryDsl<Conn> for Batch<'_, B, K> {}
+impl<B, K, R, Conn> RunQueryDsl<Conn> for Batch<'_, B, K, R> {}
 
 /// The `SELECT` list of `load_iter::<M>`: the model's columns, then the key's
 /// columns unless the model already selects them.

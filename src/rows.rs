@@ -148,10 +148,7 @@ where
         limit: i64,
     ) -> diesel::QueryResult<Vec<(StoredKey<K::Value>, U)>> {
         let rows = query.load_batch(conn, limit)?;
-        Ok(rows
-            .into_iter()
-            .map(|u| (StoredKey::from((self.key_of)(&u)), u))
-            .collect())
+        Ok(self.keyed(rows))
     }
 
     fn explain(
@@ -161,6 +158,18 @@ where
         limit: i64,
     ) -> diesel::QueryResult<Vec<String>> {
         query.explain_batch(conn, limit)
+    }
+}
+
+impl<U, F> KeyedRows<U, F> {
+    /// Each row with its key, read by the closure.
+    pub(crate) fn keyed<V>(&mut self, rows: Vec<U>) -> Vec<(StoredKey<V>, U)>
+    where
+        F: FnMut(&U) -> V,
+    {
+        rows.into_iter()
+            .map(|u| (StoredKey::from((self.key_of)(&u)), u))
+            .collect()
     }
 }
 

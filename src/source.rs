@@ -18,6 +18,10 @@ pub enum AttemptError {
     #[cfg(feature = "r2d2")]
     #[error("no connection from the pool: {0}")]
     Pool(r2d2::Error),
+    /// No connection could be had from an async pool (deadpool, bb8).
+    #[cfg(any(feature = "deadpool", feature = "bb8"))]
+    #[error("no connection from the pool: {0}")]
+    AsyncPool(Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// A source of connections for a scan.
@@ -76,12 +80,14 @@ pub(crate) fn is_transient(e: &AttemptError) -> bool {
         AttemptError::Query(e) => connection_lost(e) || database_busy(e),
         #[cfg(feature = "r2d2")]
         AttemptError::Pool(_) => true,
+        #[cfg(any(feature = "deadpool", feature = "bb8"))]
+        AttemptError::AsyncPool(_) => true,
     }
 }
 
 /// Whether the connection the error came from is broken: closed, terminated by
 /// the server, or unable to send or receive.
-fn connection_lost(e: &diesel::result::Error) -> bool {
+pub(crate) fn connection_lost(e: &diesel::result::Error) -> bool {
     use diesel::result::{DatabaseErrorKind, Error as E};
     match e {
         E::DatabaseError(

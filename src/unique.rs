@@ -2,6 +2,8 @@
 //! whose columns are all part of the key (as Rails 8 does before `in_batches`).
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
 
 use diesel::connection::LoadConnection;
 #[cfg(feature = "mysql")]
@@ -163,20 +165,37 @@ impl UniqueIndexes for diesel::PgConnection {
         schema: Option<&str>,
         table: &str,
     ) -> QueryResult<Vec<Vec<String>>> {
-        let rows = diesel::sql_query(
-            "SELECT string_agg(a.attname::text, ',') AS cols \
-             FROM pg_index ix \
-             JOIN pg_attribute a ON a.attrelid = ix.indrelid AND a.attnum = ANY(ix.indkey) \
-             WHERE ix.indrelid = to_regclass(CASE WHEN $1::text IS NULL THEN quote_ident($2) \
-                   ELSE quote_ident($1) || '.' || quote_ident($2) END) \
-               AND ix.indisunique AND ix.indpred IS NULL AND ix.indexprs IS NULL \
-             GROUP BY ix.indexrelid",
-        )
+        let rows = diesel::sql_query(PG_UNIQUE_SETS)
         .bind::<Nullable<Text>, _>(schema)
         .bind::<Text, _>(table)
         .load::<ColumnSet>(self)?;
         Ok(split(rows))
     }
+}
+
+/// The unique column sets of a PostgreSQL table (see
+/// [`UniqueIndexes::unique_column_sets_in`]).
+#[cfg(feature = "postgres")]
+const PG_UNIQUE_SETS: &str = "SELECT string_agg(a.attname::text, ',') AS cols \
+     FROM pg_index ix \
+     JOIN pg_attribute a ON a.attrelid = ix.indrelid AND a.attnum = ANY(ix.indkey) \
+     WHERE ix.indrelid = to_regclass(CASE WHEN $1::text IS NULL THEN quote_ident($2) \
+           ELSE quote_ident($1) || '.' || quote_ident($2) END) \
+       AND ix.indisunique AND ix.indpred IS NULL AND ix.indexprs IS NULL \
+     GROUP BY ix.indexrelid";
+
+/// [`UniqueIndexes::unique_column_sets_in`] on an async PostgreSQL connection.
+#[cfg(all(feature = "postgres", feature = "async"))]
+pub(crate) async fn pg_unique_column_sets_async(
+    conn: &mut diesel_async::AsyncPgConnection,
+    schema: Option<&str>,
+    table: &str,
+) -> QueryResult<Vec<Vec<String>>> {
+    let query = diesel::sql_query(PG_UNIQUE_SETS)
+        .bind::<Nullable<Text>, _>(schema)
+        .bind::<Text, _>(table);
+    let rows = diesel_async::RunQueryDsl::load::<ColumnSet>(query, conn).await?;
+    Ok(split(rows))
 }
 
 #[cfg(feature = "mysql")]
@@ -190,15 +209,10 @@ impl UniqueIndexes for diesel::MysqlConnection {
         schema: Option<&str>,
         table: &str,
     ) -> QueryResult<Vec<Vec<String>>> {
-        let rows = diesel::sql_query(
-            "SELECT CAST(GROUP_CONCAT(COLUMN_NAME SEPARATOR ',') AS CHAR) AS cols \
-             FROM information_schema.STATISTICS \
-             WHERE TABLE_SCHEMA = COALESCE(?, DATABASE()) AND TABLE_NAME = ? AND NON_UNIQUE = 0 \
-             GROUP BY INDEX_NAME HAVING SUM(SUB_PART IS NOT NULL) = 0",
-        )
-        .bind::<Nullable<Text>, _>(schema)
-        .bind::<Text, _>(table)
-        .load::<ColumnSet>(self)?;
+        let rows = diesel::sql_query(MYSQL_UNIQUE_SETS)
+            .bind::<Nullable<Text>, _>(schema)
+            .bind::<Text, _>(table)
+            .load::<ColumnSet>(self)?;
         Ok(split(rows))
     }
 
@@ -208,53 +222,11 @@ impl UniqueIndexes for diesel::MysqlConnection {
         table: &str,
         columns: &[&str],
     ) -> QueryResult<bool> {
-        #[derive(QueryableByName)]
-        struct IndexColumns {
-            #[diesel(sql_type = Text)]
-            name: String,
-            #[diesel(sql_type = BigInt)]
-            non_unique: i64,
-            #[diesel(sql_type = Text)]
-            cols: String,
-        }
-        let rows = diesel::sql_query(
-            "SELECT CAST(INDEX_NAME AS CHAR) AS name, CAST(MAX(NON_UNIQUE) AS SIGNED) AS non_unique, \
-             CAST(GROUP_CONCAT(IF(SUB_PART IS NULL, COLUMN_NAME, '') ORDER BY SEQ_IN_INDEX SEPARATOR ',') AS CHAR) AS cols \
-             FROM information_schema.STATISTICS \
-             WHERE TABLE_SCHEMA = COALESCE(?, DATABASE()) AND TABLE_NAME = ? \
-             GROUP BY INDEX_NAME",
-        )
-        .bind::<Nullable<Text>, _>(schema)
-        .bind::<Text, _>(table)
-        .load::<IndexColumns>(self)?;
-        let primary: Vec<&str> = rows
-            .iter()
-            .find(|r| r.name == "PRIMARY")
-            .map(|r| r.cols.split(',').collect())
-            .unwrap_or_default();
-        Ok(rows.iter().any(|r| {
-            let mut order: Vec<&str> = r.cols.split(',').collect();
-            // a prefix index part ends the usable order
-            if let Some(cut) = order.iter().position(|c| c.is_empty()) {
-                order.truncate(cut);
-            }
-            // InnoDB ends every secondary index with the primary key; MariaDB
-            // uses that order for a non-unique index only
-            if r.name != "PRIMARY" && r.non_unique == 1 && order.len() == r.cols.split(',').count()
-            {
-                let rest: Vec<&str> = primary
-                    .iter()
-                    .copied()
-                    .filter(|p| !order.contains(p))
-                    .collect();
-                order.extend(rest);
-            }
-            order.len() >= columns.len()
-                && order
-                    .iter()
-                    .zip(columns)
-                    .all(|(a, b)| a.eq_ignore_ascii_case(b))
-        }))
+        let rows = diesel::sql_query(MYSQL_INDEX_COLUMNS)
+            .bind::<Nullable<Text>, _>(schema)
+            .bind::<Text, _>(table)
+            .load::<IndexColumns>(self)?;
+        Ok(index_in_order(&rows, columns))
     }
 
     fn key_column_problem(
@@ -263,44 +235,182 @@ impl UniqueIndexes for diesel::MysqlConnection {
         table: &str,
         column: &str,
     ) -> QueryResult<Option<String>> {
-        #[derive(QueryableByName)]
-        struct ColumnInfo {
-            #[diesel(sql_type = Text)]
-            data_type: String,
-            #[diesel(sql_type = Nullable<Text>)]
-            collation: Option<String>,
-            #[diesel(sql_type = Nullable<BigInt>)]
-            octets: Option<i64>,
-            #[diesel(sql_type = BigInt)]
-            max_sort: i64,
-        }
-        let info = diesel::sql_query(
-            "SELECT CAST(LOWER(DATA_TYPE) AS CHAR) AS data_type, \
-                    CAST(COLLATION_NAME AS CHAR) AS collation, \
-                    CAST(CHARACTER_OCTET_LENGTH AS SIGNED) AS octets, \
-                    CAST(@@SESSION.max_sort_length AS SIGNED) AS max_sort \
-             FROM information_schema.COLUMNS \
-             WHERE TABLE_SCHEMA = COALESCE(?, DATABASE()) AND TABLE_NAME = ? AND COLUMN_NAME = ?",
-        )
-        .bind::<Nullable<Text>, _>(schema)
-        .bind::<Text, _>(table)
-        .bind::<Text, _>(column)
-        .load::<ColumnInfo>(self)?;
+        let info = diesel::sql_query(MYSQL_COLUMN_INFO)
+            .bind::<Nullable<Text>, _>(schema)
+            .bind::<Text, _>(table)
+            .bind::<Text, _>(column)
+            .load::<MysqlColumnInfo>(self)?;
         let Some(info) = info.into_iter().next() else {
             return Ok(None);
         };
+        let no_pad = match info.char_collation() {
+            Some(c) if c.to_ascii_lowercase().contains("nopad") => true,
+            Some(c) => pad_is_no_pad(
+                diesel::sql_query(MYSQL_PAD)
+                    .bind::<Text, _>(c)
+                    .load::<MysqlPad>(self),
+            ),
+            None => false,
+        };
+        Ok(info.problem(table, column, no_pad))
+    }
+}
+
+/// The unique column sets of a MySQL/MariaDB table (see
+/// [`UniqueIndexes::unique_column_sets_in`]).
+#[cfg(feature = "mysql")]
+const MYSQL_UNIQUE_SETS: &str =
+    "SELECT CAST(GROUP_CONCAT(COLUMN_NAME SEPARATOR ',') AS CHAR) AS cols \
+     FROM information_schema.STATISTICS \
+     WHERE TABLE_SCHEMA = COALESCE(?, DATABASE()) AND TABLE_NAME = ? AND NON_UNIQUE = 0 \
+     GROUP BY INDEX_NAME HAVING SUM(SUB_PART IS NOT NULL) = 0";
+
+/// The indexes of a MySQL/MariaDB table, each with its columns in order (a
+/// prefix part as an empty name) (see [`UniqueIndexes::has_index_in_order`]).
+#[cfg(feature = "mysql")]
+const MYSQL_INDEX_COLUMNS: &str =
+    "SELECT CAST(INDEX_NAME AS CHAR) AS name, CAST(MAX(NON_UNIQUE) AS SIGNED) AS non_unique, \
+     CAST(GROUP_CONCAT(IF(SUB_PART IS NULL, COLUMN_NAME, '') ORDER BY SEQ_IN_INDEX SEPARATOR ',') AS CHAR) AS cols \
+     FROM information_schema.STATISTICS \
+     WHERE TABLE_SCHEMA = COALESCE(?, DATABASE()) AND TABLE_NAME = ? \
+     GROUP BY INDEX_NAME";
+
+/// One index of [`MYSQL_INDEX_COLUMNS`].
+#[cfg(feature = "mysql")]
+#[derive(QueryableByName)]
+struct IndexColumns {
+    #[diesel(sql_type = Text)]
+    name: String,
+    #[diesel(sql_type = BigInt)]
+    non_unique: i64,
+    #[diesel(sql_type = Text)]
+    cols: String,
+}
+
+/// Whether one of the indexes `rows` gives the order of `columns`.
+#[cfg(feature = "mysql")]
+fn index_in_order(rows: &[IndexColumns], columns: &[&str]) -> bool {
+    let primary: Vec<&str> = rows
+        .iter()
+        .find(|r| r.name == "PRIMARY")
+        .map(|r| r.cols.split(',').collect())
+        .unwrap_or_default();
+    rows.iter().any(|r| {
+        let mut order: Vec<&str> = r.cols.split(',').collect();
+        // a prefix index part ends the usable order
+        if let Some(cut) = order.iter().position(|c| c.is_empty()) {
+            order.truncate(cut);
+        }
+        // InnoDB ends every secondary index with the primary key; MariaDB
+        // uses that order for a non-unique index only
+        if r.name != "PRIMARY" && r.non_unique == 1 && order.len() == r.cols.split(',').count() {
+            let rest: Vec<&str> = primary
+                .iter()
+                .copied()
+                .filter(|p| !order.contains(p))
+                .collect();
+            order.extend(rest);
+        }
+        order.len() >= columns.len()
+            && order
+                .iter()
+                .zip(columns)
+                .all(|(a, b)| a.eq_ignore_ascii_case(b))
+    })
+}
+
+/// [`UniqueIndexes::has_index_in_order`] on an async MySQL connection.
+#[cfg(all(feature = "mysql", feature = "async"))]
+pub(crate) async fn has_index_in_order_async(
+    conn: &mut diesel_async::AsyncMysqlConnection,
+    schema: Option<&str>,
+    table: &str,
+    columns: &[&str],
+) -> QueryResult<bool> {
+    let query = diesel::sql_query(MYSQL_INDEX_COLUMNS)
+        .bind::<Nullable<Text>, _>(schema)
+        .bind::<Text, _>(table);
+    let rows = diesel_async::RunQueryDsl::load::<IndexColumns>(query, conn).await?;
+    Ok(index_in_order(&rows, columns))
+}
+
+/// [`UniqueIndexes::unique_column_sets_in`] on an async MySQL connection.
+#[cfg(all(feature = "mysql", feature = "async"))]
+pub(crate) async fn unique_column_sets_async(
+    conn: &mut diesel_async::AsyncMysqlConnection,
+    schema: Option<&str>,
+    table: &str,
+) -> QueryResult<Vec<Vec<String>>> {
+    let query = diesel::sql_query(MYSQL_UNIQUE_SETS)
+        .bind::<Nullable<Text>, _>(schema)
+        .bind::<Text, _>(table);
+    let rows = diesel_async::RunQueryDsl::load::<ColumnSet>(query, conn).await?;
+    Ok(split(rows))
+}
+
+/// A key column's type, collation and length, and the server's sort prefix.
+#[cfg(feature = "mysql")]
+#[derive(QueryableByName)]
+pub(crate) struct MysqlColumnInfo {
+    #[diesel(sql_type = Text)]
+    data_type: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    collation: Option<String>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    octets: Option<i64>,
+    #[diesel(sql_type = BigInt)]
+    max_sort: i64,
+}
+
+#[cfg(feature = "mysql")]
+pub(crate) const MYSQL_COLUMN_INFO: &str = "SELECT CAST(LOWER(DATA_TYPE) AS CHAR) AS data_type, \
+            CAST(COLLATION_NAME AS CHAR) AS collation, \
+            CAST(CHARACTER_OCTET_LENGTH AS SIGNED) AS octets, \
+            CAST(@@SESSION.max_sort_length AS SIGNED) AS max_sort \
+     FROM information_schema.COLUMNS \
+     WHERE TABLE_SCHEMA = COALESCE(?, DATABASE()) AND TABLE_NAME = ? AND COLUMN_NAME = ?";
+
+/// Whether a MySQL/MariaDB collation is `NO PAD`: MariaDB names them
+/// `*_nopad_*`; MySQL 8 says so in `information_schema.COLLATIONS.PAD_ATTRIBUTE`,
+/// a column MariaDB does not have (the query's error then means "no").
+#[cfg(feature = "mysql")]
+pub(crate) const MYSQL_PAD: &str = "SELECT CAST(PAD_ATTRIBUTE AS CHAR) AS pad \
+     FROM information_schema.COLLATIONS WHERE COLLATION_NAME = ?";
+
+#[cfg(feature = "mysql")]
+#[derive(QueryableByName)]
+pub(crate) struct MysqlPad {
+    #[diesel(sql_type = Text)]
+    pad: String,
+}
+
+#[cfg(feature = "mysql")]
+pub(crate) fn pad_is_no_pad(rows: QueryResult<Vec<MysqlPad>>) -> bool {
+    matches!(rows, Ok(rows) if rows.iter().any(|r| r.pad.eq_ignore_ascii_case("NO PAD")))
+}
+
+#[cfg(feature = "mysql")]
+impl MysqlColumnInfo {
+    /// The collation to ask about `NO PAD`, for a `CHAR` column.
+    pub(crate) fn char_collation(&self) -> Option<&str> {
+        (self.data_type == "char")
+            .then_some(self.collation.as_deref())
+            .flatten()
+    }
+
+    /// Why the column cannot be a key, given whether its collation is `NO PAD`.
+    pub(crate) fn problem(&self, table: &str, column: &str, no_pad: bool) -> Option<String> {
+        let info = self;
         let name = format!("{table}.{column}");
-        if info.data_type == "char" {
-            if let Some(collation) = &info.collation {
-                if no_pad(self, collation)? {
-                    return Ok(Some(format!(
-                        "{name} is CHAR with the NO PAD collation {collation}: the server \
-                         pads CHAR values with spaces in some comparisons and strips them in \
-                         others, so it cannot order and compare such a key consistently; use \
-                         a VARCHAR column or a PAD SPACE collation, or scan by a unique id \
-                         column"
-                    )));
-                }
+        if no_pad {
+            if let Some(collation) = info.char_collation() {
+                return Some(format!(
+                    "{name} is CHAR with the NO PAD collation {collation}: the server \
+                     pads CHAR values with spaces in some comparisons and strips them in \
+                     others, so it cannot order and compare such a key consistently; use \
+                     a VARCHAR column or a PAD SPACE collation, or scan by a unique id \
+                     column"
+                ));
             }
         }
         let sorted_prefix = matches!(
@@ -319,7 +429,7 @@ impl UniqueIndexes for diesel::MysqlConnection {
                 | "longblob"
         );
         match info.octets {
-            Some(octets) if sorted_prefix && octets > info.max_sort => Ok(Some(format!(
+            Some(octets) if sorted_prefix && octets > info.max_sort => Some(format!(
                 "{name} is {} holding up to {octets} bytes, but the server sorts only the \
                  first @@max_sort_length = {} bytes of a value, so values that share that \
                  prefix come back in an arbitrary order and rows would be skipped or \
@@ -327,32 +437,56 @@ impl UniqueIndexes for diesel::MysqlConnection {
                  max_sort_length (globally) above {octets}",
                 info.data_type.to_ascii_uppercase(),
                 info.max_sort
-            ))),
-            _ => Ok(None),
+            )),
+            _ => None,
         }
     }
 }
 
-/// Whether a MySQL/MariaDB collation is `NO PAD`: MariaDB names them
-/// `*_nopad_*`; MySQL 8 says so in `information_schema.COLLATIONS.PAD_ATTRIBUTE`,
-/// a column MariaDB does not have.
-#[cfg(feature = "mysql")]
-fn no_pad(conn: &mut diesel::MysqlConnection, collation: &str) -> QueryResult<bool> {
-    #[derive(QueryableByName)]
-    struct Pad {
-        #[diesel(sql_type = Text)]
-        pad: String,
+/// [`key_problem`] on an async MySQL connection: the same queries and verdict.
+#[cfg(all(feature = "mysql", feature = "async"))]
+pub(crate) async fn key_problem_async(
+    conn: &mut diesel_async::AsyncMysqlConnection,
+    key_sql: &str,
+) -> QueryResult<Option<String>> {
+    let Ok(key) = sql::key_columns(key_sql) else {
+        return Ok(None);
+    };
+    for k in &key {
+        let (schema, table, column) = (k.table.schema.as_deref(), &k.table.table, &k.column);
+        if let Some(problem) = key_column_problem_async(conn, schema, table, column).await? {
+            return Ok(Some(problem));
+        }
     }
-    if collation.to_ascii_lowercase().contains("nopad") {
-        return Ok(true);
-    }
-    let pad = diesel::sql_query(
-        "SELECT CAST(PAD_ATTRIBUTE AS CHAR) AS pad FROM information_schema.COLLATIONS \
-         WHERE COLLATION_NAME = ?",
-    )
-    .bind::<Text, _>(collation)
-    .load::<Pad>(conn);
-    Ok(matches!(pad, Ok(rows) if rows.iter().any(|r| r.pad.eq_ignore_ascii_case("NO PAD"))))
+    Ok(None)
+}
+
+/// [`UniqueIndexes::key_column_problem`] on an async MySQL connection.
+#[cfg(all(feature = "mysql", feature = "async"))]
+pub(crate) async fn key_column_problem_async(
+    conn: &mut diesel_async::AsyncMysqlConnection,
+    schema: Option<&str>,
+    table: &str,
+    column: &str,
+) -> QueryResult<Option<String>> {
+    use diesel_async::RunQueryDsl;
+    let query = diesel::sql_query(MYSQL_COLUMN_INFO)
+        .bind::<Nullable<Text>, _>(schema)
+        .bind::<Text, _>(table)
+        .bind::<Text, _>(column);
+    let info = RunQueryDsl::load::<MysqlColumnInfo>(query, conn).await?;
+    let Some(info) = info.into_iter().next() else {
+        return Ok(None);
+    };
+    let no_pad = match info.char_collation() {
+        Some(c) if c.to_ascii_lowercase().contains("nopad") => true,
+        Some(c) => {
+            let query = diesel::sql_query(MYSQL_PAD).bind::<Text, _>(c);
+            pad_is_no_pad(RunQueryDsl::load::<MysqlPad>(query, conn).await)
+        }
+        None => false,
+    };
+    Ok(info.problem(table, column, no_pad))
 }
 
 /// Why the database cannot scan by the key whose columns render as `key_sql`
@@ -393,6 +527,72 @@ pub(crate) fn verify<C: UniqueIndexes>(
     key_sql: Result<String, String>,
     query_sql: Result<String, String>,
 ) -> Result<(), Error> {
+    let mut reader = Blocking(conn);
+    let check = verify_with(&mut reader, names, describe, key_sql, query_sql);
+    let mut check = std::pin::pin!(check);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match check.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(result) => result,
+        // every read of `Blocking` is done when its future is made
+        std::task::Poll::Pending => unreachable!("a blocking schema read is never pending"),
+    }
+}
+
+/// A future of a schema read.
+pub(crate) type SchemaRead<'a, T> = Pin<Box<dyn Future<Output = QueryResult<T>> + Send + 'a>>;
+
+/// What the uniqueness check reads of the schema, on a blocking or an async
+/// connection.
+pub(crate) trait SchemaReader {
+    /// See [`UniqueIndexes::key_column_problem`].
+    fn column_problem<'a>(
+        &'a mut self,
+        schema: Option<&'a str>,
+        table: &'a str,
+        column: &'a str,
+    ) -> SchemaRead<'a, Option<String>>;
+
+    /// See [`UniqueIndexes::unique_column_sets_in`].
+    fn column_sets<'a>(
+        &'a mut self,
+        schema: Option<&'a str>,
+        table: &'a str,
+    ) -> SchemaRead<'a, Vec<Vec<String>>>;
+}
+
+/// A blocking connection as a [`SchemaReader`]: each read runs when its
+/// future is made, which is then ready.
+struct Blocking<'c, C>(&'c mut C);
+
+impl<C: UniqueIndexes> SchemaReader for Blocking<'_, C> {
+    fn column_problem<'a>(
+        &'a mut self,
+        schema: Option<&'a str>,
+        table: &'a str,
+        column: &'a str,
+    ) -> SchemaRead<'a, Option<String>> {
+        Box::pin(std::future::ready(
+            self.0.key_column_problem(schema, table, column),
+        ))
+    }
+
+    fn column_sets<'a>(
+        &'a mut self,
+        schema: Option<&'a str>,
+        table: &'a str,
+    ) -> SchemaRead<'a, Vec<Vec<String>>> {
+        Box::pin(std::future::ready(self.0.unique_column_sets_in(schema, table)))
+    }
+}
+
+/// [`verify`] on any [`SchemaReader`].
+pub(crate) async fn verify_with<R: SchemaReader>(
+    conn: &mut R,
+    names: &[(&'static str, &'static str)],
+    describe: &str,
+    key_sql: Result<String, String>,
+    query_sql: Result<String, String>,
+) -> Result<(), Error> {
     let unreadable = |table: String, reason: String| Error::NotUniqueOverQuery {
         table,
         columns: describe.to_string(),
@@ -416,7 +616,8 @@ pub(crate) fn verify<C: UniqueIndexes>(
 
     for k in &key {
         if let Some(reason) = conn
-            .key_column_problem(k.table.schema.as_deref(), &k.table.table, &k.column)
+            .column_problem(k.table.schema.as_deref(), &k.table.table, &k.column)
+            .await
             .map_err(query_error("reading the key column's type"))?
         {
             return Err(Error::UnsupportedKey {
@@ -463,7 +664,8 @@ pub(crate) fn verify<C: UniqueIndexes>(
     for i in &from.instances {
         if !sets.contains_key(&i.name) {
             let s = conn
-                .unique_column_sets_in(i.name.schema.as_deref(), &i.name.table)
+                .column_sets(i.name.schema.as_deref(), &i.name.table)
+                .await
                 .map_err(query_error("reading the table's unique indexes"))?;
             sets.insert(i.name.clone(), s);
         }

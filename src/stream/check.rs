@@ -1,0 +1,159 @@
+//! What a scan and the planning calls read of the schema on an async
+//! connection: the async twin of [`UniqueIndexes`](crate::UniqueIndexes).
+
+use diesel::QueryResult;
+use futures_util::future::BoxFuture;
+
+use crate::unique::{SchemaRead, SchemaReader};
+
+/// What a scan and the planning calls ask of an async connection's schema:
+/// the async twin of [`UniqueIndexes`](crate::UniqueIndexes), with the same
+/// statements. Only MySQL/MariaDB runs statements before a scan (its string
+/// key columns, and the unique column sets and indexes that decide how a
+/// composite key is ordered); `verify_unique_async` reads the unique column
+/// sets on every backend.
+#[doc(hidden)]
+pub trait AsyncKeyCheck: Send {
+    /// Whether a batch whose statement is not cached (`cache_statements(false)`)
+    /// runs in a transaction of its own. diesel-async's PostgreSQL connection
+    /// prepares every statement under a name, in a round trip apart from the one
+    /// that runs it; behind a pooler in transaction mode (pgbouncer) the two may
+    /// reach different server connections unless a transaction holds them on one.
+    const UNCACHED_IN_TRANSACTION: bool = false;
+
+    /// Why the database cannot scan by the key whose columns render as
+    /// `key_sql`, if it cannot (checked before a scan's first batch).
+    fn key_problem<'c>(
+        &'c mut self,
+        key_sql: &'c str,
+    ) -> BoxFuture<'c, QueryResult<Option<String>>> {
+        let _ = key_sql;
+        Box::pin(async { Ok(None) })
+    }
+
+    /// Why the database cannot order or compare one key column consistently
+    /// (see [`UniqueIndexes::key_column_problem`](crate::UniqueIndexes::key_column_problem)).
+    fn key_column_problem<'c>(
+        &'c mut self,
+        schema: Option<&'c str>,
+        table: &'c str,
+        column: &'c str,
+    ) -> BoxFuture<'c, QueryResult<Option<String>>> {
+        let _ = (schema, table, column);
+        Box::pin(async { Ok(None) })
+    }
+
+    /// The unique column sets of `table` in `schema` (see
+    /// [`UniqueIndexes::unique_column_sets_in`](crate::UniqueIndexes::unique_column_sets_in)).
+    fn unique_column_sets_in<'c>(
+        &'c mut self,
+        schema: Option<&'c str>,
+        table: &'c str,
+    ) -> BoxFuture<'c, QueryResult<Vec<Vec<String>>>>;
+
+    /// Whether an index gives the order of `columns` (see
+    /// [`UniqueIndexes::has_index_in_order`](crate::UniqueIndexes::has_index_in_order)).
+    fn has_index_in_order<'c>(
+        &'c mut self,
+        schema: Option<&'c str>,
+        table: &'c str,
+        columns: &'c [&'c str],
+    ) -> BoxFuture<'c, QueryResult<bool>> {
+        let _ = (schema, table, columns);
+        Box::pin(async { Ok(true) })
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl AsyncKeyCheck for diesel_async::AsyncPgConnection {
+    const UNCACHED_IN_TRANSACTION: bool = true;
+
+    fn unique_column_sets_in<'c>(
+        &'c mut self,
+        schema: Option<&'c str>,
+        table: &'c str,
+    ) -> BoxFuture<'c, QueryResult<Vec<Vec<String>>>> {
+        Box::pin(crate::unique::pg_unique_column_sets_async(
+            self, schema, table,
+        ))
+    }
+}
+
+/// SQLite's schema is read by the wrapped connection, on the wrapper's
+/// blocking thread.
+#[cfg(feature = "sqlite")]
+impl AsyncKeyCheck
+    for diesel_async::sync_connection_wrapper::SyncConnectionWrapper<diesel::SqliteConnection>
+{
+    fn unique_column_sets_in<'c>(
+        &'c mut self,
+        schema: Option<&'c str>,
+        table: &'c str,
+    ) -> BoxFuture<'c, QueryResult<Vec<Vec<String>>>> {
+        use crate::UniqueIndexes;
+        let (schema, table) = (schema.map(str::to_owned), table.to_owned());
+        self.spawn_blocking(move |conn| conn.unique_column_sets_in(schema.as_deref(), &table))
+    }
+}
+
+#[cfg(feature = "mysql")]
+impl AsyncKeyCheck for diesel_async::AsyncMysqlConnection {
+    fn key_problem<'c>(
+        &'c mut self,
+        key_sql: &'c str,
+    ) -> BoxFuture<'c, QueryResult<Option<String>>> {
+        Box::pin(crate::unique::key_problem_async(self, key_sql))
+    }
+
+    fn key_column_problem<'c>(
+        &'c mut self,
+        schema: Option<&'c str>,
+        table: &'c str,
+        column: &'c str,
+    ) -> BoxFuture<'c, QueryResult<Option<String>>> {
+        Box::pin(crate::unique::key_column_problem_async(
+            self, schema, table, column,
+        ))
+    }
+
+    fn unique_column_sets_in<'c>(
+        &'c mut self,
+        schema: Option<&'c str>,
+        table: &'c str,
+    ) -> BoxFuture<'c, QueryResult<Vec<Vec<String>>>> {
+        Box::pin(crate::unique::unique_column_sets_async(self, schema, table))
+    }
+
+    fn has_index_in_order<'c>(
+        &'c mut self,
+        schema: Option<&'c str>,
+        table: &'c str,
+        columns: &'c [&'c str],
+    ) -> BoxFuture<'c, QueryResult<bool>> {
+        Box::pin(crate::unique::has_index_in_order_async(
+            self, schema, table, columns,
+        ))
+    }
+}
+
+/// An async connection as the uniqueness check's schema reader.
+pub(crate) struct AsyncSchema<'c, C>(pub(crate) &'c mut C);
+
+impl<C: AsyncKeyCheck> SchemaReader for AsyncSchema<'_, C> {
+    fn column_problem<'a>(
+        &'a mut self,
+        schema: Option<&'a str>,
+        table: &'a str,
+        column: &'a str,
+    ) -> SchemaRead<'a, Option<String>> {
+        self.0.key_column_problem(schema, table, column)
+    }
+
+    fn column_sets<'a>(
+        &'a mut self,
+        schema: Option<&'a str>,
+        table: &'a str,
+    ) -> SchemaRead<'a, Vec<Vec<String>>> {
+        self.0.unique_column_sets_in(schema, table)
+    }
+}

@@ -1,0 +1,193 @@
+//! The planning calls on async connections, twins of the blocking ones:
+//! [`partitions_async`](Chunked::partitions_async),
+//! [`estimate_total_async`](Chunked::estimate_total_async),
+//! [`verify_unique_async`](Chunked::verify_unique_async) and
+//! [`explain_async`](Chunked::explain_async). Each builds the same statements
+//! as its twin and reads the answer the same way; only the connection is
+//! awaited.
+
+use std::future::Future;
+
+use diesel::backend::Backend;
+use diesel::query_builder::QueryFragment;
+use diesel_async::methods::LoadQuery;
+use diesel_async::{AsyncConnection, RunQueryDsl};
+use futures_util::future::BoxFuture;
+
+use super::check::AsyncSchema;
+use super::{AsyncKeyCheck, AsyncRows};
+use crate::backend::KeysetBackend;
+use crate::builder::{Chunked, PlanInner};
+use crate::error::Error;
+use crate::explain::{Explain, ExplainSteps};
+use crate::key::Key;
+use crate::plan::{self, CountQuery, KeyColumns, Partition, PartitionQuery, PartitionRow};
+use crate::plan::PreparePlan;
+use crate::query::{PrepareKeys, SeekQuery};
+use crate::rows::KeyRows;
+
+impl<Q, K: Key> Chunked<Q, K> {
+    /// [`partitions`](Self::partitions) on an async connection: the same
+    /// statement and slices.
+    ///
+    /// ```
+    /// # include!("../../tests/doc/setup.rs");
+    /// use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
+    /// use diesel_async::AsyncConnection;
+    /// use diesel_chunked_iterator::prelude::*;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let rt = tokio::runtime::Runtime::new()?;
+    /// # rt.block_on(async {
+    /// # let path = std::env::temp_dir().join(format!("doc-parts-{}.db", std::process::id()));
+    /// # let url = path.to_string_lossy().into_owned();
+    /// # { let mut c = SqliteConnection::establish(&url)?; fill(&mut c); }
+    /// let mut conn = SyncConnectionWrapper::<SqliteConnection>::establish(&url).await?;
+    /// let parts = posts::table.chunked_by(posts::id).partitions_async(2, &mut conn).await?;
+    /// assert_eq!((parts[0].end_at, parts[1].start_after), (Some(3), Some(3)));
+    /// assert_eq!(posts::table.chunked_by(posts::id).estimate_total_async(&mut conn).await?, 5);
+    /// # drop(conn); std::fs::remove_file(&path)?;
+    /// # Ok::<_, Box<dyn std::error::Error>>(()) })?;
+    /// # Ok(()) }
+    /// ```
+    pub fn partitions_async<'a, 'c, C>(
+        self,
+        n: usize,
+        conn: &'c mut C,
+    ) -> impl Future<Output = Result<Vec<Partition<K::Value>>, Error>> + Send + use<'a, 'c, Q, K, C>
+    where
+        'a: 'c,
+        C: AsyncConnection,
+        C::Backend: KeysetBackend,
+        K: Send + 'c,
+        K::Value: Send,
+        Q: PreparePlan<'a, K, KeyColumns<K>, C::Backend>,
+        PartitionQuery<PlanInner<'a, Q, K, KeyColumns<K>, C::Backend>, K>:
+            LoadQuery<'a, C, PartitionRow<K>> + Send + 'a,
+    {
+        let prepared = self.partition_statement::<C::Backend>(n);
+        async move {
+            let (statement, slicing) = prepared?;
+            slicing.slices(statement.load(conn).await)
+        }
+    }
+
+    /// [`estimate_total`](Self::estimate_total) on an async connection: the
+    /// planner's estimate on PostgreSQL, an exact count elsewhere (see
+    /// [`partitions_async`](Self::partitions_async) for an example).
+    pub fn estimate_total_async<'a, 'c, C>(
+        self,
+        conn: &'c mut C,
+    ) -> impl Future<Output = Result<u64, Error>> + Send + use<'a, 'c, Q, K, C>
+    where
+        'a: 'c,
+        C: AsyncConnection,
+        C::Backend: KeysetBackend,
+        Q: PreparePlan<'a, K, KeyColumns<K>, C::Backend>,
+        CountQuery<PlanInner<'a, Q, K, KeyColumns<K>, C::Backend>>:
+            LoadQuery<'a, C, String> + Send + 'a,
+    {
+        let prepared = self.count_statement::<C::Backend>();
+        async move {
+            let (statement, cap) = prepared?;
+            plan::estimate::<C::Backend>(statement.get_result(conn).await, cap)
+        }
+    }
+
+    /// [`verify_unique`](Self::verify_unique) on an async connection: the
+    /// same schema reads and verdicts.
+    ///
+    /// ```
+    /// # include!("../../tests/doc/setup.rs");
+    /// use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
+    /// use diesel_async::AsyncConnection;
+    /// use diesel_chunked_iterator::{prelude::*, Error, Verdict};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let rt = tokio::runtime::Runtime::new()?;
+    /// # rt.block_on(async {
+    /// # let path = std::env::temp_dir().join(format!("doc-verify-{}.db", std::process::id()));
+    /// # let url = path.to_string_lossy().into_owned();
+    /// # { let mut c = SqliteConnection::establish(&url)?; fill(&mut c); }
+    /// let mut conn = SyncConnectionWrapper::<SqliteConnection>::establish(&url).await?;
+    /// posts::table.chunked_by(posts::id).verify_unique_async(&mut conn).await?;
+    /// let err = posts::table.chunked_by(posts::title).verify_unique_async(&mut conn).await;
+    /// assert!(matches!(err, Err(Error::NotUnique { .. })));
+    ///
+    /// let plan = posts::table.chunked_by(posts::id).explain_async(&mut conn).await?;
+    /// assert_eq!(plan.verdict, Verdict::IndexRangeInKeyOrder);
+    /// # drop(conn); std::fs::remove_file(&path)?;
+    /// # Ok::<_, Box<dyn std::error::Error>>(()) })?;
+    /// # Ok(()) }
+    /// ```
+    pub fn verify_unique_async<'c, C>(
+        &self,
+        conn: &'c mut C,
+    ) -> impl Future<Output = Result<(), Error>> + Send + 'c
+    where
+        C: AsyncConnection + AsyncKeyCheck,
+        C::Backend: Default,
+        <C::Backend as Backend>::QueryBuilder: Default,
+        Q: QueryFragment<C::Backend>,
+        K::Selection: QueryFragment<C::Backend>,
+    {
+        let (key_sql, query_sql) = self.unique_sql::<C::Backend>();
+        let (names, describe) = (self.key.names(), self.key.describe());
+        async move {
+            let mut schema = AsyncSchema(conn);
+            crate::unique::verify_with(&mut schema, &names, &describe, key_sql, query_sql).await
+        }
+    }
+
+    /// [`explain`](Self::explain) on an async connection: the same statement,
+    /// plan and verdict (see [`verify_unique_async`](Self::verify_unique_async)
+    /// for an example).
+    pub fn explain_async<'a, 'c, C>(self, conn: &'c mut C) -> BoxFuture<'c, Result<Explain, Error>>
+    where
+        'a: 'c,
+        C: AsyncConnection + AsyncKeyCheck,
+        C::Backend: KeysetBackend + Default,
+        <C::Backend as Backend>::QueryBuilder: Default,
+        K: Send + 'c,
+        K::Value: Send,
+        K::Selection: QueryFragment<C::Backend>,
+        Q: PrepareKeys<'a, K, C::Backend>,
+        <Q as PrepareKeys<'a, K, C::Backend>>::Base: Send + 'c,
+        KeyRows: AsyncRows<C, <Q as PrepareKeys<'a, K, C::Backend>>::Base, K>,
+    {
+        match self.explain_parts::<C::Backend>() {
+            Ok((query, steps)) => explain_on(query, steps, conn),
+            Err(e) => Box::pin(std::future::ready(Err(e))),
+        }
+    }
+}
+
+/// The statements of [`Chunked::explain_async`] on a prepared key query.
+fn explain_on<'c, C, B, K>(
+    mut query: SeekQuery<B, K>,
+    mut steps: ExplainSteps,
+    conn: &'c mut C,
+) -> BoxFuture<'c, Result<Explain, Error>>
+where
+    C: AsyncConnection + AsyncKeyCheck,
+    C::Backend: KeysetBackend,
+    B: Send + 'c,
+    K: Key + Send + 'c,
+    K::Value: Send,
+    KeyRows: AsyncRows<C, B, K>,
+{
+    Box::pin(async move {
+        let sets = match steps.prefix_table::<C::Backend>() {
+            Some((schema, table)) => Some(conn.unique_column_sets_in(schema, table).await),
+            None => None,
+        };
+        if let Some(sets) = sets {
+            steps.order_by_prefix(&mut query, sets)?;
+        }
+        let mut rows = KeyRows;
+        if query.bounds().after.is_none() {
+            let first = rows.load_async(&mut query, conn, 1).await;
+            steps.start_after_first(&mut query, first)?;
+        }
+        let lines = rows.explain_async(&mut query, conn, steps.limit()).await;
+        steps.finish::<C::Backend, _>(&query, lines)
+    })
+}

@@ -1,0 +1,415 @@
+//! The async driver of a scan and the two streams it feeds.
+
+use std::fmt;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use diesel_async::{AsyncConnection, TransactionManager};
+use futures_util::future::BoxFuture;
+use futures_util::{FutureExt, Stream};
+
+use super::{AsyncConnectionSource, AsyncDb, AsyncKeyCheck, AsyncRows};
+use crate::backend::KeysetBackend;
+use crate::engine::{BatchPlan, EndReason, Progress};
+use crate::error::Error;
+use crate::iter::{BatchResult, ScanCore};
+use crate::key::Key;
+use crate::query::SeekQuery;
+use crate::rows::{LoadedRow, RowType};
+use crate::stored::StoredKey;
+
+/// The async driver of a scan: runs what its [`ScanCore`] asks for on a
+/// connection of the source, awaiting a timer between retries.
+#[doc(hidden)]
+#[allow(missing_debug_implementations)]
+pub struct AsyncScan<S, B, K: Key, R> {
+    source: S,
+    core: ScanCore<B, K, R>,
+}
+
+impl<S, B, K: Key, R> AsyncScan<S, B, K, R> {
+    /// The scan `core` on connections of `source`.
+    pub(crate) fn new(source: S, core: ScanCore<B, K, R>) -> Self {
+        Self { source, core }
+    }
+}
+
+impl<S, B, K, R> AsyncScan<S, B, K, R>
+where
+    S: AsyncConnectionSource,
+    AsyncDb<S>: KeysetBackend,
+    K: Key,
+    R: AsyncRows<S::Connection, B, K>,
+    R::Loaded: Send,
+    SeekQuery<B, K>: Send,
+{
+    /// The checks before the first batch.
+    async fn first_steps(&mut self, plan: &BatchPlan) -> Result<(), Error> {
+        let steps = self.core.first_steps(plan, AsyncDb::<S>::STORED_FORMS);
+        if let Some(mut key_sql) = steps.key_check {
+            self.core.key_check_attempted();
+            let problem = self
+                .source
+                .run(false, &mut key_sql, |conn, sql| conn.key_problem(sql))
+                .await;
+            self.core.key_checked(problem)?;
+        }
+        if steps.probe {
+            if let Some(mut state) = self.core.probe_query() {
+                let rows = self
+                    .source
+                    .run(false, &mut state, |conn, (query, loader)| {
+                        loader.load_async(query, conn, 1)
+                    })
+                    .await;
+                self.core.probed(rows)?;
+            }
+        }
+        if let Some(check) = steps.order {
+            if let Some((query, loader)) = self.core.order_query() {
+                let mut state = (&check, query, loader);
+                let found =
+                    self.source
+                        .run(false, &mut state, |conn, (check, query, loader)| {
+                            Box::pin(async move {
+                                let prefix = match check.table() {
+                                    Some((schema, table)) => check
+                                        .prefix(&conn.unique_column_sets_in(schema, table).await?),
+                                    None => 0,
+                                };
+                                let needs_plan = match check.index() {
+                                    Some((schema, table, columns))
+                                        if check.needs_plan(prefix) =>
+                                    {
+                                        !conn
+                                            .has_index_in_order(schema, table, &columns)
+                                            .await?
+                                    }
+                                    _ => check.needs_plan(prefix),
+                                };
+                                let plan = match needs_plan {
+                                    true => Some(loader.explain_async(query, conn, 2).await?),
+                                    false => None,
+                                };
+                                Ok((prefix, plan))
+                            })
+                        })
+                        .await;
+                self.core.order_checked::<AsyncDb<S>>(&check, found)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Loads the next non-empty batch, or `None` at the end.
+    async fn next_batch(&mut self) -> BatchResult<R::Loaded> {
+        let plan = match self.core.engine.plan() {
+            Ok(Some(plan)) => plan,
+            Ok(None) => return None,
+            Err(e) => return Some(Err(e)),
+        };
+        if let Err(e) = self.first_steps(&plan).await {
+            return Some(Err(e));
+        }
+        let trace = self.core.trace(&plan);
+        let fetch = plan.fetch();
+        let mut attempt = 0u32;
+        let rows = loop {
+            attempt += 1;
+            let in_transaction = !self.core.engine.config.cache_statements
+                && <S::Connection as AsyncKeyCheck>::UNCACHED_IN_TRANSACTION;
+            let mut state = self.core.attempt(&trace, attempt)?;
+            let loaded = self
+                .source
+                .run(attempt > 1, &mut state, move |conn, (query, loader)| {
+                    if !in_transaction {
+                        return loader.load_async(query, conn, fetch);
+                    }
+                    Box::pin(async move {
+                        type Tm<C> = <C as AsyncConnection>::TransactionManager;
+                        Tm::<S::Connection>::begin_transaction(conn).await?;
+                        match loader.load_async(query, conn, fetch).await {
+                            Ok(rows) => {
+                                Tm::<S::Connection>::commit_transaction(conn).await?;
+                                Ok(rows)
+                            }
+                            Err(e) => {
+                                let _ = Tm::<S::Connection>::rollback_transaction(conn).await;
+                                Err(e)
+                            }
+                        }
+                    })
+                })
+                .await;
+            match loaded {
+                Ok(rows) => break rows,
+                Err(e) => {
+                    match self
+                        .core
+                        .failed(&plan, &trace, attempt, S::DEFAULT_MAX_RETRIES, e)
+                    {
+                        Ok(delay) => tokio::time::sleep(delay).await,
+                        Err(e) => return Some(Err(e)),
+                    }
+                }
+            }
+        };
+        self.core.loaded(&plan, &trace, rows)
+    }
+}
+
+/// One batch being loaded: the scan is moved into the future and comes back
+/// with the batch.
+type Loading<'a, S, B, K, R> = BoxFuture<
+    'a,
+    (
+        BatchResult<<R as RowType<K>>::Loaded>,
+        Box<AsyncScan<S, B, K, R>>,
+    ),
+>;
+
+enum State<'a, S, B, K: Key, R: RowType<K>> {
+    Idle(Box<AsyncScan<S, B, K, R>>),
+    Loading(Loading<'a, S, B, K, R>),
+}
+
+/// The state both streams share: the scan, idle or loading a batch, and the
+/// counters as of the last batch handed out.
+struct Batches<'a, S, B, K: Key, R: RowType<K>> {
+    state: State<'a, S, B, K, R>,
+    rows: u64,
+    last_key: Option<StoredKey<K::Value>>,
+    /// Counters and end reason while a batch is loading.
+    snapshot: (Progress<K::Value>, Option<EndReason>),
+}
+
+impl<'a, S, B, K: Key, R: RowType<K>> Batches<'a, S, B, K, R> {
+    fn new(scan: AsyncScan<S, B, K, R>) -> Self {
+        let snapshot = (scan.core.engine.progress(0, None), scan.core.engine.end);
+        Self {
+            state: State::Idle(Box::new(scan)),
+            rows: 0,
+            last_key: None,
+            snapshot,
+        }
+    }
+
+    fn progress(&self) -> Progress<K::Value> {
+        match &self.state {
+            State::Idle(scan) => {
+                let last = self.last_key.as_ref().map(|k| k.value.clone());
+                scan.core.engine.progress(self.rows, last)
+            }
+            State::Loading(_) => self.snapshot.0.clone(),
+        }
+    }
+
+    fn end_reason(&self) -> Option<EndReason> {
+        match &self.state {
+            State::Idle(scan) => scan.core.engine.end,
+            State::Loading(_) => self.snapshot.1,
+        }
+    }
+
+    fn handed_out(&mut self, rows: u64, last: Option<StoredKey<K::Value>>) {
+        self.rows += rows;
+        if last.is_some() {
+            self.last_key = last;
+        }
+    }
+}
+
+impl<'a, S, B, K, R> Batches<'a, S, B, K, R>
+where
+    S: AsyncConnectionSource + 'a,
+    AsyncDb<S>: KeysetBackend,
+    K: Key + Send + 'a,
+    K::Value: Send,
+    B: 'a,
+    R: AsyncRows<S::Connection, B, K> + 'a,
+    R::Loaded: Send,
+    SeekQuery<B, K>: Send,
+{
+    fn poll_batch(&mut self, cx: &mut Context<'_>) -> Poll<BatchResult<R::Loaded>> {
+        loop {
+            match &mut self.state {
+                State::Idle(scan) => {
+                    if scan.core.engine.is_done() && scan.core.engine.rows_left() == Some(0) {
+                        return Poll::Ready(None);
+                    }
+                    self.snapshot = (self.progress(), self.end_reason());
+                    let State::Idle(mut scan) = std::mem::replace(
+                        &mut self.state,
+                        State::Loading(Box::pin(futures_util::future::pending())),
+                    ) else {
+                        unreachable!()
+                    };
+                    self.state = State::Loading(Box::pin(async move {
+                        let batch = scan.next_batch().await;
+                        (batch, scan)
+                    }));
+                }
+                State::Loading(load) => {
+                    let (batch, scan) = std::task::ready!(load.poll_unpin(cx));
+                    self.state = State::Idle(scan);
+                    return Poll::Ready(batch);
+                }
+            }
+        }
+    }
+}
+
+/// Yields one `Vec` per query: the async twin of
+/// [`LoadBatches`](crate::LoadBatches); made by `load_batches_stream` /
+/// `load_batches_stream_keyed`.
+///
+/// No `Vec` is empty. Each is one `SELECT … LIMIT n`, run when the stream is
+/// polled. Dropping the stream in the middle of a batch drops that query; the
+/// connection stays usable (a pool gets it back).
+pub struct LoadBatchesStream<'a, S, B, K: Key, R: RowType<K>> {
+    batches: Batches<'a, S, B, K, R>,
+}
+
+/// Yields rows one at a time: the async twin of [`LoadIter`](crate::LoadIter);
+/// made by `load_stream` / `load_stream_keyed`.
+///
+/// Holds at most one batch in memory and runs the next query only when that
+/// batch is used up.
+pub struct LoadStream<'a, S, B, K: Key, R: RowType<K>> {
+    batches: Batches<'a, S, B, K, R>,
+    buffer: std::vec::IntoIter<R::Loaded>,
+}
+
+impl<'a, S, B, K: Key, R: RowType<K>> LoadBatchesStream<'a, S, B, K, R> {
+    pub(crate) fn new(scan: AsyncScan<S, B, K, R>) -> Self {
+        Self {
+            batches: Batches::new(scan),
+        }
+    }
+}
+
+impl<'a, S, B, K: Key, R: RowType<K>> LoadStream<'a, S, B, K, R> {
+    pub(crate) fn new(scan: AsyncScan<S, B, K, R>) -> Self {
+        Self {
+            batches: Batches::new(scan),
+            buffer: Vec::new().into_iter(),
+        }
+    }
+}
+
+// Neither stream is ever pinned in place: its futures are boxed.
+impl<S, B, K: Key, R: RowType<K>> Unpin for LoadBatchesStream<'_, S, B, K, R> {}
+impl<S, B, K: Key, R: RowType<K>> Unpin for LoadStream<'_, S, B, K, R> {}
+
+/// The accessors both streams share: the last key handed out, the counters,
+/// and `Debug`.
+macro_rules! stream_accessors {
+    ($($stream:ident),*) => {$(
+        impl<S, B, K: Key, R: RowType<K>> $stream<'_, S, B, K, R> {
+            /// The key of the last row handed to the caller (by a batch stream:
+            /// the last row of the last batch): `start_after(last_key)` resumes
+            /// with exactly the next unprocessed row.
+            pub fn last_key(&self) -> Option<&K::Value> {
+                self.batches.last_key.as_ref().map(|k| &k.value)
+            }
+
+            /// [`last_key`](Self::last_key) as the database stored it (see
+            /// [`LoadIter::last_stored_key`](crate::LoadIter::last_stored_key)).
+            pub fn last_stored_key(&self) -> Option<&StoredKey<K::Value>> {
+                self.batches.last_key.as_ref()
+            }
+
+            /// Counters of the scan so far (while a batch loads: as of the last one).
+            pub fn progress(&self) -> Progress<K::Value> {
+                self.batches.progress()
+            }
+        }
+
+        impl<S, B, K: Key, R: RowType<K>> fmt::Debug for $stream<'_, S, B, K, R> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_struct(stringify!($stream))
+                    .field("progress", &self.progress())
+                    .finish_non_exhaustive()
+            }
+        }
+    )*};
+}
+
+stream_accessors!(LoadBatchesStream, LoadStream);
+
+impl<S, B, K: Key, R: RowType<K>> LoadBatchesStream<'_, S, B, K, R> {
+    /// Why the scan ended, once it has.
+    pub fn end_reason(&self) -> Option<EndReason> {
+        self.batches.end_reason()
+    }
+}
+
+impl<S, B, K: Key, R: RowType<K>> LoadStream<'_, S, B, K, R> {
+    /// Why the scan ended, once it has (and its last batch is used up).
+    pub fn end_reason(&self) -> Option<EndReason> {
+        if self.buffer.len() > 0 {
+            return None;
+        }
+        self.batches.end_reason()
+    }
+}
+
+impl<'a, S, B, K, R> Stream for LoadBatchesStream<'a, S, B, K, R>
+where
+    S: AsyncConnectionSource + 'a,
+    AsyncDb<S>: KeysetBackend,
+    K: Key + Send + 'a,
+    K::Value: Send,
+    B: 'a,
+    R: AsyncRows<S::Connection, B, K> + 'a,
+    R::Loaded: Send,
+    SeekQuery<B, K>: Send,
+{
+    type Item = Result<Vec<R::Item>, Error>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        let rows = match std::task::ready!(this.batches.poll_batch(cx)) {
+            None => return Poll::Ready(None),
+            Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+            Some(Ok(rows)) => rows,
+        };
+        let last = rows.last().map(|r| r.key().clone());
+        this.batches.handed_out(rows.len() as u64, last);
+        Poll::Ready(Some(Ok(rows
+            .into_iter()
+            .map(|r| r.into_parts().1)
+            .collect())))
+    }
+}
+
+impl<'a, S, B, K, R> Stream for LoadStream<'a, S, B, K, R>
+where
+    S: AsyncConnectionSource + 'a,
+    AsyncDb<S>: KeysetBackend,
+    K: Key + Send + 'a,
+    K::Value: Send,
+    B: 'a,
+    R: AsyncRows<S::Connection, B, K> + 'a,
+    R::Loaded: Send,
+    SeekQuery<B, K>: Send,
+{
+    type Item = Result<R::Item, Error>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(row) = this.buffer.next() {
+                let (k, t) = row.into_parts();
+                this.batches.handed_out(1, Some(k));
+                return Poll::Ready(Some(Ok(t)));
+            }
+            match std::task::ready!(this.batches.poll_batch(cx)) {
+                None => return Poll::Ready(None),
+                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                Some(Ok(rows)) => this.buffer = rows.into_iter(),
+            }
+        }
+    }
+}
+
