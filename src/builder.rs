@@ -457,7 +457,13 @@ impl<Q, K: Key> Chunked<Q, K> {
     /// scan's `limit_total` (shared by the async twin).
     pub(crate) fn count_statement<'a, DB>(
         self,
-    ) -> Result<(CountQuery<PlanInner<'a, Q, K, KeyColumns<K>, DB>>, Option<u64>), Error>
+    ) -> Result<
+        (
+            CountQuery<PlanInner<'a, Q, K, KeyColumns<K>, DB>>,
+            Option<u64>,
+        ),
+        Error,
+    >
     where
         DB: KeysetBackend,
         Q: PreparePlan<'a, K, KeyColumns<K>, DB>,

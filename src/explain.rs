@@ -418,7 +418,11 @@ impl OrderCheck {
     /// columns are of several tables (no index can hold them).
     pub(crate) fn index(&self) -> Option<(Option<&str>, &str, Vec<&str>)> {
         let (schema, table) = key_table(&self.key)?;
-        Some((schema, table, self.key.iter().map(|k| k.column.as_str()).collect()))
+        Some((
+            schema,
+            table,
+            self.key.iter().map(|k| k.column.as_str()).collect(),
+        ))
     }
 
     /// The unique prefix, given the unique column sets of [`table`](Self::table).
@@ -546,7 +550,13 @@ impl<Q, K: Key> Chunked<Q, K> {
     /// `EXPLAIN`, and the steps around it (shared by the async twin).
     pub(crate) fn explain_parts<'a, DB>(
         self,
-    ) -> Result<(SeekQuery<<Q as PrepareKeys<'a, K, DB>>::Base, K>, ExplainSteps), Error>
+    ) -> Result<
+        (
+            SeekQuery<<Q as PrepareKeys<'a, K, DB>>::Base, K>,
+            ExplainSteps,
+        ),
+        Error,
+    >
     where
         DB: KeysetBackend + Default,
         DB::QueryBuilder: Default,
@@ -605,7 +615,10 @@ impl ExplainSteps {
         query: &mut SeekQuery<B, K>,
         sets: QueryResult<Vec<Vec<String>>>,
     ) -> Result<(), Error> {
-        let p = prefix_in(&self.key, &sets.map_err(failed("reading the unique indexes"))?);
+        let p = prefix_in(
+            &self.key,
+            &sets.map_err(failed("reading the unique indexes"))?,
+        );
         if p > 0 {
             query.set_order_prefix(p);
             self.order_columns = p;

@@ -39,8 +39,8 @@ pub use stored::StoredKey;
 #[cfg(feature = "async")]
 pub use stream::{
     AsyncConnectionSource, AsyncDb, AsyncKeyCheck, AsyncLoadBatch, AsyncRows, KeyedBatchesStream,
-    KeyedStream, LoadBatchesStream, LoadStream, ModelBatchesStream, ModelStream,
-    RunChunkedAsyncDsl, ScanKeyedAsync, ScanModelAsync,
+    KeyedStream, LoadBatchesStream, LoadStream, ModelBatchesStream, ModelSource, ModelStream,
+    RowStream, RunChunkedAsyncDsl, ScanKeyedAsync, ScanModelAsync, ScanStream,
 };
 pub use unique::UniqueIndexes;
 pub use write::{BatchStats, WriteReport};
@@ -53,7 +53,7 @@ pub use write::{BatchStats, WriteReport};
 pub mod prelude {
     pub use crate::dsl::ChunkedDsl;
     pub use crate::key::typed;
-    #[cfg(feature = "async")]
-    pub use crate::RunChunkedAsyncDsl;
     pub use crate::RunChunkedDsl;
+    #[cfg(feature = "async")]
+    pub use crate::{RunChunkedAsyncDsl, ScanStream};
 }

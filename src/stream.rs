@@ -1,7 +1,8 @@
 //! Scans as [`Stream`]s on diesel-async connections (feature `async`).
 //!
 //! The async twins of `load_iter` / `load_batches` are `load_stream` /
-//! `load_batches_stream` ([`RunChunkedAsyncDsl`]): the same statements, bounds,
+//! `load_batches_stream` ([`RunChunkedAsyncDsl`], and `Chunked::load_stream`):
+//! the same statements, bounds,
 //! checks, counters and errors, driven by the same [`ScanCore`] as the
 //! iterators; only the connection is awaited instead of blocked on. Sources are
 //! `&mut` an async connection ([`AsyncConnectionSource`]) and, with the features
@@ -40,11 +41,13 @@ use diesel::QueryResult;
 use diesel_async::{AsyncConnection, AsyncConnectionCore};
 use futures_util::future::BoxFuture;
 
+use crate::backend::KeysetBackend;
 use crate::builder::{Chunked, KeyedBase, ModelBase};
 use crate::iter::ScanCore;
 use crate::key::Key;
+use crate::query::KeyedModel;
 use crate::query::{PrepareKeyed, PrepareModel};
-use crate::rows::{KeyedRows, ModelRows};
+use crate::rows::{KeyedRows, ModelRows, RowType};
 use crate::source::AttemptError;
 
 mod check;
@@ -56,7 +59,7 @@ mod scan;
 
 pub use check::AsyncKeyCheck;
 pub use rows::{AsyncExplainBatch, AsyncLoadBatch, AsyncRows};
-pub use scan::{AsyncScan, LoadBatchesStream, LoadStream};
+pub use scan::{AsyncScan, LoadBatchesStream, LoadStream, RowStream, ScanStream};
 
 /// The backend an async connection source talks to.
 pub type AsyncDb<S> = <<S as AsyncConnectionSource>::Connection as AsyncConnectionCore>::Backend;
@@ -214,14 +217,6 @@ pub type KeyedBatchesStream<'a, C, S, U, F> = LoadBatchesStream<
 /// errors; they are `Send` when the query and the source are, so they can be
 /// moved into `tokio::spawn`.
 pub trait RunChunkedAsyncDsl<S: AsyncConnectionSource>: Sized {
-    /// Yields rows of model `M` one by one, loading `batch_size` at a time.
-    fn load_stream<'a, M>(self, source: S) -> ModelStream<'a, Self, S, M>
-    where
-        Self: ScanModelAsync<'a, S, M>,
-    {
-        LoadStream::new(self.into_async_scan(source))
-    }
-
     /// Yields one `Vec<M>` per query; never an empty one.
     fn load_batches_stream<'a, M>(self, source: S) -> ModelBatchesStream<'a, Self, S, M>
     where
@@ -254,3 +249,75 @@ pub trait RunChunkedAsyncDsl<S: AsyncConnectionSource>: Sized {
 }
 
 impl<Q, K: Key, S: AsyncConnectionSource> RunChunkedAsyncDsl<S> for Chunked<Q, K> {}
+
+/// A source a [`Chunked`] scan can stream rows of model `M` from: every
+/// [`AsyncConnectionSource`] for which the scan's query can load `M`. The bound
+/// of [`Chunked::load_stream`].
+#[doc(hidden)]
+pub trait ModelSource<'s, Q, K: Key, M>: AsyncConnectionSource {
+    /// Streams `scan`'s rows from this source.
+    fn rows(self, scan: Chunked<Q, K>) -> RowStream<'s, M, K::Value>;
+}
+
+impl<'s, 'q, Q, K, M, S> ModelSource<'s, Q, K, M> for S
+where
+    S: AsyncConnectionSource + 's,
+    AsyncDb<S>: KeysetBackend,
+    K: Key + Send + 's,
+    K::Value: Send,
+    M: Send + 's,
+    Chunked<Q, K>: ScanModelAsync<'q, S, M, Key = K>,
+    <Chunked<Q, K> as ScanModelAsync<'q, S, M>>::Base: Send + 's,
+    ModelRows<M>: AsyncRows<S::Connection, <Chunked<Q, K> as ScanModelAsync<'q, S, M>>::Base, K>
+        + RowType<K, Item = M, Loaded = KeyedModel<K, M>>,
+{
+    fn rows(self, scan: Chunked<Q, K>) -> RowStream<'s, M, K::Value> {
+        RowStream::new(LoadStream::new(scan.into_async_scan(self)))
+    }
+}
+
+impl<Q, K: Key> Chunked<Q, K> {
+    /// Yields rows of model `M` one by one, loading `batch_size` at a time:
+    /// the twin of [`load_iter`](crate::RunChunkedDsl::load_iter).
+    ///
+    /// An inherent method, so that diesel-async's `RunQueryDsl` in scope (whose
+    /// own `load_stream` applies to every type) does not make the call
+    /// ambiguous. The stream is `Send`, so it can be moved into
+    /// `tokio::spawn`; its model and query must be `Send` too.
+    ///
+    /// ```
+    /// # include!("../tests/doc/setup.rs");
+    /// use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
+    /// use diesel_async::{AsyncConnection, RunQueryDsl};
+    /// use diesel_chunked_iterator::prelude::*;
+    /// use futures_util::TryStreamExt;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let rt = tokio::runtime::Runtime::new()?;
+    /// # rt.block_on(async {
+    /// # let path = std::env::temp_dir().join(format!("doc-stream-{}.db", std::process::id()));
+    /// # let url = path.to_string_lossy().into_owned();
+    /// # { let mut c = SqliteConnection::establish(&url)?; fill(&mut c); }
+    /// let mut conn = SyncConnectionWrapper::<SqliteConnection>::establish(&url).await?;
+    /// let mut posts = posts::table
+    ///     .chunked_by(posts::id)
+    ///     .batch_size(2)
+    ///     .desc()
+    ///     .load_stream::<Post>(&mut conn);
+    /// let mut ids = Vec::new();
+    /// while let Some(post) = posts.try_next().await? {
+    ///     ids.push(post.id);
+    /// }
+    /// assert_eq!(ids, [5, 4, 3, 2, 1]);
+    /// assert_eq!(posts.progress().queries, 3);
+    /// assert_eq!(posts.last_key(), Some(&1));
+    /// # drop(posts); drop(conn); std::fs::remove_file(&path)?;
+    /// # Ok::<_, Box<dyn std::error::Error>>(()) })?;
+    /// # Ok(()) }
+    /// ```
+    pub fn load_stream<'s, M>(
+        self,
+        source: impl ModelSource<'s, Q, K, M>,
+    ) -> RowStream<'s, M, K::Value> {
+        source.rows(self)
+    }
+}

@@ -166,9 +166,9 @@ impl UniqueIndexes for diesel::PgConnection {
         table: &str,
     ) -> QueryResult<Vec<Vec<String>>> {
         let rows = diesel::sql_query(PG_UNIQUE_SETS)
-        .bind::<Nullable<Text>, _>(schema)
-        .bind::<Text, _>(table)
-        .load::<ColumnSet>(self)?;
+            .bind::<Nullable<Text>, _>(schema)
+            .bind::<Text, _>(table)
+            .load::<ColumnSet>(self)?;
         Ok(split(rows))
     }
 }
@@ -581,7 +581,9 @@ impl<C: UniqueIndexes> SchemaReader for Blocking<'_, C> {
         schema: Option<&'a str>,
         table: &'a str,
     ) -> SchemaRead<'a, Vec<Vec<String>>> {
-        Box::pin(std::future::ready(self.0.unique_column_sets_in(schema, table)))
+        Box::pin(std::future::ready(
+            self.0.unique_column_sets_in(schema, table),
+        ))
     }
 }
 

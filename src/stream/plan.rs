@@ -21,8 +21,8 @@ use crate::builder::{Chunked, PlanInner};
 use crate::error::Error;
 use crate::explain::{Explain, ExplainSteps};
 use crate::key::Key;
-use crate::plan::{self, CountQuery, KeyColumns, Partition, PartitionQuery, PartitionRow};
 use crate::plan::PreparePlan;
+use crate::plan::{self, CountQuery, KeyColumns, Partition, PartitionQuery, PartitionRow};
 use crate::query::{PrepareKeys, SeekQuery};
 use crate::rows::KeyRows;
 

@@ -165,7 +165,6 @@ where
     }
 }
 
-
 impl<Conn, B, K> AsyncRows<Conn, B, K> for KeyRows
 where
     K: Key,

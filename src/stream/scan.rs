@@ -78,12 +78,8 @@ where
                                     None => 0,
                                 };
                                 let needs_plan = match check.index() {
-                                    Some((schema, table, columns))
-                                        if check.needs_plan(prefix) =>
-                                    {
-                                        !conn
-                                            .has_index_in_order(schema, table, &columns)
-                                            .await?
+                                    Some((schema, table, columns)) if check.needs_plan(prefix) => {
+                                        !conn.has_index_in_order(schema, table, &columns).await?
                                     }
                                     _ => check.needs_plan(prefix),
                                 };
@@ -413,3 +409,133 @@ where
     }
 }
 
+/// A scan's stream: its items, and where the scan stands. The async twin of
+/// the iterators' accessors, implemented by [`LoadStream`] and
+/// [`LoadBatchesStream`] (their inherent methods of the same names), and what
+/// [`Chunked::load_stream`](crate::Chunked::load_stream) returns.
+pub trait ScanStream: Stream {
+    /// The key's value type.
+    type Key;
+
+    /// The key of the last row handed out (see
+    /// [`LoadIter::last_key`](crate::LoadIter::last_key)).
+    fn last_key(&self) -> Option<&Self::Key>;
+
+    /// That key as the database stored it (see
+    /// [`LoadIter::last_stored_key`](crate::LoadIter::last_stored_key)).
+    fn last_stored_key(&self) -> Option<&StoredKey<Self::Key>>;
+
+    /// Rows, batches, queries and retries so far (see
+    /// [`LoadIter::progress`](crate::LoadIter::progress)).
+    fn progress(&self) -> Progress<Self::Key>;
+
+    /// Why the scan ended, once it has (see
+    /// [`LoadIter::end_reason`](crate::LoadIter::end_reason)).
+    fn end_reason(&self) -> Option<EndReason>;
+}
+
+macro_rules! scan_stream {
+    ($($stream:ident),*) => {$(
+        impl<'a, S, B, K, R> ScanStream for $stream<'a, S, B, K, R>
+        where
+            Self: Stream,
+            K: Key,
+            R: RowType<K>,
+        {
+            type Key = K::Value;
+
+            fn last_key(&self) -> Option<&K::Value> {
+                $stream::last_key(self)
+            }
+
+            fn last_stored_key(&self) -> Option<&StoredKey<K::Value>> {
+                $stream::last_stored_key(self)
+            }
+
+            fn progress(&self) -> Progress<K::Value> {
+                $stream::progress(self)
+            }
+
+            fn end_reason(&self) -> Option<EndReason> {
+                $stream::end_reason(self)
+            }
+        }
+    )*};
+}
+
+scan_stream!(LoadStream, LoadBatchesStream);
+
+/// The stream [`Chunked::load_stream`](crate::Chunked::load_stream) returns:
+/// rows one by one, and where the scan stands. It holds the scan behind one
+/// pointer, so its type names only the item and the key.
+pub struct RowStream<'a, T, V> {
+    inner: Pin<Box<dyn ScanStream<Item = Result<T, Error>, Key = V> + Send + 'a>>,
+}
+
+impl<'a, T, V> RowStream<'a, T, V> {
+    pub(crate) fn new(
+        stream: impl ScanStream<Item = Result<T, Error>, Key = V> + Send + 'a,
+    ) -> Self {
+        Self {
+            inner: Box::pin(stream),
+        }
+    }
+
+    /// The key of the last row handed out; start a new scan after it to
+    /// continue (see [`LoadIter::last_key`](crate::LoadIter::last_key)).
+    pub fn last_key(&self) -> Option<&V> {
+        self.inner.last_key()
+    }
+
+    /// That key as the database stored it (see
+    /// [`LoadIter::last_stored_key`](crate::LoadIter::last_stored_key)).
+    pub fn last_stored_key(&self) -> Option<&StoredKey<V>> {
+        self.inner.last_stored_key()
+    }
+
+    /// Rows, batches, queries and retries so far.
+    pub fn progress(&self) -> Progress<V> {
+        self.inner.progress()
+    }
+
+    /// Why the scan ended, once it has.
+    pub fn end_reason(&self) -> Option<EndReason> {
+        self.inner.end_reason()
+    }
+}
+
+impl<T, V> Stream for RowStream<'_, T, V> {
+    type Item = Result<T, Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.inner.as_mut().poll_next(cx)
+    }
+}
+
+impl<T, V> ScanStream for RowStream<'_, T, V> {
+    type Key = V;
+
+    fn last_key(&self) -> Option<&V> {
+        RowStream::last_key(self)
+    }
+
+    fn last_stored_key(&self) -> Option<&StoredKey<V>> {
+        RowStream::last_stored_key(self)
+    }
+
+    fn progress(&self) -> Progress<V> {
+        RowStream::progress(self)
+    }
+
+    fn end_reason(&self) -> Option<EndReason> {
+        RowStream::end_reason(self)
+    }
+}
+
+impl<T, V: fmt::Debug + Clone> fmt::Debug for RowStream<'_, T, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RowStream")
+            .field("progress", &self.progress())
+            .finish_non_exhaustive()
+    }
+}

@@ -499,3 +499,43 @@ where
             .expect("insert events");
     }
 }
+
+/// Kills every other connection to the test's database, from a fresh connection.
+#[cfg(feature = "postgres")]
+pub fn kill_pg(url: &str) -> usize {
+    #[derive(QueryableByName)]
+    struct Killed {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        #[allow(dead_code)]
+        killed: bool,
+    }
+    let mut admin = diesel::PgConnection::establish(url).unwrap();
+    diesel::sql_query(
+        "SELECT pg_terminate_backend(pid) AS killed FROM pg_stat_activity \
+         WHERE pid <> pg_backend_pid() AND application_name = current_setting('application_name')",
+    )
+    .load::<Killed>(&mut admin)
+    .unwrap()
+    .len()
+}
+
+#[cfg(feature = "mysql")]
+/// Kills every other connection to the test's database, from a fresh connection.
+pub fn kill_mysql(url: &str) -> usize {
+    #[derive(QueryableByName)]
+    struct Id {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        id: i64,
+    }
+    let mut admin = diesel::MysqlConnection::establish(url).unwrap();
+    let ids = diesel::sql_query(
+        "SELECT CAST(ID AS SIGNED) AS id FROM information_schema.PROCESSLIST \
+         WHERE DB = DATABASE() AND ID <> CONNECTION_ID()",
+    )
+    .load::<Id>(&mut admin)
+    .unwrap();
+    for Id { id } in &ids {
+        let _ = diesel::sql_query(format!("KILL CONNECTION {id}")).execute(&mut admin);
+    }
+    ids.len()
+}
