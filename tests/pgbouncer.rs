@@ -315,3 +315,83 @@ fn write_jobs_through_pgbouncer_write_every_row_once() {
         assert_eq!(score, expected, "post {id}");
     }
 }
+
+/// `AsyncPgConnection` through pgbouncer in transaction mode. diesel-async
+/// prepares every statement under a name, its connection set-up included, in
+/// a round trip apart from the one that runs it; pgbouncer before 1.21 cannot
+/// follow that (a connection fails to set up with "prepared statement \"s4\"
+/// does not exist"). pgbouncer 1.21 and later with `max_prepared_statements`
+/// tracks each client's named statements on whichever server connection runs
+/// them (`bash .ci/pgbouncer-modern start` builds and runs one on port 6433,
+/// `PGBOUNCER_MODERN_URL` points elsewhere). 8 scans at once on 8 client
+/// connections share its 3 server connections, with and without the statement
+/// cache, and each gets exactly the rows of a direct scan; so does a deadpool
+/// pool through the pooler.
+#[cfg(all(feature = "deadpool", feature = "_tokio-rt"))]
+#[tokio::test(flavor = "multi_thread")]
+async fn async_scans_through_pgbouncer() {
+    use diesel_async::pooled_connection::{deadpool, AsyncDieselConnectionManager};
+    use diesel_async::{AsyncConnection, AsyncPgConnection};
+    use futures_util::TryStreamExt;
+
+    let db = BouncedDb::create(3_000);
+    let expected = db.direct_ids();
+    let modern = server_url(
+        "PGBOUNCER_MODERN_URL",
+        "postgres://root@127.0.0.1:6433/test",
+    );
+    let url = format!(
+        "{}/{}",
+        modern.rsplit_once('/').map(|(b, _)| b).unwrap_or(&modern),
+        db.name
+    );
+    let mut tasks = Vec::new();
+    for w in 0..8u64 {
+        let url = url.clone();
+        let expected = expected.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut conn = AsyncPgConnection::establish(&url)
+                .await
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "pgbouncer >= 1.21 at {url} is unreachable: {e}; start it with \
+                     `bash .ci/pgbouncer-modern start` or set PGBOUNCER_MODERN_URL"
+                    )
+                });
+            for round in 0..4 {
+                let got: Vec<i32> = posts::table
+                    .filter(posts::published.eq(true))
+                    .chunked_by(posts::id)
+                    .batch_size(40 + 13 * w)
+                    .cache_statements(round % 2 == 0)
+                    .load_stream::<Post>(&mut conn)
+                    .map_ok(|p| p.id)
+                    .try_collect()
+                    .await
+                    .unwrap_or_else(|e| panic!("worker {w}, round {round}: {e}"));
+                assert_eq!(got, expected, "worker {w}, round {round}");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+
+    let pool =
+        deadpool::Pool::builder(AsyncDieselConnectionManager::<AsyncPgConnection>::new(&url))
+            .max_size(2)
+            .build()
+            .unwrap();
+    let got: Vec<Vec<Post>> = posts::table
+        .filter(posts::published.eq(true))
+        .chunked_by(posts::id)
+        .desc()
+        .batch_size(99)
+        .load_batches_stream::<Post>(&pool)
+        .try_collect()
+        .await
+        .unwrap();
+    let mut got: Vec<i32> = got.concat().iter().map(|p| p.id).collect();
+    got.reverse();
+    assert_eq!(got, expected);
+}

@@ -4,7 +4,9 @@
 use diesel::QueryResult;
 use futures_util::future::BoxFuture;
 
-use crate::unique::{SchemaRead, SchemaReader};
+use diesel_async::AsyncConnection;
+
+use crate::unique::{SchemaRead, SchemaReader, UniqueIndexes};
 
 /// What a scan and the planning calls ask of an async connection's schema:
 /// the async twin of [`UniqueIndexes`](crate::UniqueIndexes), with the same
@@ -14,13 +16,6 @@ use crate::unique::{SchemaRead, SchemaReader};
 /// sets on every backend.
 #[doc(hidden)]
 pub trait AsyncKeyCheck: Send {
-    /// Whether a batch whose statement is not cached (`cache_statements(false)`)
-    /// runs in a transaction of its own. diesel-async's PostgreSQL connection
-    /// prepares every statement under a name, in a round trip apart from the one
-    /// that runs it; behind a pooler in transaction mode (pgbouncer) the two may
-    /// reach different server connections unless a transaction holds them on one.
-    const UNCACHED_IN_TRANSACTION: bool = false;
-
     /// Why the database cannot scan by the key whose columns render as
     /// `key_sql`, if it cannot (checked before a scan's first batch).
     fn key_problem<'c>(
@@ -66,8 +61,6 @@ pub trait AsyncKeyCheck: Send {
 
 #[cfg(feature = "postgres")]
 impl AsyncKeyCheck for diesel_async::AsyncPgConnection {
-    const UNCACHED_IN_TRANSACTION: bool = true;
-
     fn unique_column_sets_in<'c>(
         &'c mut self,
         schema: Option<&'c str>,
@@ -79,20 +72,57 @@ impl AsyncKeyCheck for diesel_async::AsyncPgConnection {
     }
 }
 
-/// SQLite's schema is read by the wrapped connection, on the wrapper's
-/// blocking thread.
-#[cfg(feature = "sqlite")]
-impl AsyncKeyCheck
-    for diesel_async::sync_connection_wrapper::SyncConnectionWrapper<diesel::SqliteConnection>
+/// A blocking connection in diesel-async's wrapper (SQLite, or a PostgreSQL
+/// or MySQL connection of Diesel's own) reads the schema as the blocking scans
+/// do, on the wrapper's blocking thread.
+impl<C> AsyncKeyCheck for diesel_async::sync_connection_wrapper::SyncConnectionWrapper<C>
+where
+    C: UniqueIndexes + Send + 'static,
+    Self: AsyncConnection,
 {
+    fn key_problem<'c>(
+        &'c mut self,
+        key_sql: &'c str,
+    ) -> BoxFuture<'c, QueryResult<Option<String>>> {
+        let key_sql = key_sql.to_owned();
+        self.spawn_blocking(move |conn| crate::unique::key_problem(conn, &key_sql))
+    }
+
+    fn key_column_problem<'c>(
+        &'c mut self,
+        schema: Option<&'c str>,
+        table: &'c str,
+        column: &'c str,
+    ) -> BoxFuture<'c, QueryResult<Option<String>>> {
+        let (schema, table, column) = (
+            schema.map(str::to_owned),
+            table.to_owned(),
+            column.to_owned(),
+        );
+        self.spawn_blocking(move |conn| conn.key_column_problem(schema.as_deref(), &table, &column))
+    }
+
     fn unique_column_sets_in<'c>(
         &'c mut self,
         schema: Option<&'c str>,
         table: &'c str,
     ) -> BoxFuture<'c, QueryResult<Vec<Vec<String>>>> {
-        use crate::UniqueIndexes;
         let (schema, table) = (schema.map(str::to_owned), table.to_owned());
         self.spawn_blocking(move |conn| conn.unique_column_sets_in(schema.as_deref(), &table))
+    }
+
+    fn has_index_in_order<'c>(
+        &'c mut self,
+        schema: Option<&'c str>,
+        table: &'c str,
+        columns: &'c [&'c str],
+    ) -> BoxFuture<'c, QueryResult<bool>> {
+        let (schema, table) = (schema.map(str::to_owned), table.to_owned());
+        let columns: Vec<String> = columns.iter().map(|c| c.to_string()).collect();
+        self.spawn_blocking(move |conn| {
+            let columns: Vec<&str> = columns.iter().map(String::as_str).collect();
+            conn.has_index_in_order(schema.as_deref(), &table, &columns)
+        })
     }
 }
 

@@ -4,7 +4,6 @@ use std::fmt;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use diesel_async::{AsyncConnection, TransactionManager};
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, Stream};
 
@@ -112,29 +111,11 @@ where
         let mut attempt = 0u32;
         let rows = loop {
             attempt += 1;
-            let in_transaction = !self.core.engine.config.cache_statements
-                && <S::Connection as AsyncKeyCheck>::UNCACHED_IN_TRANSACTION;
             let mut state = self.core.attempt(&trace, attempt)?;
             let loaded = self
                 .source
-                .run(attempt > 1, &mut state, move |conn, (query, loader)| {
-                    if !in_transaction {
-                        return loader.load_async(query, conn, fetch);
-                    }
-                    Box::pin(async move {
-                        type Tm<C> = <C as AsyncConnection>::TransactionManager;
-                        Tm::<S::Connection>::begin_transaction(conn).await?;
-                        match loader.load_async(query, conn, fetch).await {
-                            Ok(rows) => {
-                                Tm::<S::Connection>::commit_transaction(conn).await?;
-                                Ok(rows)
-                            }
-                            Err(e) => {
-                                let _ = Tm::<S::Connection>::rollback_transaction(conn).await;
-                                Err(e)
-                            }
-                        }
-                    })
+                .run(attempt > 1, &mut state, |conn, (query, loader)| {
+                    loader.load_async(query, conn, fetch)
                 })
                 .await;
             match loaded {
