@@ -196,7 +196,7 @@ pub struct Checkpoint {
 /// (with the features `sqlite`, `postgres`, `mysql`). The statements are listed
 /// in the [module docs](self).
 #[doc(hidden)]
-pub trait CheckpointConnection: Connection {
+pub trait CheckpointConnection: Connection + crate::unique::UniqueIndexes {
     /// Creates the table if it does not exist.
     fn create_checkpoint_table(&mut self) -> QueryResult<()>;
 

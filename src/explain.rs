@@ -468,6 +468,38 @@ impl OrderCheck {
     }
 }
 
+/// What the blocking drivers read for an [`OrderCheck`] on `conn`: the key
+/// table's unique column sets, whether an index gives the key's order, and
+/// the plan of a 2-row batch of `query` loaded by `rows`, each only when the
+/// one before leaves the question open.
+pub(crate) fn read_order<C, B, K, R>(
+    check: &OrderCheck,
+    conn: &mut C,
+    query: &SeekQuery<B, K>,
+    rows: &mut R,
+) -> QueryResult<OrderFound>
+where
+    C: UniqueIndexes,
+    K: Key,
+    R: Rows<C, B, K>,
+{
+    let prefix = match check.table() {
+        Some((schema, table)) => check.prefix(&conn.unique_column_sets_in(schema, table)?),
+        None => 0,
+    };
+    let needs_plan = match check.index() {
+        Some((schema, table, columns)) if check.needs_plan(prefix) => {
+            !conn.has_index_in_order(schema, table, &columns)?
+        }
+        _ => check.needs_plan(prefix),
+    };
+    let plan = match needs_plan {
+        true => Some(rows.explain(query, conn, 2)?),
+        false => None,
+    };
+    Ok((prefix, plan))
+}
+
 impl<Q, K: Key> Chunked<Q, K> {
     /// Runs the scan even if the backend sorts the remaining rows in every
     /// batch, instead of refusing it with [`Error::SortsEveryBatch`] (see the

@@ -13,7 +13,7 @@ use crate::backend::KeysetBackend;
 use crate::builder::Db;
 use crate::engine::{check_probe, BatchPlan, EndReason, Engine, Progress, ScanConfig};
 use crate::error::Error;
-use crate::explain::{OrderCheck, OrderFound};
+use crate::explain::{read_order, OrderCheck, OrderFound};
 use crate::key::Key;
 use crate::query::SeekQuery;
 use crate::rows::{LoadedRow, RowType, Rows};
@@ -358,25 +358,9 @@ where
         }
         if let Some(check) = steps.order {
             if let Some((query, loader)) = self.core.order_query() {
-                let found = self.source.run(false, |conn| {
-                    let prefix = match check.table() {
-                        Some((schema, table)) => {
-                            check.prefix(&conn.unique_column_sets_in(schema, table)?)
-                        }
-                        None => 0,
-                    };
-                    let needs_plan = match check.index() {
-                        Some((schema, table, columns)) if check.needs_plan(prefix) => {
-                            !conn.has_index_in_order(schema, table, &columns)?
-                        }
-                        _ => check.needs_plan(prefix),
-                    };
-                    let plan = match needs_plan {
-                        true => Some(loader.explain(query, conn, 2)?),
-                        false => None,
-                    };
-                    Ok((prefix, plan))
-                });
+                let found = self
+                    .source
+                    .run(false, |conn| read_order(&check, conn, query, loader));
                 self.core.order_checked::<Db<S>>(&check, found)?;
             }
         }

@@ -706,8 +706,10 @@ pub trait PrepareKeys<'a, K: Key, DB: Backend> {
 
 impl<'a, Q, K, DB> PrepareKeys<'a, K, DB> for Q
 where
-    DB: Backend,
+    DB: KeysetBackend + Default,
+    DB::QueryBuilder: Default,
     K: Key,
+    K::Selection: QueryFragment<DB>,
     Q: ChunkableQuery<'a, DB>,
     Q::Boxed: SelectDsl<KeysOnly<K::Selection>>,
     diesel::dsl::Select<Q::Boxed, KeysOnly<K::Selection>>: FilterDsl<SeekPredicate<K>>,
@@ -724,7 +726,12 @@ where
     ) -> Result<SeekQuery<Self::Base, K>, Error> {
         let boxed = self.into_boxed_checked()?;
         let selected = SelectDsl::select(boxed, KeysOnly(key.selection()));
-        Ok(SeekQuery::new(selected, key, bounds))
+        let render = || {
+            let mut builder = DB::QueryBuilder::default();
+            key.selection().to_sql(&mut builder, &DB::default()).ok()?;
+            Some(builder.finish())
+        };
+        Ok(SeekQuery::new(selected, key, bounds).checking_key::<DB>(render))
     }
 }
 

@@ -35,6 +35,7 @@ use crate::backend::KeysetBackend;
 use crate::builder::{Chunked, Db, ModelBase};
 use crate::checkpoint::{is_lock_conflict, Checkpoint, CheckpointConnection};
 use crate::engine::{Engine, ScanConfig};
+use crate::explain::{read_order, OrderCheck};
 use crate::error::Error;
 use crate::key::Key;
 use crate::predicate::{Bounds, BoundsCell, SeekPredicate};
@@ -312,6 +313,8 @@ where
         }
     }
 
+    check_key_order(&mut source, &mut query, &mut rows, &mut engine)?;
+
     loop {
         let plan = match engine.plan()? {
             Some(plan) => plan,
@@ -550,6 +553,50 @@ fn committed_by_checkpoint<V: DeserializeOwned>(
         last,
         more: !row.done,
     })
+}
+
+/// The checks a scan runs before its first batch on the key's order, run
+/// before a write job's first batch too (MySQL/MariaDB only; each is a schema
+/// read, or the plan of a 2-row batch): a string key column the server cannot
+/// order consistently is [`Error::UnsupportedKey`], and a composite key whose
+/// batches would each sort the remaining rows is [`Error::SortsEveryBatch`]
+/// unless the job allows sorts, or else ordered by its unique prefix.
+fn check_key_order<S, B, K, R>(
+    source: &mut S,
+    query: &mut SeekQuery<B, K>,
+    rows: &mut R,
+    engine: &mut Engine,
+) -> Result<(), Error>
+where
+    S: ConnectionSource,
+    S::Connection: CheckpointConnection,
+    Db<S>: KeysetBackend,
+    K: Key,
+    R: Rows<S::Connection, B, K>,
+{
+    let first = crate::engine::BatchPlan { batch: 1, limit: 1 };
+    if let Some(key_sql) = query.key_sql().map(str::to_owned) {
+        let problem = source
+            .run(false, |conn| crate::unique::key_problem(conn, &key_sql))
+            .map_err(|e| engine.error::<K::Value>(&first, 1, e, None))?;
+        if let Some(reason) = problem {
+            let columns = query.key().describe();
+            return Err(engine.fail(Error::UnsupportedKey { columns, reason }));
+        }
+    }
+    if let Some(check) = OrderCheck::new(query, engine.config.allow_sort) {
+        let found = source
+            .run(false, |conn| read_order(&check, conn, query, rows))
+            .map_err(|e| engine.error::<K::Value>(&first, 1, e, None))?;
+        let bounded = query.bounds().after.is_some();
+        let batch_size = engine.config.batch_size;
+        let explain = <Db<S> as KeysetBackend>::EXPLAIN;
+        match check.decide(query.key(), found, explain, bounded, batch_size) {
+            Ok(prefix) => query.set_order_prefix(prefix),
+            Err(refusal) => return Err(engine.fail(refusal)),
+        }
+    }
+    Ok(())
 }
 
 /// `update_all` / `delete_all` need a query of one table that Diesel can

@@ -106,6 +106,58 @@ macro_rules! async_backend_tests {
                 assert_eq!(ids, [4, 5, 6, 7]);
             }
 
+            /// The async planning calls give what the blocking ones give.
+            #[tokio::test(flavor = "multi_thread")]
+            async fn planning_calls_match_the_blocking_ones() {
+                let db = <$backend as TestBackend>::create();
+                let mut sync = <$backend as TestBackend>::connect(&db);
+                insert_posts(&mut sync, 1..=40);
+                let mut conn = <$conn>::establish(&db.url).await.expect("async connection");
+                let scan = || posts::table.filter(posts::published.eq(true)).chunked_by(posts::id);
+
+                let parts = scan().partitions_async(3, &mut conn).await.unwrap();
+                assert_eq!(parts, scan().partitions(3, &mut sync).unwrap());
+                assert_eq!(parts.iter().map(|p| p.rows).sum::<u64>(), 20);
+                let mut ids = Vec::new();
+                for p in &parts {
+                    let mut s = scan().within(p).batch_size(4).load_stream::<Post>(&mut conn);
+                    while let Some(post) = s.try_next().await.unwrap() {
+                        ids.push(post.id);
+                    }
+                }
+                let expected: Vec<i32> = (1..=40).filter(|id| id % 2 == 0).collect();
+                assert_eq!(ids, expected, "every slice scanned: each row once");
+
+                assert_eq!(
+                    scan().estimate_total_async(&mut conn).await.unwrap(),
+                    scan().estimate_total(&mut sync).unwrap()
+                );
+                scan().verify_unique_async(&mut conn).await.unwrap();
+                // not unique (SQLite, PostgreSQL), or a key MariaDB cannot sort
+                // whole (a TEXT column): the blocking call's error either way
+                let err = posts::table
+                    .chunked_by(posts::title)
+                    .verify_unique_async(&mut conn)
+                    .await
+                    .unwrap_err();
+                let blocking = posts::table
+                    .chunked_by(posts::title)
+                    .verify_unique(&mut sync)
+                    .unwrap_err();
+                assert!(
+                    matches!(err, Error::NotUnique { .. } | Error::UnsupportedKey { .. }),
+                    "{err}"
+                );
+                assert_eq!(err.to_string(), blocking.to_string());
+                let plan = scan().explain_async(&mut conn).await.unwrap();
+                let blocking = scan().explain(&mut sync).unwrap();
+                assert_eq!(
+                    (plan.verdict, plan.order_columns),
+                    (blocking.verdict, blocking.order_columns)
+                );
+                assert_eq!(plan.suggestion, blocking.suggestion);
+            }
+
             #[tokio::test(flavor = "multi_thread")]
             async fn errors_are_the_iterators() {
                 let (_db, mut conn) = setup(6).await;

@@ -75,6 +75,7 @@ impl AsyncKeyCheck for diesel_async::AsyncPgConnection {
 /// A blocking connection in diesel-async's wrapper (SQLite, or a PostgreSQL
 /// or MySQL connection of Diesel's own) reads the schema as the blocking scans
 /// do, on the wrapper's blocking thread.
+#[cfg(feature = "sqlite")]
 impl<C> AsyncKeyCheck for diesel_async::sync_connection_wrapper::SyncConnectionWrapper<C>
 where
     C: UniqueIndexes + Send + 'static,
