@@ -34,12 +34,17 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let url = common::temp_db("http-export");
     drop(common::create(&url, 1..=ROWS)?);
 
-    let listener = TcpListener::bind(if once { "127.0.0.1:0" } else { "127.0.0.1:3000" }).await?;
+    let listener = TcpListener::bind(if once {
+        "127.0.0.1:0"
+    } else {
+        "127.0.0.1:3000"
+    })
+    .await?;
     let addr = listener.local_addr()?;
     if once {
         let server = tokio::spawn(serve_one(listener, url.clone()));
         let (lines, bytes) = fetch(&addr.to_string()).await?;
-        server.await??;
+        server.await?.map_err(|e| e.to_string())?;
         println!("fetched {lines} posts ({bytes} bytes of NDJSON) from http://{addr}/posts.ndjson");
         assert_eq!(lines, ROWS as usize, "every post exactly once");
     } else {

@@ -113,14 +113,21 @@ macro_rules! async_backend_tests {
                 let mut sync = <$backend as TestBackend>::connect(&db);
                 insert_posts(&mut sync, 1..=40);
                 let mut conn = <$conn>::establish(&db.url).await.expect("async connection");
-                let scan = || posts::table.filter(posts::published.eq(true)).chunked_by(posts::id);
+                let scan = || {
+                    posts::table
+                        .filter(posts::published.eq(true))
+                        .chunked_by(posts::id)
+                };
 
                 let parts = scan().partitions_async(3, &mut conn).await.unwrap();
                 assert_eq!(parts, scan().partitions(3, &mut sync).unwrap());
                 assert_eq!(parts.iter().map(|p| p.rows).sum::<u64>(), 20);
                 let mut ids = Vec::new();
                 for p in &parts {
-                    let mut s = scan().within(p).batch_size(4).load_stream::<Post>(&mut conn);
+                    let mut s = scan()
+                        .within(p)
+                        .batch_size(4)
+                        .load_stream::<Post>(&mut conn);
                     while let Some(post) = s.try_next().await.unwrap() {
                         ids.push(post.id);
                     }

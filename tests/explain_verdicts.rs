@@ -193,4 +193,66 @@ backend_tests! {
             assert!(first.is_ok());
         }
     }
+
+    /// A write job runs the scan's order check before its first batch: on
+    /// MySQL/MariaDB a composite key that would sort the remaining rows in every
+    /// batch is refused before anything is written (`allow_sort` opts out), and
+    /// a key with a unique prefix orders its batches by that prefix.
+    fn write_jobs_run_the_order_check(db) {
+        let mut conn = connect::<B>(&db);
+        setup(&mut conn, B::NAME, "composite");
+        let job = stamps::table
+            .chunked_by((stamps::body, stamps::id))
+            .batch_size(100)
+            .update_all(&mut conn, stamps::created.eq(ts(10_000_000)));
+        let changed = |conn: &mut Conn| -> i64 {
+            stamps::table.filter(stamps::created.eq(ts(10_000_000))).count().get_result(conn).unwrap()
+        };
+        if B::NAME == "mysql" {
+            match job {
+                Err(Error::SortsEveryBatch { columns, suggestion, .. }) => {
+                    assert_eq!(columns, "(stamps.body, stamps.id)");
+                    assert!(suggestion.contains("ON stamps (body, id)"), "{suggestion}");
+                }
+                other => panic!("{other:?}"),
+            }
+            assert_eq!(changed(&mut conn), 0, "refused before any batch");
+            let report = stamps::table
+                .chunked_by((stamps::body, stamps::id))
+                .batch_size(1000)
+                .allow_sort()
+                .update_all(&mut conn, stamps::created.eq(ts(10_000_000)))
+                .unwrap();
+            assert_eq!(report.rows, ROWS as u64);
+        } else {
+            assert_eq!(job.unwrap().rows, ROWS as u64);
+        }
+        assert_eq!(changed(&mut conn), ROWS);
+    }
+
+    fn write_jobs_order_by_a_unique_prefix(db) {
+        let mut conn = connect::<B>(&db);
+        setup(&mut conn, B::NAME, "unique");
+        let log = QueryLog::install(&mut conn);
+        let report = stamps::table
+            .chunked_by((stamps::created, stamps::id))
+            .batch_size(500)
+            .update_all(&mut conn, stamps::body.eq("z"))
+            .unwrap();
+        assert_eq!((report.rows, report.batches), (ROWS as u64, 6));
+        let keys: Vec<String> = log
+            .selects()
+            .into_iter()
+            .filter(|q| q.contains("LIMIT"))
+            .collect();
+        assert_eq!(keys.len(), 6, "{keys:#?}");
+        let order = if B::NAME == "mysql" {
+            "ORDER BY stamps.created LIMIT"
+        } else {
+            "ORDER BY stamps.created, stamps.id LIMIT"
+        };
+        for sql in &keys {
+            assert!(sql.replace(['`', '"'], "").contains(order), "{sql}");
+        }
+    }
 }
