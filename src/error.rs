@@ -192,6 +192,23 @@ pub enum Error {
         reason: String,
     },
 
+    /// `update_all` sets a column of the scan's key. A row whose key the update
+    /// moves ahead of the scan would be met again by a later batch and updated
+    /// again (an `id = id + n` never ends), so the job is refused before any
+    /// batch. Scan by a key the update leaves alone, or write the new key with
+    /// [`for_each_batch`](crate::Chunked::for_each_batch) into another column.
+    #[error(
+        "update_all sets the key column {column} of the scan by {columns}: rows it moves ahead \
+         of the scan would be updated again in a later batch; scan by a key the update does \
+         not change"
+    )]
+    KeyChanged {
+        /// The key column the changes set.
+        column: String,
+        /// The key column(s).
+        columns: String,
+    },
+
     /// The backend would sort the remaining rows in every batch (an `ORDER BY`
     /// no index provides), so the scan would take time quadratic in the rows:
     /// returned by the first `next()` of such a scan, before any batch. Create

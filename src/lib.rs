@@ -37,6 +37,9 @@ pub use rows::{KeyedRows, LoadedRow, ModelRows, RowType, Rows};
 pub use source::{AttemptError, ConnectionSource};
 pub use stored::StoredKey;
 #[cfg(feature = "async")]
+#[doc(hidden)]
+pub use stream::AsyncExplainBatch;
+#[cfg(feature = "async")]
 pub use stream::{
     AsyncConnectionSource, AsyncDb, AsyncKeyCheck, AsyncLoadBatch, AsyncRows, KeyedBatchesStream,
     KeyedStream, LoadBatchesStream, LoadStream, ModelBatchesStream, ModelSource, ModelStream,

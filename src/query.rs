@@ -860,7 +860,7 @@ where
 
 /// The comma-separated items of Diesel-generated SQL at the top level (outside
 /// parentheses and quotes), trimmed: the columns of a rendered `SELECT` list.
-fn top_level_items(sql: &str) -> Vec<&str> {
+pub(crate) fn top_level_items(sql: &str) -> Vec<&str> {
     let mut items = Vec::new();
     let mut start = 0;
     for (i, _) in top_level(sql).filter(|&(_, c)| c == b',') {

@@ -26,7 +26,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use diesel::associations::HasTable;
-use diesel::query_builder::{AsChangeset, DeleteStatement, IntoUpdateTarget};
+use diesel::backend::Backend;
+use diesel::query_builder::{AsChangeset, DeleteStatement, IntoUpdateTarget, QueryFragment};
 use diesel::query_dsl::methods::{ExecuteDsl, FilterDsl};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -641,6 +642,9 @@ where
     Q: UpdatableQuery + Clone + PrepareKeys<'a, K, Db<S>> + FilterDsl<SeekPredicate<K>>,
     RangeTarget<Q, K>: IntoUpdateTarget,
     V: AsChangeset<Target = <RangeTarget<Q, K> as HasTable>::Table> + Clone,
+    V::Changeset: QueryFragment<Db<S>>,
+    Db<S>: Default,
+    <Db<S> as Backend>::QueryBuilder: Default,
     diesel::dsl::Update<RangeTarget<Q, K>, V>:
         diesel::query_builder::AsQuery + ExecuteDsl<S::Connection>,
     KeyRows: Rows<S::Connection, <Q as PrepareKeys<'a, K, Db<S>>>::Base, K>,
@@ -648,6 +652,11 @@ where
     type Value = K::Value;
 
     fn run_update(self, source: S, changes: V) -> Result<WriteReport<K::Value>, Error> {
+        let set = render_sql::<Db<S>, _>(&changes.clone().as_changeset());
+        if let Some(column) = set.as_deref().and_then(|set| key_set_in(&self.key, set)) {
+            let columns = self.key.describe();
+            return Err(Error::KeyChanged { column, columns });
+        }
         let (key, query, scan, job, seek) = self.into_job::<'a, Db<S>>();
         run_job(source, seek, KeyRows, scan, job, &mut |conn, _, range| {
             let target = FilterDsl::filter(
@@ -658,6 +667,36 @@ where
             Ok(ExecuteDsl::execute(stmt, conn)? as u64)
         })
     }
+}
+
+/// The SQL Diesel renders for `fragment` on backend `DB`, binds as placeholders.
+fn render_sql<DB, T>(fragment: &T) -> Option<String>
+where
+    DB: Backend + Default,
+    DB::QueryBuilder: Default,
+    T: QueryFragment<DB>,
+{
+    let mut builder = DB::QueryBuilder::default();
+    fragment.to_sql(&mut builder, &DB::default()).ok()?;
+    Some(diesel::query_builder::QueryBuilder::finish(builder))
+}
+
+/// The first column of `key` that the rendered `SET` list `set` assigns
+/// (`"title" = $1, "n" = "n" + $2`: the names before the top-level `=` of each
+/// item, unquoted).
+fn key_set_in<K: Key>(key: &K, set: &str) -> Option<String> {
+    let assigned: Vec<String> = crate::query::top_level_items(set)
+        .into_iter()
+        .filter_map(|item| item.split_once('='))
+        .map(|(lhs, _)| {
+            let name = lhs.trim().rsplit('.').next().unwrap_or("");
+            name.trim_matches(|c| c == '"' || c == '`').to_string()
+        })
+        .collect();
+    key.names()
+        .into_iter()
+        .find(|(_, column)| assigned.iter().any(|a| a == column))
+        .map(|(table, column)| format!("{table}.{column}"))
 }
 
 /// Everything `delete_all` needs: the query's batches can load their keys, and

@@ -63,6 +63,39 @@ fn all_once(c: &BTreeMap<i32, i32>) -> bool {
 }
 
 backend_tests! {
+    /// An update of a key column would meet the rows it moves ahead of the scan
+    /// again (`id = id + 1000` would never end): refused before any batch.
+    fn an_update_of_the_key_is_refused(db) {
+        let mut conn = connect::<B>(&db);
+        create_items(&mut conn);
+        let err = items::table
+            .chunked_by(items::id)
+            .batch_size(50)
+            .update_all(&mut conn, (items::n.eq(1), items::id.eq(items::id + 1000)))
+            .unwrap_err();
+        match &err {
+            Error::KeyChanged { column, columns } => {
+                assert_eq!((column.as_str(), columns.as_str()), ("items.id", "items.id"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(counters(&mut conn).values().all(|&n| n == 0), "nothing written");
+        // a composite key: any of its columns
+        let err = items::table
+            .chunked_by((items::n, items::id))
+            .update_all(&mut conn, items::n.eq(items::n + 1))
+            .unwrap_err();
+        assert!(matches!(err, Error::KeyChanged { ref column, .. } if column == "items.n"), "{err}");
+        // columns outside the key are fine
+        let report = items::table
+            .chunked_by(items::id)
+            .batch_size(50)
+            .update_all(&mut conn, items::n.eq(items::n + 1))
+            .unwrap();
+        assert_eq!(report.rows, ROWS as u64);
+        assert!(all_once(&counters(&mut conn)));
+    }
+
     fn a_job_resumes_after_its_last_committed_batch(db) {
         let mut conn = connect::<B>(&db);
         create_items(&mut conn);
