@@ -196,7 +196,7 @@ pub enum Error {
     /// moves ahead of the scan would be met again by a later batch and updated
     /// again (an `id = id + n` never ends), so the job is refused before any
     /// batch. Scan by a key the update leaves alone, or write the new key with
-    /// [`for_each_batch`](crate::Chunked::for_each_batch) into another column.
+    /// [`for_each_batch`](crate::RunChunkedDsl::for_each_batch) into another column.
     #[error(
         "update_all sets the key column {column} of the scan by {columns}: rows it moves ahead \
          of the scan would be updated again in a later batch; scan by a key the update does \

@@ -2,6 +2,7 @@
 #![warn(missing_docs, missing_debug_implementations)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+#[doc(hidden)]
 pub mod backend;
 mod builder;
 pub mod checkpoint;
@@ -10,9 +11,11 @@ mod engine;
 mod error;
 pub mod explain;
 mod iter;
+#[doc(hidden)]
 pub mod key;
 pub mod plan;
 mod predicate;
+#[doc(hidden)]
 pub mod query;
 mod rows;
 mod source;
@@ -20,12 +23,10 @@ mod stored;
 #[cfg(feature = "async")]
 mod stream;
 mod unique;
+#[doc(hidden)]
 pub mod write;
 
-pub use builder::{
-    Chunked, Db, KeyedBase, KeyedBatches, KeyedIter, ModelBase, ModelBatches, ModelIter, PlanInner,
-    RunChunkedDsl, ScanKeyed, ScanModel, DEFAULT_BATCH_SIZE,
-};
+pub use builder::{Chunked, RunChunkedDsl, DEFAULT_BATCH_SIZE};
 pub use dsl::ChunkedDsl;
 pub use engine::{EndReason, Progress};
 pub use error::Error;
@@ -33,20 +34,56 @@ pub use explain::{Explain, Verdict};
 pub use iter::{LoadBatches, LoadIter};
 pub use key::typed;
 pub use plan::Partition;
-pub use rows::{KeyedRows, LoadedRow, ModelRows, RowType, Rows};
 pub use source::{AttemptError, ConnectionSource};
 pub use stored::StoredKey;
-#[cfg(feature = "async")]
-#[doc(hidden)]
-pub use stream::AsyncExplainBatch;
-#[cfg(feature = "async")]
-pub use stream::{
-    AsyncConnectionSource, AsyncDb, AsyncKeyCheck, AsyncLoadBatch, AsyncRows, KeyedBatchesStream,
-    KeyedStream, LoadBatchesStream, LoadStream, ModelBatchesStream, ModelSource, ModelStream,
-    RowStream, RunChunkedAsyncDsl, ScanKeyedAsync, ScanModelAsync, ScanStream,
-};
 pub use unique::UniqueIndexes;
 pub use write::{BatchStats, WriteReport};
+
+#[cfg(feature = "async")]
+pub use stream::{
+    AsyncConnectionSource, LoadBatchesStream, LoadStream, RowStream, RunChunkedAsyncDsl, ScanStream,
+};
+
+// The plumbing of the bounds above: public because the bounds name it, not
+// meant to be named by users.
+#[doc(hidden)]
+pub use builder::{
+    Db, KeyedBase, KeyedBatches, KeyedIter, ModelBase, ModelBatches, ModelIter, PlanInner,
+    ScanKeyed, ScanModel,
+};
+#[doc(hidden)]
+pub use rows::{KeyedRows, LoadedRow, ModelRows, RowType, Rows};
+#[cfg(feature = "async")]
+#[doc(hidden)]
+pub use stream::{
+    AsyncDb, AsyncExplainBatch, AsyncKeyCheck, AsyncLoadBatch, AsyncRows, KeyedBatchesStream,
+    KeyedStream, ModelBatchesStream, ModelSource, ModelStream, ScanKeyedAsync, ScanModelAsync,
+};
+
+/// The types the scan methods return, by the names a signature can use:
+/// `helper_types::ModelIter<'a, Chunked<Q, K>, &mut PgConnection, Post>` is
+/// what `load_iter::<Post>(&mut conn)` returns, as Diesel's own
+/// `diesel::helper_types` names its query types.
+///
+/// ```
+/// # include!("../tests/doc/setup.rs");
+/// use diesel_chunked_iterator::{helper_types::ModelIter, prelude::*, Chunked};
+///
+/// fn published<'a>(
+///     conn: &'a mut SqliteConnection,
+/// ) -> ModelIter<'a, Chunked<posts::table, posts::id>, &'a mut SqliteConnection, Post> {
+///     posts::table.chunked_by(posts::id).load_iter::<Post>(conn)
+/// }
+/// # fn main() {
+/// # let conn = &mut doc_connection();
+/// assert_eq!(published(conn).count(), 5);
+/// # }
+/// ```
+pub mod helper_types {
+    pub use crate::builder::{KeyedBatches, KeyedIter, ModelBatches, ModelIter};
+    #[cfg(feature = "async")]
+    pub use crate::stream::{KeyedBatchesStream, KeyedStream, ModelBatchesStream, ModelStream};
+}
 
 /// Everything a scan needs in scope: `use diesel_chunked_iterator::prelude::*;`.
 ///
@@ -56,7 +93,7 @@ pub use write::{BatchStats, WriteReport};
 pub mod prelude {
     pub use crate::dsl::ChunkedDsl;
     pub use crate::key::typed;
-    pub use crate::RunChunkedDsl;
     #[cfg(feature = "async")]
     pub use crate::{RunChunkedAsyncDsl, ScanStream};
+    pub use crate::RunChunkedDsl;
 }

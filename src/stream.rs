@@ -208,7 +208,7 @@ pub type KeyedBatchesStream<'a, C, S, U, F> = LoadBatchesStream<
     KeyedRows<U, F>,
 >;
 
-/// Runs a [`Chunked`] scan as a [`Stream`] on an [`AsyncConnectionSource`]:
+/// Runs a [`Chunked`] scan as a `Stream` on an [`AsyncConnectionSource`]:
 /// the async twin of [`RunChunkedDsl`](crate::RunChunkedDsl), method for
 /// method (`load_iter` → `load_stream`, `load_batches` →
 /// `load_batches_stream`, and the `*_keyed` variants).
