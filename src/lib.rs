@@ -60,25 +60,12 @@ pub use stream::{
     KeyedStream, ModelBatchesStream, ModelSource, ModelStream, ScanKeyedAsync, ScanModelAsync,
 };
 
-/// The types the scan methods return, by the names a signature can use:
-/// `helper_types::ModelIter<'a, Chunked<Q, K>, &mut PgConnection, Post>` is
-/// what `load_iter::<Post>(&mut conn)` returns, as Diesel's own
-/// `diesel::helper_types` names its query types.
-///
-/// ```
-/// # include!("../tests/doc/setup.rs");
-/// use diesel_chunked_iterator::{helper_types::ModelIter, prelude::*, Chunked};
-///
-/// fn published<'a>(
-///     conn: &'a mut SqliteConnection,
-/// ) -> ModelIter<'a, Chunked<posts::table, posts::id>, &'a mut SqliteConnection, Post> {
-///     posts::table.chunked_by(posts::id).load_iter::<Post>(conn)
-/// }
-/// # fn main() {
-/// # let conn = &mut doc_connection();
-/// assert_eq!(published(conn).count(), 5);
-/// # }
-/// ```
+/// The types the scan methods return, by names a signature can use (as
+/// Diesel's own `diesel::helper_types` names its query types):
+/// `ModelIter<'q, C, S, M>` is what `scan.load_iter::<M>(source)` returns for
+/// a scan `C` (a [`Chunked`]) on source `S`, `'q` being what the query
+/// borrows; the others follow `load_batches`, the `*_keyed` variants and the
+/// streams.
 pub mod helper_types {
     pub use crate::builder::{KeyedBatches, KeyedIter, ModelBatches, ModelIter};
     #[cfg(feature = "async")]

@@ -288,12 +288,13 @@ impl<Q, K: Key> Chunked<Q, K> {
     /// ```
     /// # include!("../tests/doc/setup.rs");
     /// use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
-    /// use diesel_async::{AsyncConnection, RunQueryDsl};
+    /// use diesel_async::AsyncConnection;
     /// use diesel_chunked_iterator::prelude::*;
     /// use futures_util::TryStreamExt;
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// # let rt = tokio::runtime::Runtime::new()?;
     /// # rt.block_on(async {
+    /// use diesel_async::RunQueryDsl; // in scope, as in any diesel-async code
     /// # let path = std::env::temp_dir().join(format!("doc-stream-{}.db", std::process::id()));
     /// # let url = path.to_string_lossy().into_owned();
     /// # { let mut c = SqliteConnection::establish(&url)?; fill(&mut c); }

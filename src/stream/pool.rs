@@ -117,70 +117,62 @@ where
     }
 }
 
-/// A deadpool pool lends one connection per batch: checked out when the batch
-/// starts, back in the pool before the batch is handed out. A batch that failed
-/// because its connection broke is retried on another one, and the broken one
-/// is discarded; a retry pings the connection it is given and replaces a dead
-/// one (up to the pool's `max_size` + 1 times). As with r2d2, 3 retries by
-/// default.
-#[cfg(feature = "deadpool")]
-impl<C> AsyncConnectionSource for &diesel_async::pooled_connection::deadpool::Pool<C>
-where
-    C: AsyncConnection + AsyncKeyCheck + 'static,
-    AsyncDieselConnectionManager<C>: deadpool::managed::Manager<Type = C, Error = PoolError>,
-{
-    type Connection = C;
-    const DEFAULT_MAX_RETRIES: u32 = 3;
+/// `AsyncConnectionSource` for `&$pool<C>`: one connection checked out per
+/// attempt with `get()`, and a retry that replaces up to `$checks` dead ones.
+macro_rules! pooled_source {
+    ($(#[$doc:meta])* $feature:literal, $pool:ty, $manager:path, $checks:expr) => {
+        $(#[$doc])*
+        #[cfg(feature = $feature)]
+        impl<C> AsyncConnectionSource for &$pool
+        where
+            C: AsyncConnection + AsyncKeyCheck + 'static,
+            AsyncDieselConnectionManager<C>: $manager,
+        {
+            type Connection = C;
+            const DEFAULT_MAX_RETRIES: u32 = 3;
 
-    fn run<'s, T, R, F>(
-        &'s mut self,
-        retry: bool,
-        state: &'s mut T,
-        f: F,
-    ) -> BoxFuture<'s, Result<R, AttemptError>>
-    where
-        T: Send + ?Sized,
-        R: Send + 's,
-        F: for<'c> FnOnce(&'c mut C, &'c mut T) -> BoxFuture<'c, QueryResult<R>> + Send + 's,
-    {
-        let pool = *self;
-        let get = move || async move { pool.get().await.map_err(pool_error) };
-        let checks = pool.status().max_size.saturating_add(1);
-        Box::pin(run_pooled(get, checks, retry, state, f))
-    }
+            fn run<'s, T, R, F>(
+                &'s mut self,
+                retry: bool,
+                state: &'s mut T,
+                f: F,
+            ) -> BoxFuture<'s, Result<R, AttemptError>>
+            where
+                T: Send + ?Sized,
+                R: Send + 's,
+                F: for<'c> FnOnce(&'c mut C, &'c mut T) -> BoxFuture<'c, QueryResult<R>>
+                    + Send
+                    + 's,
+            {
+                let pool = *self;
+                let get = move || async move { pool.get().await.map_err(pool_error) };
+                let checks: fn(&$pool) -> usize = $checks;
+                Box::pin(run_pooled(get, checks(pool), retry, state, f))
+            }
+        }
+    };
 }
 
-/// A bb8 pool lends one connection per batch, as a deadpool pool does (see
-/// above); a retry replaces up to the pool's connections + 1 dead ones.
-#[cfg(feature = "bb8")]
-impl<C> AsyncConnectionSource for &diesel_async::pooled_connection::bb8::Pool<C>
-where
-    C: AsyncConnection + AsyncKeyCheck + 'static,
-    AsyncDieselConnectionManager<C>: bb8::ManageConnection<Connection = C, Error = PoolError>,
-{
-    type Connection = C;
-    const DEFAULT_MAX_RETRIES: u32 = 3;
+pooled_source!(
+    /// A deadpool pool lends one connection per batch: checked out when the
+    /// batch starts, back in the pool before the batch is handed out. A batch
+    /// that failed because its connection broke is retried on another one, and
+    /// the broken one is discarded; a retry pings the connection it is given
+    /// and replaces a dead one (up to the pool's `max_size` + 1 times). As with
+    /// r2d2, 3 retries by default.
+    "deadpool",
+    diesel_async::pooled_connection::deadpool::Pool<C>,
+    deadpool::managed::Manager<Type = C, Error = PoolError>,
+    |pool| pool.status().max_size.saturating_add(1)
+);
 
-    fn run<'s, T, R, F>(
-        &'s mut self,
-        retry: bool,
-        state: &'s mut T,
-        f: F,
-    ) -> BoxFuture<'s, Result<R, AttemptError>>
-    where
-        T: Send + ?Sized,
-        R: Send + 's,
-        F: for<'c> FnOnce(&'c mut C, &'c mut T) -> BoxFuture<'c, QueryResult<R>> + Send + 's,
-    {
-        let pool = *self;
-        let get = move || async move { pool.get().await.map_err(pool_error) };
-        let connections = usize::try_from(pool.state().connections).unwrap_or(usize::MAX);
-        Box::pin(run_pooled(
-            get,
-            connections.saturating_add(1),
-            retry,
-            state,
-            f,
-        ))
-    }
-}
+pooled_source!(
+    /// A bb8 pool lends one connection per batch, as a deadpool pool does (see
+    /// above); a retry replaces up to the pool's connections + 1 dead ones.
+    "bb8",
+    diesel_async::pooled_connection::bb8::Pool<C>,
+    bb8::ManageConnection<Connection = C, Error = PoolError>,
+    |pool| usize::try_from(pool.state().connections)
+        .unwrap_or(usize::MAX)
+        .saturating_add(1)
+);

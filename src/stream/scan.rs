@@ -196,7 +196,13 @@ impl<'a, S, B, K: Key, R: RowType<K>> Batches<'a, S, B, K, R> {
     }
 }
 
-impl<'a, S, B, K, R> Batches<'a, S, B, K, R>
+/// The next batch of a scan, polled: what both streams are made of.
+pub trait PollBatch<L> {
+    /// Polls the next non-empty batch (`None` at the end).
+    fn poll_batch(&mut self, cx: &mut Context<'_>) -> Poll<BatchResult<L>>;
+}
+
+impl<'a, S, B, K, R> PollBatch<R::Loaded> for Batches<'a, S, B, K, R>
 where
     S: AsyncConnectionSource + 'a,
     AsyncDb<S>: KeysetBackend,
@@ -333,14 +339,9 @@ impl<S, B, K: Key, R: RowType<K>> LoadStream<'_, S, B, K, R> {
 
 impl<'a, S, B, K, R> Stream for LoadBatchesStream<'a, S, B, K, R>
 where
-    S: AsyncConnectionSource + 'a,
-    AsyncDb<S>: KeysetBackend,
-    K: Key + Send + 'a,
-    K::Value: Send,
-    B: 'a,
-    R: AsyncRows<S::Connection, B, K> + 'a,
-    R::Loaded: Send,
-    SeekQuery<B, K>: Send,
+    K: Key,
+    R: RowType<K>,
+    Batches<'a, S, B, K, R>: PollBatch<R::Loaded>,
 {
     type Item = Result<Vec<R::Item>, Error>;
 
@@ -362,14 +363,9 @@ where
 
 impl<'a, S, B, K, R> Stream for LoadStream<'a, S, B, K, R>
 where
-    S: AsyncConnectionSource + 'a,
-    AsyncDb<S>: KeysetBackend,
-    K: Key + Send + 'a,
-    K::Value: Send,
-    B: 'a,
-    R: AsyncRows<S::Connection, B, K> + 'a,
-    R::Loaded: Send,
-    SeekQuery<B, K>: Send,
+    K: Key,
+    R: RowType<K>,
+    Batches<'a, S, B, K, R>: PollBatch<R::Loaded>,
 {
     type Item = Result<R::Item, Error>;
 
