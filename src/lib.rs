@@ -11,6 +11,7 @@ mod error;
 pub mod explain;
 mod iter;
 pub mod key;
+mod load;
 pub mod plan;
 mod predicate;
 pub mod query;
