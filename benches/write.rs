@@ -31,7 +31,7 @@ mod common;
 
 use common::{
     backend_rank, drop_namespace, median, plot_err, prepare_namespace, read_results, report_dir,
-    round3, wanted_backends, Backend, Res,
+    round3, wanted_backends, Backend, Res, ALL_BACKENDS,
 };
 
 diesel::table! {

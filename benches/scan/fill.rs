@@ -166,7 +166,8 @@ pub fn create_schemas(backend: Backend, url: &str, rows: u64) -> Res<()> {
         #[cfg(feature = "sqlite")]
         Backend::Sqlite => statements.push("ANALYZE".to_string()),
         #[cfg(feature = "postgres")]
-        Backend::Pg => statements.push("VACUUM ANALYZE".to_string()),
+        Backend::Pg => statements
+            .push("VACUUM ANALYZE events_composite, events_first, events_unique".to_string()),
         _ => {}
     }
     with_conn!(backend, url, "", |conn| {
