@@ -7,8 +7,8 @@
 use std::error::Error as StdError;
 use std::path::{Path, PathBuf};
 
-use diesel::connection::SimpleConnection;
-use diesel::Connection;
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+use diesel::{connection::SimpleConnection, Connection};
 use serde_json::Value;
 
 pub type Res<T> = Result<T, Box<dyn StdError>>;
