@@ -142,7 +142,8 @@ pub fn markdown(results: &[Value]) -> String {
 }
 
 /// `a` ÷ `b` from one alternating run: the median of the per-round ratios when both
-/// have the same rounds, else the ratio of their medians.
+/// have the same rounds; the ratio of their medians when neither comes from an
+/// alternating run; nothing when only one does.
 fn paired(a: Option<&Value>, b: Option<&Value>) -> Option<f64> {
     let (a, b) = (a?, b?);
     let rounds = |v: &Value| -> Option<Vec<f64>> {
@@ -157,7 +158,10 @@ fn paired(a: Option<&Value>, b: Option<&Value>) -> Option<f64> {
             let r: Vec<f64> = x.iter().zip(&y).map(|(a, b)| a / b).collect();
             Some(median(&r))
         }
-        _ => ratio(a["rows_per_sec"].as_f64(), b["rows_per_sec"].as_f64()),
+        // Neither from an alternating run: the ratio of the two medians.
+        (None, None) => ratio(a["rows_per_sec"].as_f64(), b["rows_per_sec"].as_f64()),
+        // One from an alternating run and one from another run: not comparable.
+        _ => None,
     }
 }
 
