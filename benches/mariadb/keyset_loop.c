@@ -2,8 +2,8 @@
  * The MariaDB per-batch cost without Diesel and without this crate: libmariadb's
  * prepared-statement API, the statements the scan bench runs on its `posts` table.
  *
- *   cc -O2 -o /tmp/keyset_loop benches/mariadb/keyset_loop.c $(mariadb_config --cflags --libs)
- *   /tmp/keyset_loop HOST PORT USER DATABASE BATCH [ROUNDS]
+ *   cc -O2 -o keyset_loop benches/mariadb/keyset_loop.c $(mariadb_config --cflags --libs)
+ *   ./keyset_loop 127.0.0.1 3306 root DATABASE 1000 3   # HOST PORT USER DATABASE BATCH [ROUNDS]
  *
  * Per round, alternating: one `SELECT ... ORDER BY id` of the whole table (what
  * `load()` runs), then the keyset loop `WHERE id > ? ORDER BY id LIMIT BATCH + 1`
