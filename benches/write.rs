@@ -15,8 +15,7 @@
 //! `target/bench-report/write.json`; `write.md` and `write_probe.svg` are drawn again from
 //! the merged file. See benches/README.md.
 
-use std::error::Error as StdError;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
@@ -27,7 +26,13 @@ use diesel_chunked_iterator::checkpoint;
 use diesel_chunked_iterator::prelude::*;
 use serde_json::{json, Value};
 
-type Res<T> = Result<T, Box<dyn StdError>>;
+#[macro_use]
+mod common;
+
+use common::{
+    backend_rank, drop_namespace, median, plot_err, prepare_namespace, read_results, report_dir,
+    round3, wanted_backends, Backend, Res, ALL_BACKENDS,
+};
 
 diesel::table! {
     counters (id) {
@@ -40,164 +45,19 @@ diesel::table! {
 
 // ---------------------------------------------------------------- backends
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Backend {
-    #[cfg(feature = "sqlite")]
-    Sqlite,
-    #[cfg(feature = "postgres")]
-    Pg,
-    #[cfg(feature = "mysql")]
-    Mysql,
-}
+/// The namespace (PostgreSQL schema, MySQL database, SQLite file name) of this bench.
+const NAMESPACE: &str = "bench_write";
 
-const ALL_BACKENDS: [&str; 3] = ["sqlite", "pg", "mysql"];
-
-impl Backend {
-    fn parse(name: &str) -> Result<Backend, String> {
-        #[allow(unreachable_patterns)]
-        match name {
-            #[cfg(feature = "sqlite")]
-            "sqlite" => Ok(Backend::Sqlite),
-            #[cfg(feature = "postgres")]
-            "pg" | "postgres" | "postgresql" => Ok(Backend::Pg),
-            #[cfg(feature = "mysql")]
-            "mysql" | "mariadb" => Ok(Backend::Mysql),
-            "sqlite" => Err("not compiled in: build with the `sqlite` feature".into()),
-            "pg" | "postgres" | "postgresql" => {
-                Err("not compiled in: build with `--features postgres` (or --all-features)".into())
-            }
-            "mysql" | "mariadb" => {
-                Err("not compiled in: build with `--features mysql` (or --all-features)".into())
-            }
-            other => Err(format!("unknown backend `{other}` (sqlite, pg, mysql)")),
-        }
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            #[cfg(feature = "sqlite")]
-            Backend::Sqlite => "sqlite",
-            #[cfg(feature = "postgres")]
-            Backend::Pg => "pg",
-            #[cfg(feature = "mysql")]
-            Backend::Mysql => "mysql",
-        }
-    }
-
-    /// Session settings of every connection (writer and probe): a lock wait long enough
-    /// never to fail.
-    fn session_sql(self) -> &'static str {
-        match self {
-            #[cfg(feature = "sqlite")]
-            Backend::Sqlite => "PRAGMA busy_timeout = 30000",
-            #[cfg(feature = "postgres")]
-            Backend::Pg => "SET lock_timeout = '30s'",
-            #[cfg(feature = "mysql")]
-            Backend::Mysql => "SET SESSION innodb_lock_wait_timeout = 30",
-        }
-    }
-}
-
-#[cfg(any(feature = "postgres", feature = "mysql"))]
-fn env_url(var: &str, default: &str) -> String {
-    std::env::var(var)
-        .ok()
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| default.to_string())
-}
-
-/// Runs `$body` with `$conn: &mut <the backend's connection>` opened on `$url`, with the
-/// backend's session settings applied.
-macro_rules! with_conn {
-    ($backend:expr, $url:expr, |$conn:ident| $body:block) => {{
-        match $backend {
-            #[cfg(feature = "sqlite")]
-            Backend::Sqlite => {
-                let mut c = diesel::SqliteConnection::establish($url)?;
-                c.batch_execute($backend.session_sql())?;
-                let $conn = &mut c;
-                $body
-            }
-            #[cfg(feature = "postgres")]
-            Backend::Pg => {
-                let mut c = diesel::PgConnection::establish($url)?;
-                c.batch_execute($backend.session_sql())?;
-                let $conn = &mut c;
-                $body
-            }
-            #[cfg(feature = "mysql")]
-            Backend::Mysql => {
-                let mut c = diesel::MysqlConnection::establish($url)?;
-                c.batch_execute($backend.session_sql())?;
-                let $conn = &mut c;
-                $body
-            }
-        }
-    }};
-}
-
-/// Creates an empty namespace for the benchmark (dropped first if a previous run left
-/// it) and returns its URL.
-fn prepare_namespace(backend: Backend) -> Res<String> {
+/// Session settings of every connection (writer and probe): a lock wait long enough
+/// never to fail.
+fn session_sql(backend: Backend) -> &'static str {
     match backend {
         #[cfg(feature = "sqlite")]
-        Backend::Sqlite => {
-            let path =
-                std::env::temp_dir().join(format!("bench_write_{}.sqlite3", std::process::id()));
-            remove_sqlite(&path);
-            Ok(path.to_string_lossy().into_owned())
-        }
+        Backend::Sqlite => "PRAGMA busy_timeout = 30000",
         #[cfg(feature = "postgres")]
-        Backend::Pg => {
-            let server = env_url("PG_DATABASE_URL", "postgres://root@127.0.0.1/test");
-            let mut admin = diesel::PgConnection::establish(&server)
-                .map_err(|e| format!("PostgreSQL at {server} is unreachable: {e}"))?;
-            admin.batch_execute(
-                "DROP SCHEMA IF EXISTS bench_write CASCADE; CREATE SCHEMA bench_write",
-            )?;
-            let sep = if server.contains('?') { '&' } else { '?' };
-            Ok(format!("{server}{sep}options=-csearch_path%3Dbench_write"))
-        }
+        Backend::Pg => "SET lock_timeout = '30s'",
         #[cfg(feature = "mysql")]
-        Backend::Mysql => {
-            let server = env_url("MYSQL_DATABASE_URL", "mysql://root@127.0.0.1/test");
-            let mut admin = diesel::MysqlConnection::establish(&server)
-                .map_err(|e| format!("MySQL/MariaDB at {server} is unreachable: {e}"))?;
-            admin.batch_execute("DROP DATABASE IF EXISTS bench_write")?;
-            admin.batch_execute("CREATE DATABASE bench_write")?;
-            let base = server.rsplit_once('/').map(|(b, _)| b).unwrap_or(&server);
-            Ok(format!("{base}/bench_write"))
-        }
-    }
-}
-
-fn drop_namespace(backend: Backend, url: &str) {
-    match backend {
-        #[cfg(feature = "sqlite")]
-        Backend::Sqlite => remove_sqlite(Path::new(url)),
-        #[cfg(feature = "postgres")]
-        Backend::Pg => {
-            let server = env_url("PG_DATABASE_URL", "postgres://root@127.0.0.1/test");
-            if let Ok(mut c) = diesel::PgConnection::establish(&server) {
-                let _ = c.batch_execute("DROP SCHEMA IF EXISTS bench_write CASCADE");
-            }
-            let _ = url;
-        }
-        #[cfg(feature = "mysql")]
-        Backend::Mysql => {
-            let server = env_url("MYSQL_DATABASE_URL", "mysql://root@127.0.0.1/test");
-            if let Ok(mut c) = diesel::MysqlConnection::establish(&server) {
-                let _ = c.batch_execute("DROP DATABASE IF EXISTS bench_write");
-            }
-            let _ = url;
-        }
-    }
-}
-
-#[cfg(feature = "sqlite")]
-fn remove_sqlite(path: &Path) {
-    for suffix in ["", "-wal", "-shm", "-journal"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        Backend::Mysql => "SET SESSION innodb_lock_wait_timeout = 30",
     }
 }
 
@@ -242,7 +102,7 @@ fn create_and_fill(backend: Backend, url: &str, rows: u64) -> Res<()> {
             ),
         ],
     };
-    with_conn!(backend, url, |conn| {
+    with_conn!(backend, url, session_sql(backend), |conn| {
         for sql in &statements {
             conn.batch_execute(sql).map_err(|e| format!("{sql}: {e}"))?;
         }
@@ -260,7 +120,7 @@ fn create_and_fill(backend: Backend, url: &str, rows: u64) -> Res<()> {
 /// (so every run starts from the same table, not from one that autovacuum may be cleaning
 /// at that moment); every backend reads the table once so that it is in cache.
 fn before_run(backend: Backend, url: &str) -> Res<()> {
-    with_conn!(backend, url, |conn| {
+    with_conn!(backend, url, session_sql(backend), |conn| {
         #[cfg(feature = "postgres")]
         if backend.name() == "pg" {
             conn.batch_execute("VACUUM counters")?;
@@ -398,7 +258,7 @@ fn with_probe<T>(
     let ready = Arc::new(Barrier::new(2));
     let stop = Arc::new(AtomicBool::new(false));
     let (r, s, u) = (ready.clone(), stop.clone(), url.to_string());
-    let session = backend.session_sql();
+    let session = session_sql(backend);
     let handle = std::thread::spawn(move || -> Result<Vec<f64>, String> {
         let out = match backend {
             #[cfg(feature = "sqlite")]
@@ -426,19 +286,6 @@ fn with_probe<T>(
 
 // ---------------------------------------------------------------- statistics
 
-fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    if n == 0 {
-        f64::NAN
-    } else if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
 /// Nearest-rank percentile of sorted values.
 fn percentile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
@@ -446,10 +293,6 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
     }
     let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
     sorted[rank - 1]
-}
-
-fn round3(x: f64) -> f64 {
-    (x * 1000.0).round() / 1000.0
 }
 
 fn probe_stats(waits: &[f64]) -> Value {
@@ -502,7 +345,9 @@ fn run_backend(backend: Backend, url: &str, o: &Options) -> Res<Vec<Value>> {
             let seed = 0x9E37_79B9_7F4A_7C15u64 ^ ((round as u64) << 8) ^ i as u64;
             let ((written, took), waits) =
                 with_probe(backend, url, o.rows, o.interval, seed, || {
-                    Ok(with_conn!(backend, url, |conn| { write_all!(conn, *m) }))
+                    Ok(with_conn!(backend, url, session_sql(backend), |conn| {
+                        write_all!(conn, *m)
+                    }))
                 })?;
             if written != o.rows {
                 return Err(format!(
@@ -537,7 +382,7 @@ fn run_backend(backend: Backend, url: &str, o: &Options) -> Res<Vec<Value>> {
         }
     }
     // Every row was written once per run.
-    let wrong: i64 = with_conn!(backend, url, |conn| {
+    let wrong: i64 = with_conn!(backend, url, session_sql(backend), |conn| {
         counters::table
             .filter(counters::n.ne(done))
             .count()
@@ -628,40 +473,6 @@ fn parse_options(args: Vec<String>) -> Res<Options> {
     Ok(o)
 }
 
-fn report_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("BENCH_REPORT_DIR") {
-        return PathBuf::from(d);
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
-    target.join("bench-report")
-}
-
-/// The backends to run: `BENCH_BACKENDS` (comma list) or every compiled-in one.
-fn wanted_backends() -> Vec<Backend> {
-    let list = std::env::var("BENCH_BACKENDS")
-        .ok()
-        .filter(|v| !v.trim().is_empty());
-    let names: Vec<String> = match list {
-        Some(v) => v
-            .split(',')
-            .map(|s| s.trim().to_lowercase())
-            .filter(|s| !s.is_empty())
-            .collect(),
-        None => ALL_BACKENDS.iter().map(|s| s.to_string()).collect(),
-    };
-    let mut out = Vec::new();
-    for n in names {
-        match Backend::parse(&n) {
-            Ok(b) if !out.contains(&b) => out.push(b),
-            Ok(_) => {}
-            Err(why) => println!("skipping {n}: {why}"),
-        }
-    }
-    out
-}
-
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if let Err(e) = parent_main(args) {
@@ -675,16 +486,7 @@ fn parent_main(args: Vec<String>) -> Res<()> {
     let dir = report_dir();
     std::fs::create_dir_all(&dir)?;
     let json_path = dir.join("write.json");
-    let mut results: Vec<Value> = match std::fs::read_to_string(&json_path) {
-        Ok(text) => serde_json::from_str(&text).unwrap_or_else(|e| {
-            eprintln!(
-                "write: {} is not a JSON array ({e}); starting afresh",
-                json_path.display()
-            );
-            Vec::new()
-        }),
-        Err(_) => Vec::new(),
-    };
+    let mut results = read_results(&json_path, "write");
     let mut failures = Vec::new();
     if !o.report_only {
         let backends = wanted_backends();
@@ -705,7 +507,7 @@ fn parent_main(args: Vec<String>) -> Res<()> {
                 .join(", ")
         );
         for &backend in &backends {
-            let url = match prepare_namespace(backend) {
+            let url = match prepare_namespace(backend, NAMESPACE) {
                 Ok(u) => u,
                 Err(e) => {
                     println!("skipping {}: {e}", backend.name());
@@ -725,7 +527,7 @@ fn parent_main(args: Vec<String>) -> Res<()> {
                 }
                 Err(e) => failures.push(format!("{}: {e}", backend.name())),
             }
-            drop_namespace(backend, &url);
+            drop_namespace(backend, NAMESPACE, &url);
         }
         results.sort_by_key(|r| {
             (
@@ -753,10 +555,6 @@ fn parent_main(args: Vec<String>) -> Res<()> {
         return Err(format!("{} backend(s) failed", failures.len()).into());
     }
     Ok(())
-}
-
-fn backend_rank(b: &str) -> usize {
-    ALL_BACKENDS.iter().position(|x| *x == b).unwrap_or(9)
 }
 
 fn method_rank(m: &str) -> usize {
@@ -817,10 +615,6 @@ fn markdown(results: &[Value]) -> String {
         ));
     }
     md
-}
-
-fn plot_err<E: std::fmt::Debug>(e: E) -> Box<dyn StdError> {
-    format!("{e:?}").into()
 }
 
 /// `write_probe.svg`: one panel per backend (its largest table size), the distribution of

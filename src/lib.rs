@@ -13,6 +13,7 @@ pub mod explain;
 mod iter;
 #[doc(hidden)]
 pub mod key;
+mod load;
 pub mod plan;
 mod predicate;
 #[doc(hidden)]

@@ -35,7 +35,6 @@ use diesel::internal::derives::multiconnection::{
 use diesel::internal::table_macro::{FromClause, NoFromClause};
 use diesel::query_builder::{AstPass, Query, QueryBuilder, QueryFragment, QueryId};
 use diesel::query_dsl::methods::{BoxedDsl, FilterDsl, SelectDsl};
-use diesel::query_dsl::LoadQuery;
 use diesel::query_source::QuerySource;
 use diesel::row::NamedRow;
 use diesel::sql_types::{BigInt, HasSqlType};
@@ -47,6 +46,8 @@ use crate::error::Error;
 use crate::key::{Key, KeyFromRow, KeyPositions, KeySql};
 use crate::predicate::{Bounds, BoundsCell, SeekPredicate};
 use crate::stored::StoredKey;
+
+pub use crate::load::{BatchLoading, LoadBatch};
 
 type PlainSelect = SelectStatement<NoFromClause, ()>;
 /// Diesel's "no ORDER BY" clause type, named through the accessor trait.
@@ -908,22 +909,6 @@ where
             Some(builder.finish())
         };
         Ok(SeekQuery::new(boxed, key, bounds).checking_key::<DB>(render))
-    }
-}
-
-/// Runs one batch of a prepared query on `Conn`, loading `U`s.
-pub trait LoadBatch<Conn, U> {
-    /// Loads at most `limit` rows after the current bound.
-    fn load_batch(&self, conn: &mut Conn, limit: i64) -> QueryResult<Vec<U>>;
-}
-
-impl<B, K, Conn, U> LoadBatch<Conn, U> for SeekQuery<B, K>
-where
-    K: Key,
-    for<'q> Batch<'q, B, K>: LoadQuery<'q, Conn, U>,
-{
-    fn load_batch(&self, conn: &mut Conn, limit: i64) -> QueryResult<Vec<U>> {
-        self.batch(limit).load(conn)
     }
 }
 
