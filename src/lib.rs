@@ -10,6 +10,8 @@ mod engine;
 mod error;
 pub mod explain;
 mod iter;
+#[cfg(feature = "jetstream")]
+pub mod jetstream;
 pub mod key;
 pub mod plan;
 mod predicate;

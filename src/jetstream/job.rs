@@ -1,0 +1,632 @@
+//! Publishing a job, its status, waiting for it and deleting it.
+
+use std::time::{Duration, SystemTime};
+
+use async_nats::jetstream::context::GetStreamErrorKind;
+use async_nats::jetstream::kv::{self, CreateErrorKind};
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::{consumer, stream, Context, ErrorCode};
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+
+use super::{key_type, Error, Names, NatsContext, CONSUMER, JOB_KEY};
+use crate::Partition;
+
+/// A job's settings, chosen when it is first published.
+///
+/// ```
+/// use std::time::Duration;
+/// use diesel_chunked_iterator::jetstream::JobOptions;
+///
+/// let options = JobOptions::default()
+///     .ack_wait(Duration::from_secs(60)) // longer than the slowest batch
+///     .max_deliveries(3)
+///     .retry_delay(Duration::from_secs(5));
+/// assert_eq!(options.get_max_deliveries(), 3);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobOptions {
+    ack_wait: Duration,
+    max_deliveries: u32,
+    retry_delay: Duration,
+}
+
+impl Default for JobOptions {
+    /// Ack deadline 30 s, 5 deliveries, 10 s between a failure and its retry.
+    fn default() -> Self {
+        JobOptions {
+            ack_wait: Duration::from_secs(30),
+            max_deliveries: 5,
+            retry_delay: Duration::from_secs(10),
+        }
+    }
+}
+
+impl JobOptions {
+    /// The ack deadline: a slice whose worker reported no committed batch for
+    /// this long goes to another worker. Longer than the slowest batch, its
+    /// pause included. Default 30 s.
+    pub fn ack_wait(mut self, d: Duration) -> Self {
+        self.ack_wait = d;
+        self
+    }
+
+    /// How many times a slice is handed to a worker, in all, before it is
+    /// marked failed (at least 1). Default 5.
+    pub fn max_deliveries(mut self, n: u32) -> Self {
+        self.max_deliveries = n.max(1);
+        self
+    }
+
+    /// How long a failed slice waits before it is handed out again. Default 10 s.
+    pub fn retry_delay(mut self, d: Duration) -> Self {
+        self.retry_delay = d;
+        self
+    }
+
+    /// The ack deadline.
+    pub fn get_ack_wait(&self) -> Duration {
+        self.ack_wait
+    }
+
+    /// The delivery limit.
+    pub fn get_max_deliveries(&self) -> u32 {
+        self.max_deliveries
+    }
+
+    /// The delay before a retry.
+    pub fn get_retry_delay(&self) -> Duration {
+        self.retry_delay
+    }
+}
+
+/// The job's description, bucket key `job`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Meta {
+    pub(crate) slices: usize,
+    pub(crate) key_type: String,
+    pub(crate) ack_wait_ms: u64,
+    pub(crate) max_deliveries: u32,
+    pub(crate) retry_delay_ms: u64,
+    /// Every slice has been published.
+    pub(crate) complete: bool,
+}
+
+/// One slice's state, bucket key `slice.INDEX`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct Record {
+    pub(crate) state: SliceState,
+    pub(crate) worker: Option<String>,
+    pub(crate) deliveries: u64,
+    pub(crate) rows: u64,
+    pub(crate) batches: u64,
+    pub(crate) resumed_after: Option<String>,
+    pub(crate) error: Option<String>,
+}
+
+/// A slice's message: the job, the key's Rust type and the partition.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct SliceMessage<P> {
+    pub(crate) job: String,
+    pub(crate) key_type: String,
+    pub(crate) partition: P,
+}
+
+/// Where a slice is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum SliceState {
+    /// Published, not taken by a worker yet.
+    #[default]
+    Waiting,
+    /// A worker runs it.
+    Running,
+    /// Its last run failed; it waits for the retry delay, then runs again.
+    Retrying,
+    /// Its last batch committed and its message is acknowledged.
+    Done,
+    /// It failed on its last allowed delivery; its message is terminated.
+    Failed,
+}
+
+/// One slice as [`Job::status`] found it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct SliceStatus {
+    /// The slice's index (its `Partition::index`).
+    pub index: usize,
+    /// Its state.
+    pub state: SliceState,
+    /// Whether it is `Running` with no report for longer than the ack
+    /// deadline: its worker died or hangs, and JetStream will hand it to
+    /// another worker.
+    pub stalled: bool,
+    /// The worker that ran it last.
+    pub worker: Option<String>,
+    /// How many times it was handed to a worker.
+    pub deliveries: u64,
+    /// Rows written so far, all runs (exact once done; while running, a run
+    /// after a killed one counts from the rows the killed one reported).
+    pub rows: u64,
+    /// Batches committed so far, counted as `rows`.
+    pub batches: u64,
+    /// The key after which its last run resumed (from its checkpoint, as JSON),
+    /// if that run did not start at the beginning.
+    pub resumed_after: Option<String>,
+    /// The text of its last error.
+    pub error: Option<String>,
+    /// When its state was last written (JetStream's time).
+    pub updated_at: Option<SystemTime>,
+}
+
+/// A job's progress: slices by state and rows so far.
+///
+/// `done + running + waiting + failed == slices`; `retrying` and `stalled`
+/// slices are counted in `waiting`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct JobStatus {
+    /// The job's name.
+    pub job: String,
+    /// How many slices the job has.
+    pub slices: usize,
+    /// Slices done.
+    pub done: usize,
+    /// Slices a live worker is running.
+    pub running: usize,
+    /// Slices not done, not failed, and not running on a live worker.
+    pub waiting: usize,
+    /// Slices failed for good.
+    pub failed: usize,
+    /// Slices waiting for a retry after an error (part of `waiting`).
+    pub retrying: usize,
+    /// Slices whose worker stopped reporting (part of `waiting`).
+    pub stalled: usize,
+    /// Rows written so far, over all slices.
+    pub rows: u64,
+    /// Every slice, in index order.
+    pub slice: Vec<SliceStatus>,
+}
+
+impl JobStatus {
+    /// Whether every slice is done or failed.
+    pub fn is_finished(&self) -> bool {
+        self.done + self.failed == self.slices
+    }
+}
+
+/// A published job: its slices are in a JetStream work queue, its state in a
+/// key-value bucket (see the [module docs](super)).
+#[derive(Debug, Clone)]
+pub struct Job {
+    js: Context,
+    names: Names,
+    kv: kv::Store,
+    meta: Meta,
+    published: usize,
+}
+
+/// The job's bucket, `None` when the job was never published.
+pub(crate) async fn bucket(js: &Context, names: &Names) -> Result<Option<kv::Store>, Error> {
+    match js.get_stream(format!("KV_{}", names.bucket)).await {
+        Ok(_) => {}
+        Err(e) => {
+            if let GetStreamErrorKind::JetStream(j) = e.kind() {
+                if j.error_code() == ErrorCode::STREAM_NOT_FOUND {
+                    return Ok(None);
+                }
+            }
+            return Err(e).context(format!("reading bucket {}", names.bucket));
+        }
+    }
+    js.get_key_value(names.bucket.clone())
+        .await
+        .context(format!("opening bucket {}", names.bucket))
+        .map(Some)
+}
+
+pub(crate) async fn read_meta(kv: &kv::Store, names: &Names) -> Result<Meta, Error> {
+    match kv.get(JOB_KEY).await.context("reading the job")? {
+        Some(bytes) => names.json("the job's description", &bytes),
+        None => Err(Error::NotFound {
+            job: names.job.clone(),
+        }),
+    }
+}
+
+pub(crate) fn to_json<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("plain data serializes")
+}
+
+fn check_indexes<V>(parts: &[Partition<V>]) -> Result<(), Error> {
+    let mut seen = vec![false; parts.len()];
+    for p in parts {
+        let fail = |reason: String| {
+            Err(Error::Partitions {
+                len: parts.len(),
+                reason,
+            })
+        };
+        match seen.get_mut(p.index) {
+            None => return fail(format!("index {} is out of range", p.index)),
+            Some(true) => return fail(format!("index {} appears twice", p.index)),
+            Some(s) => *s = true,
+        }
+    }
+    Ok(())
+}
+
+impl Job {
+    /// Publishes a job: one message per partition in the job's work-queue
+    /// stream, and the job's bucket, with the default [`JobOptions`].
+    ///
+    /// Publishing a job that exists (same name, as many slices, same key type)
+    /// adds only the slices that are missing (a publish that stopped half-way),
+    /// never a second copy of a slice; [`published`](Self::published) says how
+    /// many this call added. Other slices or another key type under the same
+    /// name are [`Error::Conflict`].
+    ///
+    /// ```no_run
+    /// # async fn demo(parts: Vec<diesel_chunked_iterator::Partition<i32>>) -> Result<(), Box<dyn std::error::Error>> {
+    /// use diesel_chunked_iterator::jetstream::Job;
+    ///
+    /// let js = async_nats::jetstream::new(async_nats::connect("127.0.0.1:4222").await?);
+    /// let job = Job::publish(&js, "reencode-2026-12", &parts).await?;
+    /// assert_eq!(job.slices(), parts.len());
+    /// let again = Job::publish(&js, "reencode-2026-12", &parts).await?;
+    /// assert_eq!(again.published(), 0);
+    /// # Ok(()) }
+    /// ```
+    pub async fn publish<V: Serialize>(
+        js: &Context,
+        name: &str,
+        parts: &[Partition<V>],
+    ) -> Result<Job, Error> {
+        Job::publish_with(js, name, parts, JobOptions::default()).await
+    }
+
+    /// [`publish`](Self::publish) with options. The options of a job that
+    /// already exists stay as they were.
+    ///
+    /// ```no_run
+    /// # async fn demo(parts: Vec<diesel_chunked_iterator::Partition<i64>>) -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// use diesel_chunked_iterator::jetstream::{Job, JobOptions};
+    ///
+    /// let js = async_nats::jetstream::new(async_nats::connect("127.0.0.1:4222").await?);
+    /// let options = JobOptions::default().ack_wait(Duration::from_secs(120)).max_deliveries(3);
+    /// let job = Job::publish_with(&js, "purge-tenant-7", &parts, options).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn publish_with<V: Serialize>(
+        js: &Context,
+        name: &str,
+        parts: &[Partition<V>],
+        options: JobOptions,
+    ) -> Result<Job, Error> {
+        let names = Names::new(name)?;
+        check_indexes(parts)?;
+        let key = key_type::<V>();
+        let stream = js
+            .get_or_create_stream(stream::Config {
+                name: names.stream.clone(),
+                subjects: vec![names.subject.clone()],
+                retention: stream::RetentionPolicy::WorkQueue,
+                duplicate_window: Duration::from_secs(3600),
+                ..Default::default()
+            })
+            .await
+            .context(format!("creating stream {}", names.stream))?;
+        stream
+            .get_or_create_consumer(
+                CONSUMER,
+                consumer::pull::Config {
+                    durable_name: Some(CONSUMER.into()),
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ack_wait: options.ack_wait,
+                    // The workers count deliveries themselves (see the module docs).
+                    max_deliver: -1,
+                    ..Default::default()
+                },
+            )
+            .await
+            .context(format!("creating consumer {CONSUMER}"))?;
+        let kv = match bucket(js, &names).await? {
+            Some(kv) => kv,
+            None => {
+                let config = kv::Config {
+                    bucket: names.bucket.clone(),
+                    history: 1,
+                    ..Default::default()
+                };
+                match js.create_key_value(config).await {
+                    Ok(kv) => kv,
+                    // Another publisher created it meanwhile.
+                    Err(e) => match bucket(js, &names).await? {
+                        Some(kv) => kv,
+                        None => return Err(e).context(format!("creating bucket {}", names.bucket)),
+                    },
+                }
+            }
+        };
+        let fresh = Meta {
+            slices: parts.len(),
+            key_type: key.clone(),
+            ack_wait_ms: millis(options.ack_wait),
+            max_deliveries: options.max_deliveries,
+            retry_delay_ms: millis(options.retry_delay),
+            complete: false,
+        };
+        let mut meta = match kv.create(JOB_KEY, to_json(&fresh).into()).await {
+            Ok(_) => fresh,
+            Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {
+                let meta = read_meta(&kv, &names).await?;
+                if meta.slices != parts.len() || meta.key_type != key {
+                    return Err(Error::Conflict {
+                        job: names.job.clone(),
+                        published: meta.slices,
+                        published_key: meta.key_type,
+                        slices: parts.len(),
+                        key,
+                    });
+                }
+                meta
+            }
+            Err(e) => return Err(e).context("writing the job's description"),
+        };
+        let mut published = 0;
+        for p in parts {
+            let slice_key = Names::slice_key(p.index);
+            if kv
+                .entry(slice_key.clone())
+                .await
+                .context("reading a slice")?
+                .is_some()
+            {
+                continue; // published before
+            }
+            let message = SliceMessage {
+                job: names.job.clone(),
+                key_type: key.clone(),
+                partition: p,
+            };
+            let ack = js
+                .send_publish(
+                    names.subject.clone(),
+                    PublishMessage::build()
+                        .payload(to_json(&message).into())
+                        .message_id(format!("{}.{}", names.job, p.index)),
+                )
+                .await
+                .context("publishing a slice")?
+                .await
+                .context("publishing a slice (acknowledgement)")?;
+            if !ack.duplicate {
+                published += 1;
+            }
+            match kv
+                .create(slice_key, to_json(&Record::default()).into())
+                .await
+            {
+                // A worker that was quicker wrote it: fine.
+                Err(e) if e.kind() != CreateErrorKind::AlreadyExists => {
+                    return Err(e).context("writing a slice's state")
+                }
+                _ => {}
+            }
+        }
+        if !meta.complete {
+            meta.complete = true;
+            kv.put(JOB_KEY, to_json(&meta).into())
+                .await
+                .context("writing the job's description")?;
+        }
+        Ok(Job {
+            js: js.clone(),
+            names,
+            kv,
+            meta,
+            published,
+        })
+    }
+
+    /// A job published earlier, by name; [`Error::NotFound`] if there is none.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// use diesel_chunked_iterator::jetstream::Job;
+    ///
+    /// let js = async_nats::jetstream::new(async_nats::connect("127.0.0.1:4222").await?);
+    /// let job = Job::open(&js, "reencode-2026-12").await?;
+    /// println!("{} slices", job.slices());
+    /// # Ok(()) }
+    /// ```
+    pub async fn open(js: &Context, name: &str) -> Result<Job, Error> {
+        let names = Names::new(name)?;
+        let kv = bucket(js, &names).await?.ok_or_else(|| Error::NotFound {
+            job: names.job.clone(),
+        })?;
+        let meta = read_meta(&kv, &names).await?;
+        Ok(Job {
+            js: js.clone(),
+            names,
+            kv,
+            meta,
+            published: 0,
+        })
+    }
+
+    /// The job's name.
+    pub fn name(&self) -> &str {
+        &self.names.job
+    }
+
+    /// How many slices the job has.
+    pub fn slices(&self) -> usize {
+        self.meta.slices
+    }
+
+    /// How many slices the call that returned this job published; 0 when all
+    /// were published before.
+    pub fn published(&self) -> usize {
+        self.published
+    }
+
+    /// The job's options, as published first.
+    pub fn options(&self) -> JobOptions {
+        JobOptions {
+            ack_wait: Duration::from_millis(self.meta.ack_wait_ms),
+            max_deliveries: self.meta.max_deliveries,
+            retry_delay: Duration::from_millis(self.meta.retry_delay_ms),
+        }
+    }
+
+    /// The job's progress, read from its bucket: correct while workers come
+    /// and go, since every state change and every committed batch's report is
+    /// written there, and a worker that stops reporting shows as `stalled`
+    /// after the ack deadline. Compares JetStream's time stamps with this
+    /// machine's clock.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// use diesel_chunked_iterator::jetstream::{Job, SliceState};
+    ///
+    /// let js = async_nats::jetstream::new(async_nats::connect("127.0.0.1:4222").await?);
+    /// let s = Job::open(&js, "reencode-2026-12").await?.status().await?;
+    /// println!("done {} running {} waiting {} failed {}; {} rows",
+    ///          s.done, s.running, s.waiting, s.failed, s.rows);
+    /// for slice in s.slice.iter().filter(|x| x.state == SliceState::Failed) {
+    ///     println!("slice {} failed: {:?}", slice.index, slice.error);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn status(&self) -> Result<JobStatus, Error> {
+        let meta = read_meta(&self.kv, &self.names).await?;
+        let ack_wait = Duration::from_millis(meta.ack_wait_ms);
+        let now = SystemTime::now();
+        let entries: Vec<_> = futures_util::stream::iter(0..meta.slices)
+            .map(|i| self.kv.entry(Names::slice_key(i)))
+            .buffered(16)
+            .collect()
+            .await;
+        let mut status = JobStatus {
+            job: self.names.job.clone(),
+            slices: meta.slices,
+            done: 0,
+            running: 0,
+            waiting: 0,
+            failed: 0,
+            retrying: 0,
+            stalled: 0,
+            rows: 0,
+            slice: Vec::with_capacity(meta.slices),
+        };
+        for (index, entry) in entries.into_iter().enumerate() {
+            let entry = entry.context("reading a slice's state")?;
+            let (record, updated_at) = match entry {
+                Some(e) if e.operation == kv::Operation::Put => (
+                    self.names.json::<Record>("a slice's state", &e.value)?,
+                    Some(SystemTime::from(e.created)),
+                ),
+                _ => (Record::default(), None),
+            };
+            let stalled = record.state == SliceState::Running
+                && updated_at
+                    .and_then(|t| now.duration_since(t).ok())
+                    .is_some_and(|age| age > ack_wait);
+            match record.state {
+                SliceState::Done => status.done += 1,
+                SliceState::Failed => status.failed += 1,
+                SliceState::Running if !stalled => status.running += 1,
+                SliceState::Retrying => {
+                    status.retrying += 1;
+                    status.waiting += 1;
+                }
+                _ => status.waiting += 1,
+            }
+            status.stalled += usize::from(stalled);
+            status.rows += record.rows;
+            status.slice.push(SliceStatus {
+                index,
+                state: record.state,
+                stalled,
+                worker: record.worker,
+                deliveries: record.deliveries,
+                rows: record.rows,
+                batches: record.batches,
+                resumed_after: record.resumed_after,
+                error: record.error,
+                updated_at,
+            });
+        }
+        Ok(status)
+    }
+
+    /// Waits until every slice is done or failed, reading the status every
+    /// `poll`, and returns the last status. Check
+    /// [`failed`](JobStatus::failed) for the outcome.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// use diesel_chunked_iterator::jetstream::Job;
+    ///
+    /// let js = async_nats::jetstream::new(async_nats::connect("127.0.0.1:4222").await?);
+    /// let job = Job::open(&js, "reencode-2026-12").await?;
+    /// let end = job.wait(Duration::from_secs(2)).await?;
+    /// if end.failed > 0 {
+    ///     eprintln!("{} slices failed", end.failed);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn wait(&self, poll: Duration) -> Result<JobStatus, Error> {
+        loop {
+            let status = self.status().await?;
+            if status.is_finished() {
+                return Ok(status);
+            }
+            tokio::time::sleep(poll).await;
+        }
+    }
+
+    /// Deletes the job's stream (with its consumer and any slice left in it)
+    /// and its bucket. Workers still running it stop with an error. The
+    /// slices' checkpoints are in the database and stay there.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// use diesel_chunked_iterator::jetstream::Job;
+    ///
+    /// let js = async_nats::jetstream::new(async_nats::connect("127.0.0.1:4222").await?);
+    /// Job::open(&js, "reencode-2026-12").await?.delete().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn delete(self) -> Result<(), Error> {
+        self.js
+            .delete_stream(&self.names.stream)
+            .await
+            .context(format!("deleting stream {}", self.names.stream))?;
+        self.js
+            .delete_key_value(&self.names.bucket)
+            .await
+            .context(format!("deleting bucket {}", self.names.bucket))?;
+        Ok(())
+    }
+
+    pub(crate) fn meta(&self) -> &Meta {
+        &self.meta
+    }
+
+    pub(crate) fn kv(&self) -> &kv::Store {
+        &self.kv
+    }
+
+    pub(crate) fn names(&self) -> &Names {
+        &self.names
+    }
+}
+
+pub(crate) fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
