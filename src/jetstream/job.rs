@@ -156,7 +156,9 @@ pub struct SliceStatus {
     pub resumed_after: Option<String>,
     /// The text of its last error.
     pub error: Option<String>,
-    /// When its state was last written (JetStream's time).
+    /// When its state was last written (JetStream's time); in JSON,
+    /// milliseconds since the Unix epoch.
+    #[serde(serialize_with = "unix_millis")]
     pub updated_at: Option<SystemTime>,
 }
 
@@ -335,13 +337,26 @@ impl Job {
         let kv = match bucket(js, &names).await? {
             Some(kv) => kv,
             None => {
-                let config = kv::Config {
-                    bucket: names.bucket.clone(),
-                    history: 1,
+                // The bucket's stream as `create_key_value` makes it, without
+                // its account query, whose answer older servers (2.9) shape
+                // differently.
+                let config = stream::Config {
+                    name: format!("KV_{}", names.bucket),
+                    subjects: vec![format!("$KV.{}.>", names.bucket)],
+                    max_messages_per_subject: 1,
+                    max_bytes: -1,
+                    max_message_size: -1,
+                    allow_rollup: true,
+                    deny_delete: true,
+                    allow_direct: true,
+                    discard: stream::DiscardPolicy::New,
+                    num_replicas: 1,
                     ..Default::default()
                 };
-                match js.create_key_value(config).await {
-                    Ok(kv) => kv,
+                match js.create_stream(config).await {
+                    Ok(_) => bucket(js, &names).await?.ok_or_else(|| Error::NotFound {
+                        job: names.job.clone(),
+                    })?,
                     // Another publisher created it meanwhile.
                     Err(e) => match bucket(js, &names).await? {
                         Some(kv) => kv,
@@ -625,6 +640,12 @@ impl Job {
     pub(crate) fn names(&self) -> &Names {
         &self.names
     }
+}
+
+fn unix_millis<S: serde::Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+    t.and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+        .map(millis)
+        .serialize(s)
 }
 
 pub(crate) fn millis(d: Duration) -> u64 {
