@@ -207,7 +207,7 @@ macro_rules! distributed_tests {
                     .map(|(id, _)| id)
                     .collect();
                 let committed = before.len() as u64;
-                assert!(committed >= 15 && committed < 100, "w0 committed {committed} rows of slice {k}");
+                assert!((15..100).contains(&committed), "w0 committed {committed} rows of slice {k}");
                 let last = *before.last().unwrap();
                 let first = part.start_after.unwrap_or(0) + 1;
                 assert_eq!(before, (first..=last).collect::<Vec<_>>(), "w0's rows are a prefix of its slice");
