@@ -3,9 +3,8 @@
 //! SIGKILL in the middle of a slice after some of its batches committed; and
 //! a slice whose work fails on every delivery.
 //!
-//! The example's binary must be built with the same features: `cargo test
-//! --all-features` builds it (examples are built by `cargo test`); with a
-//! target filter, add `--example distributed`. NATS (`NATS_URL`, default
+//! The tests build the example's binary with their own features first
+//! (`cargo build --example distributed`, a no-op when it is fresh). NATS (`NATS_URL`, default
 //! `nats://127.0.0.1:4222`, JetStream on) must be reachable: the tests fail,
 //! they do not skip, when it is not.
 //!
@@ -19,6 +18,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use common::{posts, TestDb};
@@ -34,18 +34,53 @@ diesel::table! {
     }
 }
 
-/// The example's binary, next to this test's (`target/<profile>/examples`).
+/// The example's binary, built once per test run with this test's features
+/// (`cargo build --example distributed`, a no-op when it is fresh), next to
+/// this test's binary (`target/<profile>/examples`).
 fn example() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-    let bin = dir.join("examples").join("distributed");
-    assert!(
-        bin.exists(),
-        "{} is missing: build it with the test's features (`cargo test --all-features`, or add \
-         `--example distributed` to a filtered `cargo test`)",
-        bin.display()
-    );
-    bin
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let features: Vec<&str> = [
+                ("sqlite", cfg!(feature = "sqlite")),
+                ("postgres", cfg!(feature = "postgres")),
+                ("mysql", cfg!(feature = "mysql")),
+                ("r2d2", cfg!(feature = "r2d2")),
+                ("chrono", cfg!(feature = "chrono")),
+                ("time", cfg!(feature = "time")),
+                ("uuid", cfg!(feature = "uuid")),
+                ("tracing", cfg!(feature = "tracing")),
+                ("serde", cfg!(feature = "serde")),
+                ("jetstream", cfg!(feature = "jetstream")),
+            ]
+            .into_iter()
+            .filter_map(|(name, on)| on.then_some(name))
+            .collect();
+            let exe = std::env::current_exe().expect("test binary path");
+            let profile_dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+            let mut cargo = Command::new(option_env!("CARGO").unwrap_or("cargo"));
+            cargo
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .args([
+                    "build",
+                    "--quiet",
+                    "--example",
+                    "distributed",
+                    "--no-default-features",
+                ])
+                .args(["--features", &features.join(",")]);
+            if profile_dir.ends_with("release") {
+                cargo.arg("--release");
+            }
+            let status = cargo
+                .status()
+                .expect("run cargo build --example distributed");
+            assert!(status.success(), "cargo build --example distributed failed");
+            let bin = profile_dir.join("examples").join("distributed");
+            assert!(bin.exists(), "{} is missing", bin.display());
+            bin
+        })
+        .clone()
 }
 
 fn nats_url() -> String {
