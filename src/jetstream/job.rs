@@ -112,7 +112,15 @@ pub(crate) struct SliceMessage<P> {
     pub(crate) partition: P,
 }
 
-/// Where a slice is.
+/// Where a slice is, in [`SliceStatus::state`].
+///
+/// ```
+/// use diesel_chunked_iterator::jetstream::SliceState;
+///
+/// // in the status's JSON:
+/// assert_eq!(serde_json::to_string(&SliceState::Done).unwrap(), r#""done""#);
+/// assert_eq!(SliceState::default(), SliceState::Waiting);
+/// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 #[non_exhaustive]
@@ -130,7 +138,7 @@ pub enum SliceState {
     Failed,
 }
 
-/// One slice as [`Job::status`] found it.
+/// One slice as [`Job::status`] found it (see its example).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[non_exhaustive]
 pub struct SliceStatus {
@@ -162,7 +170,8 @@ pub struct SliceStatus {
     pub updated_at: Option<SystemTime>,
 }
 
-/// A job's progress: slices by state and rows so far.
+/// A job's progress: slices by state and rows so far (see [`Job::status`]
+/// and [`is_finished`](Self::is_finished)).
 ///
 /// `done + running + waiting + failed == slices`; `retrying` and `stalled`
 /// slices are counted in `waiting`.
@@ -193,6 +202,16 @@ pub struct JobStatus {
 
 impl JobStatus {
     /// Whether every slice is done or failed.
+    ///
+    /// ```no_run
+    /// # async fn demo(job: diesel_chunked_iterator::jetstream::Job) -> Result<(), Box<dyn std::error::Error>> {
+    /// let s = job.status().await?;
+    /// assert_eq!(s.done + s.running + s.waiting + s.failed, s.slices);
+    /// if s.is_finished() {
+    ///     println!("finished: {} done, {} failed", s.done, s.failed);
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn is_finished(&self) -> bool {
         self.done + self.failed == self.slices
     }
@@ -473,22 +492,38 @@ impl Job {
     }
 
     /// The job's name.
+    ///
+    /// ```no_run
+    /// # async fn demo(parts: Vec<diesel_chunked_iterator::Partition<i32>>) -> Result<(), Box<dyn std::error::Error>> {
+    /// use diesel_chunked_iterator::jetstream::Job;
+    ///
+    /// let js = async_nats::jetstream::new(async_nats::connect("127.0.0.1:4222").await?);
+    /// let job = Job::publish(&js, "reencode-2026-12", &parts).await?;
+    /// println!(
+    ///     "job {}: {} slices, {} published now, ack deadline {:?}",
+    ///     job.name(),
+    ///     job.slices(),
+    ///     job.published(),
+    ///     job.options().get_ack_wait()
+    /// );
+    /// # Ok(()) }
+    /// ```
     pub fn name(&self) -> &str {
         &self.names.job
     }
 
-    /// How many slices the job has.
+    /// How many slices the job has (see [`name`](Self::name)).
     pub fn slices(&self) -> usize {
         self.meta.slices
     }
 
     /// How many slices the call that returned this job published; 0 when all
-    /// were published before.
+    /// were published before (see [`publish`](Self::publish)).
     pub fn published(&self) -> usize {
         self.published
     }
 
-    /// The job's options, as published first.
+    /// The job's options, as published first (see [`name`](Self::name)).
     pub fn options(&self) -> JobOptions {
         JobOptions {
             ack_wait: Duration::from_millis(self.meta.ack_wait_ms),

@@ -80,8 +80,8 @@
 //! slice's closure on a blocking thread (`tokio::task::spawn_blocking`).
 //!
 //! - **Progress.** The closure reports every committed batch through
-//!   [`Slice::progress`] (wired into the job's `throttle`) or
-//!   [`Slice::committed`]; the worker then sends `AckKind::Progress`, which
+//!   [`Slice::progress`] (wired into the job's `throttle`), or
+//!   [`Slice::committed`] for work that commits its own batches; the worker then sends `AckKind::Progress`, which
 //!   resets the slice's ack deadline, and updates the slice's rows. Progress
 //!   comes from committed batches, **not from a timer**: a worker that dies,
 //!   and a worker whose thread hangs (a lock it never gets, a stuck network

@@ -51,7 +51,7 @@ pub struct Worker {
     poll: Duration,
 }
 
-/// What one [`Worker::run`] did.
+/// What one [`Worker::run`] did (see its example).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct WorkerReport {
@@ -114,11 +114,24 @@ impl<V> std::ops::Deref for Slice<V> {
 
 impl<V> Slice<V> {
     /// The slice's key range.
+    ///
+    /// ```no_run
+    /// # fn job(slice: &diesel_chunked_iterator::jetstream::Slice<i32>) {
+    /// let p = slice.partition();
+    /// println!("slice {} of ids ({:?}, {:?}], {} rows when planned", p.index, p.start_after, p.end_at, p.rows);
+    /// # }
+    /// ```
     pub fn partition(&self) -> &Partition<V> {
         &self.partition
     }
 
     /// The job's name.
+    ///
+    /// ```no_run
+    /// # fn job(slice: &diesel_chunked_iterator::jetstream::Slice<i32>) {
+    /// assert!(slice.checkpoint_name().starts_with(slice.job()));
+    /// # }
+    /// ```
     pub fn job(&self) -> &str {
         &self.job
     }
@@ -126,35 +139,93 @@ impl<V> Slice<V> {
     /// The name of the slice's checkpoint, `JOB/slice-INDEX`: a worker that
     /// runs the slice after another died resumes after its last committed
     /// batch.
+    ///
+    /// ```no_run
+    /// # fn job(slice: &diesel_chunked_iterator::jetstream::Slice<i32>) {
+    /// // Job "reencode-2026-12", slice 7: "reencode-2026-12/slice-7".
+    /// let name = slice.checkpoint_name();
+    /// assert_eq!(name, format!("{}/slice-{}", slice.job(), slice.index));
+    /// # }
+    /// ```
     pub fn checkpoint_name(&self) -> String {
         format!("{}/slice-{}", self.job, self.partition.index)
     }
 
     /// How many times the slice has been handed to a worker, this time
     /// included (1 on its first run).
+    ///
+    /// ```no_run
+    /// # fn job(slice: &diesel_chunked_iterator::jetstream::Slice<i32>) {
+    /// if slice.delivery() > 1 {
+    ///     eprintln!("slice {} again (delivery {}): it resumes at its checkpoint", slice.index, slice.delivery());
+    /// }
+    /// # }
+    /// ```
     pub fn delivery(&self) -> u64 {
         self.delivery
     }
 
     /// The name of the worker running it.
+    ///
+    /// ```no_run
+    /// # fn job(slice: &diesel_chunked_iterator::jetstream::Slice<i32>) {
+    /// eprintln!("{} runs slice {}", slice.worker(), slice.index);
+    /// # }
+    /// ```
     pub fn worker(&self) -> &str {
         &self.worker
     }
 
-    /// Reports a committed batch: the worker resets the slice's ack deadline
-    /// (`AckKind::Progress`) and records the rows in the job's status. Call
-    /// it from your own [`throttle`](crate::Chunked::throttle) closure, or
-    /// use [`progress`](Self::progress).
-    pub fn committed(&self, stats: &BatchStats) {
-        let _ = self.tx.send(Progress {
-            rows: stats.total_rows,
-            batches: stats.batch,
-        });
+    /// Reports committed batches: `rows` and `batches` committed so far in
+    /// this run. The worker resets the slice's ack deadline
+    /// (`AckKind::Progress`) and records the rows in the job's status. For
+    /// work that commits its own batches; a write job uses
+    /// [`progress`](Self::progress).
+    ///
+    /// ```no_run
+    /// # fn job(slice: &diesel_chunked_iterator::jetstream::Slice<i32>) {
+    /// # let chunks: Vec<Vec<i32>> = vec![];
+    /// # fn commit(_: &[i32]) {}
+    /// let mut rows = 0;
+    /// for (n, chunk) in chunks.iter().enumerate() {
+    ///     commit(chunk); // your own transaction
+    ///     rows += chunk.len() as u64;
+    ///     slice.committed(rows, n as u64 + 1);
+    /// }
+    /// # }
+    /// ```
+    pub fn committed(&self, rows: u64, batches: u64) {
+        let _ = self.tx.send(Progress { rows, batches });
     }
 
     /// A [`throttle`](crate::Chunked::throttle) closure that reports every
-    /// committed batch (see [`committed`](Self::committed)) and asks for no
-    /// wait: `.throttle(slice.progress())`.
+    /// committed batch (rows and batches of this run, see
+    /// [`committed`](Self::committed)) and asks for no wait:
+    /// `.throttle(slice.progress())`. To throttle too, call it from your own
+    /// closure.
+    ///
+    /// ```no_run
+    /// # #[cfg(feature = "sqlite")]
+    /// # fn job(slice: &diesel_chunked_iterator::jetstream::Slice<i32>, conn: &mut diesel::SqliteConnection)
+    /// #     -> Result<diesel_chunked_iterator::WriteReport<i32>, diesel_chunked_iterator::Error> {
+    /// use std::time::Duration;
+    /// use diesel::prelude::*;
+    /// use diesel_chunked_iterator::prelude::*;
+    /// # diesel::table! { posts (id) { id -> Integer, archived -> Bool } }
+    ///
+    /// let report = slice.progress();
+    /// posts::table
+    ///     .chunked_by(posts::id)
+    ///     .within(slice)
+    ///     .checkpoint(slice.checkpoint_name())
+    ///     .throttle(move |stats| {
+    ///         report(stats);
+    ///         // and wait after slow batches
+    ///         (stats.duration > Duration::from_secs(1)).then_some(Duration::from_millis(500))
+    ///     })
+    ///     .update_all(conn, posts::archived.eq(true))
+    /// # }
+    /// ```
     pub fn progress(&self) -> impl Fn(&BatchStats) -> Option<Duration> + Send + Sync + 'static {
         let tx = self.tx.clone();
         move |stats| {
@@ -218,6 +289,18 @@ fn default_name() -> String {
 
 impl Worker {
     /// A worker of job `job`, named after the host and process id.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// use diesel_chunked_iterator::jetstream::Worker;
+    ///
+    /// let js = async_nats::jetstream::new(async_nats::connect("127.0.0.1:4222").await?);
+    /// let worker = Worker::new(&js, "reencode-2026-12")
+    ///     .name(format!("batch-host-{}", std::process::id())) // shown in the job's status
+    ///     .poll(Duration::from_millis(500));
+    /// # Ok(()) }
+    /// ```
     pub fn new(js: &Context, job: &str) -> Worker {
         Worker {
             js: js.clone(),
@@ -227,14 +310,15 @@ impl Worker {
         }
     }
 
-    /// The name the job's status shows for this worker.
+    /// The name the job's status shows for this worker (see [`new`](Self::new)).
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = name.into();
         self
     }
 
     /// How long one request for a slice waits when none is available before
-    /// the worker checks whether the job is finished. Default 1 s.
+    /// the worker checks whether the job is finished. Default 1 s (see
+    /// [`new`](Self::new)).
     pub fn poll(mut self, d: Duration) -> Self {
         self.poll = d;
         self
@@ -251,6 +335,32 @@ impl Worker {
     /// Fails when the job does not exist or was deleted, when its slices have
     /// another key type than `V`, or when JetStream stops answering; a slice's
     /// own error never stops the worker.
+    ///
+    /// ```no_run
+    /// # #[cfg(all(feature = "sqlite", feature = "r2d2"))]
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// use diesel::prelude::*;
+    /// use diesel::r2d2::{ConnectionManager, Pool};
+    /// use diesel_chunked_iterator::jetstream::Worker;
+    /// use diesel_chunked_iterator::prelude::*;
+    /// # diesel::table! { posts (id) { id -> Integer, tenant_id -> Integer } }
+    ///
+    /// let js = async_nats::jetstream::new(async_nats::connect("127.0.0.1:4222").await?);
+    /// let pool = Pool::new(ConnectionManager::<SqliteConnection>::new("posts.db"))?;
+    /// let report = Worker::new(&js, "purge-tenant-7")
+    ///     .run(move |slice| {
+    ///         posts::table
+    ///             .filter(posts::tenant_id.eq(7))
+    ///             .chunked_by(posts::id)
+    ///             .within(slice)
+    ///             .checkpoint(slice.checkpoint_name())
+    ///             .throttle(slice.progress())
+    ///             .delete_all(&pool)
+    ///     })
+    ///     .await?;
+    /// println!("{} slices here, {} rows deleted, {} failed", report.done, report.rows, report.failed);
+    /// # Ok(()) }
+    /// ```
     pub async fn run<V, F, E>(self, f: F) -> Result<WorkerReport, Error>
     where
         V: Serialize + DeserializeOwned + Send + Sync + 'static,
@@ -493,5 +603,60 @@ impl Worker {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slice(index: usize) -> (Slice<i32>, mpsc::UnboundedReceiver<Progress>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let partition = Partition {
+            index,
+            start_after: Some(100),
+            end_at: Some(200),
+            rows: 100,
+        };
+        let slice = Slice {
+            job: "reencode-2026-12".into(),
+            partition,
+            delivery: 2,
+            worker: "w1".into(),
+            tx,
+        };
+        (slice, rx)
+    }
+
+    #[test]
+    fn a_slice_names_its_checkpoint_and_reports_each_batch() {
+        let (slice, mut rx) = slice(7);
+        assert_eq!(slice.checkpoint_name(), "reencode-2026-12/slice-7");
+        assert_eq!(
+            (slice.index, slice.start_after, slice.end_at),
+            (7, Some(100), Some(200))
+        );
+        assert_eq!(
+            (slice.job(), slice.worker(), slice.delivery()),
+            ("reencode-2026-12", "w1", 2)
+        );
+
+        let throttle = slice.progress();
+        for batch in 1..=3 {
+            let stats = BatchStats {
+                batch,
+                rows: 10,
+                duration: Duration::from_millis(5),
+                total_rows: batch * 10,
+                elapsed: Duration::from_millis(batch * 5),
+                next_batch_size: 10,
+            };
+            assert_eq!(throttle(&stats), None, "progress asks for no wait");
+        }
+        slice.committed(45, 4);
+        let seen: Vec<(u64, u64)> = std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|p| (p.rows, p.batches))
+            .collect();
+        assert_eq!(seen, vec![(10, 1), (20, 2), (30, 3), (45, 4)]);
     }
 }
