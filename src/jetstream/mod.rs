@@ -68,9 +68,14 @@
 //!   limit, see below);
 //! - key-value bucket `CHUNKED_NAME`: key `job` (slice count, key type,
 //!   settings) and one key `slice.INDEX` per slice (state, worker, deliveries,
-//!   rows, batches, last error). A slice's key is written before its message
-//!   is published, so publishing again never adds a slice twice, whatever the
-//!   duplicate window.
+//!   rows, batches, last error). A slice's key is written once the stream
+//!   has stored its message, and `publish` skips slices that have a key, so
+//!   publishing a job again never adds a slice twice. A publish stopped
+//!   between the two leaves a message without a key: published again within
+//!   the duplicate window, the message is dropped by the server; later, the
+//!   second copy is harmless, since a worker that gets a slice already done
+//!   only acknowledges it, and two runs of one slice at once are kept apart
+//!   by its checkpoint's lock.
 //!
 //! ## A slice's life
 //!
