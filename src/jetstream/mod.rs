@@ -117,10 +117,14 @@
 //! worker is gone and JetStream will redeliver it.
 
 mod job;
+mod slice;
+mod status;
 mod worker;
 
-pub use job::{Job, JobOptions, JobStatus, SliceState, SliceStatus};
-pub use worker::{Slice, Worker, WorkerReport};
+pub use job::{Job, JobOptions};
+pub use slice::Slice;
+pub use status::{JobStatus, SliceState, SliceStatus};
+pub use worker::{Worker, WorkerReport};
 
 /// What can go wrong with a distributed job.
 ///
