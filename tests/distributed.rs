@@ -129,10 +129,12 @@ fn spawn_worker(db: &TestDb, job: &str, name: &str, batch: &str, pause: &str) ->
     .expect("start a worker")
 }
 
-/// The job's status through the library, as a test sees it.
+/// The job's status through the library, as a test sees it. The jobs it
+/// named are deleted from NATS when it is dropped, also after a failure.
 struct Observer {
     rt: tokio::runtime::Runtime,
     js: async_nats::jetstream::Context,
+    jobs: std::cell::RefCell<Vec<String>>,
 }
 
 impl Observer {
@@ -146,7 +148,11 @@ impl Observer {
                     .map(async_nats::jetstream::new)
             })
             .unwrap_or_else(|e| panic!("NATS at {url} is unreachable: {e} (set NATS_URL)"));
-        Observer { js, rt }
+        Observer {
+            js,
+            rt,
+            jobs: Default::default(),
+        }
     }
 
     fn status(&self, job: &str) -> JobStatus {
@@ -155,10 +161,21 @@ impl Observer {
             .expect("job status")
     }
 
-    fn delete(&self, job: &str) {
-        self.rt
-            .block_on(async { Job::open(&self.js, job).await?.delete().await })
-            .expect("delete the job");
+    /// A job name of its own, deleted with the observer.
+    fn job(&self, prefix: &str) -> String {
+        let name = common::unique_name(prefix);
+        self.jobs.borrow_mut().push(name.clone());
+        name
+    }
+}
+
+impl Drop for Observer {
+    fn drop(&mut self) {
+        for job in self.jobs.take() {
+            let _ = self
+                .rt
+                .block_on(async { Job::open(&self.js, &job).await?.delete().await });
+        }
     }
 }
 
@@ -203,7 +220,7 @@ macro_rules! distributed_tests {
             fn a_killed_worker_s_slice_is_resumed_where_it_stopped() {
                 let db = <$backend as common::TestBackend>::create();
                 let obs = Observer::new();
-                let job = common::unique_name("kill");
+                let job = obs.job("kill");
                 let settings = [("ACK_WAIT_MS", "2000"), ("RETRY_DELAY_MS", "200")];
                 let plan = run(&db, &["plan", "--job", &job, "--slices", "6", "--seed-rows", "600"], &settings);
                 assert!(plan.status.success(), "plan: {}", String::from_utf8_lossy(&plan.stderr));
@@ -284,14 +301,13 @@ macro_rules! distributed_tests {
                 for other in s.slice.iter().filter(|x| x.index != k) {
                     assert_eq!((other.state, other.rows, other.resumed_after.as_deref()), (SliceState::Done, 100, None), "{other:?}");
                 }
-                obs.delete(&job);
             }
 
             #[test]
             fn a_slice_that_always_fails_ends_failed_and_the_others_done() {
                 let db = <$backend as common::TestBackend>::create();
                 let obs = Observer::new();
-                let job = common::unique_name("fail");
+                let job = obs.job("fail");
                 let settings = [("ACK_WAIT_MS", "5000"), ("MAX_DELIVERIES", "3"), ("RETRY_DELAY_MS", "200")];
                 let plan = run(&db, &["plan", "--job", &job, "--slices", "4", "--seed-rows", "200"], &settings);
                 assert!(plan.status.success(), "plan: {}", String::from_utf8_lossy(&plan.stderr));
@@ -338,7 +354,6 @@ macro_rules! distributed_tests {
                 assert_eq!(rows[&130], "earlier");
                 let c = checkpoint::status(&mut conn, &format!("{job}/slice-2")).unwrap().unwrap();
                 assert_eq!((c.rows, c.batches, c.done), (20, 2, false));
-                obs.delete(&job);
             }
         }
     )*};
