@@ -3,8 +3,8 @@
 //! SIGKILL in the middle of a slice after some of its batches committed; and
 //! a slice whose work fails on every delivery.
 //!
-//! The tests build the example's binary with their own features first
-//! (`cargo build --example distributed`, a no-op when it is fresh). NATS (`NATS_URL`, default
+//! The tests use the example's binary that `cargo test` builds, or build it
+//! with their own features when it is older than its sources. NATS (`NATS_URL`, default
 //! `nats://127.0.0.1:4222`, JetStream on) must be reachable: the tests fail,
 //! they do not skip, when it is not.
 //!
@@ -34,13 +34,45 @@ diesel::table! {
     }
 }
 
-/// The example's binary, built once per test run with this test's features
-/// (`cargo build --example distributed`, a no-op when it is fresh), next to
-/// this test's binary (`target/<profile>/examples`).
+/// The newest modification time of the files under `path`.
+fn newest(path: &std::path::Path) -> std::time::SystemTime {
+    let meta = std::fs::metadata(path).expect("source file");
+    let mut t = meta.modified().expect("mtime");
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(path).expect("source dir") {
+            t = t.max(newest(&entry.expect("dir entry").path()));
+        }
+    }
+    t
+}
+
+/// The example's binary, next to this test's (`target/<profile>/examples`):
+/// used as it is when it is newer than every source it is built from
+/// (`cargo test` builds it with the tests), else built once per test run with
+/// this test's features (`cargo build --example distributed`).
 fn example() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
         .get_or_init(|| {
+            let exe = std::env::current_exe().expect("test binary path");
+            let profile_dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+            let bin = profile_dir.join("examples").join("distributed");
+            let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+            let sources = [
+                "src",
+                "examples/distributed.rs",
+                "migrations",
+                "Cargo.toml",
+                "Cargo.lock",
+            ]
+            .iter()
+            .map(|p| newest(&root.join(p)))
+            .max()
+            .expect("sources");
+            let built = std::fs::metadata(&bin).and_then(|m| m.modified()).ok();
+            if built.is_some_and(|b| b >= sources) {
+                return bin;
+            }
             let features: Vec<&str> = [
                 ("sqlite", cfg!(feature = "sqlite")),
                 ("postgres", cfg!(feature = "postgres")),
@@ -56,8 +88,6 @@ fn example() -> PathBuf {
             .into_iter()
             .filter_map(|(name, on)| on.then_some(name))
             .collect();
-            let exe = std::env::current_exe().expect("test binary path");
-            let profile_dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
             let mut cargo = Command::new(option_env!("CARGO").unwrap_or("cargo"));
             cargo
                 .current_dir(env!("CARGO_MANIFEST_DIR"))
@@ -76,7 +106,6 @@ fn example() -> PathBuf {
                 .status()
                 .expect("run cargo build --example distributed");
             assert!(status.success(), "cargo build --example distributed failed");
-            let bin = profile_dir.join("examples").join("distributed");
             assert!(bin.exists(), "{} is missing", bin.display());
             bin
         })
@@ -338,6 +367,17 @@ macro_rules! distributed_tests {
 
                 let s = obs.status(&job);
                 assert_eq!((s.done, s.failed, s.running, s.waiting), (3, 1, 0, 0));
+                // The example's `status`: one line of JSON with the same counts.
+                let line = run(&db, &["status", "--job", &job], &[]);
+                assert!(line.status.success());
+                assert_eq!(line.stdout.iter().filter(|&&b| b == b'\n').count(), 1);
+                let json: serde_json::Value = serde_json::from_slice(&line.stdout).unwrap();
+                let counts: Vec<Option<u64>> = ["done", "running", "waiting", "failed", "rows"]
+                    .iter()
+                    .map(|k| json[k].as_u64())
+                    .collect();
+                assert_eq!(counts, [Some(3), Some(0), Some(0), Some(1), Some(170)].to_vec());
+                assert!(json["slice"][2]["error"].as_str().unwrap_or_default().to_lowercase().contains("duplicate"));
                 let bad = &s.slice[2];
                 assert_eq!((bad.state, bad.deliveries, bad.rows, bad.batches), (SliceState::Failed, 3, 20, 2), "{bad:?}");
                 let error = bad.error.clone().unwrap_or_default();
