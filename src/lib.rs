@@ -12,6 +12,8 @@ mod error;
 pub mod explain;
 mod iter;
 #[doc(hidden)]
+#[cfg(feature = "jetstream")]
+pub mod jetstream;
 pub mod key;
 mod load;
 pub mod plan;
