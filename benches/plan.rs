@@ -225,7 +225,10 @@ fn fill(conn: &mut impl Connection, pg: bool, name: &str, shape: &str, rows: u64
              ANALYZE TABLE {name};"
         )
     };
-    conn.batch_execute(&sql)?;
+    // one statement at a time: PostgreSQL's VACUUM refuses a multi-statement batch
+    for statement in sql.split("; ").filter(|s| !s.trim().is_empty()) {
+        conn.batch_execute(statement)?;
+    }
     eprintln!(
         "{name}: {rows} rows generated in {:.1} s",
         start.elapsed().as_secs_f64()

@@ -24,8 +24,9 @@
 //! A TID scan fetches exactly those addresses, whatever the table's size; every
 //! live row has the same chance to be drawn, so the sample is uniform over the
 //! rows (not over the key range: skewed keys and gaps do not matter), and each
-//! drawn row stands for `P · S / draws` rows. Draws start at four per wanted key
-//! and grow with the observed hit rate (deleted rows, the query's filters) until
+//! drawn row stands for `P · S / draws` rows. Draws start at the rate of live rows
+//! per address that the table's statistics give (`reltuples`; four per wanted
+//! key without them), and grow with the observed hit rate (deleted rows, the query's filters) until
 //! the sample is large enough. Any key works, composite and text keys included
 //! (the database sorts the sample). The table sampled is the one of the key's
 //! first column; in a join, the other tables are joined to the sampled rows.
@@ -251,7 +252,9 @@ where
         diesel::sql_query(format!(
             "SELECT CAST(COALESCE(pg_relation_size(to_regclass('{literal}')), -1) \
              / current_setting('block_size')::bigint AS BIGINT) AS pages, \
-             CAST((current_setting('block_size')::bigint - 24) / 28 AS BIGINT) AS slots"
+             CAST((current_setting('block_size')::bigint - 24) / 28 AS BIGINT) AS slots, \
+             CAST(COALESCE((SELECT reltuples FROM pg_class \
+             WHERE oid = to_regclass('{literal}')), -1) AS BIGINT) AS tuples"
         ))
         .get_result::<TableSize>(self.conn)
         .map_err(|source| Error::Query {
@@ -292,7 +295,14 @@ where
     }
     let mut rng = Rng::new(target);
     let mut drawn: HashSet<u64> = HashSet::new();
-    let mut want = 4 * target;
+    // draws for `target` rows at the hit rate the statistics give (filters
+    // lower it; the loop below draws more then), four per key without them
+    let mut want = if size.tuples > 0 {
+        let per_row = slots as f64 / size.tuples as f64;
+        ((target as f64 * per_row * 1.15).ceil() as u64).clamp(target, slots)
+    } else {
+        4 * target
+    };
     loop {
         while (drawn.len() as u64) < want {
             drawn.insert(rng.below(slots));

@@ -165,17 +165,19 @@ impl<I: QueryFragment<DB>, K: Key, DB: Backend> QueryFragment<DB> for SampleQuer
                 out.push_sql(" UNION ALL ");
             }
             self.filter.set(condition);
+            // one level of derived table: the query with ORDER BY and LIMIT
+            // appended (it has neither), so the backend runs it as an index seek
             out.push_sql(&format!(
-                "SELECT {} FROM (SELECT {} FROM (",
-                keys(&format!("chunked_q{i}"), ""),
-                keys("chunked_d", ""),
+                "SELECT {} FROM (",
+                keys(&format!("chunked_q{i}"), "")
             ));
             self.inner.walk_ast(out.reborrow())?;
             let dir = if *desc { " DESC" } else { "" };
-            out.push_sql(&format!(
-                ") chunked_d ORDER BY {} LIMIT 1) chunked_q{i}",
-                keys("chunked_d", dir)
-            ));
+            let order = (0..K::ARITY)
+                .map(|j| format!("chunked_k{j}{dir}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            out.push_sql(&format!(" ORDER BY {order} LIMIT 1) chunked_q{i}"));
         }
         Ok(())
     }
@@ -194,12 +196,14 @@ impl<K: KeyFromRow<DB>, DB: KeysetBackend> QueryableByName<DB> for SampleRow<K> 
     }
 }
 
-/// The size of the sampled table: pages, and row addresses per page.
+/// The size of the sampled table: pages, row addresses per page, and the
+/// rows PostgreSQL last counted (`reltuples`, -1 if never).
 #[doc(hidden)]
 #[derive(Debug)]
 pub struct TableSize {
     pub(super) pages: i64,
     pub(super) slots: i64,
+    pub(super) tuples: i64,
 }
 
 impl<DB> QueryableByName<DB> for TableSize
@@ -211,6 +215,7 @@ where
         Ok(TableSize {
             pages: NamedRow::get::<BigInt, i64>(row, "pages")?,
             slots: NamedRow::get::<BigInt, i64>(row, "slots")?,
+            tuples: NamedRow::get::<BigInt, i64>(row, "tuples")?,
         })
     }
 }
