@@ -202,6 +202,9 @@ impl<Q, K: Key> Chunked<Q, K> {
 pub type SampledInner<'a, Q, K, DB> =
     diesel::dsl::Filter<PlanInner<'a, Q, K, KeyColumns<K>, DB>, SampleFilter>;
 
+/// Sampled keys, each with the rows it stands for.
+type Weighted<V> = Vec<(StoredKey<V>, f64)>;
+
 /// Runs the sample statements on one prepared query.
 struct Runner<'c, I, K, C> {
     inner: Arc<I>,
@@ -270,7 +273,7 @@ fn tid_sample<'a, I, K: Key, C: Connection>(
     run: &mut Runner<'_, I, K, C>,
     column: &str,
     target: u64,
-) -> Result<Vec<(StoredKey<K::Value>, f64)>, Error>
+) -> Result<Weighted<K::Value>, Error>
 where
     SampleQuery<I, K>: LoadQuery<'a, C, SampleRow<K>>,
     SqlQuery: LoadQuery<'a, C, TableSize>,
@@ -336,7 +339,7 @@ fn probe_sample<'a, I, K: Key, C: Connection>(
     column: &str,
     target: u64,
     n: usize,
-) -> Result<Vec<(StoredKey<K::Value>, f64)>, Error>
+) -> Result<Weighted<K::Value>, Error>
 where
     SampleQuery<I, K>: LoadQuery<'a, C, SampleRow<K>>,
 {
