@@ -106,9 +106,13 @@ impl<Q, K: Key> Chunked<Q, K> {
     ///   included.
     /// - **MariaDB/MySQL, SQLite:** probes of the key's index at random points
     ///   of the key range, weighted by the gaps they find; integer keys of one
-    ///   column, else [`Error::SamplingUnsupported`] (use `partitions`). SQLite
-    ///   is embedded, where reading every key costs no round trips; the probes
-    ///   help there only on large tables.
+    ///   column, else [`Error::SamplingUnsupported`] (use `partitions`). About
+    ///   `4 · SAMPLE_PER_SLICE · n` probes, each a small statement part with an
+    ///   index descent: on MariaDB that is slower than `partitions` at a
+    ///   million rows and about as fast at ten million (benches/README.md), so
+    ///   use it there only on larger tables. SQLite is embedded, where reading
+    ///   every key costs no round trips; the probes help there only on large
+    ///   tables.
     ///
     /// Where the input is about as small as the sample, every key is read and
     /// the slices are exactly those of `partitions`. The sampled rows are read
