@@ -1,5 +1,6 @@
 //! The sampled planner, [`Chunked::partitions_sampled`]: slices from a sample
-//! of the keys instead of every key, at a cost that does not grow with the table.
+//! of the keys instead of every key: a number of rows read (or index probes) per
+//! slice that does not grow with the table.
 //!
 //! Both methods below run on the user's query as the scan would see it (its
 //! filters and joins, the scan's bounds), with one more condition added to its
@@ -85,7 +86,8 @@ const PROBES_PER_STATEMENT: usize = 250;
 impl<Q, K: Key> Chunked<Q, K> {
     /// Splits the key range of the query into `n` disjoint slices that
     /// together cover it, like [`partitions`](Self::partitions), from a sample
-    /// of the keys: its cost does not grow with the table, and each slice holds
+    /// of the keys: the rows it reads (or the index probes it makes) do not grow
+    /// with the table, and each slice holds
     /// the ideal `rows / n` rows to within 1.5× (measured: 1.34× at most), on
     /// uniform and on skewed keys.
     ///
