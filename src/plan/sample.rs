@@ -110,8 +110,8 @@ impl<Q, K: Key> Chunked<Q, K> {
     ///   column, else [`Error::SamplingUnsupported`] (use `partitions`). About
     ///   `4 · SAMPLE_PER_SLICE · n` probes, each a small statement part with an
     ///   index descent: on MariaDB that is slower than `partitions` at a
-    ///   million rows and about as fast at ten million (benches/README.md), so
-    ///   use it there only on larger tables. SQLite is embedded, where reading
+    ///   million rows and only a little faster at ten million
+    ///   (benches/README.md), so use it there only on larger tables. SQLite is embedded, where reading
     ///   every key costs no round trips; the probes help there only on large
     ///   tables.
     ///
