@@ -39,6 +39,11 @@ pub trait KeysetBackend: Backend {
     /// Whether [`estimate_total`](crate::Chunked::estimate_total) asks the
     /// planner (`EXPLAIN`) instead of counting.
     const PLANNER_ESTIMATE: bool = false;
+    /// Whether [`partitions_sampled`](crate::Chunked::partitions_sampled)
+    /// draws rows by their addresses (PostgreSQL's `ctid`) instead of probing
+    /// the key's index.
+    #[doc(hidden)]
+    const TID_SAMPLING: bool = false;
     /// Whether a value read from a row may be stored in a form that binding its
     /// Rust value does not reproduce (SQLite).
     #[doc(hidden)]
@@ -193,6 +198,7 @@ mod pg {
     impl KeysetBackend for Pg {
         const ROW_VALUES: bool = true;
         const PLANNER_ESTIMATE: bool = true;
+        const TID_SAMPLING: bool = true;
 
         fn bind_key<'b, ST, V>(value: &'b V, mut out: AstPass<'_, 'b, Self>) -> QueryResult<()>
         where

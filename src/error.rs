@@ -245,6 +245,17 @@ pub enum Error {
         reason: String,
     },
 
+    /// [`partitions_sampled`](crate::Chunked::partitions_sampled) cannot
+    /// sample this key or table on this backend; [`partitions`](crate::Chunked::partitions)
+    /// can plan it.
+    #[error("cannot sample the keys of {columns}: {reason}")]
+    SamplingUnsupported {
+        /// The key column(s), or the column whose table was to be sampled.
+        columns: String,
+        /// What is wrong, and what to do.
+        reason: String,
+    },
+
     /// The closure of [`for_each_batch`](crate::RunChunkedDsl::for_each_batch)
     /// returned an error: that batch was rolled back, and the job stopped.
     /// `source` is the closure's error (downcast it to get it back).

@@ -56,6 +56,8 @@ use diesel::internal::derives::multiconnection::BoxedSelectStatement;
 use diesel::internal::table_macro::FromClause;
 use diesel::query_source::QuerySource;
 
+pub mod sample;
+
 /// One slice of a key range: the rows with `start_after < key <= end_at`, where
 /// a missing end is open.
 ///

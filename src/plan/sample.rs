@@ -1,0 +1,575 @@
+//! The sampled planner, [`Chunked::partitions_sampled`]: slices from a sample
+//! of the keys instead of every key: a number of rows read (or index probes) per
+//! slice that does not grow with the table.
+//!
+//! Both methods below run on the user's query as the scan would see it (its
+//! filters and joins, the scan's bounds), with one more condition added to its
+//! `WHERE` clause, and end like [`partitions`](Chunked::partitions): the
+//! sampled keys, each with a weight (how many rows it stands for), sorted in key
+//! order; the boundaries are the keys where the running weight crosses
+//! `j · total / n`. The sample aims at [`SAMPLE_PER_SLICE`] keys per slice:
+//! a slice then holds `ideal · (1 ± 0.1)` rows (one standard deviation).
+//!
+//! **PostgreSQL: random row addresses.** A heap table of `P` pages has at most
+//! `P · S` row addresses `(page, slot)` (`S` = 291 for 8 kB pages). The planner
+//! draws addresses uniformly at random and keeps the rows found there:
+//!
+//! ```text
+//! SELECT d.k0 [, ...] FROM (
+//!     SELECT <key columns> AS k0 [, ...] FROM ...
+//!     WHERE (<the query's filters>) AND <the scan's bounds>
+//!       AND "posts".ctid = ANY('{"(17,3)","(912,40)",...}'::tid[])
+//! ) d ORDER BY d.k0 [, ...]
+//! ```
+//!
+//! A TID scan fetches exactly those addresses, whatever the table's size; every
+//! live row has the same chance to be drawn, so the sample is uniform over the
+//! rows (not over the key range: skewed keys and gaps do not matter), and each
+//! drawn row stands for `P · S / draws` rows. Draws start at the rate of live rows
+//! per address that the table's statistics give (`reltuples`; four per wanted
+//! key without them), and grow with the observed hit rate (deleted rows, the query's filters) until
+//! the sample is large enough. Any key works, composite and text keys included
+//! (the database sorts the sample). The table sampled is the one of the key's
+//! first column; in a join, the other tables are joined to the sampled rows.
+//!
+//! **MariaDB/MySQL and SQLite: index probes.** InnoDB and SQLite have no row
+//! addresses to draw. The planner probes the key's index instead, for integer
+//! keys of one column: at a point `x` of the key range, the next key
+//! `SELECT k FROM (...) WHERE k >= x ORDER BY k LIMIT 1` (many probes per
+//! statement, `UNION ALL`) and its predecessor. A uniform point finds key `k`
+//! with probability `(k - pred(k)) / range`, so each found key is weighted by
+//! the inverse (a Horvitz–Thompson estimate: exact in expectation, however
+//! gappy or skewed the keys). Since uniform points rarely land in a dense part
+//! of a skewed range, a second round draws its points from the density the
+//! first round found (64 buckets per slice, mixed with 20 % uniform), and each
+//! key's weight is the inverse of its chance over both rounds. A composite or
+//! non-integer key is [`Error::SamplingUnsupported`] there.
+//!
+//! **Small inputs.** When the sample would touch about as many rows as the
+//! input holds (a table of fewer than `4 · SAMPLE_PER_SLICE · n` row addresses
+//! or a key range that short), every key is read instead, and the slices are
+//! the exact planner's.
+//!
+//! The random draws come from a fixed seed: the same table gives the same
+//! slices.
+
+use std::any::{Any, TypeId};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use diesel::backend::Backend;
+use diesel::connection::Connection;
+use diesel::query_builder::SqlQuery;
+use diesel::query_dsl::methods::FilterDsl;
+use diesel::query_dsl::LoadQuery;
+use diesel::RunQueryDsl;
+
+use super::{KeyColumns, Partition, PreparePlan};
+use crate::backend::KeysetBackend;
+use crate::builder::{Chunked, PlanInner};
+use crate::error::Error;
+use crate::key::{Key, KeySql};
+use crate::stored::StoredKey;
+
+mod sql;
+
+use sql::{render, table_of, tid_condition, FirstColumn};
+pub use sql::{SampleFilter, SampleQuery, SampleRow, TableSize};
+
+/// How many sampled keys [`Chunked::partitions_sampled`] aims at per slice.
+pub const SAMPLE_PER_SLICE: u64 = 200;
+
+/// Probes per statement on MariaDB/MySQL and SQLite (SQLite allows 500 terms
+/// in a compound `SELECT`).
+const PROBES_PER_STATEMENT: usize = 250;
+
+impl<Q, K: Key> Chunked<Q, K> {
+    /// Splits the key range of the query into `n` disjoint slices that
+    /// together cover it, like [`partitions`](Self::partitions), from a sample
+    /// of the keys: the rows it reads (or the index probes it makes) do not grow
+    /// with the table, and each slice holds the ideal `rows / n` rows to within
+    /// 1.5× (measured: 1.34× at most), on uniform and on skewed keys.
+    ///
+    /// The slices are the same kind of value as those of `partitions`, with the
+    /// same ends (the first starts where the scan starts, the last ends where
+    /// it ends: the scan's bounds, or open), and a worker scans one with
+    /// [`within`](Self::within) on the same query; every row is in exactly one
+    /// slice. Only their sizes are estimates: a slice's `rows` is the number of
+    /// rows the sample says it holds. A descending scan with `start_after` or
+    /// `end_at` is [`Error::PartitionBounds`], as there; `n = 0` and `n` above
+    /// [`MAX_PARTITIONS`](crate::plan::MAX_PARTITIONS) are
+    /// [`Error::InvalidPartitionCount`].
+    ///
+    /// How the sample is drawn (module [`plan::sample`](crate::plan::sample)):
+    ///
+    /// - **PostgreSQL:** rows at random addresses of the key's table (a TID
+    ///   scan), about [`SAMPLE_PER_SLICE`] per slice; any key, composite
+    ///   included.
+    /// - **MariaDB/MySQL, SQLite:** probes of the key's index at random points
+    ///   of the key range, weighted by the gaps they find; integer keys of one
+    ///   column, else [`Error::SamplingUnsupported`] (use `partitions`). About
+    ///   `4 · SAMPLE_PER_SLICE · n` probes, each a small statement part with an
+    ///   index descent: on MariaDB that is slower than `partitions` at a
+    ///   million rows and only a little faster at ten million
+    ///   (benches/README.md), so use it there only on larger tables. SQLite is embedded, where reading
+    ///   every key costs no round trips; the probes help there only on large
+    ///   tables.
+    ///
+    /// Where the input is about as small as the sample, every key is read and
+    /// the slices are exactly those of `partitions`. The sampled rows are read
+    /// through the query, so its filters apply; a filter that keeps few rows of
+    /// the sampled table makes the sample costlier (more draws per kept row),
+    /// and a query that the database cannot run as an index range per probe
+    /// (`DISTINCT`, a grouped join) makes each probe a scan: plan such queries
+    /// with `partitions`.
+    ///
+    /// ```
+    /// # include!("../../tests/doc/setup.rs");
+    /// use diesel_chunked_iterator::prelude::*;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let conn = &mut doc_connection();
+    /// let parts = posts::table.chunked_by(posts::id).partitions_sampled(2, conn)?;
+    /// // five rows: every key is read, the slices are the exact ones
+    /// assert_eq!(parts, posts::table.chunked_by(posts::id).partitions(2, conn)?);
+    ///
+    /// // every slice scanned: each row exactly once
+    /// let mut ids = Vec::new();
+    /// for p in &parts {
+    ///     for post in posts::table.chunked_by(posts::id).within(p).load_iter::<Post>(&mut *conn) {
+    ///         ids.push(post?.id);
+    ///     }
+    /// }
+    /// assert_eq!(ids, [1, 2, 3, 4, 5]);
+    /// # Ok(()) }
+    /// ```
+    pub fn partitions_sampled<'a, C>(
+        self,
+        n: usize,
+        conn: &mut C,
+    ) -> Result<Vec<Partition<K::Value>>, Error>
+    where
+        C: Connection,
+        C::Backend: KeysetBackend + Default,
+        <C::Backend as Backend>::QueryBuilder: Default,
+        K: KeySql<C::Backend>,
+        Q: PreparePlan<'a, K, KeyColumns<K>, C::Backend>,
+        PlanInner<'a, Q, K, KeyColumns<K>, C::Backend>: FilterDsl<SampleFilter>,
+        SampleQuery<SampledInner<'a, Q, K, C::Backend>, K>: LoadQuery<'a, C, SampleRow<K>>,
+        SqlQuery: LoadQuery<'a, C, TableSize>,
+    {
+        if n == 0 || n > super::MAX_PARTITIONS {
+            return Err(Error::InvalidPartitionCount { n });
+        }
+        let bounds = self.bounds();
+        let ends = super::outer_ends::<K>(&bounds)?;
+        let key = self.key;
+        let column = render::<C::Backend, _>(&FirstColumn(key))?;
+        let pg = <C::Backend as KeysetBackend>::TID_SAMPLING;
+        if !pg && !is_int::<K::Value>() {
+            return Err(Error::SamplingUnsupported {
+                columns: key.describe(),
+                reason: "on this backend the sample probes the key's index at points of \
+                         the key range, which needs an integer key of one column; use \
+                         partitions(n), which reads every key"
+                    .into(),
+            });
+        }
+        let filter = SampleFilter::default();
+        let inner = self
+            .query
+            .prepare_plan(key, bounds, super::key_columns(key))?;
+        let inner = Arc::new(FilterDsl::filter(inner, filter.clone()));
+        let mut run = Runner {
+            inner,
+            filter,
+            conn,
+            _key: std::marker::PhantomData,
+        };
+        let target = SAMPLE_PER_SLICE * n as u64;
+        let sample = if pg {
+            tid_sample(&mut run, &column, target)?
+        } else {
+            probe_sample(&mut run, &column, target, n)?
+        };
+        if let Some((k, _)) = sample.iter().find(|(k, _)| k.has_stored_form()) {
+            return Err(Error::StoredForm {
+                columns: key.describe(),
+                value: format!("{k:?}"),
+            });
+        }
+        let sample = sample.into_iter().map(|(k, w)| (k.value, w)).collect();
+        Ok(super::slices_of(boundaries(sample, n), ends))
+    }
+}
+
+/// The prepared query of [`Chunked::partitions_sampled`]: the planning query
+/// with the sampling condition.
+pub type SampledInner<'a, Q, K, DB> =
+    diesel::dsl::Filter<PlanInner<'a, Q, K, KeyColumns<K>, DB>, SampleFilter>;
+
+/// Sampled keys, each with the rows it stands for.
+type Weighted<V> = Vec<(StoredKey<V>, f64)>;
+
+/// Runs the sample statements on one prepared query.
+struct Runner<'c, I, K, C> {
+    inner: Arc<I>,
+    filter: SampleFilter,
+    conn: &'c mut C,
+    _key: std::marker::PhantomData<K>,
+}
+
+impl<'a, I, K: Key, C: Connection> Runner<'_, I, K, C>
+where
+    SampleQuery<I, K>: LoadQuery<'a, C, SampleRow<K>>,
+{
+    /// The query's keys, in key order, where `condition` holds.
+    fn keys(&mut self, condition: &str) -> Result<Vec<StoredKey<K::Value>>, Error> {
+        self.filter.set(condition);
+        self.load(Vec::new())
+    }
+
+    /// The next key (or, with `desc`, the previous one) of each probe, a
+    /// condition on the key; a probe that finds none gives no row.
+    fn probe(&mut self, probes: Vec<(String, bool)>) -> Result<Vec<StoredKey<K::Value>>, Error> {
+        let mut out = Vec::with_capacity(probes.len());
+        for chunk in probes.chunks(PROBES_PER_STATEMENT) {
+            out.extend(self.load(chunk.to_vec())?);
+        }
+        Ok(out)
+    }
+
+    fn load(&mut self, probes: Vec<(String, bool)>) -> Result<Vec<StoredKey<K::Value>>, Error> {
+        let query = SampleQuery {
+            inner: Arc::clone(&self.inner),
+            filter: self.filter.clone(),
+            probes,
+            _key: std::marker::PhantomData,
+        };
+        let rows: Vec<SampleRow<K>> = query.load(self.conn).map_err(|source| Error::Query {
+            context: "sampling the keys for the partitions",
+            source,
+        })?;
+        Ok(rows.into_iter().map(|r| r.0).collect())
+    }
+
+    fn size(&mut self, table: &str) -> Result<TableSize, Error>
+    where
+        SqlQuery: LoadQuery<'a, C, TableSize>,
+    {
+        let literal = table.replace('\'', "''");
+        diesel::sql_query(format!(
+            "SELECT CAST(COALESCE(pg_relation_size(to_regclass('{literal}')), -1) \
+             / current_setting('block_size')::bigint AS BIGINT) AS pages, \
+             CAST((current_setting('block_size')::bigint - 24) / 28 AS BIGINT) AS slots, \
+             CAST(COALESCE((SELECT reltuples FROM pg_class \
+             WHERE oid = to_regclass('{literal}')), -1) AS BIGINT) AS tuples"
+        ))
+        .get_result::<TableSize>(self.conn)
+        .map_err(|source| Error::Query {
+            context: "reading the size of the sampled table",
+            source,
+        })
+    }
+}
+
+/// PostgreSQL: rows at random addresses (see the module docs), each weighted
+/// by `addresses / draws`; every row when the table is small.
+fn tid_sample<'a, I, K: Key, C: Connection>(
+    run: &mut Runner<'_, I, K, C>,
+    column: &str,
+    target: u64,
+) -> Result<Weighted<K::Value>, Error>
+where
+    SampleQuery<I, K>: LoadQuery<'a, C, SampleRow<K>>,
+    SqlQuery: LoadQuery<'a, C, TableSize>,
+{
+    let table = table_of(column).ok_or_else(|| Error::SamplingUnsupported {
+        columns: column.to_string(),
+        reason: "the key column's table could not be read from its SQL".into(),
+    })?;
+    let size = run.size(table)?;
+    if size.pages < 0 {
+        return Err(Error::SamplingUnsupported {
+            columns: column.to_string(),
+            reason: format!("no table {table} found to sample (a view?); use partitions(n)"),
+        });
+    }
+    let slots = (size.pages as u64).saturating_mul(size.slots.max(1) as u64);
+    let all = |run: &mut Runner<'_, I, K, C>| -> Result<_, Error> {
+        Ok(run.keys("1 = 1")?.into_iter().map(|k| (k, 1.0)).collect())
+    };
+    if slots <= 4 * target {
+        return all(run);
+    }
+    let mut rng = Rng::new(target);
+    let mut drawn: HashSet<u64> = HashSet::new();
+    // draws for `target` rows at the hit rate the statistics give (filters
+    // lower it; the loop below draws more then), four per key without them
+    let mut want = if size.tuples > 0 {
+        let per_row = slots as f64 / size.tuples as f64;
+        ((target as f64 * per_row * 1.15).ceil() as u64).clamp(target, slots)
+    } else {
+        4 * target
+    };
+    loop {
+        while (drawn.len() as u64) < want {
+            drawn.insert(rng.below(slots));
+        }
+        let tids: Vec<u64> = drawn.iter().copied().collect();
+        let keys = run.keys(&tid_condition(table, &tids, size.slots))?;
+        let got = keys.len() as u64;
+        if got >= target {
+            let w = slots as f64 / tids.len() as f64;
+            return Ok(keys.into_iter().map(|k| (k, w)).collect());
+        }
+        want = next_draws(want, got, target);
+        if want >= slots / 2 {
+            return all(run);
+        }
+    }
+}
+
+/// The draws the next round needs, from the hit rate so far (at most eight
+/// times as many).
+fn next_draws(drawn: u64, got: u64, target: u64) -> u64 {
+    let rate = got.max(1) as f64 / drawn as f64;
+    let need = (target as f64 / rate * 1.2).ceil() as u64;
+    need.clamp(drawn + 1, drawn.saturating_mul(8))
+}
+
+/// MariaDB/MySQL and SQLite: weighted index probes (see the module docs);
+/// every key when the key range is short.
+fn probe_sample<'a, I, K: Key, C: Connection>(
+    run: &mut Runner<'_, I, K, C>,
+    column: &str,
+    target: u64,
+    n: usize,
+) -> Result<Weighted<K::Value>, Error>
+where
+    SampleQuery<I, K>: LoadQuery<'a, C, SampleRow<K>>,
+{
+    let int = |k: &StoredKey<K::Value>| int_of(&k.value).unwrap_or(0);
+    let ends = run.probe(vec![("1 = 1".into(), false), ("1 = 1".into(), true)])?;
+    let (Some(min), Some(max)) = (ends.iter().map(int).min(), ends.iter().map(int).max()) else {
+        return Ok(Vec::new());
+    };
+    let range = max - min + 1;
+    if range <= 4 * i128::from(target) {
+        return Ok(run.keys("1 = 1")?.into_iter().map(|k| (k, 1.0)).collect());
+    }
+    let mut rng = Rng::new(target);
+    let buckets = (64 * n as i128).min(range);
+    // bucket b holds the keys v with (v - min) * buckets / range = b
+    let bucket_start = |b: i128| min + (b * range + buckets - 1) / buckets;
+    // Round 1: uniform points.
+    let m1 = target;
+    let points: Vec<i128> = (0..m1)
+        .map(|_| min + i128::from(rng.below(range as u64)))
+        .collect();
+    let mut hits = run.probe(next_probes(column, &points))?;
+    let mut pred = predecessors(run, column, &hits, min, HashMap::new())?;
+    // The first round's density over the buckets, mixed with 20 % uniform.
+    let mut mass = vec![0f64; buckets as usize];
+    for k in &hits {
+        let (v, p) = (int(k), pred[&int(k)]);
+        let b = (((v - min) * buckets / range) as usize).min(mass.len() - 1);
+        mass[b] += range as f64 / (v - p) as f64;
+    }
+    let total: f64 = mass.iter().sum();
+    let q: Vec<f64> = mass
+        .iter()
+        .map(|m| 0.8 * m / total.max(f64::MIN_POSITIVE) + 0.2 / buckets as f64)
+        .collect();
+    let mut cdf = Vec::with_capacity(q.len() + 1);
+    cdf.push(0.0);
+    for p in &q {
+        cdf.push(cdf.last().copied().unwrap_or(0.0) + p);
+    }
+    // P(point <= v) under the second round's density.
+    let below = |v: i128| -> f64 {
+        if v < min {
+            return 0.0;
+        }
+        let b = (((v - min) * buckets / range) as usize).min(q.len() - 1);
+        let (s, e) = (bucket_start(b as i128), bucket_start(b as i128 + 1));
+        cdf[b] + q[b] * (v - s + 1) as f64 / (e - s) as f64
+    };
+    // Round 2: points from that density.
+    let m2 = target;
+    let points: Vec<i128> = (0..m2)
+        .map(|_| {
+            let u = rng.unit() * cdf[q.len()];
+            let b = cdf
+                .partition_point(|c| *c <= u)
+                .saturating_sub(1)
+                .min(q.len() - 1);
+            let (s, e) = (bucket_start(b as i128), bucket_start(b as i128 + 1));
+            s + i128::from(rng.below((e - s) as u64))
+        })
+        .collect();
+    let second = run.probe(next_probes(column, &points))?;
+    pred = predecessors(run, column, &second, min, pred)?;
+    hits.extend(second);
+    // Each hit weighted by the inverse of its key's chance over both rounds.
+    let mut sample: Vec<(StoredKey<K::Value>, f64)> = hits
+        .into_iter()
+        .map(|k| {
+            let (v, p) = (int(&k), pred[&int(&k)]);
+            let chance =
+                m1 as f64 * (v - p) as f64 / range as f64 + m2 as f64 * (below(v) - below(p));
+            (k, 1.0 / chance)
+        })
+        .collect();
+    sample.sort_by_key(|(k, _)| int(k));
+    Ok(sample)
+}
+
+/// `column >= x` probes, ascending, one per point.
+fn next_probes(column: &str, points: &[i128]) -> Vec<(String, bool)> {
+    points
+        .iter()
+        .map(|x| (format!("{column} >= {x}"), false))
+        .collect()
+}
+
+/// The predecessor of every key of `hits` not yet in `known` (`min - 1` for the
+/// first key): the largest key below it.
+fn predecessors<'a, I, K: Key, C: Connection>(
+    run: &mut Runner<'_, I, K, C>,
+    column: &str,
+    hits: &[StoredKey<K::Value>],
+    min: i128,
+    mut known: HashMap<i128, i128>,
+) -> Result<HashMap<i128, i128>, Error>
+where
+    SampleQuery<I, K>: LoadQuery<'a, C, SampleRow<K>>,
+{
+    let mut keys: Vec<i128> = hits
+        .iter()
+        .filter_map(|k| int_of(&k.value))
+        .filter(|k| !known.contains_key(k))
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let probes = keys
+        .iter()
+        .map(|k| (format!("{column} < {k}"), true))
+        .collect();
+    let mut found: Vec<i128> = run
+        .probe(probes)?
+        .iter()
+        .filter_map(|k| int_of(&k.value))
+        .collect();
+    found.sort_unstable();
+    // The predecessor grows with the key: the i-th found one belongs to the
+    // i-th key, shifted by one when the smallest key has none.
+    let shift = keys.len() - found.len().min(keys.len());
+    for (i, k) in keys.iter().enumerate() {
+        let p = if i < shift { min - 1 } else { found[i - shift] };
+        known.insert(*k, p);
+    }
+    Ok(known)
+}
+
+/// The kept rows for [`slices_of`](super::slices_of): the sampled keys where the
+/// running weight crosses `j · total / n`, with the rounded running weight and
+/// total; equal keys are merged first. With weights of 1 these are the rows
+/// the exact planner keeps.
+fn boundaries<V: PartialEq>(sample: Vec<(V, f64)>, n: usize) -> Vec<(V, i64, i64)> {
+    let mut merged: Vec<(V, f64)> = Vec::with_capacity(sample.len());
+    for (k, w) in sample {
+        match merged.last_mut() {
+            Some((last, lw)) if *last == k => *lw += w,
+            _ => merged.push((k, w)),
+        }
+    }
+    let total: f64 = merged.iter().map(|(_, w)| w).sum();
+    let cnt = total.round() as i64;
+    let mut kept = Vec::new();
+    let mut cum = 0.0;
+    let mut j = 1usize;
+    let eps = total * 1e-9;
+    for (k, w) in merged {
+        cum += w;
+        if j <= n && cum >= j as f64 * total / n as f64 - eps {
+            while j <= n && cum >= j as f64 * total / n as f64 - eps {
+                j += 1;
+            }
+            kept.push((k, cum.round() as i64, cnt));
+        }
+    }
+    kept
+}
+
+/// Splitmix64, seeded: the same input gives the same sample.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        Rng(seed ^ 0x5DEE_CE66_D1CE_4E5B)
+    }
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in `0..n` (`n > 0`).
+    fn below(&mut self, n: u64) -> u64 {
+        ((u128::from(self.next()) * u128::from(n)) >> 64) as u64
+    }
+    /// Uniform in `[0, 1)`.
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// Whether `V` is one of the integer types [`int_of`] reads.
+fn is_int<V: 'static>() -> bool {
+    [
+        TypeId::of::<i16>(),
+        TypeId::of::<i32>(),
+        TypeId::of::<i64>(),
+        TypeId::of::<u32>(),
+        TypeId::of::<u64>(),
+    ]
+    .contains(&TypeId::of::<V>())
+}
+
+/// A key value as an integer, for the integer types.
+fn int_of<V: Any>(value: &V) -> Option<i128> {
+    let v = value as &dyn Any;
+    v.downcast_ref::<i16>()
+        .map(|x| i128::from(*x))
+        .or_else(|| v.downcast_ref::<i32>().map(|x| i128::from(*x)))
+        .or_else(|| v.downcast_ref::<i64>().map(|x| i128::from(*x)))
+        .or_else(|| v.downcast_ref::<u32>().map(|x| i128::from(*x)))
+        .or_else(|| v.downcast_ref::<u64>().map(|x| i128::from(*x)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::boundaries;
+
+    #[test]
+    fn unit_weights_keep_the_exact_rows() {
+        // 10 rows, n = 3: rows 4, 7 and 10, as the exact planner keeps them
+        let sample: Vec<(i32, f64)> = (1..=10).map(|k| (k * 10, 1.0)).collect();
+        assert_eq!(
+            boundaries(sample, 3),
+            [(40, 4, 10), (70, 7, 10), (100, 10, 10)]
+        );
+        // fewer rows than slices: every row
+        let sample: Vec<(i32, f64)> = (1..=2).map(|k| (k, 1.0)).collect();
+        assert_eq!(boundaries(sample, 5), [(1, 1, 2), (2, 2, 2)]);
+        assert!(boundaries(Vec::<(i32, f64)>::new(), 4).is_empty());
+    }
+
+    #[test]
+    fn weights_and_equal_keys() {
+        // key 5 weighs as much as all the others
+        let sample = vec![(1, 1.0), (2, 1.0), (5, 1.0), (5, 1.0), (9, 2.0)];
+        assert_eq!(boundaries(sample, 2), [(5, 4, 6), (9, 6, 6)]);
+    }
+}

@@ -1,0 +1,234 @@
+//! The SQL of the sampled planner: the condition it adds to the query, the
+//! statements around the query, and the rows they return.
+
+use std::sync::{Arc, Mutex};
+
+use diesel::backend::Backend;
+use diesel::deserialize::{FromSql, QueryableByName};
+use diesel::expression::{is_aggregate, AppearsOnTable, Expression, ValidGrouping};
+use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
+use diesel::row::NamedRow;
+use diesel::sql_types::{BigInt, Bool, HasSqlType, Untyped};
+use diesel::{QueryResult, RunQueryDsl};
+
+use crate::backend::KeysetBackend;
+use crate::error::Error;
+use crate::key::{Key, KeyFromRow, KeySql};
+use crate::stored::StoredKey;
+
+/// `"posts".ctid = ANY('{"(p,s)",...}'::tid[])` for address numbers
+/// `page · slots + slot - 1`.
+pub(super) fn tid_condition(table: &str, tids: &[u64], slots: i64) -> String {
+    let slots = slots.max(1) as u64;
+    let mut sql = String::with_capacity(40 + tids.len() * 14);
+    sql.push_str(table);
+    sql.push_str(".ctid = ANY('{");
+    for (i, t) in tids.iter().enumerate() {
+        if i > 0 {
+            sql.push(',');
+        }
+        sql.push_str(&format!("\"({},{})\"", t / slots, t % slots + 1));
+    }
+    sql.push_str("}'::tid[])");
+    sql
+}
+
+/// The table part of a rendered column, `"posts"` of `"posts"."id"` (quoted
+/// with `"` or `` ` ``).
+pub(super) fn table_of(column: &str) -> Option<&str> {
+    let q = column.chars().last()?;
+    if q != '"' && q != '`' {
+        return None;
+    }
+    // walk back over the last quoted identifier (doubled quotes inside)
+    let bytes = column.as_bytes();
+    let mut i = bytes.len() - 1;
+    loop {
+        i = column[..i].rfind(q)?;
+        if i > 0 && bytes[i - 1] == q as u8 {
+            i -= 1;
+            continue;
+        }
+        break;
+    }
+    let table = column[..i].strip_suffix('.')?;
+    (!table.is_empty()).then_some(table)
+}
+
+/// Renders a fragment as SQL text.
+pub(super) fn render<DB, T>(fragment: &T) -> Result<String, Error>
+where
+    DB: Backend + Default,
+    DB::QueryBuilder: Default,
+    T: QueryFragment<DB>,
+{
+    use std::fmt::Write;
+    let mut sql = String::new();
+    write!(sql, "{}", diesel::debug_query::<DB, _>(fragment)).map_err(|_| Error::Query {
+        context: "rendering the key column",
+        source: diesel::result::Error::QueryBuilderError("Diesel could not render it".into()),
+    })?;
+    // `debug_query` appends ` -- binds: [...]`
+    Ok(sql.split(" -- binds:").next().unwrap_or("").to_string())
+}
+
+/// The key's first column.
+pub(super) struct FirstColumn<K>(pub(super) K);
+
+impl<K: KeySql<DB>, DB: KeysetBackend> QueryFragment<DB> for FirstColumn<K> {
+    fn walk_ast<'b>(&'b self, out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
+        self.0.walk_column(0, out)
+    }
+}
+
+/// The condition the sampled planner adds to the query: SQL text it writes
+/// itself (row addresses, or a comparison of the key with an integer), set
+/// before each statement.
+#[derive(Debug, Clone, Default)]
+#[doc(hidden)]
+pub struct SampleFilter(Arc<Mutex<String>>);
+
+impl SampleFilter {
+    pub(super) fn set(&self, sql: &str) {
+        let mut s = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        s.clear();
+        s.push_str(sql);
+    }
+}
+
+impl Expression for SampleFilter {
+    type SqlType = Bool;
+}
+
+impl ValidGrouping<()> for SampleFilter {
+    type IsAggregate = is_aggregate::No;
+}
+
+impl<QS> AppearsOnTable<QS> for SampleFilter {}
+
+impl QueryId for SampleFilter {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl<DB: Backend> QueryFragment<DB> for SampleFilter {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
+        out.unsafe_to_cache_prepared();
+        let sql = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if sql.is_empty() {
+            out.push_sql("1 = 1");
+        } else {
+            out.push_sql(&sql);
+        }
+        Ok(())
+    }
+}
+
+/// A sample statement: the query's keys in key order (no probes), or one
+/// `UNION ALL` term per probe, each the first key (or the last, descending)
+/// where the probe's condition holds.
+#[derive(Debug)]
+#[doc(hidden)]
+pub struct SampleQuery<I, K> {
+    pub(super) inner: Arc<I>,
+    pub(super) filter: SampleFilter,
+    pub(super) probes: Vec<(String, bool)>,
+    pub(super) _key: std::marker::PhantomData<K>,
+}
+
+impl<I, K> Query for SampleQuery<I, K> {
+    type SqlType = Untyped;
+}
+
+impl<I, K> QueryId for SampleQuery<I, K> {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl<I: QueryFragment<DB>, K: Key, DB: Backend> QueryFragment<DB> for SampleQuery<I, K> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
+        out.unsafe_to_cache_prepared();
+        let keys = |prefix: &str, dir: &str| {
+            (0..K::ARITY)
+                .map(|i| format!("{prefix}.chunked_k{i}{dir}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if self.probes.is_empty() {
+            out.push_sql(&format!("SELECT {} FROM (", keys("chunked_d", "")));
+            self.inner.walk_ast(out.reborrow())?;
+            out.push_sql(&format!(") chunked_d ORDER BY {}", keys("chunked_d", "")));
+            return Ok(());
+        }
+        for (i, (condition, desc)) in self.probes.iter().enumerate() {
+            if i > 0 {
+                out.push_sql(" UNION ALL ");
+            }
+            self.filter.set(condition);
+            // one level of derived table: the query with ORDER BY and LIMIT
+            // appended (it has neither), so the backend runs it as an index seek
+            out.push_sql(&format!(
+                "SELECT {} FROM (",
+                keys(&format!("chunked_q{i}"), "")
+            ));
+            self.inner.walk_ast(out.reborrow())?;
+            let dir = if *desc { " DESC" } else { "" };
+            let order = (0..K::ARITY)
+                .map(|j| format!("chunked_k{j}{dir}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            out.push_sql(&format!(" ORDER BY {order} LIMIT 1) chunked_q{i}"));
+        }
+        Ok(())
+    }
+}
+
+impl<I, K, Conn> RunQueryDsl<Conn> for SampleQuery<I, K> {}
+
+/// One sampled key.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct SampleRow<K: Key>(pub(super) StoredKey<K::Value>);
+
+impl<K: KeyFromRow<DB>, DB: KeysetBackend> QueryableByName<DB> for SampleRow<K> {
+    fn build<'a>(row: &impl NamedRow<'a, DB>) -> diesel::deserialize::Result<Self> {
+        Ok(SampleRow(K::from_row(row, &[0, 1, 2])?))
+    }
+}
+
+/// The size of the sampled table: pages, row addresses per page, and the
+/// rows PostgreSQL last counted (`reltuples`, -1 if never).
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct TableSize {
+    pub(super) pages: i64,
+    pub(super) slots: i64,
+    pub(super) tuples: i64,
+}
+
+impl<DB> QueryableByName<DB> for TableSize
+where
+    DB: Backend + HasSqlType<BigInt>,
+    i64: FromSql<BigInt, DB>,
+{
+    fn build<'a>(row: &impl NamedRow<'a, DB>) -> diesel::deserialize::Result<Self> {
+        Ok(TableSize {
+            pages: NamedRow::get::<BigInt, i64>(row, "pages")?,
+            slots: NamedRow::get::<BigInt, i64>(row, "slots")?,
+            tuples: NamedRow::get::<BigInt, i64>(row, "tuples")?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::table_of;
+
+    #[test]
+    fn table_of_a_rendered_column() {
+        assert_eq!(table_of(r#""posts"."id""#), Some(r#""posts""#));
+        assert_eq!(table_of(r#""s"."posts"."i""d""#), Some(r#""s"."posts""#));
+        assert_eq!(table_of("`posts`.`id`"), Some("`posts`"));
+        assert_eq!(table_of("id"), None);
+    }
+}
