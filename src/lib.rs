@@ -83,7 +83,7 @@ pub mod helper_types {
 pub mod prelude {
     pub use crate::dsl::ChunkedDsl;
     pub use crate::key::typed;
+    pub use crate::RunChunkedDsl;
     #[cfg(feature = "async")]
     pub use crate::{RunChunkedAsyncDsl, ScanStream};
-    pub use crate::RunChunkedDsl;
 }
