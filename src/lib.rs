@@ -35,6 +35,7 @@ pub use engine::{EndReason, Progress};
 pub use error::Error;
 pub use explain::{Explain, Verdict};
 pub use iter::{LoadBatches, LoadIter};
+pub use load::BatchLoading;
 pub use key::typed;
 pub use plan::Partition;
 pub use source::{AttemptError, ConnectionSource};
