@@ -5,6 +5,7 @@
 //! cargo bench --bench scan                                   # SQLite, 100,000 rows
 //! cargo bench --bench scan --all-features -- --rows 100000,1000000
 //! BENCH_BACKENDS=pg,mysql cargo bench --bench scan --all-features -- --methods chunked_iter,offset
+//! BENCH_BACKENDS=pg cargo bench --bench scan --all-features -- --methods chunked_iter,chunked_stream,diesel_async_load_stream
 //! ```
 //!
 //! Each (backend, method, batch size, table size) runs in a child process of its own (this
@@ -25,6 +26,8 @@ mod fill;
 mod methods;
 #[path = "scan/report.rs"]
 mod report;
+#[path = "scan/stream.rs"]
+mod stream;
 
 use common::{drop_namespace, prepare_namespace, read_results, report_dir, wanted_backends};
 use common::{Backend, Res};
@@ -140,6 +143,7 @@ fn parse_options(args: Vec<String>) -> Res<Options> {
                 for m in &ms {
                     if !METHODS.contains(&m.as_str())
                         && !EXTRA_METHODS.contains(&m.as_str())
+                        && !stream::is_async(m)
                         && m != "chunked"
                         && m != "events"
                     {

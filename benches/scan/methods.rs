@@ -44,6 +44,7 @@ pub fn is_batched(method: &str) -> bool {
             | "chunked_batches"
             | "chunked_pool"
             | "chunked_pool_no_ping"
+            | "chunked_stream"
     ) || is_schema(method)
 }
 
@@ -54,7 +55,10 @@ pub fn is_schema(method: &str) -> bool {
 
 /// Methods whose single-batch latency is measured at several depths.
 pub fn has_depths(method: &str) -> bool {
-    is_batched(method) && !EXTRA_METHODS.contains(&method) && !method.starts_with("chunked_pool")
+    !crate::stream::is_async(method)
+        && is_batched(method)
+        && !EXTRA_METHODS.contains(&method)
+        && !method.starts_with("chunked_pool")
 }
 
 /// Depths (fractions of the table) at which one batch is timed.
@@ -63,18 +67,18 @@ pub const DEPTHS: [(&str, f64); 4] = [("0", 0.0), ("0.1", 0.1), ("0.5", 0.5), ("
 /// What a full scan saw.
 #[derive(Default)]
 pub struct Scan {
-    rows: u64,
-    checksum: u64,
-    first_row: Option<Duration>,
-    total: Duration,
-    queries: u64,
+    pub(crate) rows: u64,
+    pub(crate) checksum: u64,
+    pub(crate) first_row: Option<Duration>,
+    pub(crate) total: Duration,
+    pub(crate) queries: u64,
     /// The scan's first `next()` refused to run it (`Error::SortsEveryBatch`).
-    refused: Option<String>,
+    pub(crate) refused: Option<String>,
 }
 
 impl Scan {
     #[inline]
-    fn see(&mut self, t0: Instant, p: &Post) {
+    pub(crate) fn see(&mut self, t0: Instant, p: &Post) {
         self.see_value(t0, touch(p));
     }
 
@@ -492,6 +496,8 @@ pub fn child(
             None
         } else if method == "diesel_load_iter_row_by_row" {
             Some(conn.row_by_row()?)
+        } else if crate::stream::is_async(method) {
+            Some(crate::stream::stream_scan(backend, url, method, batch)?)
         } else if method.starts_with("chunked_pool") {
             Some(pool_scan(backend, url, batch, method == "chunked_pool")?)
         } else {
