@@ -395,13 +395,7 @@ impl<Q, K: Key> Chunked<Q, K> {
     pub(crate) fn partition_statement<'a, DB>(
         self,
         n: usize,
-    ) -> Result<
-        (
-            PartitionQuery<PlanInner<'a, Q, K, KeyColumns<K>, DB>, K>,
-            plan::Slicing<K>,
-        ),
-        Error,
-    >
+    ) -> Result<plan::PartitionStatement<KeyPlan<'a, Q, K, DB>, K>, Error>
     where
         DB: KeysetBackend,
         Q: PreparePlan<'a, K, KeyColumns<K>, DB>,
@@ -457,13 +451,7 @@ impl<Q, K: Key> Chunked<Q, K> {
     /// scan's `limit_total` (shared by the async twin).
     pub(crate) fn count_statement<'a, DB>(
         self,
-    ) -> Result<
-        (
-            CountQuery<PlanInner<'a, Q, K, KeyColumns<K>, DB>>,
-            Option<u64>,
-        ),
-        Error,
-    >
+    ) -> Result<plan::CountStatement<KeyPlan<'a, Q, K, DB>>, Error>
     where
         DB: KeysetBackend,
         Q: PreparePlan<'a, K, KeyColumns<K>, DB>,
@@ -645,6 +633,9 @@ impl<Q, K: Key> Chunked<Q, K> {
 
 /// The prepared query of a planning method on query `Q` with selection `X`.
 pub type PlanInner<'a, Q, K, X, DB> = <Q as PreparePlan<'a, K, X, DB>>::Inner;
+
+/// The inner query of the planning statements that select the key's columns.
+pub(crate) type KeyPlan<'a, Q, K, DB> = PlanInner<'a, Q, K, KeyColumns<K>, DB>;
 
 /// The backend a connection source talks to.
 pub type Db<S> = <<S as ConnectionSource>::Connection as Connection>::Backend;

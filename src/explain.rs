@@ -582,13 +582,7 @@ impl<Q, K: Key> Chunked<Q, K> {
     /// `EXPLAIN`, and the steps around it (shared by the async twin).
     pub(crate) fn explain_parts<'a, DB>(
         self,
-    ) -> Result<
-        (
-            SeekQuery<<Q as PrepareKeys<'a, K, DB>>::Base, K>,
-            ExplainSteps,
-        ),
-        Error,
-    >
+    ) -> Result<ExplainStatement<<Q as PrepareKeys<'a, K, DB>>::Base, K>, Error>
     where
         DB: KeysetBackend + Default,
         DB::QueryBuilder: Default,
@@ -622,6 +616,9 @@ impl<Q, K: Key> Chunked<Q, K> {
 fn failed(context: &'static str) -> impl FnOnce(diesel::result::Error) -> Error {
     move |source| Error::Query { context, source }
 }
+
+/// The key-only statement of [`Chunked::explain`] and the steps around it.
+pub(crate) type ExplainStatement<B, K> = (SeekQuery<B, K>, ExplainSteps);
 
 /// The steps of [`Chunked::explain`] around its statements, for both drivers.
 pub(crate) struct ExplainSteps {

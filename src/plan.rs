@@ -485,41 +485,11 @@ pub(crate) fn key_columns<K: Key>(key: K) -> KeyColumns<K> {
 /// The most slices [`Chunked::partitions`](crate::Chunked::partitions) makes.
 pub const MAX_PARTITIONS: usize = 100_000;
 
-#[cfg(test)]
-mod tests {
-    use super::{plan_rows, slices_of as slices};
+/// The statement of `partitions` and what turns its rows into slices.
+pub(crate) type PartitionStatement<I, K> = (PartitionQuery<I, K>, Slicing<K>);
 
-    #[test]
-    fn slices_from_kept_rows() {
-        // 10 rows, n = 3: rows 4, 7 and 10 kept
-        let p = slices(vec![(40, 4, 10), (70, 7, 10), (100, 10, 10)], (None, None));
-        assert_eq!(p.len(), 3);
-        assert_eq!(
-            (p[0].start_after, p[0].end_at, p[0].rows),
-            (None, Some(40), 4)
-        );
-        assert_eq!(
-            (p[1].start_after, p[1].end_at, p[1].rows),
-            (Some(40), Some(70), 3)
-        );
-        assert_eq!(
-            (p[2].start_after, p[2].end_at, p[2].rows),
-            (Some(70), None, 3)
-        );
-        assert_eq!(p.iter().map(|p| p.index).collect::<Vec<_>>(), [0, 1, 2]);
-        // no rows: one open slice
-        let p = slices::<i32>(vec![], (None, None));
-        assert_eq!(p.len(), 1);
-        assert_eq!((p[0].start_after, p[0].end_at, p[0].rows), (None, None, 0));
-    }
-
-    #[test]
-    fn plan_rows_of_explain_json() {
-        let json = r#"[{"Plan": {"Node Type": "Seq Scan", "Plan Rows": 1234, "Plan Width": 4}}]"#;
-        assert_eq!(plan_rows(json), Some(1234));
-        assert_eq!(plan_rows("[]"), None);
-    }
-}
+/// The statement of `estimate_total` and the scan's `limit_total`.
+pub(crate) type CountStatement<I> = (CountQuery<I>, Option<u64>);
 
 /// What turns the rows of a [`PartitionQuery`] into slices: the key and the
 /// outer ends of the first and last slice.
@@ -562,4 +532,40 @@ pub(crate) fn estimate<DB: KeysetBackend>(
         ),
     })?;
     Ok(cap.map_or(rows, |cap| rows.min(cap)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{plan_rows, slices_of as slices};
+
+    #[test]
+    fn slices_from_kept_rows() {
+        // 10 rows, n = 3: rows 4, 7 and 10 kept
+        let p = slices(vec![(40, 4, 10), (70, 7, 10), (100, 10, 10)], (None, None));
+        assert_eq!(p.len(), 3);
+        assert_eq!(
+            (p[0].start_after, p[0].end_at, p[0].rows),
+            (None, Some(40), 4)
+        );
+        assert_eq!(
+            (p[1].start_after, p[1].end_at, p[1].rows),
+            (Some(40), Some(70), 3)
+        );
+        assert_eq!(
+            (p[2].start_after, p[2].end_at, p[2].rows),
+            (Some(70), None, 3)
+        );
+        assert_eq!(p.iter().map(|p| p.index).collect::<Vec<_>>(), [0, 1, 2]);
+        // no rows: one open slice
+        let p = slices::<i32>(vec![], (None, None));
+        assert_eq!(p.len(), 1);
+        assert_eq!((p[0].start_after, p[0].end_at, p[0].rows), (None, None, 0));
+    }
+
+    #[test]
+    fn plan_rows_of_explain_json() {
+        let json = r#"[{"Plan": {"Node Type": "Seq Scan", "Plan Rows": 1234, "Plan Width": 4}}]"#;
+        assert_eq!(plan_rows(json), Some(1234));
+        assert_eq!(plan_rows("[]"), None);
+    }
 }
