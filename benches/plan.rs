@@ -207,15 +207,23 @@ fn env_url(var: &str, default: &str) -> String {
 }
 
 /// Creates and fills table `name` (dropping what was there) with `rows` rows.
-fn fill(conn: &mut impl Connection, pg: bool, name: &str, shape: &str, rows: u64) -> Res<()> {
+fn fill(conn: &mut impl Connection, backend: &str, name: &str, shape: &str, rows: u64) -> Res<()> {
     let start = Instant::now();
-    let ids = id_sql(shape, rows, if pg { "g" } else { "seq" });
-    let sql = if pg {
+    let ids = id_sql(shape, rows, if backend == "mysql" { "seq" } else { "g" });
+    let sql = if backend == "pg" {
         format!(
             "DROP TABLE IF EXISTS {name}; \
              CREATE TABLE {name} (id INTEGER PRIMARY KEY, body TEXT NOT NULL); \
              INSERT INTO {name} SELECT {ids}, repeat(md5(g::text), 3) FROM generate_series(1, {rows}) g; \
              VACUUM ANALYZE {name};"
+        )
+    } else if backend == "sqlite" {
+        format!(
+            "DROP TABLE IF EXISTS {name}; \
+             CREATE TABLE {name} (id INTEGER PRIMARY KEY, body TEXT NOT NULL); \
+             WITH RECURSIVE s(g) AS (SELECT 1 UNION ALL SELECT g + 1 FROM s WHERE g < {rows}) \
+             INSERT INTO {name} SELECT {ids}, printf('%032x%032x%032x', g, g * 7, g * 13) FROM s; \
+             ANALYZE {name};"
         )
     } else {
         format!(
@@ -239,7 +247,6 @@ fn fill(conn: &mut impl Connection, pg: bool, name: &str, shape: &str, rows: u64
 /// Every table size and key shape on one connection.
 macro_rules! run {
     ($conn:expr, $backend:expr, $o:expr, $out:expr) => {{
-        let pg = $backend == "pg";
         for &rows in &$o.rows {
             for shape in ["uniform", "skewed"] {
                 let name = table_name(shape, rows)?;
@@ -247,7 +254,7 @@ macro_rules! run {
                     Ok(t::table.count().get_result::<i64>($conn).unwrap_or(-1))
                 });
                 if have? != rows as i64 {
-                    fill($conn, pg, &name, shape, rows)?;
+                    fill($conn, $backend, &name, shape, rows)?;
                 }
                 for &n in &$o.slices {
                     let r: Res<()> = measure!($conn, name.as_str(), n, $o.repeats, $backend, rows, shape, $out);
@@ -277,7 +284,7 @@ fn markdown(rows: &[Row]) -> String {
 
 fn main() -> Res<()> {
     let o = parse_options()?;
-    let backends = env_url("BENCH_BACKENDS", "pg,mysql");
+    let backends = env_url("BENCH_BACKENDS", "pg,mysql,sqlite");
     let mut out = Vec::new();
     for backend in backends.split(',').map(str::trim) {
         match backend {
@@ -293,10 +300,17 @@ fn main() -> Res<()> {
                 let conn = &mut diesel::MysqlConnection::establish(&url)?;
                 run!(conn, "mysql", o, &mut out);
             }
+            "sqlite" => {
+                let path = std::env::var("SQLITE_BENCH_PATH").unwrap_or_else(|_| {
+                    concat!(env!("CARGO_MANIFEST_DIR"), "/target/bench-plan.sqlite3").into()
+                });
+                let conn = &mut diesel::SqliteConnection::establish(&path)?;
+                run!(conn, "sqlite", o, &mut out);
+            }
             other => {
                 return Err(format!(
-                    "backend {other} is not built or not benchmarked (pg, mysql; features \
-                     postgres, mysql)"
+                    "backend {other} is not built or not benchmarked (pg, mysql, sqlite; \
+                     features postgres, mysql)"
                 )
                 .into())
             }

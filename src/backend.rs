@@ -59,6 +59,12 @@ pub trait KeysetBackend: Backend {
     /// (see [`Chunked::explain`](crate::Chunked::explain)).
     #[doc(hidden)]
     const ORDERS_BY_UNIQUE_PREFIX: bool = false;
+    /// Whether an index probe of [`partitions_sampled`](crate::Chunked::partitions_sampled)
+    /// asks for `MIN`/`MAX` of the key instead of its first row in key order
+    /// (MySQL/MariaDB answer `MIN` from the index while optimizing the
+    /// statement, about three times faster; SQLite would scan for it).
+    #[doc(hidden)]
+    const PROBES_BY_MIN_MAX: bool = false;
     /// The statement prefix that asks for a plan.
     #[doc(hidden)]
     const EXPLAIN: &'static str = "EXPLAIN ";
@@ -215,5 +221,6 @@ impl KeysetBackend for diesel::mysql::Mysql {
     const ROW_VALUES: bool = false;
     const CHECKS_STRING_KEYS: bool = true;
     const ORDERS_BY_UNIQUE_PREFIX: bool = true;
+    const PROBES_BY_MIN_MAX: bool = true;
     const EXPLAIN: &'static str = "EXPLAIN FORMAT=JSON ";
 }

@@ -83,6 +83,9 @@ pub const SAMPLE_PER_SLICE: u64 = 200;
 /// in a compound `SELECT`).
 const PROBES_PER_STATEMENT: usize = 250;
 
+/// Points per slice in each of the two rounds of index probes.
+const POINTS_PER_SLICE: u64 = 48;
+
 impl<Q, K: Key> Chunked<Q, K> {
     /// Splits the key range of the query into `n` disjoint slices that
     /// together cover it, like [`partitions`](Self::partitions), from a sample
@@ -189,7 +192,7 @@ impl<Q, K: Key> Chunked<Q, K> {
         let sample = if pg {
             tid_sample(&mut run, &column, target)?
         } else {
-            probe_sample(&mut run, &column, target, n)?
+            probe_sample(&mut run, &column, target, POINTS_PER_SLICE * n as u64)?
         };
         if let Some((k, _)) = sample.iter().find(|(k, _)| k.has_stored_form()) {
             return Err(Error::StoredForm {
@@ -343,7 +346,7 @@ fn probe_sample<'a, I, K: Key, C: Connection>(
     run: &mut Runner<'_, I, K, C>,
     column: &str,
     target: u64,
-    n: usize,
+    per_round: u64,
 ) -> Result<Weighted<K::Value>, Error>
 where
     SampleQuery<I, K>: LoadQuery<'a, C, SampleRow<K>>,
@@ -358,55 +361,43 @@ where
         return Ok(run.keys("1 = 1")?.into_iter().map(|k| (k, 1.0)).collect());
     }
     let mut rng = Rng::new(target);
-    let buckets = (64 * n as i128).min(range);
+    let m1 = per_round;
+    // about four first-round points per bucket, so that a bucket's density is
+    // read from more than one key
+    let buckets = (i128::from(m1) / 4).clamp(1, range);
     // bucket b holds the keys v with (v - min) * buckets / range = b
     let bucket_start = |b: i128| min + (b * range + buckets - 1) / buckets;
-    // Round 1: uniform points.
-    let m1 = target;
-    let points: Vec<i128> = (0..m1)
-        .map(|_| min + i128::from(rng.below(range as u64)))
-        .collect();
+    let bucket_of = |v: i128| (((v - min) * buckets / range) as usize).min(buckets as usize - 1);
+    let width = |b: usize| (bucket_start(b as i128 + 1) - bucket_start(b as i128)) as f64;
+    // Round 1: uniform points, spread evenly over the range.
+    let uniform = cumulative((0..buckets as usize).map(|b| width(b) / range as f64));
+    let points = stratified(m1, &uniform, &bucket_start, &mut rng);
     let mut hits = run.probe(next_probes(column, &points))?;
     let mut pred = predecessors(run, column, &hits, min, HashMap::new())?;
     // The first round's density over the buckets, mixed with 20 % uniform.
     let mut mass = vec![0f64; buckets as usize];
     for k in &hits {
         let (v, p) = (int(k), pred[&int(k)]);
-        let b = (((v - min) * buckets / range) as usize).min(mass.len() - 1);
-        mass[b] += range as f64 / (v - p) as f64;
+        mass[bucket_of(v)] += range as f64 / (v - p) as f64;
     }
-    let total: f64 = mass.iter().sum();
-    let q: Vec<f64> = mass
-        .iter()
-        .map(|m| 0.8 * m / total.max(f64::MIN_POSITIVE) + 0.2 / buckets as f64)
-        .collect();
-    let mut cdf = Vec::with_capacity(q.len() + 1);
-    cdf.push(0.0);
-    for p in &q {
-        cdf.push(cdf.last().copied().unwrap_or(0.0) + p);
-    }
+    let total: f64 = mass.iter().sum::<f64>().max(f64::MIN_POSITIVE);
+    let cdf = cumulative(
+        mass.iter()
+            .enumerate()
+            .map(|(b, m)| 0.8 * m / total + 0.2 * width(b) / range as f64),
+    );
     // P(point <= v) under the second round's density.
     let below = |v: i128| -> f64 {
         if v < min {
             return 0.0;
         }
-        let b = (((v - min) * buckets / range) as usize).min(q.len() - 1);
-        let (s, e) = (bucket_start(b as i128), bucket_start(b as i128 + 1));
-        cdf[b] + q[b] * (v - s + 1) as f64 / (e - s) as f64
+        let b = bucket_of(v);
+        let s = bucket_start(b as i128);
+        cdf[b] + (cdf[b + 1] - cdf[b]) * (v - s + 1) as f64 / width(b)
     };
-    // Round 2: points from that density.
-    let m2 = target;
-    let points: Vec<i128> = (0..m2)
-        .map(|_| {
-            let u = rng.unit() * cdf[q.len()];
-            let b = cdf
-                .partition_point(|c| *c <= u)
-                .saturating_sub(1)
-                .min(q.len() - 1);
-            let (s, e) = (bucket_start(b as i128), bucket_start(b as i128 + 1));
-            s + i128::from(rng.below((e - s) as u64))
-        })
-        .collect();
+    // Round 2: points from that density, spread evenly over it.
+    let m2 = per_round;
+    let points = stratified(m2, &cdf, &bucket_start, &mut rng);
     let second = run.probe(next_probes(column, &points))?;
     pred = predecessors(run, column, &second, min, pred)?;
     hits.extend(second);
@@ -422,6 +413,40 @@ where
         .collect();
     sample.sort_by_key(|(k, _)| int(k));
     Ok(sample)
+}
+
+/// The running sums of `weights`, from 0: a cumulative distribution over the
+/// buckets when the weights sum to 1.
+fn cumulative(weights: impl Iterator<Item = f64>) -> Vec<f64> {
+    let mut cdf = vec![0.0];
+    for w in weights {
+        cdf.push(cdf[cdf.len() - 1] + w);
+    }
+    cdf
+}
+
+/// `m` points of a density that is uniform within each bucket, bucket `b`
+/// holding `cdf[b + 1] - cdf[b]` of it: the `i`-th point is the inverse of the
+/// distribution at a random place in `[i / m, (i + 1) / m)`. Each point taken
+/// alone still follows the density (the expected number of points at or below
+/// `v` is `m · cdf(v)`), but together they cover it evenly, so a region gets
+/// its share of points give or take one, not give or take a square root.
+fn stratified(
+    m: u64,
+    cdf: &[f64],
+    bucket_start: impl Fn(i128) -> i128,
+    rng: &mut Rng,
+) -> Vec<i128> {
+    let (last, total) = (cdf.len() - 2, cdf[cdf.len() - 1]);
+    (0..m)
+        .map(|i| {
+            let u = (i as f64 + rng.unit()) / m as f64 * total;
+            let b = cdf.partition_point(|c| *c <= u).saturating_sub(1).min(last);
+            let (s, e) = (bucket_start(b as i128), bucket_start(b as i128 + 1));
+            let within = (u - cdf[b]) / (cdf[b + 1] - cdf[b]).max(f64::MIN_POSITIVE);
+            s + ((within * (e - s) as f64) as i128).clamp(0, e - s - 1)
+        })
+        .collect()
 }
 
 /// `column >= x` probes, ascending, one per point.

@@ -145,39 +145,44 @@ impl<I, K> QueryId for SampleQuery<I, K> {
     const HAS_STATIC_QUERY_ID: bool = false;
 }
 
-impl<I: QueryFragment<DB>, K: Key, DB: Backend> QueryFragment<DB> for SampleQuery<I, K> {
+impl<I: QueryFragment<DB>, K: Key, DB: KeysetBackend> QueryFragment<DB> for SampleQuery<I, K> {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
         out.unsafe_to_cache_prepared();
+        // `chunked_k0, chunked_k1 ...`, each with `prefix.` before and `dir` after
         let keys = |prefix: &str, dir: &str| {
             (0..K::ARITY)
-                .map(|i| format!("{prefix}.chunked_k{i}{dir}"))
+                .map(|i| format!("{prefix}chunked_k{i}{dir}"))
                 .collect::<Vec<_>>()
                 .join(", ")
         };
         if self.probes.is_empty() {
-            out.push_sql(&format!("SELECT {} FROM (", keys("chunked_d", "")));
+            out.push_sql(&format!("SELECT {} FROM (", keys("chunked_d.", "")));
             self.inner.walk_ast(out.reborrow())?;
-            out.push_sql(&format!(") chunked_d ORDER BY {}", keys("chunked_d", "")));
+            out.push_sql(&format!(") chunked_d ORDER BY {}", keys("chunked_d.", "")));
             return Ok(());
         }
+        // One `UNION ALL` term per probe, over one level of derived table (the
+        // query has no ORDER BY or LIMIT of its own), which the backend runs as
+        // an index seek: `MIN`/`MAX` of the key where it can (one key column),
+        // else the first row in key order.
+        let min_max = DB::PROBES_BY_MIN_MAX && K::ARITY == 1;
         for (i, (condition, desc)) in self.probes.iter().enumerate() {
             if i > 0 {
                 out.push_sql(" UNION ALL ");
             }
             self.filter.set(condition);
-            // one level of derived table: the query with ORDER BY and LIMIT
-            // appended (it has neither), so the backend runs it as an index seek
-            out.push_sql(&format!(
-                "SELECT {} FROM (",
-                keys(&format!("chunked_q{i}"), "")
-            ));
-            self.inner.walk_ast(out.reborrow())?;
-            let dir = if *desc { " DESC" } else { "" };
-            let order = (0..K::ARITY)
-                .map(|j| format!("chunked_k{j}{dir}"))
-                .collect::<Vec<_>>()
-                .join(", ");
-            out.push_sql(&format!(" ORDER BY {order} LIMIT 1) chunked_q{i}"));
+            let q = format!("chunked_q{i}");
+            if min_max {
+                let f = if *desc { "MAX" } else { "MIN" };
+                out.push_sql(&format!("SELECT {f}({q}.chunked_k0) AS chunked_k0 FROM ("));
+                self.inner.walk_ast(out.reborrow())?;
+                out.push_sql(&format!(") {q} HAVING {f}({q}.chunked_k0) IS NOT NULL"));
+            } else {
+                out.push_sql(&format!("SELECT {} FROM (", keys(&format!("{q}."), "")));
+                self.inner.walk_ast(out.reborrow())?;
+                let dir = if *desc { " DESC" } else { "" };
+                out.push_sql(&format!(" ORDER BY {} LIMIT 1) {q}", keys("", dir)));
+            }
         }
         Ok(())
     }
