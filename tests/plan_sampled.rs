@@ -197,6 +197,42 @@ backend_tests! {
         assert!(matches!(err, Error::PartitionBounds { .. }), "{err}");
     }
 
+    fn index_probes_have_the_documented_shape_and_count(db) {
+        if B::NAME == "postgres" {
+            return; // row addresses there, checked above
+        }
+        let mut conn = connect::<B>(&db);
+        insert_posts(&mut conn, 1..=30_000);
+        let log = QueryLog::install(&mut conn);
+        let n = 8usize;
+        let parts = posts::table.chunked_by(posts::id).partitions_sampled(n, &mut conn).unwrap();
+        assert_eq!(parts.len(), n);
+        let statements = log.all();
+        let (terms, first): (usize, &str) = (
+            statements.iter().map(|q| q.matches(" UNION ALL ").count() + 1).sum(),
+            &statements[0],
+        );
+        if B::NAME == "mysql" {
+            // MIN/MAX of the key, answered from the index
+            assert!(
+                first.starts_with("SELECT MIN(chunked_q0.chunked_k0) AS chunked_k0 FROM (SELECT"),
+                "{first}"
+            );
+            assert!(first.contains(") chunked_q0 HAVING MIN(chunked_q0.chunked_k0) IS NOT NULL UNION ALL SELECT MAX(chunked_q1.chunked_k0)"), "{first}");
+            assert!(!statements.iter().any(|q| q.contains("LIMIT")), "no LIMIT probes: {first}");
+        } else {
+            assert!(first.starts_with("SELECT chunked_q0.chunked_k0 FROM (SELECT"), "{first}");
+            assert!(first.contains(" ORDER BY chunked_k0 LIMIT 1) chunked_q0 UNION ALL "), "{first}");
+            assert!(first.contains(" ORDER BY chunked_k0 DESC LIMIT 1) chunked_q1"), "{first}");
+        }
+        // the two ends, two rounds of 48 points per slice, and at most one
+        // predecessor per point, 250 probes per statement
+        let points = 48 * n;
+        assert!(terms <= 2 + 4 * points, "{terms} probes");
+        assert!(terms >= 2 + 2 * points, "{terms} probes");
+        assert!(statements.len() <= 1 + 4 * points.div_ceil(250), "{} statements", statements.len());
+    }
+
     fn sampled_small_inputs_and_bad_input(db) {
         let mut conn = connect::<B>(&db);
         let log = QueryLog::install(&mut conn);

@@ -7,8 +7,10 @@
 //! `WHERE` clause, and end like [`partitions`](Chunked::partitions): the
 //! sampled keys, each with a weight (how many rows it stands for), sorted in key
 //! order; the boundaries are the keys where the running weight crosses
-//! `j · total / n`. The sample aims at [`SAMPLE_PER_SLICE`] keys per slice:
-//! a slice then holds `ideal · (1 ± 0.1)` rows (one standard deviation).
+//! `j · total / n`. On PostgreSQL the sample aims at [`SAMPLE_PER_SLICE`]
+//! rows per slice, drawn independently: a slice then holds `ideal · (1 ± 0.1)`
+//! rows (one standard deviation). The index probes of the other backends are
+//! spread evenly instead, which needs fewer of them ([`POINTS_PER_SLICE`]).
 //!
 //! **PostgreSQL: random row addresses.** A heap table of `P` pages has at most
 //! `P · S` row addresses `(page, slot)` (`S` = 291 for 8 kB pages). The planner
@@ -34,16 +36,37 @@
 //!
 //! **MariaDB/MySQL and SQLite: index probes.** InnoDB and SQLite have no row
 //! addresses to draw. The planner probes the key's index instead, for integer
-//! keys of one column: at a point `x` of the key range, the next key
-//! `SELECT k FROM (...) WHERE k >= x ORDER BY k LIMIT 1` (many probes per
-//! statement, `UNION ALL`) and its predecessor. A uniform point finds key `k`
-//! with probability `(k - pred(k)) / range`, so each found key is weighted by
-//! the inverse (a Horvitz–Thompson estimate: exact in expectation, however
-//! gappy or skewed the keys). Since uniform points rarely land in a dense part
-//! of a skewed range, a second round draws its points from the density the
-//! first round found (64 buckets per slice, mixed with 20 % uniform), and each
-//! key's weight is the inverse of its chance over both rounds. A composite or
-//! non-integer key is [`Error::SamplingUnsupported`] there.
+//! keys of one column: at a point `x` of the key range, the next key and its
+//! predecessor, many probes per statement (`UNION ALL`):
+//!
+//! ```text
+//! -- MariaDB/MySQL: MIN/MAX, answered from the index while the term is optimized
+//! SELECT MIN(chunked_q0.chunked_k0) AS chunked_k0 FROM (
+//!     SELECT `posts`.`id` AS chunked_k0 FROM `posts`
+//!     WHERE (<the query's filters>) AND <the scan's bounds> AND `posts`.`id` >= 48213
+//! ) chunked_q0 HAVING MIN(chunked_q0.chunked_k0) IS NOT NULL
+//! UNION ALL ...
+//! -- SQLite (which would scan for MIN): the first row in key order
+//! SELECT chunked_q0.chunked_k0 FROM (
+//!     SELECT "posts"."id" AS chunked_k0 FROM "posts" WHERE ... AND "posts"."id" >= 48213
+//!     ORDER BY chunked_k0 LIMIT 1
+//! ) chunked_q0 UNION ALL ...
+//! ```
+//!
+//! A uniform point finds key `k` with probability `(k - pred(k)) / range`, so
+//! each found key is weighted by the inverse (a Hansen–Hurwitz estimate: exact
+//! in expectation, however gappy or skewed the keys). Since uniform points
+//! rarely land in a dense part of a skewed range, a second round draws its
+//! points from the density the first round found (over buckets of about four
+//! first-round points each, mixed with 20 % uniform), and each key's weight is
+//! the inverse of its expected number of hits over both rounds. Each round
+//! draws [`POINTS_PER_SLICE`] points per slice, *stratified*: the `i`-th of `m`
+//! points is the round's distribution inverted at a random place in
+//! `[i / m, (i + 1) / m)`, so that every part of the range gets its share of
+//! points give or take one (not give or take a square root, as with
+//! independent draws), while each point alone keeps the round's distribution
+//! and the weights stay exact. A composite or non-integer key is
+//! [`Error::SamplingUnsupported`] there.
 //!
 //! **Small inputs.** When the sample would touch about as many rows as the
 //! input holds (a table of fewer than `4 · SAMPLE_PER_SLICE · n` row addresses
@@ -83,8 +106,9 @@ pub const SAMPLE_PER_SLICE: u64 = 200;
 /// in a compound `SELECT`).
 const PROBES_PER_STATEMENT: usize = 250;
 
-/// Points per slice in each of the two rounds of index probes.
-const POINTS_PER_SLICE: u64 = 48;
+/// Points per slice in each of the two rounds of index probes on
+/// MariaDB/MySQL and SQLite (see the module docs).
+pub const POINTS_PER_SLICE: u64 = 48;
 
 impl<Q, K: Key> Chunked<Q, K> {
     /// Splits the key range of the query into `n` disjoint slices that
@@ -108,15 +132,11 @@ impl<Q, K: Key> Chunked<Q, K> {
     /// - **PostgreSQL:** rows at random addresses of the key's table (a TID
     ///   scan), about [`SAMPLE_PER_SLICE`] per slice; any key, composite
     ///   included.
-    /// - **MariaDB/MySQL, SQLite:** probes of the key's index at random points
-    ///   of the key range, weighted by the gaps they find; integer keys of one
+    /// - **MariaDB/MySQL, SQLite:** probes of the key's index at points of the
+    ///   key range, weighted by the gaps they find; integer keys of one
     ///   column, else [`Error::SamplingUnsupported`] (use `partitions`). About
-    ///   `4 · SAMPLE_PER_SLICE · n` probes, each a small statement part with an
-    ///   index descent: on MariaDB that is slower than `partitions` at a
-    ///   million rows and only a little faster at ten million
-    ///   (benches/README.md), so use it there only on larger tables. SQLite is embedded, where reading
-    ///   every key costs no round trips; the probes help there only on large
-    ///   tables.
+    ///   `4 · POINTS_PER_SLICE · n` probes (two rounds of points, and each
+    ///   key's predecessor), 250 per statement, each an index descent.
     ///
     /// Where the input is about as small as the sample, every key is read and
     /// the slices are exactly those of `partitions`. The sampled rows are read
