@@ -37,31 +37,8 @@ use report::{budget_section, combine, fmt_opt, markdown, merge, plots, sort_resu
 /// The namespace (PostgreSQL schema, MySQL database, SQLite file name) of this bench.
 const NAMESPACE: &str = "bench_scan";
 
-diesel::table! {
-    posts (id) {
-        id -> Integer,
-        user_id -> Integer,
-        title -> Text,
-        slug -> Varchar,
-        published -> Bool,
-        score -> Nullable<Integer>,
-        created_at -> Timestamp,
-        body -> Text,
-    }
-}
-
-#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
-#[diesel(table_name = posts, treat_none_as_default_value = false)]
-struct Post {
-    id: i32,
-    user_id: i32,
-    title: String,
-    slug: String,
-    published: bool,
-    score: Option<i32>,
-    created_at: chrono::NaiveDateTime,
-    body: String,
-}
+// `posts` and its model `Post`.
+include!("../migrations/posts.rs");
 
 /// Row `id` of the table: about 200 bytes of column data (title 40, slug 24, body 120,
 /// plus the numbers and the timestamp); `slug` and `created_at` unique.

@@ -28,19 +28,6 @@ pub mod schema {
     }
 
     diesel::table! {
-        posts (id) {
-            id -> Integer,
-            user_id -> Integer,
-            title -> Text,
-            slug -> Varchar,
-            published -> Bool,
-            score -> Nullable<Integer>,
-            created_at -> Timestamp,
-            body -> Text,
-        }
-    }
-
-    diesel::table! {
         events (id) {
             id -> BigInt,
             code -> SmallInt,
@@ -50,24 +37,16 @@ pub mod schema {
         }
     }
 
+    use super::posts;
+
     diesel::joinable!(posts -> users (user_id));
     diesel::allow_tables_to_appear_in_same_query!(users, posts, events);
 }
 
-pub use schema::{events, posts, users};
+pub use schema::{events, users};
 
-#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
-#[diesel(table_name = posts, treat_none_as_default_value = false)]
-pub struct Post {
-    pub id: i32,
-    pub user_id: i32,
-    pub title: String,
-    pub slug: String,
-    pub published: bool,
-    pub score: Option<i32>,
-    pub created_at: chrono::NaiveDateTime,
-    pub body: String,
-}
+// `posts` and its model `Post`.
+include!("../../migrations/posts.rs");
 
 /// A model without the key column: the scan must still read the key itself.
 #[derive(Debug, Clone, PartialEq, Queryable, Selectable)]
