@@ -29,7 +29,8 @@ mod report;
 #[path = "scan/stream.rs"]
 mod stream;
 
-use common::{drop_namespace, prepare_namespace, read_results, report_dir, wanted_backends};
+use common::{backend_names, namespace_or_skip, report_failures};
+use common::{drop_namespace, read_results, report_dir, wanted_backends};
 use common::{Backend, Res};
 use methods::{is_batched, EXTRA_METHODS, METHODS};
 use report::{budget_section, combine, fmt_opt, markdown, merge, plots, sort_results};
@@ -257,21 +258,13 @@ fn parent_main(args: Vec<String>) -> Res<()> {
             o.rows,
             o.batch_sizes,
             o.repeat,
-            backends
-                .iter()
-                .map(|b| b.name())
-                .collect::<Vec<_>>()
-                .join(", "),
+            backend_names(&backends),
             o.methods.join(", ")
         );
         for &rows in &o.rows {
             for &backend in &backends {
-                let url = match prepare_namespace(backend, NAMESPACE) {
-                    Ok(u) => u,
-                    Err(e) => {
-                        println!("skipping {}: {e}", backend.name());
-                        continue;
-                    }
+                let Some(url) = namespace_or_skip(backend, NAMESPACE) else {
+                    continue;
                 };
                 let mut filled = fill::create_and_fill(backend, &url, rows);
                 if filled.is_ok() && o.methods.iter().any(|m| methods::is_schema(m)) {
@@ -304,13 +297,7 @@ fn parent_main(args: Vec<String>) -> Res<()> {
     println!("\n{}", budget_section(&results));
     println!("{}", report::ratio_section(&results));
     println!("report: {}/scan.{{json,md}} and *.svg", dir.display());
-    if !failures.is_empty() {
-        for f in &failures {
-            eprintln!("FAILED: {f}");
-        }
-        return Err(format!("{} measurement(s) failed", failures.len()).into());
-    }
-    Ok(())
+    report_failures(&failures, "measurement(s)")
 }
 
 /// Every (method, batch size) of one backend and table size, in alternating rounds:
