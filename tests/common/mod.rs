@@ -479,6 +479,21 @@ where
     }
 }
 
+/// Asserts that `seen` holds the ids of posts `1..=n`, each once, in order.
+pub fn assert_every_row_once(seen: &[i32], n: i32) {
+    assert_eq!(seen, (1..=n).collect::<Vec<_>>(), "every row exactly once");
+}
+
+/// Asserts that a scan whose connections were killed along the way (`kills`
+/// times) really lost connections, and still yielded posts `1..=500` once each.
+pub fn assert_survived_kills(seen: &[i32], kills: usize) {
+    assert!(
+        kills >= 4,
+        "the test must really kill connections (killed {kills})"
+    );
+    assert_every_row_once(seen, 500);
+}
+
 /// Kills every other connection to the test's database, from a fresh connection.
 #[cfg(feature = "postgres")]
 pub fn kill_pg(url: &str) -> usize {
