@@ -398,12 +398,7 @@ where
     for<'a> &'a [Post]: diesel::Insertable<posts::table>,
 {
     let rows: Vec<Post> = ids.into_iter().map(post).collect();
-    for chunk in rows.chunks(500) {
-        diesel::insert_into(posts::table)
-            .values(chunk)
-            .execute(conn)
-            .expect("insert posts");
-    }
+    insert_post_rows(conn, &rows);
 }
 
 /// Inserts the given posts as they are (in chunks, to stay under bind limits).
