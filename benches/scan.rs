@@ -30,7 +30,7 @@ mod report;
 mod stream;
 
 use common::{backend_names, namespace_or_skip, report_failures};
-use common::{drop_namespace, read_results, report_dir, wanted_backends};
+use common::{drop_namespace, open_report, wanted_backends};
 use common::{Backend, Res};
 use methods::{is_batched, EXTRA_METHODS, METHODS};
 use report::{budget_section, combine, fmt_opt, markdown, merge, plots, sort_results};
@@ -246,10 +246,7 @@ fn child_main(args: &[String]) -> Res<()> {
 
 fn parent_main(args: Vec<String>) -> Res<()> {
     let o = parse_options(args)?;
-    let dir = report_dir();
-    std::fs::create_dir_all(&dir)?;
-    let json_path = dir.join("scan.json");
-    let mut results = read_results(&json_path, "scan");
+    let (dir, json_path, mut results) = open_report("scan")?;
     let mut failures = Vec::new();
     if !o.report_only {
         let backends = wanted_backends();

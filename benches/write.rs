@@ -30,8 +30,8 @@ use serde_json::{json, Value};
 mod common;
 
 use common::{
-    backend_names, backend_rank, drop_namespace, median, namespace_or_skip, plot_err, read_results,
-    report_dir, report_failures, round3, wanted_backends, Backend, Res, ALL_BACKENDS,
+    backend_names, backend_rank, drop_namespace, median, namespace_or_skip, open_report, plot_err,
+    report_failures, round3, wanted_backends, Backend, Res, ALL_BACKENDS,
 };
 
 diesel::table! {
@@ -483,10 +483,7 @@ fn main() {
 
 fn parent_main(args: Vec<String>) -> Res<()> {
     let o = parse_options(args)?;
-    let dir = report_dir();
-    std::fs::create_dir_all(&dir)?;
-    let json_path = dir.join("write.json");
-    let mut results = read_results(&json_path, "write");
+    let (dir, json_path, mut results) = open_report("write")?;
     let mut failures = Vec::new();
     if !o.report_only {
         let backends = wanted_backends();

@@ -261,6 +261,16 @@ pub fn read_results(path: &Path, bench: &str) -> Vec<Value> {
     }
 }
 
+/// The report folder (created if missing), the path of `<bench>.json` in it,
+/// and the results that file holds so far.
+pub fn open_report(bench: &str) -> Res<(PathBuf, PathBuf, Vec<Value>)> {
+    let dir = report_dir();
+    std::fs::create_dir_all(&dir)?;
+    let json_path = dir.join(format!("{bench}.json"));
+    let results = read_results(&json_path, bench);
+    Ok((dir, json_path, results))
+}
+
 pub fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
     v.sort_by(|a, b| a.total_cmp(b));
