@@ -29,7 +29,8 @@ mod report;
 #[path = "scan/stream.rs"]
 mod stream;
 
-use common::{drop_namespace, prepare_namespace, read_results, report_dir, wanted_backends};
+use common::{backend_names, namespace_or_skip, report_failures};
+use common::{drop_namespace, open_report, wanted_backends};
 use common::{Backend, Res};
 use methods::{is_batched, EXTRA_METHODS, METHODS};
 use report::{budget_section, combine, fmt_opt, markdown, merge, plots, sort_results};
@@ -37,31 +38,8 @@ use report::{budget_section, combine, fmt_opt, markdown, merge, plots, sort_resu
 /// The namespace (PostgreSQL schema, MySQL database, SQLite file name) of this bench.
 const NAMESPACE: &str = "bench_scan";
 
-diesel::table! {
-    posts (id) {
-        id -> Integer,
-        user_id -> Integer,
-        title -> Text,
-        slug -> Varchar,
-        published -> Bool,
-        score -> Nullable<Integer>,
-        created_at -> Timestamp,
-        body -> Text,
-    }
-}
-
-#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
-#[diesel(table_name = posts, treat_none_as_default_value = false)]
-struct Post {
-    id: i32,
-    user_id: i32,
-    title: String,
-    slug: String,
-    published: bool,
-    score: Option<i32>,
-    created_at: chrono::NaiveDateTime,
-    body: String,
-}
+// `posts` and its model `Post`.
+include!("../migrations/posts.rs");
 
 /// Row `id` of the table: about 200 bytes of column data (title 40, slug 24, body 120,
 /// plus the numbers and the timestamp); `slug` and `created_at` unique.
@@ -268,10 +246,7 @@ fn child_main(args: &[String]) -> Res<()> {
 
 fn parent_main(args: Vec<String>) -> Res<()> {
     let o = parse_options(args)?;
-    let dir = report_dir();
-    std::fs::create_dir_all(&dir)?;
-    let json_path = dir.join("scan.json");
-    let mut results = read_results(&json_path, "scan");
+    let (dir, json_path, mut results) = open_report("scan")?;
     let mut failures = Vec::new();
     if !o.report_only {
         let backends = wanted_backends();
@@ -280,21 +255,13 @@ fn parent_main(args: Vec<String>) -> Res<()> {
             o.rows,
             o.batch_sizes,
             o.repeat,
-            backends
-                .iter()
-                .map(|b| b.name())
-                .collect::<Vec<_>>()
-                .join(", "),
+            backend_names(&backends),
             o.methods.join(", ")
         );
         for &rows in &o.rows {
             for &backend in &backends {
-                let url = match prepare_namespace(backend, NAMESPACE) {
-                    Ok(u) => u,
-                    Err(e) => {
-                        println!("skipping {}: {e}", backend.name());
-                        continue;
-                    }
+                let Some(url) = namespace_or_skip(backend, NAMESPACE) else {
+                    continue;
                 };
                 let mut filled = fill::create_and_fill(backend, &url, rows);
                 if filled.is_ok() && o.methods.iter().any(|m| methods::is_schema(m)) {
@@ -327,13 +294,7 @@ fn parent_main(args: Vec<String>) -> Res<()> {
     println!("\n{}", budget_section(&results));
     println!("{}", report::ratio_section(&results));
     println!("report: {}/scan.{{json,md}} and *.svg", dir.display());
-    if !failures.is_empty() {
-        for f in &failures {
-            eprintln!("FAILED: {f}");
-        }
-        return Err(format!("{} measurement(s) failed", failures.len()).into());
-    }
-    Ok(())
+    report_failures(&failures, "measurement(s)")
 }
 
 /// Every (method, batch size) of one backend and table size, in alternating rounds:

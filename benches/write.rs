@@ -30,8 +30,8 @@ use serde_json::{json, Value};
 mod common;
 
 use common::{
-    backend_rank, drop_namespace, median, plot_err, prepare_namespace, read_results, report_dir,
-    round3, wanted_backends, Backend, Res, ALL_BACKENDS,
+    backend_names, backend_rank, drop_namespace, median, namespace_or_skip, open_report, plot_err,
+    report_failures, round3, wanted_backends, Backend, Res, ALL_BACKENDS,
 };
 
 diesel::table! {
@@ -483,10 +483,7 @@ fn main() {
 
 fn parent_main(args: Vec<String>) -> Res<()> {
     let o = parse_options(args)?;
-    let dir = report_dir();
-    std::fs::create_dir_all(&dir)?;
-    let json_path = dir.join("write.json");
-    let mut results = read_results(&json_path, "write");
+    let (dir, json_path, mut results) = open_report("write")?;
     let mut failures = Vec::new();
     if !o.report_only {
         let backends = wanted_backends();
@@ -495,11 +492,7 @@ fn parent_main(args: Vec<String>) -> Res<()> {
             o.rows,
             o.repeat,
             o.interval.as_millis(),
-            backends
-                .iter()
-                .map(|b| b.name())
-                .collect::<Vec<_>>()
-                .join(", "),
+            backend_names(&backends),
             o.methods
                 .iter()
                 .map(|m| m.name)
@@ -507,12 +500,8 @@ fn parent_main(args: Vec<String>) -> Res<()> {
                 .join(", ")
         );
         for &backend in &backends {
-            let url = match prepare_namespace(backend, NAMESPACE) {
-                Ok(u) => u,
-                Err(e) => {
-                    println!("skipping {}: {e}", backend.name());
-                    continue;
-                }
+            let Some(url) = namespace_or_skip(backend, NAMESPACE) else {
+                continue;
             };
             match run_backend(backend, &url, &o) {
                 Ok(records) => {
@@ -548,13 +537,7 @@ fn parent_main(args: Vec<String>) -> Res<()> {
         "report: {}/write.{{json,md}} and write_probe.svg",
         dir.display()
     );
-    if !failures.is_empty() {
-        for f in &failures {
-            eprintln!("FAILED: {f}");
-        }
-        return Err(format!("{} backend(s) failed", failures.len()).into());
-    }
-    Ok(())
+    report_failures(&failures, "backend(s)")
 }
 
 fn method_rank(m: &str) -> usize {

@@ -43,18 +43,8 @@ use diesel_chunked_iterator::prelude::*;
 
 type Res<T> = Result<T, Box<dyn Error + Send + Sync>>;
 
-diesel::table! {
-    posts (id) {
-        id -> Integer,
-        user_id -> Integer,
-        title -> Text,
-        slug -> Varchar,
-        published -> Bool,
-        score -> Nullable<Integer>,
-        created_at -> Timestamp,
-        body -> Text,
-    }
-}
+// `posts` and its model `Post`.
+include!("../migrations/posts.rs");
 
 diesel::table! {
     distributed_results (post_id) {
@@ -62,19 +52,6 @@ diesel::table! {
         worker -> Varchar,
         processed_at -> Timestamp,
     }
-}
-
-#[derive(Insertable)]
-#[diesel(table_name = posts)]
-struct NewPost {
-    id: i32,
-    user_id: i32,
-    title: String,
-    slug: String,
-    published: bool,
-    score: Option<i32>,
-    created_at: chrono::NaiveDateTime,
-    body: String,
 }
 
 #[derive(Queryable, Selectable)]
@@ -141,11 +118,11 @@ fn env_number(name: &str, default: u64) -> Res<u64> {
 }
 
 /// Post `id` of the generated data.
-fn post(id: i32) -> NewPost {
+fn post(id: i32) -> Post {
     let epoch = chrono::DateTime::from_timestamp(1_767_225_600, 0)
         .expect("valid epoch")
         .naive_utc();
-    NewPost {
+    Post {
         id,
         user_id: id % 100,
         title: format!("post number {id}"),
@@ -226,7 +203,7 @@ async fn plan(js: &async_nats::jetstream::Context, flags: &HashMap<String, Strin
             for statement in posts_ddl(ddl) {
                 diesel::sql_query(statement).execute(&mut conn)?;
             }
-            let all: Vec<NewPost> = (1..=rows).map(post).collect();
+            let all: Vec<Post> = (1..=rows).map(post).collect();
             conn.transaction(|conn| {
                 for chunk in all.chunks(1_000) {
                     diesel::insert_into(posts::table)

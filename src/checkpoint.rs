@@ -425,6 +425,16 @@ fn bigint(v: u64, what: &str) -> QueryResult<i64> {
 /// the connection named `$c` and the closure `$f`.
 #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
 macro_rules! checkpoint_connection {
+    // The checkpoint row `name` as `statement` reads it (or locks it), if any.
+    (@row $conn:expr, $statement:expr, $name:expr) => {{
+        use diesel::{OptionalExtension, RunQueryDsl};
+        diesel::sql_query($statement)
+            .bind::<diesel::sql_types::Text, _>($name)
+            .get_result::<Row>($conn)
+            .optional()?
+            .map(Row::into_checkpoint)
+            .transpose()
+    }};
     ($conn:ty, $sql:expr, |$c:ident, $f:ident| $batch:block) => {
         impl CheckpointConnection for $conn {
             fn create_checkpoint_table(&mut self) -> QueryResult<()> {
@@ -433,13 +443,7 @@ macro_rules! checkpoint_connection {
             }
 
             fn read_checkpoint(&mut self, name: &str) -> QueryResult<Option<Checkpoint>> {
-                use diesel::{OptionalExtension, RunQueryDsl};
-                diesel::sql_query($sql.read)
-                    .bind::<diesel::sql_types::Text, _>(name)
-                    .get_result::<Row>(self)
-                    .optional()?
-                    .map(Row::into_checkpoint)
-                    .transpose()
+                checkpoint_connection!(@row self, $sql.read, name)
             }
 
             fn start_checkpoint(&mut self, name: &str, key_type: &str) -> QueryResult<Checkpoint> {
@@ -458,13 +462,7 @@ macro_rules! checkpoint_connection {
             }
 
             fn lock_checkpoint(&mut self, name: &str) -> QueryResult<Option<Checkpoint>> {
-                use diesel::{OptionalExtension, RunQueryDsl};
-                diesel::sql_query($sql.lock)
-                    .bind::<diesel::sql_types::Text, _>(name)
-                    .get_result::<Row>(self)
-                    .optional()?
-                    .map(Row::into_checkpoint)
-                    .transpose()
+                checkpoint_connection!(@row self, $sql.lock, name)
             }
 
             fn advance_checkpoint(

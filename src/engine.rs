@@ -83,6 +83,47 @@ pub struct Progress<V> {
     pub elapsed: Duration,
 }
 
+/// What an iterator or a stream has handed to its caller so far: how many
+/// rows, and the key of the last one.
+#[derive(Debug)]
+pub(crate) struct Handed<V> {
+    rows: u64,
+    last_key: Option<StoredKey<V>>,
+}
+
+impl<V> Handed<V> {
+    pub(crate) fn new() -> Self {
+        Self {
+            rows: 0,
+            last_key: None,
+        }
+    }
+
+    /// Counts `rows` more rows handed out, the last one with key `last`.
+    pub(crate) fn handed_out(&mut self, rows: u64, last: Option<StoredKey<V>>) {
+        self.rows += rows;
+        if last.is_some() {
+            self.last_key = last;
+        }
+    }
+
+    pub(crate) fn last_key(&self) -> Option<&V> {
+        self.last_key.as_ref().map(|k| &k.value)
+    }
+
+    pub(crate) fn last_stored_key(&self) -> Option<&StoredKey<V>> {
+        self.last_key.as_ref()
+    }
+
+    /// The counters of `engine`, with these rows and this last key.
+    pub(crate) fn progress(&self, engine: &Engine) -> Progress<V>
+    where
+        V: Clone,
+    {
+        engine.progress(self.rows, self.last_key().cloned())
+    }
+}
+
 /// Where a scan's keys come from: read by the crate from the rows, or returned
 /// by a closure of the user's. Only the second can be wrong about the key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

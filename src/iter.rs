@@ -11,7 +11,7 @@ use std::fmt;
 
 use crate::backend::KeysetBackend;
 use crate::builder::Db;
-use crate::engine::{check_probe, BatchPlan, EndReason, Engine, Progress, ScanConfig};
+use crate::engine::{check_probe, BatchPlan, EndReason, Engine, Handed, Progress, ScanConfig};
 use crate::error::Error;
 use crate::explain::{read_order, OrderCheck, OrderFound};
 use crate::key::Key;
@@ -414,23 +414,21 @@ fn elapsed_ms(since: std::time::Instant) -> f64 {
 /// No `Vec` is empty. Each is one `SELECT … LIMIT n`, run when `next()` is called.
 pub struct LoadBatches<S: ConnectionSource, B, K: Key, R> {
     scan: Scan<S, B, K, R>,
-    rows: u64,
-    last_key: Option<StoredKey<K::Value>>,
+    handed: Handed<K::Value>,
 }
 
 impl<S: ConnectionSource, B, K: Key, R> LoadBatches<S, B, K, R> {
     pub(crate) fn new(scan: Scan<S, B, K, R>) -> Self {
         Self {
             scan,
-            rows: 0,
-            last_key: None,
+            handed: Handed::new(),
         }
     }
 
     /// The key of the last row of the last batch handed out: pass it to
     /// `start_after` to resume after that batch.
     pub fn last_key(&self) -> Option<&K::Value> {
-        self.last_key.as_ref().map(|k| &k.value)
+        self.handed.last_key()
     }
 
     /// The key of the last row of the last batch handed out, as the database
@@ -438,13 +436,12 @@ impl<S: ConnectionSource, B, K: Key, R> LoadBatches<S, B, K, R> {
     /// resumes exactly after that batch whatever format the column holds (see
     /// [`StoredKey`]).
     pub fn last_stored_key(&self) -> Option<&StoredKey<K::Value>> {
-        self.last_key.as_ref()
+        self.handed.last_stored_key()
     }
 
     /// Counters of the scan so far.
     pub fn progress(&self) -> Progress<K::Value> {
-        let last = self.last_key().cloned();
-        self.scan.core.engine.progress(self.rows, last)
+        self.handed.progress(&self.scan.core.engine)
     }
 
     /// Why the scan ended, once it has: for example
@@ -469,8 +466,8 @@ where
             Ok(rows) => rows,
             Err(e) => return Some(Err(e)),
         };
-        self.rows += rows.len() as u64;
-        self.last_key = rows.last().map(|r| r.key().clone());
+        let last = rows.last().map(|r| r.key().clone());
+        self.handed.handed_out(rows.len() as u64, last);
         // Collected in place: the batch's allocation is reused where the layouts
         // allow, rather than every row copied into a new `Vec`.
         Some(Ok(rows.into_iter().map(|r| r.into_parts().1).collect()))
@@ -488,13 +485,10 @@ where
     }
 }
 
-impl<S, B, K, R> std::iter::FusedIterator for LoadBatches<S, B, K, R>
-where
-    S: ConnectionSource,
-    S::Connection: UniqueIndexes,
-    Db<S>: KeysetBackend,
-    K: Key,
-    R: Rows<S::Connection, B, K>,
+// Fused wherever it is an iterator: `next` returns `None` for good once the
+// scan has ended or failed.
+impl<S: ConnectionSource, B, K: Key, R> std::iter::FusedIterator for LoadBatches<S, B, K, R> where
+    Self: Iterator
 {
 }
 
@@ -505,8 +499,7 @@ where
 pub struct LoadIter<S: ConnectionSource, B, K: Key, R: RowType<K>> {
     scan: Scan<S, B, K, R>,
     buffer: std::vec::IntoIter<R::Loaded>,
-    rows: u64,
-    last_key: Option<StoredKey<K::Value>>,
+    handed: Handed<K::Value>,
 }
 
 impl<S: ConnectionSource, B, K: Key, R: RowType<K>> LoadIter<S, B, K, R> {
@@ -514,8 +507,7 @@ impl<S: ConnectionSource, B, K: Key, R: RowType<K>> LoadIter<S, B, K, R> {
         Self {
             scan,
             buffer: Vec::new().into_iter(),
-            rows: 0,
-            last_key: None,
+            handed: Handed::new(),
         }
     }
 
@@ -527,7 +519,7 @@ impl<S: ConnectionSource, B, K: Key, R: RowType<K>> LoadIter<S, B, K, R> {
     /// resume: use [`last_stored_key`](Self::last_stored_key), which works
     /// everywhere.
     pub fn last_key(&self) -> Option<&K::Value> {
-        self.last_key.as_ref().map(|k| &k.value)
+        self.handed.last_key()
     }
 
     /// The key of the last row handed to the caller, as the database stored it:
@@ -549,13 +541,12 @@ impl<S: ConnectionSource, B, K: Key, R: RowType<K>> LoadIter<S, B, K, R> {
     /// # Ok(()) }
     /// ```
     pub fn last_stored_key(&self) -> Option<&StoredKey<K::Value>> {
-        self.last_key.as_ref()
+        self.handed.last_stored_key()
     }
 
     /// Counters of the scan so far.
     pub fn progress(&self) -> Progress<K::Value> {
-        let last = self.last_key().cloned();
-        self.scan.core.engine.progress(self.rows, last)
+        self.handed.progress(&self.scan.core.engine)
     }
 
     /// Why the scan ended, once it has: for example
@@ -582,8 +573,7 @@ where
         loop {
             if let Some(row) = self.buffer.next() {
                 let (k, t) = row.into_parts();
-                self.rows += 1;
-                self.last_key = Some(k);
+                self.handed.handed_out(1, Some(k));
                 return Some(Ok(t));
             }
             match self.scan.next_batch()? {
@@ -606,13 +596,10 @@ where
     }
 }
 
-impl<S, B, K, R> std::iter::FusedIterator for LoadIter<S, B, K, R>
+impl<S: ConnectionSource, B, K: Key, R: RowType<K>> std::iter::FusedIterator
+    for LoadIter<S, B, K, R>
 where
-    S: ConnectionSource,
-    S::Connection: UniqueIndexes,
-    Db<S>: KeysetBackend,
-    K: Key,
-    R: Rows<S::Connection, B, K>,
+    Self: Iterator,
 {
 }
 

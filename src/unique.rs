@@ -112,6 +112,18 @@ fn split(rows: Vec<ColumnSet>) -> Vec<Vec<String>> {
     sets
 }
 
+/// `diesel::sql_query($sql)` with the schema (`NULL`: the connection's
+/// default) and the table bound to its first two parameters, as the server
+/// backends' schema queries take them.
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+macro_rules! in_table {
+    ($sql:expr, $schema:expr, $table:expr) => {
+        diesel::sql_query($sql)
+            .bind::<Nullable<Text>, _>($schema)
+            .bind::<Text, _>($table)
+    };
+}
+
 #[cfg(feature = "sqlite")]
 impl UniqueIndexes for diesel::SqliteConnection {
     fn unique_column_sets(&mut self, table: &str) -> QueryResult<Vec<Vec<String>>> {
@@ -165,10 +177,7 @@ impl UniqueIndexes for diesel::PgConnection {
         schema: Option<&str>,
         table: &str,
     ) -> QueryResult<Vec<Vec<String>>> {
-        let rows = diesel::sql_query(PG_UNIQUE_SETS)
-            .bind::<Nullable<Text>, _>(schema)
-            .bind::<Text, _>(table)
-            .load::<ColumnSet>(self)?;
+        let rows = in_table!(PG_UNIQUE_SETS, schema, table).load::<ColumnSet>(self)?;
         Ok(split(rows))
     }
 }
@@ -191,9 +200,7 @@ pub(crate) async fn pg_unique_column_sets_async(
     schema: Option<&str>,
     table: &str,
 ) -> QueryResult<Vec<Vec<String>>> {
-    let query = diesel::sql_query(PG_UNIQUE_SETS)
-        .bind::<Nullable<Text>, _>(schema)
-        .bind::<Text, _>(table);
+    let query = in_table!(PG_UNIQUE_SETS, schema, table);
     let rows = diesel_async::RunQueryDsl::load::<ColumnSet>(query, conn).await?;
     Ok(split(rows))
 }
@@ -209,10 +216,7 @@ impl UniqueIndexes for diesel::MysqlConnection {
         schema: Option<&str>,
         table: &str,
     ) -> QueryResult<Vec<Vec<String>>> {
-        let rows = diesel::sql_query(MYSQL_UNIQUE_SETS)
-            .bind::<Nullable<Text>, _>(schema)
-            .bind::<Text, _>(table)
-            .load::<ColumnSet>(self)?;
+        let rows = in_table!(MYSQL_UNIQUE_SETS, schema, table).load::<ColumnSet>(self)?;
         Ok(split(rows))
     }
 
@@ -222,10 +226,7 @@ impl UniqueIndexes for diesel::MysqlConnection {
         table: &str,
         columns: &[&str],
     ) -> QueryResult<bool> {
-        let rows = diesel::sql_query(MYSQL_INDEX_COLUMNS)
-            .bind::<Nullable<Text>, _>(schema)
-            .bind::<Text, _>(table)
-            .load::<IndexColumns>(self)?;
+        let rows = in_table!(MYSQL_INDEX_COLUMNS, schema, table).load::<IndexColumns>(self)?;
         Ok(index_in_order(&rows, columns))
     }
 
@@ -235,9 +236,7 @@ impl UniqueIndexes for diesel::MysqlConnection {
         table: &str,
         column: &str,
     ) -> QueryResult<Option<String>> {
-        let info = diesel::sql_query(MYSQL_COLUMN_INFO)
-            .bind::<Nullable<Text>, _>(schema)
-            .bind::<Text, _>(table)
+        let info = in_table!(MYSQL_COLUMN_INFO, schema, table)
             .bind::<Text, _>(column)
             .load::<MysqlColumnInfo>(self)?;
         let Some(info) = info.into_iter().next() else {
@@ -327,9 +326,7 @@ pub(crate) async fn has_index_in_order_async(
     table: &str,
     columns: &[&str],
 ) -> QueryResult<bool> {
-    let query = diesel::sql_query(MYSQL_INDEX_COLUMNS)
-        .bind::<Nullable<Text>, _>(schema)
-        .bind::<Text, _>(table);
+    let query = in_table!(MYSQL_INDEX_COLUMNS, schema, table);
     let rows = diesel_async::RunQueryDsl::load::<IndexColumns>(query, conn).await?;
     Ok(index_in_order(&rows, columns))
 }
@@ -341,9 +338,7 @@ pub(crate) async fn unique_column_sets_async(
     schema: Option<&str>,
     table: &str,
 ) -> QueryResult<Vec<Vec<String>>> {
-    let query = diesel::sql_query(MYSQL_UNIQUE_SETS)
-        .bind::<Nullable<Text>, _>(schema)
-        .bind::<Text, _>(table);
+    let query = in_table!(MYSQL_UNIQUE_SETS, schema, table);
     let rows = diesel_async::RunQueryDsl::load::<ColumnSet>(query, conn).await?;
     Ok(split(rows))
 }
@@ -470,10 +465,7 @@ pub(crate) async fn key_column_problem_async(
     column: &str,
 ) -> QueryResult<Option<String>> {
     use diesel_async::RunQueryDsl;
-    let query = diesel::sql_query(MYSQL_COLUMN_INFO)
-        .bind::<Nullable<Text>, _>(schema)
-        .bind::<Text, _>(table)
-        .bind::<Text, _>(column);
+    let query = in_table!(MYSQL_COLUMN_INFO, schema, table).bind::<Text, _>(column);
     let info = RunQueryDsl::load::<MysqlColumnInfo>(query, conn).await?;
     let Some(info) = info.into_iter().next() else {
         return Ok(None);

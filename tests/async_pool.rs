@@ -272,15 +272,7 @@ macro_rules! survives_killed_connections {
                     .unwrap();
             }
         }
-        assert!(
-            kills >= 4,
-            "the test must really kill connections (killed {kills})"
-        );
-        assert_eq!(
-            seen,
-            (1..=500).collect::<Vec<_>>(),
-            "every row exactly once"
-        );
+        assert_survived_kills(&seen, kills);
         if stringify!($retries) == "retries" {
             assert!(s.progress().retries >= 1, "{:?}", s.progress());
         }

@@ -305,31 +305,19 @@ mod timestamps {
 
     /// 90 posts on 9 distinct `created_at` values: 10 rows share each value,
     /// more than a batch of 4.
-    fn insert_crowded<C>(conn: &mut C)
-    where
-        C: Connection,
-        for<'a> &'a [Post]: diesel::Insertable<posts::table>,
-        for<'a> diesel::query_builder::InsertStatement<
-            posts::table,
-            <&'a [Post] as diesel::Insertable<posts::table>>::Values,
-        >: diesel::query_dsl::methods::ExecuteDsl<C>,
-    {
-        let rows: Vec<Post> = (1..=90)
+    fn crowded() -> Vec<Post> {
+        (1..=90)
             .map(|id| Post {
                 created_at: ts(i64::from((id * 37) % 9) * 3600),
                 ..post(id)
             })
-            .collect();
-        diesel::insert_into(posts::table)
-            .values(rows.as_slice())
-            .execute(conn)
-            .unwrap();
+            .collect()
     }
 
     backend_tests! {
         fn created_at_with_id_tiebreaker_both_directions(db) {
             let mut conn = connect::<B>(&db);
-            insert_crowded(&mut conn);
+            insert_post_rows(&mut conn, &crowded());
             let asc: Vec<i32> = posts::table
                 .order((posts::created_at, posts::id))
                 .select(posts::id)
@@ -358,7 +346,7 @@ mod timestamps {
 
         fn timestamp_bounds_and_checkpoint(db) {
             let mut conn = connect::<B>(&db);
-            insert_crowded(&mut conn);
+            insert_post_rows(&mut conn, &crowded());
             let all: Vec<(chrono::NaiveDateTime, i32)> = posts::table
                 .order((posts::created_at, posts::id))
                 .select((posts::created_at, posts::id))
@@ -390,7 +378,7 @@ mod timestamps {
         backend_tests! {
             fn timestamp_checkpoint_as_json(db) {
                 let mut conn = connect::<B>(&db);
-                insert_crowded(&mut conn);
+                insert_post_rows(&mut conn, &crowded());
                 let key = (posts::created_at, posts::id);
                 let mut it = posts::table.chunked_by(key).batch_size(8).load_iter::<Post>(&mut conn);
                 let first: Vec<i32> = it.by_ref().take(30).map(|p| p.unwrap().id).collect();

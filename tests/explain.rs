@@ -54,29 +54,15 @@ fn inline(sql: &str, literals: &[&str]) -> String {
     out
 }
 
-fn fill<C>(conn: &mut C)
-where
-    C: Connection,
-    for<'a> &'a [Post]: diesel::Insertable<posts::table>,
-    for<'a> diesel::query_builder::InsertStatement<
-        posts::table,
-        <&'a [Post] as diesel::Insertable<posts::table>>::Values,
-    >: diesel::query_dsl::methods::ExecuteDsl<C>,
-{
-    // 20,000 rows, 4 per created_at value: the composite index is the way in.
-    let rows: Vec<Post> = (1..=20_000)
+/// 20,000 rows, 4 per created_at value: the composite index is the way in.
+fn crowded_posts() -> Vec<Post> {
+    (1..=20_000)
         .map(|id| Post {
             created_at: ts(i64::from(id / 4) * 60),
             body: "x".repeat(100),
             ..post(id)
         })
-        .collect();
-    for chunk in rows.chunks(1000) {
-        diesel::insert_into(posts::table)
-            .values(chunk)
-            .execute(conn)
-            .unwrap();
-    }
+        .collect()
 }
 
 /// Runs one batch of a `(created_at, id)` scan after `(ts(60_000), 9)` on
@@ -116,7 +102,7 @@ fn with_literals(sql: &str) -> String {
 fn postgres_batches_are_index_range_scans() {
     let db = <Pg as TestBackend>::create();
     let mut conn = connect::<Pg>(&db);
-    fill(&mut conn);
+    insert_post_rows(&mut conn, &crowded_posts());
     diesel::sql_query("ANALYZE posts")
         .execute(&mut conn)
         .unwrap();
@@ -155,7 +141,7 @@ struct MysqlPlan {
 fn mysql_batches_are_index_range_scans() {
     let db = <Mysql as TestBackend>::create();
     let mut conn = connect::<Mysql>(&db);
-    fill(&mut conn);
+    insert_post_rows(&mut conn, &crowded_posts());
     diesel::sql_query("ANALYZE TABLE posts")
         .execute(&mut conn)
         .unwrap();
@@ -188,7 +174,7 @@ fn mysql_batches_are_index_range_scans() {
 fn sqlite_batches_search_the_index() {
     let db = <Sqlite as TestBackend>::create();
     let mut conn = connect::<Sqlite>(&db);
-    fill(&mut conn);
+    insert_post_rows(&mut conn, &crowded_posts());
     diesel::sql_query("ANALYZE").execute(&mut conn).unwrap();
     for desc in [false, true] {
         let sql = composite_batch!(&mut conn, desc);

@@ -377,11 +377,7 @@ fn sqlite_scan_under_write_lock(
         }
     }
     locker.join().unwrap();
-    assert_eq!(
-        seen,
-        (1..=300).collect::<Vec<_>>(),
-        "every row exactly once"
-    );
+    assert_every_row_once(&seen, 300);
     it.progress()
 }
 

@@ -200,6 +200,38 @@ pub fn wanted_backends() -> Vec<Backend> {
     out
 }
 
+/// The names of `backends`, comma-separated, for a bench's first line.
+pub fn backend_names(backends: &[Backend]) -> String {
+    backends
+        .iter()
+        .map(|b| b.name())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// [`prepare_namespace`], or `None` once it has said why `backend` is skipped.
+pub fn namespace_or_skip(backend: Backend, name: &str) -> Option<String> {
+    match prepare_namespace(backend, name) {
+        Ok(url) => Some(url),
+        Err(e) => {
+            println!("skipping {}: {e}", backend.name());
+            None
+        }
+    }
+}
+
+/// The end of a bench run: each of `failures` on stderr, and an error counting
+/// them as `what` (`"measurement(s)"`) if there are any.
+pub fn report_failures(failures: &[String], what: &str) -> Res<()> {
+    if failures.is_empty() {
+        return Ok(());
+    }
+    for f in failures {
+        eprintln!("FAILED: {f}");
+    }
+    Err(format!("{} {what} failed", failures.len()).into())
+}
+
 pub fn backend_rank(b: &str) -> usize {
     ALL_BACKENDS.iter().position(|x| *x == b).unwrap_or(9)
 }
@@ -227,6 +259,16 @@ pub fn read_results(path: &Path, bench: &str) -> Vec<Value> {
         }),
         Err(_) => Vec::new(),
     }
+}
+
+/// The report folder (created if missing), the path of `<bench>.json` in it,
+/// and the results that file holds so far.
+pub fn open_report(bench: &str) -> Res<(PathBuf, PathBuf, Vec<Value>)> {
+    let dir = report_dir();
+    std::fs::create_dir_all(&dir)?;
+    let json_path = dir.join(format!("{bench}.json"));
+    let results = read_results(&json_path, bench);
+    Ok((dir, json_path, results))
 }
 
 pub fn median(v: &[f64]) -> f64 {

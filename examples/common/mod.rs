@@ -8,31 +8,8 @@ use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
 
-diesel::table! {
-    posts (id) {
-        id -> Integer,
-        user_id -> Integer,
-        title -> Text,
-        slug -> Varchar,
-        published -> Bool,
-        score -> Nullable<Integer>,
-        created_at -> Timestamp,
-        body -> Text,
-    }
-}
-
-#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
-#[diesel(table_name = posts, treat_none_as_default_value = false)]
-pub struct Post {
-    pub id: i32,
-    pub user_id: i32,
-    pub title: String,
-    pub slug: String,
-    pub published: bool,
-    pub score: Option<i32>,
-    pub created_at: chrono::NaiveDateTime,
-    pub body: String,
-}
+// `posts` and its model `Post`.
+include!("../../migrations/posts.rs");
 
 /// Post `id` of the generated data set: every third one unpublished, every tenth
 /// without a score.

@@ -9,7 +9,7 @@ use futures_util::{FutureExt, Stream};
 
 use super::{AsyncConnectionSource, AsyncDb, AsyncKeyCheck, AsyncRows};
 use crate::backend::KeysetBackend;
-use crate::engine::{BatchPlan, EndReason, Progress};
+use crate::engine::{BatchPlan, EndReason, Handed, Progress};
 use crate::error::Error;
 use crate::iter::{BatchResult, ScanCore};
 use crate::key::Key;
@@ -154,8 +154,7 @@ enum State<'a, S, B, K: Key, R: RowType<K>> {
 /// counters as of the last batch handed out.
 struct Batches<'a, S, B, K: Key, R: RowType<K>> {
     state: State<'a, S, B, K, R>,
-    rows: u64,
-    last_key: Option<StoredKey<K::Value>>,
+    handed: Handed<K::Value>,
     /// Counters and end reason while a batch is loading.
     snapshot: (Progress<K::Value>, Option<EndReason>),
 }
@@ -165,18 +164,14 @@ impl<'a, S, B, K: Key, R: RowType<K>> Batches<'a, S, B, K, R> {
         let snapshot = (scan.core.engine.progress(0, None), scan.core.engine.end);
         Self {
             state: State::Idle(Box::new(scan)),
-            rows: 0,
-            last_key: None,
+            handed: Handed::new(),
             snapshot,
         }
     }
 
     fn progress(&self) -> Progress<K::Value> {
         match &self.state {
-            State::Idle(scan) => {
-                let last = self.last_key.as_ref().map(|k| k.value.clone());
-                scan.core.engine.progress(self.rows, last)
-            }
+            State::Idle(scan) => self.handed.progress(&scan.core.engine),
             State::Loading(_) => self.snapshot.0.clone(),
         }
     }
@@ -185,13 +180,6 @@ impl<'a, S, B, K: Key, R: RowType<K>> Batches<'a, S, B, K, R> {
         match &self.state {
             State::Idle(scan) => scan.core.engine.end,
             State::Loading(_) => self.snapshot.1,
-        }
-    }
-
-    fn handed_out(&mut self, rows: u64, last: Option<StoredKey<K::Value>>) {
-        self.rows += rows;
-        if last.is_some() {
-            self.last_key = last;
         }
     }
 }
@@ -293,13 +281,13 @@ macro_rules! stream_accessors {
             /// the last row of the last batch): `start_after(last_key)` resumes
             /// with exactly the next unprocessed row.
             pub fn last_key(&self) -> Option<&K::Value> {
-                self.batches.last_key.as_ref().map(|k| &k.value)
+                self.batches.handed.last_key()
             }
 
             /// [`last_key`](Self::last_key) as the database stored it (see
             /// [`LoadIter::last_stored_key`](crate::LoadIter::last_stored_key)).
             pub fn last_stored_key(&self) -> Option<&StoredKey<K::Value>> {
-                self.batches.last_key.as_ref()
+                self.batches.handed.last_stored_key()
             }
 
             /// Counters of the scan so far (while a batch loads: as of the last one).
@@ -353,7 +341,7 @@ where
             Some(Ok(rows)) => rows,
         };
         let last = rows.last().map(|r| r.key().clone());
-        this.batches.handed_out(rows.len() as u64, last);
+        this.batches.handed.handed_out(rows.len() as u64, last);
         Poll::Ready(Some(Ok(rows
             .into_iter()
             .map(|r| r.into_parts().1)
@@ -374,7 +362,7 @@ where
         loop {
             if let Some(row) = this.buffer.next() {
                 let (k, t) = row.into_parts();
-                this.batches.handed_out(1, Some(k));
+                this.batches.handed.handed_out(1, Some(k));
                 return Poll::Ready(Some(Ok(t)));
             }
             match std::task::ready!(this.batches.poll_batch(cx)) {

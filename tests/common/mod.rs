@@ -28,19 +28,6 @@ pub mod schema {
     }
 
     diesel::table! {
-        posts (id) {
-            id -> Integer,
-            user_id -> Integer,
-            title -> Text,
-            slug -> Varchar,
-            published -> Bool,
-            score -> Nullable<Integer>,
-            created_at -> Timestamp,
-            body -> Text,
-        }
-    }
-
-    diesel::table! {
         events (id) {
             id -> BigInt,
             code -> SmallInt,
@@ -50,24 +37,16 @@ pub mod schema {
         }
     }
 
+    use super::posts;
+
     diesel::joinable!(posts -> users (user_id));
     diesel::allow_tables_to_appear_in_same_query!(users, posts, events);
 }
 
-pub use schema::{events, posts, users};
+pub use schema::{events, users};
 
-#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
-#[diesel(table_name = posts, treat_none_as_default_value = false)]
-pub struct Post {
-    pub id: i32,
-    pub user_id: i32,
-    pub title: String,
-    pub slug: String,
-    pub published: bool,
-    pub score: Option<i32>,
-    pub created_at: chrono::NaiveDateTime,
-    pub body: String,
-}
+// `posts` and its model `Post`.
+include!("../../migrations/posts.rs");
 
 /// A model without the key column: the scan must still read the key itself.
 #[derive(Debug, Clone, PartialEq, Queryable, Selectable)]
@@ -419,12 +398,7 @@ where
     for<'a> &'a [Post]: diesel::Insertable<posts::table>,
 {
     let rows: Vec<Post> = ids.into_iter().map(post).collect();
-    for chunk in rows.chunks(500) {
-        diesel::insert_into(posts::table)
-            .values(chunk)
-            .execute(conn)
-            .expect("insert posts");
-    }
+    insert_post_rows(conn, &rows);
 }
 
 /// Inserts the given posts as they are (in chunks, to stay under bind limits).
@@ -498,6 +472,21 @@ where
             .execute(conn)
             .expect("insert events");
     }
+}
+
+/// Asserts that `seen` holds the ids of posts `1..=n`, each once, in order.
+pub fn assert_every_row_once(seen: &[i32], n: i32) {
+    assert_eq!(seen, (1..=n).collect::<Vec<_>>(), "every row exactly once");
+}
+
+/// Asserts that a scan whose connections were killed along the way (`kills`
+/// times) really lost connections, and still yielded posts `1..=500` once each.
+pub fn assert_survived_kills(seen: &[i32], kills: usize) {
+    assert!(
+        kills >= 4,
+        "the test must really kill connections (killed {kills})"
+    );
+    assert_every_row_once(seen, 500);
 }
 
 /// Kills every other connection to the test's database, from a fresh connection.

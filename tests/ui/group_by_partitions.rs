@@ -1,25 +1,6 @@
 // `partitions` (and `estimate_total`) number the rows by their key, which a grouped query does
 // not select; scanning the same query compiles.
-use diesel::prelude::*;
-use diesel_chunked_iterator::prelude::*;
-
-diesel::table! {
-    posts (id) {
-        id -> Integer,
-        title -> Text,
-        score -> Nullable<Integer>,
-    }
-}
-
-#[allow(dead_code)]
-#[derive(Queryable, Selectable)]
-#[diesel(table_name = posts)]
-#[diesel(check_for_backend(diesel::sqlite::Sqlite))]
-struct Post {
-    id: i32,
-    title: String,
-    score: Option<i32>,
-}
+include!("common/schema.rs");
 
 fn main() {
     let conn = &mut SqliteConnection::establish(":memory:").unwrap();

@@ -1,15 +1,6 @@
 // A key from the nullable side of a LEFT JOIN is NULL in the rows without a match: the scan
 // would drop them, so it must not compile (as it does not for `load_iter::<M>`).
-use diesel::prelude::*;
-use diesel_chunked_iterator::prelude::*;
-
-diesel::table! {
-    posts (id) {
-        id -> Integer,
-        title -> Text,
-        score -> Nullable<Integer>,
-    }
-}
+include!("common/schema.rs");
 
 diesel::table! {
     comments (id) {
@@ -20,16 +11,6 @@ diesel::table! {
 
 diesel::joinable!(comments -> posts (post_id));
 diesel::allow_tables_to_appear_in_same_query!(posts, comments);
-
-#[allow(dead_code)]
-#[derive(Queryable, Selectable)]
-#[diesel(table_name = posts)]
-#[diesel(check_for_backend(diesel::sqlite::Sqlite))]
-struct Post {
-    id: i32,
-    title: String,
-    score: Option<i32>,
-}
 
 fn main() {
     let conn = &mut SqliteConnection::establish(":memory:").unwrap();

@@ -1,24 +1,5 @@
 // A query with its own ORDER BY cannot be scanned: the scan orders by its key.
-use diesel::prelude::*;
-use diesel_chunked_iterator::prelude::*;
-
-diesel::table! {
-    posts (id) {
-        id -> Integer,
-        title -> Text,
-        score -> Nullable<Integer>,
-    }
-}
-
-#[allow(dead_code)]
-#[derive(Queryable, Selectable)]
-#[diesel(table_name = posts)]
-#[diesel(check_for_backend(diesel::sqlite::Sqlite))]
-struct Post {
-    id: i32,
-    title: String,
-    score: Option<i32>,
-}
+include!("common/schema.rs");
 
 fn main() {
     let conn = &mut SqliteConnection::establish(":memory:").unwrap();
