@@ -2,7 +2,7 @@
 //! `partitions_sampled(n)`, on tables of 1M and 10M rows with uniform and skewed keys.
 //!
 //! ```sh
-//! BENCH_BACKENDS=pg,mysql cargo bench --bench plan --features postgres,mysql
+//! BENCH_BACKENDS=pg,mysql,sqlite cargo bench --bench plan --features postgres,mysql
 //! cargo bench --bench plan --features postgres,mysql -- --rows 1000000 --slices 16,64 --keep
 //! ```
 //!
