@@ -391,7 +391,7 @@ where
     let width = |b: usize| (bucket_start(b as i128 + 1) - bucket_start(b as i128)) as f64;
     // Round 1: uniform points, spread evenly over the range.
     let uniform = cumulative((0..buckets as usize).map(|b| width(b) / range as f64));
-    let points = stratified(m1, &uniform, &bucket_start, &mut rng);
+    let points = stratified(m1, &uniform, bucket_start, &mut rng);
     let mut hits = run.probe(next_probes(column, &points))?;
     let mut pred = predecessors(run, column, &hits, min, HashMap::new())?;
     // The first round's density over the buckets, mixed with 20 % uniform.
@@ -417,7 +417,7 @@ where
     };
     // Round 2: points from that density, spread evenly over it.
     let m2 = per_round;
-    let points = stratified(m2, &cdf, &bucket_start, &mut rng);
+    let points = stratified(m2, &cdf, bucket_start, &mut rng);
     let second = run.probe(next_probes(column, &points))?;
     pred = predecessors(run, column, &second, min, pred)?;
     hits.extend(second);
