@@ -311,7 +311,7 @@ fn run_rounds(
 ) {
     let mut configs: Vec<(String, u64, bool)> = Vec::new();
     for method in &o.methods {
-        if method == "diesel_load_iter_row_by_row" && backend.name() != "pg" {
+        if method.ends_with("_row_by_row") && backend.name() != "pg" {
             continue;
         }
         if method.starts_with("chunked_pool") && !cfg!(feature = "r2d2") {

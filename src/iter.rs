@@ -51,7 +51,7 @@ impl<B, K: Key, R: RowType<K>> ScanCore<B, K, R> {
     pub(crate) fn new(query: Result<SeekQuery<B, K>, Error>, rows: R, config: ScanConfig) -> Self {
         let (query, pending_error) = match query {
             Ok(mut q) => {
-                q.set_cache_statements(config.cache_statements);
+                q.set_statements(config.cache_statements, config.batch_size);
                 (Some(q), None)
             }
             Err(e) => (None, Some(e)),

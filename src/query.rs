@@ -11,7 +11,7 @@
 //! WHERE (<the query's filters>) AND <key> > $after [AND <key> <= $until]
 //! [GROUP BY/HAVING of the query]
 //! ORDER BY <key> [DESC]
-//! LIMIT $n
+//! LIMIT $n                                  -- a literal on PostgreSQL
 //! ```
 //!
 //! `> $after` becomes `< $after` for descending scans; the first batch of a scan
@@ -21,7 +21,10 @@
 //! Keeping one boxed query for the whole scan is what lets a query the user boxed
 //! themselves (`into_boxed()`, the usual way to build dynamic filters) be scanned:
 //! boxed queries cannot be cloned. It also gives every batch after the first the
-//! same SQL text, so each backend prepares at most two statements per scan.
+//! same SQL text, so each backend prepares at most two statements per scan
+//! (PostgreSQL a third for a shorter last batch under `limit_total`: its
+//! regular batches write their `LIMIT` as a literal, see
+//! [`KeysetBackend::LITERAL_LIMIT`]).
 
 use std::sync::Arc;
 
@@ -67,6 +70,9 @@ pub struct SeekQuery<B, K: Key> {
     order_sql: Option<String>,
     /// How many leading key columns `ORDER BY` names (all when 0).
     order_prefix: usize,
+    /// The `LIMIT` of a regular batch (its size and the look-ahead row),
+    /// written as a literal where [`KeysetBackend::LITERAL_LIMIT`].
+    literal_limit: Option<i64>,
 }
 
 impl<B, K: Key> SeekQuery<B, K> {
@@ -85,6 +91,7 @@ impl<B, K: Key> SeekQuery<B, K> {
             key_sql: None,
             order_sql: None,
             order_prefix: 0,
+            literal_limit: None,
         }
     }
 
@@ -122,9 +129,15 @@ impl<B, K: Key> SeekQuery<B, K> {
         self.key_sql.as_deref()
     }
 
-    /// Whether the batch statement may be kept prepared by the connection.
-    pub(crate) fn set_cache_statements(&mut self, on: bool) {
-        self.cache_statements = on;
+    /// Whether the batch statement may be kept prepared by the connection,
+    /// and the scan's batch size: a batch of that size (and its look-ahead
+    /// row) is the statement the connection keeps.
+    pub(crate) fn set_statements(&mut self, cache: bool, batch_size: u64) {
+        self.cache_statements = cache;
+        self.literal_limit = i64::try_from(batch_size)
+            .ok()
+            .and_then(|n| n.checked_add(1))
+            .filter(|_| cache);
     }
 
     pub(crate) fn key(&self) -> &K {
@@ -159,6 +172,7 @@ impl<B, K: Key> SeekQuery<B, K> {
             &self.key,
             desc,
             limit,
+            self.cache_statements && self.literal_limit == Some(limit),
             self.cache_statements,
             self.order_prefix,
         )
@@ -175,6 +189,7 @@ impl<B, K: Key> SeekQuery<B, K> {
             &self.key,
             desc,
             limit,
+            self.cache_statements && self.literal_limit == Some(limit),
             self.cache_statements,
             self.order_prefix,
         )
@@ -192,18 +207,28 @@ pub struct Batch<'q, B, K, R = &'q B> {
     key: &'q K,
     desc: bool,
     limit: i64,
+    literal: bool,
     cache: bool,
     order: usize,
     _base: std::marker::PhantomData<fn() -> B>,
 }
 
 impl<'q, B, K, R> Batch<'q, B, K, R> {
-    fn new(base: R, key: &'q K, desc: bool, limit: i64, cache: bool, order: usize) -> Self {
+    fn new(
+        base: R,
+        key: &'q K,
+        desc: bool,
+        limit: i64,
+        literal: bool,
+        cache: bool,
+        order: usize,
+    ) -> Self {
         Self {
             base,
             key,
             desc,
             limit,
+            literal,
             cache,
             order,
             _base: std::marker::PhantomData,
@@ -250,7 +275,12 @@ where
             }
         }
         out.push_sql(" LIMIT ");
-        out.push_bind_param::<BigInt, i64>(&self.limit)
+        if DB::LITERAL_LIMIT && self.literal {
+            out.push_sql(&self.limit.to_string());
+            Ok(())
+        } else {
+            out.push_bind_param::<BigInt, i64>(&self.limit)
+        }
     }
 }
 

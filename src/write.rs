@@ -7,7 +7,7 @@
 //! ```text
 //! BEGIN                                         -- SQLite: BEGIN IMMEDIATE; MySQL: READ COMMITTED
 //! [SELECT ... FROM chunked_checkpoints WHERE name = $job FOR UPDATE NOWAIT]
-//! SELECT <key> FROM t WHERE (<filters>) AND key > $lo ORDER BY key LIMIT $n + 1
+//! SELECT <key> FROM t WHERE (<filters>) AND key > $lo ORDER BY key LIMIT <n + 1>
 //! UPDATE t SET <changes> WHERE (<filters>) AND key > $lo AND key <= $hi
 //!   -- or DELETE FROM t WHERE ..., or your closure with the batch's rows
 //! [UPDATE chunked_checkpoints SET last_key = $hi, rows_done = .., batches_done = .. WHERE name = $job]
@@ -237,7 +237,7 @@ where
 {
     let started = Instant::now();
     let mut query = query?;
-    query.set_cache_statements(scan.cache_statements);
+    query.set_statements(scan.cache_statements, scan.batch_size);
     let mut engine = Engine::new(
         scan.clone(),
         R::ORIGIN,

@@ -1,9 +1,12 @@
 //! What a scan costs the server in statements and plans:
 //!
 //! - a whole scan prepares at most two statements (the first batch, whose seek
-//!   predicate is `1 = 1`, and every later batch, which differ only in binds),
+//!   predicate is `1 = 1`, and every later batch, which differ only in binds;
+//!   on PostgreSQL a third for a shorter last batch under `limit_total`),
 //!   counted by Diesel's statement cache and by the server itself
 //!   (`pg_prepared_statements` on PostgreSQL, `Com_stmt_prepare` on MariaDB);
+//! - on PostgreSQL the regular batch statement writes its `LIMIT` as a literal
+//!   and runs on a generic plan after its fifth execution;
 //! - on PostgreSQL every batch, shallow or deep, is an index scan of the key with
 //!   no sort, by `EXPLAIN` of the statement the scan really ran.
 
@@ -120,8 +123,14 @@ backend_tests! {
             // full batches, the 9th without a look-ahead row (nothing after it)
             assert_eq!(queries, if start.is_some() { 9 } else { 12 }, "{name}: batch queries");
             // the first batch (`1 = 1`) and the rest (`id > ?`); a resumed scan has
-            // a bound from its first batch on
-            let expected = if start.is_some() { 1 } else { 2 };
+            // a bound from its first batch on. PostgreSQL writes the regular
+            // batches' LIMIT as a literal, so the last batch of 50 rows under
+            // `limit_total`, which binds its LIMIT, is one more statement.
+            let expected = match (start.is_some(), B::NAME == "postgres") {
+                (true, _) => 1,
+                (false, false) => 2,
+                (false, true) => 3,
+            };
             let cached = log.cached();
             assert_eq!(
                 cached.iter().filter(|sql| sql.contains("ORDER BY")).count(),
@@ -209,4 +218,79 @@ fn postgres_every_batch_is_an_index_scan() {
             }
         }
     }
+}
+
+#[cfg(feature = "postgres")]
+#[derive(QueryableByName, Debug)]
+struct PlanCounts {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    statement: String,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    generic_plans: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    custom_plans: i64,
+}
+
+/// A bound `LIMIT` keeps PostgreSQL planning the cached statement at every
+/// execution; the regular batches write it as a literal, and the server runs
+/// them on one generic plan from the sixth execution on.
+#[cfg(feature = "postgres")]
+#[test]
+fn postgres_regular_batches_run_on_a_generic_plan() {
+    let db = <Pg as TestBackend>::create();
+    let mut conn = connect::<Pg>(&db);
+    insert_posts(&mut conn, 1..=2_000);
+    diesel::sql_query("ANALYZE posts")
+        .execute(&mut conn)
+        .unwrap();
+    let log = QueryLog::install(&mut conn);
+    let n = posts::table
+        .filter(posts::published.eq(true))
+        .chunked_by(posts::id)
+        .batch_size(50)
+        .limit_total(990)
+        .load_iter::<Post>(&mut conn)
+        .count();
+    assert_eq!(n, 990);
+    let batches = log.selects();
+    // 19 full batches of 50 and one of the 40 left to the total
+    assert_eq!(batches.len(), 20, "{batches:#?}");
+    for (i, q) in batches.iter().enumerate() {
+        let (sql, binds) = q.split_once(" -- binds: ").expect("binds in the log");
+        if i < 19 {
+            assert!(
+                sql.ends_with(r#"ORDER BY "posts"."id" LIMIT 51"#),
+                "batch {i}: {q}"
+            );
+            // the filter, and after the first batch the bound: no LIMIT bind
+            assert_eq!(
+                binds.matches(", ").count(),
+                usize::from(i > 0),
+                "batch {i}: {q}"
+            );
+        } else {
+            assert!(
+                sql.ends_with(r#"ORDER BY "posts"."id" LIMIT $3"#),
+                "last batch: {q}"
+            );
+            assert!(binds.ends_with(", 41]"), "last batch: {q}");
+        }
+    }
+    let plans: Vec<PlanCounts> = diesel::sql_query(
+        "SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements \
+         WHERE statement LIKE '%FROM \"posts\"%' ORDER BY statement",
+    )
+    .load(&mut conn)
+    .unwrap();
+    let later = plans
+        .iter()
+        .find(|p| p.statement.contains(r#""posts"."id" > $2"#) && p.statement.ends_with("LIMIT 51"))
+        .unwrap_or_else(|| panic!("{plans:#?}"));
+    // 18 executions after the first batch: five custom plans, then the generic one
+    assert_eq!(
+        (later.custom_plans, later.generic_plans),
+        (5, 13),
+        "{plans:#?}"
+    );
+    assert_eq!(plans.len(), 3, "{plans:#?}");
 }

@@ -30,8 +30,12 @@ pub const METHODS: [&str; 12] = [
 
 /// Diagnostic methods, run only when named in `--methods`: `hand_keyset_with_key` is
 /// `hand_keyset` selecting `(id, Post)` like the crate does, to tell the cost of
-/// reading the key column twice from the cost of the crate's own code.
-pub const EXTRA_METHODS: [&str; 1] = ["hand_keyset_with_key"];
+/// reading the key column twice from the cost of the crate's own code;
+/// `hand_keyset_row_by_row` (PostgreSQL) is `hand_keyset` reading each page in
+/// libpq's single-row mode and handing each row on as it arrives: the fastest keyset
+/// loop Diesel's blocking API allows, to tell what keyset paging itself costs from
+/// what the crate adds.
+pub const EXTRA_METHODS: [&str; 2] = ["hand_keyset_with_key", "hand_keyset_row_by_row"];
 
 /// Methods that read in pages of `batch_size` rows (one result per batch size).
 pub fn is_batched(method: &str) -> bool {
@@ -40,6 +44,7 @@ pub fn is_batched(method: &str) -> bool {
         "offset"
             | "hand_keyset"
             | "hand_keyset_with_key"
+            | "hand_keyset_row_by_row"
             | "chunked_iter"
             | "chunked_batches"
             | "chunked_pool"
@@ -443,9 +448,13 @@ fn peak_rss_mb() -> Option<f64> {
     Some(round3(kb / 1024.0))
 }
 
-/// `diesel_load_iter_row_by_row`: PostgreSQL's single-row mode, on the other backends an error.
+/// `diesel_load_iter_row_by_row` and `hand_keyset_row_by_row`: PostgreSQL's single-row
+/// mode, on the other backends an error.
 trait RowByRow {
     fn row_by_row(&mut self) -> Res<Scan> {
+        Err("row-by-row loading is PostgreSQL only".into())
+    }
+    fn keyset_row_by_row(&mut self, _batch: u64) -> Res<Scan> {
         Err("row-by-row loading is PostgreSQL only".into())
     }
 }
@@ -457,6 +466,9 @@ impl RowByRow for diesel::MysqlConnection {}
 impl RowByRow for diesel::PgConnection {
     fn row_by_row(&mut self) -> Res<Scan> {
         pg_row_by_row(self)
+    }
+    fn keyset_row_by_row(&mut self, batch: u64) -> Res<Scan> {
+        pg_keyset_row_by_row(self, batch)
     }
 }
 
@@ -481,6 +493,39 @@ fn pg_row_by_row(conn: &mut diesel::PgConnection) -> Res<Scan> {
     Ok(s)
 }
 
+/// `hand_keyset` with each page read in single-row mode, every row handed on (touched)
+/// as it arrives, the next page asked for right after the last row of this one.
+#[cfg(feature = "postgres")]
+fn pg_keyset_row_by_row(conn: &mut diesel::PgConnection, batch: u64) -> Res<Scan> {
+    use diesel::pg::PgRowByRowLoadingMode;
+    let b = batch as i64;
+    let mut s = Scan::default();
+    let t0 = Instant::now();
+    let mut last = 0i32;
+    loop {
+        let mut n = 0i64;
+        for p in posts::table
+            .filter(posts::id.gt(last))
+            .order(posts::id)
+            .select(Post::as_select())
+            .limit(b)
+            .load_iter::<Post, PgRowByRowLoadingMode>(&mut *conn)?
+        {
+            let p = p?;
+            s.see(t0, &p);
+            last = p.id;
+            n += 1;
+        }
+        s.queries += 1;
+        if n < b {
+            break;
+        }
+    }
+    s.total = t0.elapsed();
+    black_box(s.checksum);
+    Ok(s)
+}
+
 /// One measurement in this (child) process: a full scan unless `full` is false, then
 /// the peak RSS, then the batch latencies at depths. Returns the JSON record.
 pub fn child(
@@ -496,6 +541,8 @@ pub fn child(
             None
         } else if method == "diesel_load_iter_row_by_row" {
             Some(conn.row_by_row()?)
+        } else if method == "hand_keyset_row_by_row" {
+            Some(conn.keyset_row_by_row(batch)?)
         } else if crate::stream::is_async(method) {
             Some(crate::stream::stream_scan(backend, url, method, batch)?)
         } else if method.starts_with("chunked_pool") {

@@ -177,8 +177,8 @@ pub fn ratio_section(results: &[Value]) -> String {
          `chunked_pool_no_ping` ÷ `chunked_iter` on one connection. First row: `chunked_iter`'s, \
          in ms. Depth: one batch at depth 1 ÷ at depth 0.\n\n",
     );
-    md.push_str("| backend | rows | batch | ÷ load_all | ÷ row-by-row load_iter | ÷ hand_keyset | pool ÷ one connection | pool without ping ÷ one connection | first row ms | depth 1 ÷ 0 |\n");
-    md.push_str("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+    md.push_str("| backend | rows | batch | ÷ load_all | ÷ row-by-row load_iter | ÷ hand_keyset | ÷ hand keyset row by row | pool ÷ one connection | pool without ping ÷ one connection | first row ms | depth 1 ÷ 0 |\n");
+    md.push_str("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
     let mut keys: Vec<(String, u64, u64)> = results
         .iter()
         .filter(|r| r["method"] == "chunked_iter")
@@ -196,10 +196,11 @@ pub fn ratio_section(results: &[Value]) -> String {
         let at = |m: &str, b: Option<u64>| find(results, backend, m, b, *rows);
         let c = at("chunked_iter", Some(*batch));
         md.push_str(&format!(
-            "| {backend} | {rows} | {batch} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {backend} | {rows} | {batch} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             show(paired(c, at("load_all", None))),
             show(paired(c, at("diesel_load_iter_row_by_row", None))),
             show(paired(c, at("hand_keyset", Some(*batch)))),
+            show(paired(c, at("hand_keyset_row_by_row", Some(*batch)))),
             show(paired(at("chunked_pool", Some(*batch)), c)),
             show(paired(at("chunked_pool_no_ping", Some(*batch)), c)),
             fmt_opt(&c.map_or(Value::Null, |c| c["first_row_ms"].clone()), 3),

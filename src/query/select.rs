@@ -85,7 +85,7 @@ where
 /// type is `Untyped`; rows are read by [`KeyRow`].
 ///
 /// ```text
-/// SELECT posts.id FROM posts WHERE (<filters>) AND posts.id > $1 ORDER BY posts.id LIMIT $2
+/// SELECT posts.id FROM posts WHERE (<filters>) AND posts.id > ? ORDER BY posts.id LIMIT ?
 /// ```
 #[derive(Debug, Clone, Copy)]
 pub struct KeysOnly<KS>(KS);

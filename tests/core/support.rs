@@ -5,11 +5,32 @@ use diesel_chunked_iterator::Error;
 
 use crate::common::{Post, QueryLog};
 
+/// A logged statement's text and, when it ends with a literal `LIMIT n` (the
+/// regular batches on PostgreSQL, see `tests/statements.rs`), the text before
+/// `n` and `n` itself.
+fn literal_limit(logged: &str) -> (&str, Option<&str>) {
+    let text = logged.split(" -- binds: ").next().unwrap_or(logged);
+    let digits = text.len() - text.trim_end_matches(|c: char| c.is_ascii_digit()).len();
+    let (head, n) = text.split_at(text.len() - digits);
+    if digits > 0 && head.ends_with(" LIMIT ") {
+        (head, Some(n))
+    } else {
+        (text, None)
+    }
+}
+
 /// The SQL of a logged statement without its binds, with identifier quotes removed
-/// and placeholders written `?` on every backend:
+/// and placeholders written `?` on every backend, a literal `LIMIT` too:
 /// `SELECT posts.id FROM posts WHERE posts.id > ? ORDER BY posts.id LIMIT ?`.
 pub fn sql(logged: &str) -> String {
-    let text = logged.split(" -- binds: ").next().unwrap_or(logged);
+    let (text, limit) = literal_limit(logged);
+    let owned;
+    let text = if limit.is_some() {
+        owned = format!("{text}?");
+        owned.as_str()
+    } else {
+        text
+    };
     let mut out = String::with_capacity(text.len());
     let mut chars = text.chars().peekable();
     while let Some(c) = chars.next() {
@@ -27,18 +48,26 @@ pub fn sql(logged: &str) -> String {
     out
 }
 
-/// The bind values of a logged statement, `Debug`-formatted (strings keep their quotes).
+/// The bind values of a logged statement, `Debug`-formatted (strings keep their
+/// quotes), a literal `LIMIT` counted as the last one (as [`sql`] writes it `?`).
 ///
 /// Splits on `", "`: fine for the numbers and simple strings these tests bind.
 pub fn binds(logged: &str) -> Vec<String> {
-    let Some((_, list)) = logged.split_once(" -- binds: [") else {
-        return Vec::new();
+    let mut out: Vec<String> = match logged.split_once(" -- binds: [") {
+        Some((_, list)) => {
+            let list = list.strip_suffix(']').unwrap_or(list);
+            if list.is_empty() {
+                Vec::new()
+            } else {
+                list.split(", ").map(str::to_string).collect()
+            }
+        }
+        None => Vec::new(),
     };
-    let list = list.strip_suffix(']').unwrap_or(list);
-    if list.is_empty() {
-        return Vec::new();
+    if let (_, Some(n)) = literal_limit(logged) {
+        out.push(n.to_string());
     }
-    list.split(", ").map(str::to_string).collect()
+    out
 }
 
 /// The `LIMIT` of a logged batch: its last bind value.
