@@ -75,6 +75,15 @@ pub trait KeysetBackend: Backend {
     /// to a connection, whatever the totals.
     #[doc(hidden)]
     const LITERAL_LIMIT: bool = false;
+    /// Whether the first batch of a scan with no start key bounds its first
+    /// key column by the table's minimum (`col >= (SELECT MIN(col) FROM t)`,
+    /// `MAX` descending) instead of `1 = 1` (MySQL/MariaDB): with no range on
+    /// the key, MariaDB reads a first batch of more than about 1% of the table
+    /// through a secondary index by a full scan and a sort of every row. The
+    /// minimum is read from the index's first entry. The quote character of
+    /// the backend's identifiers, which the floor is parsed with.
+    #[doc(hidden)]
+    const FIRST_BATCH_FLOOR: Option<char> = None;
     /// The statement prefix that asks for a plan.
     #[doc(hidden)]
     const EXPLAIN: &'static str = "EXPLAIN ";
@@ -233,5 +242,6 @@ impl KeysetBackend for diesel::mysql::Mysql {
     const CHECKS_STRING_KEYS: bool = true;
     const ORDERS_BY_UNIQUE_PREFIX: bool = true;
     const PROBES_BY_MIN_MAX: bool = true;
+    const FIRST_BATCH_FLOOR: Option<char> = Some('`');
     const EXPLAIN: &'static str = "EXPLAIN FORMAT=JSON ";
 }

@@ -2,7 +2,7 @@
 //! renders, in each backend's form.
 
 use std::cell::UnsafeCell;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use diesel::expression::{is_aggregate, AppearsOnTable, Expression, ValidGrouping};
 use diesel::query_builder::{AstPass, QueryFragment, QueryId};
@@ -61,7 +61,69 @@ impl<V> Bounds<V> {
 ///
 /// A `Mutex` cannot be used: Diesel binds parameters by reference for the lifetime
 /// of the AST walk, which no lock guard can outlive.
-pub(crate) struct BoundsCell<V>(UnsafeCell<Bounds<V>>);
+pub(crate) struct BoundsCell<V> {
+    bounds: UnsafeCell<Bounds<V>>,
+    /// The floor of a first batch with no bound, where the backend wants one
+    /// ([`KeysetBackend::FIRST_BATCH_FLOOR`]); set once, before any walk.
+    floor: OnceLock<Floor>,
+}
+
+/// The first key column and its table, as the backend renders them: a first
+/// batch with no bound renders `column >= (SELECT MIN(column) FROM table)`
+/// (`<= MAX` descending) instead of `1 = 1`. The condition holds for every
+/// row, but it gives the optimizer a range on the key's index; without one,
+/// MariaDB reads a first batch of more than about 1% of a table by a full scan
+/// and a sort of every row when the key's index is not the clustered one.
+#[derive(Debug)]
+pub(crate) struct Floor {
+    column: String,
+    table: String,
+}
+
+impl Floor {
+    /// The floor of a key whose columns render as `rendered` (`a, b` for a
+    /// composite key): the first column must be a qualified identifier,
+    /// `` `table`.`column` `` or `` `schema`.`table`.`column` ``, quoted with
+    /// `quote`. Anything else has no floor (the first batch keeps `1 = 1`).
+    pub(crate) fn parse(rendered: &str, quote: char) -> Option<Floor> {
+        // the quoted identifiers of the first column, up to the first `, `
+        let mut parts: Vec<&str> = Vec::new();
+        let mut rest = rendered;
+        loop {
+            let body = rest.strip_prefix(quote)?;
+            let mut end = None;
+            let mut chars = body.char_indices().peekable();
+            while let Some((i, c)) = chars.next() {
+                if c == quote {
+                    if chars.peek().is_some_and(|&(_, d)| d == quote) {
+                        chars.next(); // a doubled quote inside the identifier
+                    } else {
+                        end = Some(i);
+                        break;
+                    }
+                }
+            }
+            let end = end?;
+            let consumed = rendered.len() - rest.len() + 1 + end + 1;
+            parts.push(&rendered[rendered.len() - rest.len()..consumed]);
+            rest = &rendered[consumed..];
+            match rest.strip_prefix('.') {
+                Some(r) => rest = r,
+                None if rest.is_empty() || rest.starts_with(", ") => break,
+                None => return None,
+            }
+        }
+        if parts.len() < 2 {
+            return None;
+        }
+        let column_len: usize = parts.iter().map(|p| p.len()).sum::<usize>() + parts.len() - 1;
+        let table_len = column_len - parts[parts.len() - 1].len() - 1;
+        Some(Floor {
+            column: rendered[..column_len].to_owned(),
+            table: rendered[..table_len].to_owned(),
+        })
+    }
+}
 
 // SAFETY: the cell hands out shared references (`get`) and is written only by
 // `set_after`, whose contract excludes any live shared reference. Sharing it is
@@ -71,12 +133,20 @@ unsafe impl<V: Sync> Sync for BoundsCell<V> {}
 
 impl<V> BoundsCell<V> {
     pub(crate) fn new(bounds: Bounds<V>) -> Arc<Self> {
-        Arc::new(Self(UnsafeCell::new(bounds)))
+        Arc::new(Self {
+            bounds: UnsafeCell::new(bounds),
+            floor: OnceLock::new(),
+        })
     }
 
     fn get(&self) -> &Bounds<V> {
         // SAFETY: see `set_after`: no write happens while this borrow lives.
-        unsafe { &*self.0.get() }
+        unsafe { &*self.bounds.get() }
+    }
+
+    /// Sets the floor of a first batch with no bound (once).
+    pub(crate) fn set_floor(&self, floor: Floor) {
+        let _ = self.floor.set(floor);
     }
 
     pub(crate) fn bounds(&self) -> &Bounds<V> {
@@ -91,7 +161,7 @@ impl<V> BoundsCell<V> {
     /// inside the query it owns; it calls this from `&mut self`, which proves that no
     /// walk of its query (the only reader) is in progress.
     pub(crate) unsafe fn set_after(&self, after: Option<StoredKey<V>>) {
-        unsafe { (*self.0.get()).after = after };
+        unsafe { (*self.bounds.get()).after = after };
     }
 
     /// Switches the probe rendering on or off (see [`Bounds::probe`]).
@@ -99,7 +169,7 @@ impl<V> BoundsCell<V> {
     /// # Safety
     /// As for [`set_after`](Self::set_after).
     pub(crate) unsafe fn set_probe(&self, on: bool) {
-        unsafe { (*self.0.get()).probe = on };
+        unsafe { (*self.bounds.get()).probe = on };
     }
 }
 
@@ -204,7 +274,21 @@ where
         }
         if parts == 0 {
             // The first batch of an unbounded scan: the predicate is always true.
-            out.push_sql("1 = 1");
+            match self.bounds.floor.get() {
+                Some(floor) => {
+                    out.push_sql(&floor.column);
+                    out.push_sql(if bounds.desc {
+                        " <= (SELECT MAX("
+                    } else {
+                        " >= (SELECT MIN("
+                    });
+                    out.push_sql(&floor.column);
+                    out.push_sql(") FROM ");
+                    out.push_sql(&floor.table);
+                    out.push_sql(")");
+                }
+                None => out.push_sql("1 = 1"),
+            }
         }
         Ok(())
     }
@@ -275,4 +359,41 @@ where
         out.push_sql(")");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Floor;
+
+    fn floor(rendered: &str) -> Option<(String, String)> {
+        Floor::parse(rendered, '`').map(|f| (f.column, f.table))
+    }
+
+    #[test]
+    fn the_floor_is_the_first_qualified_column_and_its_table() {
+        let f = |c: &str, t: &str| Some((c.to_owned(), t.to_owned()));
+        assert_eq!(floor("`posts`.`id`"), f("`posts`.`id`", "`posts`"));
+        assert_eq!(
+            floor("`ev`.`created`, `ev`.`id`"),
+            f("`ev`.`created`", "`ev`")
+        );
+        assert_eq!(
+            floor("`db`.`ev`.`created`, `db`.`ev`.`id`"),
+            f("`db`.`ev`.`created`", "`db`.`ev`")
+        );
+        assert_eq!(floor("`a``b`.`c.d`"), f("`a``b`.`c.d`", "`a``b`"));
+        // nothing that is not a qualified column
+        for other in [
+            "`id`",
+            "id",
+            "posts.id",
+            "`posts`.id",
+            "LOWER(`p`.`s`)",
+            "`p`.`s` + 1",
+            "`p",
+            "",
+        ] {
+            assert_eq!(floor(other), None, "{other}");
+        }
+    }
 }

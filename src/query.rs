@@ -15,7 +15,10 @@
 //! ```
 //!
 //! `> $after` becomes `< $after` for descending scans; the first batch of a scan
-//! with no start key renders the predicate as `1 = 1`. Composite keys compare
+//! with no start key renders the predicate as `1 = 1`, on MySQL/MariaDB as
+//! `<first key column> >= (SELECT MIN(<it>) FROM <its table>)` (`<= MAX`
+//! descending), a range the optimizer reads the index by
+//! ([`KeysetBackend::FIRST_BATCH_FLOOR`]). Composite keys compare
 //! lexicographically in the backend's best form ([`KeysetBackend`]).
 //!
 //! Keeping one boxed query for the whole scan is what lets a query the user boxed
@@ -35,7 +38,7 @@ use diesel::{QueryResult, RunQueryDsl};
 
 use crate::backend::KeysetBackend;
 use crate::key::{Key, KeySql};
-use crate::predicate::{Bounds, BoundsCell, SeekPredicate};
+use crate::predicate::{Bounds, BoundsCell, Floor, SeekPredicate};
 use crate::stored::StoredKey;
 
 mod checks;
@@ -100,8 +103,14 @@ impl<B, K: Key> SeekQuery<B, K> {
     fn checking_key<DB: KeysetBackend>(mut self, render: impl FnOnce() -> Option<String>) -> Self {
         let text = DB::CHECKS_STRING_KEYS && K::IS_TEXT;
         let order = DB::ORDERS_BY_UNIQUE_PREFIX && K::ARITY > 1;
-        if text || order {
+        let floor = DB::FIRST_BATCH_FLOOR;
+        if text || order || floor.is_some() {
             let sql = render();
+            if let (Some(quote), Some(sql)) = (floor, sql.as_deref()) {
+                if let Some(floor) = Floor::parse(sql, quote) {
+                    self.bounds.set_floor(floor);
+                }
+            }
             if order {
                 self.order_sql.clone_from(&sql);
             }

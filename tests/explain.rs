@@ -171,6 +171,78 @@ fn mysql_batches_are_index_range_scans() {
     }
 }
 
+/// The first batch of a scan with no start key has no bound to give MariaDB a
+/// range: with `1 = 1` it reads a batch of 10% of the table by a full scan and
+/// a sort of every row. The scan bounds it by the key's minimum instead.
+#[cfg(feature = "mysql")]
+#[test]
+fn mysql_first_batch_is_an_index_range_scan() {
+    let db = <Mysql as TestBackend>::create();
+    let mut conn = connect::<Mysql>(&db);
+    insert_post_rows(&mut conn, &crowded_posts());
+    diesel::sql_query("ANALYZE TABLE posts")
+        .execute(&mut conn)
+        .unwrap();
+    let explain = |conn: &mut MysqlConnection, sql: &str| {
+        let plan = diesel::sql_query(format!("EXPLAIN {sql}"))
+            .load::<MysqlPlan>(conn)
+            .unwrap();
+        assert_eq!(
+            plan.len(),
+            2,
+            "the statement and its MIN/MAX subquery: {plan:?}"
+        );
+        plan.into_iter().next().unwrap()
+    };
+    for desc in [false, true] {
+        let log = QueryLog::install(&mut conn);
+        let c = posts::table
+            .chunked_by((posts::created_at, posts::id))
+            .batch_size(2_000)
+            .limit_total(2_000);
+        let c = if desc { c.desc() } else { c };
+        let ids: Vec<i32> = c
+            .load_iter::<Post>(&mut conn)
+            .map(|p| p.unwrap().id)
+            .collect();
+        // the first 2,000 rows in key order, from either end
+        let expected: Vec<i32> = if desc {
+            (18_001..=20_000).rev().collect()
+        } else {
+            (1..=2_000).collect()
+        };
+        assert_eq!(ids, expected);
+        let sql = batch_sql(&log);
+        let floor = if desc {
+            "WHERE `posts`.`created_at` <= (SELECT MAX(`posts`.`created_at`) FROM `posts`) ORDER BY"
+        } else {
+            "WHERE `posts`.`created_at` >= (SELECT MIN(`posts`.`created_at`) FROM `posts`) ORDER BY"
+        };
+        assert!(sql.contains(floor), "{sql}");
+        let sql = inline(&sql, &["2001"]);
+        let plan = explain(&mut conn, &sql);
+        assert_eq!(plan.access.as_deref(), Some("range"), "{plan:?}");
+        assert_eq!(plan.key.as_deref(), Some("posts_created_at_id"), "{plan:?}");
+        assert!(
+            !plan.extra.clone().unwrap_or_default().contains("filesort"),
+            "{plan:?}"
+        );
+        // what the floor replaces: the same batch without a bound sorts the table
+        let unbounded = sql.replace(&floor[6..floor.len() - 9], "1 = 1");
+        let plan = diesel::sql_query(format!("EXPLAIN {unbounded}"))
+            .load::<MysqlPlan>(&mut conn)
+            .unwrap();
+        assert!(
+            plan[0]
+                .extra
+                .clone()
+                .unwrap_or_default()
+                .contains("filesort"),
+            "{unbounded}: {plan:?}"
+        );
+    }
+}
+
 #[cfg(feature = "sqlite")]
 #[test]
 fn sqlite_batches_search_the_index() {

@@ -143,3 +143,16 @@ pub fn assert_no_duplicates<T: Ord + Clone + std::fmt::Debug>(v: &[T]) {
         assert_ne!(w[0], w[1], "{:?} was yielded twice in {v:?}", w[0]);
     }
 }
+
+/// The seek predicate of a first batch with no start key, as [`sql`] writes it:
+/// `1 = 1`, on MySQL/MariaDB the floor of the first key column
+/// (`posts.id >= (SELECT MIN(posts.id) FROM posts)`, `<= MAX` descending).
+pub fn first_predicate(backend: &str, key: &str, desc: bool) -> String {
+    if backend != "mysql" {
+        return "1 = 1".to_string();
+    }
+    let column = key.split(", ").next().unwrap_or(key);
+    let table = column.rsplit_once('.').map_or(column, |(t, _)| t);
+    let (op, agg) = if desc { ("<=", "MAX") } else { (">=", "MIN") };
+    format!("{column} {op} (SELECT {agg}({column}) FROM {table})")
+}
