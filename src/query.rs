@@ -175,16 +175,19 @@ impl<B, K: Key> SeekQuery<B, K> {
     /// The statement for the next batch: at most `limit` rows after the current
     /// bound.
     pub(crate) fn batch(&self, limit: i64) -> Batch<'_, B, K> {
-        let desc = self.bounds().desc != self.bounds().probe;
-        Batch::new(
-            &self.base,
-            &self.key,
-            desc,
+        let shape = self.shape(limit);
+        Batch::new(&self.base, &self.key, shape)
+    }
+
+    /// How the next batch's statement is written around the query.
+    fn shape(&self, limit: i64) -> Shape {
+        Shape {
+            desc: self.bounds().desc != self.bounds().probe,
             limit,
-            self.cache_statements && self.literal_limit == Some(limit),
-            self.cache_statements,
-            self.order_prefix,
-        )
+            literal: self.cache_statements && self.literal_limit == Some(limit),
+            cache: self.cache_statements,
+            order: self.order_prefix,
+        }
     }
 
     /// [`batch`](Self::batch), holding the query by `&mut`: a statement that is
@@ -192,16 +195,8 @@ impl<B, K: Key> SeekQuery<B, K> {
     /// diesel-async needs.
     #[cfg(feature = "async")]
     pub(crate) fn batch_mut(&mut self, limit: i64) -> Batch<'_, B, K, &mut B> {
-        let desc = self.bounds().desc != self.bounds().probe;
-        Batch::new(
-            &mut self.base,
-            &self.key,
-            desc,
-            limit,
-            self.cache_statements && self.literal_limit == Some(limit),
-            self.cache_statements,
-            self.order_prefix,
-        )
+        let shape = self.shape(limit);
+        Batch::new(&mut self.base, &self.key, shape)
     }
 }
 
@@ -214,32 +209,30 @@ impl<B, K: Key> SeekQuery<B, K> {
 pub struct Batch<'q, B, K, R = &'q B> {
     base: R,
     key: &'q K,
-    desc: bool,
-    limit: i64,
-    literal: bool,
-    cache: bool,
-    order: usize,
+    shape: Shape,
     _base: std::marker::PhantomData<fn() -> B>,
 }
 
+/// What a batch's statement adds to the query: its order, its `LIMIT` and
+/// whether that is a literal, and whether the statement may be kept prepared.
+#[derive(Debug, Clone, Copy)]
+struct Shape {
+    desc: bool,
+    limit: i64,
+    /// The `LIMIT` is the regular one, written as a literal where
+    /// [`KeysetBackend::LITERAL_LIMIT`].
+    literal: bool,
+    cache: bool,
+    /// How many leading key columns `ORDER BY` names (all when 0).
+    order: usize,
+}
+
 impl<'q, B, K, R> Batch<'q, B, K, R> {
-    fn new(
-        base: R,
-        key: &'q K,
-        desc: bool,
-        limit: i64,
-        literal: bool,
-        cache: bool,
-        order: usize,
-    ) -> Self {
+    fn new(base: R, key: &'q K, shape: Shape) -> Self {
         Self {
             base,
             key,
-            desc,
-            limit,
-            literal,
-            cache,
-            order,
+            shape,
             _base: std::marker::PhantomData,
         }
     }
@@ -263,14 +256,14 @@ where
     i64: diesel::serialize::ToSql<BigInt, DB>,
 {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
-        if !self.cache {
+        if !self.shape.cache {
             // Diesel then sends the statement unnamed, parsed and run in one
             // round trip (see `Chunked::cache_statements`).
             out.unsafe_to_cache_prepared();
         }
         QueryFragment::<DB>::walk_ast(&*self.base, out.reborrow())?;
         out.push_sql(" ORDER BY ");
-        let order = match self.order {
+        let order = match self.shape.order {
             0 => K::ARITY,
             n => n.min(K::ARITY),
         };
@@ -279,16 +272,16 @@ where
                 out.push_sql(", ");
             }
             self.key.walk_column(i, out.reborrow())?;
-            if self.desc {
+            if self.shape.desc {
                 out.push_sql(" DESC");
             }
         }
         out.push_sql(" LIMIT ");
-        if DB::LITERAL_LIMIT && self.literal {
-            out.push_sql(&self.limit.to_string());
+        if DB::LITERAL_LIMIT && self.shape.literal {
+            out.push_sql(&self.shape.limit.to_string());
             Ok(())
         } else {
-            out.push_bind_param::<BigInt, i64>(&self.limit)
+            out.push_bind_param::<BigInt, i64>(&self.shape.limit)
         }
     }
 }

@@ -138,6 +138,14 @@ struct MysqlPlan {
     extra: Option<String>,
 }
 
+/// `EXPLAIN` of `sql` on MySQL/MariaDB, a row per table read.
+#[cfg(feature = "mysql")]
+fn mysql_plan(conn: &mut MysqlConnection, sql: &str) -> Vec<MysqlPlan> {
+    diesel::sql_query(format!("EXPLAIN {sql}"))
+        .load::<MysqlPlan>(conn)
+        .unwrap_or_else(|e| panic!("EXPLAIN {sql}: {e}"))
+}
+
 #[cfg(feature = "mysql")]
 #[test]
 fn mysql_batches_are_index_range_scans() {
@@ -156,9 +164,7 @@ fn mysql_batches_are_index_range_scans() {
             "(`posts`.`created_at` >= "
         };
         assert!(sql.contains(lead), "{sql}");
-        let plan = diesel::sql_query(format!("EXPLAIN {sql}"))
-            .load::<MysqlPlan>(&mut conn)
-            .unwrap();
+        let plan = mysql_plan(&mut conn, &sql);
         assert_eq!(plan.len(), 1, "{plan:?}");
         assert_eq!(plan[0].access.as_deref(), Some("range"), "{plan:?}");
         assert_eq!(
@@ -183,17 +189,6 @@ fn mysql_first_batch_is_an_index_range_scan() {
     diesel::sql_query("ANALYZE TABLE posts")
         .execute(&mut conn)
         .unwrap();
-    let explain = |conn: &mut MysqlConnection, sql: &str| {
-        let plan = diesel::sql_query(format!("EXPLAIN {sql}"))
-            .load::<MysqlPlan>(conn)
-            .unwrap();
-        assert_eq!(
-            plan.len(),
-            2,
-            "the statement and its MIN/MAX subquery: {plan:?}"
-        );
-        plan.into_iter().next().unwrap()
-    };
     for desc in [false, true] {
         let log = QueryLog::install(&mut conn);
         let c = posts::table
@@ -220,7 +215,13 @@ fn mysql_first_batch_is_an_index_range_scan() {
         };
         assert!(sql.contains(floor), "{sql}");
         let sql = inline(&sql, &["2001"]);
-        let plan = explain(&mut conn, &sql);
+        let plans = mysql_plan(&mut conn, &sql);
+        assert_eq!(
+            plans.len(),
+            2,
+            "the statement and its MIN/MAX subquery: {plans:?}"
+        );
+        let plan = &plans[0];
         assert_eq!(plan.access.as_deref(), Some("range"), "{plan:?}");
         assert_eq!(plan.key.as_deref(), Some("posts_created_at_id"), "{plan:?}");
         assert!(
@@ -229,9 +230,7 @@ fn mysql_first_batch_is_an_index_range_scan() {
         );
         // what the floor replaces: the same batch without a bound sorts the table
         let unbounded = sql.replace(&floor[6..floor.len() - 9], "1 = 1");
-        let plan = diesel::sql_query(format!("EXPLAIN {unbounded}"))
-            .load::<MysqlPlan>(&mut conn)
-            .unwrap();
+        let plan = mysql_plan(&mut conn, &unbounded);
         assert!(
             plan[0]
                 .extra
