@@ -86,38 +86,37 @@ impl Floor {
     /// `` `table`.`column` `` or `` `schema`.`table`.`column` ``, quoted with
     /// `quote`. Anything else has no floor (the first batch keeps `1 = 1`).
     pub(crate) fn parse(rendered: &str, quote: char) -> Option<Floor> {
-        // the quoted identifiers of the first column, up to the first `, `
-        let mut parts: Vec<&str> = Vec::new();
-        let mut rest = rendered;
+        // where each quoted identifier of the first column ends, up to the first `, `
+        let mut ends: Vec<usize> = Vec::new();
+        let mut at = 0;
         loop {
-            let body = rest.strip_prefix(quote)?;
-            let mut end = None;
+            let body = rendered[at..].strip_prefix(quote)?;
+            let mut close = None;
             let mut chars = body.char_indices().peekable();
             while let Some((i, c)) = chars.next() {
                 if c == quote {
                     if chars.peek().is_some_and(|&(_, d)| d == quote) {
                         chars.next(); // a doubled quote inside the identifier
                     } else {
-                        end = Some(i);
+                        close = Some(i);
                         break;
                     }
                 }
             }
-            let end = end?;
-            let consumed = rendered.len() - rest.len() + 1 + end + 1;
-            parts.push(&rendered[rendered.len() - rest.len()..consumed]);
-            rest = &rendered[consumed..];
-            match rest.strip_prefix('.') {
-                Some(r) => rest = r,
-                None if rest.is_empty() || rest.starts_with(", ") => break,
-                None => return None,
+            at += quote.len_utf8() + close? + quote.len_utf8();
+            ends.push(at);
+            let rest = &rendered[at..];
+            if rest.starts_with('.') {
+                at += 1;
+            } else if rest.is_empty() || rest.starts_with(", ") {
+                break;
+            } else {
+                return None;
             }
         }
-        if parts.len() < 2 {
+        let [.., table_len, column_len] = ends[..] else {
             return None;
-        }
-        let column_len: usize = parts.iter().map(|p| p.len()).sum::<usize>() + parts.len() - 1;
-        let table_len = column_len - parts[parts.len() - 1].len() - 1;
+        };
         Some(Floor {
             column: rendered[..column_len].to_owned(),
             table: rendered[..table_len].to_owned(),
