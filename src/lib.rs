@@ -10,6 +10,7 @@ mod dsl;
 mod engine;
 mod error;
 pub mod explain;
+pub mod guide;
 mod iter;
 #[doc(hidden)]
 #[cfg(feature = "jetstream")]
