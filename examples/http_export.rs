@@ -5,8 +5,8 @@
 //! or a deadpool/bb8 pool.
 //!
 //! ```sh
-//! cargo run --example http_export --features async,_tokio-rt            # serves 127.0.0.1:3000/posts.ndjson
-//! cargo run --example http_export --features async,_tokio-rt -- --once  # fetches it once itself and exits
+//! cargo run --example http_export --features async            # serves 127.0.0.1:3000/posts.ndjson
+//! cargo run --example http_export --features async -- --once  # fetches it once itself and exits
 //! ```
 //!
 //! The HTTP/1.1 is the least that shows the point (a chunked body written as

@@ -1,7 +1,7 @@
 //! The scan's core behaviours as `Stream`s on diesel-async connections and
 //! pools, on each backend: the same rows, order, statements and errors as the
 //! iterators.
-#![cfg(all(feature = "async", feature = "_tokio-rt"))]
+#![cfg(feature = "async")]
 
 mod common;
 

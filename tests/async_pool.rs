@@ -2,7 +2,7 @@
 //! connection per batch, none held between batches, a stream dropped in the
 //! middle of a batch gives its connection back (or has it discarded), and
 //! batches retried on a fresh connection when the server kills the old one.
-#![cfg(all(feature = "deadpool", feature = "bb8", feature = "_tokio-rt"))]
+#![cfg(all(feature = "deadpool", feature = "bb8"))]
 
 mod common;
 

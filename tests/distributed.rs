@@ -87,7 +87,6 @@ fn example() -> PathBuf {
                 ("async", cfg!(feature = "async")),
                 ("deadpool", cfg!(feature = "deadpool")),
                 ("bb8", cfg!(feature = "bb8")),
-                ("_tokio-rt", cfg!(feature = "_tokio-rt")),
             ]
             .into_iter()
             .filter_map(|(name, on)| on.then_some(name))

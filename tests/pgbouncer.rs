@@ -327,7 +327,7 @@ fn write_jobs_through_pgbouncer_write_every_row_once() {
 /// connections share its 3 server connections, with and without the statement
 /// cache, and each gets exactly the rows of a direct scan; so does a deadpool
 /// pool through the pooler.
-#[cfg(all(feature = "deadpool", feature = "_tokio-rt"))]
+#[cfg(feature = "deadpool")]
 #[tokio::test(flavor = "multi_thread")]
 async fn async_scans_through_pgbouncer() {
     use diesel_async::pooled_connection::{deadpool, AsyncDieselConnectionManager};

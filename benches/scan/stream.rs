@@ -1,14 +1,14 @@
-//! The async methods of the scan benchmark (with `--features async,_tokio-rt`):
+//! The async methods of the scan benchmark (with `--features async`):
 //! `chunked_stream`, the crate's `load_stream` on a diesel-async connection,
 //! and `diesel_async_load_stream`, diesel-async's own `load_stream` of the
 //! whole table in key order (one statement, rows streamed as they arrive).
 
-#[cfg(feature = "_tokio-rt")]
+#[cfg(feature = "async")]
 use std::time::Instant;
 
 use crate::common::{Backend, Res};
 use crate::methods::Scan;
-#[cfg(feature = "_tokio-rt")]
+#[cfg(feature = "async")]
 use crate::{posts, Post};
 
 /// The async methods, run when the features are on.
@@ -19,7 +19,7 @@ pub fn is_async(method: &str) -> bool {
     ASYNC_METHODS.contains(&method)
 }
 
-#[cfg(feature = "_tokio-rt")]
+#[cfg(feature = "async")]
 macro_rules! stream_scan {
     ($conn_ty:ty, $url:expr, $method:expr, $batch:expr) => {{
         use diesel::prelude::*;
@@ -60,7 +60,7 @@ macro_rules! stream_scan {
 }
 
 /// One full scan with an async method.
-#[cfg(feature = "_tokio-rt")]
+#[cfg(feature = "async")]
 pub fn stream_scan(backend: Backend, url: &str, method: &str, batch: u64) -> Res<Scan> {
     match backend {
         #[cfg(feature = "sqlite")]
@@ -77,7 +77,7 @@ pub fn stream_scan(backend: Backend, url: &str, method: &str, batch: u64) -> Res
     }
 }
 
-#[cfg(not(feature = "_tokio-rt"))]
+#[cfg(not(feature = "async"))]
 pub fn stream_scan(_: Backend, _: &str, method: &str, _: u64) -> Res<Scan> {
-    Err(format!("{method} needs --features async,_tokio-rt").into())
+    Err(format!("{method} needs --features async").into())
 }
