@@ -345,6 +345,85 @@ pub enum Error {
         #[source]
         source: diesel::result::Error,
     },
+
+    /// A write job's batch sent its `COMMIT`, and the connection broke before
+    /// the answer came back: the batch may have committed or not, and the job
+    /// cannot tell which. It stops instead of running the batch again, which
+    /// could write its rows twice.
+    ///
+    /// The batch covered the keys after `after` up to `last` (the rows from
+    /// `first` to `last`). Check whether they were written, then resume the job
+    /// with `start_after(last)` if they were, `start_after(after)` if not. With
+    /// [`checkpoint(name)`](crate::Chunked::checkpoint) a job is exact across
+    /// lost answers: on a pool it reads its checkpoint row on the retry and
+    /// goes on by itself; a job run on one connection (which is never retried)
+    /// stops with this error and, run again, resumes right after the last
+    /// batch its checkpoint says committed.
+    #[error(
+        "batch {batch} may have committed: its COMMIT was sent but the connection broke before \
+         the answer came back ({source}), so it was not run again (that could write its rows \
+         twice); it wrote the keys {first} to {last}{}; {}",
+        DisplayAfterStart(.after),
+        DisplayCommitAdvice(.after, .last, .checkpoint)
+    )]
+    CommitUnknown {
+        /// The 1-based batch number in this run.
+        batch: u64,
+        /// The key the batch started after (`Debug`-formatted), `None` for a
+        /// batch from the start of the scan: where to resume if the batch did
+        /// not commit.
+        after: Option<String>,
+        /// The batch's first key (`Debug`-formatted).
+        first: String,
+        /// The batch's last key (`Debug`-formatted): where to resume if the
+        /// batch committed.
+        last: String,
+        /// The job's checkpoint name, if it has one.
+        checkpoint: Option<String>,
+        /// The error the `COMMIT` failed with.
+        #[source]
+        source: diesel::result::Error,
+    },
+}
+
+struct DisplayAfterStart<'a>(&'a Option<String>);
+impl fmt::Display for DisplayAfterStart<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(k) => write!(f, " (it started after key {k})"),
+            None => f.write_str(" (it started at the beginning of the scan)"),
+        }
+    }
+}
+
+/// What [`Error::CommitUnknown`] advises.
+/// The key the batch started after, its last key, the job's checkpoint.
+struct DisplayCommitAdvice<'a>(&'a Option<String>, &'a str, &'a Option<String>);
+impl fmt::Display for DisplayCommitAdvice<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let DisplayCommitAdvice(after, last, checkpoint) = *self;
+        if let Some(name) = checkpoint {
+            return write!(
+                f,
+                "run the job again: its checkpoint {name:?} records whether the batch \
+                 committed, and the job resumes right after its last committed batch"
+            );
+        }
+        write!(
+            f,
+            "check whether those rows were written, then resume with start_after({}) if they \
+             were, or ",
+            last
+        )?;
+        match after {
+            Some(k) => write!(f, "start_after({k})")?,
+            None => f.write_str("from the beginning")?,
+        }
+        f.write_str(
+            " if not; with .checkpoint(name) a job learns the outcome itself and writes every \
+             batch exactly once across lost answers",
+        )
+    }
 }
 
 struct DisplayAfter<'a>(&'a Option<String>);
@@ -408,7 +487,9 @@ impl Error {
     /// The Diesel error inside, if this is a database error.
     pub fn as_diesel(&self) -> Option<&diesel::result::Error> {
         match self {
-            Error::Database { source, .. } | Error::Query { source, .. } => Some(source),
+            Error::Database { source, .. }
+            | Error::Query { source, .. }
+            | Error::CommitUnknown { source, .. } => Some(source),
             _ => None,
         }
     }

@@ -42,7 +42,7 @@ use crate::key::Key;
 use crate::predicate::{Bounds, BoundsCell, SeekPredicate};
 use crate::query::{PrepareKeys, PrepareModel, SeekQuery};
 use crate::rows::{KeyRows, LoadedRow, ModelRows, Rows};
-use crate::source::ConnectionSource;
+use crate::source::{connection_lost, user_error_connection_lost, AttemptError, ConnectionSource};
 use crate::stored::StoredKey;
 
 /// What a write job did in the run that returned it; a resumed job's earlier
@@ -205,6 +205,13 @@ impl From<diesel::result::Error> for Abort {
     }
 }
 
+/// A batch whose transaction ran to its end, `COMMIT` included: the keys of
+/// its first and last rows (`Debug`-formatted), none for an empty batch.
+struct Sent {
+    first: Option<String>,
+    last: Option<String>,
+}
+
 /// One committed batch.
 struct Committed<V> {
     n: usize,
@@ -345,6 +352,11 @@ where
             let mut failure = None;
             let mut adopted = None;
             let mut busy = false;
+            // Set when the transaction's body is done: a failure after it is
+            // the COMMIT's.
+            let mut sent: Option<Sent> = None;
+            // The closure failed because its connection broke: nothing committed.
+            let mut lost_user = None;
             let (q, loader, engine_ref) = (&query, &mut rows, &engine);
             let (total_rows, total_batches) = (report.total_rows, report.total_batches);
             let ran = source.run(attempt > 1, |conn| {
@@ -357,6 +369,7 @@ where
                         .check(&plan, q.key(), q.bounds(), &mut loaded, |r| r.key())
                         .map_err(Abort::Fail)?;
                     let n = loaded.len();
+                    let first = loaded.first().map(|r| format!("{:?}", r.key().value));
                     let written = match &checked.last {
                         Some(hi) => {
                             let mut range = q.bounds().clone();
@@ -385,6 +398,10 @@ where
                             !checked.more,
                         )?;
                     }
+                    sent = Some(Sent {
+                        first,
+                        last: checked.last.as_ref().map(|k| format!("{:?}", k.value)),
+                    });
                     Ok(Committed {
                         n,
                         written,
@@ -405,6 +422,16 @@ where
                     }
                     Err(Abort::Busy(e)) => {
                         busy = true;
+                        Err(e)
+                    }
+                    // The closure's error is its connection's: the batch did not
+                    // commit, and is retried as any batch whose connection broke.
+                    Err(Abort::User(source)) if user_error_connection_lost(&*source) => {
+                        let e = diesel::result::Error::DatabaseError(
+                            diesel::result::DatabaseErrorKind::ClosedConnection,
+                            Box::new(source.to_string()),
+                        );
+                        lost_user = Some(source);
                         Err(e)
                     }
                     Err(Abort::User(source)) => {
@@ -431,8 +458,8 @@ where
                         report.elapsed = started.elapsed();
                         return Err(engine.fail(f));
                     }
+                    let max = scan.max_retries.unwrap_or(S::DEFAULT_MAX_RETRIES);
                     if busy {
-                        let max = scan.max_retries.unwrap_or(S::DEFAULT_MAX_RETRIES);
                         if attempt > max {
                             return Err(engine.fail(Error::CheckpointBusy {
                                 name: name.unwrap_or_default().to_string(),
@@ -442,6 +469,61 @@ where
                         std::thread::sleep(crate::source::retry_delay(attempt));
                         continue;
                     }
+                    if let Some(source) = lost_user {
+                        if attempt > max {
+                            report.elapsed = started.elapsed();
+                            return Err(engine.fail(Error::Batch {
+                                batch: plan.batch,
+                                last_committed: query
+                                    .bounds()
+                                    .after
+                                    .as_ref()
+                                    .map(|k| format!("{:?}", k.value)),
+                                source,
+                            }));
+                        }
+                        engine.retries += 1;
+                        std::thread::sleep(crate::source::retry_delay(attempt));
+                        continue;
+                    }
+                    // The COMMIT was sent and its answer lost: the batch may have
+                    // committed. Only a checkpoint can tell, on a retry (see
+                    // `lock`); a batch is never run again blindly.
+                    let e = match (sent, e) {
+                        (Some(sent), AttemptError::Query(source)) if connection_lost(&source) => {
+                            let retry = name.is_some() && attempt <= max;
+                            match (sent.first, sent.last) {
+                                (Some(first), Some(last)) if !retry => {
+                                    report.elapsed = started.elapsed();
+                                    return Err(engine.fail(Error::CommitUnknown {
+                                        batch: plan.batch,
+                                        after: query
+                                            .bounds()
+                                            .after
+                                            .as_ref()
+                                            .map(|k| format!("{:?}", k.value)),
+                                        first,
+                                        last,
+                                        checkpoint: name.map(str::to_owned),
+                                        source,
+                                    }));
+                                }
+                                // An empty batch wrote no row (only, with a
+                                // checkpoint, that the job is done): whether it
+                                // committed or not, no row is left.
+                                (None, _) | (_, None) if !retry => {
+                                    break Committed {
+                                        n: 0,
+                                        written: 0,
+                                        last: None,
+                                        more: false,
+                                    };
+                                }
+                                _ => AttemptError::Query(source),
+                            }
+                        }
+                        (_, e) => e,
+                    };
                     let after = query.bounds().after.as_ref();
                     let delay = engine.failed(&plan, attempt, S::DEFAULT_MAX_RETRIES, e, after)?;
                     std::thread::sleep(delay);
@@ -505,7 +587,9 @@ where
 ///
 /// On a retry, a row one batch ahead is this runner's own last attempt, which
 /// committed although its connection broke before the answer came back: the
-/// batch is taken as done ([`Abort::Committed`]), not written again.
+/// batch is taken as done ([`Abort::Committed`]), not written again. So is a
+/// row at the same batch that says the job is done: the last attempt was the
+/// job's final, empty batch, which counts no batch.
 fn lock<C: CheckpointConnection>(
     conn: &mut C,
     name: &str,
@@ -520,6 +604,7 @@ fn lock<C: CheckpointConnection>(
     match conn.lock_checkpoint(name) {
         Ok(Some(row)) if row.batches == batches && !row.done => Ok(()),
         Ok(Some(row)) if retry && row.batches == batches + 1 => Err(Abort::Committed(row)),
+        Ok(Some(row)) if retry && row.batches == batches && row.done => Err(Abort::Committed(row)),
         Ok(_) => Err(busy()),
         // On a retry, the lock may still be held by this runner's own attempt
         // before, whose connection died and whose transaction the server is
