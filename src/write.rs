@@ -452,7 +452,8 @@ where
                 Ok(c) => break c,
                 Err(e) => {
                     if let Some(row) = adopted {
-                        break committed_by_checkpoint(row, report.total_rows, &key_type)?;
+                        let totals = (report.total_rows, report.total_batches);
+                        break committed_by_checkpoint(row, totals, &key_type)?;
                     }
                     if let Some(f) = failure {
                         report.elapsed = started.elapsed();
@@ -616,10 +617,10 @@ fn lock<C: CheckpointConnection>(
 }
 
 /// The batch a retry found committed by the attempt before it, as the
-/// checkpoint row records it.
+/// checkpoint row records it; `totals` are the rows and batches before it.
 fn committed_by_checkpoint<V: DeserializeOwned>(
     row: Checkpoint,
-    total_rows: u64,
+    (total_rows, total_batches): (u64, u64),
     key_type: &str,
 ) -> Result<Committed<V>, Error> {
     let last = match &row.last_key {
@@ -633,8 +634,15 @@ fn committed_by_checkpoint<V: DeserializeOwned>(
         None => None,
     };
     let written = row.rows.saturating_sub(total_rows);
+    // A batch of rows counts as one even if it wrote none (rows changed by
+    // others between its read and its write), as the checkpoint counts it.
+    let n = if row.batches > total_batches {
+        written.max(1)
+    } else {
+        0
+    };
     Ok(Committed {
-        n: usize::try_from(written).unwrap_or(usize::MAX),
+        n: usize::try_from(n).unwrap_or(usize::MAX),
         written,
         last,
         more: !row.done,

@@ -212,6 +212,59 @@ macro_rules! lost_commit_tests {
                 assert_eq!((c.rows, c.batches, c.done), (ROWS as u64, 10, true));
             }
 
+            /// On one connection, which is never retried, a checkpointed job
+            /// whose batch 3 answer is lost stops with `CommitUnknown` naming
+            /// its checkpoint; run again, it resumes right after batch 3, which
+            /// the server committed.
+            #[test]
+            fn a_job_on_one_connection_resumes_from_its_checkpoint() {
+                let db = <B as TestBackend>::create();
+                let mut conn = <B as TestBackend>::connect(&db);
+                create_tables(&mut conn, ROWS);
+                checkpoint::create_table(&mut conn).unwrap();
+                let proxy = Proxy::start(&db.url, 3);
+                let mut lost = Conn::establish(&proxy.url(&db.url)).unwrap();
+                let job = || {
+                    counters::table
+                        .chunked_by(counters::id)
+                        .batch_size(BATCH)
+                        .checkpoint("bump")
+                };
+                let err = job()
+                    .update_all(&mut lost, counters::n.eq(counters::n + 1))
+                    .expect_err("the job must stop at the lost answer");
+                assert_eq!(proxy.answers_dropped(), 1, "the proxy must have cut");
+                match &err {
+                    Error::CommitUnknown {
+                        batch: 3,
+                        first,
+                        last,
+                        checkpoint: Some(name),
+                        ..
+                    } => {
+                        assert_eq!(
+                            (first.as_str(), last.as_str(), name.as_str()),
+                            ("21", "30", "bump")
+                        );
+                    }
+                    other => panic!("expected CommitUnknown for batch 3, got {other:?}"),
+                }
+                let text = err.to_string();
+                assert!(
+                    text.contains("run the job again: its checkpoint \"bump\""),
+                    "{text}"
+                );
+                let rest = job()
+                    .update_all(&mut conn, counters::n.eq(counters::n + 1))
+                    .unwrap();
+                assert_eq!(rest.resumed_after, Some(30));
+                assert_eq!(
+                    (rest.rows, rest.total_rows, rest.total_batches, rest.done),
+                    (70, 100, 10, true)
+                );
+                assert_eq!(counter_rows(&mut conn), at(1, ROWS, 1));
+            }
+
             /// `delete_all` loses batch 3's answer: without a checkpoint the job
             /// stops with `CommitUnknown` (rows 1 to 30 gone, the others left),
             /// a rerun after its last key deletes the rest; with a checkpoint
