@@ -258,7 +258,10 @@ pub enum Error {
 
     /// The closure of [`for_each_batch`](crate::RunChunkedDsl::for_each_batch)
     /// returned an error: that batch was rolled back, and the job stopped.
-    /// `source` is the closure's error (downcast it to get it back).
+    /// `source` is the closure's error (downcast it to get it back). An error
+    /// that is (or is caused by) a Diesel error of a broken connection is
+    /// retried first, as any batch whose connection broke, while the source
+    /// has retries left.
     #[error("batch {batch} failed and was rolled back{}: {source}", DisplayCommitted(.last_committed))]
     Batch {
         /// The 1-based batch number in this run.
@@ -380,9 +383,9 @@ pub enum Error {
         last: String,
         /// The job's checkpoint name, if it has one.
         checkpoint: Option<String>,
-        /// The error the `COMMIT` failed with.
+        /// The error the `COMMIT` failed with (boxed: the variant stays small).
         #[source]
-        source: diesel::result::Error,
+        source: Box<diesel::result::Error>,
     },
 }
 
@@ -487,9 +490,8 @@ impl Error {
     /// The Diesel error inside, if this is a database error.
     pub fn as_diesel(&self) -> Option<&diesel::result::Error> {
         match self {
-            Error::Database { source, .. }
-            | Error::Query { source, .. }
-            | Error::CommitUnknown { source, .. } => Some(source),
+            Error::Database { source, .. } | Error::Query { source, .. } => Some(source),
+            Error::CommitUnknown { source, .. } => Some(source),
             _ => None,
         }
     }

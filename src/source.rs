@@ -203,7 +203,9 @@ mod pool {
     /// the loop body).
     ///
     /// A batch that failed because its connection broke is retried on another
-    /// connection, and the broken one is never returned to the pool: its
+    /// connection (except a write job's batch whose `COMMIT` was sent: see
+    /// [`Error::CommitUnknown`](crate::Error::CommitUnknown)), and the broken
+    /// one is never returned to the pool: its
     /// transaction manager is marked as failed, which r2d2's `has_broken` check
     /// sees when the connection comes back, whatever `test_on_check_out` says.
     /// (MariaDB connections killed by the server are not always marked broken by

@@ -17,7 +17,10 @@
 //! `$hi` is the last key of the batch, found in the same transaction, so the
 //! range statement writes each row the query matches at most once, also when
 //! it changes the columns the query filters on. The next batch starts after
-//! `$hi`. Between batches the job holds no transaction, no lock and (on a
+//! `$hi`. A batch whose `COMMIT` was sent is never run again blindly: when
+//! the answer is lost, a retry learns from the checkpoint row whether the
+//! batch committed, and a job without a checkpoint stops with
+//! [`Error::CommitUnknown`]. Between batches the job holds no transaction, no lock and (on a
 //! pool) no connection; it may pause ([`Chunked::pause`]), ask a closure how
 //! long to wait ([`Chunked::throttle`]), and size the next batch toward a
 //! target time ([`Chunked::target_batch_time`]).
@@ -506,7 +509,7 @@ where
                                         first,
                                         last,
                                         checkpoint: name.map(str::to_owned),
-                                        source,
+                                        source: Box::new(source),
                                     }));
                                 }
                                 // An empty batch wrote no row (only, with a

@@ -142,7 +142,7 @@ macro_rules! lost_commit_tests {
                             (after.as_str(), first.as_str(), last.as_str()),
                             ("20", "21", "30")
                         );
-                        assert!(err.as_diesel().is_some_and(|e| std::ptr::eq(e, source)));
+                        assert!(err.as_diesel().is_some_and(|e| std::ptr::eq(e, &**source)));
                     }
                     other => panic!("expected CommitUnknown for batch 3, got {other:?}"),
                 }

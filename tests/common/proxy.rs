@@ -177,11 +177,7 @@ fn forward_client(mut client: TcpStream, mut server: TcpStream, shared: &Shared,
             Ok(n) => n,
         };
         pending.extend_from_slice(&buf[..n]);
-        loop {
-            let Some((len, is_commit)) = next_message(shared.protocol, &pending, &mut startup)
-            else {
-                break;
-            };
+        while let Some((len, is_commit)) = next_message(shared.protocol, &pending, &mut startup) {
             let message: Vec<u8> = pending.drain(..len).collect();
             if is_commit {
                 let nth = shared.commits.fetch_add(1, Ordering::SeqCst) + 1;
