@@ -20,10 +20,10 @@
 //! `$hi`. A batch whose `COMMIT` was sent is never run again blindly: when
 //! the answer is lost, a retry learns from the checkpoint row whether the
 //! batch committed, and a job without a checkpoint stops with
-//! [`Error::CommitUnknown`]. Between batches the job holds no transaction, no lock and (on a
-//! pool) no connection; it may pause ([`Chunked::pause`]), ask a closure how
-//! long to wait ([`Chunked::throttle`]), and size the next batch toward a
-//! target time ([`Chunked::target_batch_time`]).
+//! [`Error::CommitUnknown`]. Between batches the job holds no transaction, no
+//! lock and (on a pool) no connection; it may pause ([`Chunked::pause`]), ask
+//! a closure how long to wait ([`Chunked::throttle`]), and size the next
+//! batch toward a target time ([`Chunked::target_batch_time`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -208,11 +208,11 @@ impl From<diesel::result::Error> for Abort {
     }
 }
 
-/// A batch whose transaction ran to its end, `COMMIT` included: the keys of
-/// its first and last rows (`Debug`-formatted), none for an empty batch.
+/// A batch whose transaction body ran to its end, so that its `COMMIT` is
+/// sent next: the keys of its first and last rows (`Debug`-formatted), none
+/// for an empty batch.
 struct Sent {
-    first: Option<String>,
-    last: Option<String>,
+    keys: Option<(String, String)>,
 }
 
 /// One committed batch.
@@ -373,6 +373,7 @@ where
                         .map_err(Abort::Fail)?;
                     let n = loaded.len();
                     let first = loaded.first().map(|r| format!("{:?}", r.key().value));
+                    let last = checked.last.as_ref().map(|k| format!("{:?}", k.value));
                     let written = match &checked.last {
                         Some(hi) => {
                             let mut range = q.bounds().clone();
@@ -402,8 +403,7 @@ where
                         )?;
                     }
                     sent = Some(Sent {
-                        first,
-                        last: checked.last.as_ref().map(|k| format!("{:?}", k.value)),
+                        keys: first.zip(last),
                     });
                     Ok(Committed {
                         n,
@@ -496,8 +496,9 @@ where
                     let e = match (sent, e) {
                         (Some(sent), AttemptError::Query(source)) if connection_lost(&source) => {
                             let retry = name.is_some() && attempt <= max;
-                            match (sent.first, sent.last) {
-                                (Some(first), Some(last)) if !retry => {
+                            match sent.keys {
+                                _ if retry => AttemptError::Query(source),
+                                Some((first, last)) => {
                                     report.elapsed = started.elapsed();
                                     return Err(engine.fail(Error::CommitUnknown {
                                         batch: plan.batch,
@@ -515,7 +516,7 @@ where
                                 // An empty batch wrote no row (only, with a
                                 // checkpoint, that the job is done): whether it
                                 // committed or not, no row is left.
-                                (None, _) | (_, None) if !retry => {
+                                None => {
                                     break Committed {
                                         n: 0,
                                         written: 0,
@@ -523,7 +524,6 @@ where
                                         more: false,
                                     };
                                 }
-                                _ => AttemptError::Query(source),
                             }
                         }
                         (_, e) => e,
