@@ -362,10 +362,29 @@ pub enum Error {
     /// goes on by itself; a job run on one connection (which is never retried)
     /// stops with this error and, run again, resumes right after the last
     /// batch its checkpoint says committed.
+    ///
+    /// ```
+    /// use diesel_chunked_iterator::Error;
+    ///
+    /// // What a job without a checkpoint returns when batch 3's answer is lost.
+    /// let err = Error::CommitUnknown {
+    ///     batch: 3,
+    ///     after: Some("20".into()),
+    ///     first: "21".into(),
+    ///     last: "30".into(),
+    ///     checkpoint: None,
+    ///     source: Box::new(diesel::result::Error::BrokenTransactionManager),
+    /// };
+    /// assert!(err.to_string().starts_with("batch 3 may have committed"));
+    /// if let Error::CommitUnknown { after, last, .. } = &err {
+    ///     // Rows 21 to 30 written? Resume after 30; if not, after 20.
+    ///     assert_eq!((after.as_deref(), last.as_str()), (Some("20"), "30"));
+    /// }
+    /// ```
     #[error(
         "batch {batch} may have committed: its COMMIT was sent but the connection broke before \
-         the answer came back ({source}), so it was not run again (that could write its rows \
-         twice); it wrote the keys {first} to {last}{}; {}",
+         the answer came back, so it was not run again (that could write its rows twice); it \
+         wrote the keys {first} to {last}{}; {}; the COMMIT failed with: {source}",
         DisplayAfterStart(.after),
         DisplayCommitAdvice(.after, .last, .checkpoint)
     )]
