@@ -234,6 +234,9 @@ pub trait CheckpointConnection: Connection + crate::unique::UniqueIndexes {
     /// returns `Ok` and rolled back otherwise: SQLite `BEGIN IMMEDIATE`,
     /// MySQL/MariaDB `READ COMMITTED`, PostgreSQL a plain transaction.
     ///
+    /// A panic of `f` rolls the transaction back, and then goes on unwinding:
+    /// the connection is left outside any transaction.
+    ///
     /// Never nested: called inside an open transaction it fails with
     /// [`AlreadyInTransaction`](diesel::result::Error::AlreadyInTransaction)
     /// (a savepoint would commit nothing, and neither the isolation level nor
@@ -501,9 +504,22 @@ macro_rules! checkpoint_connection {
                 F: FnOnce(&mut Self) -> Result<T, E>,
                 E: From<DieselError>,
             {
+                // A panic of `f` rolls the transaction back before it goes on
+                // unwinding: Diesel would leave the connection inside it.
+                let mut panicked = None;
                 let $c = self;
-                let $f = f;
-                $batch
+                let $f = |conn: &mut Self| {
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(conn)))
+                        .unwrap_or_else(|payload| {
+                            panicked = Some(payload);
+                            Err(DieselError::RollbackTransaction.into())
+                        })
+                };
+                let result = $batch;
+                if let Some(payload) = panicked {
+                    std::panic::resume_unwind(payload);
+                }
+                result
             }
         }
     };

@@ -258,7 +258,10 @@ pub enum Error {
 
     /// The closure of [`for_each_batch`](crate::RunChunkedDsl::for_each_batch)
     /// returned an error: that batch was rolled back, and the job stopped.
-    /// `source` is the closure's error (downcast it to get it back).
+    /// `source` is the closure's error (downcast it to get it back). An error
+    /// that is (or is caused by) a Diesel error of a broken connection is
+    /// retried first, as any batch whose connection broke, while the source
+    /// has retries left.
     #[error("batch {batch} failed and was rolled back{}: {source}", DisplayCommitted(.last_committed))]
     Batch {
         /// The 1-based batch number in this run.
@@ -345,6 +348,104 @@ pub enum Error {
         #[source]
         source: diesel::result::Error,
     },
+
+    /// A write job's batch sent its `COMMIT`, and the connection broke before
+    /// the answer came back: the batch may have committed or not, and the job
+    /// cannot tell which. It stops instead of running the batch again, which
+    /// could write its rows twice.
+    ///
+    /// The batch covered the keys after `after` up to `last` (the rows from
+    /// `first` to `last`). Check whether they were written, then resume the job
+    /// with `start_after(last)` if they were, `start_after(after)` if not. With
+    /// [`checkpoint(name)`](crate::Chunked::checkpoint) a job is exact across
+    /// lost answers: on a pool it reads its checkpoint row on the retry and
+    /// goes on by itself; a job run on one connection (which is never retried)
+    /// stops with this error and, run again, resumes right after the last
+    /// batch its checkpoint says committed.
+    ///
+    /// ```
+    /// use diesel_chunked_iterator::Error;
+    ///
+    /// // What a job without a checkpoint returns when batch 3's answer is lost.
+    /// let err = Error::CommitUnknown {
+    ///     batch: 3,
+    ///     after: Some("20".into()),
+    ///     first: "21".into(),
+    ///     last: "30".into(),
+    ///     checkpoint: None,
+    ///     source: Box::new(diesel::result::Error::BrokenTransactionManager),
+    /// };
+    /// assert!(err.to_string().starts_with("batch 3 may have committed"));
+    /// if let Error::CommitUnknown { after, last, .. } = &err {
+    ///     // Rows 21 to 30 written? Resume after 30; if not, after 20.
+    ///     assert_eq!((after.as_deref(), last.as_str()), (Some("20"), "30"));
+    /// }
+    /// ```
+    #[error(
+        "batch {batch} may have committed: its COMMIT was sent but the connection broke before \
+         the answer came back, so it was not run again (that could write its rows twice); it \
+         wrote the keys {first} to {last}{}; {}; the COMMIT failed with: {source}",
+        DisplayAfterStart(.after),
+        DisplayCommitAdvice(.after, .last, .checkpoint)
+    )]
+    CommitUnknown {
+        /// The 1-based batch number in this run.
+        batch: u64,
+        /// The key the batch started after (`Debug`-formatted), `None` for a
+        /// batch from the start of the scan: where to resume if the batch did
+        /// not commit.
+        after: Option<String>,
+        /// The batch's first key (`Debug`-formatted).
+        first: String,
+        /// The batch's last key (`Debug`-formatted): where to resume if the
+        /// batch committed.
+        last: String,
+        /// The job's checkpoint name, if it has one.
+        checkpoint: Option<String>,
+        /// The error the `COMMIT` failed with (boxed: the variant stays small).
+        #[source]
+        source: Box<diesel::result::Error>,
+    },
+}
+
+struct DisplayAfterStart<'a>(&'a Option<String>);
+impl fmt::Display for DisplayAfterStart<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(k) => write!(f, " (it started after key {k})"),
+            None => f.write_str(" (it started at the beginning of the scan)"),
+        }
+    }
+}
+
+/// What [`Error::CommitUnknown`] advises.
+/// The key the batch started after, its last key, the job's checkpoint.
+struct DisplayCommitAdvice<'a>(&'a Option<String>, &'a str, &'a Option<String>);
+impl fmt::Display for DisplayCommitAdvice<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let DisplayCommitAdvice(after, last, checkpoint) = *self;
+        if let Some(name) = checkpoint {
+            return write!(
+                f,
+                "run the job again: its checkpoint {name:?} records whether the batch \
+                 committed, and the job resumes right after its last committed batch"
+            );
+        }
+        write!(
+            f,
+            "check whether those rows were written, then resume with start_after({}) if they \
+             were, or ",
+            last
+        )?;
+        match after {
+            Some(k) => write!(f, "start_after({k})")?,
+            None => f.write_str("from the beginning")?,
+        }
+        f.write_str(
+            " if not; with .checkpoint(name) a job learns the outcome itself and writes every \
+             batch exactly once across lost answers",
+        )
+    }
 }
 
 struct DisplayAfter<'a>(&'a Option<String>);
@@ -409,6 +510,7 @@ impl Error {
     pub fn as_diesel(&self) -> Option<&diesel::result::Error> {
         match self {
             Error::Database { source, .. } | Error::Query { source, .. } => Some(source),
+            Error::CommitUnknown { source, .. } => Some(source),
             _ => None,
         }
     }

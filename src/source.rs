@@ -118,6 +118,23 @@ pub(crate) fn connection_lost(e: &diesel::result::Error) -> bool {
     }
 }
 
+/// Whether an error of a `for_each_batch` closure is, or is caused by (through
+/// [`source`](std::error::Error::source)), a Diesel error of a broken
+/// connection: the batch's transaction did not commit, so another attempt on
+/// another connection cannot write twice.
+pub(crate) fn user_error_connection_lost(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if e.downcast_ref::<diesel::result::Error>()
+            .is_some_and(connection_lost)
+        {
+            return true;
+        }
+        next = e.source();
+    }
+    false
+}
+
 /// Whether SQLite refused the statement because another connection holds a lock
 /// (`SQLITE_BUSY`, `SQLITE_LOCKED`). The connection itself is fine.
 fn database_busy(e: &diesel::result::Error) -> bool {
@@ -186,7 +203,9 @@ mod pool {
     /// the loop body).
     ///
     /// A batch that failed because its connection broke is retried on another
-    /// connection, and the broken one is never returned to the pool: its
+    /// connection (except a write job's batch whose `COMMIT` was sent: see
+    /// [`Error::CommitUnknown`](crate::Error::CommitUnknown)), and the broken
+    /// one is never returned to the pool: its
     /// transaction manager is marked as failed, which r2d2's `has_broken` check
     /// sees when the connection comes back, whatever `test_on_check_out` says.
     /// (MariaDB connections killed by the server are not always marked broken by

@@ -17,10 +17,13 @@
 //! `$hi` is the last key of the batch, found in the same transaction, so the
 //! range statement writes each row the query matches at most once, also when
 //! it changes the columns the query filters on. The next batch starts after
-//! `$hi`. Between batches the job holds no transaction, no lock and (on a
-//! pool) no connection; it may pause ([`Chunked::pause`]), ask a closure how
-//! long to wait ([`Chunked::throttle`]), and size the next batch toward a
-//! target time ([`Chunked::target_batch_time`]).
+//! `$hi`. A batch whose `COMMIT` was sent is never run again blindly: when
+//! the answer is lost, a retry learns from the checkpoint row whether the
+//! batch committed, and a job without a checkpoint stops with
+//! [`Error::CommitUnknown`]. Between batches the job holds no transaction, no
+//! lock and (on a pool) no connection; it may pause ([`Chunked::pause`]), ask
+//! a closure how long to wait ([`Chunked::throttle`]), and size the next
+//! batch toward a target time ([`Chunked::target_batch_time`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -42,7 +45,7 @@ use crate::key::Key;
 use crate::predicate::{Bounds, BoundsCell, SeekPredicate};
 use crate::query::{PrepareKeys, PrepareModel, SeekQuery};
 use crate::rows::{KeyRows, LoadedRow, ModelRows, Rows};
-use crate::source::ConnectionSource;
+use crate::source::{connection_lost, user_error_connection_lost, AttemptError, ConnectionSource};
 use crate::stored::StoredKey;
 
 /// What a write job did in the run that returned it; a resumed job's earlier
@@ -205,6 +208,13 @@ impl From<diesel::result::Error> for Abort {
     }
 }
 
+/// A batch whose transaction body ran to its end, so that its `COMMIT` is
+/// sent next: the keys of its first and last rows (`Debug`-formatted), none
+/// for an empty batch.
+struct Sent {
+    keys: Option<(String, String)>,
+}
+
 /// One committed batch.
 struct Committed<V> {
     n: usize,
@@ -345,6 +355,11 @@ where
             let mut failure = None;
             let mut adopted = None;
             let mut busy = false;
+            // Set when the transaction's body is done: a failure after it is
+            // the COMMIT's.
+            let mut sent: Option<Sent> = None;
+            // The closure failed because its connection broke: nothing committed.
+            let mut lost_user = None;
             let (q, loader, engine_ref) = (&query, &mut rows, &engine);
             let (total_rows, total_batches) = (report.total_rows, report.total_batches);
             let ran = source.run(attempt > 1, |conn| {
@@ -357,6 +372,8 @@ where
                         .check(&plan, q.key(), q.bounds(), &mut loaded, |r| r.key())
                         .map_err(Abort::Fail)?;
                     let n = loaded.len();
+                    let first = loaded.first().map(|r| format!("{:?}", r.key().value));
+                    let last = checked.last.as_ref().map(|k| format!("{:?}", k.value));
                     let written = match &checked.last {
                         Some(hi) => {
                             let mut range = q.bounds().clone();
@@ -385,6 +402,9 @@ where
                             !checked.more,
                         )?;
                     }
+                    sent = Some(Sent {
+                        keys: first.zip(last),
+                    });
                     Ok(Committed {
                         n,
                         written,
@@ -407,6 +427,16 @@ where
                         busy = true;
                         Err(e)
                     }
+                    // The closure's error is its connection's: the batch did not
+                    // commit, and is retried as any batch whose connection broke.
+                    Err(Abort::User(source)) if user_error_connection_lost(&*source) => {
+                        let e = diesel::result::Error::DatabaseError(
+                            diesel::result::DatabaseErrorKind::ClosedConnection,
+                            Box::new(source.to_string()),
+                        );
+                        lost_user = Some(source);
+                        Err(e)
+                    }
                     Err(Abort::User(source)) => {
                         failure = Some(Error::Batch {
                             batch: plan.batch,
@@ -425,14 +455,15 @@ where
                 Ok(c) => break c,
                 Err(e) => {
                     if let Some(row) = adopted {
-                        break committed_by_checkpoint(row, report.total_rows, &key_type)?;
+                        let totals = (report.total_rows, report.total_batches);
+                        break committed_by_checkpoint(row, totals, &key_type)?;
                     }
                     if let Some(f) = failure {
                         report.elapsed = started.elapsed();
                         return Err(engine.fail(f));
                     }
+                    let max = scan.max_retries.unwrap_or(S::DEFAULT_MAX_RETRIES);
                     if busy {
-                        let max = scan.max_retries.unwrap_or(S::DEFAULT_MAX_RETRIES);
                         if attempt > max {
                             return Err(engine.fail(Error::CheckpointBusy {
                                 name: name.unwrap_or_default().to_string(),
@@ -442,6 +473,61 @@ where
                         std::thread::sleep(crate::source::retry_delay(attempt));
                         continue;
                     }
+                    if let Some(source) = lost_user {
+                        if attempt > max {
+                            report.elapsed = started.elapsed();
+                            return Err(engine.fail(Error::Batch {
+                                batch: plan.batch,
+                                last_committed: query
+                                    .bounds()
+                                    .after
+                                    .as_ref()
+                                    .map(|k| format!("{:?}", k.value)),
+                                source,
+                            }));
+                        }
+                        engine.retries += 1;
+                        std::thread::sleep(crate::source::retry_delay(attempt));
+                        continue;
+                    }
+                    // The COMMIT was sent and its answer lost: the batch may have
+                    // committed. Only a checkpoint can tell, on a retry (see
+                    // `lock`); a batch is never run again blindly.
+                    let e = match (sent, e) {
+                        (Some(sent), AttemptError::Query(source)) if connection_lost(&source) => {
+                            let retry = name.is_some() && attempt <= max;
+                            match sent.keys {
+                                _ if retry => AttemptError::Query(source),
+                                Some((first, last)) => {
+                                    report.elapsed = started.elapsed();
+                                    return Err(engine.fail(Error::CommitUnknown {
+                                        batch: plan.batch,
+                                        after: query
+                                            .bounds()
+                                            .after
+                                            .as_ref()
+                                            .map(|k| format!("{:?}", k.value)),
+                                        first,
+                                        last,
+                                        checkpoint: name.map(str::to_owned),
+                                        source: Box::new(source),
+                                    }));
+                                }
+                                // An empty batch wrote no row (only, with a
+                                // checkpoint, that the job is done): whether it
+                                // committed or not, no row is left.
+                                None => {
+                                    break Committed {
+                                        n: 0,
+                                        written: 0,
+                                        last: None,
+                                        more: false,
+                                    };
+                                }
+                            }
+                        }
+                        (_, e) => e,
+                    };
                     let after = query.bounds().after.as_ref();
                     let delay = engine.failed(&plan, attempt, S::DEFAULT_MAX_RETRIES, e, after)?;
                     std::thread::sleep(delay);
@@ -505,7 +591,9 @@ where
 ///
 /// On a retry, a row one batch ahead is this runner's own last attempt, which
 /// committed although its connection broke before the answer came back: the
-/// batch is taken as done ([`Abort::Committed`]), not written again.
+/// batch is taken as done ([`Abort::Committed`]), not written again. So is a
+/// row at the same batch that says the job is done: the last attempt was the
+/// job's final, empty batch, which counts no batch.
 fn lock<C: CheckpointConnection>(
     conn: &mut C,
     name: &str,
@@ -520,6 +608,7 @@ fn lock<C: CheckpointConnection>(
     match conn.lock_checkpoint(name) {
         Ok(Some(row)) if row.batches == batches && !row.done => Ok(()),
         Ok(Some(row)) if retry && row.batches == batches + 1 => Err(Abort::Committed(row)),
+        Ok(Some(row)) if retry && row.batches == batches && row.done => Err(Abort::Committed(row)),
         Ok(_) => Err(busy()),
         // On a retry, the lock may still be held by this runner's own attempt
         // before, whose connection died and whose transaction the server is
@@ -531,10 +620,10 @@ fn lock<C: CheckpointConnection>(
 }
 
 /// The batch a retry found committed by the attempt before it, as the
-/// checkpoint row records it.
+/// checkpoint row records it; `totals` are the rows and batches before it.
 fn committed_by_checkpoint<V: DeserializeOwned>(
     row: Checkpoint,
-    total_rows: u64,
+    (total_rows, total_batches): (u64, u64),
     key_type: &str,
 ) -> Result<Committed<V>, Error> {
     let last = match &row.last_key {
@@ -548,8 +637,15 @@ fn committed_by_checkpoint<V: DeserializeOwned>(
         None => None,
     };
     let written = row.rows.saturating_sub(total_rows);
+    // A batch of rows counts as one even if it wrote none (rows changed by
+    // others between its read and its write), as the checkpoint counts it.
+    let n = if row.batches > total_batches {
+        written.max(1)
+    } else {
+        0
+    };
     Ok(Committed {
-        n: usize::try_from(written).unwrap_or(usize::MAX),
+        n: usize::try_from(n).unwrap_or(usize::MAX),
         written,
         last,
         more: !row.done,
