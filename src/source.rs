@@ -96,6 +96,12 @@ pub(crate) fn connection_lost(e: &diesel::result::Error) -> bool {
         ) => true,
         // A batch's COMMIT failed on a broken connection, and so did the rollback.
         E::RollbackErrorOnCommit { commit_error, .. } => connection_lost(commit_error),
+        // diesel-async's MySQL connection (mysql_async) after the server killed it.
+        E::DatabaseError(DatabaseErrorKind::Unknown, info)
+            if mysql_async_connection_lost(info.message()) =>
+        {
+            true
+        }
         // The server went away mid-query: libpq and libmysqlclient report these as
         // unknown database errors with a recognisable message.
         E::DatabaseError(DatabaseErrorKind::Unknown, info) => message_has(
@@ -133,6 +139,29 @@ pub(crate) fn user_error_connection_lost(e: &(dyn std::error::Error + 'static)) 
         next = e.source();
     }
     false
+}
+
+/// Whether `message` is how diesel-async's MySQL connection (mysql_async)
+/// reports a dead connection, as an unknown database error: any of the
+/// driver's I/O errors (the socket failed: only the driver's own prefix
+/// counts, not a server message that mentions an I/O error, such as a disk
+/// failure, which leaves the connection working), or a statement sent on a
+/// connection the driver knows is closed, or a reply cut short.
+fn mysql_async_connection_lost(message: &str) -> bool {
+    const IO: &str = "input/output error:";
+    message
+        .get(..IO.len())
+        .is_some_and(|head| head.eq_ignore_ascii_case(IO))
+        || message_has(
+            message,
+            &[
+                "connection closed",
+                "connection to the server is closed",
+                "bytes remaining on stream",
+                "connection reset",
+                "packet out of order",
+            ],
+        )
 }
 
 /// Whether SQLite refused the statement because another connection holds a lock
@@ -310,6 +339,34 @@ mod tests {
         assert!(retry_delay(0) <= RETRY_DELAY_FIRST);
         let draws: std::collections::HashSet<_> = (0..20).map(|_| retry_delay(6)).collect();
         assert!(draws.len() > 1, "the back-off must vary");
+    }
+
+    /// What diesel-async's MySQL connection returns when the server killed it,
+    /// mid-statement or between two, verbatim.
+    #[test]
+    fn mysql_async_lost_connections_are_transient() {
+        use diesel::result::{DatabaseErrorKind, Error as E};
+        let unknown =
+            |m: &str| E::DatabaseError(DatabaseErrorKind::Unknown, Box::new(m.to_string()));
+        for m in [
+            "Input/output error: Input/output error: connection closed",
+            "Input/output error: Input/output error: Driver error: `Connection to the server is closed.'",
+            "Input/output error: Input/output error: Broken pipe (os error 32)",
+            "Input/output error: bytes remaining on stream",
+            "Input/output error: Connection reset by peer (os error 104)",
+            "Driver error: `Connection to the server is closed.'",
+            "Driver error: `Packet out of order.'",
+        ] {
+            assert!(connection_lost(&unknown(m)), "{m}");
+            assert!(is_transient(&AttemptError::Query(unknown(m))), "{m}");
+        }
+        for m in [
+            "Table 'test.posts' doesn't exist",
+            "could not read block 0 in file \"base/1/2\": Input/output error",
+            "disk I/O error",
+        ] {
+            assert!(!connection_lost(&unknown(m)), "{m}");
+        }
     }
 
     #[test]

@@ -344,6 +344,207 @@ async fn mysql_bb8_batches_survive_killed_connections() {
     );
 }
 
+/// Locks `posts` from a connection of its own so that the next batch's SELECT
+/// waits for the lock, kills that SELECT's connection while it waits (a server
+/// `KILL` in the middle of a batch), then unlocks. Returns once the lock is
+/// held; the thread ends with the id of the connection it killed (`None` if no
+/// statement came to wait within 10 seconds).
+#[cfg(feature = "mysql")]
+fn kill_mysql_mid_batch(url: &str) -> std::thread::JoinHandle<Option<i64>> {
+    #[derive(QueryableByName)]
+    struct Id {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        id: i64,
+    }
+    let url = url.to_owned();
+    let (locked, is_locked) = std::sync::mpsc::channel();
+    let killer = std::thread::spawn(move || {
+        let mut lock = diesel::MysqlConnection::establish(&url).unwrap();
+        let mut admin = diesel::MysqlConnection::establish(&url).unwrap();
+        diesel::RunQueryDsl::execute(diesel::sql_query("LOCK TABLES posts WRITE"), &mut lock)
+            .unwrap();
+        locked.send(()).unwrap();
+        let waited = std::time::Instant::now();
+        let killed = loop {
+            let waiting: Vec<Id> = diesel::RunQueryDsl::load(
+                diesel::sql_query(
+                    "SELECT CAST(ID AS SIGNED) AS id FROM information_schema.PROCESSLIST \
+                     WHERE DB = DATABASE() AND STATE LIKE 'Waiting for table%' \
+                     AND INFO LIKE 'SELECT%'",
+                ),
+                &mut admin,
+            )
+            .unwrap();
+            if let Some(Id { id }) = waiting.into_iter().next() {
+                diesel::RunQueryDsl::execute(
+                    diesel::sql_query(format!("KILL CONNECTION {id}")),
+                    &mut admin,
+                )
+                .unwrap();
+                break Some(id);
+            }
+            if waited.elapsed() > Duration::from_secs(10) {
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        diesel::RunQueryDsl::execute(diesel::sql_query("UNLOCK TABLES"), &mut lock).unwrap();
+        killed
+    });
+    is_locked.recv().unwrap();
+    killer
+}
+
+/// A server `KILL` of a MariaDB connection while its batch's statement runs:
+/// the batch is retried on another connection (each kill one retry), every
+/// row comes out once, and the killed connection never goes back to the pool:
+/// a later scan that may not retry at all still runs on the same pool.
+#[cfg(feature = "mysql")]
+macro_rules! survives_kills_mid_batch {
+    ($pool:expr, $url:expr) => {{
+        let pool = $pool;
+        let url: &str = $url;
+        let mut s = posts::table
+            .chunked_by(posts::id)
+            .batch_size(50)
+            .max_retries(50)
+            .load_stream::<Post>(&pool);
+        let mut seen = Vec::new();
+        let mut killers = Vec::new();
+        while let Some(post) = within(30, s.next()).await {
+            let id = post
+                .unwrap_or_else(|e| panic!("after {} rows: {e}", seen.len()))
+                .id;
+            seen.push(id);
+            // the batch just handed out is the last one read: the next
+            // statement runs with the table locked, and its connection dies
+            if [50, 200, 350].contains(&id) {
+                let url = url.to_owned();
+                let killer = tokio::task::spawn_blocking(move || kill_mysql_mid_batch(&url))
+                    .await
+                    .unwrap();
+                killers.push(killer);
+            }
+        }
+        let killed: Vec<i64> = killers
+            .into_iter()
+            .map(|k| {
+                k.join()
+                    .unwrap()
+                    .expect("a batch's statement waited for the lock")
+            })
+            .collect();
+        assert_eq!(killed.len(), 3);
+        assert_every_row_once(&seen, 500);
+        assert_eq!(s.progress().retries, 3, "{:?}", s.progress());
+        drop(s);
+        for _ in 0..3 {
+            let ids: Vec<i32> = within(
+                30,
+                posts::table
+                    .chunked_by(posts::id)
+                    .batch_size(100)
+                    .max_retries(0)
+                    .load_stream::<Post>(&pool)
+                    .map_ok(|p| p.id)
+                    .try_collect(),
+            )
+            .await
+            .expect("a later scan on the same pool");
+            assert_eq!(ids, (1..=500).collect::<Vec<_>>());
+        }
+    }};
+}
+
+#[cfg(feature = "mysql")]
+#[tokio::test(flavor = "multi_thread")]
+async fn mysql_deadpool_batches_survive_a_kill_mid_batch() {
+    let (_db, url) = mysql_killable();
+    survives_kills_mid_batch!(
+        deadpool_of!(diesel_async::AsyncMysqlConnection, &url, 2),
+        &url
+    );
+}
+
+#[cfg(feature = "mysql")]
+#[tokio::test(flavor = "multi_thread")]
+async fn mysql_bb8_batches_survive_a_kill_mid_batch() {
+    let (_db, url) = mysql_killable();
+    survives_kills_mid_batch!(bb8_of!(diesel_async::AsyncMysqlConnection, &url, 2), &url);
+}
+
+/// A scan that may not retry (`max_retries(0)`) fails when its connection is
+/// killed mid-batch; the killed connection must not go back to the pool, or
+/// every later scan on it fails too. With a pool of one connection lent
+/// unchecked (bb8's `test_on_check_out(false)`, deadpool's fast recycling),
+/// the later scans get the killed one back unless it was discarded.
+#[cfg(feature = "mysql")]
+macro_rules! discards_a_connection_killed_mid_batch {
+    ($pool:expr, $url:expr) => {{
+        let pool = $pool;
+        let url: &str = $url;
+        let mut s = posts::table
+            .chunked_by(posts::id)
+            .batch_size(50)
+            .max_retries(0)
+            .load_stream::<Post>(&pool);
+        let first: Vec<i32> = (&mut s)
+            .take(50)
+            .map_ok(|p| p.id)
+            .try_collect()
+            .await
+            .unwrap();
+        assert_eq!(first, (1..=50).collect::<Vec<_>>());
+        let url = url.to_owned();
+        let killer = tokio::task::spawn_blocking(move || kill_mysql_mid_batch(&url))
+            .await
+            .unwrap();
+        match within(30, s.next()).await {
+            Some(Err(Error::Database {
+                batch, attempts, ..
+            })) => assert_eq!((batch, attempts), (2, 1)),
+            other => panic!("expected the killed batch's error, got {other:?}"),
+        }
+        assert!(killer.join().unwrap().is_some(), "no statement was killed");
+        drop(s);
+        for _ in 0..3 {
+            let ids: Vec<i32> = within(
+                30,
+                posts::table
+                    .chunked_by(posts::id)
+                    .batch_size(100)
+                    .max_retries(0)
+                    .load_stream::<Post>(&pool)
+                    .map_ok(|p| p.id)
+                    .try_collect(),
+            )
+            .await
+            .expect("a later scan on the same pool");
+            assert_eq!(ids, (1..=500).collect::<Vec<_>>());
+        }
+    }};
+}
+
+#[cfg(feature = "mysql")]
+#[tokio::test(flavor = "multi_thread")]
+async fn mysql_bb8_discards_a_connection_killed_mid_batch() {
+    let (_db, url) = mysql_killable();
+    discards_a_connection_killed_mid_batch!(
+        bb8_of!(diesel_async::AsyncMysqlConnection, &url, 1),
+        &url
+    );
+}
+
+#[cfg(feature = "mysql")]
+#[tokio::test(flavor = "multi_thread")]
+async fn mysql_deadpool_discards_a_connection_killed_mid_batch() {
+    let (_db, url) = mysql_killable();
+    discards_a_connection_killed_mid_batch!(
+        deadpool_of!(diesel_async::AsyncMysqlConnection, &url, 1),
+        &url
+    );
+}
+
 /// A pool that cannot connect: each attempt fails at check-out, and after
 /// `max_retries` the error names the batch and the attempts.
 #[cfg(feature = "postgres")]

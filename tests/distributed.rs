@@ -406,3 +406,130 @@ distributed_tests! {
     pg, common::Pg, diesel::PgConnection, "postgres";
     mysql, common::Mysql, diesel::MysqlConnection, "mysql";
 }
+
+/// Six workers started with the wrong key type (`i32` keys on a job of `i64`
+/// keys) are refused with [`Error::KeyType`](diesel_chunked_iterator::jetstream::Error::KeyType)
+/// before they take a slice: no slice loses a delivery to them, and a correct
+/// worker then runs every slice on its first delivery, each row once.
+#[cfg(feature = "sqlite")]
+#[test]
+fn workers_of_the_wrong_key_type_take_no_delivery() {
+    use common::{event, events, insert_events, Event};
+    use diesel_chunked_iterator::jetstream::{Error as JobError, JobOptions, Worker};
+
+    let db = <common::Sqlite as common::TestBackend>::create();
+    let mut conn = <common::Sqlite as common::TestBackend>::connect(&db);
+    let rows: Vec<Event> = (1..=1000).map(|id| event(id, id as i16)).collect();
+    insert_events(&mut conn, &rows);
+    checkpoint::create_table(&mut conn).unwrap();
+    let parts: Vec<Partition<i64>> = events::table
+        .chunked_by(events::id)
+        .partitions(3, &mut conn)
+        .unwrap();
+    assert_eq!(parts.len(), 3);
+
+    let obs = Observer::new();
+    let name = obs.job("keytype");
+    let options = JobOptions::default()
+        .ack_wait(Duration::from_secs(10))
+        .max_deliveries(5)
+        .retry_delay(Duration::from_millis(100));
+    let ran = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    obs.rt.block_on(async {
+        Job::publish_with(&obs.js, &name, &parts, options)
+            .await
+            .unwrap();
+        for i in 0..6 {
+            let ran = ran.clone();
+            let worker = Worker::new(&obs.js, &name)
+                .name(format!("wrong-{i}"))
+                .poll(Duration::from_millis(200))
+                .run(
+                    move |_slice: &diesel_chunked_iterator::jetstream::Slice<i32>| {
+                        ran.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        Err::<diesel_chunked_iterator::WriteReport<i32>, _>("must not run")
+                    },
+                );
+            match tokio::time::timeout(Duration::from_secs(10), worker).await {
+                Ok(Err(e @ JobError::KeyType { .. })) => {
+                    let text = e.to_string();
+                    assert!(text.contains("i64") && text.contains("i32"), "{text}");
+                    let JobError::KeyType {
+                        job,
+                        published,
+                        expected,
+                    } = e
+                    else {
+                        unreachable!()
+                    };
+                    assert_eq!(
+                        (job.as_str(), published.as_str(), expected.as_str()),
+                        (name.as_str(), "i64", "i32")
+                    );
+                }
+                other => panic!("worker {i}: expected a key type error, got {other:?}"),
+            }
+        }
+    });
+    assert_eq!(ran.load(std::sync::atomic::Ordering::SeqCst), 0);
+
+    let url = db.url.clone();
+    let report = obs
+        .rt
+        .block_on(async {
+            let worker = Worker::new(&obs.js, &name)
+                .name("right")
+                .poll(Duration::from_millis(200))
+                .run(
+                    move |slice: &diesel_chunked_iterator::jetstream::Slice<i64>| {
+                        let mut conn = SqliteConnection::establish(&url).expect("open SQLite file");
+                        diesel::sql_query("PRAGMA busy_timeout = 10000")
+                            .execute(&mut conn)
+                            .expect("busy_timeout");
+                        events::table
+                            .chunked_by(events::id)
+                            .within(slice)
+                            .batch_size(50)
+                            .checkpoint(slice.checkpoint_name())
+                            .throttle(slice.progress())
+                            .for_each_batch(&mut conn, |conn, batch: Vec<Event>| {
+                                for e in &batch {
+                                    diesel::update(events::table.find(e.id))
+                                        .set(events::seq.eq(events::seq + 10))
+                                        .execute(conn)?;
+                                }
+                                Ok::<_, diesel::result::Error>(())
+                            })
+                    },
+                );
+            tokio::time::timeout(Duration::from_secs(60), worker).await
+        })
+        .expect("the worker finished")
+        .expect("the worker ran the job");
+    assert_eq!(
+        (report.done, report.failed, report.retried, report.rows),
+        (3, 0, 0, 1000)
+    );
+    let s = obs.status(&name);
+    assert_eq!(
+        (s.done, s.failed, s.running, s.waiting, s.rows),
+        (3, 0, 0, 0, 1000)
+    );
+    for x in &s.slice {
+        assert_eq!(
+            (x.state, x.deliveries, x.error.as_deref()),
+            (SliceState::Done, 1, None),
+            "{x:?}"
+        );
+    }
+    // Every row once: each seq went up by 10, once.
+    let seqs: Vec<(i64, i32)> = events::table
+        .select((events::id, events::seq))
+        .order(events::id)
+        .load(&mut conn)
+        .unwrap();
+    assert_eq!(
+        seqs,
+        rows.iter().map(|e| (e.id, e.seq + 10)).collect::<Vec<_>>()
+    );
+}

@@ -165,8 +165,9 @@ impl Worker {
     /// `done` (the run stopped early, `limit_total`) counts as an error.
     ///
     /// Fails when the job does not exist or was deleted, when its slices have
-    /// another key type than `V`, or when JetStream stops answering; a slice's
-    /// own error never stops the worker.
+    /// another key type than `V` ([`Error::KeyType`], before any slice is
+    /// taken, so none loses a delivery), or when JetStream stops answering; a
+    /// slice's own error never stops the worker.
     ///
     /// ```no_run
     /// # #[cfg(all(feature = "sqlite", feature = "r2d2"))]
@@ -201,6 +202,15 @@ impl Worker {
     {
         let job = Job::open(&self.js, &self.job).await?;
         let names = job.names().clone();
+        // Refused before any message is taken: a slice this worker cannot
+        // run must not use up one of its deliveries.
+        if job.meta().key_type != key_type::<V>() {
+            return Err(Error::KeyType {
+                job: names.job,
+                published: job.meta().key_type.clone(),
+                expected: key_type::<V>(),
+            });
+        }
         let consumer: PullConsumer = self
             .js
             .get_stream(&names.stream)

@@ -68,6 +68,18 @@
 //! and the weights stay exact. A composite or non-integer key is
 //! [`Error::SamplingUnsupported`] there.
 //!
+//! Outliers make the key range far wider than the keys: ids `1..=20000` and
+//! one row at `2147483647`, or rows at `i64::MIN` and `i64::MAX`. Nearly every
+//! point then lands in the empty stretch before an outlier, and the dense keys
+//! get no point, in either round. So the first round also measures the empty
+//! stretches it found (from a hit back to its predecessor): when those longer
+//! than two strata make up half of the range or more, they are taken out of
+//! it, the keys that end them are counted exactly (weight 1), and the first
+//! round starts again on what is left, at most 16 times (each halves the
+//! range). The probes' points are then drawn over the positions of the range
+//! that is left, and the weights stay exact there, since the stretch between a
+//! found key and its predecessor is never cut.
+//!
 //! **Small inputs.** When the sample would touch about as many rows as the
 //! input holds (a table of fewer than `4 · SAMPLE_PER_SLICE · n` row addresses
 //! or a key range that short), every key is read instead, and the slices are
@@ -136,7 +148,10 @@ impl<Q, K: Key> Chunked<Q, K> {
     ///   key range, weighted by the gaps they find; integer keys of one
     ///   column, else [`Error::SamplingUnsupported`] (use `partitions`). About
     ///   `4 · POINTS_PER_SLICE · n` probes (two rounds of points, and each
-    ///   key's predecessor), 250 per statement, each an index descent.
+    ///   key's predecessor), 250 per statement, each an index descent; keys
+    ///   with outliers far from the others (a row at `i32::MAX` after ids
+    ///   from 1) cost another first round or a few, which leave the outliers'
+    ///   empty stretches out.
     ///
     /// Where the input is about as small as the sample, every key is read and
     /// the slices are exactly those of `partitions`. The sampled rows are read
@@ -376,29 +391,62 @@ where
     let (Some(min), Some(max)) = (ends.iter().map(int).min(), ends.iter().map(int).max()) else {
         return Ok(Vec::new());
     };
-    let range = max - min + 1;
-    if range <= 4 * i128::from(target) {
-        return Ok(run.keys("1 = 1")?.into_iter().map(|k| (k, 1.0)).collect());
-    }
     let mut rng = Rng::new(target);
     let m1 = per_round;
-    // about four first-round points per bucket, so that a bucket's density is
-    // read from more than one key
-    let buckets = (i128::from(m1) / 4).clamp(1, range);
-    // bucket b holds the keys v with (v - min) * buckets / range = b
-    let bucket_start = |b: i128| min + (b * range + buckets - 1) / buckets;
-    let bucket_of = |v: i128| (((v - min) * buckets / range) as usize).min(buckets as usize - 1);
-    let width = |b: usize| (bucket_start(b as i128 + 1) - bucket_start(b as i128)) as f64;
-    // Round 1: uniform points, spread evenly over the range.
-    let uniform = cumulative((0..buckets as usize).map(|b| width(b) / range as f64));
-    let points = stratified(m1, &uniform, bucket_start, &mut rng);
-    let mut hits = run.probe(next_probes(column, &points))?;
-    let mut pred = predecessors(run, column, &hits, min, HashMap::new())?;
+    // The part of the key range still sampled, and the keys of the empty
+    // stretches taken out of it, counted exactly (see `Line`).
+    let mut line = Line::new(min, max);
+    let mut exact: Vec<(StoredKey<K::Value>, f64)> = Vec::new();
+    let mut pred = HashMap::new();
+    let mut restarts = 0;
+    let (range, mut hits, buckets) = loop {
+        let range = line.len();
+        if range <= 4 * i128::from(target) {
+            return Ok(run.keys("1 = 1")?.into_iter().map(|k| (k, 1.0)).collect());
+        }
+        // about four first-round points per bucket, so that a bucket's
+        // density is read from more than one key
+        let buckets = (i128::from(m1) / 4).clamp(1, range);
+        let widths = Buckets { range, buckets };
+        // Round 1: uniform points, spread evenly over the range.
+        let uniform = cumulative((0..buckets as usize).map(|b| widths.width(b) / range as f64));
+        let points = stratified(m1, &uniform, |b| widths.start(b), &mut rng);
+        let points: Vec<i128> = points.into_iter().map(|c| line.to_real(c)).collect();
+        let hits = run.probe(next_probes(column, &points))?;
+        pred = predecessors(run, column, &hits, min, pred)?;
+        // Empty stretches longer than two strata: the outliers of a key
+        // range much wider than its keys (a row at i32::MAX after ids from
+        // 1) leave most points there, and the keys elsewhere unseen. When
+        // they make up half of what is left, they are taken out and counted
+        // exactly, and round 1 starts again on the rest.
+        let stratum = range / i128::from(m1);
+        let mut gaps: Vec<(i128, usize)> = Vec::new();
+        for (i, k) in hits.iter().enumerate() {
+            let (v, p) = (int(k), pred[&int(k)]);
+            if v - p > 2 * stratum && !gaps.iter().any(|(g, _)| *g == v) {
+                gaps.push((v, i));
+            }
+        }
+        let empty: i128 = gaps.iter().map(|(v, _)| v - pred[v]).sum();
+        if restarts < MAX_RESTARTS && 2 * empty >= range {
+            restarts += 1;
+            for (v, i) in gaps {
+                line.remove(pred[&v] + 1, v);
+                exact.push((hits[i].clone(), 1.0));
+            }
+            continue;
+        }
+        break (range, hits, buckets);
+    };
+    let widths = Buckets { range, buckets };
+    let width = |b: usize| widths.width(b);
+    // Positions on the line (the range without what was taken out).
+    let at = |v: i128| line.to_line(v);
     // The first round's density over the buckets, mixed with 20 % uniform.
     let mut mass = vec![0f64; buckets as usize];
     for k in &hits {
         let (v, p) = (int(k), pred[&int(k)]);
-        mass[bucket_of(v)] += range as f64 / (v - p) as f64;
+        mass[widths.of(at(v))] += range as f64 / (v - p) as f64;
     }
     let total: f64 = mass.iter().sum::<f64>().max(f64::MIN_POSITIVE);
     let cdf = cumulative(
@@ -406,33 +454,132 @@ where
             .enumerate()
             .map(|(b, m)| 0.8 * m / total + 0.2 * width(b) / range as f64),
     );
-    // P(point <= v) under the second round's density.
-    let below = |v: i128| -> f64 {
-        if v < min {
+    // P(point <= c) under the second round's density, for a position c.
+    let below = |c: i128| -> f64 {
+        if c < 0 {
             return 0.0;
         }
-        let b = bucket_of(v);
-        let s = bucket_start(b as i128);
-        cdf[b] + (cdf[b + 1] - cdf[b]) * (v - s + 1) as f64 / width(b)
+        let b = widths.of(c);
+        let s = widths.start(b as i128);
+        cdf[b] + (cdf[b + 1] - cdf[b]) * (c - s + 1) as f64 / width(b)
     };
     // Round 2: points from that density, spread evenly over it.
     let m2 = per_round;
-    let points = stratified(m2, &cdf, bucket_start, &mut rng);
+    let points = stratified(m2, &cdf, |b| widths.start(b), &mut rng);
+    let points: Vec<i128> = points.into_iter().map(|c| line.to_real(c)).collect();
     let second = run.probe(next_probes(column, &points))?;
     pred = predecessors(run, column, &second, min, pred)?;
     hits.extend(second);
     // Each hit weighted by the inverse of its key's chance over both rounds.
+    // (The stretch from a hit's predecessor to it holds no other key, so it
+    // lies on the line in one piece: it ends at the hit's position.)
     let mut sample: Vec<(StoredKey<K::Value>, f64)> = hits
         .into_iter()
         .map(|k| {
             let (v, p) = (int(&k), pred[&int(&k)]);
-            let chance =
-                m1 as f64 * (v - p) as f64 / range as f64 + m2 as f64 * (below(v) - below(p));
+            let c = at(v);
+            let chance = m1 as f64 * (v - p) as f64 / range as f64
+                + m2 as f64 * (below(c) - below(c - (v - p)));
             (k, 1.0 / chance)
         })
+        .chain(exact)
         .collect();
     sample.sort_by_key(|(k, _)| int(k));
     Ok(sample)
+}
+
+/// How many times the first round of index probes starts again on a smaller
+/// line (see `probe_sample`); each time at least halves the line.
+const MAX_RESTARTS: u32 = 16;
+
+/// `buckets` buckets of about equal width over the positions `0..range`:
+/// bucket `b` holds the positions `c` with `c · buckets / range = b`.
+struct Buckets {
+    range: i128,
+    buckets: i128,
+}
+
+impl Buckets {
+    fn start(&self, b: i128) -> i128 {
+        (b * self.range + self.buckets - 1) / self.buckets
+    }
+    fn of(&self, c: i128) -> usize {
+        ((c * self.buckets / self.range) as usize).min(self.buckets as usize - 1)
+    }
+    fn width(&self, b: usize) -> f64 {
+        (self.start(b as i128 + 1) - self.start(b as i128)) as f64
+    }
+}
+
+/// The part of the key range the index probes still sample: the range
+/// `min..=max` without the empty stretches taken out, each of them up to and
+/// including the key that ends it (that key is counted exactly instead). Its
+/// values are numbered by position, `0..len()`, and the probes' points are
+/// drawn over the positions. A key that a point finds lies on the line, and
+/// so does the stretch from its predecessor to it: every piece of the line
+/// ends at a key on the line (the predecessor of a stretch taken out, or
+/// `max`), so the next key after a point on the line is in the same piece.
+struct Line {
+    /// The pieces, `(first, last)` values, in order.
+    pieces: Vec<(i128, i128)>,
+    /// The position of each piece's first value.
+    offsets: Vec<i128>,
+}
+
+impl Line {
+    fn new(min: i128, max: i128) -> Self {
+        Line {
+            pieces: vec![(min, max)],
+            offsets: vec![0],
+        }
+    }
+
+    fn len(&self) -> i128 {
+        let (last, (a, b)) = (self.offsets.len() - 1, self.pieces[self.pieces.len() - 1]);
+        self.offsets[last] + (b - a + 1)
+    }
+
+    /// The value at position `c` (`0..len()`).
+    fn to_real(&self, c: i128) -> i128 {
+        let i = self.offsets.partition_point(|o| *o <= c).saturating_sub(1);
+        self.pieces[i].0 + (c - self.offsets[i])
+    }
+
+    /// The position of value `v`, which is on the line (a value before the
+    /// line's first gives a negative position).
+    fn to_line(&self, v: i128) -> i128 {
+        let i = self
+            .pieces
+            .partition_point(|(a, _)| *a <= v)
+            .saturating_sub(1);
+        self.offsets[i] + (v - self.pieces[i].0)
+    }
+
+    /// Takes the values `a..=b` out; they lie in one piece.
+    fn remove(&mut self, a: i128, b: i128) {
+        let Some(i) = self.pieces.iter().position(|(s, e)| *s <= a && b <= *e) else {
+            return;
+        };
+        let (s, e) = self.pieces[i];
+        let mut parts = Vec::with_capacity(2);
+        if s < a {
+            parts.push((s, a - 1));
+        }
+        if b < e {
+            parts.push((b + 1, e));
+        }
+        self.pieces.splice(i..=i, parts);
+        let mut offset = 0;
+        self.offsets = self
+            .pieces
+            .iter()
+            .map(|(s, e)| {
+                let o = offset;
+                offset += e - s + 1;
+                o
+            })
+            .collect();
+    }
 }
 
 /// The running sums of `weights`, from 0: a cumulative distribution over the
@@ -609,6 +756,35 @@ mod tests {
         let sample: Vec<(i32, f64)> = (1..=2).map(|k| (k, 1.0)).collect();
         assert_eq!(boundaries(sample, 5), [(1, 1, 2), (2, 2, 2)]);
         assert!(boundaries(Vec::<(i32, f64)>::new(), 4).is_empty());
+    }
+
+    #[test]
+    fn a_line_numbers_what_is_left_of_the_range() {
+        use super::Line;
+        let mut line = Line::new(-5, 100);
+        assert_eq!(
+            (line.len(), line.to_real(0), line.to_line(100)),
+            (106, -5, 105)
+        );
+        // ids up to 20, then an empty stretch up to the outlier at 90
+        line.remove(21, 90);
+        assert_eq!(line.len(), 36);
+        assert_eq!(line.pieces, [(-5, 20), (91, 100)]);
+        assert_eq!(
+            (line.to_real(25), line.to_real(26), line.to_real(35)),
+            (20, 91, 100)
+        );
+        assert_eq!(
+            (line.to_line(20), line.to_line(91), line.to_line(-6)),
+            (25, 26, -1)
+        );
+        line.remove(-5, -5);
+        line.remove(100, 100);
+        assert_eq!(line.pieces, [(-4, 20), (91, 99)]);
+        assert_eq!(
+            (line.len(), line.to_real(0), line.to_real(33)),
+            (34, -4, 99)
+        );
     }
 
     #[test]
