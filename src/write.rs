@@ -39,6 +39,7 @@ use crate::engine::{Engine, ScanConfig};
 use crate::error::Error;
 use crate::explain::{read_order, OrderCheck};
 use crate::key::Key;
+use crate::moved::MoveWatch;
 use crate::predicate::{Bounds, BoundsCell, SeekPredicate};
 use crate::query::{PrepareKeys, PrepareModel, SeekQuery};
 use crate::rows::{KeyRows, LoadedRow, ModelRows, Rows};
@@ -648,6 +649,11 @@ where
     diesel::dsl::Update<RangeTarget<Q, K>, V>:
         diesel::query_builder::AsQuery + ExecuteDsl<S::Connection>,
     KeyRows: Rows<S::Connection, <Q as PrepareKeys<'a, K, Db<S>>>::Base, K>,
+    K::Selection: QueryFragment<Db<S>>,
+    RangeTable<Q, K>: FilterDsl<SeekPredicate<K>>,
+    RangeCount<Q, K>: diesel::query_dsl::LoadQuery<'a, S::Connection, i64>,
+    diesel::dsl::Filter<RangeTable<Q, K>, SeekPredicate<K>>:
+        diesel::query_dsl::methods::SelectDsl<diesel::dsl::count_star>,
 {
     type Value = K::Value;
 
@@ -657,15 +663,151 @@ where
             let columns = self.key.describe();
             return Err(Error::KeyChanged { column, columns });
         }
+        let key_sql = render_sql::<Db<S>, _>(&self.key.selection());
         let (key, query, scan, job, seek) = self.into_job::<'a, Db<S>>();
+        // Read in the first batch's transaction, before its UPDATE.
+        let mut watch: Option<MoveWatch> = None;
         run_job(source, seek, KeyRows, scan, job, &mut |conn, _, range| {
-            let target = FilterDsl::filter(
-                query.clone(),
-                SeekPredicate::new(key, BoundsCell::new(range.clone())),
-            );
-            let stmt = diesel::update(target).set(changes.clone());
-            Ok(ExecuteDsl::execute(stmt, conn)? as u64)
+            let watch = match &mut watch {
+                Some(w) => w,
+                None => watch.insert(read_move_watch(conn, key_sql.as_deref())?),
+            };
+            if let Some(reason) = &watch.refused {
+                return Err(Abort::Fail(Error::KeyMayMove {
+                    columns: key.describe(),
+                    reason: reason.clone(),
+                }));
+            }
+            let update = |conn: &mut S::Connection| -> diesel::QueryResult<u64> {
+                let target = FilterDsl::filter(
+                    query.clone(),
+                    SeekPredicate::new(key, BoundsCell::new(range.clone())),
+                );
+                let stmt = diesel::update(target).set(changes.clone());
+                Ok(ExecuteDsl::execute(stmt, conn)? as u64)
+            };
+            if watch.watched.is_empty() {
+                return Ok(update(conn)?);
+            }
+            let count = |conn: &mut S::Connection| -> diesel::QueryResult<i64> {
+                let table = <RangeTarget<Q, K> as HasTable>::table();
+                let in_range = FilterDsl::filter(
+                    table,
+                    SeekPredicate::new(key, BoundsCell::new(range.clone())),
+                );
+                let counted = diesel::query_dsl::methods::SelectDsl::select(
+                    in_range,
+                    diesel::dsl::count_star(),
+                );
+                diesel::RunQueryDsl::get_result(counted, conn)
+            };
+            guarded_update(conn, update, count).map_err(|moved| match moved {
+                Guard::Db(e) => Abort::Db(e),
+                Guard::Moved(moved) => Abort::Fail(Error::KeyMoved {
+                    columns: key.describe(),
+                    range: describe_range(range),
+                    moved,
+                    cause: watch.watched.join(", "),
+                }),
+            })
         })
+    }
+}
+
+/// The table of an `update_all` query.
+pub type RangeTable<Q, K> = <RangeTarget<Q, K> as HasTable>::Table;
+
+/// `SELECT count(*) FROM <table> WHERE <range>`: the rows of a batch's key
+/// range, whatever the query's filters (see [`guarded_update`]).
+pub type RangeCount<Q, K> =
+    diesel::dsl::Count<diesel::dsl::Filter<RangeTable<Q, K>, SeekPredicate<K>>>;
+
+/// What the schema says can move the key of the table whose key columns
+/// render as `key_sql`; nothing when they cannot be read.
+fn read_move_watch<C: CheckpointConnection>(
+    conn: &mut C,
+    key_sql: Option<&str>,
+) -> diesel::QueryResult<MoveWatch> {
+    let Some(Ok(key)) = key_sql.map(crate::unique::sql::key_columns) else {
+        return Ok(MoveWatch::default());
+    };
+    let table = key[0].table.clone();
+    let columns: Vec<&str> = key
+        .iter()
+        .filter(|k| k.table == table)
+        .map(|k| k.column.as_str())
+        .collect();
+    let causes = conn.key_move_causes(table.schema.as_deref(), &table.table, &columns)?;
+    Ok(MoveWatch::new(&table.to_string(), causes))
+}
+
+/// Why a [`guarded_update`] did not write.
+enum Guard {
+    Db(diesel::result::Error),
+    /// This many rows left the batch's range.
+    Moved(u64),
+}
+
+impl From<diesel::result::Error> for Guard {
+    fn from(e: diesel::result::Error) -> Self {
+        Guard::Db(e)
+    }
+}
+
+/// Runs a batch's `UPDATE` on a table whose triggers may move keys, and
+/// checks that no row left the batch's key range: the table's rows in the
+/// range (whatever the query's filters) are counted before the `UPDATE` and
+/// after it. Fewer after means the `UPDATE` moved keys out of the range, or
+/// another transaction deleted rows of it in between; the `UPDATE` is rolled
+/// back to a savepoint and the range counted again to tell which. When the
+/// range is as it was, the rows left because of the `UPDATE`:
+/// [`Guard::Moved`]. Otherwise the check runs again against the new count.
+fn guarded_update<C: diesel::Connection>(
+    conn: &mut C,
+    mut update: impl FnMut(&mut C) -> diesel::QueryResult<u64>,
+    mut count: impl FnMut(&mut C) -> diesel::QueryResult<i64>,
+) -> Result<u64, Guard> {
+    const ATTEMPTS: u32 = 3;
+    let mut before = count(conn)?;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let done = conn.transaction(|conn| {
+            let written = update(conn)?;
+            let after = count(conn)?;
+            if after < before {
+                return Err(Guard::Moved(u64::try_from(before - after).unwrap_or(0)));
+            }
+            Ok(written)
+        });
+        match done {
+            Err(Guard::Moved(moved)) => {
+                let again = count(conn)?;
+                if again == before || attempt >= ATTEMPTS {
+                    return Err(Guard::Moved(moved));
+                }
+                before = again;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// A batch's key range, in the scan's order, for an error.
+fn describe_range<V: std::fmt::Debug>(range: &Bounds<V>) -> String {
+    let after = range
+        .after
+        .as_ref()
+        .map(|k| format!("after key {:?}", k.value));
+    let until = range
+        .until
+        .as_ref()
+        .map(|k| format!("up to key {:?}", k.value));
+    match (after, until) {
+        (Some(a), Some(u)) => format!("{a} {u}"),
+        (Some(a), None) => a,
+        (None, Some(u)) => format!("from the start {u}"),
+        (None, None) => "of the whole scan".into(),
     }
 }
 
