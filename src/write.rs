@@ -8,8 +8,11 @@
 //! BEGIN                                         -- SQLite: BEGIN IMMEDIATE; MySQL: READ COMMITTED
 //! [SELECT ... FROM chunked_checkpoints WHERE name = $job FOR UPDATE NOWAIT]
 //! SELECT <key> FROM t WHERE (<filters>) AND key > $lo ORDER BY key LIMIT <n + 1>
+//! [SELECT ... generated key columns, UPDATE triggers of t]   -- update_all, first batch only
+//! [SELECT count(*) FROM t WHERE key > $lo AND key <= $hi; SAVEPOINT]  -- t has UPDATE triggers
 //! UPDATE t SET <changes> WHERE (<filters>) AND key > $lo AND key <= $hi
 //!   -- or DELETE FROM t WHERE ..., or your closure with the batch's rows
+//! [SELECT count(*) FROM t WHERE key > $lo AND key <= $hi; RELEASE SAVEPOINT]
 //! [UPDATE chunked_checkpoints SET last_key = $hi, rows_done = .., batches_done = .. WHERE name = $job]
 //! COMMIT
 //! ```
@@ -21,6 +24,21 @@
 //! pool) no connection; it may pause ([`Chunked::pause`]), ask a closure how
 //! long to wait ([`Chunked::throttle`]), and size the next batch toward a
 //! target time ([`Chunked::target_batch_time`]).
+//!
+//! A row whose key an `update_all` moves ahead of the scan would be met, and
+//! written, again by a later batch. A `SET` list that names a key column is
+//! [`Error::KeyChanged`] before any batch. A key the `UPDATE` changes without
+//! naming it is caught too: a generated key column (or, on MySQL/MariaDB, one
+//! with `ON UPDATE CURRENT_TIMESTAMP`) is [`Error::KeyMayMove`] in the first
+//! batch, before it writes; on a table with `UPDATE` triggers (or PostgreSQL
+//! rules) each batch counts the table's rows in its key range before and
+//! after its `UPDATE`, and rows gone from it stop the job with
+//! [`Error::KeyMoved`], that batch rolled back. (On MySQL/MariaDB a trigger
+//! can only change the row being updated by naming the column, so a trigger
+//! that never names a key column costs nothing.) A table without either costs
+//! the one read of its schema. `delete_all` moves nothing, and the closure of
+//! `for_each_batch` is not checked: it may write what it likes, and a row
+//! whose key it moves ahead of the scan is met again.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -964,6 +982,56 @@ impl<Q, K: Key> Chunked<Q, K> {
 mod tests {
     use super::BatchSizer;
     use std::time::Duration;
+
+    #[cfg(feature = "sqlite")]
+    #[test]
+    fn a_drop_in_the_range_is_a_move_only_when_the_range_is_otherwise_unchanged() {
+        use super::{guarded_update, Guard};
+        use diesel::{Connection, RunQueryDsl, SqliteConnection};
+        let mut conn = SqliteConnection::establish(":memory:").unwrap();
+        diesel::sql_query("CREATE TABLE t (n INTEGER NOT NULL)")
+            .execute(&mut conn)
+            .unwrap();
+        diesel::sql_query("INSERT INTO t VALUES (0)")
+            .execute(&mut conn)
+            .unwrap();
+        let update = |c: &mut SqliteConnection| {
+            diesel::sql_query("UPDATE t SET n = n + 1")
+                .execute(c)
+                .map(|n| n as u64)
+        };
+        let n = |c: &mut SqliteConnection| {
+            diesel::sql_query("SELECT n FROM t").load::<N>(c).unwrap()[0].n
+        };
+        #[derive(diesel::QueryableByName)]
+        struct N {
+            #[diesel(sql_type = diesel::sql_types::Integer)]
+            n: i32,
+        }
+        // The counts of the range: 10 before; 9 after the UPDATE; 8 once it is
+        // rolled back (another writer deleted rows meanwhile), so the UPDATE
+        // runs again against 8, and 8 are left after it.
+        let mut counts = [10, 9, 8, 8].into_iter();
+        let done = guarded_update(&mut conn, update, |_| Ok(counts.next().unwrap()));
+        assert!(matches!(done, Ok(1)));
+        assert_eq!(counts.next(), None);
+        assert_eq!(
+            n(&mut conn),
+            1,
+            "the first UPDATE rolled back, the second kept"
+        );
+        // 10 before, 9 after, 10 again without the UPDATE: it moved a row.
+        let mut counts = [10, 9, 10].into_iter();
+        let done = guarded_update(&mut conn, update, |_| Ok(counts.next().unwrap()));
+        assert!(matches!(done, Err(Guard::Moved(1))));
+        assert_eq!(n(&mut conn), 1, "the UPDATE rolled back");
+        // A range that keeps changing: a move after three tries.
+        let mut counts = [10, 9, 8, 7, 6, 5, 4].into_iter();
+        let done = guarded_update(&mut conn, update, |_| Ok(counts.next().unwrap()));
+        assert!(matches!(done, Err(Guard::Moved(1))));
+        assert_eq!(counts.next(), None);
+        assert_eq!(n(&mut conn), 1);
+    }
 
     #[test]
     fn batch_size_grows_slowly_and_shrinks_fast() {
