@@ -736,7 +736,8 @@ where
 pub type RangeTable<Q, K> = <RangeTarget<Q, K> as HasTable>::Table;
 
 /// `SELECT count(*) FROM <table> WHERE <range>`: the rows of a batch's key
-/// range, whatever the query's filters (see [`guarded_update`]).
+/// range, whatever the query's filters: what a batch counts before and after its
+/// `UPDATE` when the table has `UPDATE` triggers.
 pub type RangeCount<Q, K> =
     diesel::dsl::Count<diesel::dsl::Filter<RangeTable<Q, K>, SeekPredicate<K>>>;
 
