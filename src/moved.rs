@@ -277,6 +277,47 @@ mod tests {
         }
     }
 
+    #[cfg(feature = "sqlite")]
+    #[test]
+    fn sqlite_causes_of_main_temp_and_attached_tables() {
+        use diesel::connection::SimpleConnection;
+        use diesel::Connection;
+        let mut conn = diesel::SqliteConnection::establish(":memory:").unwrap();
+        conn.batch_execute(
+            "ATTACH ':memory:' AS \"ot\"\"her\"; \
+             CREATE TABLE g (id INTEGER PRIMARY KEY, n INTEGER NOT NULL, \
+                k INTEGER GENERATED ALWAYS AS (n * 2) STORED, v INTEGER AS (n + 1)); \
+             CREATE TRIGGER g_ins AFTER INSERT ON g BEGIN UPDATE g SET n = 1; END; \
+             CREATE TEMP TRIGGER g_upd AFTER UPDATE ON main.g BEGIN SELECT 1; END; \
+             CREATE TABLE \"ot\"\"her\".g (id INTEGER PRIMARY KEY, k INTEGER NOT NULL); \
+             CREATE TRIGGER \"ot\"\"her\".g_upd2 BEFORE UPDATE OF k ON g BEGIN SELECT 1; END;",
+        )
+        .unwrap();
+        let names = |causes: Vec<MoveCause>| -> Vec<(String, String)> {
+            causes.into_iter().map(|c| (c.kind, c.name)).collect()
+        };
+        let main = sqlite_causes(&mut conn, None, "g", &["K"]).unwrap();
+        assert_eq!(
+            names(main),
+            [
+                (GENERATED.into(), "k".into()),
+                (TRIGGER.into(), "g_upd".into())
+            ]
+        );
+        let main = sqlite_causes(&mut conn, None, "g", &["id"]).unwrap();
+        assert_eq!(names(main), [(TRIGGER.into(), "g_upd".into())]);
+        let other = sqlite_causes(&mut conn, Some("ot\"her"), "g", &["k"]).unwrap();
+        // the TEMP trigger is on main.g, but names only its table: kept (a
+        // check too many costs a count, never a wrong answer)
+        assert_eq!(
+            names(other),
+            [
+                (TRIGGER.into(), "g_upd2".into()),
+                (TRIGGER.into(), "g_upd".into())
+            ]
+        );
+    }
+
     #[cfg(feature = "mysql")]
     #[test]
     fn mysql_triggers_count_when_they_name_a_key_column() {
