@@ -780,7 +780,11 @@ impl From<diesel::result::Error> for Guard {
 /// another transaction deleted rows of it in between; the `UPDATE` is rolled
 /// back to a savepoint and the range counted again to tell which. When the
 /// range is as it was, the rows left because of the `UPDATE`:
-/// [`Guard::Moved`]. Otherwise the check runs again against the new count.
+/// [`Guard::Moved`]. Otherwise the check runs again against the new count
+/// (three times at most, then [`Guard::Moved`]: the range never held still).
+/// Rows another writer adds to the range while the `UPDATE` runs can hide a
+/// move in that batch, but a trigger that moves keys moves them in the next
+/// batch too.
 fn guarded_update<C: diesel::Connection>(
     conn: &mut C,
     mut update: impl FnMut(&mut C) -> diesel::QueryResult<u64>,
