@@ -406,6 +406,41 @@ pub enum Error {
         #[source]
         source: Box<diesel::result::Error>,
     },
+
+    /// `update_all` scans by a key that every `UPDATE` can change whatever its
+    /// `SET` list says: a generated key column (or, on MySQL/MariaDB, one with
+    /// `ON UPDATE CURRENT_TIMESTAMP`). Rows it moves ahead of the scan would be
+    /// updated again in a later batch, so the job is refused in its first
+    /// batch, before it writes anything.
+    #[error("update_all cannot scan by {columns}: {reason}")]
+    KeyMayMove {
+        /// The key column(s).
+        columns: String,
+        /// Which column, why, and what to scan by instead.
+        reason: String,
+    },
+
+    /// A batch of `update_all` moved rows out of its key range although the
+    /// `SET` list leaves the key alone: an `UPDATE` trigger (or rule) changes
+    /// the key. Rows moved ahead of the scan would be updated again in a later
+    /// batch, so the batch was rolled back and the job stopped.
+    #[error(
+        "the batch {range} of update_all moved {moved} row(s) out of its range of {columns}, \
+         although the SET list leaves the key alone ({cause} of the table may change the key); \
+         rows moved ahead of the scan would be updated again in a later batch, so the batch \
+         was rolled back and the job stopped; scan by a key the update cannot change, such \
+         as the primary key"
+    )]
+    KeyMoved {
+        /// The key column(s).
+        columns: String,
+        /// The batch's key range (`after 10 up to 20`, in the scan's order).
+        range: String,
+        /// How many rows fewer the range held after the `UPDATE`.
+        moved: u64,
+        /// The table's `UPDATE` triggers and rules.
+        cause: String,
+    },
 }
 
 struct DisplayAfterStart<'a>(&'a Option<String>);

@@ -17,6 +17,7 @@ mod iter;
 pub mod jetstream;
 pub mod key;
 mod load;
+mod moved;
 pub mod plan;
 mod predicate;
 #[doc(hidden)]

@@ -89,6 +89,21 @@ pub trait UniqueIndexes: LoadConnection {
         let _ = (schema, table, columns);
         Ok(true)
     }
+
+    /// What in the schema of `table` can change the key `columns` of the rows
+    /// an `UPDATE` writes although its `SET` list does not name them:
+    /// generated key columns and `UPDATE` triggers (see `update_all`). The
+    /// default finds nothing.
+    #[doc(hidden)]
+    fn key_move_causes(
+        &mut self,
+        schema: Option<&str>,
+        table: &str,
+        columns: &[&str],
+    ) -> QueryResult<Vec<crate::moved::MoveCause>> {
+        let _ = (schema, table, columns);
+        Ok(Vec::new())
+    }
 }
 
 #[derive(QueryableByName)]
@@ -164,6 +179,15 @@ impl UniqueIndexes for diesel::SqliteConnection {
         };
         Ok(split(rows))
     }
+
+    fn key_move_causes(
+        &mut self,
+        schema: Option<&str>,
+        table: &str,
+        columns: &[&str],
+    ) -> QueryResult<Vec<crate::moved::MoveCause>> {
+        crate::moved::sqlite_causes(self, schema, table, columns)
+    }
 }
 
 #[cfg(feature = "postgres")]
@@ -179,6 +203,15 @@ impl UniqueIndexes for diesel::PgConnection {
     ) -> QueryResult<Vec<Vec<String>>> {
         let rows = in_table!(PG_UNIQUE_SETS, schema, table).load::<ColumnSet>(self)?;
         Ok(split(rows))
+    }
+
+    fn key_move_causes(
+        &mut self,
+        schema: Option<&str>,
+        table: &str,
+        columns: &[&str],
+    ) -> QueryResult<Vec<crate::moved::MoveCause>> {
+        crate::moved::pg_causes(self, schema, table, columns)
     }
 }
 
@@ -252,6 +285,15 @@ impl UniqueIndexes for diesel::MysqlConnection {
             None => false,
         };
         Ok(info.problem(table, column, no_pad))
+    }
+
+    fn key_move_causes(
+        &mut self,
+        schema: Option<&str>,
+        table: &str,
+        columns: &[&str],
+    ) -> QueryResult<Vec<crate::moved::MoveCause>> {
+        crate::moved::mysql_causes(self, schema, table, columns)
     }
 }
 

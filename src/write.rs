@@ -8,8 +8,11 @@
 //! BEGIN                                         -- SQLite: BEGIN IMMEDIATE; MySQL: READ COMMITTED
 //! [SELECT ... FROM chunked_checkpoints WHERE name = $job FOR UPDATE NOWAIT]
 //! SELECT <key> FROM t WHERE (<filters>) AND key > $lo ORDER BY key LIMIT <n + 1>
+//! [SELECT ... generated key columns, UPDATE triggers of t]   -- update_all, first batch only
+//! [SELECT count(*) FROM t WHERE key > $lo AND key <= $hi; SAVEPOINT]  -- t has UPDATE triggers
 //! UPDATE t SET <changes> WHERE (<filters>) AND key > $lo AND key <= $hi
 //!   -- or DELETE FROM t WHERE ..., or your closure with the batch's rows
+//! [SELECT count(*) FROM t WHERE key > $lo AND key <= $hi; RELEASE SAVEPOINT]
 //! [UPDATE chunked_checkpoints SET last_key = $hi, rows_done = .., batches_done = .. WHERE name = $job]
 //! COMMIT
 //! ```
@@ -24,6 +27,21 @@
 //! lock and (on a pool) no connection; it may pause ([`Chunked::pause`]), ask
 //! a closure how long to wait ([`Chunked::throttle`]), and size the next
 //! batch toward a target time ([`Chunked::target_batch_time`]).
+//!
+//! A row whose key an `update_all` moves ahead of the scan would be met, and
+//! written, again by a later batch. A `SET` list that names a key column is
+//! [`Error::KeyChanged`] before any batch. A key the `UPDATE` changes without
+//! naming it is caught too: a generated key column (or, on MySQL/MariaDB, one
+//! with `ON UPDATE CURRENT_TIMESTAMP`) is [`Error::KeyMayMove`] in the first
+//! batch, before it writes; on a table with `UPDATE` triggers (or PostgreSQL
+//! rules) each batch counts the table's rows in its key range before and
+//! after its `UPDATE`, and rows gone from it stop the job with
+//! [`Error::KeyMoved`], that batch rolled back. (On MySQL/MariaDB a trigger
+//! can only change the row being updated by naming the column, so a trigger
+//! that never names a key column costs nothing.) A table without either costs
+//! the one read of its schema. `delete_all` moves nothing, and the closure of
+//! `for_each_batch` is not checked: it may write what it likes, and a row
+//! whose key it moves ahead of the scan is met again.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -42,6 +60,7 @@ use crate::engine::{Engine, ScanConfig};
 use crate::error::Error;
 use crate::explain::{read_order, OrderCheck};
 use crate::key::Key;
+use crate::moved::MoveWatch;
 use crate::predicate::{Bounds, BoundsCell, SeekPredicate};
 use crate::query::{PrepareKeys, PrepareModel, SeekQuery};
 use crate::rows::{KeyRows, LoadedRow, ModelRows, Rows};
@@ -744,6 +763,11 @@ where
     diesel::dsl::Update<RangeTarget<Q, K>, V>:
         diesel::query_builder::AsQuery + ExecuteDsl<S::Connection>,
     KeyRows: Rows<S::Connection, <Q as PrepareKeys<'a, K, Db<S>>>::Base, K>,
+    K::Selection: QueryFragment<Db<S>>,
+    RangeTable<Q, K>: FilterDsl<SeekPredicate<K>>,
+    RangeCount<Q, K>: diesel::query_dsl::LoadQuery<'a, S::Connection, i64>,
+    diesel::dsl::Filter<RangeTable<Q, K>, SeekPredicate<K>>:
+        diesel::query_dsl::methods::SelectDsl<diesel::dsl::count_star>,
 {
     type Value = K::Value;
 
@@ -753,15 +777,156 @@ where
             let columns = self.key.describe();
             return Err(Error::KeyChanged { column, columns });
         }
+        let key_sql = render_sql::<Db<S>, _>(&self.key.selection());
         let (key, query, scan, job, seek) = self.into_job::<'a, Db<S>>();
+        // Read in the first batch's transaction, before its UPDATE.
+        let mut watch: Option<MoveWatch> = None;
         run_job(source, seek, KeyRows, scan, job, &mut |conn, _, range| {
-            let target = FilterDsl::filter(
-                query.clone(),
-                SeekPredicate::new(key, BoundsCell::new(range.clone())),
-            );
-            let stmt = diesel::update(target).set(changes.clone());
-            Ok(ExecuteDsl::execute(stmt, conn)? as u64)
+            let watch = match &mut watch {
+                Some(w) => w,
+                None => watch.insert(read_move_watch(conn, key_sql.as_deref())?),
+            };
+            if let Some(reason) = &watch.refused {
+                return Err(Abort::Fail(Error::KeyMayMove {
+                    columns: key.describe(),
+                    reason: reason.clone(),
+                }));
+            }
+            let update = |conn: &mut S::Connection| -> diesel::QueryResult<u64> {
+                let target = FilterDsl::filter(
+                    query.clone(),
+                    SeekPredicate::new(key, BoundsCell::new(range.clone())),
+                );
+                let stmt = diesel::update(target).set(changes.clone());
+                Ok(ExecuteDsl::execute(stmt, conn)? as u64)
+            };
+            if watch.watched.is_empty() {
+                return Ok(update(conn)?);
+            }
+            let count = |conn: &mut S::Connection| -> diesel::QueryResult<i64> {
+                let table = <RangeTarget<Q, K> as HasTable>::table();
+                let in_range = FilterDsl::filter(
+                    table,
+                    SeekPredicate::new(key, BoundsCell::new(range.clone())),
+                );
+                let counted = diesel::query_dsl::methods::SelectDsl::select(
+                    in_range,
+                    diesel::dsl::count_star(),
+                );
+                diesel::RunQueryDsl::get_result(counted, conn)
+            };
+            guarded_update(conn, update, count).map_err(|moved| match moved {
+                Guard::Db(e) => Abort::Db(e),
+                Guard::Moved(moved) => Abort::Fail(Error::KeyMoved {
+                    columns: key.describe(),
+                    range: describe_range(range),
+                    moved,
+                    cause: watch.watched.join(", "),
+                }),
+            })
         })
+    }
+}
+
+/// The table of an `update_all` query.
+pub type RangeTable<Q, K> = <RangeTarget<Q, K> as HasTable>::Table;
+
+/// `SELECT count(*) FROM <table> WHERE <range>`: the rows of a batch's key
+/// range, whatever the query's filters: what a batch counts before and after its
+/// `UPDATE` when the table has `UPDATE` triggers.
+pub type RangeCount<Q, K> =
+    diesel::dsl::Count<diesel::dsl::Filter<RangeTable<Q, K>, SeekPredicate<K>>>;
+
+/// What the schema says can move the key of the table whose key columns
+/// render as `key_sql`; nothing when they cannot be read.
+fn read_move_watch<C: CheckpointConnection>(
+    conn: &mut C,
+    key_sql: Option<&str>,
+) -> diesel::QueryResult<MoveWatch> {
+    let Some(Ok(key)) = key_sql.map(crate::unique::sql::key_columns) else {
+        return Ok(MoveWatch::default());
+    };
+    let table = key[0].table.clone();
+    let columns: Vec<&str> = key
+        .iter()
+        .filter(|k| k.table == table)
+        .map(|k| k.column.as_str())
+        .collect();
+    let causes = conn.key_move_causes(table.schema.as_deref(), &table.table, &columns)?;
+    Ok(MoveWatch::new(&table.to_string(), causes))
+}
+
+/// Why a [`guarded_update`] did not write.
+enum Guard {
+    Db(diesel::result::Error),
+    /// This many rows left the batch's range.
+    Moved(u64),
+}
+
+impl From<diesel::result::Error> for Guard {
+    fn from(e: diesel::result::Error) -> Self {
+        Guard::Db(e)
+    }
+}
+
+/// Runs a batch's `UPDATE` on a table whose triggers may move keys, and
+/// checks that no row left the batch's key range: the table's rows in the
+/// range (whatever the query's filters) are counted before the `UPDATE` and
+/// after it. Fewer after means the `UPDATE` moved keys out of the range, or
+/// another transaction deleted rows of it in between; the `UPDATE` is rolled
+/// back to a savepoint and the range counted again to tell which. When the
+/// range is as it was, the rows left because of the `UPDATE`:
+/// [`Guard::Moved`]. Otherwise the check runs again against the new count
+/// (three times at most, then [`Guard::Moved`]: the range never held still).
+/// Rows another writer adds to the range while the `UPDATE` runs can hide a
+/// move in that batch, but a trigger that moves keys moves them in the next
+/// batch too.
+fn guarded_update<C: diesel::Connection>(
+    conn: &mut C,
+    mut update: impl FnMut(&mut C) -> diesel::QueryResult<u64>,
+    mut count: impl FnMut(&mut C) -> diesel::QueryResult<i64>,
+) -> Result<u64, Guard> {
+    const ATTEMPTS: u32 = 3;
+    let mut before = count(conn)?;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let done = conn.transaction(|conn| {
+            let written = update(conn)?;
+            let after = count(conn)?;
+            if after < before {
+                return Err(Guard::Moved(u64::try_from(before - after).unwrap_or(0)));
+            }
+            Ok(written)
+        });
+        match done {
+            Err(Guard::Moved(moved)) => {
+                let again = count(conn)?;
+                if again == before || attempt >= ATTEMPTS {
+                    return Err(Guard::Moved(moved));
+                }
+                before = again;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// A batch's key range, in the scan's order, for an error.
+fn describe_range<V: std::fmt::Debug>(range: &Bounds<V>) -> String {
+    let after = range
+        .after
+        .as_ref()
+        .map(|k| format!("after key {:?}", k.value));
+    let until = range
+        .until
+        .as_ref()
+        .map(|k| format!("up to key {:?}", k.value));
+    match (after, until) {
+        (Some(a), Some(u)) => format!("{a} {u}"),
+        (Some(a), None) => a,
+        (None, Some(u)) => format!("from the start {u}"),
+        (None, None) => "of the whole scan".into(),
     }
 }
 
@@ -918,6 +1083,56 @@ impl<Q, K: Key> Chunked<Q, K> {
 mod tests {
     use super::BatchSizer;
     use std::time::Duration;
+
+    #[cfg(feature = "sqlite")]
+    #[test]
+    fn a_drop_in_the_range_is_a_move_only_when_the_range_is_otherwise_unchanged() {
+        use super::{guarded_update, Guard};
+        use diesel::{Connection, RunQueryDsl, SqliteConnection};
+        let mut conn = SqliteConnection::establish(":memory:").unwrap();
+        diesel::sql_query("CREATE TABLE t (n INTEGER NOT NULL)")
+            .execute(&mut conn)
+            .unwrap();
+        diesel::sql_query("INSERT INTO t VALUES (0)")
+            .execute(&mut conn)
+            .unwrap();
+        let update = |c: &mut SqliteConnection| {
+            diesel::sql_query("UPDATE t SET n = n + 1")
+                .execute(c)
+                .map(|n| n as u64)
+        };
+        let n = |c: &mut SqliteConnection| {
+            diesel::sql_query("SELECT n FROM t").load::<N>(c).unwrap()[0].n
+        };
+        #[derive(diesel::QueryableByName)]
+        struct N {
+            #[diesel(sql_type = diesel::sql_types::Integer)]
+            n: i32,
+        }
+        // The counts of the range: 10 before; 9 after the UPDATE; 8 once it is
+        // rolled back (another writer deleted rows meanwhile), so the UPDATE
+        // runs again against 8, and 8 are left after it.
+        let mut counts = [10, 9, 8, 8].into_iter();
+        let done = guarded_update(&mut conn, update, |_| Ok(counts.next().unwrap()));
+        assert!(matches!(done, Ok(1)));
+        assert_eq!(counts.next(), None);
+        assert_eq!(
+            n(&mut conn),
+            1,
+            "the first UPDATE rolled back, the second kept"
+        );
+        // 10 before, 9 after, 10 again without the UPDATE: it moved a row.
+        let mut counts = [10, 9, 10].into_iter();
+        let done = guarded_update(&mut conn, update, |_| Ok(counts.next().unwrap()));
+        assert!(matches!(done, Err(Guard::Moved(1))));
+        assert_eq!(n(&mut conn), 1, "the UPDATE rolled back");
+        // A range that keeps changing: a move after three tries.
+        let mut counts = [10, 9, 8, 7, 6, 5, 4].into_iter();
+        let done = guarded_update(&mut conn, update, |_| Ok(counts.next().unwrap()));
+        assert!(matches!(done, Err(Guard::Moved(1))));
+        assert_eq!(counts.next(), None);
+        assert_eq!(n(&mut conn), 1);
+    }
 
     #[test]
     fn batch_size_grows_slowly_and_shrinks_fast() {

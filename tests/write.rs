@@ -92,10 +92,16 @@ backend_tests! {
         assert_eq!((report.rows, report.batches), (all.len() as u64, 9));
         assert_eq!(report.last_key, all.last().copied());
         assert!(report.done);
-        // Per batch: BEGIN, SELECT of the keys, UPDATE of the range, COMMIT.
+        // Per batch: BEGIN, SELECT of the keys, UPDATE of the range, COMMIT;
+        // and in the first, one read of the schema for what else could move
+        // the key (generated key columns, UPDATE triggers: none here).
         let updates: Vec<String> = log.all().into_iter().filter(|q| q.starts_with("UPDATE")).collect();
         assert_eq!(updates.len(), 9);
-        assert_eq!(log.selects().len(), 9);
+        let schema_read = |q: &String| {
+            ["pragma_table_xinfo", "pg_trigger", "information_schema.TRIGGERS"].iter().any(|t| q.contains(t))
+        };
+        assert_eq!(log.all().iter().filter(|q| schema_read(q)).count(), 1, "{:#?}", log.all());
+        assert_eq!(log.selects().iter().filter(|q| !schema_read(q)).count(), 9);
         assert!(counters(&mut conn).values().all(|&n| n == 1), "{:?}", counters(&mut conn));
         let shape = |q: &str| {
             let q = q.split(" -- binds").next().unwrap().replace(['"', '`'], "");
