@@ -449,3 +449,61 @@ mod mariadb {
         }
     }
 }
+
+/// The async drivers make the same check: `verify_unique_async`, and a stream
+/// before its first batch, on diesel-async's PostgreSQL connection and on
+/// SQLite in its blocking wrapper.
+#[cfg(all(feature = "async", feature = "_tokio-rt"))]
+mod streams {
+    use super::*;
+    use diesel_async::AsyncConnection;
+    use futures_util::TryStreamExt;
+
+    macro_rules! refused {
+        ($name:ident, $backend:ty, $conn:ty, $own:expr, $index:expr) => {
+            #[tokio::test(flavor = "multi_thread")]
+            async fn $name() {
+                let db = <$backend as TestBackend>::create();
+                let mut sync = <$backend as TestBackend>::connect(&db);
+                case_blind_names(&mut sync, <$backend as TestBackend>::NAME);
+                let mut conn = <$conn>::establish(&db.url).await.expect("async connection");
+                let err = names::table
+                    .chunked_by(names::name)
+                    .verify_unique_async(&mut conn)
+                    .await
+                    .unwrap_err();
+                assert_refused(&err, $own, $index);
+                for batch in [1, 5] {
+                    let got: Result<Vec<Name>, Error> = names::table
+                        .chunked_by(names::name)
+                        .batch_size(batch)
+                        .load_stream::<Name>(&mut conn)
+                        .try_collect()
+                        .await;
+                    assert_refused(&got.unwrap_err(), $own, $index);
+                }
+                let ids: Vec<i32> = names::table
+                    .chunked_by((names::name, names::id))
+                    .batch_size(5)
+                    .load_stream::<Name>(&mut conn)
+                    .map_ok(|r| r.id)
+                    .try_collect()
+                    .await
+                    .unwrap();
+                let expected: Vec<i32> = (1..=26).flat_map(|i| [i, i + 26]).collect();
+                assert_eq!(ids, expected);
+            }
+        };
+    }
+
+    #[cfg(feature = "sqlite")]
+    refused!(
+        sqlite,
+        Sqlite,
+        diesel_async::sync_connection_wrapper::SyncConnectionWrapper<diesel::SqliteConnection>,
+        "NOCASE",
+        "BINARY"
+    );
+    #[cfg(feature = "postgres")]
+    refused!(postgres, Pg, diesel_async::AsyncPgConnection, "ci", "C");
+}
