@@ -117,8 +117,9 @@ impl<B, K: Key, R: RowType<K>> FirstBatch<'_, B, K, R> {
     ) -> Result<(), Error> {
         self.query.set_probe(false);
         match rows {
-            Ok(rows) => check_probe(self.query.key(), &rows, |r| r.key())
-                .map_err(|e| self.engine.fail(e)),
+            Ok(rows) => {
+                check_probe(self.query.key(), &rows, |r| r.key()).map_err(|e| self.engine.fail(e))
+            }
             Err(e) => Err(self
                 .engine
                 .error(&FIRST, 1, e, self.query.bounds().after.as_ref())),

@@ -1162,7 +1162,8 @@ fn unpinned(
                     }
                 }
             }
-            if sets_of(n).any(|set| !set.is_empty() && set.iter().all(|c| fixed.contains(c.as_str())))
+            if sets_of(n)
+                .any(|set| !set.is_empty() && set.iter().all(|c| fixed.contains(c.as_str())))
             {
                 pinned.insert(n);
             }

@@ -305,7 +305,10 @@ mod stored_forms {
             .collect();
         exec(
             &mut conn,
-            &format!("INSERT INTO stamps (id, created) VALUES {}", values.join(", ")),
+            &format!(
+                "INSERT INTO stamps (id, created) VALUES {}",
+                values.join(", ")
+            ),
         );
         let pivot = NaiveDate::from_ymd_opt(2026, 1, 1)
             .unwrap()
@@ -386,7 +389,8 @@ mod mariadb {
         );
         // the server refuses 'A' next to 'a': the index is case-insensitive too
         exec(&mut conn, "INSERT INTO names (id, name) VALUES (1, 'a')");
-        let dup = diesel::sql_query("INSERT INTO names (id, name) VALUES (2, 'A')").execute(&mut conn);
+        let dup =
+            diesel::sql_query("INSERT INTO names (id, name) VALUES (2, 'A')").execute(&mut conn);
         assert!(dup.is_err(), "{dup:?}");
         exec(&mut conn, "DELETE FROM names");
         // 52 names alternating in case: their case-blind order is not their byte order
@@ -405,7 +409,10 @@ mod mariadb {
             &format!("INSERT INTO names (id, name) VALUES {}", values.join(", ")),
         );
         let expected: Vec<i32> = (1..=52).collect();
-        names::table.chunked_by(names::name).verify_unique(&mut conn).unwrap();
+        names::table
+            .chunked_by(names::name)
+            .verify_unique(&mut conn)
+            .unwrap();
         for batch in [1, 5, 100] {
             let seen: Vec<i32> = names::table
                 .chunked_by(names::name)
@@ -415,10 +422,18 @@ mod mariadb {
                 .collect();
             assert_eq!(seen, expected, "batch {batch}");
         }
-        let parts = names::table.chunked_by(names::name).partitions(4, &mut conn).unwrap();
+        let parts = names::table
+            .chunked_by(names::name)
+            .partitions(4, &mut conn)
+            .unwrap();
         let mut seen = Vec::new();
         for p in &parts {
-            for row in names::table.chunked_by(names::name).within(p).batch_size(3).load_iter::<Name>(&mut conn) {
+            for row in names::table
+                .chunked_by(names::name)
+                .within(p)
+                .batch_size(3)
+                .load_iter::<Name>(&mut conn)
+            {
                 seen.push(row.unwrap().id);
             }
         }
@@ -443,7 +458,10 @@ mod mariadb {
              name VARCHAR(20) CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci NOT NULL, \
              n INTEGER NOT NULL DEFAULT 0, UNIQUE KEY names_name (name(3)))",
         );
-        match names::table.chunked_by(names::name).verify_unique(&mut conn) {
+        match names::table
+            .chunked_by(names::name)
+            .verify_unique(&mut conn)
+        {
             Err(Error::NotUnique { table, .. }) => assert_eq!(table, "names"),
             other => panic!("expected NotUnique, got {other:?}"),
         }

@@ -818,8 +818,14 @@ mod tests {
         assert_eq!(coll("id").as_deref(), Some("BINARY"));
         assert_eq!(coll("k"), None);
         assert_eq!(coll("unique"), None);
-        assert_eq!(sqlite_column_collation("CREATE TABLE t (a TEXT COLLATE", "a"), None);
-        assert_eq!(sqlite_column_collation("CREATE TABLE t (a 'unterminated)", "a"), None);
+        assert_eq!(
+            sqlite_column_collation("CREATE TABLE t (a TEXT COLLATE", "a"),
+            None
+        );
+        assert_eq!(
+            sqlite_column_collation("CREATE TABLE t (a 'unterminated)", "a"),
+            None
+        );
     }
 
     #[test]
