@@ -200,7 +200,10 @@ pub(crate) fn collation_problem(
     sets: &HashMap<TableName, Vec<UniqueSet>>,
 ) -> Option<String> {
     let mut refusal = None;
-    for (table, table_sets) in sets {
+    for table in key_tables(key) {
+        let Some(table_sets) = sets.get(table) else {
+            continue;
+        };
         let own: Vec<&str> = key
             .iter()
             .filter(|k| &k.table == table)
