@@ -48,9 +48,11 @@ pub trait KeysetBackend: Backend {
     /// Rust value does not reproduce (SQLite).
     #[doc(hidden)]
     const STORED_FORMS: bool = false;
-    /// Whether some string key columns order inconsistently (MySQL/MariaDB:
-    /// `NO PAD` collations, values longer than `max_sort_length`), so that a
-    /// scan by a string key checks the column's type first.
+    /// Whether some string key columns order or compare inconsistently
+    /// (MySQL/MariaDB: `NO PAD` collations, values longer than
+    /// `max_sort_length`; SQLite, PostgreSQL: a column held unique by an index
+    /// in another collation than it is compared in), so that a scan by a
+    /// string key checks the schema first.
     #[doc(hidden)]
     const CHECKS_STRING_KEYS: bool = false;
     /// Whether the planner sorts every batch of a composite key whose prefix
@@ -127,6 +129,7 @@ pub trait KeysetBackend: Backend {
 impl KeysetBackend for diesel::sqlite::Sqlite {
     const ROW_VALUES: bool = true;
     const STORED_FORMS: bool = true;
+    const CHECKS_STRING_KEYS: bool = true;
     const EXPLAIN: &'static str = "EXPLAIN QUERY PLAN ";
 
     fn stored_form<ST>(
@@ -224,6 +227,7 @@ mod pg {
         const ROW_VALUES: bool = true;
         const PLANNER_ESTIMATE: bool = true;
         const TID_SAMPLING: bool = true;
+        const CHECKS_STRING_KEYS: bool = true;
         const LITERAL_LIMIT: bool = true;
 
         fn bind_key<'b, ST, V>(value: &'b V, mut out: AstPass<'_, 'b, Self>) -> QueryResult<()>

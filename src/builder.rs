@@ -490,7 +490,10 @@ impl<Q, K: Key> Chunked<Q, K> {
     ///   subquery in `FROM`, a `UNION`, …) is that error too, never a false `Ok`.
     /// - **Key types:** a key column the database cannot order and compare
     ///   consistently is [`Error::UnsupportedKey`] (see
-    ///   [`UniqueIndexes::key_column_problem`]).
+    ///   [`UniqueIndexes::key_column_problem`]), and so is a text key that is
+    ///   unique only through an index in another collation than it is compared
+    ///   in (SQLite, PostgreSQL: a `NOCASE` or nondeterministic column whose
+    ///   unique index is binary).
     ///
     /// ```
     /// # include!("../tests/doc/setup.rs");

@@ -183,7 +183,9 @@ pub enum Error {
     /// [`Chunked::verify_unique`](crate::Chunked::verify_unique) and
     /// [`UniqueIndexes::key_column_problem`](crate::UniqueIndexes::key_column_problem)):
     /// on MySQL/MariaDB a `CHAR` key with a `NO PAD` collation, or a string key
-    /// longer than `@@max_sort_length` bytes.
+    /// longer than `@@max_sort_length` bytes; on SQLite and PostgreSQL a text
+    /// key unique only through an index in another collation than it is
+    /// compared in.
     #[error("key {columns} cannot be scanned reliably: {reason}")]
     UnsupportedKey {
         /// The key column(s).

@@ -47,6 +47,139 @@ pub(crate) struct FirstSteps {
     pub(crate) order: Option<OrderCheck>,
 }
 
+/// What the steps before the first batch read and set: the prepared query,
+/// the row loader and the [`Engine`] of a scan ([`ScanCore::first`]) or of a
+/// write job, which run the same steps.
+pub(crate) struct FirstBatch<'s, B, K: Key, R> {
+    pub(crate) query: &'s mut SeekQuery<B, K>,
+    pub(crate) rows: &'s mut R,
+    pub(crate) engine: &'s mut Engine,
+}
+
+impl<B, K: Key, R: RowType<K>> FirstBatch<'_, B, K, R> {
+    /// What to run before the first batch. `stored_forms` is the backend's
+    /// [`KeysetBackend::STORED_FORMS`](crate::backend::KeysetBackend).
+    pub(crate) fn steps(&self, stored_forms: bool) -> FirstSteps {
+        let query = &*self.query;
+        // A scan by a string key, on every backend: a key the database cannot
+        // order and compare consistently is refused (MySQL/MariaDB: some string
+        // column types; SQLite, PostgreSQL: a key held unique by an index in
+        // another collation than it is compared in).
+        let key_check = query.key_sql().map(str::to_owned);
+        // A scan that starts after a key given as a Rust value, on a key the
+        // backend may store in forms of its own: the row just before that key
+        // is loaded, and the scan refused if it is stored so.
+        let inexact_start = query.bounds().after.as_ref().is_some_and(|a| !a.is_exact());
+        // A scan by a composite key on a backend that may sort every batch
+        // (MySQL/MariaDB): a unique prefix of the key, or else the plan of a
+        // batch.
+        let order = OrderCheck::new(query, self.engine.config.allow_sort);
+        FirstSteps {
+            key_check,
+            probe: stored_forms && K::STORED_FORMS && inexact_start,
+            order,
+        }
+    }
+
+    /// Counts the key check's query.
+    pub(crate) fn key_check_attempted(&mut self) {
+        self.engine.attempted();
+    }
+
+    /// The outcome of the key check: why the key cannot be scanned, if it
+    /// cannot.
+    pub(crate) fn key_checked(
+        &mut self,
+        problem: Result<Option<String>, AttemptError>,
+    ) -> Result<(), Error> {
+        match problem {
+            Ok(None) => Ok(()),
+            Ok(Some(reason)) => {
+                let columns = self.query.key().describe();
+                Err(self.engine.fail(Error::UnsupportedKey { columns, reason }))
+            }
+            Err(e) => Err(self.engine.error::<K::Value>(&FIRST, 1, e, None)),
+        }
+    }
+
+    /// The probe's statement (one row, loaded with [`Rows::load`] and a limit
+    /// of 1), counted as a query; [`probed`](Self::probed) restores the scan's.
+    pub(crate) fn probe_query(&mut self) -> (&mut SeekQuery<B, K>, &mut R) {
+        self.query.set_probe(true);
+        self.engine.attempted();
+        (&mut *self.query, &mut *self.rows)
+    }
+
+    /// The outcome of the probe.
+    pub(crate) fn probed(
+        &mut self,
+        rows: Result<Vec<R::Loaded>, AttemptError>,
+    ) -> Result<(), Error> {
+        self.query.set_probe(false);
+        match rows {
+            Ok(rows) => {
+                check_probe(self.query.key(), &rows, |r| r.key()).map_err(|e| self.engine.fail(e))
+            }
+            Err(e) => Err(self
+                .engine
+                .error(&FIRST, 1, e, self.query.bounds().after.as_ref())),
+        }
+    }
+
+    /// The statement and row loader the order check explains a batch with
+    /// (see [`OrderCheck`]); the check counts as one query.
+    pub(crate) fn order_query(&mut self) -> (&mut SeekQuery<B, K>, &mut R) {
+        self.engine.attempted();
+        (&mut *self.query, &mut *self.rows)
+    }
+
+    /// The outcome of the order check on backend `DB`: the batches order by
+    /// the key's unique prefix, or the scan is refused.
+    pub(crate) fn order_checked<DB: KeysetBackend>(
+        &mut self,
+        check: &OrderCheck,
+        found: Result<OrderFound, AttemptError>,
+    ) -> Result<(), Error> {
+        let found = found.map_err(|e| self.engine.error::<K::Value>(&FIRST, 1, e, None))?;
+        let bounded = self.query.bounds().after.is_some();
+        let batch_size = self.engine.config.batch_size;
+        match check.decide(self.query.key(), found, DB::EXPLAIN, bounded, batch_size) {
+            Ok(prefix) => {
+                self.query.set_order_prefix(prefix);
+                Ok(())
+            }
+            Err(refusal) => Err(self.engine.fail(refusal)),
+        }
+    }
+
+    /// Runs `steps` on connections of `source`: the blocking drivers' first
+    /// steps (a scan's, and a write job's before its first transaction).
+    pub(crate) fn run<S>(&mut self, source: &mut S, steps: FirstSteps) -> Result<(), Error>
+    where
+        S: ConnectionSource,
+        S::Connection: UniqueIndexes,
+        Db<S>: KeysetBackend,
+        R: Rows<S::Connection, B, K>,
+    {
+        if let Some(key_sql) = steps.key_check {
+            self.key_check_attempted();
+            let problem = source.run(false, |conn| key_problem(conn, &key_sql));
+            self.key_checked(problem)?;
+        }
+        if steps.probe {
+            let (query, loader) = self.probe_query();
+            let rows = source.run(false, |conn| loader.load(query, conn, 1));
+            self.probed(rows)?;
+        }
+        if let Some(check) = steps.order {
+            let (query, loader) = self.order_query();
+            let found = source.run(false, |conn| read_order(&check, conn, query, loader));
+            self.order_checked::<Db<S>>(&check, found)?;
+        }
+        Ok(())
+    }
+}
+
 impl<B, K: Key, R: RowType<K>> ScanCore<B, K, R> {
     pub(crate) fn new(query: Result<SeekQuery<B, K>, Error>, rows: R, config: ScanConfig) -> Self {
         let (query, pending_error) = match query {
@@ -73,112 +206,22 @@ impl<B, K: Key, R: RowType<K>> ScanCore<B, K, R> {
     /// What to run before `plan`: nothing unless it is the scan's first batch.
     /// `stored_forms` is the backend's
     /// [`KeysetBackend::STORED_FORMS`](crate::backend::KeysetBackend).
-    pub(crate) fn first_steps(&self, plan: &BatchPlan, stored_forms: bool) -> FirstSteps {
-        let Some(query) = self.query.as_ref() else {
-            return FirstSteps::default();
-        };
+    pub(crate) fn first_steps(&mut self, plan: &BatchPlan, stored_forms: bool) -> FirstSteps {
         if plan.batch != 1 || self.engine.queries != 0 {
             return FirstSteps::default();
         }
-        // Before the first batch of a scan by a string key on a backend where some
-        // string columns order inconsistently: such a column is refused.
-        let key_check = query.key_sql().map(str::to_owned);
-        // Before the first batch of a scan that starts after a key given as a Rust
-        // value, on a key the backend may store in forms of its own: the row just
-        // before that key is loaded, and the scan refused if it is stored so.
-        let inexact_start = query.bounds().after.as_ref().is_some_and(|a| !a.is_exact());
-        // Before the first batch of a scan by a composite key on a backend that
-        // may sort every batch (MySQL/MariaDB): a unique prefix of the key, or
-        // else the plan of a batch.
-        let order = OrderCheck::new(query, self.engine.config.allow_sort);
-        FirstSteps {
-            key_check,
-            probe: stored_forms && K::STORED_FORMS && inexact_start,
-            order,
-        }
+        self.first()
+            .map(|first| first.steps(stored_forms))
+            .unwrap_or_default()
     }
 
-    /// Counts the key check's query.
-    pub(crate) fn key_check_attempted(&mut self) {
-        self.engine.attempted();
-    }
-
-    /// The outcome of the key check: why the key cannot be scanned, if it
-    /// cannot.
-    pub(crate) fn key_checked(
-        &mut self,
-        problem: Result<Option<String>, AttemptError>,
-    ) -> Result<(), Error> {
-        match problem {
-            Ok(None) => Ok(()),
-            Ok(Some(reason)) => {
-                let columns = self
-                    .query
-                    .as_ref()
-                    .map(|q| q.key().describe())
-                    .unwrap_or_default();
-                Err(self.engine.fail(Error::UnsupportedKey { columns, reason }))
-            }
-            Err(e) => Err(self.engine.error::<K::Value>(&FIRST, 1, e, None)),
-        }
-    }
-
-    /// The probe's statement (one row, loaded with [`Rows::load`] and a limit
-    /// of 1), counted as a query; [`probed`](Self::probed) restores the scan's.
-    pub(crate) fn probe_query(&mut self) -> Option<(&mut SeekQuery<B, K>, &mut R)> {
-        let query = self.query.as_mut()?;
-        query.set_probe(true);
-        self.engine.attempted();
-        Some((query, &mut self.rows))
-    }
-
-    /// The outcome of the probe.
-    pub(crate) fn probed(
-        &mut self,
-        rows: Result<Vec<R::Loaded>, AttemptError>,
-    ) -> Result<(), Error> {
-        let Some(query) = self.query.as_mut() else {
-            return Ok(());
-        };
-        query.set_probe(false);
-        match rows {
-            Ok(rows) => {
-                check_probe(query.key(), &rows, |r| r.key()).map_err(|e| self.engine.fail(e))
-            }
-            Err(e) => Err(self
-                .engine
-                .error(&FIRST, 1, e, query.bounds().after.as_ref())),
-        }
-    }
-
-    /// The statement and row loader the order check explains a batch with
-    /// (see [`OrderCheck`]); the check counts as one query.
-    pub(crate) fn order_query(&mut self) -> Option<(&mut SeekQuery<B, K>, &mut R)> {
-        let query = self.query.as_mut()?;
-        self.engine.attempted();
-        Some((query, &mut self.rows))
-    }
-
-    /// The outcome of the order check on backend `DB`: the batches order by
-    /// the key's unique prefix, or the scan is refused.
-    pub(crate) fn order_checked<DB: KeysetBackend>(
-        &mut self,
-        check: &OrderCheck,
-        found: Result<OrderFound, AttemptError>,
-    ) -> Result<(), Error> {
-        let Some(query) = self.query.as_mut() else {
-            return Ok(());
-        };
-        let found = found.map_err(|e| self.engine.error::<K::Value>(&FIRST, 1, e, None))?;
-        let bounded = query.bounds().after.is_some();
-        let batch_size = self.engine.config.batch_size;
-        match check.decide(query.key(), found, DB::EXPLAIN, bounded, batch_size) {
-            Ok(prefix) => {
-                query.set_order_prefix(prefix);
-                Ok(())
-            }
-            Err(refusal) => Err(self.engine.fail(refusal)),
-        }
+    /// What the steps before the first batch read and set.
+    pub(crate) fn first(&mut self) -> Option<FirstBatch<'_, B, K, R>> {
+        Some(FirstBatch {
+            query: self.query.as_mut()?,
+            rows: &mut self.rows,
+            engine: &mut self.engine,
+        })
     }
 
     /// The tracing span of one batch.
@@ -345,26 +388,10 @@ where
     /// The checks before the first batch.
     fn first_steps(&mut self, plan: &BatchPlan) -> Result<(), Error> {
         let steps = self.core.first_steps(plan, Db::<S>::STORED_FORMS);
-        if let Some(key_sql) = steps.key_check {
-            self.core.key_check_attempted();
-            let problem = self.source.run(false, |conn| key_problem(conn, &key_sql));
-            self.core.key_checked(problem)?;
+        match self.core.first() {
+            Some(mut first) => first.run(&mut self.source, steps),
+            None => Ok(()),
         }
-        if steps.probe {
-            if let Some((query, loader)) = self.core.probe_query() {
-                let rows = self.source.run(false, |conn| loader.load(query, conn, 1));
-                self.core.probed(rows)?;
-            }
-        }
-        if let Some(check) = steps.order {
-            if let Some((query, loader)) = self.core.order_query() {
-                let found = self
-                    .source
-                    .run(false, |conn| read_order(&check, conn, query, loader));
-                self.core.order_checked::<Db<S>>(&check, found)?;
-            }
-        }
-        Ok(())
     }
 
     /// Loads the next non-empty batch, or `None` at the end.

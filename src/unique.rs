@@ -75,6 +75,26 @@ pub trait UniqueIndexes: LoadConnection {
         Ok(None)
     }
 
+    /// The primary key and unique indexes of `table` (as
+    /// [`unique_column_sets_in`](Self::unique_column_sets_in) finds them),
+    /// each with the columns it holds unique in another collation than the
+    /// column is compared in. The default reads the column sets and knows of
+    /// no such column.
+    #[doc(hidden)]
+    fn unique_sets_in(&mut self, schema: Option<&str>, table: &str) -> QueryResult<Vec<UniqueSet>> {
+        let sets = self.unique_column_sets_in(schema, table)?;
+        Ok(sets.into_iter().map(UniqueSet::plain).collect())
+    }
+
+    /// Whether a unique index may hold a column unique in another collation
+    /// than the column is compared in (SQLite, PostgreSQL), so that a scan by
+    /// a text key reads [`unique_sets_in`](Self::unique_sets_in) before its
+    /// first batch. MySQL/MariaDB index a column in its own collation.
+    #[doc(hidden)]
+    fn index_collations_may_differ(&self) -> bool {
+        false
+    }
+
     /// Whether an index of `table` gives the order of `columns` (its leading
     /// columns are these, in this order; on MySQL/MariaDB, a secondary index
     /// that is not unique also ends with the primary key). The default answers
@@ -125,6 +145,107 @@ fn split(rows: Vec<ColumnSet>) -> Vec<Vec<String>> {
     sets.sort();
     sets.dedup();
     sets
+}
+
+/// A primary key or unique index: its columns, and those it holds unique in
+/// another collation than the column is compared in.
+#[doc(hidden)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UniqueSet {
+    /// The index's (or constraint's) name; empty where the backend does not say.
+    pub index: String,
+    /// Its columns, sorted by name.
+    pub columns: Vec<String>,
+    /// Its columns that it holds unique in another collation than the column
+    /// is compared in: `(column, the column's collation, the index's)`. Two
+    /// values the column's collation calls equal may then both exist (`a` and
+    /// `A` under a case-insensitive collation, unique byte for byte).
+    pub collations: Vec<(String, String, String)>,
+}
+
+impl UniqueSet {
+    /// A set no collation undermines.
+    fn plain(columns: Vec<String>) -> Self {
+        Self {
+            index: String::new(),
+            columns,
+            collations: Vec::new(),
+        }
+    }
+
+    /// Whether the set makes its columns unique as the scan compares them.
+    fn holds(&self) -> bool {
+        self.collations.is_empty()
+    }
+
+    /// Why the set does not make `table`'s key unique as it is compared.
+    fn refusal(&self, table: &TableName) -> Option<String> {
+        let (column, own, index) = self.collations.first()?;
+        let name = match self.index.as_str() {
+            "" => "a unique index".to_string(),
+            i => format!("its unique index {i}"),
+        };
+        Some(format!(
+            "{table}.{column} is compared in collation {own}, but {name} holds it unique \
+             only in collation {index}: two values equal in {own} (such as 'a' and 'A' \
+             when {own} ignores case) can both exist, the scan's comparison sees them as \
+             one key value and skips rows; give the column the index's collation, create \
+             a unique index on the column in its own collation, or add a column unique in \
+             any collation (such as the primary key) to the key"
+        ))
+    }
+}
+
+/// Sorts and deduplicates sets read from the schema.
+fn sorted(mut sets: Vec<UniqueSet>) -> Vec<UniqueSet> {
+    for s in &mut sets {
+        s.columns.sort();
+    }
+    sets.sort_by(|a, b| (&a.columns, &a.index).cmp(&(&b.columns, &b.index)));
+    sets.dedup();
+    sets
+}
+
+/// Why a scan by `key` cannot rely on the unique sets `sets` of its tables:
+/// the key covers unique sets only of indexes that hold a text column unique
+/// in another collation than it is compared in. A key that covers a set
+/// holding in the column's own collation, or none at all, has no such problem.
+pub(crate) fn collation_problem(
+    key: &[sql::KeyColumn],
+    sets: &HashMap<TableName, Vec<UniqueSet>>,
+) -> Option<String> {
+    let mut refusal = None;
+    for table in key_tables(key) {
+        let Some(table_sets) = sets.get(table) else {
+            continue;
+        };
+        let own: Vec<&str> = key
+            .iter()
+            .filter(|k| &k.table == table)
+            .map(|k| k.column.as_str())
+            .collect();
+        for set in table_sets {
+            if set.columns.is_empty() || !set.columns.iter().all(|c| own.contains(&c.as_str())) {
+                continue;
+            }
+            if set.holds() {
+                return None;
+            }
+            refusal = refusal.or_else(|| set.refusal(table));
+        }
+    }
+    refusal
+}
+
+/// The distinct tables of `key`'s columns, in key order.
+fn key_tables(key: &[sql::KeyColumn]) -> Vec<&TableName> {
+    let mut tables: Vec<&TableName> = Vec::new();
+    for k in key {
+        if !tables.contains(&&k.table) {
+            tables.push(&k.table);
+        }
+    }
+    tables
 }
 
 /// `diesel::sql_query($sql)` with the schema (`NULL`: the connection's
@@ -188,6 +309,161 @@ impl UniqueIndexes for diesel::SqliteConnection {
     ) -> QueryResult<Vec<crate::moved::MoveCause>> {
         crate::moved::sqlite_causes(self, schema, table, columns)
     }
+    fn unique_sets_in(&mut self, schema: Option<&str>, table: &str) -> QueryResult<Vec<UniqueSet>> {
+        // One statement: each key column of each unique index with the
+        // collation the index compares it in, the primary key's columns, and
+        // the table's CREATE statement, which alone tells a column's collation.
+        let master = match schema {
+            None => "sqlite_temp_master WHERE type = 'table' AND name = ?1 COLLATE NOCASE \
+                     UNION ALL SELECT 3, NULL, NULL, 0, sql, NULL FROM main.sqlite_master"
+                .to_string(),
+            Some(s) => format!("\"{}\".sqlite_master", s.replace('"', "\"\"")),
+        };
+        let on = match schema {
+            None => "",
+            Some(_) => ", ?2",
+        };
+        let query = format!(
+            "SELECT 0 AS part, il.name AS idx, il.origin AS origin, ii.seqno AS seq, \
+                    ii.name AS col, ii.coll AS coll \
+             FROM pragma_index_list(?1{on}) AS il JOIN pragma_index_xinfo(il.name{on}) AS ii \
+             WHERE il.\"unique\" = 1 AND il.partial = 0 AND ii.key = 1 \
+             UNION ALL SELECT 1, NULL, NULL, pk, name, NULL FROM pragma_table_info(?1{on}) \
+             WHERE pk > 0 \
+             UNION ALL SELECT 2, NULL, NULL, 0, sql, NULL FROM {master} \
+             WHERE type = 'table' AND name = ?1 COLLATE NOCASE \
+             ORDER BY part, idx, seq"
+        );
+        let query = diesel::sql_query(query).bind::<Text, _>(table);
+        let rows = match schema {
+            None => query.load::<SqliteIndexPart>(self)?,
+            Some(s) => query.bind::<Text, _>(s).load::<SqliteIndexPart>(self)?,
+        };
+        let mut create = rows
+            .iter()
+            .find(|r| r.part >= 2)
+            .and_then(|r| r.col.clone());
+        let needs_create = rows.iter().any(|r| r.part == 0);
+        if create.is_none() && needs_create && schema.is_none() {
+            create = sqlite_attached_create(self, table)?;
+        }
+        Ok(sqlite_sets(&rows, create.as_deref()))
+    }
+
+    fn index_collations_may_differ(&self) -> bool {
+        true
+    }
+}
+
+/// A row of [`UniqueIndexes::unique_sets_in`] on SQLite: a unique index's
+/// key column (`part` 0), a primary key column (1), or the table's `CREATE`
+/// statement in `col` (2 and 3).
+#[cfg(feature = "sqlite")]
+#[derive(QueryableByName)]
+struct SqliteIndexPart {
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    part: i32,
+    #[diesel(sql_type = Nullable<Text>)]
+    idx: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    origin: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    col: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    coll: Option<String>,
+}
+
+/// The `CREATE` statement of `table` in an attached database, where the
+/// connection finds a table that is neither temporary nor in `main`.
+#[cfg(feature = "sqlite")]
+fn sqlite_attached_create(
+    conn: &mut diesel::SqliteConnection,
+    table: &str,
+) -> QueryResult<Option<String>> {
+    #[derive(QueryableByName)]
+    struct Name {
+        #[diesel(sql_type = Text)]
+        name: String,
+    }
+    let databases = diesel::sql_query(
+        "SELECT name FROM pragma_database_list WHERE name NOT IN ('main', 'temp') ORDER BY seq",
+    )
+    .load::<Name>(conn)?;
+    for db in databases {
+        let sql = format!(
+            "SELECT sql AS cols FROM \"{}\".sqlite_master \
+             WHERE type = 'table' AND name = ?1 COLLATE NOCASE",
+            db.name.replace('"', "\"\"")
+        );
+        let found = diesel::sql_query(sql)
+            .bind::<Text, _>(table)
+            .load::<ColumnSet>(conn)?;
+        if let Some(sql) = found.into_iter().find_map(|r| r.cols) {
+            return Ok(Some(sql));
+        }
+    }
+    Ok(None)
+}
+
+/// The unique sets of [`SqliteIndexPart`] rows, given the table's `CREATE`
+/// statement: an index holds a column unique in another collation than the
+/// column's own unless the column's is `BINARY` (values equal byte for byte
+/// are equal in every collation).
+#[cfg(feature = "sqlite")]
+fn sqlite_sets(rows: &[SqliteIndexPart], create: Option<&str>) -> Vec<UniqueSet> {
+    let mut sets: Vec<UniqueSet> = Vec::new();
+    let mut skip: Option<&str> = None;
+    for (i, r) in rows.iter().enumerate().filter(|(_, r)| r.part == 0) {
+        let Some(idx) = r.idx.as_deref() else {
+            continue;
+        };
+        let first = i == 0 || rows[i - 1].idx.as_deref() != Some(idx);
+        if first {
+            skip = None;
+            sets.push(UniqueSet {
+                index: idx.to_string(),
+                ..UniqueSet::plain(Vec::new())
+            });
+        }
+        if skip == Some(idx) {
+            continue;
+        }
+        let Some(col) = r.col.as_deref() else {
+            // an expression: the index makes no column unique
+            sets.pop();
+            skip = Some(idx);
+            continue;
+        };
+        let set = sets.last_mut().expect("pushed above");
+        set.columns.push(col.to_string());
+        let index_coll = r.coll.as_deref().unwrap_or("BINARY");
+        let own = create.and_then(|sql| sql::sqlite_column_collation(sql, col));
+        match own {
+            Some(own) if own.eq_ignore_ascii_case("BINARY") => {}
+            Some(own) if own.eq_ignore_ascii_case(index_coll) => {}
+            Some(own) => set
+                .collations
+                .push((col.to_string(), own, index_coll.to_string())),
+            None => set.collations.push((
+                col.to_string(),
+                "(unknown: its CREATE TABLE statement could not be read)".to_string(),
+                index_coll.to_string(),
+            )),
+        }
+    }
+    // The primary key of a rowid table (`INTEGER PRIMARY KEY`) has no index;
+    // any other primary key is one of the indexes above.
+    if !rows.iter().any(|r| r.origin.as_deref() == Some("pk")) {
+        let pk: Vec<String> = rows
+            .iter()
+            .filter(|r| r.part == 1)
+            .filter_map(|r| r.col.clone())
+            .collect();
+        if !pk.is_empty() {
+            sets.push(UniqueSet::plain(pk));
+        }
+    }
+    sorted(sets)
 }
 
 #[cfg(feature = "postgres")]
@@ -213,6 +489,102 @@ impl UniqueIndexes for diesel::PgConnection {
     ) -> QueryResult<Vec<crate::moved::MoveCause>> {
         crate::moved::pg_causes(self, schema, table, columns)
     }
+    fn unique_sets_in(&mut self, schema: Option<&str>, table: &str) -> QueryResult<Vec<UniqueSet>> {
+        let rows = in_table!(PG_UNIQUE_COLLATIONS, schema, table).load::<PgUniqueSet>(self)?;
+        Ok(pg_sets(rows))
+    }
+
+    fn index_collations_may_differ(&self) -> bool {
+        true
+    }
+}
+
+/// The unique indexes of a PostgreSQL table (see
+/// [`UniqueIndexes::unique_sets_in`]): each with its columns and, in `bad`,
+/// `column US own collation US index's collation` (joined by RS) for each
+/// column that has a nondeterministic collation and is indexed in another.
+/// A deterministic collation calls two values equal only when they are equal
+/// byte for byte, so an index in any collation holds such a column unique as
+/// it is compared.
+#[cfg(feature = "postgres")]
+const PG_UNIQUE_COLLATIONS: &str = "SELECT c.relname::text AS idx, \
+            string_agg(a.attname::text, ',') AS cols, \
+            string_agg(CASE WHEN a.attcollation <> 0 AND ix.indcollation[k.i] <> a.attcollation \
+                            AND NOT own.collisdeterministic \
+                       THEN a.attname::text || chr(31) || own.collname::text || chr(31) || \
+                            COALESCE(inx.collname::text, '?') END, chr(30)) AS bad \
+     FROM pg_index ix \
+     JOIN pg_class c ON c.oid = ix.indexrelid \
+     CROSS JOIN LATERAL generate_series(0, ix.indnatts - 1) AS k(i) \
+     JOIN pg_attribute a ON a.attrelid = ix.indrelid AND a.attnum = ix.indkey[k.i] \
+     LEFT JOIN pg_collation own ON own.oid = a.attcollation \
+     LEFT JOIN pg_collation inx ON inx.oid = ix.indcollation[k.i] \
+     WHERE ix.indrelid = to_regclass(CASE WHEN $1::text IS NULL THEN quote_ident($2) \
+           ELSE quote_ident($1) || '.' || quote_ident($2) END) \
+       AND ix.indisunique AND ix.indpred IS NULL AND ix.indexprs IS NULL \
+     GROUP BY ix.indexrelid, c.relname";
+
+/// One row of [`PG_UNIQUE_COLLATIONS`].
+#[cfg(feature = "postgres")]
+#[derive(QueryableByName)]
+pub(crate) struct PgUniqueSet {
+    #[diesel(sql_type = Text)]
+    idx: String,
+    #[diesel(sql_type = Text)]
+    cols: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    bad: Option<String>,
+}
+
+#[cfg(feature = "postgres")]
+fn pg_sets(rows: Vec<PgUniqueSet>) -> Vec<UniqueSet> {
+    let sets = rows
+        .into_iter()
+        .map(|r| UniqueSet {
+            index: r.idx,
+            columns: r.cols.split(',').map(str::to_owned).collect(),
+            collations: r
+                .bad
+                .iter()
+                .flat_map(|b| b.split('\u{1e}'))
+                .filter_map(|c| {
+                    let mut parts = c.split('\u{1f}').map(str::to_owned);
+                    Some((parts.next()?, parts.next()?, parts.next()?))
+                })
+                .collect(),
+        })
+        .collect();
+    sorted(sets)
+}
+
+/// [`UniqueIndexes::unique_sets_in`] on an async PostgreSQL connection.
+#[cfg(all(feature = "postgres", feature = "async"))]
+pub(crate) async fn pg_unique_sets_async(
+    conn: &mut diesel_async::AsyncPgConnection,
+    schema: Option<&str>,
+    table: &str,
+) -> QueryResult<Vec<UniqueSet>> {
+    let query = in_table!(PG_UNIQUE_COLLATIONS, schema, table);
+    let rows = diesel_async::RunQueryDsl::load::<PgUniqueSet>(query, conn).await?;
+    Ok(pg_sets(rows))
+}
+
+/// [`key_problem`] on an async PostgreSQL connection: the same query and
+/// verdict.
+#[cfg(all(feature = "postgres", feature = "async"))]
+pub(crate) async fn pg_key_problem_async(
+    conn: &mut diesel_async::AsyncPgConnection,
+    key_sql: &str,
+) -> QueryResult<Option<String>> {
+    let Ok(key) = sql::key_columns(key_sql) else {
+        return Ok(None);
+    };
+    let mut sets = HashMap::new();
+    for table in key_tables(&key) {
+        let read = pg_unique_sets_async(conn, table.schema.as_deref(), &table.table).await?;
+        sets.insert(table.clone(), read);
+    }
+    Ok(collation_problem(&key, &sets))
 }
 
 /// The unique column sets of a PostgreSQL table (see
@@ -524,7 +896,9 @@ pub(crate) async fn key_column_problem_async(
 }
 
 /// Why the database cannot scan by the key whose columns render as `key_sql`
-/// ([`UniqueIndexes::key_column_problem`] of each column), if it cannot.
+/// ([`UniqueIndexes::key_column_problem`] of each column, and where an index
+/// may hold a column unique in another collation than it is compared in, the
+/// key's unique sets: see [`collation_problem`]), if it cannot.
 pub(crate) fn key_problem<C: UniqueIndexes>(
     conn: &mut C,
     key_sql: &str,
@@ -539,7 +913,15 @@ pub(crate) fn key_problem<C: UniqueIndexes>(
             return Ok(problem);
         }
     }
-    Ok(None)
+    if !conn.index_collations_may_differ() {
+        return Ok(None);
+    }
+    let mut sets = HashMap::new();
+    for table in key_tables(&key) {
+        let read = conn.unique_sets_in(table.schema.as_deref(), &table.table)?;
+        sets.insert(table.clone(), read);
+    }
+    Ok(collation_problem(&key, &sets))
 }
 
 fn query_error(context: &'static str) -> impl FnOnce(diesel::result::Error) -> Error {
@@ -586,12 +968,12 @@ pub(crate) trait SchemaReader {
         column: &'a str,
     ) -> SchemaRead<'a, Option<String>>;
 
-    /// See [`UniqueIndexes::unique_column_sets_in`].
+    /// See [`UniqueIndexes::unique_sets_in`].
     fn column_sets<'a>(
         &'a mut self,
         schema: Option<&'a str>,
         table: &'a str,
-    ) -> SchemaRead<'a, Vec<Vec<String>>>;
+    ) -> SchemaRead<'a, Vec<UniqueSet>>;
 }
 
 /// A blocking connection as a [`SchemaReader`]: each read runs when its
@@ -614,10 +996,8 @@ impl<C: UniqueIndexes> SchemaReader for Blocking<'_, C> {
         &'a mut self,
         schema: Option<&'a str>,
         table: &'a str,
-    ) -> SchemaRead<'a, Vec<Vec<String>>> {
-        Box::pin(std::future::ready(
-            self.0.unique_column_sets_in(schema, table),
-        ))
+    ) -> SchemaRead<'a, Vec<UniqueSet>> {
+        Box::pin(std::future::ready(self.0.unique_sets_in(schema, table)))
     }
 }
 
@@ -696,7 +1076,7 @@ pub(crate) async fn verify_with<R: SchemaReader>(
         }
     }
 
-    let mut sets: HashMap<TableName, Vec<Vec<String>>> = HashMap::new();
+    let mut sets: HashMap<TableName, Vec<UniqueSet>> = HashMap::new();
     for i in &from.instances {
         if !sets.contains_key(&i.name) {
             let s = conn
@@ -706,60 +1086,42 @@ pub(crate) async fn verify_with<R: SchemaReader>(
             sets.insert(i.name.clone(), s);
         }
     }
-    let sets_of = |n: usize| &sets[&from.instances[n].name];
 
-    // Seeds: instances whose unique set the key covers.
-    let mut pinned: HashSet<usize> = (0..from.instances.len())
-        .filter(|&n| {
-            sets_of(n)
-                .iter()
-                .any(|set| !set.is_empty() && set.iter().all(|c| key_of[n].contains(&c.as_str())))
-        })
-        .collect();
-    if pinned.is_empty() {
+    // The key is unique as the scan compares it only through sets that hold
+    // their columns unique in the collations they are compared in; when it
+    // would be unique through the others too, the collation is what is wrong.
+    let loose = match unpinned(&from, &key_of, &sets, true) {
+        None => return Ok(()),
+        Some(loose) => loose,
+    };
+    if unpinned(&from, &key_of, &sets, false).is_none() {
+        let reason = collation_problem(&key, &sets)
+            .or_else(|| {
+                let mut all: Vec<(&TableName, &UniqueSet)> = sets
+                    .iter()
+                    .flat_map(|(t, s)| s.iter().map(move |s| (t, s)))
+                    .collect();
+                all.sort_by(|a, b| (a.0, &a.1.index).cmp(&(b.0, &b.1.index)));
+                all.into_iter().find_map(|(t, s)| s.refusal(t))
+            })
+            .unwrap_or_default();
+        return Err(Error::UnsupportedKey {
+            columns: describe.to_string(),
+            reason,
+        });
+    }
+    // the sets to suggest: those that hold as the scan compares first
+    let sets_of = |n: usize| -> Vec<&Vec<String>> {
+        let mut of: Vec<&UniqueSet> = sets[&from.instances[n].name].iter().collect();
+        of.sort_by_key(|s| !s.holds());
+        of.into_iter().map(|s| &s.columns).collect()
+    };
+    let Some(loose) = loose else {
         let k = &key[0];
         return Err(Error::NotUnique {
             table: k.table.to_string(),
             columns: describe.to_string(),
         });
-    }
-    loop {
-        let before = pinned.len();
-        for (n, own_key) in key_of.iter().enumerate() {
-            if pinned.contains(&n) {
-                continue;
-            }
-            // Columns of `n` whose value is fixed once the pinned instances are.
-            let mut fixed: HashSet<&str> = own_key.iter().copied().collect();
-            for e in &from.equalities {
-                if !e.pinned.contains(&n) {
-                    continue;
-                }
-                for (this, other) in [(&e.left, &e.right), (&e.right, &e.left)] {
-                    if let Operand::Column(m, col) = this {
-                        let other_fixed = match other {
-                            Operand::Constant => true,
-                            Operand::Column(o, _) => *o != n && pinned.contains(o),
-                        };
-                        if *m == n && other_fixed {
-                            fixed.insert(col);
-                        }
-                    }
-                }
-            }
-            if sets_of(n)
-                .iter()
-                .any(|set| !set.is_empty() && set.iter().all(|c| fixed.contains(c.as_str())))
-            {
-                pinned.insert(n);
-            }
-        }
-        if pinned.len() == before {
-            break;
-        }
-    }
-    let Some(loose) = (0..from.instances.len()).find(|n| !pinned.contains(n)) else {
-        return Ok(());
     };
     let inst = &from.instances[loose];
     let shown = match &inst.alias {
@@ -791,4 +1153,69 @@ pub(crate) async fn verify_with<R: SchemaReader>(
              values repeat; {advice}"
         ),
     })
+}
+
+/// The first instance of `from` that the key does not pin down (see
+/// [`verify`]), using only the unique sets that hold as the scan compares
+/// (`holding`) or all of them: `None` when every instance is pinned,
+/// `Some(None)` when the key covers no unique set of any instance.
+fn unpinned(
+    from: &sql::FromClause,
+    key_of: &[Vec<&str>],
+    sets: &HashMap<TableName, Vec<UniqueSet>>,
+    holding: bool,
+) -> Option<Option<usize>> {
+    let sets_of = |n: usize| {
+        sets[&from.instances[n].name]
+            .iter()
+            .filter(move |s| !holding || s.holds())
+            .map(|s| &s.columns)
+    };
+    // Seeds: instances whose unique set the key covers.
+    let mut pinned: HashSet<usize> = (0..from.instances.len())
+        .filter(|&n| {
+            sets_of(n)
+                .any(|set| !set.is_empty() && set.iter().all(|c| key_of[n].contains(&c.as_str())))
+        })
+        .collect();
+    if pinned.is_empty() {
+        return Some(None);
+    }
+    loop {
+        let before = pinned.len();
+        for (n, own_key) in key_of.iter().enumerate() {
+            if pinned.contains(&n) {
+                continue;
+            }
+            // Columns of `n` whose value is fixed once the pinned instances are.
+            let mut fixed: HashSet<&str> = own_key.iter().copied().collect();
+            for e in &from.equalities {
+                if !e.pinned.contains(&n) {
+                    continue;
+                }
+                for (this, other) in [(&e.left, &e.right), (&e.right, &e.left)] {
+                    if let Operand::Column(m, col) = this {
+                        let other_fixed = match other {
+                            Operand::Constant => true,
+                            Operand::Column(o, _) => *o != n && pinned.contains(o),
+                        };
+                        if *m == n && other_fixed {
+                            fixed.insert(col);
+                        }
+                    }
+                }
+            }
+            if sets_of(n)
+                .any(|set| !set.is_empty() && set.iter().all(|c| fixed.contains(c.as_str())))
+            {
+                pinned.insert(n);
+            }
+        }
+        if pinned.len() == before {
+            break;
+        }
+    }
+    (0..from.instances.len())
+        .find(|n| !pinned.contains(n))
+        .map(Some)
 }

@@ -58,7 +58,7 @@ use crate::builder::{Chunked, Db, ModelBase};
 use crate::checkpoint::{is_lock_conflict, Checkpoint, CheckpointConnection};
 use crate::engine::{Engine, ScanConfig};
 use crate::error::Error;
-use crate::explain::{read_order, OrderCheck};
+use crate::iter::FirstBatch;
 use crate::key::Key;
 use crate::moved::MoveWatch;
 use crate::predicate::{Bounds, BoundsCell, SeekPredicate};
@@ -671,12 +671,16 @@ fn committed_by_checkpoint<V: DeserializeOwned>(
     })
 }
 
-/// The checks a scan runs before its first batch on the key's order, run
-/// before a write job's first batch too (MySQL/MariaDB only; each is a schema
-/// read, or the plan of a 2-row batch): a string key column the server cannot
-/// order consistently is [`Error::UnsupportedKey`], and a composite key whose
-/// batches would each sort the remaining rows is [`Error::SortsEveryBatch`]
-/// unless the job allows sorts, or else ordered by its unique prefix.
+/// The checks a scan runs before its first batch, run before a write job's
+/// first batch too, by the same code ([`FirstBatch::run`]): a key the
+/// database cannot order and compare consistently (a string column type on
+/// MySQL/MariaDB, a key held unique by an index in another collation than it
+/// is compared in on SQLite and PostgreSQL) is [`Error::UnsupportedKey`]; a
+/// start key given as a Rust value on a key the backend stores in forms of its
+/// own is probed, and [`Error::StoredForm`] when the row before it is stored
+/// so; a composite key whose batches would each sort the remaining rows is
+/// [`Error::SortsEveryBatch`] unless the job allows sorts, or else ordered by
+/// its unique prefix.
 fn check_key_order<S, B, K, R>(
     source: &mut S,
     query: &mut SeekQuery<B, K>,
@@ -690,29 +694,13 @@ where
     K: Key,
     R: Rows<S::Connection, B, K>,
 {
-    let first = crate::engine::BatchPlan { batch: 1, limit: 1 };
-    if let Some(key_sql) = query.key_sql().map(str::to_owned) {
-        let problem = source
-            .run(false, |conn| crate::unique::key_problem(conn, &key_sql))
-            .map_err(|e| engine.error::<K::Value>(&first, 1, e, None))?;
-        if let Some(reason) = problem {
-            let columns = query.key().describe();
-            return Err(engine.fail(Error::UnsupportedKey { columns, reason }));
-        }
-    }
-    if let Some(check) = OrderCheck::new(query, engine.config.allow_sort) {
-        let found = source
-            .run(false, |conn| read_order(&check, conn, query, rows))
-            .map_err(|e| engine.error::<K::Value>(&first, 1, e, None))?;
-        let bounded = query.bounds().after.is_some();
-        let batch_size = engine.config.batch_size;
-        let explain = <Db<S> as KeysetBackend>::EXPLAIN;
-        match check.decide(query.key(), found, explain, bounded, batch_size) {
-            Ok(prefix) => query.set_order_prefix(prefix),
-            Err(refusal) => return Err(engine.fail(refusal)),
-        }
-    }
-    Ok(())
+    let mut first = FirstBatch {
+        query,
+        rows,
+        engine,
+    };
+    let steps = first.steps(<Db<S> as KeysetBackend>::STORED_FORMS);
+    first.run(source, steps)
 }
 
 /// `update_all` / `delete_all` need a query of one table that Diesel can

@@ -6,14 +6,15 @@ use futures_util::future::BoxFuture;
 
 use diesel_async::AsyncConnection;
 
-use crate::unique::{SchemaRead, SchemaReader, UniqueIndexes};
+use crate::unique::{SchemaRead, SchemaReader, UniqueIndexes, UniqueSet};
 
 /// What a scan and the planning calls ask of an async connection's schema:
 /// the async twin of [`UniqueIndexes`](crate::UniqueIndexes), with the same
-/// statements. Only MySQL/MariaDB runs statements before a scan (its string
-/// key columns, and the unique column sets and indexes that decide how a
-/// composite key is ordered); `verify_unique_async` reads the unique column
-/// sets on every backend.
+/// statements. Before a scan by a string key, every backend reads what may
+/// make it unsafe (MySQL/MariaDB: its columns' types; SQLite, PostgreSQL: the
+/// collations its unique indexes hold it unique in), and MySQL/MariaDB the
+/// unique column sets and indexes that decide how a composite key is ordered;
+/// `verify_unique_async` reads the unique sets on every backend.
 #[doc(hidden)]
 pub trait AsyncKeyCheck: Send {
     /// Why the database cannot scan by the key whose columns render as
@@ -46,6 +47,27 @@ pub trait AsyncKeyCheck: Send {
         table: &'c str,
     ) -> BoxFuture<'c, QueryResult<Vec<Vec<String>>>>;
 
+    /// The unique sets of `table` in `schema`, with the columns each holds
+    /// unique in another collation than they are compared in (see
+    /// [`UniqueIndexes::unique_sets_in`](crate::UniqueIndexes::unique_sets_in)).
+    fn unique_sets_in<'c>(
+        &'c mut self,
+        schema: Option<&'c str>,
+        table: &'c str,
+    ) -> BoxFuture<'c, QueryResult<Vec<UniqueSet>>> {
+        Box::pin(async move {
+            let sets = self.unique_column_sets_in(schema, table).await?;
+            Ok(sets
+                .into_iter()
+                .map(|columns| UniqueSet {
+                    index: String::new(),
+                    columns,
+                    collations: Vec::new(),
+                })
+                .collect())
+        })
+    }
+
     /// Whether an index gives the order of `columns` (see
     /// [`UniqueIndexes::has_index_in_order`](crate::UniqueIndexes::has_index_in_order)).
     fn has_index_in_order<'c>(
@@ -69,6 +91,21 @@ impl AsyncKeyCheck for diesel_async::AsyncPgConnection {
         Box::pin(crate::unique::pg_unique_column_sets_async(
             self, schema, table,
         ))
+    }
+
+    fn unique_sets_in<'c>(
+        &'c mut self,
+        schema: Option<&'c str>,
+        table: &'c str,
+    ) -> BoxFuture<'c, QueryResult<Vec<UniqueSet>>> {
+        Box::pin(crate::unique::pg_unique_sets_async(self, schema, table))
+    }
+
+    fn key_problem<'c>(
+        &'c mut self,
+        key_sql: &'c str,
+    ) -> BoxFuture<'c, QueryResult<Option<String>>> {
+        Box::pin(crate::unique::pg_key_problem_async(self, key_sql))
     }
 }
 
@@ -110,6 +147,15 @@ where
     ) -> BoxFuture<'c, QueryResult<Vec<Vec<String>>>> {
         let (schema, table) = (schema.map(str::to_owned), table.to_owned());
         self.spawn_blocking(move |conn| conn.unique_column_sets_in(schema.as_deref(), &table))
+    }
+
+    fn unique_sets_in<'c>(
+        &'c mut self,
+        schema: Option<&'c str>,
+        table: &'c str,
+    ) -> BoxFuture<'c, QueryResult<Vec<UniqueSet>>> {
+        let (schema, table) = (schema.map(str::to_owned), table.to_owned());
+        self.spawn_blocking(move |conn| conn.unique_sets_in(schema.as_deref(), &table))
     }
 
     fn has_index_in_order<'c>(
@@ -184,7 +230,7 @@ impl<C: AsyncKeyCheck> SchemaReader for AsyncSchema<'_, C> {
         &'a mut self,
         schema: Option<&'a str>,
         table: &'a str,
-    ) -> SchemaRead<'a, Vec<Vec<String>>> {
-        self.0.unique_column_sets_in(schema, table)
+    ) -> SchemaRead<'a, Vec<UniqueSet>> {
+        self.0.unique_sets_in(schema, table)
     }
 }

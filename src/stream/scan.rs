@@ -42,56 +42,59 @@ where
     R::Loaded: Send,
     SeekQuery<B, K>: Send,
 {
-    /// The checks before the first batch.
+    /// The checks before the first batch: the steps of the blocking drivers'
+    /// [`FirstBatch::run`](crate::iter::FirstBatch::run), awaited.
     async fn first_steps(&mut self, plan: &BatchPlan) -> Result<(), Error> {
         let steps = self.core.first_steps(plan, AsyncDb::<S>::STORED_FORMS);
+        let Some(mut first) = self.core.first() else {
+            return Ok(());
+        };
         if let Some(mut key_sql) = steps.key_check {
-            self.core.key_check_attempted();
+            first.key_check_attempted();
             let problem = self
                 .source
                 .run(false, &mut key_sql, |conn, sql| conn.key_problem(sql))
                 .await;
-            self.core.key_checked(problem)?;
+            first.key_checked(problem)?;
         }
         if steps.probe {
-            if let Some(mut state) = self.core.probe_query() {
-                let rows = self
-                    .source
-                    .run(false, &mut state, |conn, (query, loader)| {
-                        loader.load_async(query, conn, 1)
-                    })
-                    .await;
-                self.core.probed(rows)?;
-            }
+            let mut state = first.probe_query();
+            let rows = self
+                .source
+                .run(false, &mut state, |conn, (query, loader)| {
+                    loader.load_async(query, conn, 1)
+                })
+                .await;
+            first.probed(rows)?;
         }
         if let Some(check) = steps.order {
-            if let Some((query, loader)) = self.core.order_query() {
-                let mut state = (&check, query, loader);
-                let found =
-                    self.source
-                        .run(false, &mut state, |conn, (check, query, loader)| {
-                            Box::pin(async move {
-                                let prefix = match check.table() {
-                                    Some((schema, table)) => check
-                                        .prefix(&conn.unique_column_sets_in(schema, table).await?),
-                                    None => 0,
-                                };
-                                let needs_plan = match check.index() {
-                                    Some((schema, table, columns)) if check.needs_plan(prefix) => {
-                                        !conn.has_index_in_order(schema, table, &columns).await?
-                                    }
-                                    _ => check.needs_plan(prefix),
-                                };
-                                let plan = match needs_plan {
-                                    true => Some(loader.explain_async(query, conn, 2).await?),
-                                    false => None,
-                                };
-                                Ok((prefix, plan))
-                            })
-                        })
-                        .await;
-                self.core.order_checked::<AsyncDb<S>>(&check, found)?;
-            }
+            let (query, loader) = first.order_query();
+            let mut state = (&check, query, loader);
+            let found = self
+                .source
+                .run(false, &mut state, |conn, (check, query, loader)| {
+                    Box::pin(async move {
+                        let prefix = match check.table() {
+                            Some((schema, table)) => {
+                                check.prefix(&conn.unique_column_sets_in(schema, table).await?)
+                            }
+                            None => 0,
+                        };
+                        let needs_plan = match check.index() {
+                            Some((schema, table, columns)) if check.needs_plan(prefix) => {
+                                !conn.has_index_in_order(schema, table, &columns).await?
+                            }
+                            _ => check.needs_plan(prefix),
+                        };
+                        let plan = match needs_plan {
+                            true => Some(loader.explain_async(query, conn, 2).await?),
+                            false => None,
+                        };
+                        Ok((prefix, plan))
+                    })
+                })
+                .await;
+            first.order_checked::<AsyncDb<S>>(&check, found)?;
         }
         Ok(())
     }

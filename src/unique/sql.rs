@@ -626,6 +626,132 @@ fn equality(toks: &[Tok]) -> Option<(Vec<String>, Vec<String>)> {
     Some((side(&toks[..at])?, side(&toks[at + 1..])?))
 }
 
+/// A token of an SQLite `CREATE TABLE` statement as the user wrote it.
+#[cfg(feature = "sqlite")]
+#[derive(Debug, Clone, PartialEq)]
+enum DdlTok {
+    /// A bare word.
+    Word(String),
+    /// A name or string in quotes (`"a"`, `` `a` ``, `[a]`, `'a'`), unquoted.
+    Quoted(String),
+    Open,
+    Close,
+    Comma,
+    Other,
+}
+
+/// Splits an SQLite `CREATE TABLE` statement into tokens, comments dropped;
+/// `None` for an unterminated quote or comment.
+#[cfg(feature = "sqlite")]
+fn ddl_tokens(sql: &str) -> Option<Vec<DdlTok>> {
+    let chars: Vec<char> = sql.chars().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < chars.len() {
+        match chars[i] {
+            c if c.is_whitespace() => i += 1,
+            '-' if chars.get(i + 1) == Some(&'-') => {
+                while i < chars.len() && chars[i] != '\n' {
+                    i += 1;
+                }
+            }
+            '/' if chars.get(i + 1) == Some(&'*') => {
+                let end = (i + 2..chars.len().saturating_sub(1))
+                    .find(|&j| chars[j] == '*' && chars[j + 1] == '/')?;
+                i = end + 2;
+            }
+            q @ ('"' | '`' | '\'') => {
+                let (name, next) = quoted(&chars, i, q)?;
+                out.push(DdlTok::Quoted(name));
+                i = next;
+            }
+            '[' => {
+                let end = (i + 1..chars.len()).find(|&j| chars[j] == ']')?;
+                out.push(DdlTok::Quoted(chars[i + 1..end].iter().collect()));
+                i = end + 1;
+            }
+            '(' => (out.push(DdlTok::Open), i += 1).1,
+            ')' => (out.push(DdlTok::Close), i += 1).1,
+            ',' => (out.push(DdlTok::Comma), i += 1).1,
+            c if c.is_alphanumeric() || c == '_' || c == '$' => {
+                let start = i;
+                while chars
+                    .get(i)
+                    .is_some_and(|c| c.is_alphanumeric() || *c == '_' || *c == '$')
+                {
+                    i += 1;
+                }
+                out.push(DdlTok::Word(chars[start..i].iter().collect()));
+            }
+            _ => (out.push(DdlTok::Other), i += 1).1,
+        }
+    }
+    Some(out)
+}
+
+/// The collation `column` is declared with in SQLite's `CREATE TABLE`
+/// statement `create` (`BINARY` when it names none), or `None` when the
+/// statement has no such column or cannot be read.
+#[cfg(feature = "sqlite")]
+pub(crate) fn sqlite_column_collation(create: &str, column: &str) -> Option<String> {
+    let toks = ddl_tokens(create)?;
+    let open = toks.iter().position(|t| *t == DdlTok::Open)?;
+    let mut depth = 0i32;
+    let mut part_start = open + 1;
+    for i in open..toks.len() {
+        match &toks[i] {
+            DdlTok::Open => depth += 1,
+            DdlTok::Close | DdlTok::Comma if depth == 1 => {
+                if let Some(coll) = column_def_collation(&toks[part_start..i], column) {
+                    return Some(coll);
+                }
+                if toks[i] == DdlTok::Close {
+                    return None;
+                }
+                part_start = i + 1;
+            }
+            DdlTok::Close => depth -= 1,
+            _ => {}
+        }
+    }
+    None
+}
+
+/// The collation of one column definition (or table constraint) `def` if it
+/// defines `column`.
+#[cfg(feature = "sqlite")]
+fn column_def_collation(def: &[DdlTok], column: &str) -> Option<String> {
+    let name = match def.first()? {
+        DdlTok::Word(w) => {
+            let constraint = ["CONSTRAINT", "PRIMARY", "UNIQUE", "CHECK", "FOREIGN"];
+            if constraint.iter().any(|c| w.eq_ignore_ascii_case(c)) {
+                return None;
+            }
+            w
+        }
+        DdlTok::Quoted(q) => q,
+        _ => return None,
+    };
+    if !name.eq_ignore_ascii_case(column) {
+        return None;
+    }
+    let mut depth = 0i32;
+    for (i, t) in def.iter().enumerate().skip(1) {
+        match t {
+            DdlTok::Open => depth += 1,
+            DdlTok::Close => depth -= 1,
+            DdlTok::Word(w) if depth == 0 && w.eq_ignore_ascii_case("COLLATE") => {
+                return match def.get(i + 1) {
+                    Some(DdlTok::Word(c) | DdlTok::Quoted(c)) => Some(c.clone()),
+                    _ => None,
+                };
+            }
+            _ => {}
+        }
+    }
+    Some("BINARY".to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -675,6 +801,31 @@ mod tests {
         let t = tokenize("(\"a\".\"x\" = \"b\".\"y\") AND ((\"a\".\"z\" = 2) AND f(\"a\".\"q\"))")
             .unwrap();
         assert_eq!(equalities(&t).len(), 1);
+    }
+
+    #[cfg(feature = "sqlite")]
+    #[test]
+    fn sqlite_column_collations() {
+        let create = "CREATE TABLE \"t x\" ( -- a comment, with (parens\n\
+                      id INTEGER PRIMARY KEY, [Name] VARCHAR(10) DEFAULT 'a,b' COLLATE nocase, \
+                      /* b ) */ `b` TEXT CHECK (b COLLATE RTRIM <> 'x'), \
+                      'c' TEXT NOT NULL CoLLaTe \"RTRIM\", \
+                      UNIQUE (b COLLATE NOCASE), CONSTRAINT k CHECK (id > 0))";
+        let coll = |c| sqlite_column_collation(create, c);
+        assert_eq!(coll("name").as_deref(), Some("nocase"));
+        assert_eq!(coll("B").as_deref(), Some("BINARY"));
+        assert_eq!(coll("c").as_deref(), Some("RTRIM"));
+        assert_eq!(coll("id").as_deref(), Some("BINARY"));
+        assert_eq!(coll("k"), None);
+        assert_eq!(coll("unique"), None);
+        assert_eq!(
+            sqlite_column_collation("CREATE TABLE t (a TEXT COLLATE", "a"),
+            None
+        );
+        assert_eq!(
+            sqlite_column_collation("CREATE TABLE t (a 'unterminated)", "a"),
+            None
+        );
     }
 
     #[test]

@@ -128,27 +128,34 @@ impl QueryLog {
     }
 
     /// The SELECT statements on the data: the scans' batches (and probes).
-    /// Reads of the schema (`information_schema`: the checks a scan makes of
-    /// its key on MySQL/MariaDB) are in [`schema_reads`](Self::schema_reads).
+    /// Reads of the schema (the checks a scan makes of a string key:
+    /// `information_schema` on MySQL/MariaDB, the unique indexes' collations
+    /// on SQLite and PostgreSQL) are in [`schema_reads`](Self::schema_reads).
     pub fn selects(&self) -> Vec<String> {
         self.all()
             .into_iter()
             .filter(|q| q.trim_start().to_uppercase().starts_with("SELECT"))
-            .filter(|q| !q.contains("information_schema."))
+            .filter(|q| !is_schema_read(q))
             .collect()
     }
 
-    /// The SELECT statements that read the schema (`information_schema`).
+    /// The SELECT statements that read the schema.
     pub fn schema_reads(&self) -> Vec<String> {
         self.all()
             .into_iter()
-            .filter(|q| q.contains("information_schema."))
+            .filter(|q| is_schema_read(q))
             .collect()
     }
 
     pub fn clear(&self) {
         self.0.lock().unwrap().clear();
     }
+}
+
+/// Whether `q` reads the schema: `information_schema`, SQLite's pragmas,
+/// PostgreSQL's catalog of indexes.
+fn is_schema_read(q: &str) -> bool {
+    q.contains("information_schema.") || q.contains("FROM pragma_") || q.contains("FROM pg_index ")
 }
 
 pub fn in_ci() -> bool {
