@@ -345,6 +345,48 @@ pub enum Error {
         #[source]
         source: diesel::result::Error,
     },
+
+    /// The checkpoint table `chunked_checkpoints` does not exist: create it
+    /// once with [`checkpoint::create_table`](crate::checkpoint::create_table)
+    /// (or the statement of your backend in a migration).
+    #[error(
+        "the checkpoint table chunked_checkpoints is missing: create it once with \
+         checkpoint::create_table(&mut conn) (or its CREATE TABLE in a migration); \
+         the database said: {message}"
+    )]
+    CheckpointTableMissing {
+        /// The database's message.
+        message: String,
+    },
+
+    /// The checkpoint table lacks the column `query_fingerprint` (it was
+    /// created by an earlier version): [`checkpoint::create_table`](crate::checkpoint::create_table)
+    /// adds it, as does `ALTER TABLE chunked_checkpoints ADD COLUMN
+    /// query_fingerprint TEXT`.
+    #[error(
+        "the checkpoint table chunked_checkpoints has no column query_fingerprint (it was \
+         created by an earlier version): run checkpoint::create_table(&mut conn), which adds \
+         it, or ALTER TABLE chunked_checkpoints ADD COLUMN query_fingerprint TEXT; \
+         the database said: {message}"
+    )]
+    CheckpointTableOutdated {
+        /// The database's message.
+        message: String,
+    },
+
+    /// A job name the checkpoint table cannot hold (see
+    /// [`checkpoint::check_name`](crate::checkpoint::check_name)): refused
+    /// before any statement runs.
+    #[error(
+        "invalid checkpoint name {name:?}: {reason}; a name has 1 to 255 characters and no \
+         control characters"
+    )]
+    InvalidCheckpointName {
+        /// The name as given.
+        name: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 struct DisplayAfter<'a>(&'a Option<String>);

@@ -120,6 +120,77 @@ pub(crate) struct WriteConfig {
     pub(crate) min_batch_size: Option<u64>,
     pub(crate) max_batch_size: Option<u64>,
     pub(crate) checkpoint: Option<String>,
+    /// What the job writes, for its checkpoint's fingerprint: set by the
+    /// terminal (`update_all`, `delete_all`, `for_each_batch`).
+    pub(crate) identity: Option<JobIdentity>,
+}
+
+/// What decides which rows a write job writes, besides its key and bounds:
+/// its kind and its query's SQL with the bind values (see
+/// [What identifies a job](crate::checkpoint#what-identifies-a-job)).
+#[derive(Debug, Clone)]
+pub(crate) struct JobIdentity {
+    pub(crate) kind: &'static str,
+    pub(crate) sql: String,
+}
+
+impl WriteConfig {
+    /// This configuration for a job of `kind` whose query renders as `sql`.
+    fn with_identity(mut self, kind: &'static str, sql: String) -> Self {
+        self.identity = Some(JobIdentity { kind, sql });
+        self
+    }
+}
+
+/// The 64-bit FNV-1a hash of `bytes`: the same in every process and on every
+/// platform.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// The fingerprint of a job (stored in its checkpoint): `<kind> <16 hex
+/// digits>`, the hash of its kind, key, query and bounds; and the text hashed.
+fn fingerprint<V: std::fmt::Debug>(
+    identity: Option<&JobIdentity>,
+    key_type: &str,
+    bounds: &Bounds<V>,
+) -> (String, String) {
+    let (kind, sql) = match identity {
+        Some(id) => (id.kind, id.sql.as_str()),
+        None => ("write", ""),
+    };
+    let text = format!(
+        "{kind}\nkey {key_type}\n{sql}\nafter {:?} until {:?} lower {:?} upper {:?} desc {}",
+        bounds.after, bounds.until, bounds.lower, bounds.upper, bounds.desc
+    );
+    (format!("{kind} {:016x}", fnv1a(text.as_bytes())), text)
+}
+
+/// The SQL of `fragment` on `DB` with its bind values, as `debug_query` shows
+/// it; the rendering error's text if it cannot be rendered (the job then fails
+/// on its first statement anyway).
+fn debug_sql<DB, T>(fragment: &T) -> String
+where
+    DB: Backend + Default,
+    DB::QueryBuilder: Default,
+    T: QueryFragment<DB>,
+{
+    use std::fmt::Write;
+    let mut sql = String::new();
+    match write!(sql, "{}", diesel::debug_query::<DB, _>(fragment)) {
+        Ok(()) => sql,
+        Err(_) => "(not renderable)".to_string(),
+    }
+}
+
+/// The wait after a batch: the pause and what the throttle asked for, added
+/// without overflow (a sum beyond `Duration::MAX` is `Duration::MAX`).
+fn wait_after(pause: Option<Duration>, throttle: Option<Duration>) -> Duration {
+    pause
+        .unwrap_or_default()
+        .saturating_add(throttle.unwrap_or_default())
 }
 
 impl std::fmt::Debug for WriteConfig {
@@ -129,6 +200,7 @@ impl std::fmt::Debug for WriteConfig {
             .field("throttle", &self.throttle.is_some())
             .field("target_batch_time", &self.target_batch_time)
             .field("checkpoint", &self.checkpoint)
+            .field("identity", &self.identity)
             .finish()
     }
 }
@@ -149,14 +221,25 @@ pub(crate) struct BatchSizer {
 
 impl BatchSizer {
     pub(crate) fn new(target: Duration, start: u64, min: Option<u64>, max: Option<u64>) -> Self {
-        let min = min.unwrap_or(1).max(1);
-        let max = max.unwrap_or(start.saturating_mul(10)).max(min);
+        let largest = crate::engine::MAX_BATCH_SIZE;
+        let min = min.unwrap_or(1).clamp(1, largest);
+        let max = max.unwrap_or(start.saturating_mul(10)).clamp(min, largest);
         Self {
             target,
             min,
             max,
             per_row: None,
         }
+    }
+
+    /// The size of the first batch: `start` (the builder's `batch_size`) within
+    /// `[min, max]`. A `batch_size` of 0 or above `i64::MAX` stays as it is, to
+    /// be refused as any scan's.
+    pub(crate) fn first(&self, start: u64) -> u64 {
+        if start == 0 || start > crate::engine::MAX_BATCH_SIZE {
+            return start;
+        }
+        start.clamp(self.min, self.max)
     }
 
     /// The size after a batch of `rows` rows, asked for as `current`, took `took`.
@@ -237,6 +320,19 @@ where
 {
     let started = Instant::now();
     let mut query = query?;
+    let name = job.checkpoint.as_deref();
+    if let Some(name) = name {
+        crate::checkpoint::check_name(name)?;
+    }
+    let sizer = job
+        .target_batch_time
+        .map(|t| BatchSizer::new(t, scan.batch_size, job.min_batch_size, job.max_batch_size));
+    let mut scan = scan;
+    if let Some(sizer) = &sizer {
+        // The first batch too is within [min_batch_size, max_batch_size].
+        scan.batch_size = sizer.first(scan.batch_size);
+    }
+    let mut sizer = sizer;
     query.set_statements(scan.cache_statements, scan.batch_size);
     let mut engine = Engine::new(
         scan.clone(),
@@ -245,9 +341,6 @@ where
         K::compare,
         None,
     );
-    let mut sizer = job
-        .target_batch_time
-        .map(|t| BatchSizer::new(t, scan.batch_size, job.min_batch_size, job.max_batch_size));
     let key_type = format!(
         "{} as {}",
         query.key().describe(),
@@ -265,16 +358,34 @@ where
         batch_size: scan.batch_size,
         elapsed: Duration::ZERO,
     };
-    let name = job.checkpoint.as_deref();
     if let Some(name) = name {
-        // Read (or create) the job's row; a broken connection is retried as a
-        // batch is.
+        // The job's identity, from the bounds it was built with (before a
+        // resume moves them).
+        let (fingerprint, identity) = fingerprint(job.identity.as_ref(), &key_type, query.bounds());
+        // Read (or create) the job's row, and store the fingerprint in a new
+        // one; a broken connection is retried as a batch is.
         let plan = crate::engine::BatchPlan { batch: 1, limit: 1 };
         let mut attempt = 0;
         let row = loop {
             attempt += 1;
-            match source.run(attempt > 1, |c| c.start_checkpoint(name, &key_type)) {
+            let started = source.run(attempt > 1, |c| {
+                let row = c.start_checkpoint(name, &key_type)?;
+                if row.query_fingerprint.is_none() && row.key_type == key_type {
+                    return c.claim_checkpoint(name, &fingerprint);
+                }
+                Ok(row)
+            });
+            match started {
                 Ok(row) => break row,
+                Err(crate::source::AttemptError::Query(e))
+                    if crate::checkpoint::table_problem(&e).is_some() =>
+                {
+                    let problem = crate::checkpoint::table_problem(&e);
+                    return Err(engine.fail(problem.unwrap_or(Error::Query {
+                        context: "starting the checkpoint",
+                        source: e,
+                    })));
+                }
                 Err(e) => {
                     let delay = engine.failed::<K::Value>(
                         &plan,
@@ -288,11 +399,22 @@ where
             }
         };
         if row.key_type != key_type {
-            return Err(Error::CheckpointMismatch {
+            return Err(engine.fail(Error::CheckpointMismatch {
                 name: name.to_string(),
                 stored: row.key_type,
                 expected: key_type,
-            });
+            }));
+        }
+        if row.query_fingerprint.as_deref() != Some(fingerprint.as_str()) {
+            // Another job's checkpoint: resuming after its last key would skip
+            // rows of this one.
+            let stored = row.query_fingerprint.as_deref().unwrap_or("none");
+            return Err(engine.fail(Error::CheckpointMismatch {
+                name: name.to_string(),
+                stored: format!("{} and query {stored}", row.key_type),
+                expected: format!("{key_type} and query {fingerprint} ({identity})")
+                    .replace('\n', "; "),
+            }));
         }
         report.total_rows = row.rows;
         report.total_batches = row.batches;
@@ -312,6 +434,15 @@ where
             report.last_key = Some(key.value.clone());
             query.set_after(Some(key));
         }
+        if engine.end == Some(crate::engine::EndReason::EmptyBounds) {
+            // Bounds that hold no key: the job is finished as it starts.
+            finish_empty(&mut source, &mut engine, name, &row)?;
+        }
+    }
+    if engine.end == Some(crate::engine::EndReason::EmptyBounds) {
+        report.done = true;
+        report.elapsed = started.elapsed();
+        return Ok(report);
     }
 
     check_key_order(&mut source, &mut query, &mut rows, &mut engine)?;
@@ -485,12 +616,7 @@ where
             elapsed: started.elapsed(),
             next_batch_size: engine.config.batch_size,
         };
-        let wait = job.pause.unwrap_or_default()
-            + job
-                .throttle
-                .as_ref()
-                .and_then(|t| t(&stats))
-                .unwrap_or_default();
+        let wait = wait_after(job.pause, job.throttle.as_ref().and_then(|t| t(&stats)));
         if !wait.is_zero() {
             std::thread::sleep(wait);
         }
@@ -498,6 +624,57 @@ where
     report.retries = engine.retries;
     report.elapsed = started.elapsed();
     Ok(report)
+}
+
+/// Marks the checkpoint of job `name`, whose bounds hold no key, done: in a
+/// batch transaction that locks the row as a batch does, so that a run of the
+/// job elsewhere is not overtaken. `row` is the row as the job started.
+fn finish_empty<S>(
+    source: &mut S,
+    engine: &mut Engine,
+    name: &str,
+    row: &Checkpoint,
+) -> Result<(), Error>
+where
+    S: ConnectionSource,
+    S::Connection: CheckpointConnection,
+{
+    let plan = crate::engine::BatchPlan { batch: 1, limit: 1 };
+    let busy = || Error::CheckpointBusy {
+        name: name.to_string(),
+    };
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let mut failure = None;
+        let ran = source.run(attempt > 1, |conn| {
+            conn.batch_transaction(|conn| match conn.lock_checkpoint(name) {
+                // An attempt before this one committed, and its answer was lost.
+                Ok(Some(now)) if attempt > 1 && now.done && now.batches == row.batches => Ok(()),
+                Ok(Some(now)) if !now.done && now.batches == row.batches => conn
+                    .advance_checkpoint(name, row.last_key.as_deref(), row.rows, row.batches, true),
+                Ok(_) => {
+                    failure = Some(busy());
+                    Err(diesel::result::Error::RollbackTransaction)
+                }
+                Err(e) if is_lock_conflict(&e) && attempt == 1 => {
+                    failure = Some(busy());
+                    Err(e)
+                }
+                Err(e) => Err(e),
+            })
+        });
+        match ran {
+            Ok(()) => return Ok(()),
+            Err(_) if failure.is_some() => {
+                return Err(engine.fail(failure.unwrap_or_else(busy)));
+            }
+            Err(e) => {
+                let delay = engine.failed::<()>(&plan, attempt, S::DEFAULT_MAX_RETRIES, e, None)?;
+                std::thread::sleep(delay);
+            }
+        }
+    }
 }
 
 /// Locks the checkpoint row of job `name` in the batch's transaction, and
@@ -648,6 +825,7 @@ where
     diesel::dsl::Update<RangeTarget<Q, K>, V>:
         diesel::query_builder::AsQuery + ExecuteDsl<S::Connection>,
     KeyRows: Rows<S::Connection, <Q as PrepareKeys<'a, K, Db<S>>>::Base, K>,
+    Q: QueryFragment<Db<S>>,
 {
     type Value = K::Value;
 
@@ -658,6 +836,12 @@ where
             return Err(Error::KeyChanged { column, columns });
         }
         let (key, query, scan, job, seek) = self.into_job::<'a, Db<S>>();
+        let sql = format!(
+            "SET {}\n{}",
+            debug_sql::<Db<S>, _>(&changes.clone().as_changeset()),
+            debug_sql::<Db<S>, _>(&query)
+        );
+        let job = job.with_identity("update_all", sql);
         run_job(source, seek, KeyRows, scan, job, &mut |conn, _, range| {
             let target = FilterDsl::filter(
                 query.clone(),
@@ -733,11 +917,15 @@ where
     RangeTarget<Q, K>: IntoUpdateTarget,
     RangeDelete<Q, K>: ExecuteDsl<S::Connection>,
     KeyRows: Rows<S::Connection, <Q as PrepareKeys<'a, K, Db<S>>>::Base, K>,
+    Q: QueryFragment<Db<S>>,
+    Db<S>: Default,
+    <Db<S> as Backend>::QueryBuilder: Default,
 {
     type Value = K::Value;
 
     fn run_delete(self, source: S) -> Result<WriteReport<K::Value>, Error> {
         let (key, query, scan, job, seek) = self.into_job::<'a, Db<S>>();
+        let job = job.with_identity("delete_all", debug_sql::<Db<S>, _>(&query));
         run_job(source, seek, KeyRows, scan, job, &mut |conn, _, range| {
             let target = FilterDsl::filter(
                 query.clone(),
@@ -770,6 +958,9 @@ where
     Db<S>: KeysetBackend,
     Q: PrepareModel<'a, K, M, Db<S>>,
     ModelRows<M>: Rows<S::Connection, ModelBase<'a, Q, K, M, Db<S>>, K, Item = M>,
+    Q: QueryFragment<Db<S>>,
+    Db<S>: Default,
+    <Db<S> as Backend>::QueryBuilder: Default,
 {
     type Value = K::Value;
 
@@ -779,6 +970,7 @@ where
         E: From<diesel::result::Error> + Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let (bounds, scan, job) = (self.bounds(), self.config(), self.write.clone());
+        let job = job.with_identity("for_each_batch", debug_sql::<Db<S>, _>(&self.query));
         let (seek, key_columns) = match self.query.prepare_model(self.key, bounds) {
             Ok((q, at)) => (Ok(q), at),
             Err(e) => (Err(e), [0; 3]),
