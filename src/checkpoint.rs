@@ -818,6 +818,62 @@ mod tests {
     }
 
     #[test]
+    fn a_missing_table_or_column_is_recognised() {
+        use crate::Error;
+        for message in [
+            "no such table: chunked_checkpoints",
+            "relation \"chunked_checkpoints\" does not exist",
+            "Table 'test.chunked_checkpoints' doesn't exist",
+        ] {
+            let found = table_problem(&db_error(message));
+            assert!(
+                matches!(found, Some(Error::CheckpointTableMissing { .. })),
+                "{message}"
+            );
+        }
+        for message in [
+            "no such column: query_fingerprint",
+            "column \"query_fingerprint\" does not exist",
+            "Unknown column 'query_fingerprint' in 'field list'",
+        ] {
+            let found = table_problem(&db_error(message));
+            assert!(
+                matches!(found, Some(Error::CheckpointTableOutdated { .. })),
+                "{message}"
+            );
+        }
+        for e in [
+            db_error("no such table: posts"),
+            db_error("relation \"items\" does not exist"),
+            db_error("duplicate key value violates unique constraint \"chunked_checkpoints_pkey\""),
+            DieselError::NotFound,
+        ] {
+            assert!(table_problem(&e).is_none(), "{e}");
+        }
+    }
+
+    #[test]
+    fn names_are_checked() {
+        assert!(check_name("a").is_ok());
+        assert!(check_name(&"日".repeat(255)).is_ok());
+        assert!(check_name("with space and / slash").is_ok());
+        for bad in [
+            String::new(),
+            "x".repeat(256),
+            "nul\0".into(),
+            "tab\t".into(),
+            "del\u{7f}".into(),
+            "c1\u{85}".into(),
+        ] {
+            let err = check_name(&bad).unwrap_err();
+            assert!(
+                matches!(&err, crate::Error::InvalidCheckpointName { name, .. } if *name == bad),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
     fn totals_above_bigint_are_refused() {
         assert_eq!(bigint(0, "rows").unwrap(), 0);
         assert_eq!(bigint(i64::MAX as u64, "rows").unwrap(), i64::MAX);

@@ -1012,8 +1012,48 @@ impl<Q, K: Key> Chunked<Q, K> {
 
 #[cfg(test)]
 mod tests {
-    use super::BatchSizer;
+    use super::{fnv1a, wait_after, BatchSizer};
     use std::time::Duration;
+
+    #[test]
+    fn the_first_batch_is_within_min_and_max() {
+        let s = Duration::from_secs(1);
+        assert_eq!(BatchSizer::new(s, 1000, None, Some(10)).first(1000), 10);
+        assert_eq!(BatchSizer::new(s, 5, Some(40), None).first(5), 40);
+        assert_eq!(
+            BatchSizer::new(s, 100, Some(10), Some(1000)).first(100),
+            100
+        );
+        // min above max: the min wins, as for every later batch
+        assert_eq!(BatchSizer::new(s, 100, Some(50), Some(20)).first(100), 50);
+        // sizes a scan refuses stay refused
+        assert_eq!(BatchSizer::new(s, 0, None, Some(10)).first(0), 0);
+        let huge = u64::MAX;
+        assert_eq!(BatchSizer::new(s, huge, None, None).first(huge), huge);
+        // the default max (10 × the start) stays a valid LIMIT
+        let big = crate::engine::MAX_BATCH_SIZE;
+        let mut sizer = BatchSizer::new(s, big, None, None);
+        assert_eq!(sizer.next(big, big, Duration::from_nanos(1)), big);
+    }
+
+    #[test]
+    fn waits_saturate() {
+        let max = Duration::MAX;
+        assert_eq!(wait_after(Some(max), Some(Duration::from_secs(1))), max);
+        assert_eq!(wait_after(Some(max), Some(max)), max);
+        assert_eq!(wait_after(None, Some(max)), max);
+        assert_eq!(wait_after(None, None), Duration::ZERO);
+        let ms = Duration::from_millis;
+        assert_eq!(wait_after(Some(ms(5)), Some(ms(7))), ms(12));
+    }
+
+    #[test]
+    fn fnv1a_is_the_published_hash() {
+        // The FNV-1a 64 test vectors.
+        assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fnv1a(b"foobar"), 0x8594_4171_f739_67e8);
+    }
 
     #[test]
     fn batch_size_grows_slowly_and_shrinks_fast() {
