@@ -561,3 +561,75 @@ outside_writer_test!(
     "SET SESSION innodb_lock_wait_timeout = 1",
     800
 );
+
+/// A JetStream slice whose bounds hold no key (`start_after == end_at`) is a
+/// finished job: its worker records it done and acknowledges it, with its
+/// checkpoint done, instead of failing it on every delivery.
+#[cfg(all(feature = "jetstream", feature = "sqlite", feature = "_tokio-rt"))]
+#[test]
+fn an_empty_jetstream_slice_is_done() {
+    use diesel_chunked_iterator::jetstream::{Job, JobOptions, SliceState, Worker};
+    use diesel_chunked_iterator::Partition;
+
+    let db = <common::Sqlite as TestBackend>::create();
+    let mut conn = <common::Sqlite as TestBackend>::connect(&db);
+    create_items(&mut conn);
+    checkpoint::create_table(&mut conn).unwrap();
+    let slice = |index, lo, hi| Partition {
+        index,
+        start_after: lo,
+        end_at: hi,
+        rows: 0,
+    };
+    let parts = vec![
+        slice(0, None, Some(300)),
+        slice(1, Some(300), Some(300)),
+        slice(2, Some(300), None),
+    ];
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let url = common::server_url("NATS_URL", "nats://127.0.0.1:4222");
+    let name = unique_name("empty-slice");
+    let (status, report) = rt.block_on(async {
+        let js =
+            async_nats::jetstream::new(async_nats::connect(&url).await.expect("NATS is reachable"));
+        let options = JobOptions::default()
+            .max_deliveries(1)
+            .retry_delay(Duration::from_millis(10));
+        let job = Job::publish_with(&js, &name, &parts, options)
+            .await
+            .unwrap();
+        let url = db.url.clone();
+        let report = Worker::new(&js, &name)
+            .poll(Duration::from_millis(100))
+            .run(move |s| {
+                let mut conn = <common::Sqlite as TestBackend>::Conn::establish(&url).unwrap();
+                items::table
+                    .chunked_by(items::id)
+                    .within(s)
+                    .batch_size(100)
+                    .checkpoint(s.checkpoint_name())
+                    .throttle(s.progress())
+                    .for_each_batch(&mut conn, bump)
+            })
+            .await
+            .unwrap();
+        let status = job.wait(Duration::from_millis(100)).await.unwrap();
+        job.delete().await.unwrap();
+        (status, report)
+    });
+    assert_eq!((status.done, status.failed), (3, 0), "{status:?}");
+    assert!(
+        status.slice.iter().all(|s| s.state == SliceState::Done),
+        "{status:?}"
+    );
+    assert_eq!(
+        (report.done, report.failed, report.rows),
+        (3, 0, ROWS as u64)
+    );
+    let empty = checkpoint::status(&mut conn, &format!("{name}/slice-1"))
+        .unwrap()
+        .unwrap();
+    assert_eq!((empty.done, empty.rows, empty.batches), (true, 0, 0));
+    assert!(all_once(&counters(&mut conn)), "{:?}", counters(&mut conn));
+}
