@@ -279,7 +279,7 @@ pub(crate) enum Abort {
     /// A retry found that the attempt before it committed after all (its
     /// connection broke between `COMMIT` and the answer): the checkpoint row
     /// has this run's next batch.
-    Committed(Checkpoint),
+    Committed(Box<Checkpoint>),
 }
 
 impl From<diesel::result::Error> for Abort {
@@ -556,7 +556,7 @@ where
                 Ok(c) => break c,
                 Err(e) => {
                     if let Some(row) = adopted {
-                        break committed_by_checkpoint(row, report.total_rows, &key_type)?;
+                        break committed_by_checkpoint(*row, report.total_rows, &key_type)?;
                     }
                     if let Some(f) = failure {
                         report.elapsed = started.elapsed();
@@ -696,7 +696,9 @@ fn lock<C: CheckpointConnection>(
     };
     match conn.lock_checkpoint(name) {
         Ok(Some(row)) if row.batches == batches && !row.done => Ok(()),
-        Ok(Some(row)) if retry && row.batches == batches + 1 => Err(Abort::Committed(row)),
+        Ok(Some(row)) if retry && row.batches == batches + 1 => {
+            Err(Abort::Committed(Box::new(row)))
+        }
         Ok(_) => Err(busy()),
         // On a retry, the lock may still be held by this runner's own attempt
         // before, whose connection died and whose transaction the server is
