@@ -33,7 +33,8 @@
 //! `batch_size`, `limit_total`, the pauses, and what a `for_each_batch` closure
 //! does. A filter on a value computed at each run (a cutoff of `now() - 30
 //! days` bound from Rust) makes each run another job: compute the value once,
-//! or [`reset`] the job.
+//! or [`reset`] the job. So can an upgrade of Diesel or of this crate that
+//! renders the query differently: finish or reset stopped jobs before one.
 //!
 //! Another key is [`Error::CheckpointMismatch`](crate::Error::CheckpointMismatch),
 //! and so is another query; either way nothing is written. A row whose

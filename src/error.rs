@@ -281,8 +281,9 @@ pub enum Error {
         name: String,
     },
 
-    /// Job `name` has a checkpoint made with another key: resuming from it would
-    /// skip or repeat rows.
+    /// Job `name` has a checkpoint made with another key, or by another query
+    /// (see [what identifies a job](crate::checkpoint#what-identifies-a-job)):
+    /// resuming from it would skip or repeat rows. Nothing was written.
     #[error(
         "job {name:?} has a checkpoint of key {stored}, not {expected}; use another job name, \
          or checkpoint::reset the job to start it over"

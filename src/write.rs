@@ -169,8 +169,8 @@ fn fingerprint<V: std::fmt::Debug>(
 }
 
 /// The SQL of `fragment` on `DB` with its bind values, as `debug_query` shows
-/// it; the rendering error's text if it cannot be rendered (the job then fails
-/// on its first statement anyway).
+/// it; a fixed text if it cannot be rendered (the job then fails on its first
+/// statement anyway).
 fn debug_sql<DB, T>(fragment: &T) -> String
 where
     DB: Backend + Default,
@@ -182,6 +182,14 @@ where
     match write!(sql, "{}", diesel::debug_query::<DB, _>(fragment)) {
         Ok(()) => sql,
         Err(_) => "(not renderable)".to_string(),
+    }
+}
+
+/// `text`, cut to at most `max` characters (an ellipsis marks the cut).
+fn shortened(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_string(),
     }
 }
 
@@ -412,8 +420,10 @@ where
             return Err(engine.fail(Error::CheckpointMismatch {
                 name: name.to_string(),
                 stored: format!("{} and query {stored}", row.key_type),
-                expected: format!("{key_type} and query {fingerprint} ({identity})")
-                    .replace('\n', "; "),
+                expected: format!(
+                    "{key_type} and query {fingerprint} ({})",
+                    shortened(&identity.replace('\n', "; "), 1000)
+                ),
             }));
         }
         report.total_rows = row.rows;
@@ -1036,6 +1046,13 @@ mod tests {
         let big = crate::engine::MAX_BATCH_SIZE;
         let mut sizer = BatchSizer::new(s, big, None, None);
         assert_eq!(sizer.next(big, big, Duration::from_nanos(1)), big);
+    }
+
+    #[test]
+    fn long_texts_are_shortened() {
+        assert_eq!(super::shortened("abc", 3), "abc");
+        assert_eq!(super::shortened("abcd", 3), "abc…");
+        assert_eq!(super::shortened("ééééé", 2), "éé…");
     }
 
     #[test]
