@@ -204,9 +204,10 @@ impl<Q, K: Key> Chunked<Q, K> {
         self
     }
 
-    /// Write jobs: waits `d` after every committed batch, so that replicas and
-    /// other writers keep up (as pt-archiver's `--sleep`). Adds to what a
-    /// [`throttle`](Self::throttle) closure asks for.
+    /// Write jobs: waits `d` after every committed batch but the last, so that
+    /// replicas and other writers keep up (as pt-archiver's `--sleep`). Adds to
+    /// what a [`throttle`](Self::throttle) closure asks for, the sum capped at
+    /// `Duration::MAX`.
     ///
     /// ```
     /// # include!("../tests/doc/setup.rs");
@@ -254,9 +255,10 @@ impl<Q, K: Key> Chunked<Q, K> {
     }
 
     /// Write jobs: sizes each batch toward taking `d`, starting from
-    /// [`batch_size`](Self::batch_size), within
+    /// [`batch_size`](Self::batch_size), every batch (the first included) within
     /// [`min_batch_size`](Self::min_batch_size) (default 1) and
-    /// [`max_batch_size`](Self::max_batch_size) (default 10 × the start).
+    /// [`max_batch_size`](Self::max_batch_size) (default 10 × `batch_size`;
+    /// a minimum above the maximum wins).
     ///
     /// The rule (as GitLab's batched migrations): the time per row is smoothed
     /// over the batches (each new one weighs half); the ideal next size is
@@ -287,6 +289,15 @@ impl<Q, K: Key> Chunked<Q, K> {
     /// finished job does nothing; [`checkpoint::reset`](crate::checkpoint::reset)
     /// starts it over. Create the table once with
     /// [`checkpoint::create_table`](crate::checkpoint::create_table).
+    ///
+    /// The name belongs to one job: its key, its query (filters and their
+    /// values), its kind (`update_all` and its changes, `delete_all`,
+    /// `for_each_batch`) and its bounds. A run of another job under the name is
+    /// [`Error::CheckpointMismatch`] before it writes anything (see [what
+    /// identifies a job](crate::checkpoint#what-identifies-a-job)). A name that
+    /// is empty, longer than 255 characters or holds a control character is
+    /// [`Error::InvalidCheckpointName`] when the job starts, before any
+    /// statement (see [`checkpoint::check_name`](crate::checkpoint::check_name)).
     ///
     /// ```
     /// # include!("../tests/doc/setup.rs");

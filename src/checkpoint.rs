@@ -8,14 +8,48 @@
 //! resumes right after its last committed batch, neither repeating nor skipping
 //! one.
 //!
-//! A row holds the job's name (its primary key, up to 255 characters), the kind
+//! A row holds the job's name (its primary key, see [`check_name`]), the kind
 //! of key it scans by (so that a resume with another key is refused), the last
 //! committed key (serialized, opaque here), the rows and batches written so far
-//! over all runs, whether the job is done, and when the row was last written.
+//! over all runs, whether the job is done, when the row was last written, and
+//! the fingerprint of the job's query (so that a job of another query under the
+//! same name is refused instead of resuming after this one's last key).
 //!
 //! [`create_table`] creates the table (if it does not exist yet), [`status`]
 //! reads a job's row, [`reset`] deletes it so that the next run starts from the
 //! beginning.
+//!
+//! # What identifies a job
+//!
+//! A run resumes from a row only if it is the same job: the same key
+//! (`key_type`: the key's columns and Rust type) and the same query
+//! (`query_fingerprint`). The fingerprint is `<kind> <16 hex digits>`, the kind
+//! being `update_all`, `delete_all` or `for_each_batch`, and the digits the
+//! 64-bit FNV-1a hash of what decides which rows the job writes: the job's kind
+//! and key, the query's SQL as Diesel renders it with its bind values (table,
+//! joins, filters; for `update_all` the `SET` list too), and the bounds given to
+//! the builder (`start_after`, `end_at`, `within`, `desc`). It is the same in
+//! every process and run of a job built the same way. Not part of it:
+//! `batch_size`, `limit_total`, the pauses, and what a `for_each_batch` closure
+//! does. A filter on a value computed at each run (a cutoff of `now() - 30
+//! days` bound from Rust) makes each run another job: compute the value once,
+//! or [`reset`] the job. So can an upgrade of Diesel or of this crate that
+//! renders the query differently: finish or reset stopped jobs before one.
+//!
+//! Another key is [`Error::CheckpointMismatch`](crate::Error::CheckpointMismatch),
+//! and so is another query; either way nothing is written. A row whose
+//! `query_fingerprint` is `NULL` (written before the column existed) is taken
+//! by the next run of its name, which stores its own fingerprint there.
+//!
+//! # Errors
+//!
+//! A name that is empty, longer than 255 characters or holds a control
+//! character is [`Error::InvalidCheckpointName`](crate::Error::InvalidCheckpointName)
+//! before any statement runs. A missing table is
+//! [`Error::CheckpointTableMissing`](crate::Error::CheckpointTableMissing) (call
+//! [`create_table`]); a table created before `query_fingerprint` existed is
+//! [`Error::CheckpointTableOutdated`](crate::Error::CheckpointTableOutdated)
+//! (call [`create_table`], which adds the column).
 //!
 //! # The table
 //!
@@ -34,7 +68,8 @@
 //!     rows_done BIGINT NOT NULL DEFAULT 0,
 //!     batches_done BIGINT NOT NULL DEFAULT 0,
 //!     done BOOLEAN NOT NULL DEFAULT FALSE,
-//!     updated_at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP
+//!     updated_at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP,
+//!     query_fingerprint TEXT
 //! )
 //! ```
 //!
@@ -48,7 +83,8 @@
 //!     rows_done BIGINT NOT NULL DEFAULT 0,
 //!     batches_done BIGINT NOT NULL DEFAULT 0,
 //!     done BOOLEAN NOT NULL DEFAULT FALSE,
-//!     updated_at TIMESTAMPTZ NOT NULL DEFAULT CURRENT_TIMESTAMP
+//!     updated_at TIMESTAMPTZ NOT NULL DEFAULT CURRENT_TIMESTAMP,
+//!     query_fingerprint TEXT
 //! )
 //! ```
 //!
@@ -62,9 +98,15 @@
 //!     rows_done BIGINT NOT NULL DEFAULT 0,
 //!     batches_done BIGINT NOT NULL DEFAULT 0,
 //!     done BOOLEAN NOT NULL DEFAULT FALSE,
-//!     updated_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)
+//!     updated_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+//!     query_fingerprint TEXT
 //! ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin
 //! ```
+//!
+//! A table created without `query_fingerprint` (by an earlier version) gets it
+//! from [`create_table`], which checks for the column and else runs `ALTER TABLE
+//! chunked_checkpoints ADD COLUMN query_fingerprint TEXT`; run that statement
+//! yourself if you manage the table with migrations.
 //!
 //! The column names avoid words reserved by any of the backends (`rows` is
 //! reserved in MySQL 8). Totals are `BIGINT`: up to `i64::MAX` rows and batches.
@@ -80,13 +122,18 @@
 //! With `?` written for the placeholders (`$1`, `$2`, ... on PostgreSQL):
 //!
 //! - read: `SELECT name, key_type, last_key, rows_done, batches_done, done,
-//!   CAST(updated_at AS TEXT) AS updated_at FROM chunked_checkpoints WHERE name = ?`
-//!   (`CAST(updated_at AS CHAR)` on MySQL/MariaDB);
+//!   CAST(updated_at AS TEXT) AS updated_at, query_fingerprint FROM
+//!   chunked_checkpoints WHERE name = ?` (`CAST(updated_at AS CHAR)` on
+//!   MySQL/MariaDB);
 //! - start: the read, and if there is no row
 //!   `INSERT INTO chunked_checkpoints (name, key_type) VALUES (?, ?) ON CONFLICT DO NOTHING`
 //!   (MySQL/MariaDB: `ON DUPLICATE KEY UPDATE name = name`, not `INSERT IGNORE`,
 //!   which would turn a name too long for the column into a warning and store it
 //!   cut), then the read again;
+//! - claim (a row without a fingerprint, right after the start): `UPDATE
+//!   chunked_checkpoints SET query_fingerprint = ? WHERE name = ? AND
+//!   query_fingerprint IS NULL`, then the read again: of two runs that start
+//!   one new name at once, the first one's fingerprint stays;
 //! - lock: the read with `FOR UPDATE NOWAIT` (PostgreSQL, MariaDB ≥ 10.3,
 //!   MySQL ≥ 8.0); on SQLite the plain read;
 //! - advance: `UPDATE chunked_checkpoints SET last_key = ?, rows_done = ?,
@@ -137,7 +184,8 @@ pub const CREATE_TABLE_SQLITE: &str = concat!(
     "    rows_done BIGINT NOT NULL DEFAULT 0,\n",
     "    batches_done BIGINT NOT NULL DEFAULT 0,\n",
     "    done BOOLEAN NOT NULL DEFAULT FALSE,\n",
-    "    updated_at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP\n",
+    "    updated_at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP,\n",
+    "    query_fingerprint TEXT\n",
     ")"
 );
 
@@ -150,7 +198,8 @@ pub const CREATE_TABLE_POSTGRES: &str = concat!(
     "    rows_done BIGINT NOT NULL DEFAULT 0,\n",
     "    batches_done BIGINT NOT NULL DEFAULT 0,\n",
     "    done BOOLEAN NOT NULL DEFAULT FALSE,\n",
-    "    updated_at TIMESTAMPTZ NOT NULL DEFAULT CURRENT_TIMESTAMP\n",
+    "    updated_at TIMESTAMPTZ NOT NULL DEFAULT CURRENT_TIMESTAMP,\n",
+    "    query_fingerprint TEXT\n",
     ")"
 );
 
@@ -163,7 +212,8 @@ pub const CREATE_TABLE_MYSQL: &str = concat!(
     "    rows_done BIGINT NOT NULL DEFAULT 0,\n",
     "    batches_done BIGINT NOT NULL DEFAULT 0,\n",
     "    done BOOLEAN NOT NULL DEFAULT FALSE,\n",
-    "    updated_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)\n",
+    "    updated_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),\n",
+    "    query_fingerprint TEXT\n",
     ") ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
 );
 
@@ -188,6 +238,10 @@ pub struct Checkpoint {
     /// When the row was last written, as the database renders its timestamp
     /// (for display).
     pub updated_at: String,
+    /// What the job's query is (see [What identifies a job](self#what-identifies-a-job)):
+    /// a run of another query does not resume from this row. `None` until the
+    /// job's first run stores it.
+    pub query_fingerprint: Option<String>,
 }
 
 /// Per-backend statements on the checkpoint table.
@@ -197,7 +251,8 @@ pub struct Checkpoint {
 /// in the [module docs](self).
 #[doc(hidden)]
 pub trait CheckpointConnection: Connection + crate::unique::UniqueIndexes {
-    /// Creates the table if it does not exist.
+    /// Creates the table if it does not exist, and adds the column
+    /// `query_fingerprint` to a table that lacks it.
     fn create_checkpoint_table(&mut self) -> QueryResult<()>;
 
     /// The row of job `name`, if any.
@@ -207,6 +262,11 @@ pub trait CheckpointConnection: Connection + crate::unique::UniqueIndexes {
     /// if it is missing, and returns the row. An existing row is returned as it
     /// is, whatever its `key_type`.
     fn start_checkpoint(&mut self, name: &str, key_type: &str) -> QueryResult<Checkpoint>;
+
+    /// Outside any batch: stores `fingerprint` in the row of job `name` if it
+    /// has none yet, and returns the row (with the fingerprint it has now,
+    /// which is another one if another run stored its own first).
+    fn claim_checkpoint(&mut self, name: &str, fingerprint: &str) -> QueryResult<Checkpoint>;
 
     /// Inside a batch's transaction: locks the row without waiting (PostgreSQL
     /// and MySQL/MariaDB `FOR UPDATE NOWAIT`; SQLite reads it, its `BEGIN
@@ -297,6 +357,96 @@ pub fn create_table<C: CheckpointConnection>(conn: &mut C) -> Result<(), crate::
         })
 }
 
+/// The most characters a job name may have (the column is `VARCHAR(255)`).
+pub const MAX_NAME_CHARS: usize = 255;
+
+/// Checks a job name before any statement uses it: 1 to [`MAX_NAME_CHARS`]
+/// characters (Unicode scalar values, as the columns count them), none of them a
+/// control character (`U+0000`–`U+001F`, `U+007F`–`U+009F`: PostgreSQL cannot
+/// store NUL, and the others would make the name unreadable in logs). Otherwise
+/// [`Error::InvalidCheckpointName`](crate::Error::InvalidCheckpointName).
+///
+/// Write jobs, [`status`] and [`reset`] check their name with it.
+///
+/// ```
+/// use diesel_chunked_iterator::{checkpoint, Error};
+/// checkpoint::check_name("archive-posts/slice-7")?;
+/// checkpoint::check_name(&"é".repeat(255))?;
+/// let err = checkpoint::check_name(&"x".repeat(256)).unwrap_err();
+/// assert!(matches!(err, Error::InvalidCheckpointName { .. }));
+/// assert!(checkpoint::check_name("a\0b").is_err());
+/// assert!(checkpoint::check_name("").is_err());
+/// # Ok::<(), Error>(())
+/// ```
+pub fn check_name(name: &str) -> Result<(), crate::Error> {
+    let invalid = |reason: String| {
+        Err(crate::Error::InvalidCheckpointName {
+            name: name.to_string(),
+            reason,
+        })
+    };
+    if name.is_empty() {
+        return invalid("it is empty".to_string());
+    }
+    let chars = name.chars().count();
+    if chars > MAX_NAME_CHARS {
+        return invalid(format!(
+            "it has {chars} characters, more than the {MAX_NAME_CHARS} the column holds"
+        ));
+    }
+    if let Some((at, c)) = name.chars().enumerate().find(|(_, c)| c.is_control()) {
+        return invalid(format!(
+            "character {} is the control character U+{:04X}",
+            at + 1,
+            u32::from(c)
+        ));
+    }
+    Ok(())
+}
+
+/// The error of a checkpoint statement that failed with `source` while doing
+/// `context`: [`Error::CheckpointTableMissing`](crate::Error::CheckpointTableMissing)
+/// or [`Error::CheckpointTableOutdated`](crate::Error::CheckpointTableOutdated)
+/// when the table or its column is missing, else [`Error::Query`](crate::Error::Query).
+pub(crate) fn statement_error(context: &'static str, source: DieselError) -> crate::Error {
+    table_problem(&source).unwrap_or(crate::Error::Query { context, source })
+}
+
+/// Whether `e` says that the checkpoint table, or its column `query_fingerprint`,
+/// does not exist: SQLite `no such table` / `no such column`, PostgreSQL
+/// SQLSTATE 42P01 / 42703 (`relation ... does not exist`, `column ...
+/// does not exist`), MySQL/MariaDB errors 1146 / 1054 (`Table ... doesn't
+/// exist`, `Unknown column`); restricted to this table and column.
+///
+/// Used by the write jobs; public only for their tests.
+#[doc(hidden)]
+pub fn table_problem(e: &DieselError) -> Option<crate::Error> {
+    let DieselError::DatabaseError(_, info) = e else {
+        return None;
+    };
+    let message = info.message().to_ascii_lowercase();
+    let missing = ["no such table", "does not exist", "doesn't exist"]
+        .iter()
+        .any(|n| message.contains(n));
+    if missing && message.contains(TABLE) {
+        return Some(crate::Error::CheckpointTableMissing {
+            message: info.message().to_string(),
+        });
+    }
+    let no_column = ["no such column", "does not exist", "unknown column"]
+        .iter()
+        .any(|n| message.contains(n));
+    if no_column && message.contains(FINGERPRINT) {
+        return Some(crate::Error::CheckpointTableOutdated {
+            message: info.message().to_string(),
+        });
+    }
+    None
+}
+
+/// The column that identifies a job's query.
+const FINGERPRINT: &str = "query_fingerprint";
+
 /// Forgets job `name`: its next run starts from the beginning. Not an error if
 /// the job has no checkpoint (the table must exist).
 ///
@@ -316,12 +466,10 @@ pub fn create_table<C: CheckpointConnection>(conn: &mut C) -> Result<(), crate::
 /// # Ok(()) }
 /// ```
 pub fn reset<C: CheckpointConnection>(conn: &mut C, name: &str) -> Result<(), crate::Error> {
+    check_name(name)?;
     conn.delete_checkpoint(name)
         .map(drop)
-        .map_err(|source| crate::Error::Query {
-            context: "deleting a checkpoint",
-            source,
-        })
+        .map_err(|source| statement_error("deleting a checkpoint", source))
 }
 
 /// The checkpoint of job `name`, if it has one (the table must exist).
@@ -349,17 +497,20 @@ pub fn status<C: CheckpointConnection>(
     conn: &mut C,
     name: &str,
 ) -> Result<Option<Checkpoint>, crate::Error> {
+    check_name(name)?;
     conn.read_checkpoint(name)
-        .map_err(|source| crate::Error::Query {
-            context: "reading a checkpoint",
-            source,
-        })
+        .map_err(|source| statement_error("reading a checkpoint", source))
 }
 
 /// The statements of one backend.
 #[allow(dead_code)] // with no backend feature on, nothing reads them
 struct Statements {
     create_table: &'static str,
+    /// How many columns `query_fingerprint` the table has (0 or 1), as
+    /// `count`.
+    has_fingerprint: &'static str,
+    add_fingerprint: &'static str,
+    claim: &'static str,
     read: &'static str,
     lock: &'static str,
     insert: &'static str,
@@ -385,6 +536,16 @@ struct Row {
     done: bool,
     #[diesel(sql_type = diesel::sql_types::Text)]
     updated_at: String,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    query_fingerprint: Option<String>,
+}
+
+/// The answer of `has_fingerprint`.
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+#[derive(diesel::QueryableByName)]
+struct Count {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    count: i64,
 }
 
 #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
@@ -405,6 +566,7 @@ impl Row {
             last_key: self.last_key,
             done: self.done,
             updated_at: self.updated_at,
+            query_fingerprint: self.query_fingerprint,
         })
     }
 }
@@ -442,7 +604,30 @@ macro_rules! checkpoint_connection {
         impl CheckpointConnection for $conn {
             fn create_checkpoint_table(&mut self) -> QueryResult<()> {
                 use diesel::RunQueryDsl;
-                diesel::sql_query($sql.create_table).execute(self).map(drop)
+                diesel::sql_query($sql.create_table).execute(self)?;
+                // A table of an earlier version lacks the fingerprint column.
+                let has = |c: &mut Self| -> QueryResult<bool> {
+                    let found = diesel::sql_query($sql.has_fingerprint).get_result::<Count>(c)?;
+                    Ok(found.count > 0)
+                };
+                if has(self)? {
+                    return Ok(());
+                }
+                match diesel::sql_query($sql.add_fingerprint).execute(self) {
+                    Ok(_) => Ok(()),
+                    // Another process added it meanwhile.
+                    Err(_) if has(self)? => Ok(()),
+                    Err(e) => Err(e),
+                }
+            }
+
+            fn claim_checkpoint(&mut self, name: &str, fingerprint: &str) -> QueryResult<Checkpoint> {
+                use diesel::RunQueryDsl;
+                diesel::sql_query($sql.claim)
+                    .bind::<diesel::sql_types::Text, _>(fingerprint)
+                    .bind::<diesel::sql_types::Text, _>(name)
+                    .execute(self)?;
+                self.read_checkpoint(name)?.ok_or(DieselError::NotFound)
             }
 
             fn read_checkpoint(&mut self, name: &str) -> QueryResult<Option<Checkpoint>> {
@@ -528,10 +713,15 @@ macro_rules! checkpoint_connection {
 #[cfg(feature = "sqlite")]
 const SQLITE: Statements = Statements {
     create_table: CREATE_TABLE_SQLITE,
+    has_fingerprint: "SELECT COUNT(*) AS count FROM pragma_table_info('chunked_checkpoints') \
+                      WHERE name = 'query_fingerprint'",
+    add_fingerprint: "ALTER TABLE chunked_checkpoints ADD COLUMN query_fingerprint TEXT",
+    claim: "UPDATE chunked_checkpoints SET query_fingerprint = ? \
+            WHERE name = ? AND query_fingerprint IS NULL",
     read: "SELECT name, key_type, last_key, rows_done, batches_done, done, \
-           CAST(updated_at AS TEXT) AS updated_at FROM chunked_checkpoints WHERE name = ?",
+           CAST(updated_at AS TEXT) AS updated_at, query_fingerprint FROM chunked_checkpoints WHERE name = ?",
     lock: "SELECT name, key_type, last_key, rows_done, batches_done, done, \
-           CAST(updated_at AS TEXT) AS updated_at FROM chunked_checkpoints WHERE name = ?",
+           CAST(updated_at AS TEXT) AS updated_at, query_fingerprint FROM chunked_checkpoints WHERE name = ?",
     insert: "INSERT INTO chunked_checkpoints (name, key_type) VALUES (?, ?) \
              ON CONFLICT DO NOTHING",
     advance: "UPDATE chunked_checkpoints SET last_key = ?, rows_done = ?, batches_done = ?, \
@@ -549,10 +739,17 @@ checkpoint_connection!(diesel::SqliteConnection, SQLITE, |conn, f| {
 #[cfg(feature = "postgres")]
 const POSTGRES: Statements = Statements {
     create_table: CREATE_TABLE_POSTGRES,
+    // The table the other statements find: the first of the search path.
+    has_fingerprint: "SELECT COUNT(*) AS count FROM pg_catalog.pg_attribute \
+                      WHERE attrelid = to_regclass('chunked_checkpoints') \
+                      AND attname = 'query_fingerprint' AND NOT attisdropped",
+    add_fingerprint: "ALTER TABLE chunked_checkpoints ADD COLUMN query_fingerprint TEXT",
+    claim: "UPDATE chunked_checkpoints SET query_fingerprint = $1 \
+            WHERE name = $2 AND query_fingerprint IS NULL",
     read: "SELECT name, key_type, last_key, rows_done, batches_done, done, \
-           CAST(updated_at AS TEXT) AS updated_at FROM chunked_checkpoints WHERE name = $1",
+           CAST(updated_at AS TEXT) AS updated_at, query_fingerprint FROM chunked_checkpoints WHERE name = $1",
     lock: "SELECT name, key_type, last_key, rows_done, batches_done, done, \
-           CAST(updated_at AS TEXT) AS updated_at FROM chunked_checkpoints WHERE name = $1 \
+           CAST(updated_at AS TEXT) AS updated_at, query_fingerprint FROM chunked_checkpoints WHERE name = $1 \
            FOR UPDATE NOWAIT",
     insert: "INSERT INTO chunked_checkpoints (name, key_type) VALUES ($1, $2) \
              ON CONFLICT DO NOTHING",
@@ -571,10 +768,16 @@ checkpoint_connection!(diesel::PgConnection, POSTGRES, |conn, f| {
 #[cfg(feature = "mysql")]
 const MYSQL: Statements = Statements {
     create_table: CREATE_TABLE_MYSQL,
+    has_fingerprint: "SELECT COUNT(*) AS count FROM information_schema.columns \
+                      WHERE table_schema = DATABASE() AND table_name = 'chunked_checkpoints' \
+                      AND column_name = 'query_fingerprint'",
+    add_fingerprint: "ALTER TABLE chunked_checkpoints ADD COLUMN query_fingerprint TEXT",
+    claim: "UPDATE chunked_checkpoints SET query_fingerprint = ? \
+            WHERE name = ? AND query_fingerprint IS NULL",
     read: "SELECT name, key_type, last_key, rows_done, batches_done, done, \
-           CAST(updated_at AS CHAR) AS updated_at FROM chunked_checkpoints WHERE name = ?",
+           CAST(updated_at AS CHAR) AS updated_at, query_fingerprint FROM chunked_checkpoints WHERE name = ?",
     lock: "SELECT name, key_type, last_key, rows_done, batches_done, done, \
-           CAST(updated_at AS CHAR) AS updated_at FROM chunked_checkpoints WHERE name = ? \
+           CAST(updated_at AS CHAR) AS updated_at, query_fingerprint FROM chunked_checkpoints WHERE name = ? \
            FOR UPDATE NOWAIT",
     insert: "INSERT INTO chunked_checkpoints (name, key_type) VALUES (?, ?) \
              ON DUPLICATE KEY UPDATE name = name",
@@ -628,6 +831,62 @@ mod tests {
             DieselError::AlreadyInTransaction,
         ] {
             assert!(!is_lock_conflict(&e), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_missing_table_or_column_is_recognised() {
+        use crate::Error;
+        for message in [
+            "no such table: chunked_checkpoints",
+            "relation \"chunked_checkpoints\" does not exist",
+            "Table 'test.chunked_checkpoints' doesn't exist",
+        ] {
+            let found = table_problem(&db_error(message));
+            assert!(
+                matches!(found, Some(Error::CheckpointTableMissing { .. })),
+                "{message}"
+            );
+        }
+        for message in [
+            "no such column: query_fingerprint",
+            "column \"query_fingerprint\" does not exist",
+            "Unknown column 'query_fingerprint' in 'field list'",
+        ] {
+            let found = table_problem(&db_error(message));
+            assert!(
+                matches!(found, Some(Error::CheckpointTableOutdated { .. })),
+                "{message}"
+            );
+        }
+        for e in [
+            db_error("no such table: posts"),
+            db_error("relation \"items\" does not exist"),
+            db_error("duplicate key value violates unique constraint \"chunked_checkpoints_pkey\""),
+            DieselError::NotFound,
+        ] {
+            assert!(table_problem(&e).is_none(), "{e}");
+        }
+    }
+
+    #[test]
+    fn names_are_checked() {
+        assert!(check_name("a").is_ok());
+        assert!(check_name(&"日".repeat(255)).is_ok());
+        assert!(check_name("with space and / slash").is_ok());
+        for bad in [
+            String::new(),
+            "x".repeat(256),
+            "nul\0".into(),
+            "tab\t".into(),
+            "del\u{7f}".into(),
+            "c1\u{85}".into(),
+        ] {
+            let err = check_name(&bad).unwrap_err();
+            assert!(
+                matches!(&err, crate::Error::InvalidCheckpointName { name, .. } if *name == bad),
+                "{err}"
+            );
         }
     }
 

@@ -286,8 +286,9 @@ pub enum Error {
         name: String,
     },
 
-    /// Job `name` has a checkpoint made with another key: resuming from it would
-    /// skip or repeat rows.
+    /// Job `name` has a checkpoint made with another key, or by another query
+    /// (see [what identifies a job](crate::checkpoint#what-identifies-a-job)):
+    /// resuming from it would skip or repeat rows. Nothing was written.
     #[error(
         "job {name:?} has a checkpoint of key {stored}, not {expected}; use another job name, \
          or checkpoint::reset the job to start it over"
@@ -443,6 +444,48 @@ pub enum Error {
         /// The table's `UPDATE` triggers and rules.
         cause: String,
     },
+
+    /// The checkpoint table `chunked_checkpoints` does not exist: create it
+    /// once with [`checkpoint::create_table`](crate::checkpoint::create_table)
+    /// (or the statement of your backend in a migration).
+    #[error(
+        "the checkpoint table chunked_checkpoints is missing: create it once with \
+         checkpoint::create_table(&mut conn) (or its CREATE TABLE in a migration); \
+         the database said: {message}"
+    )]
+    CheckpointTableMissing {
+        /// The database's message.
+        message: String,
+    },
+
+    /// The checkpoint table lacks the column `query_fingerprint` (it was
+    /// created by an earlier version): [`checkpoint::create_table`](crate::checkpoint::create_table)
+    /// adds it, as does `ALTER TABLE chunked_checkpoints ADD COLUMN
+    /// query_fingerprint TEXT`.
+    #[error(
+        "the checkpoint table chunked_checkpoints has no column query_fingerprint (it was \
+         created by an earlier version): run checkpoint::create_table(&mut conn), which adds \
+         it, or ALTER TABLE chunked_checkpoints ADD COLUMN query_fingerprint TEXT; \
+         the database said: {message}"
+    )]
+    CheckpointTableOutdated {
+        /// The database's message.
+        message: String,
+    },
+
+    /// A job name the checkpoint table cannot hold (see
+    /// [`checkpoint::check_name`](crate::checkpoint::check_name)): refused
+    /// before any statement runs.
+    #[error(
+        "invalid checkpoint name {name:?}: {reason}; a name has 1 to 255 characters and no \
+         control characters"
+    )]
+    InvalidCheckpointName {
+        /// The name as given.
+        name: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 struct DisplayAfterStart<'a>(&'a Option<String>);
@@ -483,7 +526,6 @@ impl fmt::Display for DisplayCommitAdvice<'_> {
              batch exactly once across lost answers",
         )
     }
-}
 
 struct DisplayAfter<'a>(&'a Option<String>);
 impl fmt::Display for DisplayAfter<'_> {

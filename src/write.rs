@@ -142,6 +142,85 @@ pub(crate) struct WriteConfig {
     pub(crate) min_batch_size: Option<u64>,
     pub(crate) max_batch_size: Option<u64>,
     pub(crate) checkpoint: Option<String>,
+    /// What the job writes, for its checkpoint's fingerprint: set by the
+    /// terminal (`update_all`, `delete_all`, `for_each_batch`).
+    pub(crate) identity: Option<JobIdentity>,
+}
+
+/// What decides which rows a write job writes, besides its key and bounds:
+/// its kind and its query's SQL with the bind values (see
+/// [What identifies a job](crate::checkpoint#what-identifies-a-job)).
+#[derive(Debug, Clone)]
+pub(crate) struct JobIdentity {
+    pub(crate) kind: &'static str,
+    pub(crate) sql: String,
+}
+
+impl WriteConfig {
+    /// This configuration for a job of `kind` whose query renders as `sql`.
+    fn with_identity(mut self, kind: &'static str, sql: String) -> Self {
+        self.identity = Some(JobIdentity { kind, sql });
+        self
+    }
+}
+
+/// The 64-bit FNV-1a hash of `bytes`: the same in every process and on every
+/// platform.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// The fingerprint of a job (stored in its checkpoint): `<kind> <16 hex
+/// digits>`, the hash of its kind, key, query and bounds; and the text hashed.
+fn fingerprint<V: std::fmt::Debug>(
+    identity: Option<&JobIdentity>,
+    key_type: &str,
+    bounds: &Bounds<V>,
+) -> (String, String) {
+    let (kind, sql) = match identity {
+        Some(id) => (id.kind, id.sql.as_str()),
+        None => ("write", ""),
+    };
+    let text = format!(
+        "{kind}\nkey {key_type}\n{sql}\nafter {:?} until {:?} lower {:?} upper {:?} desc {}",
+        bounds.after, bounds.until, bounds.lower, bounds.upper, bounds.desc
+    );
+    (format!("{kind} {:016x}", fnv1a(text.as_bytes())), text)
+}
+
+/// The SQL of `fragment` on `DB` with its bind values, as `debug_query` shows
+/// it; a fixed text if it cannot be rendered (the job then fails on its first
+/// statement anyway).
+fn debug_sql<DB, T>(fragment: &T) -> String
+where
+    DB: Backend + Default,
+    DB::QueryBuilder: Default,
+    T: QueryFragment<DB>,
+{
+    use std::fmt::Write;
+    let mut sql = String::new();
+    match write!(sql, "{}", diesel::debug_query::<DB, _>(fragment)) {
+        Ok(()) => sql,
+        Err(_) => "(not renderable)".to_string(),
+    }
+}
+
+/// `text`, cut to at most `max` characters (an ellipsis marks the cut).
+fn shortened(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_string(),
+    }
+}
+
+/// The wait after a batch: the pause and what the throttle asked for, added
+/// without overflow (a sum beyond `Duration::MAX` is `Duration::MAX`).
+fn wait_after(pause: Option<Duration>, throttle: Option<Duration>) -> Duration {
+    pause
+        .unwrap_or_default()
+        .saturating_add(throttle.unwrap_or_default())
 }
 
 impl std::fmt::Debug for WriteConfig {
@@ -151,6 +230,7 @@ impl std::fmt::Debug for WriteConfig {
             .field("throttle", &self.throttle.is_some())
             .field("target_batch_time", &self.target_batch_time)
             .field("checkpoint", &self.checkpoint)
+            .field("identity", &self.identity)
             .finish()
     }
 }
@@ -171,14 +251,25 @@ pub(crate) struct BatchSizer {
 
 impl BatchSizer {
     pub(crate) fn new(target: Duration, start: u64, min: Option<u64>, max: Option<u64>) -> Self {
-        let min = min.unwrap_or(1).max(1);
-        let max = max.unwrap_or(start.saturating_mul(10)).max(min);
+        let largest = crate::engine::MAX_BATCH_SIZE;
+        let min = min.unwrap_or(1).clamp(1, largest);
+        let max = max.unwrap_or(start.saturating_mul(10)).clamp(min, largest);
         Self {
             target,
             min,
             max,
             per_row: None,
         }
+    }
+
+    /// The size of the first batch: `start` (the builder's `batch_size`) within
+    /// `[min, max]`. A `batch_size` of 0 or above `i64::MAX` stays as it is, to
+    /// be refused as any scan's.
+    pub(crate) fn first(&self, start: u64) -> u64 {
+        if start == 0 || start > crate::engine::MAX_BATCH_SIZE {
+            return start;
+        }
+        start.clamp(self.min, self.max)
     }
 
     /// The size after a batch of `rows` rows, asked for as `current`, took `took`.
@@ -218,7 +309,7 @@ pub(crate) enum Abort {
     /// A retry found that the attempt before it committed after all (its
     /// connection broke between `COMMIT` and the answer): the checkpoint row
     /// has this run's next batch.
-    Committed(Checkpoint),
+    Committed(Box<Checkpoint>),
 }
 
 impl From<diesel::result::Error> for Abort {
@@ -266,6 +357,19 @@ where
 {
     let started = Instant::now();
     let mut query = query?;
+    let name = job.checkpoint.as_deref();
+    if let Some(name) = name {
+        crate::checkpoint::check_name(name)?;
+    }
+    let sizer = job
+        .target_batch_time
+        .map(|t| BatchSizer::new(t, scan.batch_size, job.min_batch_size, job.max_batch_size));
+    let mut scan = scan;
+    if let Some(sizer) = &sizer {
+        // The first batch too is within [min_batch_size, max_batch_size].
+        scan.batch_size = sizer.first(scan.batch_size);
+    }
+    let mut sizer = sizer;
     query.set_statements(scan.cache_statements, scan.batch_size);
     let mut engine = Engine::new(
         scan.clone(),
@@ -274,9 +378,6 @@ where
         K::compare,
         None,
     );
-    let mut sizer = job
-        .target_batch_time
-        .map(|t| BatchSizer::new(t, scan.batch_size, job.min_batch_size, job.max_batch_size));
     let key_type = format!(
         "{} as {}",
         query.key().describe(),
@@ -294,16 +395,34 @@ where
         batch_size: scan.batch_size,
         elapsed: Duration::ZERO,
     };
-    let name = job.checkpoint.as_deref();
     if let Some(name) = name {
-        // Read (or create) the job's row; a broken connection is retried as a
-        // batch is.
+        // The job's identity, from the bounds it was built with (before a
+        // resume moves them).
+        let (fingerprint, identity) = fingerprint(job.identity.as_ref(), &key_type, query.bounds());
+        // Read (or create) the job's row, and store the fingerprint in a new
+        // one; a broken connection is retried as a batch is.
         let plan = crate::engine::BatchPlan { batch: 1, limit: 1 };
         let mut attempt = 0;
         let row = loop {
             attempt += 1;
-            match source.run(attempt > 1, |c| c.start_checkpoint(name, &key_type)) {
+            let started = source.run(attempt > 1, |c| {
+                let row = c.start_checkpoint(name, &key_type)?;
+                if row.query_fingerprint.is_none() && row.key_type == key_type {
+                    return c.claim_checkpoint(name, &fingerprint);
+                }
+                Ok(row)
+            });
+            match started {
                 Ok(row) => break row,
+                Err(crate::source::AttemptError::Query(e))
+                    if crate::checkpoint::table_problem(&e).is_some() =>
+                {
+                    let problem = crate::checkpoint::table_problem(&e);
+                    return Err(engine.fail(problem.unwrap_or(Error::Query {
+                        context: "starting the checkpoint",
+                        source: e,
+                    })));
+                }
                 Err(e) => {
                     let delay = engine.failed::<K::Value>(
                         &plan,
@@ -317,11 +436,24 @@ where
             }
         };
         if row.key_type != key_type {
-            return Err(Error::CheckpointMismatch {
+            return Err(engine.fail(Error::CheckpointMismatch {
                 name: name.to_string(),
                 stored: row.key_type,
                 expected: key_type,
-            });
+            }));
+        }
+        if row.query_fingerprint.as_deref() != Some(fingerprint.as_str()) {
+            // Another job's checkpoint: resuming after its last key would skip
+            // rows of this one.
+            let stored = row.query_fingerprint.as_deref().unwrap_or("none");
+            return Err(engine.fail(Error::CheckpointMismatch {
+                name: name.to_string(),
+                stored: format!("{} and query {stored}", row.key_type),
+                expected: format!(
+                    "{key_type} and query {fingerprint} ({})",
+                    shortened(&identity.replace('\n', "; "), 1000)
+                ),
+            }));
         }
         report.total_rows = row.rows;
         report.total_batches = row.batches;
@@ -341,6 +473,15 @@ where
             report.last_key = Some(key.value.clone());
             query.set_after(Some(key));
         }
+        if engine.end == Some(crate::engine::EndReason::EmptyBounds) {
+            // Bounds that hold no key: the job is finished as it starts.
+            finish_empty(&mut source, &mut engine, name, &row)?;
+        }
+    }
+    if engine.end == Some(crate::engine::EndReason::EmptyBounds) {
+        report.done = true;
+        report.elapsed = started.elapsed();
+        return Ok(report);
     }
 
     check_key_order(&mut source, &mut query, &mut rows, &mut engine)?;
@@ -475,7 +616,7 @@ where
                 Err(e) => {
                     if let Some(row) = adopted {
                         let totals = (report.total_rows, report.total_batches);
-                        break committed_by_checkpoint(row, totals, &key_type)?;
+                        break committed_by_checkpoint(*row, totals, &key_type)?;
                     }
                     if let Some(f) = failure {
                         report.elapsed = started.elapsed();
@@ -590,12 +731,7 @@ where
             elapsed: started.elapsed(),
             next_batch_size: engine.config.batch_size,
         };
-        let wait = job.pause.unwrap_or_default()
-            + job
-                .throttle
-                .as_ref()
-                .and_then(|t| t(&stats))
-                .unwrap_or_default();
+        let wait = wait_after(job.pause, job.throttle.as_ref().and_then(|t| t(&stats)));
         if !wait.is_zero() {
             std::thread::sleep(wait);
         }
@@ -603,6 +739,57 @@ where
     report.retries = engine.retries;
     report.elapsed = started.elapsed();
     Ok(report)
+}
+
+/// Marks the checkpoint of job `name`, whose bounds hold no key, done: in a
+/// batch transaction that locks the row as a batch does, so that a run of the
+/// job elsewhere is not overtaken. `row` is the row as the job started.
+fn finish_empty<S>(
+    source: &mut S,
+    engine: &mut Engine,
+    name: &str,
+    row: &Checkpoint,
+) -> Result<(), Error>
+where
+    S: ConnectionSource,
+    S::Connection: CheckpointConnection,
+{
+    let plan = crate::engine::BatchPlan { batch: 1, limit: 1 };
+    let busy = || Error::CheckpointBusy {
+        name: name.to_string(),
+    };
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let mut failure = None;
+        let ran = source.run(attempt > 1, |conn| {
+            conn.batch_transaction(|conn| match conn.lock_checkpoint(name) {
+                // An attempt before this one committed, and its answer was lost.
+                Ok(Some(now)) if attempt > 1 && now.done && now.batches == row.batches => Ok(()),
+                Ok(Some(now)) if !now.done && now.batches == row.batches => conn
+                    .advance_checkpoint(name, row.last_key.as_deref(), row.rows, row.batches, true),
+                Ok(_) => {
+                    failure = Some(busy());
+                    Err(diesel::result::Error::RollbackTransaction)
+                }
+                Err(e) if is_lock_conflict(&e) && attempt == 1 => {
+                    failure = Some(busy());
+                    Err(e)
+                }
+                Err(e) => Err(e),
+            })
+        });
+        match ran {
+            Ok(()) => return Ok(()),
+            Err(_) if failure.is_some() => {
+                return Err(engine.fail(failure.unwrap_or_else(busy)));
+            }
+            Err(e) => {
+                let delay = engine.failed::<()>(&plan, attempt, S::DEFAULT_MAX_RETRIES, e, None)?;
+                std::thread::sleep(delay);
+            }
+        }
+    }
 }
 
 /// Locks the checkpoint row of job `name` in the batch's transaction, and
@@ -626,8 +813,12 @@ fn lock<C: CheckpointConnection>(
     };
     match conn.lock_checkpoint(name) {
         Ok(Some(row)) if row.batches == batches && !row.done => Ok(()),
-        Ok(Some(row)) if retry && row.batches == batches + 1 => Err(Abort::Committed(row)),
-        Ok(Some(row)) if retry && row.batches == batches && row.done => Err(Abort::Committed(row)),
+        Ok(Some(row)) if retry && row.batches == batches + 1 => {
+            Err(Abort::Committed(Box::new(row)))
+        }
+        Ok(Some(row)) if retry && row.batches == batches && row.done => {
+            Err(Abort::Committed(Box::new(row)))
+        }
         Ok(_) => Err(busy()),
         // On a retry, the lock may still be held by this runner's own attempt
         // before, whose connection died and whose transaction the server is
@@ -756,6 +947,7 @@ where
     RangeCount<Q, K>: diesel::query_dsl::LoadQuery<'a, S::Connection, i64>,
     diesel::dsl::Filter<RangeTable<Q, K>, SeekPredicate<K>>:
         diesel::query_dsl::methods::SelectDsl<diesel::dsl::count_star>,
+    Q: QueryFragment<Db<S>>,
 {
     type Value = K::Value;
 
@@ -769,6 +961,12 @@ where
         let (key, query, scan, job, seek) = self.into_job::<'a, Db<S>>();
         // Read in the first batch's transaction, before its UPDATE.
         let mut watch: Option<MoveWatch> = None;
+        let sql = format!(
+            "SET {}\n{}",
+            debug_sql::<Db<S>, _>(&changes.clone().as_changeset()),
+            debug_sql::<Db<S>, _>(&query)
+        );
+        let job = job.with_identity("update_all", sql);
         run_job(source, seek, KeyRows, scan, job, &mut |conn, _, range| {
             let watch = match &mut watch {
                 Some(w) => w,
@@ -982,11 +1180,15 @@ where
     RangeTarget<Q, K>: IntoUpdateTarget,
     RangeDelete<Q, K>: ExecuteDsl<S::Connection>,
     KeyRows: Rows<S::Connection, <Q as PrepareKeys<'a, K, Db<S>>>::Base, K>,
+    Q: QueryFragment<Db<S>>,
+    Db<S>: Default,
+    <Db<S> as Backend>::QueryBuilder: Default,
 {
     type Value = K::Value;
 
     fn run_delete(self, source: S) -> Result<WriteReport<K::Value>, Error> {
         let (key, query, scan, job, seek) = self.into_job::<'a, Db<S>>();
+        let job = job.with_identity("delete_all", debug_sql::<Db<S>, _>(&query));
         run_job(source, seek, KeyRows, scan, job, &mut |conn, _, range| {
             let target = FilterDsl::filter(
                 query.clone(),
@@ -1019,6 +1221,9 @@ where
     Db<S>: KeysetBackend,
     Q: PrepareModel<'a, K, M, Db<S>>,
     ModelRows<M>: Rows<S::Connection, ModelBase<'a, Q, K, M, Db<S>>, K, Item = M>,
+    Q: QueryFragment<Db<S>>,
+    Db<S>: Default,
+    <Db<S> as Backend>::QueryBuilder: Default,
 {
     type Value = K::Value;
 
@@ -1028,6 +1233,7 @@ where
         E: From<diesel::result::Error> + Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let (bounds, scan, job) = (self.bounds(), self.config(), self.write.clone());
+        let job = job.with_identity("for_each_batch", debug_sql::<Db<S>, _>(&self.query));
         let (seek, key_columns) = match self.query.prepare_model(self.key, bounds) {
             Ok((q, at)) => (Ok(q), at),
             Err(e) => (Err(e), [0; 3]),
@@ -1069,7 +1275,7 @@ impl<Q, K: Key> Chunked<Q, K> {
 
 #[cfg(test)]
 mod tests {
-    use super::BatchSizer;
+    use super::{fnv1a, wait_after, BatchSizer};
     use std::time::Duration;
 
     #[cfg(feature = "sqlite")]
@@ -1120,6 +1326,53 @@ mod tests {
         assert!(matches!(done, Err(Guard::Moved(1))));
         assert_eq!(counts.next(), None);
         assert_eq!(n(&mut conn), 1);
+    }
+
+    #[test]
+    fn the_first_batch_is_within_min_and_max() {
+        let s = Duration::from_secs(1);
+        assert_eq!(BatchSizer::new(s, 1000, None, Some(10)).first(1000), 10);
+        assert_eq!(BatchSizer::new(s, 5, Some(40), None).first(5), 40);
+        assert_eq!(
+            BatchSizer::new(s, 100, Some(10), Some(1000)).first(100),
+            100
+        );
+        // min above max: the min wins, as for every later batch
+        assert_eq!(BatchSizer::new(s, 100, Some(50), Some(20)).first(100), 50);
+        // sizes a scan refuses stay refused
+        assert_eq!(BatchSizer::new(s, 0, None, Some(10)).first(0), 0);
+        let huge = u64::MAX;
+        assert_eq!(BatchSizer::new(s, huge, None, None).first(huge), huge);
+        // the default max (10 × the start) stays a valid LIMIT
+        let big = crate::engine::MAX_BATCH_SIZE;
+        let mut sizer = BatchSizer::new(s, big, None, None);
+        assert_eq!(sizer.next(big, big, Duration::from_nanos(1)), big);
+    }
+
+    #[test]
+    fn long_texts_are_shortened() {
+        assert_eq!(super::shortened("abc", 3), "abc");
+        assert_eq!(super::shortened("abcd", 3), "abc…");
+        assert_eq!(super::shortened("ééééé", 2), "éé…");
+    }
+
+    #[test]
+    fn waits_saturate() {
+        let max = Duration::MAX;
+        assert_eq!(wait_after(Some(max), Some(Duration::from_secs(1))), max);
+        assert_eq!(wait_after(Some(max), Some(max)), max);
+        assert_eq!(wait_after(None, Some(max)), max);
+        assert_eq!(wait_after(None, None), Duration::ZERO);
+        let ms = Duration::from_millis;
+        assert_eq!(wait_after(Some(ms(5)), Some(ms(7))), ms(12));
+    }
+
+    #[test]
+    fn fnv1a_is_the_published_hash() {
+        // The FNV-1a 64 test vectors.
+        assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fnv1a(b"foobar"), 0x8594_4171_f739_67e8);
     }
 
     #[test]

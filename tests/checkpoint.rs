@@ -40,12 +40,38 @@ backend_tests! {
         assert_eq!(checkpoint::status(&mut conn, "nothing").unwrap(), None);
     }
 
-    fn status_without_table_is_a_query_error(db) {
+    fn status_without_table_says_to_create_it(db) {
         let mut conn = common::connect::<B>(&db);
         let err = checkpoint::status(&mut conn, "job").unwrap_err();
-        assert!(matches!(err, Error::Query { .. }), "{err:?}");
-        assert!(err.to_string().starts_with("reading a checkpoint: "), "{err}");
-        assert!(err.as_diesel().is_some());
+        assert!(matches!(err, Error::CheckpointTableMissing { .. }), "{err:?}");
+        assert!(err.to_string().contains("create it once with checkpoint::create_table"), "{err}");
+        let err = checkpoint::reset(&mut conn, "job").unwrap_err();
+        assert!(matches!(err, Error::CheckpointTableMissing { .. }), "{err:?}");
+        // Another table missing is not the checkpoint table missing.
+        checkpoint::create_table(&mut conn).unwrap();
+        let err = diesel::sql_query("SELECT * FROM no_such_table_here").execute(&mut conn).unwrap_err();
+        assert!(checkpoint::table_problem(&err).is_none(), "{err}");
+    }
+
+    fn create_table_adds_the_fingerprint_column(db) {
+        let mut conn = common::connect::<B>(&db);
+        let ddl = match <B as common::TestBackend>::NAME {
+            "sqlite" => checkpoint::CREATE_TABLE_SQLITE,
+            "postgres" => checkpoint::CREATE_TABLE_POSTGRES,
+            _ => checkpoint::CREATE_TABLE_MYSQL,
+        };
+        diesel::sql_query(ddl.replace(",\n    query_fingerprint TEXT", "")).execute(&mut conn).unwrap();
+        diesel::sql_query("INSERT INTO chunked_checkpoints (name, key_type) VALUES ('job', 'k')").execute(&mut conn).unwrap();
+        let err = conn.read_checkpoint("job").unwrap_err();
+        assert!(matches!(checkpoint::table_problem(&err), Some(Error::CheckpointTableOutdated { .. })), "{err}");
+        checkpoint::create_table(&mut conn).unwrap();
+        checkpoint::create_table(&mut conn).unwrap();
+        let row = conn.read_checkpoint("job").unwrap().unwrap();
+        assert_eq!((row.key_type.as_str(), row.query_fingerprint), ("k", None));
+        // The first claim stores its fingerprint; a second one leaves it.
+        assert_eq!(conn.claim_checkpoint("job", "update_all 1").unwrap().query_fingerprint.as_deref(), Some("update_all 1"));
+        assert_eq!(conn.claim_checkpoint("job", "delete_all 2").unwrap().query_fingerprint.as_deref(), Some("update_all 1"));
+        assert_eq!(checkpoint::status(&mut conn, "job").unwrap().unwrap().query_fingerprint.as_deref(), Some("update_all 1"));
     }
 
     fn start_creates_once(db) {

@@ -178,6 +178,103 @@ backend_tests! {
         }
     }
 
+    /// With `target_batch_time`, the first batch too is within
+    /// `[min_batch_size, max_batch_size]`: its statement asks for at most
+    /// `max + 1` rows (the look-ahead row) and writes at most `max`.
+    fn the_first_sized_batch_is_within_min_and_max(db) {
+        let mut conn = connect::<B>(&db);
+        create_items(&mut conn, 400);
+        let all = ids(400);
+        let sizes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = std::sync::Arc::clone(&sizes);
+        let log = QueryLog::install(&mut conn);
+        let report = items::table
+            .chunked_by(items::id)
+            .batch_size(1000)
+            .max_batch_size(10)
+            .target_batch_time(std::time::Duration::from_secs(1))
+            .limit_total(25)
+            .throttle(move |s| { seen.lock().unwrap().push((s.batch, s.rows)); None })
+            .update_all(&mut conn, items::n.eq(items::n + 1))
+            .unwrap();
+        let sizes = sizes.lock().unwrap().clone();
+        assert_eq!(sizes.first(), Some(&(1, 10)), "{sizes:?}");
+        assert!(sizes.iter().all(|&(_, rows)| rows <= 10), "{sizes:?}");
+        assert_eq!(report.rows, 25);
+        let first = &log.selects()[0];
+        assert!(first.contains("LIMIT 11") || first.ends_with(", 11]") || first.ends_with("[11]"), "{first}");
+        let c = counters(&mut conn);
+        for (k, i) in all.iter().enumerate() {
+            assert_eq!(c[i], i32::from(k < 25), "id {i}");
+        }
+
+        // Below the minimum: the first batch is the minimum.
+        let sizes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = std::sync::Arc::clone(&sizes);
+        items::table
+            .chunked_by(items::id)
+            .batch_size(5)
+            .min_batch_size(40)
+            .target_batch_time(std::time::Duration::from_secs(1))
+            .limit_total(80)
+            .throttle(move |s| { seen.lock().unwrap().push((s.batch, s.rows)); None })
+            .update_all(&mut conn, items::n.eq(items::n + 1))
+            .unwrap();
+        let sizes = sizes.lock().unwrap().clone();
+        assert_eq!(sizes.first(), Some(&(1, 40)), "{sizes:?}");
+        let c = counters(&mut conn);
+        for (k, i) in all.iter().enumerate() {
+            assert_eq!(c[i], i32::from(k < 25) + i32::from(k < 80), "id {i}");
+        }
+    }
+
+    /// `pause(Duration::MAX)` and a throttle: the wait after a batch saturates
+    /// at `Duration::MAX` instead of overflowing. A one-batch job never
+    /// waits; a longer one is still waiting after its first batch (it would
+    /// wait for ever), not panicking.
+    fn a_pause_of_duration_max_does_not_overflow(db) {
+        use std::time::Duration;
+        let mut conn = connect::<B>(&db);
+        create_items(&mut conn, 100);
+        let r = items::table
+            .chunked_by(items::id)
+            .batch_size(1000)
+            .pause(Duration::MAX)
+            .throttle(|_| Some(Duration::from_secs(1)))
+            .update_all(&mut conn, items::n.eq(items::n + 1))
+            .unwrap();
+        assert_eq!((r.rows, r.batches, r.done), (ids(100).len() as u64, 1, true));
+        assert!(r.elapsed < Duration::from_secs(60));
+        assert!(counters(&mut conn).values().all(|&n| n == 1));
+
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut other = connect::<B>(&db);
+        let job = std::thread::spawn(move || {
+            items::table
+                .chunked_by(items::id)
+                .batch_size(10)
+                .pause(Duration::MAX)
+                .throttle(move |s| {
+                    let _ = tx.send(s.batch);
+                    Some(Duration::from_secs(1))
+                })
+                .update_all(&mut other, items::n.eq(items::n + 1))
+        });
+        assert_eq!(rx.recv_timeout(Duration::from_secs(60)), Ok(1));
+        // Still waiting after batch 1 (a panic, backtrace included, ends the
+        // thread well within this time); the thread is left asleep (it holds no
+        // transaction and no lock).
+        let watched = std::time::Instant::now();
+        while watched.elapsed() < Duration::from_secs(2) && !job.is_finished() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(!job.is_finished(), "the job ended: {:?}", job.join());
+        let c = counters(&mut conn);
+        for (k, i) in ids(100).iter().enumerate() {
+            assert_eq!(c[i], 1 + i32::from(k < 10), "id {i}");
+        }
+    }
+
     fn a_failing_closure_rolls_back_its_batch_and_stops(db) {
         let mut conn = connect::<B>(&db);
         create_items(&mut conn, 200);
