@@ -526,6 +526,7 @@ impl fmt::Display for DisplayCommitAdvice<'_> {
              batch exactly once across lost answers",
         )
     }
+}
 
 struct DisplayAfter<'a>(&'a Option<String>);
 impl fmt::Display for DisplayAfter<'_> {

@@ -471,7 +471,7 @@ mod mariadb {
 /// The async drivers make the same check: `verify_unique_async`, and a stream
 /// before its first batch, on diesel-async's PostgreSQL connection and on
 /// SQLite in its blocking wrapper.
-#[cfg(all(feature = "async", feature = "_tokio-rt"))]
+#[cfg(feature = "async")]
 mod streams {
     use super::*;
     use diesel_async::AsyncConnection;

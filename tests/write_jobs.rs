@@ -565,7 +565,7 @@ outside_writer_test!(
 /// A JetStream slice whose bounds hold no key (`start_after == end_at`) is a
 /// finished job: its worker records it done and acknowledges it, with its
 /// checkpoint done, instead of failing it on every delivery.
-#[cfg(all(feature = "jetstream", feature = "sqlite", feature = "_tokio-rt"))]
+#[cfg(all(feature = "jetstream", feature = "sqlite"))]
 #[test]
 fn an_empty_jetstream_slice_is_done() {
     use diesel_chunked_iterator::jetstream::{Job, JobOptions, SliceState, Worker};
