@@ -1,0 +1,36 @@
+//! The integration tests, as one binary: each module was a test file of its own.
+//! One binary links the crate once instead of once per file.
+//!
+//! `cargo test --all-features --test it -- write_jobs::` runs one module.
+
+#[macro_use]
+mod common;
+
+mod async_core;
+mod async_pool;
+mod checkpoint;
+mod collation;
+mod composite;
+mod concurrent;
+mod core_scans;
+mod correctness;
+#[cfg(all(feature = "jetstream", feature = "r2d2"))]
+mod distributed;
+mod explain;
+mod explain_verdicts;
+mod filters;
+mod lost_commit;
+mod moved_key;
+mod pgbouncer;
+mod plan;
+mod plan_sampled;
+mod pool;
+mod restart;
+mod retry;
+mod smoke;
+mod statements;
+mod stored_keys;
+mod tracing_spans;
+mod unique;
+mod write;
+mod write_jobs;

@@ -1,0 +1,194 @@
+//! A pooled scan across a restart of the PostgreSQL server: every connection of
+//! the pool dies, the server refuses connections for a while, then comes back.
+//! The scan must go on and yield every row exactly once, with the pool's default
+//! settings and with `test_on_check_out(false)`.
+//!
+//! The test restarts a PostgreSQL cluster of its own, never the shared server the
+//! other tests use: `PG_RESTART_URL` (default `postgres://root@127.0.0.1:5433/test`),
+//! restarted by `PG_RESTART_COMMAND` (default
+//! `pg_ctlcluster --skip-systemctl-redirect 15 restarttest restart`). The cluster is
+//! created and started by `.ci/setup` (`.ci/pg-restart-cluster`). An unreachable
+//! cluster fails the test.
+#![cfg(all(feature = "r2d2", feature = "postgres"))]
+
+use crate::common;
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use common::*;
+use diesel::prelude::*;
+use diesel::r2d2::{ConnectionManager, Pool};
+use diesel::PgConnection;
+use diesel_chunked_iterator::prelude::*;
+use diesel_migrations::MigrationHarness;
+
+const ROWS: i32 = 20_000;
+const BATCH: u64 = 100;
+
+/// Both tests restart the same server: one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn restart_url() -> String {
+    server_url("PG_RESTART_URL", "postgres://root@127.0.0.1:5433/test")
+}
+
+fn restart_command() -> Vec<String> {
+    let cmd = std::env::var("PG_RESTART_COMMAND")
+        .ok()
+        .filter(|c| !c.trim().is_empty())
+        .unwrap_or_else(|| {
+            "pg_ctlcluster --skip-systemctl-redirect 15 restarttest restart".to_string()
+        });
+    cmd.split_whitespace().map(str::to_string).collect()
+}
+
+/// A schema of its own on the restart server, dropped with the value.
+struct Schema {
+    server: String,
+    name: String,
+    url: String,
+}
+
+impl Schema {
+    fn create() -> Self {
+        let server = restart_url();
+        let mut admin = PgConnection::establish(&server).unwrap_or_else(|e| {
+            panic!(
+                "the PostgreSQL cluster for the restart test at {server} is unreachable: {e} \
+                 (create it with .ci/pg-restart-cluster, or set PG_RESTART_URL)"
+            )
+        });
+        let name = unique_name("restart");
+        diesel::sql_query(format!("CREATE SCHEMA {name}"))
+            .execute(&mut admin)
+            .expect("create schema");
+        let sep = if server.contains('?') { '&' } else { '?' };
+        let url = format!("{server}{sep}options=-csearch_path%3D{name}");
+        let mut conn = PgConnection::establish(&url).expect("connect to the test schema");
+        conn.run_pending_migrations(PG_MIGRATIONS)
+            .expect("migrations (postgres)");
+        Self { server, name, url }
+    }
+}
+
+impl Drop for Schema {
+    fn drop(&mut self) {
+        if let Ok(mut c) = PgConnection::establish(&self.server) {
+            let _ = diesel::sql_query(format!("DROP SCHEMA {} CASCADE", self.name)).execute(&mut c);
+        }
+    }
+}
+
+fn restart_server() -> Duration {
+    let cmd = restart_command();
+    let started = Instant::now();
+    let status = std::process::Command::new(&cmd[0])
+        .args(&cmd[1..])
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(status.success(), "{cmd:?} failed: {status}");
+    started.elapsed()
+}
+
+/// Scans `ROWS` posts in batches of `BATCH` through a pool made by `builder`,
+/// restarting the server after the tenth batch. Until the restart is over the
+/// loop body sleeps a little after each batch, so that batches run while the
+/// server shuts down, while it is down and when it is back, and rows are left
+/// for after the restart.
+fn scan_across_restart(
+    what: &str,
+    builder: diesel::r2d2::Builder<ConnectionManager<PgConnection>>,
+) {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let schema = Schema::create();
+    {
+        let mut conn = PgConnection::establish(&schema.url).unwrap();
+        insert_posts(&mut conn, 1..=ROWS);
+    }
+    let pool = builder
+        .connection_timeout(Duration::from_secs(30))
+        .build(ConnectionManager::<PgConnection>::new(&schema.url))
+        .unwrap();
+    let started = Instant::now();
+    let mut it = posts::table
+        .chunked_by(posts::id)
+        .batch_size(BATCH)
+        .load_batches::<Post>(&pool);
+    let mut seen: Vec<i32> = Vec::with_capacity(ROWS as usize);
+    let mut restart = None;
+    let mut restart_took = None;
+    let mut rows_after_restart = 0;
+    let mut failure = None;
+    for batch in it.by_ref() {
+        let rows = match batch {
+            Ok(rows) => rows,
+            Err(e) => {
+                failure = Some(e);
+                continue;
+            }
+        };
+        seen.extend(rows.iter().map(|p| p.id));
+        if restart_took.is_some() {
+            rows_after_restart += rows.len();
+        }
+        if seen.len() == 10 * BATCH as usize {
+            restart = Some(std::thread::spawn(restart_server));
+        }
+        let finished = restart.as_ref().map(|h| h.is_finished());
+        match finished {
+            Some(false) if ROWS as usize - seen.len() > 20 * BATCH as usize => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Some(_) => {
+                let took = restart.take().unwrap().join().expect("restart thread");
+                restart_took = Some(took);
+            }
+            None => {}
+        }
+    }
+    let elapsed = started.elapsed();
+    if let Some(h) = restart.take() {
+        restart_took = Some(h.join().expect("restart thread"));
+    }
+    let p = it.progress();
+    eprintln!(
+        "restart, {what}: scan {:.2} s, restart {:.2} s, {} batches, {} queries, {} retries",
+        elapsed.as_secs_f64(),
+        restart_took.unwrap_or_default().as_secs_f64(),
+        p.batches,
+        p.queries,
+        p.retries,
+    );
+    if let Some(e) = failure {
+        panic!("the scan failed after {} rows: {e} ({p:?})", seen.len());
+    }
+    assert!(
+        restart_took.is_some(),
+        "the server must have been restarted"
+    );
+    assert!(
+        rows_after_restart > 0,
+        "the scan must go on after the restart"
+    );
+    assert_eq!(seen.len(), ROWS as usize, "row count");
+    assert!(
+        seen.iter().copied().eq(1..=ROWS),
+        "every row exactly once, in order"
+    );
+    drop(pool);
+    drop(schema);
+}
+
+#[test]
+fn scan_survives_server_restart_with_default_pool() {
+    scan_across_restart("default pool", Pool::builder());
+}
+
+#[test]
+fn scan_survives_server_restart_without_test_on_check_out() {
+    scan_across_restart(
+        "test_on_check_out(false)",
+        Pool::builder().test_on_check_out(false),
+    );
+}

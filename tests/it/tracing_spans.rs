@@ -1,0 +1,131 @@
+//! The `tracing` feature: one span per batch, named `chunked_batch`, with the key
+//! range, the rows, the attempt and the elapsed time, recorded by a subscriber
+//! that keeps every span's fields.
+#![cfg(feature = "tracing")]
+
+use crate::common;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use common::*;
+use diesel::prelude::*;
+use diesel_chunked_iterator::prelude::*;
+use tracing::field::{Field, Visit};
+use tracing::span::{Attributes, Id, Record};
+use tracing::{Event, Metadata, Subscriber};
+
+type Fields = BTreeMap<String, String>;
+
+/// Keeps the name and fields of every span.
+#[derive(Default, Clone)]
+struct Capture {
+    spans: Arc<Mutex<Vec<(String, Fields)>>>,
+    next: Arc<AtomicU64>,
+}
+
+struct Visitor<'a>(&'a mut Fields);
+
+impl Visit for Visitor<'_> {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        self.0
+            .insert(field.name().to_string(), format!("{value:?}"));
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0.insert(field.name().to_string(), value.to_string());
+    }
+}
+
+impl Subscriber for Capture {
+    fn enabled(&self, _: &Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, attrs: &Attributes<'_>) -> Id {
+        let mut fields = Fields::new();
+        attrs.record(&mut Visitor(&mut fields));
+        let mut spans = self.spans.lock().unwrap();
+        spans.push((attrs.metadata().name().to_string(), fields));
+        self.next.store(spans.len() as u64, Ordering::SeqCst);
+        Id::from_u64(spans.len() as u64)
+    }
+    fn record(&self, span: &Id, values: &Record<'_>) {
+        let mut spans = self.spans.lock().unwrap();
+        let i = usize::try_from(span.into_u64()).unwrap() - 1;
+        values.record(&mut Visitor(&mut spans[i].1));
+    }
+    fn record_follows_from(&self, _: &Id, _: &Id) {}
+    fn event(&self, _: &Event<'_>) {}
+    fn enter(&self, _: &Id) {}
+    fn exit(&self, _: &Id) {}
+}
+
+impl Capture {
+    fn batches(&self) -> Vec<Fields> {
+        self.spans
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(name, _)| name == "chunked_batch")
+            .map(|(_, f)| f.clone())
+            .collect()
+    }
+}
+
+fn field<'a>(f: &'a Fields, name: &str) -> &'a str {
+    f.get(name)
+        .map(String::as_str)
+        .unwrap_or_else(|| panic!("no field {name} in {f:?}"))
+}
+
+backend_tests! {
+    fn one_span_per_batch_with_range_rows_attempt_and_time(db) {
+        let mut conn = connect::<B>(&db);
+        insert_posts(&mut conn, 1..=25);
+        let capture = Capture::default();
+        let ids: Vec<i32> = tracing::subscriber::with_default(capture.clone(), || {
+            posts::table
+                .chunked_by(posts::id)
+                .batch_size(10)
+                .load_iter::<Post>(&mut conn)
+                .map(|p| p.unwrap().id)
+                .collect()
+        });
+        assert_eq!(ids, (1..=25).collect::<Vec<_>>());
+        let spans = capture.batches();
+        assert_eq!(spans.len(), 3, "{spans:#?}");
+        let expected = [("1", "None", "10", "10"), ("2", "Some(10)", "20", "10"), ("3", "Some(20)", "25", "5")];
+        for (span, (batch, after, until, rows)) in spans.iter().zip(expected) {
+            assert_eq!(field(span, "batch"), batch, "{span:?}");
+            assert_eq!(field(span, "key"), "posts.id");
+            assert_eq!(field(span, "after"), after, "{span:?}");
+            assert_eq!(field(span, "until"), until, "{span:?}");
+            assert_eq!(field(span, "rows"), rows, "{span:?}");
+            assert_eq!(field(span, "limit"), "10");
+            assert_eq!(field(span, "attempt"), "1");
+            let ms: f64 = field(span, "elapsed_ms").parse().unwrap();
+            assert!(ms >= 0.0);
+            assert!(!span.contains_key("error"), "{span:?}");
+        }
+    }
+
+    fn a_failed_batch_records_its_error(db) {
+        let mut conn = connect::<B>(&db);
+        insert_posts(&mut conn, 1..=15);
+        let capture = Capture::default();
+        let mut other = connect::<B>(&db);
+        tracing::subscriber::with_default(capture.clone(), || {
+            let mut it = posts::table.chunked_by(posts::id).batch_size(10).load_batches::<Post>(&mut conn);
+            assert_eq!(it.next().unwrap().unwrap().len(), 10);
+            diesel::sql_query("DROP TABLE posts").execute(&mut other).unwrap();
+            assert!(it.next().unwrap().is_err());
+        });
+        let spans = capture.batches();
+        assert_eq!(spans.len(), 2, "{spans:#?}");
+        assert_eq!(field(&spans[1], "batch"), "2");
+        assert_eq!(field(&spans[1], "after"), "Some(10)");
+        assert_eq!(field(&spans[1], "attempt"), "1");
+        assert!(field(&spans[1], "error").contains("posts"), "{:?}", spans[1]);
+        assert!(!spans[1].contains_key("rows"));
+    }
+}
