@@ -228,6 +228,21 @@ pub(crate) enum Resume<V> {
     After(Option<StoredKey<V>>),
 }
 
+/// What marking a job done whose bounds hold no key does with its locked
+/// checkpoint row.
+#[derive(Debug)]
+pub(crate) enum EmptyLock {
+    /// Nothing: an attempt before this one marked it, and its answer was lost.
+    Done,
+    /// Mark the row done.
+    Mark,
+    /// Another runner holds the job: roll back with this error, and stop with
+    /// [`Error::CheckpointBusy`].
+    Busy(diesel::result::Error),
+    /// Roll back with this error (retried if transient).
+    Failed(diesel::result::Error),
+}
+
 /// After a committed batch: where the next starts, and how long to wait
 /// before it (`None`: the job is over).
 #[derive(Debug, PartialEq)]
@@ -325,11 +340,6 @@ impl<V: Clone + PartialEq + std::fmt::Debug> WriteMachine<V> {
         self.engine.end == Some(EndReason::EmptyBounds)
     }
 
-    /// Ends the job with `e`.
-    pub(crate) fn fail(&mut self, e: Error) -> Error {
-        self.engine.fail(e)
-    }
-
     /// What to do after attempt `attempt` at a statement outside a batch (the
     /// checkpoint's start) failed with `e`: wait and try again, or stop.
     pub(crate) fn setup_failed(
@@ -353,6 +363,42 @@ impl<V: Clone + PartialEq + std::fmt::Debug> WriteMachine<V> {
             if let Some(problem) = crate::checkpoint::table_problem(q) {
                 return Err(self.engine.fail(problem));
             }
+        }
+        self.setup_failed(attempt, e)
+    }
+
+    /// Judges the checkpoint row of job `name` as attempt `attempt` at
+    /// marking a job done whose bounds hold no key locked it (`now`); `row`
+    /// is the row as the job started.
+    pub(crate) fn empty_locked(
+        &self,
+        now: diesel::QueryResult<Option<Checkpoint>>,
+        row: &Checkpoint,
+        attempt: u32,
+    ) -> EmptyLock {
+        match now {
+            // An attempt before this one committed, and its answer was lost.
+            Ok(Some(now)) if attempt > 1 && now.done && now.batches == row.batches => {
+                EmptyLock::Done
+            }
+            Ok(Some(now)) if !now.done && now.batches == row.batches => EmptyLock::Mark,
+            Ok(_) => EmptyLock::Busy(diesel::result::Error::RollbackTransaction),
+            Err(e) if is_lock_conflict(&e) && attempt == 1 => EmptyLock::Busy(e),
+            Err(e) => EmptyLock::Failed(e),
+        }
+    }
+
+    /// What to do after attempt `attempt` at marking a job done whose bounds
+    /// hold no key failed with `e` (`busy`: [`EmptyLock::Busy`]).
+    pub(crate) fn empty_failed(
+        &mut self,
+        attempt: u32,
+        busy: bool,
+        e: AttemptError,
+    ) -> Result<Duration, Error> {
+        if busy {
+            let name = self.checkpoint.clone().unwrap_or_default();
+            return Err(self.engine.fail(Error::CheckpointBusy { name }));
         }
         self.setup_failed(attempt, e)
     }
@@ -1403,6 +1449,38 @@ mod tests {
             (report.total_rows, report.total_batches, report.rows),
             (30, 3, 0)
         );
+    }
+
+    #[test]
+    fn a_job_with_empty_bounds_marks_its_checkpoint_done_once() {
+        let mut m = machine(scan(10, None, None), &with_checkpoint(), None, 3);
+        let start = row(10, 2, Some(5), false);
+        let is = |lock: EmptyLock, want: &str| {
+            let got = format!("{lock:?}");
+            assert!(got.starts_with(want), "{got}");
+        };
+        is(m.empty_locked(Ok(Some(start.clone())), &start, 1), "Mark");
+        // On a retry, a row already done is the attempt before's.
+        let mut done = start.clone();
+        done.done = true;
+        is(m.empty_locked(Ok(Some(done.clone())), &start, 2), "Done");
+        // On a first attempt it is another runner's; so is a row moved on.
+        is(m.empty_locked(Ok(Some(done)), &start, 1), "Busy");
+        is(
+            m.empty_locked(Ok(Some(row(13, 3, Some(8), false))), &start, 2),
+            "Busy",
+        );
+        is(m.empty_locked(Ok(None), &start, 1), "Busy");
+        is(m.empty_locked(Err(lock_conflict()), &start, 1), "Busy");
+        is(m.empty_locked(Err(lost()), &start, 1), "Failed");
+        // A lost connection is retried; a busy row stops the job.
+        let d = m.empty_failed(1, false, AttemptError::Query(lost()));
+        assert!(d.unwrap() <= ms(5));
+        let busy = AttemptError::Query(lock_conflict());
+        assert!(matches!(
+            m.empty_failed(1, true, busy),
+            Err(Error::CheckpointBusy { name }) if name == "job"
+        ));
     }
 
     #[test]

@@ -55,12 +55,12 @@ use serde::Serialize;
 
 use crate::backend::KeysetBackend;
 use crate::builder::{Chunked, Db, ModelBase};
-use crate::checkpoint::{is_lock_conflict, Checkpoint, CheckpointConnection};
+use crate::checkpoint::{Checkpoint, CheckpointConnection};
 use crate::engine::{BatchPlan, Engine, ScanConfig};
 use crate::error::Error;
 use crate::iter::FirstBatch;
 use crate::key::Key;
-use crate::machine::{Abort, Committed, Failure, Next, Resume, Sent, WriteMachine};
+use crate::machine::{Abort, Committed, EmptyLock, Failure, Next, Resume, Sent, WriteMachine};
 use crate::moved::MoveWatch;
 use crate::predicate::{Bounds, BoundsCell, SeekPredicate};
 use crate::query::{PrepareKeys, PrepareModel, SeekQuery};
@@ -457,36 +457,29 @@ where
     S::Connection: CheckpointConnection,
     V: Clone + PartialEq + std::fmt::Debug,
 {
-    let busy = || Error::CheckpointBusy {
-        name: name.to_string(),
-    };
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let mut failure = None;
+        let mut busy = false;
         let ran = source.run(attempt > 1, |conn| {
-            conn.batch_transaction(|conn| match conn.lock_checkpoint(name) {
-                // An attempt before this one committed, and its answer was lost.
-                Ok(Some(now)) if attempt > 1 && now.done && now.batches == row.batches => Ok(()),
-                Ok(Some(now)) if !now.done && now.batches == row.batches => conn
-                    .advance_checkpoint(name, row.last_key.as_deref(), row.rows, row.batches, true),
-                Ok(_) => {
-                    failure = Some(busy());
-                    Err(diesel::result::Error::RollbackTransaction)
+            conn.batch_transaction(|conn| {
+                match m.empty_locked(conn.lock_checkpoint(name), row, attempt) {
+                    EmptyLock::Done => Ok(()),
+                    EmptyLock::Mark => {
+                        let last = row.last_key.as_deref();
+                        conn.advance_checkpoint(name, last, row.rows, row.batches, true)
+                    }
+                    EmptyLock::Busy(e) => {
+                        busy = true;
+                        Err(e)
+                    }
+                    EmptyLock::Failed(e) => Err(e),
                 }
-                Err(e) if is_lock_conflict(&e) && attempt == 1 => {
-                    failure = Some(busy());
-                    Err(e)
-                }
-                Err(e) => Err(e),
             })
         });
         match ran {
             Ok(()) => return Ok(()),
-            Err(_) if failure.is_some() => {
-                return Err(m.fail(failure.unwrap_or_else(busy)));
-            }
-            Err(e) => std::thread::sleep(m.setup_failed(attempt, e)?),
+            Err(e) => std::thread::sleep(m.empty_failed(attempt, busy, e)?),
         }
     }
 }
