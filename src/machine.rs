@@ -268,7 +268,6 @@ pub(crate) struct WriteMachine<V> {
     /// Where the next batch starts: the last committed key.
     after: Option<StoredKey<V>>,
     plan: BatchPlan,
-    attempt: u32,
     started: Instant,
 }
 
@@ -315,7 +314,6 @@ impl<V: Clone + PartialEq + std::fmt::Debug> WriteMachine<V> {
             },
             after: bounds.after.clone(),
             plan: SETUP,
-            attempt: 0,
             started: Instant::now(),
         }
     }
@@ -348,7 +346,7 @@ impl<V: Clone + PartialEq + std::fmt::Debug> WriteMachine<V> {
         e: AttemptError,
     ) -> Result<Duration, Error> {
         self.engine
-            .failed::<V>(&SETUP, attempt, self.default_retries, e, None)
+            .failed_at::<V>(&SETUP, attempt, self.default_retries, e, None)
     }
 
     /// As [`setup_failed`](Self::setup_failed), for reading (or creating) the
@@ -464,7 +462,6 @@ impl<V: Clone + PartialEq + std::fmt::Debug> WriteMachine<V> {
         let plan = self.engine.plan()?;
         if let Some(plan) = plan {
             self.plan = plan;
-            self.attempt = 0;
         }
         Ok(plan)
     }
@@ -472,9 +469,7 @@ impl<V: Clone + PartialEq + std::fmt::Debug> WriteMachine<V> {
     /// Starts an attempt at the current batch: its number, from 1 (a later
     /// one is a retry).
     pub(crate) fn attempt(&mut self) -> u32 {
-        self.attempt += 1;
-        self.engine.attempted();
-        self.attempt
+        self.engine.attempt()
     }
 
     /// The rows and batches of all runs so far.
@@ -496,7 +491,7 @@ impl<V: Clone + PartialEq + std::fmt::Debug> WriteMachine<V> {
         name: &str,
         now: diesel::QueryResult<Option<Checkpoint>>,
     ) -> Result<(), Abort> {
-        let (batches, retry) = (self.report.total_batches, self.attempt > 1);
+        let (batches, retry) = (self.report.total_batches, self.engine.attempts() > 1);
         let busy = || {
             Abort::Fail(Error::CheckpointBusy {
                 name: name.to_string(),
@@ -554,12 +549,8 @@ impl<V: Clone + PartialEq + std::fmt::Debug> WriteMachine<V> {
     where
         V: DeserializeOwned,
     {
-        let (attempt, plan) = (self.attempt, self.plan);
-        let max = self
-            .engine
-            .config
-            .max_retries
-            .unwrap_or(self.default_retries);
+        let (attempt, plan) = (self.engine.attempts(), self.plan);
+        let may_retry = self.engine.may_retry(attempt, self.default_retries);
         match f.rollback {
             Some(Rollback::Committed(row)) => {
                 return match self.adopt(*row) {
@@ -572,17 +563,16 @@ impl<V: Clone + PartialEq + std::fmt::Debug> WriteMachine<V> {
                 let e = self.batch_error(source);
                 return Err(self.engine.fail(e));
             }
-            Some(Rollback::Busy) if attempt > max => {
+            Some(Rollback::Busy) if !may_retry => {
                 let name = self.checkpoint.clone().unwrap_or_default();
                 return Err(self.engine.fail(Error::CheckpointBusy { name }));
             }
-            Some(Rollback::UserLost(source)) if attempt > max => {
+            Some(Rollback::UserLost(source)) if !may_retry => {
                 let e = self.batch_error(source);
                 return Err(self.engine.fail(e));
             }
             Some(Rollback::Busy | Rollback::UserLost(_)) => {
-                self.engine.retries += 1;
-                return Ok(Next::Retry(crate::source::retry_delay(attempt)));
+                return Ok(Next::Retry(self.engine.retry(attempt)));
             }
             None => {}
         }
@@ -591,7 +581,7 @@ impl<V: Clone + PartialEq + std::fmt::Debug> WriteMachine<V> {
         // a batch is never run again blindly.
         let e = match (f.sent, f.error) {
             (Some(sent), AttemptError::Query(source)) if connection_lost(&source) => {
-                let retry = self.checkpoint.is_some() && attempt <= max;
+                let retry = self.checkpoint.is_some() && may_retry;
                 match sent.keys {
                     _ if retry => AttemptError::Query(source),
                     Some((first, last)) => {
@@ -621,9 +611,7 @@ impl<V: Clone + PartialEq + std::fmt::Debug> WriteMachine<V> {
             (_, e) => e,
         };
         let after = self.after.as_ref();
-        let delay = self
-            .engine
-            .failed(&plan, attempt, self.default_retries, e, after)?;
+        let delay = self.engine.failed(&plan, self.default_retries, e, after)?;
         Ok(Next::Retry(delay))
     }
 
