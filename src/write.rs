@@ -338,7 +338,7 @@ where
                 attempt,
                 write,
             );
-            match ran.map_or_else(|f| m.failed(f), |c| Ok(Next::Committed(c)))? {
+            match ran.map_or_else(|f| m.failed(*f), |c| Ok(Next::Committed(c)))? {
                 Next::Committed(c) => break c,
                 Next::Retry(delay) => std::thread::sleep(delay),
             }
@@ -375,7 +375,7 @@ fn run_batch<S, B, K, R>(
     plan: BatchPlan,
     attempt: u32,
     write: &mut WriteFn<'_, S::Connection, R::Loaded, K::Value>,
-) -> Result<Committed<K::Value>, Failure>
+) -> Result<Committed<K::Value>, Box<Failure>>
 where
     S: ConnectionSource,
     S::Connection: CheckpointConnection,
@@ -436,10 +436,12 @@ where
             e
         })
     });
-    ran.map_err(|error| Failure {
-        error,
-        rollback,
-        sent,
+    ran.map_err(|error| {
+        Box::new(Failure {
+            error,
+            rollback,
+            sent,
+        })
     })
 }
 
