@@ -401,6 +401,13 @@ impl<V: Clone + PartialEq + std::fmt::Debug> WriteMachine<V> {
         self.setup_failed(attempt, e)
     }
 
+    /// Whether the job stores its fingerprint in checkpoint row `row`, just
+    /// read or created: a row of its key that has none (new, or made before
+    /// rows had fingerprints).
+    pub(crate) fn claims(&self, row: &Checkpoint) -> bool {
+        row.query_fingerprint.is_none() && row.key_type == self.key_type
+    }
+
     /// Takes the job's checkpoint row `row` of job `name`: refuses another
     /// job's (another key, or another query than `fingerprint`, which hashes
     /// `identity`), and resumes after its last key.
@@ -1400,6 +1407,12 @@ mod tests {
     #[test]
     fn a_checkpoint_of_another_job_is_refused_and_a_finished_one_runs_nothing() {
         let mut m = machine(scan(10, None, None), &with_checkpoint(), None, 3);
+        let mut new = row(0, 0, None, false);
+        assert!(!m.claims(&new));
+        new.query_fingerprint = None;
+        assert!(m.claims(&new));
+        new.key_type = "t.id as i32".into();
+        assert!(!m.claims(&new));
         let mut other_key = row(0, 0, None, false);
         other_key.key_type = "t.id as i32".into();
         match m.resume("job", &other_key, "fp", "id") {

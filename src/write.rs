@@ -279,7 +279,7 @@ where
             attempt += 1;
             let started = source.run(attempt > 1, |c| {
                 let row = c.start_checkpoint(name, &key_type)?;
-                if row.query_fingerprint.is_none() && row.key_type == key_type {
+                if m.claims(&row) {
                     return c.claim_checkpoint(name, &fingerprint);
                 }
                 Ok(row)
