@@ -7,6 +7,7 @@
 //! ```text
 //! loop {
 //!     let plan = engine.plan()?            // batch number, LIMIT (one row more than kept)
+//!     engine.attempt()                     // counts the attempt (1, 2, ... per batch)
 //!     rows = run the batch statement       // on a connection: the driver's only job
 //!       (failed? engine.failed(..) says: retry after a delay, or the error)
 //!     rows = engine.accept(plan, rows)?    // checks, drops the look-ahead row, moves the bound
@@ -166,6 +167,8 @@ pub(crate) struct Engine {
     pub(crate) batches: u64,
     pub(crate) queries: u64,
     pub(crate) retries: u64,
+    /// Attempts at the current batch so far.
+    attempt: u32,
     started: Option<Instant>,
 }
 
@@ -191,6 +194,7 @@ impl Engine {
             batches: 0,
             queries: 0,
             retries: 0,
+            attempt: 0,
             started: None,
         }
     }
@@ -264,20 +268,60 @@ impl Engine {
             }
             None => batch_size,
         };
+        self.attempt = 0;
         Ok(Some(BatchPlan {
             batch: self.batches + 1,
             limit,
         }))
     }
 
-    /// Counts one attempt at a batch's statement.
+    /// Counts one statement run outside the batches' attempts (the checks
+    /// before the first batch).
     pub(crate) fn attempted(&mut self) {
         self.queries += 1;
     }
 
-    /// What to do after attempt `attempt` (1-based) of `plan` failed with `e`:
-    /// wait the returned time and try again, or give up with the error.
+    /// Counts one attempt at the current batch's statement: its number, from
+    /// 1 (a later one is a retry).
+    pub(crate) fn attempt(&mut self) -> u32 {
+        self.queries += 1;
+        self.attempt += 1;
+        self.attempt
+    }
+
+    /// The number of the current batch's attempt (0 before the first).
+    pub(crate) fn attempts(&self) -> u32 {
+        self.attempt
+    }
+
+    /// The retry rule: whether attempt `attempt` (1-based), failed for a
+    /// reason worth another, may have one (`max_retries`, or the source's
+    /// `default_retries`).
+    pub(crate) fn may_retry(&self, attempt: u32, default_retries: u32) -> bool {
+        attempt <= self.config.max_retries.unwrap_or(default_retries)
+    }
+
+    /// Counts a retry after attempt `attempt`: how long to wait before it.
+    pub(crate) fn retry(&mut self, attempt: u32) -> Duration {
+        self.retries += 1;
+        crate::source::retry_delay(attempt)
+    }
+
+    /// What to do after the current attempt at `plan` failed with `e`: wait
+    /// the returned time and try again, or give up with the error.
     pub(crate) fn failed<V: std::fmt::Debug>(
+        &mut self,
+        plan: &BatchPlan,
+        default_retries: u32,
+        e: AttemptError,
+        after: Option<&StoredKey<V>>,
+    ) -> Result<Duration, Error> {
+        self.failed_at(plan, self.attempt, default_retries, e, after)
+    }
+
+    /// As [`failed`](Self::failed), after attempt `attempt` (1-based) at a
+    /// statement counted apart from the batches' attempts.
+    pub(crate) fn failed_at<V: std::fmt::Debug>(
         &mut self,
         plan: &BatchPlan,
         attempt: u32,
@@ -285,10 +329,8 @@ impl Engine {
         e: AttemptError,
         after: Option<&StoredKey<V>>,
     ) -> Result<Duration, Error> {
-        let max_retries = self.config.max_retries.unwrap_or(default_retries);
-        if attempt <= max_retries && crate::source::is_transient(&e) {
-            self.retries += 1;
-            return Ok(crate::source::retry_delay(attempt));
+        if self.may_retry(attempt, default_retries) && crate::source::is_transient(&e) {
+            return Ok(self.retry(attempt));
         }
         Err(self.error(plan, attempt, e, after))
     }
@@ -523,4 +565,70 @@ fn bounds_are_empty<V>(b: &Bounds<V>, compare: fn(&V, &V) -> Option<Ordering>) -
             }
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use diesel::result::{DatabaseErrorKind, Error as DieselError};
+
+    fn lost() -> AttemptError {
+        AttemptError::Query(DieselError::DatabaseError(
+            DatabaseErrorKind::ClosedConnection,
+            Box::new("server closed the connection unexpectedly".to_string()),
+        ))
+    }
+
+    #[test]
+    fn each_batch_has_its_own_attempts_under_one_retry_rule() {
+        let config = ScanConfig {
+            batch_size: 2,
+            limit_total: None,
+            max_retries: Some(1),
+            cache_statements: false,
+            allow_sort: false,
+        };
+        let compare = |a: &i64, b: &i64| a.partial_cmp(b);
+        let mut e = Engine::new(config, KeyOrigin::Rows, None, compare, None);
+        let plan = e.plan().unwrap().unwrap();
+        // A statement before the batch counts as a query, not as an attempt.
+        e.attempted();
+        assert_eq!((e.attempt(), e.attempts()), (1, 1));
+        let d = e.failed::<i64>(&plan, 3, lost(), None).unwrap();
+        assert!(d <= Duration::from_millis(5));
+        assert_eq!(e.attempt(), 2);
+        // `max_retries` (1) caps the source's default (3).
+        assert!(!e.may_retry(2, 3));
+        assert!(matches!(
+            e.failed::<i64>(&plan, 3, lost(), None),
+            Err(Error::Database { attempts: 2, .. })
+        ));
+        assert_eq!((e.queries, e.retries), (3, 1));
+
+        // The next batch starts at attempt 1 again.
+        let mut e = Engine::new(
+            ScanConfig {
+                max_retries: None,
+                ..e.config.clone()
+            },
+            KeyOrigin::Rows,
+            None,
+            compare,
+            None,
+        );
+        let plan = e.plan().unwrap().unwrap();
+        e.attempt();
+        e.failed::<i64>(&plan, 3, lost(), None).unwrap();
+        assert_eq!(e.attempt(), 2);
+        let last = e.count(&plan, 2, Some(StoredKey::new(2i64, None)), true);
+        assert!(last.is_some());
+        assert_eq!(e.plan().unwrap().unwrap().batch, 2);
+        assert_eq!(e.attempt(), 1);
+        // An error of the query is not retried, whatever the retries left.
+        let plan = BatchPlan { batch: 2, limit: 2 };
+        assert!(matches!(
+            e.failed::<i64>(&plan, 3, AttemptError::Query(DieselError::NotFound), None),
+            Err(Error::Database { attempts: 1, .. })
+        ));
+    }
 }

@@ -229,32 +229,31 @@ impl<B, K: Key, R: RowType<K>> ScanCore<B, K, R> {
         Trace::new(plan, self.query.as_ref())
     }
 
-    /// Attempt number `attempt` (1-based) at `plan`, counted: the statement and
-    /// the row loader to run it with.
+    /// The next attempt at `plan`, counted: its number (1-based; a later one
+    /// is a retry), the statement and the row loader to run it with.
+    #[allow(clippy::type_complexity)]
     pub(crate) fn attempt(
         &mut self,
         trace: &Trace,
-        attempt: u32,
-    ) -> Option<(&mut SeekQuery<B, K>, &mut R)> {
+    ) -> Option<(u32, (&mut SeekQuery<B, K>, &mut R))> {
         let query = self.query.as_mut()?;
-        self.engine.attempted();
+        let attempt = self.engine.attempt();
         trace.attempt(attempt);
-        Some((query, &mut self.rows))
+        Some((attempt, (query, &mut self.rows)))
     }
 
-    /// After attempt `attempt` of `plan` failed: how long to wait before the
-    /// next, or the scan's error.
+    /// After the current attempt at `plan` failed: how long to wait before
+    /// the next, or the scan's error.
     pub(crate) fn failed(
         &mut self,
         plan: &BatchPlan,
         trace: &Trace,
-        attempt: u32,
         default_retries: u32,
         e: AttemptError,
     ) -> Result<std::time::Duration, Error> {
         let after = self.query.as_ref().and_then(|q| q.bounds().after.as_ref());
         self.engine
-            .failed(plan, attempt, default_retries, e, after)
+            .failed(plan, default_retries, e, after)
             .inspect_err(|e| trace.failed(e))
     }
 
@@ -406,25 +405,18 @@ where
         }
         let trace = self.core.trace(&plan);
         let _entered = trace.enter();
-        let mut attempt = 0u32;
         let rows = loop {
-            attempt += 1;
-            let (query, loader) = self.core.attempt(&trace, attempt)?;
+            let (attempt, (query, loader)) = self.core.attempt(&trace)?;
             let fetch = plan.fetch();
             match self
                 .source
                 .run(attempt > 1, |conn| loader.load(query, conn, fetch))
             {
                 Ok(rows) => break rows,
-                Err(e) => {
-                    match self
-                        .core
-                        .failed(&plan, &trace, attempt, S::DEFAULT_MAX_RETRIES, e)
-                    {
-                        Ok(delay) => std::thread::sleep(delay),
-                        Err(e) => return Some(Err(e)),
-                    }
-                }
+                Err(e) => match self.core.failed(&plan, &trace, S::DEFAULT_MAX_RETRIES, e) {
+                    Ok(delay) => std::thread::sleep(delay),
+                    Err(e) => return Some(Err(e)),
+                },
             }
         };
         self.core.loaded(&plan, &trace, rows)

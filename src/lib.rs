@@ -17,6 +17,7 @@ mod iter;
 pub mod jetstream;
 pub mod key;
 mod load;
+mod machine;
 mod moved;
 pub mod plan;
 mod predicate;

@@ -55,17 +55,17 @@ use serde::Serialize;
 
 use crate::backend::KeysetBackend;
 use crate::builder::{Chunked, Db, ModelBase};
-use crate::checkpoint::{is_lock_conflict, Checkpoint, CheckpointConnection};
-use crate::engine::{Engine, ScanConfig};
+use crate::checkpoint::{Checkpoint, CheckpointConnection};
+use crate::engine::{BatchPlan, Engine, ScanConfig};
 use crate::error::Error;
 use crate::iter::FirstBatch;
 use crate::key::Key;
+use crate::machine::{Abort, Committed, EmptyLock, Failure, Next, Resume, Sent, WriteMachine};
 use crate::moved::MoveWatch;
 use crate::predicate::{Bounds, BoundsCell, SeekPredicate};
 use crate::query::{PrepareKeys, PrepareModel, SeekQuery};
 use crate::rows::{KeyRows, LoadedRow, ModelRows, Rows};
-use crate::source::{connection_lost, user_error_connection_lost, AttemptError, ConnectionSource};
-use crate::stored::StoredKey;
+use crate::source::ConnectionSource;
 
 /// What a write job did in the run that returned it; a resumed job's earlier
 /// runs are in its checkpoint (see [`checkpoint::status`](crate::checkpoint::status)).
@@ -208,19 +208,11 @@ where
 }
 
 /// `text`, cut to at most `max` characters (an ellipsis marks the cut).
-fn shortened(text: &str, max: usize) -> String {
+pub(crate) fn shortened(text: &str, max: usize) -> String {
     match text.char_indices().nth(max) {
         Some((at, _)) => format!("{}…", &text[..at]),
         None => text.to_string(),
     }
-}
-
-/// The wait after a batch: the pause and what the throttle asked for, added
-/// without overflow (a sum beyond `Duration::MAX` is `Duration::MAX`).
-fn wait_after(pause: Option<Duration>, throttle: Option<Duration>) -> Duration {
-    pause
-        .unwrap_or_default()
-        .saturating_add(throttle.unwrap_or_default())
 }
 
 impl std::fmt::Debug for WriteConfig {
@@ -235,110 +227,12 @@ impl std::fmt::Debug for WriteConfig {
     }
 }
 
-/// Adapts the batch size toward a target time per batch.
-///
-/// The rule: keep an exponentially smoothed time per row (each new batch
-/// weighs half); the ideal size is `target / time per row`; the next size is
-/// the ideal, but at most 1.2 × and at least 0.5 × the current size (grow
-/// slowly, shrink fast), and within `[min, max]`.
-#[derive(Debug, Clone)]
-pub(crate) struct BatchSizer {
-    target: Duration,
-    min: u64,
-    max: u64,
-    per_row: Option<f64>,
-}
-
-impl BatchSizer {
-    pub(crate) fn new(target: Duration, start: u64, min: Option<u64>, max: Option<u64>) -> Self {
-        let largest = crate::engine::MAX_BATCH_SIZE;
-        let min = min.unwrap_or(1).clamp(1, largest);
-        let max = max.unwrap_or(start.saturating_mul(10)).clamp(min, largest);
-        Self {
-            target,
-            min,
-            max,
-            per_row: None,
-        }
-    }
-
-    /// The size of the first batch: `start` (the builder's `batch_size`) within
-    /// `[min, max]`. A `batch_size` of 0 or above `i64::MAX` stays as it is, to
-    /// be refused as any scan's.
-    pub(crate) fn first(&self, start: u64) -> u64 {
-        if start == 0 || start > crate::engine::MAX_BATCH_SIZE {
-            return start;
-        }
-        start.clamp(self.min, self.max)
-    }
-
-    /// The size after a batch of `rows` rows, asked for as `current`, took `took`.
-    pub(crate) fn next(&mut self, current: u64, rows: u64, took: Duration) -> u64 {
-        if rows == 0 {
-            return current.clamp(self.min, self.max);
-        }
-        let sample = took.as_secs_f64() / rows as f64;
-        let per_row = match self.per_row {
-            Some(p) => 0.5 * p + 0.5 * sample,
-            None => sample,
-        };
-        self.per_row = Some(per_row);
-        let current = current as f64;
-        let ideal = if per_row > 0.0 {
-            self.target.as_secs_f64() / per_row
-        } else {
-            f64::INFINITY
-        };
-        let next = ideal.clamp((current * 0.5).ceil(), (current * 1.2).floor().max(current));
-        (next as u64).clamp(self.min, self.max)
-    }
-}
-
-/// Why a batch's transaction was rolled back.
-pub(crate) enum Abort {
-    /// A database error: retried if transient.
-    Db(diesel::result::Error),
-    /// The job stops with this error.
-    Fail(Error),
-    /// The closure of `for_each_batch` failed: the job stops with
-    /// [`Error::Batch`].
-    User(Box<dyn std::error::Error + Send + Sync>),
-    /// On a retry, the checkpoint row was still locked: retried after a delay
-    /// while attempts are left.
-    Busy(diesel::result::Error),
-    /// A retry found that the attempt before it committed after all (its
-    /// connection broke between `COMMIT` and the answer): the checkpoint row
-    /// has this run's next batch.
-    Committed(Box<Checkpoint>),
-}
-
-impl From<diesel::result::Error> for Abort {
-    fn from(e: diesel::result::Error) -> Self {
-        Abort::Db(e)
-    }
-}
-
-/// A batch whose transaction body ran to its end, so that its `COMMIT` is
-/// sent next: the keys of its first and last rows (`Debug`-formatted), none
-/// for an empty batch.
-struct Sent {
-    keys: Option<(String, String)>,
-}
-
-/// One committed batch.
-struct Committed<V> {
-    n: usize,
-    written: u64,
-    last: Option<StoredKey<V>>,
-    more: bool,
-}
-
 /// What the job writes per batch: given the connection (in the batch's
 /// transaction), the batch's loaded rows and its key range, the rows written.
 type WriteFn<'f, C, L, V> = dyn FnMut(&mut C, Vec<L>, &Bounds<V>) -> Result<u64, Abort> + 'f;
 
-/// The write driver: runs each batch the [`Engine`] plans as one transaction
-/// with the job's write and its checkpoint.
+/// The write driver: runs each batch the [`WriteMachine`] plans as one
+/// transaction with the job's write and its checkpoint, and sleeps as it says.
 pub(crate) fn run_job<S, B, K, R>(
     mut source: S,
     query: Result<SeekQuery<B, K>, Error>,
@@ -355,142 +249,66 @@ where
     K::Value: Serialize + DeserializeOwned,
     R: Rows<S::Connection, B, K>,
 {
-    let started = Instant::now();
     let mut query = query?;
     let name = job.checkpoint.as_deref();
     if let Some(name) = name {
         crate::checkpoint::check_name(name)?;
     }
-    let sizer = job
-        .target_batch_time
-        .map(|t| BatchSizer::new(t, scan.batch_size, job.min_batch_size, job.max_batch_size));
-    let mut scan = scan;
-    if let Some(sizer) = &sizer {
-        // The first batch too is within [min_batch_size, max_batch_size].
-        scan.batch_size = sizer.first(scan.batch_size);
-    }
-    let mut sizer = sizer;
-    query.set_statements(scan.cache_statements, scan.batch_size);
-    let mut engine = Engine::new(
-        scan.clone(),
-        R::ORIGIN,
-        Some(query.bounds()),
-        K::compare,
-        None,
-    );
     let key_type = format!(
         "{} as {}",
         query.key().describe(),
         std::any::type_name::<K::Value>()
     );
-    let mut report = WriteReport {
-        rows: 0,
-        batches: 0,
-        last_key: None,
-        resumed_after: None,
-        total_rows: 0,
-        total_batches: 0,
-        done: false,
-        retries: 0,
-        batch_size: scan.batch_size,
-        elapsed: Duration::ZERO,
-    };
+    let mut m = WriteMachine::new(
+        scan,
+        &job,
+        R::ORIGIN,
+        query.bounds(),
+        K::compare,
+        key_type.clone(),
+        S::DEFAULT_MAX_RETRIES,
+    );
+    query.set_statements(m.engine().config.cache_statements, m.batch_size());
     if let Some(name) = name {
         // The job's identity, from the bounds it was built with (before a
         // resume moves them).
         let (fingerprint, identity) = fingerprint(job.identity.as_ref(), &key_type, query.bounds());
-        // Read (or create) the job's row, and store the fingerprint in a new
-        // one; a broken connection is retried as a batch is.
-        let plan = crate::engine::BatchPlan { batch: 1, limit: 1 };
+        // Read (or create) the job's row, and store the fingerprint in a new one.
         let mut attempt = 0;
         let row = loop {
             attempt += 1;
             let started = source.run(attempt > 1, |c| {
                 let row = c.start_checkpoint(name, &key_type)?;
-                if row.query_fingerprint.is_none() && row.key_type == key_type {
+                if m.claims(&row) {
                     return c.claim_checkpoint(name, &fingerprint);
                 }
                 Ok(row)
             });
             match started {
                 Ok(row) => break row,
-                Err(crate::source::AttemptError::Query(e))
-                    if crate::checkpoint::table_problem(&e).is_some() =>
-                {
-                    let problem = crate::checkpoint::table_problem(&e);
-                    return Err(engine.fail(problem.unwrap_or(Error::Query {
-                        context: "starting the checkpoint",
-                        source: e,
-                    })));
-                }
-                Err(e) => {
-                    let delay = engine.failed::<K::Value>(
-                        &plan,
-                        attempt,
-                        S::DEFAULT_MAX_RETRIES,
-                        e,
-                        None,
-                    )?;
-                    std::thread::sleep(delay);
-                }
+                Err(e) => std::thread::sleep(m.start_failed(attempt, e)?),
             }
         };
-        if row.key_type != key_type {
-            return Err(engine.fail(Error::CheckpointMismatch {
-                name: name.to_string(),
-                stored: row.key_type,
-                expected: key_type,
-            }));
+        match m.resume(name, &row, &fingerprint, &identity)? {
+            Resume::Done => return Ok(m.finish()),
+            Resume::After(after) => {
+                if after.is_some() {
+                    query.set_after(after);
+                }
+            }
         }
-        if row.query_fingerprint.as_deref() != Some(fingerprint.as_str()) {
-            // Another job's checkpoint: resuming after its last key would skip
-            // rows of this one.
-            let stored = row.query_fingerprint.as_deref().unwrap_or("none");
-            return Err(engine.fail(Error::CheckpointMismatch {
-                name: name.to_string(),
-                stored: format!("{} and query {stored}", row.key_type),
-                expected: format!(
-                    "{key_type} and query {fingerprint} ({})",
-                    shortened(&identity.replace('\n', "; "), 1000)
-                ),
-            }));
-        }
-        report.total_rows = row.rows;
-        report.total_batches = row.batches;
-        if row.done {
-            report.done = true;
-            report.elapsed = started.elapsed();
-            return Ok(report);
-        }
-        if let Some(json) = &row.last_key {
-            let key: StoredKey<K::Value> =
-                serde_json::from_str(json).map_err(|e| Error::CheckpointMismatch {
-                    name: name.to_string(),
-                    stored: format!("{} (last key {json}: {e})", row.key_type),
-                    expected: key_type.clone(),
-                })?;
-            report.resumed_after = Some(key.value.clone());
-            report.last_key = Some(key.value.clone());
-            query.set_after(Some(key));
-        }
-        if engine.end == Some(crate::engine::EndReason::EmptyBounds) {
+        if m.bounds_empty() {
             // Bounds that hold no key: the job is finished as it starts.
-            finish_empty(&mut source, &mut engine, name, &row)?;
+            finish_empty(&mut source, &mut m, name, &row)?;
         }
     }
-    if engine.end == Some(crate::engine::EndReason::EmptyBounds) {
-        report.done = true;
-        report.elapsed = started.elapsed();
-        return Ok(report);
+    if m.bounds_empty() {
+        return Ok(m.finish());
     }
 
-    check_key_order(&mut source, &mut query, &mut rows, &mut engine)?;
+    check_key_order(&mut source, &mut query, &mut rows, m.engine_mut())?;
 
-    loop {
-        let plan = match engine.plan()? {
-            Some(plan) => plan,
-            None => break,
-        };
+    while let Some(plan) = m.next_batch()? {
         #[cfg(feature = "tracing")]
         let span = tracing::info_span!(
             "chunked_write_batch",
@@ -506,192 +324,23 @@ where
         #[cfg(feature = "tracing")]
         let _entered = span.enter();
         let batch_started = Instant::now();
-        let mut attempt = 0u32;
         let committed = loop {
-            attempt += 1;
-            engine.attempted();
+            let attempt = m.attempt();
             #[cfg(feature = "tracing")]
             span.record("attempt", attempt);
-            let mut failure = None;
-            let mut adopted = None;
-            let mut busy = false;
-            // Set when the transaction's body is done: a failure after it is
-            // the COMMIT's.
-            let mut sent: Option<Sent> = None;
-            // The closure failed because its connection broke: nothing committed.
-            let mut lost_user = None;
-            let (q, loader, engine_ref) = (&query, &mut rows, &engine);
-            let (total_rows, total_batches) = (report.total_rows, report.total_batches);
-            let ran = source.run(attempt > 1, |conn| {
-                let result = conn.batch_transaction(|conn| -> Result<_, Abort> {
-                    if let Some(name) = name {
-                        lock(conn, name, total_batches, attempt > 1)?;
-                    }
-                    let mut loaded = loader.load(q, conn, plan.fetch())?;
-                    let checked = engine_ref
-                        .check(&plan, q.key(), q.bounds(), &mut loaded, |r| r.key())
-                        .map_err(Abort::Fail)?;
-                    let n = loaded.len();
-                    let first = loaded.first().map(|r| format!("{:?}", r.key().value));
-                    let last = checked.last.as_ref().map(|k| format!("{:?}", k.value));
-                    let written = match &checked.last {
-                        Some(hi) => {
-                            let mut range = q.bounds().clone();
-                            range.until = Some(hi.clone());
-                            write(conn, loaded, &range)?
-                        }
-                        None => 0,
-                    };
-                    if let Some(name) = name {
-                        // An empty batch keeps the position it started after.
-                        let last = match checked.last.as_ref().or(q.bounds().after.as_ref()) {
-                            Some(k) => Some(serde_json::to_string(k).map_err(|e| {
-                                Abort::Fail(Error::Query {
-                                    context: "writing the checkpoint",
-                                    source: diesel::result::Error::SerializationError(e.into()),
-                                })
-                            })?),
-                            None => None,
-                        };
-                        let batches = total_batches + u64::from(n > 0);
-                        conn.advance_checkpoint(
-                            name,
-                            last.as_deref(),
-                            total_rows + written,
-                            batches,
-                            !checked.more,
-                        )?;
-                    }
-                    sent = Some(Sent {
-                        keys: first.zip(last),
-                    });
-                    Ok(Committed {
-                        n,
-                        written,
-                        last: checked.last,
-                        more: checked.more,
-                    })
-                });
-                match result {
-                    Ok(c) => Ok(c),
-                    Err(Abort::Db(e)) => Err(e),
-                    Err(Abort::Fail(e)) => {
-                        failure = Some(e);
-                        Err(diesel::result::Error::RollbackTransaction)
-                    }
-                    Err(Abort::Committed(row)) => {
-                        adopted = Some(row);
-                        Err(diesel::result::Error::RollbackTransaction)
-                    }
-                    Err(Abort::Busy(e)) => {
-                        busy = true;
-                        Err(e)
-                    }
-                    // The closure's error is its connection's: the batch did not
-                    // commit, and is retried as any batch whose connection broke.
-                    Err(Abort::User(source)) if user_error_connection_lost(&*source) => {
-                        let e = diesel::result::Error::DatabaseError(
-                            diesel::result::DatabaseErrorKind::ClosedConnection,
-                            Box::new(source.to_string()),
-                        );
-                        lost_user = Some(source);
-                        Err(e)
-                    }
-                    Err(Abort::User(source)) => {
-                        failure = Some(Error::Batch {
-                            batch: plan.batch,
-                            last_committed: q
-                                .bounds()
-                                .after
-                                .as_ref()
-                                .map(|k| format!("{:?}", k.value)),
-                            source,
-                        });
-                        Err(diesel::result::Error::RollbackTransaction)
-                    }
-                }
-            });
-            match ran {
-                Ok(c) => break c,
-                Err(e) => {
-                    if let Some(row) = adopted {
-                        let totals = (report.total_rows, report.total_batches);
-                        break committed_by_checkpoint(*row, totals, &key_type)?;
-                    }
-                    if let Some(f) = failure {
-                        report.elapsed = started.elapsed();
-                        return Err(engine.fail(f));
-                    }
-                    let max = scan.max_retries.unwrap_or(S::DEFAULT_MAX_RETRIES);
-                    if busy {
-                        if attempt > max {
-                            return Err(engine.fail(Error::CheckpointBusy {
-                                name: name.unwrap_or_default().to_string(),
-                            }));
-                        }
-                        engine.retries += 1;
-                        std::thread::sleep(crate::source::retry_delay(attempt));
-                        continue;
-                    }
-                    if let Some(source) = lost_user {
-                        if attempt > max {
-                            report.elapsed = started.elapsed();
-                            return Err(engine.fail(Error::Batch {
-                                batch: plan.batch,
-                                last_committed: query
-                                    .bounds()
-                                    .after
-                                    .as_ref()
-                                    .map(|k| format!("{:?}", k.value)),
-                                source,
-                            }));
-                        }
-                        engine.retries += 1;
-                        std::thread::sleep(crate::source::retry_delay(attempt));
-                        continue;
-                    }
-                    // The COMMIT was sent and its answer lost: the batch may have
-                    // committed. Only a checkpoint can tell, on a retry (see
-                    // `lock`); a batch is never run again blindly.
-                    let e = match (sent, e) {
-                        (Some(sent), AttemptError::Query(source)) if connection_lost(&source) => {
-                            let retry = name.is_some() && attempt <= max;
-                            match sent.keys {
-                                _ if retry => AttemptError::Query(source),
-                                Some((first, last)) => {
-                                    report.elapsed = started.elapsed();
-                                    return Err(engine.fail(Error::CommitUnknown {
-                                        batch: plan.batch,
-                                        after: query
-                                            .bounds()
-                                            .after
-                                            .as_ref()
-                                            .map(|k| format!("{:?}", k.value)),
-                                        first,
-                                        last,
-                                        checkpoint: name.map(str::to_owned),
-                                        source: Box::new(source),
-                                    }));
-                                }
-                                // An empty batch wrote no row (only, with a
-                                // checkpoint, that the job is done): whether it
-                                // committed or not, no row is left.
-                                None => {
-                                    break Committed {
-                                        n: 0,
-                                        written: 0,
-                                        last: None,
-                                        more: false,
-                                    };
-                                }
-                            }
-                        }
-                        (_, e) => e,
-                    };
-                    let after = query.bounds().after.as_ref();
-                    let delay = engine.failed(&plan, attempt, S::DEFAULT_MAX_RETRIES, e, after)?;
-                    std::thread::sleep(delay);
-                }
+            let ran = run_batch(
+                &mut source,
+                &query,
+                &mut rows,
+                &m,
+                name,
+                plan,
+                attempt,
+                write,
+            );
+            match ran.map_or_else(|f| m.failed(*f), |c| Ok(Next::Committed(c)))? {
+                Next::Committed(c) => break c,
+                Next::Retry(delay) => std::thread::sleep(delay),
             }
         };
         let took = batch_started.elapsed();
@@ -701,165 +350,140 @@ where
             span.record("written", committed.written);
             span.record("elapsed_ms", took.as_secs_f64() * 1000.0);
         }
-        let next = engine.count(&plan, committed.n, committed.last, committed.more);
-        if committed.n > 0 {
-            report.batches += 1;
-            report.total_batches += 1;
+        let advanced = m.committed(committed, took);
+        if advanced.after.is_some() {
+            query.set_after(advanced.after);
         }
-        report.rows += committed.written;
-        report.total_rows += committed.written;
-        if let Some(k) = next {
-            report.last_key = Some(k.value.clone());
-            query.set_after(Some(k));
-        }
-        if !committed.more {
-            report.done = true;
-        }
-        if engine.is_done() {
-            break;
-        }
-        if let Some(sizer) = sizer.as_mut() {
-            let size = sizer.next(engine.config.batch_size, committed.n as u64, took);
-            engine.config.batch_size = size;
-            report.batch_size = size;
-        }
-        let stats = BatchStats {
-            batch: plan.batch,
-            rows: committed.written,
-            duration: took,
-            total_rows: report.rows,
-            elapsed: started.elapsed(),
-            next_batch_size: engine.config.batch_size,
-        };
-        let wait = wait_after(job.pause, job.throttle.as_ref().and_then(|t| t(&stats)));
-        if !wait.is_zero() {
-            std::thread::sleep(wait);
+        match advanced.wait {
+            None => break,
+            Some(wait) if !wait.is_zero() => std::thread::sleep(wait),
+            Some(_) => {}
         }
     }
-    report.retries = engine.retries;
-    report.elapsed = started.elapsed();
-    Ok(report)
+    Ok(m.finish())
+}
+
+/// Runs attempt `attempt` at batch `plan` as one transaction: locks the
+/// checkpoint row, loads the batch, writes it, advances the checkpoint.
+#[allow(clippy::too_many_arguments)]
+fn run_batch<S, B, K, R>(
+    source: &mut S,
+    query: &SeekQuery<B, K>,
+    rows: &mut R,
+    m: &WriteMachine<K::Value>,
+    name: Option<&str>,
+    plan: BatchPlan,
+    attempt: u32,
+    write: &mut WriteFn<'_, S::Connection, R::Loaded, K::Value>,
+) -> Result<Committed<K::Value>, Box<Failure>>
+where
+    S: ConnectionSource,
+    S::Connection: CheckpointConnection,
+    Db<S>: KeysetBackend,
+    K: Key,
+    K::Value: Serialize + DeserializeOwned,
+    R: Rows<S::Connection, B, K>,
+{
+    let mut rollback = None;
+    // Set when the transaction's body is done: a failure after it is the COMMIT's.
+    let mut sent = None;
+    let ran = source.run(attempt > 1, |conn| {
+        let result = conn.batch_transaction(|conn| -> Result<_, Abort> {
+            if let Some(name) = name {
+                m.locked(name, conn.lock_checkpoint(name))?;
+            }
+            let mut loaded = rows.load(query, conn, plan.fetch())?;
+            let checked = m
+                .engine()
+                .check(&plan, query.key(), query.bounds(), &mut loaded, |r| r.key())
+                .map_err(Abort::Fail)?;
+            let n = loaded.len();
+            let first = loaded.first().map(|r| format!("{:?}", r.key().value));
+            let last = checked.last.as_ref().map(|k| format!("{:?}", k.value));
+            let written = match &checked.last {
+                Some(hi) => {
+                    let mut range = query.bounds().clone();
+                    range.until = Some(hi.clone());
+                    write(conn, loaded, &range)?
+                }
+                None => 0,
+            };
+            if let Some(name) = name {
+                let at = m
+                    .position(checked.last.as_ref(), n, written, checked.more)
+                    .map_err(Abort::Fail)?;
+                conn.advance_checkpoint(
+                    name,
+                    at.last_key.as_deref(),
+                    at.rows,
+                    at.batches,
+                    at.done,
+                )?;
+            }
+            sent = Some(Sent {
+                keys: first.zip(last),
+            });
+            Ok(Committed {
+                n,
+                written,
+                last: checked.last,
+                more: checked.more,
+            })
+        });
+        result.map_err(|abort| {
+            let (e, why) = abort.split();
+            rollback = why;
+            e
+        })
+    });
+    ran.map_err(|error| {
+        Box::new(Failure {
+            error,
+            rollback,
+            sent,
+        })
+    })
 }
 
 /// Marks the checkpoint of job `name`, whose bounds hold no key, done: in a
 /// batch transaction that locks the row as a batch does, so that a run of the
 /// job elsewhere is not overtaken. `row` is the row as the job started.
-fn finish_empty<S>(
+fn finish_empty<S, V>(
     source: &mut S,
-    engine: &mut Engine,
+    m: &mut WriteMachine<V>,
     name: &str,
     row: &Checkpoint,
 ) -> Result<(), Error>
 where
     S: ConnectionSource,
     S::Connection: CheckpointConnection,
+    V: Clone + PartialEq + std::fmt::Debug,
 {
-    let plan = crate::engine::BatchPlan { batch: 1, limit: 1 };
-    let busy = || Error::CheckpointBusy {
-        name: name.to_string(),
-    };
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let mut failure = None;
+        let mut busy = false;
         let ran = source.run(attempt > 1, |conn| {
-            conn.batch_transaction(|conn| match conn.lock_checkpoint(name) {
-                // An attempt before this one committed, and its answer was lost.
-                Ok(Some(now)) if attempt > 1 && now.done && now.batches == row.batches => Ok(()),
-                Ok(Some(now)) if !now.done && now.batches == row.batches => conn
-                    .advance_checkpoint(name, row.last_key.as_deref(), row.rows, row.batches, true),
-                Ok(_) => {
-                    failure = Some(busy());
-                    Err(diesel::result::Error::RollbackTransaction)
+            conn.batch_transaction(|conn| {
+                match m.empty_locked(conn.lock_checkpoint(name), row, attempt) {
+                    EmptyLock::Done => Ok(()),
+                    EmptyLock::Mark => {
+                        let last = row.last_key.as_deref();
+                        conn.advance_checkpoint(name, last, row.rows, row.batches, true)
+                    }
+                    EmptyLock::Busy(e) => {
+                        busy = true;
+                        Err(e)
+                    }
+                    EmptyLock::Failed(e) => Err(e),
                 }
-                Err(e) if is_lock_conflict(&e) && attempt == 1 => {
-                    failure = Some(busy());
-                    Err(e)
-                }
-                Err(e) => Err(e),
             })
         });
         match ran {
             Ok(()) => return Ok(()),
-            Err(_) if failure.is_some() => {
-                return Err(engine.fail(failure.unwrap_or_else(busy)));
-            }
-            Err(e) => {
-                let delay = engine.failed::<()>(&plan, attempt, S::DEFAULT_MAX_RETRIES, e, None)?;
-                std::thread::sleep(delay);
-            }
+            Err(e) => std::thread::sleep(m.empty_failed(attempt, busy, e)?),
         }
     }
-}
-
-/// Locks the checkpoint row of job `name` in the batch's transaction, and
-/// checks that no other runner committed a batch since this one's last.
-///
-/// On a retry, a row one batch ahead is this runner's own last attempt, which
-/// committed although its connection broke before the answer came back: the
-/// batch is taken as done ([`Abort::Committed`]), not written again. So is a
-/// row at the same batch that says the job is done: the last attempt was the
-/// job's final, empty batch, which counts no batch.
-fn lock<C: CheckpointConnection>(
-    conn: &mut C,
-    name: &str,
-    batches: u64,
-    retry: bool,
-) -> Result<(), Abort> {
-    let busy = || {
-        Abort::Fail(Error::CheckpointBusy {
-            name: name.to_string(),
-        })
-    };
-    match conn.lock_checkpoint(name) {
-        Ok(Some(row)) if row.batches == batches && !row.done => Ok(()),
-        Ok(Some(row)) if retry && row.batches == batches + 1 => {
-            Err(Abort::Committed(Box::new(row)))
-        }
-        Ok(Some(row)) if retry && row.batches == batches && row.done => {
-            Err(Abort::Committed(Box::new(row)))
-        }
-        Ok(_) => Err(busy()),
-        // On a retry, the lock may still be held by this runner's own attempt
-        // before, whose connection died and whose transaction the server is
-        // still rolling back: wait and try again, as for a broken connection.
-        Err(e) if is_lock_conflict(&e) && retry => Err(Abort::Busy(e)),
-        Err(e) if is_lock_conflict(&e) => Err(busy()),
-        Err(e) => Err(Abort::Db(e)),
-    }
-}
-
-/// The batch a retry found committed by the attempt before it, as the
-/// checkpoint row records it; `totals` are the rows and batches before it.
-fn committed_by_checkpoint<V: DeserializeOwned>(
-    row: Checkpoint,
-    (total_rows, total_batches): (u64, u64),
-    key_type: &str,
-) -> Result<Committed<V>, Error> {
-    let last = match &row.last_key {
-        Some(json) => Some(serde_json::from_str::<StoredKey<V>>(json).map_err(|e| {
-            Error::CheckpointMismatch {
-                name: row.name.clone(),
-                stored: format!("{} (last key {json}: {e})", row.key_type),
-                expected: key_type.to_string(),
-            }
-        })?),
-        None => None,
-    };
-    let written = row.rows.saturating_sub(total_rows);
-    // A batch of rows counts as one even if it wrote none (rows changed by
-    // others between its read and its write), as the checkpoint counts it.
-    let n = if row.batches > total_batches {
-        written.max(1)
-    } else {
-        0
-    };
-    Ok(Committed {
-        n: usize::try_from(n).unwrap_or(usize::MAX),
-        written,
-        last,
-        more: !row.done,
-    })
 }
 
 /// The checks a scan runs before its first batch, run before a write job's
@@ -1275,8 +899,7 @@ impl<Q, K: Key> Chunked<Q, K> {
 
 #[cfg(test)]
 mod tests {
-    use super::{fnv1a, wait_after, BatchSizer};
-    use std::time::Duration;
+    use super::fnv1a;
 
     #[cfg(feature = "sqlite")]
     #[test]
@@ -1329,42 +952,10 @@ mod tests {
     }
 
     #[test]
-    fn the_first_batch_is_within_min_and_max() {
-        let s = Duration::from_secs(1);
-        assert_eq!(BatchSizer::new(s, 1000, None, Some(10)).first(1000), 10);
-        assert_eq!(BatchSizer::new(s, 5, Some(40), None).first(5), 40);
-        assert_eq!(
-            BatchSizer::new(s, 100, Some(10), Some(1000)).first(100),
-            100
-        );
-        // min above max: the min wins, as for every later batch
-        assert_eq!(BatchSizer::new(s, 100, Some(50), Some(20)).first(100), 50);
-        // sizes a scan refuses stay refused
-        assert_eq!(BatchSizer::new(s, 0, None, Some(10)).first(0), 0);
-        let huge = u64::MAX;
-        assert_eq!(BatchSizer::new(s, huge, None, None).first(huge), huge);
-        // the default max (10 × the start) stays a valid LIMIT
-        let big = crate::engine::MAX_BATCH_SIZE;
-        let mut sizer = BatchSizer::new(s, big, None, None);
-        assert_eq!(sizer.next(big, big, Duration::from_nanos(1)), big);
-    }
-
-    #[test]
     fn long_texts_are_shortened() {
         assert_eq!(super::shortened("abc", 3), "abc");
         assert_eq!(super::shortened("abcd", 3), "abc…");
         assert_eq!(super::shortened("ééééé", 2), "éé…");
-    }
-
-    #[test]
-    fn waits_saturate() {
-        let max = Duration::MAX;
-        assert_eq!(wait_after(Some(max), Some(Duration::from_secs(1))), max);
-        assert_eq!(wait_after(Some(max), Some(max)), max);
-        assert_eq!(wait_after(None, Some(max)), max);
-        assert_eq!(wait_after(None, None), Duration::ZERO);
-        let ms = Duration::from_millis;
-        assert_eq!(wait_after(Some(ms(5)), Some(ms(7))), ms(12));
     }
 
     #[test]
@@ -1373,28 +964,5 @@ mod tests {
         assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
         assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
         assert_eq!(fnv1a(b"foobar"), 0x8594_4171_f739_67e8);
-    }
-
-    #[test]
-    fn batch_size_grows_slowly_and_shrinks_fast() {
-        let ms = Duration::from_millis;
-        let mut s = BatchSizer::new(ms(100), 1000, None, Some(5000));
-        // 10 ms for 1000 rows: far under target, grow by at most 1.2×
-        assert_eq!(s.next(1000, 1000, ms(10)), 1200);
-        assert_eq!(s.next(1200, 1200, ms(12)), 1440);
-        // suddenly 10× slower per row: shrink at most by half
-        let mut s = BatchSizer::new(ms(100), 1000, None, None);
-        assert_eq!(s.next(1000, 1000, ms(1000)), 500);
-        // on target: stay
-        let mut s = BatchSizer::new(ms(100), 1000, None, None);
-        assert_eq!(s.next(1000, 1000, ms(100)), 1000);
-        // bounds apply
-        let mut s = BatchSizer::new(ms(100), 1000, Some(800), Some(1100));
-        assert_eq!(s.next(1000, 1000, ms(10)), 1100);
-        assert_eq!(s.next(1000, 1000, ms(10_000)), 800);
-        // smoothing: one fast batch after slow ones does not jump to the ideal
-        let mut s = BatchSizer::new(ms(100), 1000, None, None);
-        assert_eq!(s.next(1000, 1000, ms(200)), 500);
-        assert_eq!(s.next(500, 500, ms(10)), 600); // per row (0.2 + 0.02) / 2 ms
     }
 }

@@ -111,10 +111,8 @@ where
         }
         let trace = self.core.trace(&plan);
         let fetch = plan.fetch();
-        let mut attempt = 0u32;
         let rows = loop {
-            attempt += 1;
-            let mut state = self.core.attempt(&trace, attempt)?;
+            let (attempt, mut state) = self.core.attempt(&trace)?;
             let loaded = self
                 .source
                 .run(attempt > 1, &mut state, |conn, (query, loader)| {
@@ -123,15 +121,10 @@ where
                 .await;
             match loaded {
                 Ok(rows) => break rows,
-                Err(e) => {
-                    match self
-                        .core
-                        .failed(&plan, &trace, attempt, S::DEFAULT_MAX_RETRIES, e)
-                    {
-                        Ok(delay) => tokio::time::sleep(delay).await,
-                        Err(e) => return Some(Err(e)),
-                    }
-                }
+                Err(e) => match self.core.failed(&plan, &trace, S::DEFAULT_MAX_RETRIES, e) {
+                    Ok(delay) => tokio::time::sleep(delay).await,
+                    Err(e) => return Some(Err(e)),
+                },
             }
         };
         self.core.loaded(&plan, &trace, rows)

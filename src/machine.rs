@@ -1,0 +1,1552 @@
+//! A write job's state machine, without I/O: everything a job decides between
+//! the statements its driver ([`run_job`](crate::write::run_job)) runs.
+//!
+//! The machine wraps the scan's [`Engine`] and owns the job's counters (its
+//! [`WriteReport`]), the position its checkpoint records, the batch size
+//! (toward [`target_batch_time`](crate::Chunked::target_batch_time)), the wait
+//! after a batch, the attempt counter, and what each failed attempt means:
+//!
+//! ```text
+//! m = WriteMachine::new(..)
+//! [m.start_failed(..) / m.resume(row, ..)]       -- the checkpoint row, if any
+//! while let Some(plan) = m.next_batch()? {
+//!     loop {
+//!         m.attempt()                             -- counts the attempt
+//!         run the batch's transaction             -- the driver's only job;
+//!           (m.locked(..), m.position(..) inside it)
+//!         ok? break; failed? m.failed(..) says: retry after a delay,
+//!           take the batch as committed, or stop with an error
+//!     }
+//!     m.committed(batch, took)                     -- counts, sizes, says how long to wait
+//! }
+//! m.finish()                                     -- the report
+//! ```
+
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::checkpoint::{is_lock_conflict, Checkpoint};
+use crate::engine::{BatchPlan, EndReason, Engine, KeyOrigin, ScanConfig};
+use crate::error::Error;
+use crate::predicate::Bounds;
+use crate::source::{connection_lost, user_error_connection_lost, AttemptError};
+use crate::stored::StoredKey;
+use crate::write::{BatchStats, Throttle, WriteConfig, WriteReport};
+
+/// Adapts the batch size toward a target time per batch.
+///
+/// The rule: keep an exponentially smoothed time per row (each new batch
+/// weighs half); the ideal size is `target / time per row`; the next size is
+/// the ideal, but at most 1.2 × and at least 0.5 × the current size (grow
+/// slowly, shrink fast), and within `[min, max]`.
+#[derive(Debug, Clone)]
+pub(crate) struct BatchSizer {
+    target: Duration,
+    min: u64,
+    max: u64,
+    per_row: Option<f64>,
+}
+
+impl BatchSizer {
+    pub(crate) fn new(target: Duration, start: u64, min: Option<u64>, max: Option<u64>) -> Self {
+        let largest = crate::engine::MAX_BATCH_SIZE;
+        let min = min.unwrap_or(1).clamp(1, largest);
+        let max = max.unwrap_or(start.saturating_mul(10)).clamp(min, largest);
+        Self {
+            target,
+            min,
+            max,
+            per_row: None,
+        }
+    }
+
+    /// The size of the first batch: `start` (the builder's `batch_size`) within
+    /// `[min, max]`. A `batch_size` of 0 or above `i64::MAX` stays as it is, to
+    /// be refused as any scan's.
+    pub(crate) fn first(&self, start: u64) -> u64 {
+        if start == 0 || start > crate::engine::MAX_BATCH_SIZE {
+            return start;
+        }
+        start.clamp(self.min, self.max)
+    }
+
+    /// The size after a batch of `rows` rows, asked for as `current`, took `took`.
+    pub(crate) fn next(&mut self, current: u64, rows: u64, took: Duration) -> u64 {
+        if rows == 0 {
+            return current.clamp(self.min, self.max);
+        }
+        let sample = took.as_secs_f64() / rows as f64;
+        let per_row = match self.per_row {
+            Some(p) => 0.5 * p + 0.5 * sample,
+            None => sample,
+        };
+        self.per_row = Some(per_row);
+        let current = current as f64;
+        let ideal = if per_row > 0.0 {
+            self.target.as_secs_f64() / per_row
+        } else {
+            f64::INFINITY
+        };
+        let next = ideal.clamp((current * 0.5).ceil(), (current * 1.2).floor().max(current));
+        (next as u64).clamp(self.min, self.max)
+    }
+}
+
+/// The wait after a batch: the pause and what the throttle asked for, added
+/// without overflow (a sum beyond `Duration::MAX` is `Duration::MAX`).
+pub(crate) fn wait_after(pause: Option<Duration>, throttle: Option<Duration>) -> Duration {
+    pause
+        .unwrap_or_default()
+        .saturating_add(throttle.unwrap_or_default())
+}
+
+/// Why a batch's transaction was rolled back.
+pub(crate) enum Abort {
+    /// A database error: retried if transient.
+    Db(diesel::result::Error),
+    /// The job stops with this error.
+    Fail(Error),
+    /// The closure of `for_each_batch` failed: the job stops with
+    /// [`Error::Batch`], unless the error is its connection's.
+    User(Box<dyn std::error::Error + Send + Sync>),
+    /// On a retry, the checkpoint row was still locked: retried after a delay
+    /// while attempts are left.
+    Busy(diesel::result::Error),
+    /// A retry found that the attempt before it committed after all (its
+    /// connection broke between `COMMIT` and the answer): the checkpoint row
+    /// has this run's next batch.
+    Committed(Box<Checkpoint>),
+}
+
+impl From<diesel::result::Error> for Abort {
+    fn from(e: diesel::result::Error) -> Self {
+        Abort::Db(e)
+    }
+}
+
+impl Abort {
+    /// The error the transaction and the connection source see, and what the
+    /// machine is to know besides.
+    ///
+    /// A closure's error that is its connection's (see
+    /// [`user_error_connection_lost`]) is handed on as a closed connection, so
+    /// that a pool discards the connection; the batch did not commit, and is
+    /// retried as any batch whose connection broke.
+    pub(crate) fn split(self) -> (diesel::result::Error, Option<Rollback>) {
+        use diesel::result::{DatabaseErrorKind, Error as E};
+        match self {
+            Abort::Db(e) => (e, None),
+            Abort::Fail(e) => (E::RollbackTransaction, Some(Rollback::Fail(e))),
+            Abort::Committed(row) => (E::RollbackTransaction, Some(Rollback::Committed(row))),
+            Abort::Busy(e) => (e, Some(Rollback::Busy)),
+            Abort::User(source) if user_error_connection_lost(&*source) => {
+                let e = E::DatabaseError(
+                    DatabaseErrorKind::ClosedConnection,
+                    Box::new(source.to_string()),
+                );
+                (e, Some(Rollback::UserLost(source)))
+            }
+            Abort::User(source) => (E::RollbackTransaction, Some(Rollback::User(source))),
+        }
+    }
+}
+
+/// What rolled an attempt's transaction back, besides its database error.
+pub(crate) enum Rollback {
+    /// The job stops with this error.
+    Fail(Error),
+    /// The closure of `for_each_batch` failed.
+    User(Box<dyn std::error::Error + Send + Sync>),
+    /// The closure of `for_each_batch` failed because its connection broke.
+    UserLost(Box<dyn std::error::Error + Send + Sync>),
+    /// On a retry, the checkpoint row was still locked.
+    Busy,
+    /// The attempt before committed the batch; the checkpoint row says so.
+    Committed(Box<Checkpoint>),
+}
+
+/// A batch whose transaction body ran to its end, so that its `COMMIT` is
+/// sent next: the keys of its first and last rows (`Debug`-formatted), none
+/// for an empty batch.
+pub(crate) struct Sent {
+    pub(crate) keys: Option<(String, String)>,
+}
+
+/// One failed attempt at a batch.
+pub(crate) struct Failure {
+    /// What the connection source returned.
+    pub(crate) error: AttemptError,
+    /// What rolled the transaction back, if the body did.
+    pub(crate) rollback: Option<Rollback>,
+    /// Set when the body ran to its end: the failure is the `COMMIT`'s.
+    pub(crate) sent: Option<Sent>,
+}
+
+/// One committed batch.
+#[derive(Debug, PartialEq)]
+pub(crate) struct Committed<V> {
+    /// Rows the batch loaded (0: the batch was empty).
+    pub(crate) n: usize,
+    /// Rows it wrote.
+    pub(crate) written: u64,
+    /// Its last key.
+    pub(crate) last: Option<StoredKey<V>>,
+    /// Whether rows are left after it.
+    pub(crate) more: bool,
+}
+
+/// What to do after a failed attempt, if not stop.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Next<V> {
+    /// Wait this long and run the batch again.
+    Retry(Duration),
+    /// The batch is committed after all, as this says.
+    Committed(Committed<V>),
+}
+
+/// What the checkpoint row says after a batch, written in its transaction.
+#[derive(Debug, PartialEq)]
+pub(crate) struct Position {
+    /// The last key (JSON), or the one the batch started after if it was empty.
+    pub(crate) last_key: Option<String>,
+    /// Rows of all runs.
+    pub(crate) rows: u64,
+    /// Batches of all runs.
+    pub(crate) batches: u64,
+    /// Whether the job is finished.
+    pub(crate) done: bool,
+}
+
+/// Where a job with a checkpoint starts.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Resume<V> {
+    /// The checkpoint says the job is finished: nothing to run.
+    Done,
+    /// After this key, or where the bounds say.
+    After(Option<StoredKey<V>>),
+}
+
+/// What marking a job done whose bounds hold no key does with its locked
+/// checkpoint row.
+#[derive(Debug)]
+pub(crate) enum EmptyLock {
+    /// Nothing: an attempt before this one marked it, and its answer was lost.
+    Done,
+    /// Mark the row done.
+    Mark,
+    /// Another runner holds the job: roll back with this error, and stop with
+    /// [`Error::CheckpointBusy`].
+    Busy(diesel::result::Error),
+    /// Roll back with this error (retried if transient).
+    Failed(diesel::result::Error),
+}
+
+/// After a committed batch: where the next starts, and how long to wait
+/// before it (`None`: the job is over).
+#[derive(Debug, PartialEq)]
+pub(crate) struct Advanced<V> {
+    pub(crate) after: Option<StoredKey<V>>,
+    pub(crate) wait: Option<Duration>,
+}
+
+/// The plan statements outside a batch (the checkpoint's start) count as.
+const SETUP: BatchPlan = BatchPlan { batch: 1, limit: 1 };
+
+/// The state of one write job.
+pub(crate) struct WriteMachine<V> {
+    engine: Engine,
+    sizer: Option<BatchSizer>,
+    pause: Option<Duration>,
+    throttle: Option<Throttle>,
+    checkpoint: Option<String>,
+    /// The key's columns and Rust type, as its checkpoint stores them.
+    key_type: String,
+    default_retries: u32,
+    report: WriteReport<V>,
+    /// Where the next batch starts: the last committed key.
+    after: Option<StoredKey<V>>,
+    plan: BatchPlan,
+    started: Instant,
+}
+
+impl<V: Clone + PartialEq + std::fmt::Debug> WriteMachine<V> {
+    /// A job scanning `bounds` with these settings; `default_retries` is the
+    /// connection source's (used unless `max_retries` is set).
+    pub(crate) fn new(
+        scan: ScanConfig,
+        job: &WriteConfig,
+        origin: KeyOrigin,
+        bounds: &Bounds<V>,
+        compare: fn(&V, &V) -> Option<std::cmp::Ordering>,
+        key_type: String,
+        default_retries: u32,
+    ) -> Self {
+        let sizer = job
+            .target_batch_time
+            .map(|t| BatchSizer::new(t, scan.batch_size, job.min_batch_size, job.max_batch_size));
+        let mut scan = scan;
+        if let Some(sizer) = &sizer {
+            // The first batch too is within [min_batch_size, max_batch_size].
+            scan.batch_size = sizer.first(scan.batch_size);
+        }
+        let batch_size = scan.batch_size;
+        Self {
+            engine: Engine::new(scan, origin, Some(bounds), compare, None),
+            sizer,
+            pause: job.pause,
+            throttle: job.throttle.clone(),
+            checkpoint: job.checkpoint.clone(),
+            key_type,
+            default_retries,
+            report: WriteReport {
+                rows: 0,
+                batches: 0,
+                last_key: None,
+                resumed_after: None,
+                total_rows: 0,
+                total_batches: 0,
+                done: false,
+                retries: 0,
+                batch_size,
+                elapsed: Duration::ZERO,
+            },
+            after: bounds.after.clone(),
+            plan: SETUP,
+            started: Instant::now(),
+        }
+    }
+
+    /// The size the next batch asks for.
+    pub(crate) fn batch_size(&self) -> u64 {
+        self.engine.config.batch_size
+    }
+
+    /// The scan's engine: its checks of a loaded batch.
+    pub(crate) fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The scan's engine, for the checks before the first batch.
+    pub(crate) fn engine_mut(&mut self) -> &mut Engine {
+        &mut self.engine
+    }
+
+    /// Whether the bounds hold no key: no batch runs.
+    pub(crate) fn bounds_empty(&self) -> bool {
+        self.engine.end == Some(EndReason::EmptyBounds)
+    }
+
+    /// What to do after attempt `attempt` at a statement outside a batch (the
+    /// checkpoint's start) failed with `e`: wait and try again, or stop.
+    pub(crate) fn setup_failed(
+        &mut self,
+        attempt: u32,
+        e: AttemptError,
+    ) -> Result<Duration, Error> {
+        self.engine
+            .failed_at::<V>(&SETUP, attempt, self.default_retries, e, None)
+    }
+
+    /// As [`setup_failed`](Self::setup_failed), for reading (or creating) the
+    /// checkpoint row: a missing or unusable checkpoint table stops the job
+    /// with what is wrong with it.
+    pub(crate) fn start_failed(
+        &mut self,
+        attempt: u32,
+        e: AttemptError,
+    ) -> Result<Duration, Error> {
+        if let AttemptError::Query(q) = &e {
+            if let Some(problem) = crate::checkpoint::table_problem(q) {
+                return Err(self.engine.fail(problem));
+            }
+        }
+        self.setup_failed(attempt, e)
+    }
+
+    /// Judges the checkpoint row of job `name` as attempt `attempt` at
+    /// marking a job done whose bounds hold no key locked it (`now`); `row`
+    /// is the row as the job started.
+    pub(crate) fn empty_locked(
+        &self,
+        now: diesel::QueryResult<Option<Checkpoint>>,
+        row: &Checkpoint,
+        attempt: u32,
+    ) -> EmptyLock {
+        match now {
+            // An attempt before this one committed, and its answer was lost.
+            Ok(Some(now)) if attempt > 1 && now.done && now.batches == row.batches => {
+                EmptyLock::Done
+            }
+            Ok(Some(now)) if !now.done && now.batches == row.batches => EmptyLock::Mark,
+            Ok(_) => EmptyLock::Busy(diesel::result::Error::RollbackTransaction),
+            Err(e) if is_lock_conflict(&e) && attempt == 1 => EmptyLock::Busy(e),
+            Err(e) => EmptyLock::Failed(e),
+        }
+    }
+
+    /// What to do after attempt `attempt` at marking a job done whose bounds
+    /// hold no key failed with `e` (`busy`: [`EmptyLock::Busy`]).
+    pub(crate) fn empty_failed(
+        &mut self,
+        attempt: u32,
+        busy: bool,
+        e: AttemptError,
+    ) -> Result<Duration, Error> {
+        if busy {
+            let name = self.checkpoint.clone().unwrap_or_default();
+            return Err(self.engine.fail(Error::CheckpointBusy { name }));
+        }
+        self.setup_failed(attempt, e)
+    }
+
+    /// Whether the job stores its fingerprint in checkpoint row `row`, just
+    /// read or created: a row of its key that has none (new, or made before
+    /// rows had fingerprints).
+    pub(crate) fn claims(&self, row: &Checkpoint) -> bool {
+        row.query_fingerprint.is_none() && row.key_type == self.key_type
+    }
+
+    /// Takes the job's checkpoint row `row` of job `name`: refuses another
+    /// job's (another key, or another query than `fingerprint`, which hashes
+    /// `identity`), and resumes after its last key.
+    pub(crate) fn resume(
+        &mut self,
+        name: &str,
+        row: &Checkpoint,
+        fingerprint: &str,
+        identity: &str,
+    ) -> Result<Resume<V>, Error>
+    where
+        V: DeserializeOwned,
+    {
+        let key_type = self.key_type.clone();
+        if row.key_type != key_type {
+            return Err(self.engine.fail(Error::CheckpointMismatch {
+                name: name.to_string(),
+                stored: row.key_type.clone(),
+                expected: key_type,
+            }));
+        }
+        if row.query_fingerprint.as_deref() != Some(fingerprint) {
+            // Another job's checkpoint: resuming after its last key would skip
+            // rows of this one.
+            let stored = row.query_fingerprint.as_deref().unwrap_or("none");
+            return Err(self.engine.fail(Error::CheckpointMismatch {
+                name: name.to_string(),
+                stored: format!("{} and query {stored}", row.key_type),
+                expected: format!(
+                    "{key_type} and query {fingerprint} ({})",
+                    crate::write::shortened(&identity.replace('\n', "; "), 1000)
+                ),
+            }));
+        }
+        self.report.total_rows = row.rows;
+        self.report.total_batches = row.batches;
+        if row.done {
+            self.report.done = true;
+            return Ok(Resume::Done);
+        }
+        let Some(json) = &row.last_key else {
+            return Ok(Resume::After(None));
+        };
+        let key: StoredKey<V> = serde_json::from_str(json).map_err(|e| {
+            self.engine.fail(Error::CheckpointMismatch {
+                name: name.to_string(),
+                stored: format!("{} (last key {json}: {e})", row.key_type),
+                expected: key_type,
+            })
+        })?;
+        self.report.resumed_after = Some(key.value.clone());
+        self.report.last_key = Some(key.value.clone());
+        self.after = Some(key.clone());
+        Ok(Resume::After(Some(key)))
+    }
+
+    /// The next batch to run, `Ok(None)` at the end.
+    pub(crate) fn next_batch(&mut self) -> Result<Option<BatchPlan>, Error> {
+        let plan = self.engine.plan()?;
+        if let Some(plan) = plan {
+            self.plan = plan;
+        }
+        Ok(plan)
+    }
+
+    /// Starts an attempt at the current batch: its number, from 1 (a later
+    /// one is a retry).
+    pub(crate) fn attempt(&mut self) -> u32 {
+        self.engine.attempt()
+    }
+
+    /// The rows and batches of all runs so far.
+    pub(crate) fn totals(&self) -> (u64, u64) {
+        (self.report.total_rows, self.report.total_batches)
+    }
+
+    /// Judges the checkpoint row of job `name` as the batch's transaction
+    /// locked it (`now`), and checks that no other runner committed a batch
+    /// since this one's last.
+    ///
+    /// On a retry, a row one batch ahead is this runner's own last attempt,
+    /// which committed although its connection broke before the answer came
+    /// back: the batch is taken as done ([`Abort::Committed`]), not written
+    /// again. So is a row at the same batch that says the job is done: the
+    /// last attempt was the job's final, empty batch, which counts no batch.
+    pub(crate) fn locked(
+        &self,
+        name: &str,
+        now: diesel::QueryResult<Option<Checkpoint>>,
+    ) -> Result<(), Abort> {
+        let (batches, retry) = (self.report.total_batches, self.engine.attempts() > 1);
+        let busy = || {
+            Abort::Fail(Error::CheckpointBusy {
+                name: name.to_string(),
+            })
+        };
+        match now {
+            Ok(Some(row)) if row.batches == batches && !row.done => Ok(()),
+            Ok(Some(row)) if retry && row.batches == batches + 1 => {
+                Err(Abort::Committed(Box::new(row)))
+            }
+            Ok(Some(row)) if retry && row.batches == batches && row.done => {
+                Err(Abort::Committed(Box::new(row)))
+            }
+            Ok(_) => Err(busy()),
+            // On a retry, the lock may still be held by this runner's own attempt
+            // before, whose connection died and whose transaction the server is
+            // still rolling back: wait and try again, as for a broken connection.
+            Err(e) if is_lock_conflict(&e) && retry => Err(Abort::Busy(e)),
+            Err(e) if is_lock_conflict(&e) => Err(busy()),
+            Err(e) => Err(Abort::Db(e)),
+        }
+    }
+
+    /// What the checkpoint row records once the current batch commits: `n`
+    /// rows loaded ending at `last`, `written` written, rows left if `more`.
+    /// An empty batch keeps the position it started after.
+    pub(crate) fn position(
+        &self,
+        last: Option<&StoredKey<V>>,
+        n: usize,
+        written: u64,
+        more: bool,
+    ) -> Result<Position, Error>
+    where
+        V: Serialize,
+    {
+        let last_key = match last.or(self.after.as_ref()) {
+            Some(k) => Some(serde_json::to_string(k).map_err(|e| Error::Query {
+                context: "writing the checkpoint",
+                source: diesel::result::Error::SerializationError(e.into()),
+            })?),
+            None => None,
+        };
+        Ok(Position {
+            last_key,
+            rows: self.report.total_rows + written,
+            batches: self.report.total_batches + u64::from(n > 0),
+            done: !more,
+        })
+    }
+
+    /// What to do after the current attempt failed as `f` says: retry after a
+    /// delay, take the batch as committed, or stop with the error.
+    pub(crate) fn failed(&mut self, f: Failure) -> Result<Next<V>, Error>
+    where
+        V: DeserializeOwned,
+    {
+        let (attempt, plan) = (self.engine.attempts(), self.plan);
+        let may_retry = self.engine.may_retry(attempt, self.default_retries);
+        match f.rollback {
+            Some(Rollback::Committed(row)) => {
+                return match self.adopt(*row) {
+                    Ok(c) => Ok(Next::Committed(c)),
+                    Err(e) => Err(self.engine.fail(e)),
+                }
+            }
+            Some(Rollback::Fail(e)) => return Err(self.engine.fail(e)),
+            Some(Rollback::User(source)) => {
+                let e = self.batch_error(source);
+                return Err(self.engine.fail(e));
+            }
+            Some(Rollback::Busy) if !may_retry => {
+                let name = self.checkpoint.clone().unwrap_or_default();
+                return Err(self.engine.fail(Error::CheckpointBusy { name }));
+            }
+            Some(Rollback::UserLost(source)) if !may_retry => {
+                let e = self.batch_error(source);
+                return Err(self.engine.fail(e));
+            }
+            Some(Rollback::Busy | Rollback::UserLost(_)) => {
+                return Ok(Next::Retry(self.engine.retry(attempt)));
+            }
+            None => {}
+        }
+        // The COMMIT was sent and its answer lost: the batch may have
+        // committed. Only a checkpoint can tell, on a retry (see `locked`);
+        // a batch is never run again blindly.
+        let e = match (f.sent, f.error) {
+            (Some(sent), AttemptError::Query(source)) if connection_lost(&source) => {
+                let retry = self.checkpoint.is_some() && may_retry;
+                match sent.keys {
+                    _ if retry => AttemptError::Query(source),
+                    Some((first, last)) => {
+                        let e = Error::CommitUnknown {
+                            batch: plan.batch,
+                            after: self.after_text(),
+                            first,
+                            last,
+                            checkpoint: self.checkpoint.clone(),
+                            source: Box::new(source),
+                        };
+                        return Err(self.engine.fail(e));
+                    }
+                    // An empty batch wrote no row (only, with a checkpoint,
+                    // that the job is done): whether it committed or not, no
+                    // row is left.
+                    None => {
+                        return Ok(Next::Committed(Committed {
+                            n: 0,
+                            written: 0,
+                            last: None,
+                            more: false,
+                        }))
+                    }
+                }
+            }
+            (_, e) => e,
+        };
+        let after = self.after.as_ref();
+        let delay = self.engine.failed(&plan, self.default_retries, e, after)?;
+        Ok(Next::Retry(delay))
+    }
+
+    /// Counts the current batch, committed as `c` in `took`: where the next
+    /// starts, and how long to wait before it (`None`: the job is over).
+    pub(crate) fn committed(&mut self, c: Committed<V>, took: Duration) -> Advanced<V> {
+        let next = self.engine.count(&self.plan, c.n, c.last, c.more);
+        let report = &mut self.report;
+        if c.n > 0 {
+            report.batches += 1;
+            report.total_batches += 1;
+        }
+        report.rows += c.written;
+        report.total_rows += c.written;
+        if let Some(k) = &next {
+            report.last_key = Some(k.value.clone());
+            self.after = Some(k.clone());
+        }
+        if !c.more {
+            report.done = true;
+        }
+        if self.engine.is_done() {
+            return Advanced {
+                after: next,
+                wait: None,
+            };
+        }
+        if let Some(sizer) = self.sizer.as_mut() {
+            let size = sizer.next(self.engine.config.batch_size, c.n as u64, took);
+            self.engine.config.batch_size = size;
+            self.report.batch_size = size;
+        }
+        let stats = BatchStats {
+            batch: self.plan.batch,
+            rows: c.written,
+            duration: took,
+            total_rows: self.report.rows,
+            elapsed: self.started.elapsed(),
+            next_batch_size: self.engine.config.batch_size,
+        };
+        let asked = self.throttle.as_ref().and_then(|t| t(&stats));
+        Advanced {
+            after: next,
+            wait: Some(wait_after(self.pause, asked)),
+        }
+    }
+
+    /// The job's report.
+    pub(crate) fn finish(mut self) -> WriteReport<V> {
+        if self.bounds_empty() {
+            self.report.done = true;
+        }
+        self.report.retries = self.engine.retries;
+        self.report.elapsed = self.started.elapsed();
+        self.report
+    }
+
+    /// The batch a retry found committed by the attempt before it, as the
+    /// checkpoint row records it.
+    fn adopt(&self, row: Checkpoint) -> Result<Committed<V>, Error>
+    where
+        V: DeserializeOwned,
+    {
+        let (total_rows, total_batches) = self.totals();
+        let last = match &row.last_key {
+            Some(json) => Some(serde_json::from_str::<StoredKey<V>>(json).map_err(|e| {
+                Error::CheckpointMismatch {
+                    name: row.name.clone(),
+                    stored: format!("{} (last key {json}: {e})", row.key_type),
+                    expected: self.key_type.clone(),
+                }
+            })?),
+            None => None,
+        };
+        let written = row.rows.saturating_sub(total_rows);
+        // A batch of rows counts as one even if it wrote none (rows changed by
+        // others between its read and its write), as the checkpoint counts it.
+        let n = if row.batches > total_batches {
+            written.max(1)
+        } else {
+            0
+        };
+        Ok(Committed {
+            n: usize::try_from(n).unwrap_or(usize::MAX),
+            written,
+            last,
+            more: !row.done,
+        })
+    }
+
+    /// The last committed key, `Debug`-formatted, for an error.
+    fn after_text(&self) -> Option<String> {
+        self.after.as_ref().map(|k| format!("{:?}", k.value))
+    }
+
+    /// The error of the current batch whose closure failed with `source`.
+    fn batch_error(&self, source: Box<dyn std::error::Error + Send + Sync>) -> Error {
+        Error::Batch {
+            batch: self.plan.batch,
+            last_committed: self.after_text(),
+            source,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use diesel::result::{DatabaseErrorKind, Error as DieselError};
+    use std::sync::{Arc, Mutex};
+
+    const KEY_TYPE: &str = "t.id as i64";
+
+    fn scan(batch_size: u64, limit_total: Option<u64>, max_retries: Option<u32>) -> ScanConfig {
+        ScanConfig {
+            batch_size,
+            limit_total,
+            max_retries,
+            cache_statements: false,
+            allow_sort: false,
+        }
+    }
+
+    fn key(v: i64) -> StoredKey<i64> {
+        StoredKey::new(v, None)
+    }
+
+    fn bounds(after: Option<i64>) -> Bounds<i64> {
+        Bounds {
+            after: after.map(key),
+            until: None,
+            lower: None,
+            upper: None,
+            desc: false,
+            probe: false,
+            cache: false,
+        }
+    }
+
+    /// A machine whose bounds start after `after`, on a source that retries
+    /// `default_retries` times (a pool: 3; a lent connection: 0).
+    fn machine(
+        scan: ScanConfig,
+        job: &WriteConfig,
+        after: Option<i64>,
+        default_retries: u32,
+    ) -> WriteMachine<i64> {
+        let compare = |a: &i64, b: &i64| a.partial_cmp(b);
+        let bounds = bounds(after);
+        let key_type = KEY_TYPE.to_string();
+        let origin = KeyOrigin::Rows;
+        WriteMachine::new(
+            scan,
+            job,
+            origin,
+            &bounds,
+            compare,
+            key_type,
+            default_retries,
+        )
+    }
+
+    fn with_checkpoint() -> WriteConfig {
+        WriteConfig {
+            checkpoint: Some("job".into()),
+            ..WriteConfig::default()
+        }
+    }
+
+    fn lost() -> DieselError {
+        DieselError::DatabaseError(
+            DatabaseErrorKind::ClosedConnection,
+            Box::new("server closed the connection unexpectedly".to_string()),
+        )
+    }
+
+    fn lock_conflict() -> DieselError {
+        DieselError::DatabaseError(
+            DatabaseErrorKind::Unknown,
+            Box::new("could not obtain lock on row in relation".to_string()),
+        )
+    }
+
+    /// An attempt whose statements failed with `e`, before its COMMIT.
+    fn failed_with(e: DieselError) -> Failure {
+        Failure {
+            error: AttemptError::Query(e),
+            rollback: None,
+            sent: None,
+        }
+    }
+
+    /// An attempt whose COMMIT was sent for keys `keys`, and whose answer was
+    /// lost with the connection.
+    fn commit_lost(keys: Option<(&str, &str)>) -> Failure {
+        Failure {
+            error: AttemptError::Query(lost()),
+            rollback: None,
+            sent: Some(Sent {
+                keys: keys.map(|(a, b)| (a.to_string(), b.to_string())),
+            }),
+        }
+    }
+
+    /// An attempt whose transaction body stopped with `abort`, as the driver
+    /// hands it on.
+    fn aborted(abort: Abort) -> Failure {
+        let (e, rollback) = abort.split();
+        Failure {
+            error: AttemptError::Query(e),
+            rollback,
+            sent: None,
+        }
+    }
+
+    fn row(rows: u64, batches: u64, last: Option<i64>, done: bool) -> Checkpoint {
+        Checkpoint {
+            name: "job".into(),
+            key_type: KEY_TYPE.into(),
+            last_key: last.map(|k| serde_json::to_string(&key(k)).unwrap()),
+            rows,
+            batches,
+            done,
+            updated_at: String::new(),
+            query_fingerprint: Some("fp".into()),
+        }
+    }
+
+    fn batch(n: usize, last: Option<i64>, more: bool) -> Committed<i64> {
+        Committed {
+            n,
+            written: n as u64,
+            last: last.map(key),
+            more,
+        }
+    }
+
+    fn retry_delay(next: Result<Next<i64>, Error>) -> Duration {
+        match next {
+            Ok(Next::Retry(d)) => d,
+            other => panic!("expected a retry, got {other:?}"),
+        }
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn transient_failures_are_retried_with_back_off_up_to_the_cap() {
+        let mut m = machine(scan(10, None, None), &WriteConfig::default(), Some(0), 3);
+        let plan = m.next_batch().unwrap().unwrap();
+        assert_eq!((plan.batch, plan.limit, plan.fetch()), (1, 10, 11));
+        // The back-off doubles (each wait is between half its ceiling and it).
+        for (attempt, ceiling) in [(1, 5), (2, 10), (3, 20)] {
+            assert_eq!(m.attempt(), attempt);
+            let d = retry_delay(m.failed(failed_with(lost())));
+            assert!(d >= ms(ceiling) / 2 && d <= ms(ceiling), "{d:?}");
+        }
+        assert_eq!(m.attempt(), 4);
+        match m.failed(failed_with(lost())) {
+            Err(Error::Database {
+                batch: 1,
+                attempts: 4,
+                last_key: Some(after),
+                ..
+            }) => assert!(after.contains('0'), "{after}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(m.engine().is_done());
+        assert_eq!(m.engine().queries, 4);
+        assert_eq!(m.finish().retries, 3);
+
+        // `max_retries` overrides the source's default.
+        let mut m = machine(scan(10, None, Some(1)), &WriteConfig::default(), None, 3);
+        m.next_batch().unwrap();
+        m.attempt();
+        retry_delay(m.failed(failed_with(lost())));
+        m.attempt();
+        assert!(matches!(
+            m.failed(failed_with(lost())),
+            Err(Error::Database { attempts: 2, .. })
+        ));
+
+        // A lent connection is not retried; an error of the query never is.
+        let mut m = machine(scan(10, None, None), &WriteConfig::default(), None, 0);
+        m.next_batch().unwrap();
+        m.attempt();
+        assert!(matches!(
+            m.failed(failed_with(lost())),
+            Err(Error::Database { attempts: 1, .. })
+        ));
+        let mut m = machine(scan(10, None, None), &WriteConfig::default(), None, 3);
+        m.next_batch().unwrap();
+        m.attempt();
+        assert!(matches!(
+            m.failed(failed_with(DieselError::NotFound)),
+            Err(Error::Database {
+                attempts: 1,
+                last_key: None,
+                source: DieselError::NotFound,
+                ..
+            })
+        ));
+        assert_eq!(m.finish().retries, 0);
+    }
+
+    #[test]
+    fn a_lost_commit_without_a_checkpoint_is_commit_unknown() {
+        // Even on a pool with retries left: the batch is never run again blindly.
+        let mut m = machine(scan(10, None, None), &WriteConfig::default(), Some(20), 3);
+        m.next_batch().unwrap();
+        m.attempt();
+        match m.failed(commit_lost(Some(("21", "30")))) {
+            Err(e @ Error::CommitUnknown { .. }) => {
+                assert!(
+                    e.to_string().starts_with("batch 1 may have committed"),
+                    "{e}"
+                );
+                let Error::CommitUnknown {
+                    batch,
+                    after,
+                    first,
+                    last,
+                    checkpoint,
+                    ..
+                } = e
+                else {
+                    unreachable!()
+                };
+                assert_eq!(batch, 1);
+                assert_eq!(after.as_deref(), Some("20"));
+                assert_eq!((first.as_str(), last.as_str()), ("21", "30"));
+                assert_eq!(checkpoint, None);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(m.finish().retries, 0);
+
+        // An empty final batch wrote nothing: committed or not, the job is done.
+        let mut m = machine(scan(10, None, None), &WriteConfig::default(), None, 0);
+        m.next_batch().unwrap();
+        m.attempt();
+        let next = m.failed(commit_lost(None)).unwrap();
+        assert_eq!(next, Next::Committed(batch(0, None, false)));
+        let Next::Committed(c) = next else {
+            unreachable!()
+        };
+        assert_eq!(m.committed(c, ms(1)).wait, None);
+        let report = m.finish();
+        assert!(report.done);
+        assert_eq!((report.rows, report.batches), (0, 0));
+    }
+
+    #[test]
+    fn a_lost_commit_with_a_checkpoint_adopts_the_batch_the_checkpoint_records() {
+        let job = with_checkpoint();
+        let mut m = machine(scan(10, None, None), &job, None, 3);
+        // Two batches (10 rows, up to key 5) committed in earlier runs.
+        let resumed = m.resume("job", &row(10, 2, Some(5), false), "fp", "id");
+        assert_eq!(resumed.unwrap(), Resume::After(Some(key(5))));
+        assert_eq!(m.totals(), (10, 2));
+        m.next_batch().unwrap();
+        // The first attempt: the row is where this run left it.
+        assert_eq!(m.attempt(), 1);
+        assert!(m
+            .locked("job", Ok(Some(row(10, 2, Some(5), false))))
+            .is_ok());
+        let at = m.position(Some(&key(8)), 3, 3, true).unwrap();
+        let stored = serde_json::to_string(&key(8)).unwrap();
+        assert_eq!(
+            at,
+            Position {
+                last_key: Some(stored),
+                rows: 13,
+                batches: 3,
+                done: false
+            }
+        );
+        // Its COMMIT's answer is lost: retried, since the checkpoint can tell.
+        retry_delay(m.failed(commit_lost(Some(("6", "8")))));
+        // The retry finds the row one batch ahead: that attempt committed.
+        assert_eq!(m.attempt(), 2);
+        let lock = m.locked("job", Ok(Some(row(13, 3, Some(8), false))));
+        let Err(abort) = lock else {
+            panic!("the batch was committed")
+        };
+        let next = m.failed(aborted(abort)).unwrap();
+        assert_eq!(next, Next::Committed(batch(3, Some(8), true)));
+        let Next::Committed(c) = next else {
+            unreachable!()
+        };
+        let advanced = m.committed(c, ms(1));
+        assert_eq!(advanced.after, Some(key(8)));
+        assert_eq!(advanced.wait, Some(Duration::ZERO));
+        // The next batch starts after 8, counted from there.
+        let plan = m.next_batch().unwrap().unwrap();
+        assert_eq!(plan.batch, 2);
+        assert_eq!(m.attempt(), 1);
+        assert!(m
+            .locked("job", Ok(Some(row(13, 3, Some(8), false))))
+            .is_ok());
+        let report = m.finish();
+        assert_eq!(
+            (
+                report.rows,
+                report.batches,
+                report.total_rows,
+                report.total_batches
+            ),
+            (3, 1, 13, 3)
+        );
+        assert_eq!(
+            (report.last_key, report.resumed_after, report.retries),
+            (Some(8), Some(5), 1)
+        );
+
+        // A retry that finds the job's final, empty batch committed.
+        let mut m = machine(scan(10, None, None), &job, None, 3);
+        m.resume("job", &row(10, 2, Some(5), false), "fp", "id")
+            .unwrap();
+        m.next_batch().unwrap();
+        m.attempt();
+        retry_delay(m.failed(commit_lost(None)));
+        m.attempt();
+        let Err(abort) = m.locked("job", Ok(Some(row(10, 2, Some(5), true)))) else {
+            panic!("the batch was committed")
+        };
+        assert_eq!(
+            m.failed(aborted(abort)).unwrap(),
+            Next::Committed(batch(0, Some(5), false))
+        );
+
+        // No retries left: the checkpoint cannot tell.
+        let mut m = machine(scan(10, None, None), &job, None, 0);
+        m.next_batch().unwrap();
+        m.attempt();
+        assert!(matches!(
+            m.failed(commit_lost(Some(("1", "10")))),
+            Err(Error::CommitUnknown { checkpoint: Some(name), .. }) if name == "job"
+        ));
+    }
+
+    #[test]
+    fn a_moved_checkpoint_is_another_runner() {
+        let mut m = machine(scan(10, None, None), &with_checkpoint(), None, 3);
+        m.resume("job", &row(10, 2, Some(5), false), "fp", "id")
+            .unwrap();
+        m.next_batch().unwrap();
+        // On a first attempt, a row ahead is another runner's batch.
+        m.attempt();
+        let abort = m.locked("job", Ok(Some(row(13, 3, Some(8), false))));
+        let Err(abort) = abort else { panic!() };
+        match m.failed(aborted(abort)) {
+            Err(e @ Error::CheckpointBusy { .. }) => {
+                assert!(e
+                    .to_string()
+                    .starts_with("job \"job\" is being run by another process"))
+            }
+            other => panic!("{other:?}"),
+        }
+        // A row two batches ahead, or gone, is too, also on a retry.
+        let mut m = machine(scan(10, None, None), &with_checkpoint(), None, 3);
+        m.resume("job", &row(10, 2, Some(5), false), "fp", "id")
+            .unwrap();
+        m.next_batch().unwrap();
+        m.attempt();
+        m.attempt();
+        for now in [Some(row(20, 4, Some(9), false)), None] {
+            let Err(abort) = m.locked("job", Ok(now)) else {
+                panic!()
+            };
+            assert!(matches!(
+                m.failed(aborted(abort)),
+                Err(Error::CheckpointBusy { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn a_busy_checkpoint_row_on_a_retry_is_retried_then_checkpoint_busy() {
+        let mut m = machine(scan(10, None, None), &with_checkpoint(), None, 3);
+        m.resume("job", &row(0, 0, None, false), "fp", "id")
+            .unwrap();
+        m.next_batch().unwrap();
+        // Locked on the first attempt: another runner holds the job.
+        m.attempt();
+        let Err(abort) = m.locked("job", Err(lock_conflict())) else {
+            panic!()
+        };
+        assert!(matches!(
+            m.failed(aborted(abort)),
+            Err(Error::CheckpointBusy { name }) if name == "job"
+        ));
+
+        let mut m = machine(scan(10, None, None), &with_checkpoint(), None, 3);
+        m.resume("job", &row(0, 0, None, false), "fp", "id")
+            .unwrap();
+        m.next_batch().unwrap();
+        m.attempt();
+        retry_delay(m.failed(failed_with(lost())));
+        // On a retry, the lock may be the broken attempt's, still rolling back.
+        for attempt in 2..=3 {
+            assert_eq!(m.attempt(), attempt);
+            let Err(abort) = m.locked("job", Err(lock_conflict())) else {
+                panic!()
+            };
+            let ceiling = ms(5 << (attempt - 1));
+            let d = retry_delay(m.failed(aborted(abort)));
+            assert!(d >= ceiling / 2 && d <= ceiling, "{d:?}");
+        }
+        assert_eq!(m.attempt(), 4);
+        let Err(abort) = m.locked("job", Err(lock_conflict())) else {
+            panic!()
+        };
+        assert!(matches!(
+            m.failed(aborted(abort)),
+            Err(Error::CheckpointBusy { name }) if name == "job"
+        ));
+        assert_eq!(m.finish().retries, 3);
+    }
+
+    #[derive(Debug)]
+    struct Wrapped(DieselError);
+
+    impl std::fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "wrapped")
+        }
+    }
+
+    impl std::error::Error for Wrapped {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn a_closure_error_stops_the_job_unless_it_is_a_lost_connection() {
+        let mut m = machine(scan(10, None, None), &WriteConfig::default(), Some(7), 3);
+        m.next_batch().unwrap();
+        m.attempt();
+        let f = aborted(Abort::User("no such customer".into()));
+        assert!(matches!(
+            f.error,
+            AttemptError::Query(DieselError::RollbackTransaction)
+        ));
+        match m.failed(f) {
+            Err(e @ Error::Batch { .. }) => {
+                assert_eq!(
+                    e.to_string(),
+                    "batch 1 failed and was rolled back (last committed key 7): \
+                     no such customer"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+
+        // Its connection broke: the pool is told so, and the batch retried.
+        let mut m = machine(scan(10, None, None), &WriteConfig::default(), Some(7), 1);
+        m.next_batch().unwrap();
+        m.attempt();
+        let f = aborted(Abort::User(Box::new(Wrapped(lost()))));
+        let AttemptError::Query(e) = &f.error else {
+            panic!()
+        };
+        assert!(connection_lost(e));
+        retry_delay(m.failed(f));
+        m.attempt();
+        let f = aborted(Abort::User(Box::new(Wrapped(lost()))));
+        match m.failed(f) {
+            Err(Error::Batch {
+                batch: 1,
+                last_committed,
+                source,
+            }) => {
+                assert_eq!(last_committed.as_deref(), Some("7"));
+                assert_eq!(source.to_string(), "wrapped");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(m.finish().retries, 1);
+    }
+
+    #[test]
+    fn an_error_of_the_batch_stops_the_job_without_a_retry() {
+        let mut m = machine(scan(10, None, None), &WriteConfig::default(), None, 3);
+        m.next_batch().unwrap();
+        m.attempt();
+        let e = Error::KeyMayMove {
+            columns: "t.id".into(),
+            reason: "generated".into(),
+        };
+        assert!(matches!(
+            m.failed(aborted(Abort::Fail(e))),
+            Err(Error::KeyMayMove { .. })
+        ));
+        assert!(m.engine().is_done());
+        assert!(m.next_batch().unwrap().is_none());
+    }
+
+    #[test]
+    fn an_empty_batch_ends_the_job() {
+        let mut m = machine(scan(10, None, None), &WriteConfig::default(), None, 0);
+        m.next_batch().unwrap();
+        m.attempt();
+        // Nothing to record but the start position: none.
+        let at = m.position(None, 0, 0, false).unwrap();
+        assert_eq!((at.last_key, at.batches, at.done), (None, 0, true));
+        let advanced = m.committed(batch(0, None, false), ms(1));
+        assert_eq!(
+            advanced,
+            Advanced {
+                after: None,
+                wait: None
+            }
+        );
+        assert!(m.next_batch().unwrap().is_none());
+        let report = m.finish();
+        assert!(report.done);
+        assert_eq!((report.rows, report.batches, report.last_key), (0, 0, None));
+
+        // A batch of rows with none after it ends it too.
+        let mut m = machine(scan(10, None, None), &WriteConfig::default(), Some(2), 0);
+        m.next_batch().unwrap();
+        m.attempt();
+        assert_eq!(m.committed(batch(4, Some(6), false), ms(1)).wait, None);
+        let report = m.finish();
+        assert!(report.done);
+        assert_eq!(
+            (report.rows, report.batches, report.last_key),
+            (4, 1, Some(6))
+        );
+
+        // An empty batch keeps the position it started after.
+        let m = machine(scan(10, None, None), &WriteConfig::default(), Some(2), 0);
+        let at = m.position(None, 0, 0, false).unwrap();
+        assert_eq!(at.last_key, Some(serde_json::to_string(&key(2)).unwrap()));
+    }
+
+    #[test]
+    fn bounds_that_hold_no_key_end_the_job_before_any_batch() {
+        let compare = |a: &i64, b: &i64| a.partial_cmp(b);
+        let mut b = bounds(Some(5));
+        b.until = Some(key(5));
+        let job = WriteConfig::default();
+        let mut m = WriteMachine::new(
+            scan(10, None, None),
+            &job,
+            KeyOrigin::Rows,
+            &b,
+            compare,
+            KEY_TYPE.into(),
+            0,
+        );
+        assert!(m.bounds_empty());
+        assert!(m.next_batch().unwrap().is_none());
+        assert!(m.finish().done);
+    }
+
+    #[test]
+    fn limit_total_caps_the_last_batch_and_the_job() {
+        let mut m = machine(scan(10, Some(15), None), &WriteConfig::default(), None, 0);
+        let plan = m.next_batch().unwrap().unwrap();
+        assert_eq!(plan.limit, 10);
+        m.attempt();
+        assert!(m.committed(batch(10, Some(10), true), ms(1)).wait.is_some());
+        let plan = m.next_batch().unwrap().unwrap();
+        assert_eq!((plan.batch, plan.limit), (2, 5));
+        m.attempt();
+        let advanced = m.committed(batch(5, Some(15), true), ms(1));
+        assert_eq!(
+            advanced,
+            Advanced {
+                after: Some(key(15)),
+                wait: None
+            }
+        );
+        assert!(m.next_batch().unwrap().is_none());
+        let report = m.finish();
+        // Rows are left: the job is not done, only this run.
+        assert!(!report.done);
+        assert_eq!(
+            (report.rows, report.batches, report.last_key),
+            (15, 2, Some(15))
+        );
+    }
+
+    #[test]
+    fn batches_are_sized_toward_the_target_time_within_min_and_max() {
+        let sized = |batch_size, min, max| {
+            let job = WriteConfig {
+                target_batch_time: Some(ms(100)),
+                min_batch_size: min,
+                max_batch_size: max,
+                ..WriteConfig::default()
+            };
+            machine(scan(batch_size, None, None), &job, None, 0)
+        };
+        // The first batch is within [min, max] too.
+        let mut m = sized(1000, None, Some(10));
+        assert_eq!(m.batch_size(), 10);
+        assert_eq!(m.next_batch().unwrap().unwrap().limit, 10);
+        assert_eq!(m.finish().batch_size, 10);
+        let mut m = sized(5, Some(40), None);
+        assert_eq!(m.next_batch().unwrap().unwrap().limit, 40);
+        // Sizes a scan refuses stay refused.
+        let mut m = sized(0, Some(40), None);
+        assert!(matches!(
+            m.next_batch(),
+            Err(Error::InvalidBatchSize { batch_size: 0 })
+        ));
+
+        // Fast batches grow by 1.2× at most, up to the max; a slow one halves,
+        // down to the min.
+        let mut m = sized(1000, Some(700), Some(1300));
+        let mut sizes = vec![];
+        for (n, took) in [(1000, 10), (1200, 10), (1300, 10_000), (700, 10_000)] {
+            let plan = m.next_batch().unwrap().unwrap();
+            assert_eq!(plan.limit, n as i64);
+            m.attempt();
+            let last = Some(plan.batch as i64 * 10_000);
+            m.committed(batch(n, last, true), ms(took));
+            sizes.push(m.batch_size());
+        }
+        assert_eq!(sizes, [1200, 1300, 700, 700]);
+        assert_eq!(m.finish().batch_size, 700);
+
+        // Without a target, the size stays.
+        let mut m = machine(scan(100, None, None), &WriteConfig::default(), None, 0);
+        m.next_batch().unwrap();
+        m.attempt();
+        m.committed(batch(100, Some(100), true), ms(10_000));
+        assert_eq!(m.batch_size(), 100);
+    }
+
+    #[test]
+    fn pause_and_throttle_waits_add_up_saturating() {
+        let seen = Arc::new(Mutex::new(vec![]));
+        let log = seen.clone();
+        let job = WriteConfig {
+            pause: Some(ms(5)),
+            throttle: Some(Arc::new(move |s: &BatchStats| {
+                log.lock().unwrap().push(s.clone());
+                Some(ms(7))
+            })),
+            ..WriteConfig::default()
+        };
+        let mut m = machine(scan(10, None, None), &job, None, 0);
+        m.next_batch().unwrap();
+        m.attempt();
+        assert_eq!(
+            m.committed(batch(10, Some(10), true), ms(3)).wait,
+            Some(ms(12))
+        );
+        // No wait after the last batch, and the throttle is not asked.
+        m.next_batch().unwrap();
+        m.attempt();
+        assert_eq!(m.committed(batch(4, Some(14), false), ms(3)).wait, None);
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 1);
+        let s = &seen[0];
+        assert_eq!(
+            (s.batch, s.rows, s.duration, s.total_rows, s.next_batch_size),
+            (1, 10, ms(3), 10, 10)
+        );
+
+        let saturating = |pause, asked| {
+            let job = WriteConfig {
+                pause,
+                throttle: Some(Arc::new(move |_: &BatchStats| asked)),
+                ..WriteConfig::default()
+            };
+            let mut m = machine(scan(10, None, None), &job, None, 0);
+            m.next_batch().unwrap();
+            m.attempt();
+            m.committed(batch(10, Some(10), true), ms(1)).wait
+        };
+        let max = Duration::MAX;
+        assert_eq!(saturating(Some(max), Some(ms(1000))), Some(max));
+        assert_eq!(saturating(Some(max), Some(max)), Some(max));
+        assert_eq!(saturating(None, Some(max)), Some(max));
+        assert_eq!(saturating(None, None), Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn a_checkpoint_of_another_job_is_refused_and_a_finished_one_runs_nothing() {
+        let mut m = machine(scan(10, None, None), &with_checkpoint(), None, 3);
+        let mut new = row(0, 0, None, false);
+        assert!(!m.claims(&new));
+        new.query_fingerprint = None;
+        assert!(m.claims(&new));
+        new.key_type = "t.id as i32".into();
+        assert!(!m.claims(&new));
+        let mut other_key = row(0, 0, None, false);
+        other_key.key_type = "t.id as i32".into();
+        match m.resume("job", &other_key, "fp", "id") {
+            Err(e @ Error::CheckpointMismatch { .. }) => assert_eq!(
+                e.to_string(),
+                "job \"job\" has a checkpoint of key t.id as i32, not t.id as i64; use another \
+                 job name, or checkpoint::reset the job to start it over"
+            ),
+            other => panic!("{other:?}"),
+        }
+        let mut m = machine(scan(10, None, None), &with_checkpoint(), None, 3);
+        match m.resume("job", &row(0, 0, None, false), "fp2", "update_all\nSET x") {
+            Err(Error::CheckpointMismatch {
+                stored, expected, ..
+            }) => {
+                assert_eq!(stored, "t.id as i64 and query fp");
+                assert_eq!(expected, "t.id as i64 and query fp2 (update_all; SET x)");
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut m = machine(scan(10, None, None), &with_checkpoint(), None, 3);
+        let mut bad = row(0, 0, None, false);
+        bad.last_key = Some("\"x\"".into());
+        assert!(matches!(
+            m.resume("job", &bad, "fp", "id"),
+            Err(Error::CheckpointMismatch { .. })
+        ));
+
+        let mut m = machine(scan(10, None, None), &with_checkpoint(), None, 3);
+        let resumed = m.resume("job", &row(30, 3, Some(9), true), "fp", "id");
+        assert_eq!(resumed.unwrap(), Resume::Done);
+        let report = m.finish();
+        assert!(report.done);
+        assert_eq!(
+            (report.total_rows, report.total_batches, report.rows),
+            (30, 3, 0)
+        );
+    }
+
+    #[test]
+    fn a_job_with_empty_bounds_marks_its_checkpoint_done_once() {
+        let mut m = machine(scan(10, None, None), &with_checkpoint(), None, 3);
+        let start = row(10, 2, Some(5), false);
+        let is = |lock: EmptyLock, want: &str| {
+            let got = format!("{lock:?}");
+            assert!(got.starts_with(want), "{got}");
+        };
+        is(m.empty_locked(Ok(Some(start.clone())), &start, 1), "Mark");
+        // On a retry, a row already done is the attempt before's.
+        let mut done = start.clone();
+        done.done = true;
+        is(m.empty_locked(Ok(Some(done.clone())), &start, 2), "Done");
+        // On a first attempt it is another runner's; so is a row moved on.
+        is(m.empty_locked(Ok(Some(done)), &start, 1), "Busy");
+        is(
+            m.empty_locked(Ok(Some(row(13, 3, Some(8), false))), &start, 2),
+            "Busy",
+        );
+        is(m.empty_locked(Ok(None), &start, 1), "Busy");
+        is(m.empty_locked(Err(lock_conflict()), &start, 1), "Busy");
+        is(m.empty_locked(Err(lost()), &start, 1), "Failed");
+        // A lost connection is retried; a busy row stops the job.
+        let d = m.empty_failed(1, false, AttemptError::Query(lost()));
+        assert!(d.unwrap() <= ms(5));
+        let busy = AttemptError::Query(lock_conflict());
+        assert!(matches!(
+            m.empty_failed(1, true, busy),
+            Err(Error::CheckpointBusy { name }) if name == "job"
+        ));
+    }
+
+    #[test]
+    fn the_checkpoint_start_is_retried_as_a_batch_is() {
+        let mut m = machine(scan(10, None, None), &with_checkpoint(), None, 1);
+        let d = m.start_failed(1, AttemptError::Query(lost())).unwrap();
+        assert!(d <= ms(5));
+        assert!(matches!(
+            m.start_failed(2, AttemptError::Query(lost())),
+            Err(Error::Database { attempts: 2, .. })
+        ));
+    }
+
+    #[test]
+    fn the_first_batch_is_within_min_and_max() {
+        let s = Duration::from_secs(1);
+        assert_eq!(BatchSizer::new(s, 1000, None, Some(10)).first(1000), 10);
+        assert_eq!(BatchSizer::new(s, 5, Some(40), None).first(5), 40);
+        assert_eq!(
+            BatchSizer::new(s, 100, Some(10), Some(1000)).first(100),
+            100
+        );
+        // min above max: the min wins, as for every later batch
+        assert_eq!(BatchSizer::new(s, 100, Some(50), Some(20)).first(100), 50);
+        // sizes a scan refuses stay refused
+        assert_eq!(BatchSizer::new(s, 0, None, Some(10)).first(0), 0);
+        let huge = u64::MAX;
+        assert_eq!(BatchSizer::new(s, huge, None, None).first(huge), huge);
+        // the default max (10 × the start) stays a valid LIMIT
+        let big = crate::engine::MAX_BATCH_SIZE;
+        let mut sizer = BatchSizer::new(s, big, None, None);
+        assert_eq!(sizer.next(big, big, Duration::from_nanos(1)), big);
+    }
+
+    #[test]
+    fn waits_saturate() {
+        let max = Duration::MAX;
+        assert_eq!(wait_after(Some(max), Some(Duration::from_secs(1))), max);
+        assert_eq!(wait_after(Some(max), Some(max)), max);
+        assert_eq!(wait_after(None, Some(max)), max);
+        assert_eq!(wait_after(None, None), Duration::ZERO);
+        let ms = Duration::from_millis;
+        assert_eq!(wait_after(Some(ms(5)), Some(ms(7))), ms(12));
+    }
+
+    #[test]
+    fn batch_size_grows_slowly_and_shrinks_fast() {
+        let ms = Duration::from_millis;
+        let mut s = BatchSizer::new(ms(100), 1000, None, Some(5000));
+        // 10 ms for 1000 rows: far under target, grow by at most 1.2×
+        assert_eq!(s.next(1000, 1000, ms(10)), 1200);
+        assert_eq!(s.next(1200, 1200, ms(12)), 1440);
+        // suddenly 10× slower per row: shrink at most by half
+        let mut s = BatchSizer::new(ms(100), 1000, None, None);
+        assert_eq!(s.next(1000, 1000, ms(1000)), 500);
+        // on target: stay
+        let mut s = BatchSizer::new(ms(100), 1000, None, None);
+        assert_eq!(s.next(1000, 1000, ms(100)), 1000);
+        // bounds apply
+        let mut s = BatchSizer::new(ms(100), 1000, Some(800), Some(1100));
+        assert_eq!(s.next(1000, 1000, ms(10)), 1100);
+        assert_eq!(s.next(1000, 1000, ms(10_000)), 800);
+        // smoothing: one fast batch after slow ones does not jump to the ideal
+        let mut s = BatchSizer::new(ms(100), 1000, None, None);
+        assert_eq!(s.next(1000, 1000, ms(200)), 500);
+        assert_eq!(s.next(500, 500, ms(10)), 600); // per row (0.2 + 0.02) / 2 ms
+    }
+}
