@@ -404,6 +404,42 @@ backend_tests! {
         assert!(all_once(&counters(&mut conn)), "{:?}", counters(&mut conn));
     }
 
+    /// A run started while the job's checkpoint row is still locked by a
+    /// runner that died inside a batch (the server has not yet noticed its
+    /// closed connection and rolled its transaction back; here another
+    /// connection holds the row and lets it go after 700 ms) waits for the
+    /// row and resumes exactly, instead of stopping with `CheckpointBusy`.
+    fn a_run_started_before_a_dead_runner_s_lock_is_gone_waits_for_it(db) {
+        let mut conn = connect::<B>(&db);
+        create_items(&mut conn);
+        checkpoint::create_table(&mut conn).unwrap();
+        let job = || items::table.chunked_by(items::id).batch_size(50).checkpoint("held");
+        let first = job().limit_total(150).for_each_batch(&mut conn, bump).unwrap();
+        assert_eq!((first.rows, first.batches, first.done), (150, 3, false));
+
+        let mut holder = connect::<B>(&db);
+        let locked = Barrier::new(2);
+        let (report, held) = std::thread::scope(|s| {
+            let held = s.spawn(|| {
+                holder.transaction(|c| {
+                    // Locks the row (SQLite: takes the database's write lock).
+                    diesel::sql_query("UPDATE chunked_checkpoints SET rows_done = rows_done WHERE name = 'held'")
+                        .execute(c)?;
+                    locked.wait();
+                    std::thread::sleep(Duration::from_millis(700));
+                    Err::<(), _>(diesel::result::Error::RollbackTransaction)
+                })
+            });
+            locked.wait(); // the row is locked now
+            let report = job().for_each_batch(&mut conn, bump);
+            (report, held.join().unwrap())
+        });
+        assert_eq!(held, Err(diesel::result::Error::RollbackTransaction));
+        let report = report.unwrap();
+        assert_eq!((report.resumed_after, report.rows, report.total_batches, report.done), (Some(150), 450, 12, true));
+        assert!(all_once(&counters(&mut conn)), "{:?}", counters(&mut conn));
+    }
+
     fn a_runner_killed_inside_a_batch_resumes_exactly(db) {
         let mut conn = connect::<B>(&db);
         create_items(&mut conn);
