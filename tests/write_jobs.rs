@@ -477,6 +477,82 @@ backend_tests! {
     }
 }
 
+/// A checkpoint row that another transaction holds for longer than a run
+/// waits for it (a live runner's long batch, or a dead runner's that the
+/// server has not noticed): the run stops with `CheckpointBusy` once its wait
+/// of 5 s is over, and writes nothing. Were the wait endless, the holder would
+/// give the row up after a minute and the run would go on. PostgreSQL and
+/// MariaDB: on SQLite the write lock is waited for by the `busy_timeout`.
+macro_rules! held_lock_test {
+    ($name:ident, $backend:ty, $feature:literal) => {
+        #[cfg(feature = $feature)]
+        #[test]
+        fn $name() {
+            let db = <$backend as TestBackend>::create();
+            let mut conn = <$backend as TestBackend>::connect(&db);
+            create_items(&mut conn);
+            checkpoint::create_table(&mut conn).unwrap();
+            let job = || {
+                items::table
+                    .chunked_by(items::id)
+                    .batch_size(50)
+                    .checkpoint("held")
+            };
+            job()
+                .limit_total(150)
+                .for_each_batch(&mut conn, bump)
+                .unwrap();
+            let mut holder = <$backend as TestBackend>::connect(&db);
+            let locked = Barrier::new(2);
+            let (release, released) = std::sync::mpsc::channel::<()>();
+            let (result, waited) = std::thread::scope(|s| {
+                let (holder, locked) = (&mut holder, &locked);
+                let held = s.spawn(move || {
+                    holder.transaction(|c| {
+                        diesel::sql_query(
+                            "UPDATE chunked_checkpoints SET rows_done = rows_done WHERE name = 'held'",
+                        )
+                        .execute(c)?;
+                        locked.wait();
+                        let _ = released.recv_timeout(Duration::from_secs(60));
+                        Err::<(), _>(diesel::result::Error::RollbackTransaction)
+                    })
+                });
+                locked.wait(); // the row is locked now, until the run returns
+                let t = Instant::now();
+                let result = job().for_each_batch(&mut conn, bump);
+                let waited = t.elapsed();
+                release.send(()).unwrap();
+                assert!(held.join().unwrap().is_err());
+                (result, waited)
+            });
+            assert!(
+                matches!(&result, Err(Error::CheckpointBusy { name }) if name == "held"),
+                "{result:?}"
+            );
+            assert!(waited >= Duration::from_secs(5), "gave up after {waited:?}");
+            let c = counters(&mut conn);
+            assert!(
+                c.iter().all(|(&id, &n)| n == i32::from(id <= 150)),
+                "{c:?}"
+            );
+            let row = checkpoint::status(&mut conn, "held").unwrap().unwrap();
+            assert_eq!((row.rows, row.batches, row.done), (150, 3, false));
+        }
+    };
+}
+
+held_lock_test!(
+    postgres_a_lock_held_longer_than_the_wait_is_checkpoint_busy,
+    common::Pg,
+    "postgres"
+);
+held_lock_test!(
+    mariadb_a_lock_held_longer_than_the_wait_is_checkpoint_busy,
+    common::Mysql,
+    "mysql"
+);
+
 /// The process `a_runner_killed_inside_a_batch_resumes_exactly` kills: run by
 /// that test only (it is ignored otherwise).
 #[test]
