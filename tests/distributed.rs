@@ -340,7 +340,11 @@ macro_rules! distributed_tests {
                 let db = <$backend as common::TestBackend>::create();
                 let obs = Observer::new();
                 let job = obs.job("fail");
-                let settings = [("ACK_WAIT_MS", "5000"), ("MAX_DELIVERIES", "3"), ("RETRY_DELAY_MS", "200")];
+                // No worker dies here, so no slice waits for its ack deadline: a
+                // long one costs nothing, and a batch stalled on a busy machine
+                // (a slow commit, a starved process) is not taken for a dead
+                // worker, whose slice would run twice at once.
+                let settings = [("ACK_WAIT_MS", "120000"), ("MAX_DELIVERIES", "3"), ("RETRY_DELAY_MS", "200")];
                 let plan = run(&db, &["plan", "--job", &job, "--slices", "4", "--seed-rows", "200"], &settings);
                 assert!(plan.status.success(), "plan: {}", String::from_utf8_lossy(&plan.stderr));
                 // Publishing again adds nothing.
