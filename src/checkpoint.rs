@@ -147,8 +147,10 @@
 //! Each batch runs in one transaction
 //! ([`batch_transaction`](CheckpointConnection::batch_transaction)) that first
 //! locks the job's row, without waiting: two runs of one job never write batches
-//! at the same time, and the second one learns it at once instead of queueing
-//! behind the first.
+//! at the same time, and the second one learns it instead of queueing behind the
+//! first. (A write job's batch tries a conflicting lock again, in a savepoint, for
+//! up to 5 s: a runner that died inside a batch holds the row until the server
+//! rolls its transaction back. Then it checks that the row did not move on.)
 //!
 //! - PostgreSQL: a plain transaction; the row is locked with
 //!   `SELECT ... FOR UPDATE NOWAIT`, which fails at once with SQLSTATE 55P03

@@ -6,7 +6,8 @@
 //!
 //! ```text
 //! BEGIN                                         -- SQLite: BEGIN IMMEDIATE; MySQL: READ COMMITTED
-//! [SELECT ... FROM chunked_checkpoints WHERE name = $job FOR UPDATE NOWAIT]
+//! [SAVEPOINT; SELECT ... FROM chunked_checkpoints WHERE name = $job FOR UPDATE NOWAIT; RELEASE SAVEPOINT]
+//!   -- a first attempt: while the row is locked, rolled back to the savepoint and tried again, up to 5 s
 //! SELECT <key> FROM t WHERE (<filters>) AND key > $lo ORDER BY key LIMIT <n + 1>
 //! [SELECT ... generated key columns, UPDATE triggers of t]   -- update_all, first batch only
 //! [SELECT count(*) FROM t WHERE key > $lo AND key <= $hi; SAVEPOINT]  -- t has UPDATE triggers
@@ -390,7 +391,12 @@ where
     let ran = source.run(attempt > 1, |conn| {
         let result = conn.batch_transaction(|conn| -> Result<_, Abort> {
             if let Some(name) = name {
-                m.locked(name, conn.lock_checkpoint(name))?;
+                let row = if m.first_attempt() {
+                    lock_waiting(conn, name)
+                } else {
+                    conn.lock_checkpoint(name)
+                };
+                m.locked(name, row)?;
             }
             let mut loaded = rows.load(query, conn, plan.fetch())?;
             let checked = m
@@ -482,6 +488,39 @@ where
         match ran {
             Ok(()) => return Ok(()),
             Err(e) => std::thread::sleep(m.empty_failed(attempt, busy, e)?),
+        }
+    }
+}
+
+/// How long the first attempt of a batch waits for the checkpoint row that
+/// another transaction holds, before the job stops with
+/// [`Error::CheckpointBusy`].
+const LOCK_WAIT: Duration = Duration::from_secs(5);
+
+/// [`lock_checkpoint`](CheckpointConnection::lock_checkpoint) in a savepoint
+/// of the batch's transaction, tried again (after
+/// [`retry_delay`](crate::source::retry_delay)) while the row is locked, for
+/// at most [`LOCK_WAIT`]. A runner that died inside a batch holds the row
+/// until the server notices its closed connection and rolls its transaction
+/// back, so a run started right after the crash waits for that instead of
+/// stopping. A live runner is no less excluded: once the row is free, `lock`
+/// finds it moved on by the other runner's batch.
+///
+/// The savepoint keeps the batch's transaction usable after a failed lock
+/// (PostgreSQL aborts a transaction on any error).
+fn lock_waiting<C: CheckpointConnection>(
+    conn: &mut C,
+    name: &str,
+) -> diesel::QueryResult<Option<Checkpoint>> {
+    let started = Instant::now();
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match conn.transaction(|conn| conn.lock_checkpoint(name)) {
+            Err(e) if is_lock_conflict(&e) && started.elapsed() < LOCK_WAIT => {
+                std::thread::sleep(crate::source::retry_delay(attempt));
+            }
+            locked => return locked,
         }
     }
 }

@@ -381,6 +381,11 @@ impl Worker {
                 }
             }
         };
+        // Reports the run sent before it ended, not taken yet when it did.
+        while let Ok(p) = rx.try_recv() {
+            owner.record.rows = base_rows + p.rows;
+            owner.record.batches = base_batches + p.batches;
+        }
         let outcome = match result {
             Ok(Ok(r)) if r.done => Ok(r),
             Ok(Ok(r)) => Err(format!(

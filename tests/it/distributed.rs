@@ -340,7 +340,11 @@ macro_rules! distributed_tests {
                 let db = <$backend as common::TestBackend>::create();
                 let obs = Observer::new();
                 let job = obs.job("fail");
-                let settings = [("ACK_WAIT_MS", "5000"), ("MAX_DELIVERIES", "3"), ("RETRY_DELAY_MS", "200")];
+                // No worker dies here, so no slice waits for its ack deadline: a
+                // long one costs nothing, and a batch stalled on a busy machine
+                // (a slow commit, a starved process) is not taken for a dead
+                // worker, whose slice would run twice at once.
+                let settings = [("ACK_WAIT_MS", "120000"), ("MAX_DELIVERIES", "3"), ("RETRY_DELAY_MS", "200")];
                 let plan = run(&db, &["plan", "--job", &job, "--slices", "4", "--seed-rows", "200"], &settings);
                 assert!(plan.status.success(), "plan: {}", String::from_utf8_lossy(&plan.stderr));
                 // Publishing again adds nothing.
@@ -532,4 +536,58 @@ fn workers_of_the_wrong_key_type_take_no_delivery() {
         seqs,
         rows.iter().map(|e| (e.id, e.seq + 10)).collect::<Vec<_>>()
     );
+}
+
+/// A run that reports its committed batches and fails right after: the slice
+/// is failed with the rows and batches of its last report, also when the run
+/// ends before the worker has taken that report (eight slices, so that a
+/// report left behind would show in one of them).
+#[cfg(feature = "sqlite")]
+#[test]
+fn a_failed_slice_keeps_the_rows_its_last_report_gave() {
+    use common::{event, events, insert_events, Event};
+    use diesel_chunked_iterator::jetstream::{JobOptions, Slice, Worker};
+
+    let db = <common::Sqlite as common::TestBackend>::create();
+    let mut conn = <common::Sqlite as common::TestBackend>::connect(&db);
+    let rows: Vec<Event> = (1..=800).map(|id| event(id, id as i16)).collect();
+    insert_events(&mut conn, &rows);
+    let parts: Vec<Partition<i64>> = events::table
+        .chunked_by(events::id)
+        .partitions(8, &mut conn)
+        .unwrap();
+    assert_eq!(parts.len(), 8);
+
+    let obs = Observer::new();
+    let name = obs.job("lastreport");
+    let options = JobOptions::default()
+        .ack_wait(Duration::from_secs(60))
+        .max_deliveries(1);
+    let report = obs
+        .rt
+        .block_on(async {
+            Job::publish_with(&obs.js, &name, &parts, options)
+                .await
+                .unwrap();
+            let worker = Worker::new(&obs.js, &name)
+                .poll(Duration::from_millis(200))
+                .run(|slice: &Slice<i64>| {
+                    slice.committed(10, 1);
+                    slice.committed(20, 2);
+                    Err::<diesel_chunked_iterator::WriteReport<i64>, _>("batch 3 failed")
+                });
+            tokio::time::timeout(Duration::from_secs(60), worker).await
+        })
+        .expect("the worker finished")
+        .expect("the worker ran the job");
+    assert_eq!((report.done, report.failed), (0, 8));
+    let s = obs.status(&name);
+    assert_eq!((s.done, s.failed, s.rows), (0, 8, 160));
+    for x in &s.slice {
+        assert_eq!(
+            (x.state, x.deliveries, x.rows, x.batches, x.error.as_deref()),
+            (SliceState::Failed, 1, 20, 2, Some("batch 3 failed")),
+            "{x:?}"
+        );
+    }
 }

@@ -404,6 +404,42 @@ backend_tests! {
         assert!(all_once(&counters(&mut conn)), "{:?}", counters(&mut conn));
     }
 
+    /// A run started while the job's checkpoint row is still locked by a
+    /// runner that died inside a batch (the server has not yet noticed its
+    /// closed connection and rolled its transaction back; here another
+    /// connection holds the row and lets it go after 700 ms) waits for the
+    /// row and resumes exactly, instead of stopping with `CheckpointBusy`.
+    fn a_run_started_before_a_dead_runner_s_lock_is_gone_waits_for_it(db) {
+        let mut conn = connect::<B>(&db);
+        create_items(&mut conn);
+        checkpoint::create_table(&mut conn).unwrap();
+        let job = || items::table.chunked_by(items::id).batch_size(50).checkpoint("held");
+        let first = job().limit_total(150).for_each_batch(&mut conn, bump).unwrap();
+        assert_eq!((first.rows, first.batches, first.done), (150, 3, false));
+
+        let mut holder = connect::<B>(&db);
+        let locked = Barrier::new(2);
+        let (report, held) = std::thread::scope(|s| {
+            let held = s.spawn(|| {
+                holder.transaction(|c| {
+                    // Locks the row (SQLite: takes the database's write lock).
+                    diesel::sql_query("UPDATE chunked_checkpoints SET rows_done = rows_done WHERE name = 'held'")
+                        .execute(c)?;
+                    locked.wait();
+                    std::thread::sleep(Duration::from_millis(700));
+                    Err::<(), _>(diesel::result::Error::RollbackTransaction)
+                })
+            });
+            locked.wait(); // the row is locked now
+            let report = job().for_each_batch(&mut conn, bump);
+            (report, held.join().unwrap())
+        });
+        assert_eq!(held, Err(diesel::result::Error::RollbackTransaction));
+        let report = report.unwrap();
+        assert_eq!((report.resumed_after, report.rows, report.total_batches, report.done), (Some(150), 450, 12, true));
+        assert!(all_once(&counters(&mut conn)), "{:?}", counters(&mut conn));
+    }
+
     fn a_runner_killed_inside_a_batch_resumes_exactly(db) {
         let mut conn = connect::<B>(&db);
         create_items(&mut conn);
@@ -440,6 +476,82 @@ backend_tests! {
         assert!(all_once(&counters(&mut conn)), "{:?}", counters(&mut conn));
     }
 }
+
+/// A checkpoint row that another transaction holds for longer than a run
+/// waits for it (a live runner's long batch, or a dead runner's that the
+/// server has not noticed): the run stops with `CheckpointBusy` once its wait
+/// of 5 s is over, and writes nothing. Were the wait endless, the holder would
+/// give the row up after a minute and the run would go on. PostgreSQL and
+/// MariaDB: on SQLite the write lock is waited for by the `busy_timeout`.
+macro_rules! held_lock_test {
+    ($name:ident, $backend:ty, $feature:literal) => {
+        #[cfg(feature = $feature)]
+        #[test]
+        fn $name() {
+            let db = <$backend as TestBackend>::create();
+            let mut conn = <$backend as TestBackend>::connect(&db);
+            create_items(&mut conn);
+            checkpoint::create_table(&mut conn).unwrap();
+            let job = || {
+                items::table
+                    .chunked_by(items::id)
+                    .batch_size(50)
+                    .checkpoint("held")
+            };
+            job()
+                .limit_total(150)
+                .for_each_batch(&mut conn, bump)
+                .unwrap();
+            let mut holder = <$backend as TestBackend>::connect(&db);
+            let locked = Barrier::new(2);
+            let (release, released) = std::sync::mpsc::channel::<()>();
+            let (result, waited) = std::thread::scope(|s| {
+                let (holder, locked) = (&mut holder, &locked);
+                let held = s.spawn(move || {
+                    holder.transaction(|c| {
+                        diesel::sql_query(
+                            "UPDATE chunked_checkpoints SET rows_done = rows_done WHERE name = 'held'",
+                        )
+                        .execute(c)?;
+                        locked.wait();
+                        let _ = released.recv_timeout(Duration::from_secs(60));
+                        Err::<(), _>(diesel::result::Error::RollbackTransaction)
+                    })
+                });
+                locked.wait(); // the row is locked now, until the run returns
+                let t = Instant::now();
+                let result = job().for_each_batch(&mut conn, bump);
+                let waited = t.elapsed();
+                release.send(()).unwrap();
+                assert!(held.join().unwrap().is_err());
+                (result, waited)
+            });
+            assert!(
+                matches!(&result, Err(Error::CheckpointBusy { name }) if name == "held"),
+                "{result:?}"
+            );
+            assert!(waited >= Duration::from_secs(5), "gave up after {waited:?}");
+            let c = counters(&mut conn);
+            assert!(
+                c.iter().all(|(&id, &n)| n == i32::from(id <= 150)),
+                "{c:?}"
+            );
+            let row = checkpoint::status(&mut conn, "held").unwrap().unwrap();
+            assert_eq!((row.rows, row.batches, row.done), (150, 3, false));
+        }
+    };
+}
+
+held_lock_test!(
+    postgres_a_lock_held_longer_than_the_wait_is_checkpoint_busy,
+    common::Pg,
+    "postgres"
+);
+held_lock_test!(
+    mariadb_a_lock_held_longer_than_the_wait_is_checkpoint_busy,
+    common::Mysql,
+    "mysql"
+);
 
 /// The process `a_runner_killed_inside_a_batch_resumes_exactly` kills: run by
 /// that test only (it is ignored otherwise).
@@ -491,9 +603,15 @@ fn crash_child() {
 /// While a batch's transaction is open (each row's update sleeps in the
 /// database, 5 rows a batch), another connection updates a row of a later batch
 /// with a short lock timeout: it is not blocked. A row of the open batch is:
-/// the same update of its first row times out.
+/// the same update of its first row, right after, times out.
+///
+/// No clock is read: the other connection first waits until the batch holds
+/// its first row (a `FOR UPDATE NOWAIT` read of it fails), and the update of
+/// that row failing after the outside update shows the batch was open all
+/// through it. So had the outside update met a lock of the batch, it would
+/// have waited past its lock timeout and failed.
 macro_rules! outside_writer_test {
-    ($name:ident, $backend:ty, $feature:literal, $sleep:literal, $timeout:literal, $open_after:literal) => {
+    ($name:ident, $backend:ty, $feature:literal, $sleep:literal, $timeout:literal) => {
         #[cfg(feature = $feature)]
         #[test]
         fn $name() {
@@ -515,13 +633,28 @@ macro_rules! outside_writer_test {
                                     + diesel::dsl::sql::<diesel::sql_types::Integer>($sleep)),
                         )
                 });
-                // the batch is open now, and has locked its first row
-                std::thread::sleep(Duration::from_millis($open_after));
-                let t = Instant::now();
+                // Wait until the batch is open and has locked its first row.
+                loop {
+                    let probe = items::table
+                        .find(1)
+                        .select(items::id)
+                        .for_update()
+                        .no_wait()
+                        .first::<i32>(&mut other);
+                    match probe {
+                        Ok(_) => {
+                            assert!(!job.is_finished(), "the batch never held row 1");
+                            std::thread::sleep(Duration::from_millis(5));
+                        }
+                        Err(e) => {
+                            assert!(checkpoint::is_lock_conflict(&e), "{e:?}");
+                            break;
+                        }
+                    }
+                }
                 let outside = diesel::update(items::table.find(300))
                     .set(items::n.eq(items::n + 10))
                     .execute(&mut other);
-                let outside = (outside, t.elapsed());
                 let inside = diesel::update(items::table.find(1))
                     .set(items::n.eq(items::n + 10))
                     .execute(&mut other);
@@ -529,16 +662,9 @@ macro_rules! outside_writer_test {
                 assert_eq!(report.rows, 5);
                 (outside, inside)
             });
-            assert_eq!(outside.0, Ok(1), "a row of a later batch must not wait");
-            assert!(
-                outside.1 < Duration::from_millis(300),
-                "waited {:?}",
-                outside.1
-            );
-            assert!(
-                inside.is_err(),
-                "a row of the open batch is locked: {inside:?}"
-            );
+            assert_eq!(outside, Ok(1), "a row of a later batch must not wait");
+            let inside = inside.expect_err("a row of the open batch is locked");
+            assert!(checkpoint::is_lock_conflict(&inside), "{inside:?}");
             let c = counters(&mut conn);
             assert_eq!((c[&1], c[&5], c[&300], c[&6]), (1, 1, 10, 0));
         }
@@ -550,16 +676,14 @@ outside_writer_test!(
     common::Pg,
     "postgres",
     "(SELECT 1 FROM pg_sleep(0.2 + 0 * items.n))",
-    "SET lock_timeout = '100ms'",
-    300
+    "SET lock_timeout = '100ms'"
 );
 outside_writer_test!(
     mariadb_writers_outside_the_open_batch_are_not_blocked,
     common::Mysql,
     "mysql",
     "(1 + 0 * SLEEP(0.6 + 0 * items.n))",
-    "SET SESSION innodb_lock_wait_timeout = 1",
-    800
+    "SET SESSION innodb_lock_wait_timeout = 1"
 );
 
 /// A JetStream slice whose bounds hold no key (`start_after == end_at`) is a
