@@ -517,7 +517,7 @@ fn lock_waiting<C: CheckpointConnection>(
     loop {
         attempt += 1;
         match conn.transaction(|conn| conn.lock_checkpoint(name)) {
-            Err(e) if is_lock_conflict(&e) && started.elapsed() < LOCK_WAIT => {
+            Err(e) if crate::checkpoint::is_lock_conflict(&e) && started.elapsed() < LOCK_WAIT => {
                 std::thread::sleep(crate::source::retry_delay(attempt));
             }
             locked => return locked,
