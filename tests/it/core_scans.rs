@@ -8,7 +8,7 @@
 //! The tests themselves live in `tests/it/core/`.
 
 #[path = "core/support.rs"]
-mod support;
+pub(crate) mod support;
 
 #[path = "core/counts.rs"]
 mod counts;

@@ -7,8 +7,7 @@
 
 use crate::common;
 
-#[path = "core/support.rs"]
-mod support;
+use crate::core_scans::support;
 
 use common::*;
 use diesel::dsl::sql;
