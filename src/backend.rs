@@ -10,6 +10,19 @@ use diesel::QueryResult;
 
 use crate::stored::Stored;
 
+/// Seals [`KeysetBackend`]: public so that it may be a supertrait, in a private
+/// module so that no other crate can name it, hence implement it.
+mod private {
+    pub trait Sealed {}
+
+    #[cfg(feature = "sqlite")]
+    impl Sealed for diesel::sqlite::Sqlite {}
+    #[cfg(feature = "postgres")]
+    impl Sealed for diesel::pg::Pg {}
+    #[cfg(feature = "mysql")]
+    impl Sealed for diesel::mysql::Mysql {}
+}
+
 /// How a backend compares keys and binds key values.
 ///
 /// Implemented for [`Sqlite`](diesel::sqlite::Sqlite),
@@ -29,11 +42,11 @@ use crate::stored::Stored;
 /// compares as `bpchar`, not as `text`); on SQLite a key read from a row is bound
 /// back in the storage class and text the row had (see [`StoredKey`](crate::StoredKey)).
 ///
-/// ```
-/// use diesel_chunked_iterator::backend::KeysetBackend;
-/// assert!(<diesel::sqlite::Sqlite as KeysetBackend>::ROW_VALUES);
-/// ```
-pub trait KeysetBackend: Backend {
+/// The trait is sealed: it is implemented for these three backends only, and
+/// no other crate can implement it (its supertrait `private::Sealed` cannot be
+/// named outside this crate), so its constants and methods may change with
+/// any release.
+pub trait KeysetBackend: Backend + private::Sealed {
     /// Whether composite keys are compared as row values.
     const ROW_VALUES: bool;
     /// Whether [`estimate_total`](crate::Chunked::estimate_total) asks the
