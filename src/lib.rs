@@ -2,8 +2,7 @@
 #![warn(missing_docs, missing_debug_implementations)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
-#[doc(hidden)]
-pub mod backend;
+mod backend;
 mod builder;
 pub mod checkpoint;
 mod dsl;
@@ -21,16 +20,14 @@ mod machine;
 mod moved;
 pub mod plan;
 mod predicate;
-#[doc(hidden)]
-pub mod query;
+mod query;
 mod rows;
 mod source;
 mod stored;
 #[cfg(feature = "async")]
 mod stream;
 mod unique;
-#[doc(hidden)]
-pub mod write;
+mod write;
 
 pub use builder::{Chunked, RunChunkedDsl, DEFAULT_BATCH_SIZE};
 pub use dsl::ChunkedDsl;
