@@ -10,7 +10,8 @@ use diesel::{Connection, RunQueryDsl};
 use crate::backend::KeysetBackend;
 use crate::engine::ScanConfig;
 use crate::error::Error;
-use crate::key::{Bounds, Key};
+use crate::key::Key;
+use crate::predicate::Bounds;
 use crate::plan::{
     self, CountQuery, KeyColumns, Partition, PartitionQuery, PartitionRow, PreparePlan,
 };

@@ -70,7 +70,7 @@ impl<K: Key, M> LoadedRow<K::Value, M> for KeyedModel<K, M> {
 }
 
 /// Rows of model `M`, each with its key read from the same row
-/// ([`KeyedModel`]).
+/// (`KeyedModel`).
 #[derive(Debug)]
 pub struct ModelRows<M> {
     pub(crate) key_columns: KeyPositions,

@@ -246,7 +246,7 @@ pub trait RunChunkedDsl<S: ConnectionSource>: Sized {
     /// Updates the query's rows in batches, each batch one transaction:
     /// `UPDATE <table> SET <changes> WHERE <the query's filters> AND key > $lo
     /// AND key <= $hi`, with `$hi` the last key of the batch, read in the same
-    /// transaction (see the [`write`](crate::write) module). Each row the
+    /// transaction (see the [writes guide](crate::guide::writes)). Each row the
     /// query matches is written at most once, also when `changes` sets a
     /// column the query filters on.
     ///

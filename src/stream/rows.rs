@@ -37,7 +37,7 @@ pub trait AsyncRows<Conn, B, K: Key>: RowType<K> + Send {
 }
 
 /// Runs one batch of a prepared query on async connection `Conn`, loading
-/// `U`s: the async twin of [`LoadBatch`](crate::query::LoadBatch).
+/// `U`s: the async twin of `LoadBatch`.
 pub trait AsyncLoadBatch<Conn, U> {
     /// Loads at most `limit` rows after the current bound.
     fn load_batch_async<'a>(
