@@ -11,10 +11,10 @@ use crate::backend::KeysetBackend;
 use crate::engine::ScanConfig;
 use crate::error::Error;
 use crate::key::Key;
-use crate::predicate::Bounds;
 use crate::plan::{
     self, CountQuery, KeyColumns, Partition, PartitionQuery, PartitionRow, PreparePlan,
 };
+use crate::predicate::Bounds;
 use crate::source::ConnectionSource;
 use crate::stored::StoredKey;
 use crate::unique::UniqueIndexes;
@@ -24,7 +24,6 @@ mod run;
 
 pub use run::{
     KeyedBase, KeyedBatches, KeyedIter, ModelBase, ModelBatches, ModelIter, RunChunkedDsl,
-    ScanKeyed, ScanModel,
 };
 
 /// The default number of rows per query, as in django-chunked-iterator.

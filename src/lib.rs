@@ -48,22 +48,6 @@ pub use stream::{
     AsyncConnectionSource, LoadBatchesStream, LoadStream, RowStream, RunChunkedAsyncDsl, ScanStream,
 };
 
-// The plumbing of the bounds above: public because the bounds name it, not
-// meant to be named by users.
-#[doc(hidden)]
-pub use builder::{
-    Db, KeyedBase, KeyedBatches, KeyedIter, ModelBase, ModelBatches, ModelIter, PlanInner,
-    ScanKeyed, ScanModel,
-};
-#[doc(hidden)]
-pub use rows::{KeyedRows, LoadedRow, ModelRows, RowType, Rows};
-#[cfg(feature = "async")]
-#[doc(hidden)]
-pub use stream::{
-    AsyncDb, AsyncExplainBatch, AsyncKeyCheck, AsyncLoadBatch, AsyncRows, KeyedBatchesStream,
-    KeyedStream, ModelBatchesStream, ModelSource, ModelStream, ScanKeyedAsync, ScanModelAsync,
-};
-
 /// The types the scan methods return, by names a signature can use (as
 /// Diesel's own `diesel::helper_types` names its query types):
 /// `ModelIter<'q, C, S, M>` is what `scan.load_iter::<M>(source)` returns for

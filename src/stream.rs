@@ -58,7 +58,7 @@ mod rows;
 mod scan;
 
 pub use check::AsyncKeyCheck;
-pub use rows::{AsyncExplainBatch, AsyncLoadBatch, AsyncRows};
+pub use rows::AsyncRows;
 pub use scan::{AsyncScan, LoadBatchesStream, LoadStream, RowStream, ScanStream};
 
 /// The backend an async connection source talks to.
@@ -119,7 +119,7 @@ impl<C: AsyncConnection + AsyncKeyCheck + 'static> AsyncConnectionSource for &mu
 }
 
 /// A [`Chunked`] scan that can load model `M` from async source `S`: the async
-/// twin of [`ScanModel`](crate::ScanModel).
+/// twin of `ScanModel`.
 pub trait ScanModelAsync<'a, S: AsyncConnectionSource, M> {
     /// The prepared query.
     type Base;
@@ -145,7 +145,7 @@ where
 }
 
 /// A [`Chunked`] scan that can load its own selection `U` from async source
-/// `S`, reading keys with `F`: the async twin of [`ScanKeyed`](crate::ScanKeyed).
+/// `S`, reading keys with `F`: the async twin of `ScanKeyed`.
 pub trait ScanKeyedAsync<'a, S: AsyncConnectionSource, U, F> {
     /// The prepared query.
     type Base;
