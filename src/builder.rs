@@ -22,9 +22,9 @@ use crate::write::WriteConfig;
 
 mod run;
 
-pub use run::{
-    KeyedBase, KeyedBatches, KeyedIter, ModelBase, ModelBatches, ModelIter, RunChunkedDsl,
-};
+#[cfg(feature = "async")]
+pub use run::KeyedBase;
+pub use run::{KeyedBatches, KeyedIter, ModelBase, ModelBatches, ModelIter, RunChunkedDsl};
 
 /// The default number of rows per query, as in django-chunked-iterator.
 pub const DEFAULT_BATCH_SIZE: u64 = 1000;
