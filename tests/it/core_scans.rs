@@ -7,6 +7,7 @@
 //! queries (from a [`QueryLog`](common::QueryLog)) and the shape of the logged SQL.
 //! The tests themselves live in `tests/it/core/`.
 
+
 #[path = "core/support.rs"]
 mod support;
 

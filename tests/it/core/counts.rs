@@ -2,8 +2,8 @@
 //! more than it keeps (`LIMIT n + 1`); when that look-ahead row is missing, no
 //! rows are left and the scan ends without another query.
 
-use super::support::*;
 use crate::common::*;
+use super::support::*;
 use diesel::prelude::*;
 use diesel_chunked_iterator::prelude::*;
 use diesel_chunked_iterator::DEFAULT_BATCH_SIZE;

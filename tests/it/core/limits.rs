@@ -1,8 +1,8 @@
 //! `limit_total` (rows and queries, the last LIMIT shrinking) and `batch_size`
 //! values that cannot be used.
 
-use super::support::*;
 use crate::common::*;
+use super::support::*;
 use diesel::prelude::*;
 use diesel_chunked_iterator::prelude::*;
 use diesel_chunked_iterator::Error;

@@ -2,8 +2,8 @@
 //! key type the crate maps without features (Integer, Text, BigInt, SmallInt) and
 //! for composite keys; the bounds `start_after` and `end_at`.
 
-use super::support::*;
 use crate::common::*;
+use super::support::*;
 use diesel::prelude::*;
 use diesel_chunked_iterator::prelude::*;
 

@@ -1,8 +1,8 @@
 //! What can be scanned: filtered queries, joins, boxed queries (and the boxed
 //! queries that must be refused), custom selections and models without the key.
 
-use super::support::*;
 use crate::common::*;
+use super::support::*;
 use diesel::prelude::*;
 use diesel_chunked_iterator::prelude::*;
 use diesel_chunked_iterator::Error;

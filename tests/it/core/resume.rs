@@ -1,8 +1,8 @@
 //! Scans over a table that changes between batches, resuming from `last_key()`,
 //! and the `progress()` counters.
 
-use super::support::*;
 use crate::common::*;
+use super::support::*;
 use diesel::prelude::*;
 use diesel_chunked_iterator::prelude::*;
 

@@ -1,7 +1,7 @@
 //! Timestamp keys (`posts.created_at`), with the crate's `chrono` feature.
 
-use super::support::*;
 use crate::common::*;
+use super::support::*;
 use diesel::prelude::*;
 use diesel_chunked_iterator::prelude::*;
 
