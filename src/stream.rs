@@ -125,7 +125,6 @@ pub trait ScanModelAsync<'a, S: AsyncConnectionSource, M> {
     type Base;
     /// The key.
     type Key: Key;
-    #[doc(hidden)]
     fn into_async_scan(self, source: S) -> AsyncScan<S, Self::Base, Self::Key, ModelRows<M>>;
 }
 
@@ -151,7 +150,6 @@ pub trait ScanKeyedAsync<'a, S: AsyncConnectionSource, U, F> {
     type Base;
     /// The key.
     type Key: Key;
-    #[doc(hidden)]
     fn into_async_scan(
         self,
         source: S,
@@ -253,7 +251,6 @@ impl<Q, K: Key, S: AsyncConnectionSource> RunChunkedAsyncDsl<S> for Chunked<Q, K
 /// A source a [`Chunked`] scan can stream rows of model `M` from: every
 /// [`AsyncConnectionSource`] for which the scan's query can load `M`. The bound
 /// of [`Chunked::load_stream`].
-#[doc(hidden)]
 pub trait ModelSource<'s, Q, K: Key, M>: AsyncConnectionSource {
     /// Streams `scan`'s rows from this source.
     fn rows(self, scan: Chunked<Q, K>) -> RowStream<'s, M, K::Value>;

@@ -72,7 +72,6 @@ pub trait ScanModel<'a, S: ConnectionSource, M> {
     type Base;
     /// The key.
     type Key: Key;
-    #[doc(hidden)]
     fn into_scan(self, source: S) -> Scan<S, Self::Base, Self::Key, ModelRows<M>>;
 }
 
@@ -99,7 +98,6 @@ pub trait ScanKeyed<'a, S: ConnectionSource, U, F> {
     type Base;
     /// The key.
     type Key: Key;
-    #[doc(hidden)]
     fn into_scan(self, source: S, key_of: F) -> Scan<S, Self::Base, Self::Key, KeyedRows<U, F>>;
 }
 
