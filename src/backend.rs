@@ -10,6 +10,19 @@ use diesel::QueryResult;
 
 use crate::stored::Stored;
 
+/// Seals [`KeysetBackend`]: public so that it may be a supertrait, in a private
+/// module so that no other crate can name it, hence implement it.
+mod private {
+    pub trait Sealed {}
+
+    #[cfg(feature = "sqlite")]
+    impl Sealed for diesel::sqlite::Sqlite {}
+    #[cfg(feature = "postgres")]
+    impl Sealed for diesel::pg::Pg {}
+    #[cfg(feature = "mysql")]
+    impl Sealed for diesel::mysql::Mysql {}
+}
+
 /// How a backend compares keys and binds key values.
 ///
 /// Implemented for [`Sqlite`](diesel::sqlite::Sqlite),
@@ -29,11 +42,11 @@ use crate::stored::Stored;
 /// compares as `bpchar`, not as `text`); on SQLite a key read from a row is bound
 /// back in the storage class and text the row had (see [`StoredKey`](crate::StoredKey)).
 ///
-/// ```
-/// use diesel_chunked_iterator::backend::KeysetBackend;
-/// assert!(<diesel::sqlite::Sqlite as KeysetBackend>::ROW_VALUES);
-/// ```
-pub trait KeysetBackend: Backend {
+/// The trait is sealed: it is implemented for these three backends only, and
+/// no other crate can implement it (its supertrait `private::Sealed` cannot be
+/// named outside this crate), so its constants and methods may change with
+/// any release.
+pub trait KeysetBackend: Backend + private::Sealed {
     /// Whether composite keys are compared as row values.
     const ROW_VALUES: bool;
     /// Whether [`estimate_total`](crate::Chunked::estimate_total) asks the
@@ -42,30 +55,25 @@ pub trait KeysetBackend: Backend {
     /// Whether [`partitions_sampled`](crate::Chunked::partitions_sampled)
     /// draws rows by their addresses (PostgreSQL's `ctid`) instead of probing
     /// the key's index.
-    #[doc(hidden)]
     const TID_SAMPLING: bool = false;
     /// Whether a value read from a row may be stored in a form that binding its
     /// Rust value does not reproduce (SQLite).
-    #[doc(hidden)]
     const STORED_FORMS: bool = false;
     /// Whether some string key columns order or compare inconsistently
     /// (MySQL/MariaDB: `NO PAD` collations, values longer than
     /// `max_sort_length`; SQLite, PostgreSQL: a column held unique by an index
     /// in another collation than it is compared in), so that a scan by a
     /// string key checks the schema first.
-    #[doc(hidden)]
     const CHECKS_STRING_KEYS: bool = false;
     /// Whether the planner sorts every batch of a composite key whose prefix
     /// has a UNIQUE index of its own (MySQL/MariaDB: such an index is not
     /// extended with the primary key), so that a scan orders by that prefix
     /// (see [`Chunked::explain`](crate::Chunked::explain)).
-    #[doc(hidden)]
     const ORDERS_BY_UNIQUE_PREFIX: bool = false;
     /// Whether an index probe of [`partitions_sampled`](crate::Chunked::partitions_sampled)
     /// asks for `MIN`/`MAX` of the key instead of its first row in key order
     /// (MySQL/MariaDB answer `MIN` from the index while optimizing the
     /// statement, about three times faster; SQLite would scan for it).
-    #[doc(hidden)]
     const PROBES_BY_MIN_MAX: bool = false;
     /// Whether a batch of the scan's regular size writes its `LIMIT` as a
     /// literal instead of a bind parameter (PostgreSQL). With a parameter, the
@@ -75,7 +83,6 @@ pub trait KeysetBackend: Backend {
     /// executions. Other limits (the shorter last batch of `limit_total`, the
     /// probe) stay parameters, so they add at most one statement per query
     /// to a connection, whatever the totals.
-    #[doc(hidden)]
     const LITERAL_LIMIT: bool = false;
     /// Whether the first batch of a scan with no start key bounds its first
     /// key column by the table's minimum (`col >= (SELECT MIN(col) FROM t)`,
@@ -84,16 +91,13 @@ pub trait KeysetBackend: Backend {
     /// through a secondary index by a full scan and a sort of every row. The
     /// minimum is read from the index's first entry. The quote character of
     /// the backend's identifiers, which the floor is parsed with.
-    #[doc(hidden)]
     const FIRST_BATCH_FLOOR: Option<char> = None;
     /// The statement prefix that asks for a plan.
-    #[doc(hidden)]
     const EXPLAIN: &'static str = "EXPLAIN ";
 
     /// The stored form of `value`, a value of SQL type `ST`, when binding its
     /// Rust value would not reproduce it; `text` is the text the Rust value
     /// binds as, for types bound as text in a format of Diesel's own.
-    #[doc(hidden)]
     fn stored_form<ST>(
         value: Self::RawValue<'_>,
         text: impl FnOnce() -> Option<String>,
@@ -106,7 +110,6 @@ pub trait KeysetBackend: Backend {
     }
 
     /// Binds a stored form.
-    #[doc(hidden)]
     fn bind_stored<'b>(value: &'b Stored, out: AstPass<'_, 'b, Self>) -> QueryResult<()> {
         let _ = (value, out);
         Err(diesel::result::Error::QueryBuilderError(
@@ -115,7 +118,6 @@ pub trait KeysetBackend: Backend {
     }
 
     /// Binds a key value of SQL type `ST`.
-    #[doc(hidden)]
     fn bind_key<'b, ST, V>(value: &'b V, mut out: AstPass<'_, 'b, Self>) -> QueryResult<()>
     where
         Self: HasSqlType<ST>,

@@ -10,10 +10,11 @@ use diesel::{Connection, RunQueryDsl};
 use crate::backend::KeysetBackend;
 use crate::engine::ScanConfig;
 use crate::error::Error;
-use crate::key::{Bounds, Key};
+use crate::key::Key;
 use crate::plan::{
     self, CountQuery, KeyColumns, Partition, PartitionQuery, PartitionRow, PreparePlan,
 };
+use crate::predicate::Bounds;
 use crate::source::ConnectionSource;
 use crate::stored::StoredKey;
 use crate::unique::UniqueIndexes;
@@ -21,10 +22,9 @@ use crate::write::WriteConfig;
 
 mod run;
 
-pub use run::{
-    KeyedBase, KeyedBatches, KeyedIter, ModelBase, ModelBatches, ModelIter, RunChunkedDsl,
-    ScanKeyed, ScanModel,
-};
+#[cfg(feature = "async")]
+pub use run::KeyedBase;
+pub use run::{KeyedBatches, KeyedIter, ModelBase, ModelBatches, ModelIter, RunChunkedDsl};
 
 /// The default number of rows per query, as in django-chunked-iterator.
 pub const DEFAULT_BATCH_SIZE: u64 = 1000;

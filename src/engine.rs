@@ -128,7 +128,6 @@ impl<V> Handed<V> {
 /// Where a scan's keys come from: read by the crate from the rows, or returned
 /// by a closure of the user's. Only the second can be wrong about the key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[doc(hidden)]
 pub enum KeyOrigin {
     /// Read by the crate from the rows.
     Rows,

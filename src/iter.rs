@@ -353,7 +353,6 @@ impl Trace {
 
 /// The synchronous driver of a scan: runs what its [`ScanCore`] asks for on a
 /// connection of the source, sleeping between retries.
-#[doc(hidden)]
 #[allow(missing_debug_implementations)]
 pub struct Scan<S: ConnectionSource, B, K: Key, R> {
     source: S,

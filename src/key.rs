@@ -23,8 +23,7 @@ use diesel::serialize::ToSql;
 use diesel::sql_types::{self, is_nullable, HasSqlType, SingleValue, SqlType};
 use diesel::{Column, QueryResult};
 
-pub use crate::backend::KeysetBackend;
-pub use crate::predicate::{Bounds, SeekPredicate};
+use crate::backend::KeysetBackend;
 use crate::stored::{Stored, StoredBuilder, StoredKey};
 
 /// What a key value must be: cloneable, printable (for errors), comparable for

@@ -2,8 +2,7 @@
 #![warn(missing_docs, missing_debug_implementations)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
-#[doc(hidden)]
-pub mod backend;
+mod backend;
 mod builder;
 pub mod checkpoint;
 mod dsl;
@@ -21,16 +20,14 @@ mod machine;
 mod moved;
 pub mod plan;
 mod predicate;
-#[doc(hidden)]
-pub mod query;
+mod query;
 mod rows;
 mod source;
 mod stored;
 #[cfg(feature = "async")]
 mod stream;
 mod unique;
-#[doc(hidden)]
-pub mod write;
+mod write;
 
 pub use builder::{Chunked, RunChunkedDsl, DEFAULT_BATCH_SIZE};
 pub use dsl::ChunkedDsl;
@@ -49,22 +46,6 @@ pub use write::{BatchStats, WriteReport};
 #[cfg(feature = "async")]
 pub use stream::{
     AsyncConnectionSource, LoadBatchesStream, LoadStream, RowStream, RunChunkedAsyncDsl, ScanStream,
-};
-
-// The plumbing of the bounds above: public because the bounds name it, not
-// meant to be named by users.
-#[doc(hidden)]
-pub use builder::{
-    Db, KeyedBase, KeyedBatches, KeyedIter, ModelBase, ModelBatches, ModelIter, PlanInner,
-    ScanKeyed, ScanModel,
-};
-#[doc(hidden)]
-pub use rows::{KeyedRows, LoadedRow, ModelRows, RowType, Rows};
-#[cfg(feature = "async")]
-#[doc(hidden)]
-pub use stream::{
-    AsyncDb, AsyncExplainBatch, AsyncKeyCheck, AsyncLoadBatch, AsyncRows, KeyedBatchesStream,
-    KeyedStream, ModelBatchesStream, ModelSource, ModelStream, ScanKeyedAsync, ScanModelAsync,
 };
 
 /// The types the scan methods return, by names a signature can use (as

@@ -18,7 +18,6 @@ use diesel::{QueryResult, QueryableByName, RunQueryDsl};
 
 /// Something in a table's schema that can change a key column of the rows an
 /// `UPDATE` writes, although the `UPDATE`'s `SET` list does not name it.
-#[doc(hidden)]
 #[derive(Debug, Clone, PartialEq, QueryableByName)]
 pub struct MoveCause {
     /// [`GENERATED`], [`ON_UPDATE`], [`TRIGGER`] or [`RULE`].

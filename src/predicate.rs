@@ -15,7 +15,6 @@ use crate::stored::StoredKey;
 
 /// The bounds of a scan: where the next batch starts and where the scan ends.
 #[derive(Debug, Clone)]
-#[doc(hidden)]
 pub struct Bounds<V> {
     /// Exclusive: rows strictly after this key (before it, descending).
     pub(crate) after: Option<StoredKey<V>>,

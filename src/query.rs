@@ -45,17 +45,11 @@ mod checks;
 mod select;
 
 pub(crate) use checks::top_level_items;
-pub use checks::{
-    ChunkableQuery, DefaultSelection, NoLimitClause, NoLockingClause, NoOffsetClause,
-    NoOrderClause, SelectableKey,
-};
+pub use checks::{ChunkableQuery, SelectableKey};
 pub(crate) use select::with_key_columns;
-pub use select::{
-    KeyRow, KeyedModel, KeysOnly, ModelSelection, ModelSelectionOf, ModelSqlType, PrepareKeyed,
-    PrepareKeys, PrepareModel,
-};
+pub use select::{KeyRow, KeyedModel, PrepareKeyed, PrepareKeys, PrepareModel};
 
-pub use crate::load::{BatchLoading, LoadBatch};
+pub use crate::load::LoadBatch;
 
 /// A query prepared for a scan: the user's query, boxed, with the seek predicate
 /// in its `WHERE` clause and the selection the scan loads.

@@ -18,7 +18,6 @@ pub trait RowType<K: Key> {
     /// A loaded row: the item and its key, kept as loaded until handed out.
     type Loaded: LoadedRow<K::Value, Self::Item>;
     /// Where the keys come from.
-    #[doc(hidden)]
     const ORIGIN: KeyOrigin;
 }
 
@@ -34,7 +33,6 @@ pub trait Rows<Conn, B, K: Key>: RowType<K> {
 
     /// The backend's plan of one batch of `limit` rows, as reported (see
     /// [`crate::explain`]).
-    #[doc(hidden)]
     fn explain(
         &mut self,
         query: &SeekQuery<B, K>,
@@ -70,7 +68,7 @@ impl<K: Key, M> LoadedRow<K::Value, M> for KeyedModel<K, M> {
 }
 
 /// Rows of model `M`, each with its key read from the same row
-/// ([`KeyedModel`]).
+/// (`KeyedModel`).
 #[derive(Debug)]
 pub struct ModelRows<M> {
     pub(crate) key_columns: KeyPositions,

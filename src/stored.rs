@@ -16,7 +16,6 @@
 use std::fmt;
 
 /// One key column's value in the storage class SQLite returned it in.
-#[doc(hidden)]
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Stored {
     /// `INTEGER`

@@ -58,7 +58,7 @@ mod rows;
 mod scan;
 
 pub use check::AsyncKeyCheck;
-pub use rows::{AsyncExplainBatch, AsyncLoadBatch, AsyncRows};
+pub use rows::AsyncRows;
 pub use scan::{AsyncScan, LoadBatchesStream, LoadStream, RowStream, ScanStream};
 
 /// The backend an async connection source talks to.
@@ -119,13 +119,12 @@ impl<C: AsyncConnection + AsyncKeyCheck + 'static> AsyncConnectionSource for &mu
 }
 
 /// A [`Chunked`] scan that can load model `M` from async source `S`: the async
-/// twin of [`ScanModel`](crate::ScanModel).
+/// twin of `ScanModel`.
 pub trait ScanModelAsync<'a, S: AsyncConnectionSource, M> {
     /// The prepared query.
     type Base;
     /// The key.
     type Key: Key;
-    #[doc(hidden)]
     fn into_async_scan(self, source: S) -> AsyncScan<S, Self::Base, Self::Key, ModelRows<M>>;
 }
 
@@ -145,13 +144,12 @@ where
 }
 
 /// A [`Chunked`] scan that can load its own selection `U` from async source
-/// `S`, reading keys with `F`: the async twin of [`ScanKeyed`](crate::ScanKeyed).
+/// `S`, reading keys with `F`: the async twin of `ScanKeyed`.
 pub trait ScanKeyedAsync<'a, S: AsyncConnectionSource, U, F> {
     /// The prepared query.
     type Base;
     /// The key.
     type Key: Key;
-    #[doc(hidden)]
     fn into_async_scan(
         self,
         source: S,
@@ -253,7 +251,6 @@ impl<Q, K: Key, S: AsyncConnectionSource> RunChunkedAsyncDsl<S> for Chunked<Q, K
 /// A source a [`Chunked`] scan can stream rows of model `M` from: every
 /// [`AsyncConnectionSource`] for which the scan's query can load `M`. The bound
 /// of [`Chunked::load_stream`].
-#[doc(hidden)]
 pub trait ModelSource<'s, Q, K: Key, M>: AsyncConnectionSource {
     /// Streams `scan`'s rows from this source.
     fn rows(self, scan: Chunked<Q, K>) -> RowStream<'s, M, K::Value>;

@@ -149,7 +149,6 @@ fn split(rows: Vec<ColumnSet>) -> Vec<Vec<String>> {
 
 /// A primary key or unique index: its columns, and those it holds unique in
 /// another collation than the column is compared in.
-#[doc(hidden)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UniqueSet {
     /// The index's (or constraint's) name; empty where the backend does not say.

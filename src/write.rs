@@ -584,7 +584,6 @@ pub type RangeTarget<Q, K> = diesel::dsl::Filter<Q, SeekPredicate<K>>;
 pub trait UpdateJob<'a, S: ConnectionSource, V> {
     /// The key's value type.
     type Value;
-    #[doc(hidden)]
     fn run_update(self, source: S, changes: V) -> Result<WriteReport<Self::Value>, Error>;
 }
 
@@ -821,7 +820,6 @@ fn key_set_in<K: Key>(key: &K, set: &str) -> Option<String> {
 pub trait DeleteJob<'a, S: ConnectionSource> {
     /// The key's value type.
     type Value;
-    #[doc(hidden)]
     fn run_delete(self, source: S) -> Result<WriteReport<Self::Value>, Error>;
 }
 
@@ -868,7 +866,6 @@ where
 pub trait ForEachBatch<'a, S: ConnectionSource, M> {
     /// The key's value type.
     type Value;
-    #[doc(hidden)]
     fn run_for_each<E, F>(self, source: S, f: F) -> Result<WriteReport<Self::Value>, Error>
     where
         F: FnMut(&mut S::Connection, Vec<M>) -> Result<(), E>,

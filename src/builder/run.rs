@@ -72,7 +72,6 @@ pub trait ScanModel<'a, S: ConnectionSource, M> {
     type Base;
     /// The key.
     type Key: Key;
-    #[doc(hidden)]
     fn into_scan(self, source: S) -> Scan<S, Self::Base, Self::Key, ModelRows<M>>;
 }
 
@@ -99,7 +98,6 @@ pub trait ScanKeyed<'a, S: ConnectionSource, U, F> {
     type Base;
     /// The key.
     type Key: Key;
-    #[doc(hidden)]
     fn into_scan(self, source: S, key_of: F) -> Scan<S, Self::Base, Self::Key, KeyedRows<U, F>>;
 }
 
@@ -246,7 +244,7 @@ pub trait RunChunkedDsl<S: ConnectionSource>: Sized {
     /// Updates the query's rows in batches, each batch one transaction:
     /// `UPDATE <table> SET <changes> WHERE <the query's filters> AND key > $lo
     /// AND key <= $hi`, with `$hi` the last key of the batch, read in the same
-    /// transaction (see the [`write`](crate::write) module). Each row the
+    /// transaction (see the [writes guide](crate::guide::writes)). Each row the
     /// query matches is written at most once, also when `changes` sets a
     /// column the query filters on.
     ///

@@ -15,7 +15,6 @@ use crate::unique::{SchemaRead, SchemaReader, UniqueIndexes, UniqueSet};
 /// collations its unique indexes hold it unique in), and MySQL/MariaDB the
 /// unique column sets and indexes that decide how a composite key is ordered;
 /// `verify_unique_async` reads the unique sets on every backend.
-#[doc(hidden)]
 pub trait AsyncKeyCheck: Send {
     /// Why the database cannot scan by the key whose columns render as
     /// `key_sql`, if it cannot (checked before a scan's first batch).

@@ -27,7 +27,6 @@ pub trait AsyncRows<Conn, B, K: Key>: RowType<K> + Send {
     ) -> BoxFuture<'a, QueryResult<Vec<Self::Loaded>>>;
 
     /// The backend's plan of one batch of `limit` rows, as reported.
-    #[doc(hidden)]
     fn explain_async<'a>(
         &'a mut self,
         query: &'a mut SeekQuery<B, K>,
@@ -37,7 +36,7 @@ pub trait AsyncRows<Conn, B, K: Key>: RowType<K> + Send {
 }
 
 /// Runs one batch of a prepared query on async connection `Conn`, loading
-/// `U`s: the async twin of [`LoadBatch`](crate::query::LoadBatch).
+/// `U`s: the async twin of `LoadBatch`.
 pub trait AsyncLoadBatch<Conn, U> {
     /// Loads at most `limit` rows after the current bound.
     fn load_batch_async<'a>(
@@ -65,7 +64,6 @@ where
 
 /// Runs `EXPLAIN` of one batch of a prepared query on async connection
 /// `Conn`: the async twin of [`ExplainBatch`](crate::explain::ExplainBatch).
-#[doc(hidden)]
 pub trait AsyncExplainBatch<Conn> {
     /// The plan of the batch of `limit` rows after the current bound, line by line.
     fn explain_batch_async<'a>(

@@ -19,7 +19,6 @@ use crate::stored::StoredKey;
 
 /// The async driver of a scan: runs what its [`ScanCore`] asks for on a
 /// connection of the source, awaiting a timer between retries.
-#[doc(hidden)]
 #[allow(missing_debug_implementations)]
 pub struct AsyncScan<S, B, K: Key, R> {
     source: S,
