@@ -484,6 +484,13 @@ impl<V: Clone + PartialEq + std::fmt::Debug> WriteMachine<V> {
         (self.report.total_rows, self.report.total_batches)
     }
 
+    /// Whether the batch's attempt running now is its first: a first attempt
+    /// waits a while for a checkpoint row another transaction holds (see
+    /// `lock_waiting` in the driver), a retry does not.
+    pub(crate) fn first_attempt(&self) -> bool {
+        self.engine.attempts() <= 1
+    }
+
     /// Judges the checkpoint row of job `name` as the batch's transaction
     /// locked it (`now`), and checks that no other runner committed a batch
     /// since this one's last.
@@ -493,13 +500,6 @@ impl<V: Clone + PartialEq + std::fmt::Debug> WriteMachine<V> {
     /// back: the batch is taken as done ([`Abort::Committed`]), not written
     /// again. So is a row at the same batch that says the job is done: the
     /// last attempt was the job's final, empty batch, which counts no batch.
-    /// Whether the batch's attempt running now is its first: a first attempt
-    /// waits a while for a checkpoint row another transaction holds (see
-    /// `lock_waiting` in the driver), a retry does not.
-    pub(crate) fn first_attempt(&self) -> bool {
-        self.engine.attempts() <= 1
-    }
-
     pub(crate) fn locked(
         &self,
         name: &str,
