@@ -521,6 +521,13 @@ struct Statements {
 }
 
 /// A row as read by the statements, before the totals are checked.
+#[cfg(feature = "async")]
+mod nonblocking;
+#[cfg(feature = "async")]
+pub(crate) use nonblocking::{
+    begin_savepoint, end_transaction, rollback, AsyncCheckpointConnection,
+};
+
 #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
 #[derive(diesel::QueryableByName)]
 struct Row {

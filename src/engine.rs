@@ -137,7 +137,7 @@ pub enum KeyOrigin {
 
 /// One batch to run: its number and how many rows to keep. The statement asks
 /// for [`fetch`](Self::fetch) rows, one more.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct BatchPlan {
     pub(crate) batch: u64,
     pub(crate) limit: i64,

@@ -19,6 +19,7 @@ use crate::query::SeekQuery;
 use crate::rows::{LoadedRow, RowType, Rows};
 use crate::source::{AttemptError, ConnectionSource};
 use crate::stored::StoredKey;
+use crate::trace::Trace;
 use crate::unique::{key_problem, UniqueIndexes};
 
 /// The I/O-free half of a scan's driver, shared by the synchronous driver
@@ -226,7 +227,9 @@ impl<B, K: Key, R: RowType<K>> ScanCore<B, K, R> {
 
     /// The tracing span of one batch.
     pub(crate) fn trace(&self, plan: &BatchPlan) -> Trace {
-        Trace::new(plan, self.query.as_ref())
+        let key = self.query.as_ref().map(|q| q.key().describe());
+        let after = self.query.as_ref().and_then(|q| q.bounds().after.as_ref());
+        Trace::read(plan, &key.unwrap_or_default(), after)
     }
 
     /// The next attempt at `plan`, counted: its number (1-based; a later one
@@ -269,7 +272,7 @@ impl<B, K: Key, R: RowType<K>> ScanCore<B, K, R> {
         let accepted = self
             .engine
             .accept(plan, query.key(), query.bounds(), &mut rows, |r| r.key());
-        trace.loaded(&rows);
+        trace.loaded(rows.len(), rows.last().map(|r| r.key()));
         match accepted {
             Ok(Some(last)) => {
                 query.set_after(Some(last));
@@ -283,73 +286,6 @@ impl<B, K: Key, R: RowType<K>> ScanCore<B, K, R> {
 
 /// The plan errors of the checks before the first batch are reported under.
 const FIRST: BatchPlan = BatchPlan { batch: 1, limit: 1 };
-
-/// The `tracing` span of one batch (feature `tracing`; otherwise nothing).
-pub(crate) struct Trace {
-    #[cfg(feature = "tracing")]
-    span: tracing::Span,
-    #[cfg(feature = "tracing")]
-    started: std::time::Instant,
-}
-
-#[cfg_attr(not(feature = "tracing"), allow(unused_variables))]
-impl Trace {
-    fn new<B, K: Key>(plan: &BatchPlan, query: Option<&SeekQuery<B, K>>) -> Self {
-        Self {
-            #[cfg(feature = "tracing")]
-            span: tracing::info_span!(
-                "chunked_batch",
-                batch = plan.batch,
-                key = %query.map(|q| q.key().describe()).unwrap_or_default(),
-                after = ?query.and_then(|q| q.bounds().after.as_ref()),
-                until = tracing::field::Empty,
-                limit = plan.limit,
-                rows = tracing::field::Empty,
-                attempt = tracing::field::Empty,
-                elapsed_ms = tracing::field::Empty,
-                error = tracing::field::Empty,
-            ),
-            #[cfg(feature = "tracing")]
-            started: std::time::Instant::now(),
-        }
-    }
-
-    /// Enters the span (a synchronous driver, for the whole batch).
-    #[cfg(feature = "tracing")]
-    pub(crate) fn enter(&self) -> Option<tracing::span::Entered<'_>> {
-        Some(self.span.enter())
-    }
-
-    /// Enters the span (a synchronous driver, for the whole batch).
-    #[cfg(not(feature = "tracing"))]
-    pub(crate) fn enter(&self) -> Option<()> {
-        None
-    }
-
-    fn attempt(&self, attempt: u32) {
-        #[cfg(feature = "tracing")]
-        self.span.record("attempt", attempt);
-    }
-
-    fn failed(&self, e: &Error) {
-        #[cfg(feature = "tracing")]
-        {
-            self.span.record("error", tracing::field::display(e));
-            self.span.record("elapsed_ms", elapsed_ms(self.started));
-        }
-    }
-
-    fn loaded<V: std::fmt::Debug, T, L: LoadedRow<V, T>>(&self, rows: &[L]) {
-        #[cfg(feature = "tracing")]
-        {
-            self.span.record("rows", rows.len());
-            self.span.record("elapsed_ms", elapsed_ms(self.started));
-            if let Some(last) = rows.last() {
-                self.span.record("until", tracing::field::debug(last.key()));
-            }
-        }
-    }
-}
 
 /// The synchronous driver of a scan: runs what its [`ScanCore`] asks for on a
 /// connection of the source, sleeping between retries.
@@ -420,11 +356,6 @@ where
         };
         self.core.loaded(&plan, &trace, rows)
     }
-}
-
-#[cfg(feature = "tracing")]
-fn elapsed_ms(since: std::time::Instant) -> f64 {
-    since.elapsed().as_secs_f64() * 1000.0
 }
 
 /// Yields one `Vec` per query; made by `load_batches` / `load_batches_keyed`.

@@ -26,6 +26,7 @@ mod source;
 mod stored;
 #[cfg(feature = "async")]
 mod stream;
+mod trace;
 mod unique;
 mod write;
 

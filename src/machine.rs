@@ -6,21 +6,30 @@
 //! (toward [`target_batch_time`](crate::Chunked::target_batch_time)), the wait
 //! after a batch, the attempt counter, and what each failed attempt means:
 //!
+//! A driver (the blocking one in `write.rs`, the async one in
+//! `stream/write.rs`) is one loop over [`Step`]s; each step is one statement
+//! or transaction, or a wait, and its outcome is handed back:
+//!
 //! ```text
-//! m = WriteMachine::new(..)
-//! [m.start_failed(..) / m.resume(row, ..)]       -- the checkpoint row, if any
-//! while let Some(plan) = m.next_batch()? {
-//!     loop {
-//!         m.attempt()                             -- counts the attempt
-//!         run the batch's transaction             -- the driver's only job;
-//!           (m.locked(..), m.position(..) inside it)
-//!         ok? break; failed? m.failed(..) says: retry after a delay,
-//!           take the batch as committed, or stop with an error
+//! loop {
+//!     match m.step()? {
+//!         Step::Start { retry }       => m.started(read or create the checkpoint row)?,
+//!         Step::FinishEmpty { .. }    => m.emptied(mark the row done, in a batch transaction)?,
+//!         Step::Checks                => { the checks before the first batch; m.checked() }
+//!         Step::Seek(key)             => the query's next batch starts after key,
+//!         Step::Batch { plan, .. }    => m.ran(the batch's transaction)?,
+//!           (inside it: m.locked(..), m.loaded(..), m.position(..))
+//!         Step::Wait(d)               => sleep d,
+//!         Step::Done                  => return Ok(m.finish()),
 //!     }
-//!     m.committed(batch, took)                     -- counts, sizes, says how long to wait
 //! }
-//! m.finish()                                     -- the report
 //! ```
+//!
+//! What a failed attempt means (retry after a back-off, a batch committed
+//! after all, a lost `COMMIT` answer, a busy checkpoint, a closure's error) is
+//! decided by [`WriteMachine::failed`]; the counters, the checkpoint's next
+//! position, the batch size and the wait after a batch by
+//! [`WriteMachine::committed`].
 
 use std::time::{Duration, Instant};
 
@@ -28,11 +37,13 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::checkpoint::{is_lock_conflict, Checkpoint};
-use crate::engine::{BatchPlan, EndReason, Engine, KeyOrigin, ScanConfig};
+use crate::engine::{BatchPlan, Checked, EndReason, Engine, KeyOrigin, ScanConfig};
 use crate::error::Error;
+use crate::key::Key;
 use crate::predicate::Bounds;
 use crate::source::{connection_lost, user_error_connection_lost, AttemptError};
 use crate::stored::StoredKey;
+use crate::trace::Trace;
 use crate::write::{BatchStats, Throttle, WriteConfig, WriteReport};
 
 /// Adapts the batch size toward a target time per batch.
@@ -102,8 +113,37 @@ pub(crate) fn wait_after(pause: Option<Duration>, throttle: Option<Duration>) ->
         .saturating_add(throttle.unwrap_or_default())
 }
 
+/// How long the first attempt of a batch waits for the checkpoint row that
+/// another transaction holds, before the job stops with
+/// [`Error::CheckpointBusy`].
+pub(crate) const LOCK_WAIT: Duration = Duration::from_secs(5);
+
+/// After attempt `attempt` (started at `started`) at locking the checkpoint
+/// row in a batch's first attempt found it `locked`: how long to wait before
+/// trying again, or `None` to go on with what it found. A row another
+/// transaction holds is tried again (after
+/// [`retry_delay`](crate::source::retry_delay)) for at most [`LOCK_WAIT`]: a
+/// runner that died inside a batch holds the row until the server notices its
+/// closed connection and rolls its transaction back, so a run started right
+/// after the crash waits for that instead of stopping. A live runner is no
+/// less excluded: once the row is free, [`WriteMachine::locked`] finds it
+/// moved on by the other runner's batch.
+pub(crate) fn lock_retry<T>(
+    started: Instant,
+    attempt: u32,
+    locked: &diesel::QueryResult<T>,
+) -> Option<Duration> {
+    match locked {
+        Err(e) if is_lock_conflict(e) && started.elapsed() < LOCK_WAIT => {
+            Some(crate::source::retry_delay(attempt))
+        }
+        _ => None,
+    }
+}
+
 /// Why a batch's transaction was rolled back.
-pub(crate) enum Abort {
+#[allow(missing_debug_implementations)]
+pub enum Abort {
     /// A database error: retried if transient.
     Db(diesel::result::Error),
     /// The job stops with this error.
@@ -219,6 +259,19 @@ pub(crate) struct Position {
     pub(crate) done: bool,
 }
 
+impl Position {
+    /// Writes this position in the checkpoint row of job `name`, inside the
+    /// batch's transaction on `conn`.
+    pub(crate) fn write<C: crate::checkpoint::CheckpointConnection>(
+        &self,
+        conn: &mut C,
+        name: &str,
+    ) -> diesel::QueryResult<()> {
+        let last = self.last_key.as_deref();
+        conn.advance_checkpoint(name, last, self.rows, self.batches, self.done)
+    }
+}
+
 /// Where a job with a checkpoint starts.
 #[derive(Debug, PartialEq)]
 pub(crate) enum Resume<V> {
@@ -234,8 +287,8 @@ pub(crate) enum Resume<V> {
 pub(crate) enum EmptyLock {
     /// Nothing: an attempt before this one marked it, and its answer was lost.
     Done,
-    /// Mark the row done.
-    Mark,
+    /// Mark the row done: write this position.
+    Mark(Position),
     /// Another runner holds the job: roll back with this error, and stop with
     /// [`Error::CheckpointBusy`].
     Busy(diesel::result::Error),
@@ -269,6 +322,77 @@ pub(crate) struct WriteMachine<V> {
     after: Option<StoredKey<V>>,
     plan: BatchPlan,
     started: Instant,
+    /// Where the job is (see [`step`](Self::step)).
+    phase: Phase,
+    /// A wait to hand out before the next step.
+    wait: Option<Duration>,
+    /// A new lower bound to hand out before the next step.
+    seek: Option<StoredKey<V>>,
+    /// The attempt at the current statement outside a batch.
+    setup_attempt: u32,
+    /// The checkpoint row as the job started.
+    start_row: Option<Checkpoint>,
+    /// The job's fingerprint, and the text it hashes.
+    fingerprint: (String, String),
+    /// When the current batch's first attempt started.
+    batch_started: Option<Instant>,
+    /// The current batch's tracing span.
+    trace: Trace,
+}
+
+/// Where a job is between two [`Step`]s.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Phase {
+    /// Reading (or creating) the checkpoint row.
+    Start,
+    /// Marking the checkpoint of a job whose bounds hold no key done.
+    Empty,
+    /// The checks before the first batch.
+    Checks,
+    /// Batches; `running` while the current one has not committed.
+    Batch { running: bool },
+    /// Over.
+    Over,
+}
+
+/// What a write job's driver does next: one statement, one transaction, or a
+/// wait (see the [module docs](self)).
+#[derive(Debug, PartialEq)]
+pub(crate) enum Step<V> {
+    /// Read the checkpoint row, creating it if it is missing, and store the
+    /// job's fingerprint in it if [`claims`](WriteMachine::claims) says so;
+    /// hand the row to [`started`](WriteMachine::started). `retry`: an
+    /// attempt after a failed one.
+    Start { retry: bool },
+    /// In a batch transaction: lock the checkpoint row, ask
+    /// [`empty_locked`](WriteMachine::empty_locked) what to do, do it; hand
+    /// the outcome to [`emptied`](WriteMachine::emptied).
+    FinishEmpty { attempt: u32 },
+    /// Run the checks before the first batch on the machine's engine
+    /// ([`FirstBatch`](crate::iter::FirstBatch)), then call
+    /// [`checked`](WriteMachine::checked).
+    Checks,
+    /// The query's batches start after this key from now on.
+    Seek(StoredKey<V>),
+    /// Run attempt `attempt` at batch `plan` as one transaction; hand the
+    /// outcome to [`ran`](WriteMachine::ran).
+    Batch { plan: BatchPlan, attempt: u32 },
+    /// Sleep this long, holding no transaction and no connection.
+    Wait(Duration),
+    /// The job is over: [`finish`](WriteMachine::finish) is its report.
+    Done,
+}
+
+/// A loaded batch, checked inside its transaction (see
+/// [`WriteMachine::loaded`]).
+pub(crate) struct Loaded<V> {
+    /// Its last key and whether rows are left after it.
+    pub(crate) checked: Checked<V>,
+    /// Its key range: the scan's bounds up to its last key; `None` when the
+    /// batch is empty.
+    pub(crate) range: Option<Bounds<V>>,
+    /// The keys of its first and last rows, `Debug`-formatted.
+    keys: Option<(String, String)>,
 }
 
 impl<V: Clone + PartialEq + std::fmt::Debug> WriteMachine<V> {
@@ -292,6 +416,7 @@ impl<V: Clone + PartialEq + std::fmt::Debug> WriteMachine<V> {
             scan.batch_size = sizer.first(scan.batch_size);
         }
         let batch_size = scan.batch_size;
+        let fingerprint = crate::write::fingerprint(job.identity.as_ref(), &key_type, bounds);
         Self {
             engine: Engine::new(scan, origin, Some(bounds), compare, None),
             sizer,
@@ -315,7 +440,242 @@ impl<V: Clone + PartialEq + std::fmt::Debug> WriteMachine<V> {
             after: bounds.after.clone(),
             plan: SETUP,
             started: Instant::now(),
+            phase: match &job.checkpoint {
+                Some(_) => Phase::Start,
+                None => Phase::Checks,
+            },
+            wait: None,
+            seek: None,
+            setup_attempt: 0,
+            start_row: None,
+            fingerprint,
+            batch_started: None,
+            trace: Trace::none(),
         }
+    }
+
+    /// What the driver does next.
+    ///
+    /// A wait or a new lower bound is handed out first; then the step of the
+    /// job's phase: the checkpoint row (with a checkpoint), marking it done
+    /// (bounds that hold no key), the checks before the first batch, and the
+    /// batches, each until it commits.
+    pub(crate) fn step(&mut self) -> Result<Step<V>, Error> {
+        if let Some(wait) = self.wait.take() {
+            return Ok(Step::Wait(wait));
+        }
+        if let Some(key) = self.seek.take() {
+            return Ok(Step::Seek(key));
+        }
+        match self.phase {
+            Phase::Start => {
+                self.setup_attempt += 1;
+                Ok(Step::Start {
+                    retry: self.setup_attempt > 1,
+                })
+            }
+            Phase::Empty => {
+                self.setup_attempt += 1;
+                Ok(Step::FinishEmpty {
+                    attempt: self.setup_attempt,
+                })
+            }
+            Phase::Checks if self.bounds_empty() => {
+                self.phase = Phase::Over;
+                Ok(Step::Done)
+            }
+            Phase::Checks => Ok(Step::Checks),
+            Phase::Batch { running } => {
+                if !running {
+                    if self.next_batch()?.is_none() {
+                        self.phase = Phase::Over;
+                        return Ok(Step::Done);
+                    }
+                    self.phase = Phase::Batch { running: true };
+                    self.batch_started = Some(Instant::now());
+                    self.trace = Trace::write(&self.plan, &self.key_type, self.after.as_ref());
+                }
+                let attempt = self.attempt();
+                self.trace.attempt(attempt);
+                Ok(Step::Batch {
+                    plan: self.plan,
+                    attempt,
+                })
+            }
+            Phase::Over => Ok(Step::Done),
+        }
+    }
+
+    /// The checkpoint row as [`Step::Start`] read it, or why it could not:
+    /// a transient failure is tried again after a wait; a row of another job
+    /// stops the job.
+    pub(crate) fn started(&mut self, row: Result<Checkpoint, AttemptError>) -> Result<(), Error>
+    where
+        V: DeserializeOwned,
+    {
+        let row = match row {
+            Ok(row) => row,
+            Err(e) => {
+                self.wait = Some(self.start_failed(self.setup_attempt, e)?);
+                return Ok(());
+            }
+        };
+        self.setup_attempt = 0;
+        let name = self.checkpoint.clone().unwrap_or_default();
+        let (fingerprint, identity) = self.fingerprint.clone();
+        match self.resume(&name, &row, &fingerprint, &identity)? {
+            Resume::Done => self.phase = Phase::Over,
+            Resume::After(after) => {
+                self.seek = after;
+                self.phase = match self.bounds_empty() {
+                    true => Phase::Empty,
+                    false => Phase::Checks,
+                };
+                self.start_row = Some(row);
+            }
+        }
+        Ok(())
+    }
+
+    /// The outcome of [`Step::FinishEmpty`]; `busy` when
+    /// [`empty_locked`](Self::empty_locked) said [`EmptyLock::Busy`].
+    pub(crate) fn emptied(
+        &mut self,
+        done: Result<(), AttemptError>,
+        busy: bool,
+    ) -> Result<(), Error> {
+        match done {
+            Ok(()) => self.phase = Phase::Over,
+            Err(e) => self.wait = Some(self.empty_failed(self.setup_attempt, busy, e)?),
+        }
+        Ok(())
+    }
+
+    /// The checks before the first batch passed.
+    pub(crate) fn checked(&mut self) {
+        if self.phase == Phase::Checks {
+            self.phase = Phase::Batch { running: false };
+        }
+    }
+
+    /// The outcome of [`Step::Batch`]: a committed batch is counted, and the
+    /// next step is the wait after it (if any) and the next batch; a failed
+    /// attempt is judged by [`failed`](Self::failed).
+    pub(crate) fn ran(&mut self, outcome: Result<Committed<V>, Box<Failure>>) -> Result<(), Error>
+    where
+        V: DeserializeOwned,
+    {
+        let next = match outcome {
+            Ok(c) => Next::Committed(c),
+            Err(f) => self.failed(*f).inspect_err(|e| self.trace.failed(e))?,
+        };
+        let c = match next {
+            Next::Retry(delay) => {
+                self.wait = Some(delay);
+                return Ok(());
+            }
+            Next::Committed(c) => c,
+        };
+        let took = self
+            .batch_started
+            .take()
+            .map(|t| t.elapsed())
+            .unwrap_or_default();
+        self.trace.committed(c.n, c.written);
+        let advanced = self.committed(c, took);
+        self.seek = advanced.after;
+        match advanced.wait {
+            None => self.phase = Phase::Over,
+            Some(wait) => {
+                self.phase = Phase::Batch { running: false };
+                if !wait.is_zero() {
+                    self.wait = Some(wait);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The current batch's tracing span: a driver runs the batch's
+    /// statements in it.
+    pub(crate) fn trace(&self) -> &Trace {
+        &self.trace
+    }
+
+    /// The job's checkpoint, if it has one.
+    pub(crate) fn checkpoint(&self) -> Option<&str> {
+        self.checkpoint.as_deref()
+    }
+
+    /// The key's columns and Rust type, as the checkpoint stores them.
+    pub(crate) fn key_type(&self) -> &str {
+        &self.key_type
+    }
+
+    /// The fingerprint [`Step::Start`] stores in a row the job
+    /// [`claims`](Self::claims).
+    pub(crate) fn fingerprint(&self) -> &str {
+        &self.fingerprint.0
+    }
+
+    /// Checks a loaded batch of `rows` (in the statement's order, `key_of`
+    /// reading a row's key) inside its transaction, and drops its look-ahead
+    /// row: what the batch writes, and its key range. The batch's numbers are
+    /// counted once it commits.
+    pub(crate) fn loaded<K: Key<Value = V>, T>(
+        &self,
+        plan: &BatchPlan,
+        key: &K,
+        bounds: &Bounds<V>,
+        rows: &mut Vec<T>,
+        key_of: impl Fn(&T) -> &StoredKey<V>,
+    ) -> Result<Loaded<V>, Abort> {
+        let first = rows.first().map(|r| format!("{:?}", key_of(r).value));
+        let checked = self
+            .engine
+            .check(plan, key, bounds, rows, &key_of)
+            .map_err(Abort::Fail)?;
+        let last = checked.last.as_ref().map(|k| format!("{:?}", k.value));
+        let range = checked.last.as_ref().map(|hi| {
+            let mut range = bounds.clone();
+            range.until = Some(hi.clone());
+            range
+        });
+        Ok(Loaded {
+            checked,
+            range,
+            keys: first.zip(last),
+        })
+    }
+
+    /// What a batch's transaction ends with, once its body ran: the
+    /// checkpoint's position (with a checkpoint), and what the driver keeps
+    /// to tell a lost `COMMIT` answer ([`Sent`]) and the batch committed.
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn wrote(
+        &self,
+        batch: Loaded<V>,
+        n: usize,
+        written: u64,
+    ) -> Result<(Option<Position>, Sent, Committed<V>), Abort>
+    where
+        V: Serialize,
+    {
+        let Loaded { checked, keys, .. } = batch;
+        let position = match self.checkpoint {
+            Some(_) => Some(
+                self.position(checked.last.as_ref(), n, written, checked.more)
+                    .map_err(Abort::Fail)?,
+            ),
+            None => None,
+        };
+        let committed = Committed {
+            n,
+            written,
+            last: checked.last,
+            more: checked.more,
+        };
+        Ok((position, Sent { keys }, committed))
     }
 
     /// The size the next batch asks for.
@@ -365,21 +725,28 @@ impl<V: Clone + PartialEq + std::fmt::Debug> WriteMachine<V> {
         self.setup_failed(attempt, e)
     }
 
-    /// Judges the checkpoint row of job `name` as attempt `attempt` at
-    /// marking a job done whose bounds hold no key locked it (`now`); `row`
-    /// is the row as the job started.
+    /// Judges the checkpoint row as attempt `attempt` at marking a job done
+    /// whose bounds hold no key locked it (`now`), against the row as the job
+    /// started.
     pub(crate) fn empty_locked(
         &self,
         now: diesel::QueryResult<Option<Checkpoint>>,
-        row: &Checkpoint,
         attempt: u32,
     ) -> EmptyLock {
+        let Some(row) = &self.start_row else {
+            return EmptyLock::Failed(diesel::result::Error::NotFound);
+        };
         match now {
             // An attempt before this one committed, and its answer was lost.
             Ok(Some(now)) if attempt > 1 && now.done && now.batches == row.batches => {
                 EmptyLock::Done
             }
-            Ok(Some(now)) if !now.done && now.batches == row.batches => EmptyLock::Mark,
+            Ok(Some(now)) if !now.done && now.batches == row.batches => EmptyLock::Mark(Position {
+                last_key: row.last_key.clone(),
+                rows: row.rows,
+                batches: row.batches,
+                done: true,
+            }),
             Ok(_) => EmptyLock::Busy(diesel::result::Error::RollbackTransaction),
             Err(e) if is_lock_conflict(&e) && attempt == 1 => EmptyLock::Busy(e),
             Err(e) => EmptyLock::Failed(e),
@@ -1463,24 +1830,25 @@ mod tests {
     fn a_job_with_empty_bounds_marks_its_checkpoint_done_once() {
         let mut m = machine(scan(10, None, None), &with_checkpoint(), None, 3);
         let start = row(10, 2, Some(5), false);
+        m.start_row = Some(start.clone());
         let is = |lock: EmptyLock, want: &str| {
             let got = format!("{lock:?}");
             assert!(got.starts_with(want), "{got}");
         };
-        is(m.empty_locked(Ok(Some(start.clone())), &start, 1), "Mark");
+        is(m.empty_locked(Ok(Some(start.clone())), 1), "Mark");
         // On a retry, a row already done is the attempt before's.
         let mut done = start.clone();
         done.done = true;
-        is(m.empty_locked(Ok(Some(done.clone())), &start, 2), "Done");
+        is(m.empty_locked(Ok(Some(done.clone())), 2), "Done");
         // On a first attempt it is another runner's; so is a row moved on.
-        is(m.empty_locked(Ok(Some(done)), &start, 1), "Busy");
+        is(m.empty_locked(Ok(Some(done)), 1), "Busy");
         is(
-            m.empty_locked(Ok(Some(row(13, 3, Some(8), false))), &start, 2),
+            m.empty_locked(Ok(Some(row(13, 3, Some(8), false))), 2),
             "Busy",
         );
-        is(m.empty_locked(Ok(None), &start, 1), "Busy");
-        is(m.empty_locked(Err(lock_conflict()), &start, 1), "Busy");
-        is(m.empty_locked(Err(lost()), &start, 1), "Failed");
+        is(m.empty_locked(Ok(None), 1), "Busy");
+        is(m.empty_locked(Err(lock_conflict()), 1), "Busy");
+        is(m.empty_locked(Err(lost()), 1), "Failed");
         // A lost connection is retried; a busy row stops the job.
         let d = m.empty_failed(1, false, AttemptError::Query(lost()));
         assert!(d.unwrap() <= ms(5));

@@ -86,6 +86,59 @@ impl MoveWatch {
     }
 }
 
+/// The decisions of a batch's `UPDATE` on a table whose triggers may move
+/// keys: the table's rows in the batch's key range (whatever the query's
+/// filters) are counted before the `UPDATE` and after it, in a savepoint.
+/// Fewer after means the `UPDATE` moved keys out of the range, or another
+/// transaction deleted rows of it in between; the `UPDATE` is rolled back to
+/// the savepoint and the range counted again to tell which. When the range is
+/// as it was, the rows left because of the `UPDATE`: a move. Otherwise the
+/// `UPDATE` runs again against the new count (three times at most, then a
+/// move: the range never held still). Rows another writer adds to the range
+/// while the `UPDATE` runs can hide a move in that batch, but a trigger that
+/// moves keys moves them in the next batch too.
+///
+/// The drivers run the statements: count, then (in a savepoint) update and
+/// [`updated`](Self::updated), and after a rollback count and
+/// [`recounted`](Self::recounted).
+#[derive(Debug)]
+pub(crate) struct RangeGuard {
+    before: i64,
+    attempt: u32,
+}
+
+impl RangeGuard {
+    /// How often the `UPDATE` runs before a range that keeps changing is
+    /// taken as moved.
+    const ATTEMPTS: u32 = 3;
+
+    /// The range held `before` rows before the first `UPDATE`.
+    pub(crate) fn new(before: i64) -> Self {
+        Self { before, attempt: 1 }
+    }
+
+    /// The range holds `after` rows after the `UPDATE`: `Err(rows moved)`
+    /// when fewer (roll the savepoint back and recount).
+    pub(crate) fn updated(&self, after: i64) -> Result<(), u64> {
+        match after < self.before {
+            true => Err(u64::try_from(self.before - after).unwrap_or(0)),
+            false => Ok(()),
+        }
+    }
+
+    /// After `moved` rows left the range and the `UPDATE` was rolled back,
+    /// the range holds `again`: `Err(moved)` when the `UPDATE` moved them
+    /// (or the range never held still), `Ok` to run the `UPDATE` again.
+    pub(crate) fn recounted(&mut self, moved: u64, again: i64) -> Result<(), u64> {
+        if again == self.before || self.attempt >= Self::ATTEMPTS {
+            return Err(moved);
+        }
+        self.before = again;
+        self.attempt += 1;
+        Ok(())
+    }
+}
+
 /// The causes of a SQLite table (see [`UniqueIndexes::key_move_causes`](crate::UniqueIndexes)).
 #[cfg(feature = "sqlite")]
 pub(crate) fn sqlite_causes(

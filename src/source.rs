@@ -24,6 +24,18 @@ pub enum AttemptError {
     AsyncPool(Box<dyn std::error::Error + Send + Sync>),
 }
 
+/// The job of a blocking source ([`ConnectionSource`]): a write verb returns
+/// its report. Which kind of job a verb runs is inferred from the source's
+/// type: one `update_all` for `&mut PgConnection` and `&mut
+/// AsyncPgConnection` alike.
+#[derive(Debug)]
+pub struct Blocking;
+
+/// The job of an async source (`AsyncConnectionSource`, feature `async`): a
+/// write verb returns a future of its report.
+#[derive(Debug)]
+pub struct NonBlocking;
+
 /// A source of connections for a scan.
 ///
 /// Implemented for `&mut C` (every batch runs on that connection; no retry, since

@@ -56,6 +56,7 @@ mod plan;
 mod pool;
 mod rows;
 mod scan;
+mod write;
 
 pub use check::AsyncKeyCheck;
 pub use rows::AsyncRows;

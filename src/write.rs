@@ -57,16 +57,16 @@ use serde::Serialize;
 use crate::backend::KeysetBackend;
 use crate::builder::{Chunked, Db, ModelBase};
 use crate::checkpoint::{Checkpoint, CheckpointConnection};
-use crate::engine::{BatchPlan, Engine, ScanConfig};
+use crate::engine::{BatchPlan, ScanConfig};
 use crate::error::Error;
 use crate::iter::FirstBatch;
 use crate::key::Key;
-use crate::machine::{Abort, Committed, EmptyLock, Failure, Next, Resume, Sent, WriteMachine};
-use crate::moved::MoveWatch;
+use crate::machine::{Abort, Committed, EmptyLock, Failure, Step, WriteMachine};
+use crate::moved::{MoveWatch, RangeGuard};
 use crate::predicate::{Bounds, BoundsCell, SeekPredicate};
 use crate::query::{PrepareKeys, PrepareModel, SeekQuery};
 use crate::rows::{KeyRows, LoadedRow, ModelRows, Rows};
-use crate::source::ConnectionSource;
+use crate::source::{Blocking, ConnectionSource};
 
 /// What a write job did in the run that returned it; a resumed job's earlier
 /// runs are in its checkpoint (see [`checkpoint::status`](crate::checkpoint::status)).
@@ -159,7 +159,7 @@ pub(crate) struct JobIdentity {
 
 impl WriteConfig {
     /// This configuration for a job of `kind` whose query renders as `sql`.
-    fn with_identity(mut self, kind: &'static str, sql: String) -> Self {
+    pub(crate) fn with_identity(mut self, kind: &'static str, sql: String) -> Self {
         self.identity = Some(JobIdentity { kind, sql });
         self
     }
@@ -175,7 +175,7 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 
 /// The fingerprint of a job (stored in its checkpoint): `<kind> <16 hex
 /// digits>`, the hash of its kind, key, query and bounds; and the text hashed.
-fn fingerprint<V: std::fmt::Debug>(
+pub(crate) fn fingerprint<V: std::fmt::Debug>(
     identity: Option<&JobIdentity>,
     key_type: &str,
     bounds: &Bounds<V>,
@@ -194,7 +194,7 @@ fn fingerprint<V: std::fmt::Debug>(
 /// The SQL of `fragment` on `DB` with its bind values, as `debug_query` shows
 /// it; a fixed text if it cannot be rendered (the job then fails on its first
 /// statement anyway).
-fn debug_sql<DB, T>(fragment: &T) -> String
+pub(crate) fn debug_sql<DB, T>(fragment: &T) -> String
 where
     DB: Backend + Default,
     DB::QueryBuilder: Default,
@@ -232,8 +232,9 @@ impl std::fmt::Debug for WriteConfig {
 /// transaction), the batch's loaded rows and its key range, the rows written.
 type WriteFn<'f, C, L, V> = dyn FnMut(&mut C, Vec<L>, &Bounds<V>) -> Result<u64, Abort> + 'f;
 
-/// The write driver: runs each batch the [`WriteMachine`] plans as one
-/// transaction with the job's write and its checkpoint, and sleeps as it says.
+/// The write driver: runs each [`Step`] the [`WriteMachine`] asks for, each
+/// batch one transaction with the job's write and its checkpoint, and sleeps
+/// as it says.
 pub(crate) fn run_job<S, B, K, R>(
     mut source: S,
     query: Result<SeekQuery<B, K>, Error>,
@@ -250,9 +251,77 @@ where
     K::Value: Serialize + DeserializeOwned,
     R: Rows<S::Connection, B, K>,
 {
+    let (mut query, mut m) = start_job(query, &rows, scan, &job, S::DEFAULT_MAX_RETRIES)?;
+    loop {
+        match m.step()? {
+            Step::Start { retry } => {
+                let name = m.checkpoint().unwrap_or_default();
+                let row = source.run(retry, |c| {
+                    let row = c.start_checkpoint(name, m.key_type())?;
+                    match m.claims(&row) {
+                        true => c.claim_checkpoint(name, m.fingerprint()),
+                        false => Ok(row),
+                    }
+                });
+                m.started(row)?;
+            }
+            Step::FinishEmpty { attempt } => {
+                let name = m.checkpoint().unwrap_or_default();
+                let mut busy = false;
+                let done = source.run(attempt > 1, |conn| {
+                    conn.batch_transaction(|conn| {
+                        match m.empty_locked(conn.lock_checkpoint(name), attempt) {
+                            EmptyLock::Done => Ok(()),
+                            EmptyLock::Mark(at) => at.write(conn, name),
+                            EmptyLock::Busy(e) => {
+                                busy = true;
+                                Err(e)
+                            }
+                            EmptyLock::Failed(e) => Err(e),
+                        }
+                    })
+                });
+                m.emptied(done, busy)?;
+            }
+            Step::Checks => {
+                let mut first = FirstBatch {
+                    query: &mut query,
+                    rows: &mut rows,
+                    engine: m.engine_mut(),
+                };
+                let steps = first.steps(<Db<S> as KeysetBackend>::STORED_FORMS);
+                first.run(&mut source, steps)?;
+                m.checked();
+            }
+            Step::Seek(after) => query.set_after(Some(after)),
+            Step::Batch { plan, attempt } => {
+                let ran = {
+                    let _span = m.trace().enter();
+                    run_batch(&mut source, &query, &mut rows, &m, plan, attempt, write)
+                };
+                m.ran(ran)?;
+            }
+            Step::Wait(wait) => std::thread::sleep(wait),
+            Step::Done => return Ok(m.finish()),
+        }
+    }
+}
+
+/// The prepared query of a write job and its machine, or why it cannot
+/// run: what both drivers start from.
+pub(crate) fn start_job<B, K, R>(
+    query: Result<SeekQuery<B, K>, Error>,
+    _rows: &R,
+    scan: ScanConfig,
+    job: &WriteConfig,
+    default_retries: u32,
+) -> Result<(SeekQuery<B, K>, WriteMachine<K::Value>), Error>
+where
+    K: Key,
+    R: crate::rows::RowType<K>,
+{
     let mut query = query?;
-    let name = job.checkpoint.as_deref();
-    if let Some(name) = name {
+    if let Some(name) = job.checkpoint.as_deref() {
         crate::checkpoint::check_name(name)?;
     }
     let key_type = format!(
@@ -260,119 +329,26 @@ where
         query.key().describe(),
         std::any::type_name::<K::Value>()
     );
-    let mut m = WriteMachine::new(
+    let m = WriteMachine::new(
         scan,
-        &job,
+        job,
         R::ORIGIN,
         query.bounds(),
         K::compare,
-        key_type.clone(),
-        S::DEFAULT_MAX_RETRIES,
+        key_type,
+        default_retries,
     );
     query.set_statements(m.engine().config.cache_statements, m.batch_size());
-    if let Some(name) = name {
-        // The job's identity, from the bounds it was built with (before a
-        // resume moves them).
-        let (fingerprint, identity) = fingerprint(job.identity.as_ref(), &key_type, query.bounds());
-        // Read (or create) the job's row, and store the fingerprint in a new one.
-        let mut attempt = 0;
-        let row = loop {
-            attempt += 1;
-            let started = source.run(attempt > 1, |c| {
-                let row = c.start_checkpoint(name, &key_type)?;
-                if m.claims(&row) {
-                    return c.claim_checkpoint(name, &fingerprint);
-                }
-                Ok(row)
-            });
-            match started {
-                Ok(row) => break row,
-                Err(e) => std::thread::sleep(m.start_failed(attempt, e)?),
-            }
-        };
-        match m.resume(name, &row, &fingerprint, &identity)? {
-            Resume::Done => return Ok(m.finish()),
-            Resume::After(after) => {
-                if after.is_some() {
-                    query.set_after(after);
-                }
-            }
-        }
-        if m.bounds_empty() {
-            // Bounds that hold no key: the job is finished as it starts.
-            finish_empty(&mut source, &mut m, name, &row)?;
-        }
-    }
-    if m.bounds_empty() {
-        return Ok(m.finish());
-    }
-
-    check_key_order(&mut source, &mut query, &mut rows, m.engine_mut())?;
-
-    while let Some(plan) = m.next_batch()? {
-        #[cfg(feature = "tracing")]
-        let span = tracing::info_span!(
-            "chunked_write_batch",
-            batch = plan.batch,
-            key = %query.key().describe(),
-            after = ?query.bounds().after,
-            limit = plan.limit,
-            rows = tracing::field::Empty,
-            written = tracing::field::Empty,
-            attempt = tracing::field::Empty,
-            elapsed_ms = tracing::field::Empty,
-        );
-        #[cfg(feature = "tracing")]
-        let _entered = span.enter();
-        let batch_started = Instant::now();
-        let committed = loop {
-            let attempt = m.attempt();
-            #[cfg(feature = "tracing")]
-            span.record("attempt", attempt);
-            let ran = run_batch(
-                &mut source,
-                &query,
-                &mut rows,
-                &m,
-                name,
-                plan,
-                attempt,
-                write,
-            );
-            match ran.map_or_else(|f| m.failed(*f), |c| Ok(Next::Committed(c)))? {
-                Next::Committed(c) => break c,
-                Next::Retry(delay) => std::thread::sleep(delay),
-            }
-        };
-        let took = batch_started.elapsed();
-        #[cfg(feature = "tracing")]
-        {
-            span.record("rows", committed.n);
-            span.record("written", committed.written);
-            span.record("elapsed_ms", took.as_secs_f64() * 1000.0);
-        }
-        let advanced = m.committed(committed, took);
-        if advanced.after.is_some() {
-            query.set_after(advanced.after);
-        }
-        match advanced.wait {
-            None => break,
-            Some(wait) if !wait.is_zero() => std::thread::sleep(wait),
-            Some(_) => {}
-        }
-    }
-    Ok(m.finish())
+    Ok((query, m))
 }
 
 /// Runs attempt `attempt` at batch `plan` as one transaction: locks the
 /// checkpoint row, loads the batch, writes it, advances the checkpoint.
-#[allow(clippy::too_many_arguments)]
 fn run_batch<S, B, K, R>(
     source: &mut S,
     query: &SeekQuery<B, K>,
     rows: &mut R,
     m: &WriteMachine<K::Value>,
-    name: Option<&str>,
     plan: BatchPlan,
     attempt: u32,
     write: &mut WriteFn<'_, S::Connection, R::Loaded, K::Value>,
@@ -385,56 +361,32 @@ where
     K::Value: Serialize + DeserializeOwned,
     R: Rows<S::Connection, B, K>,
 {
+    let name = m.checkpoint();
     let mut rollback = None;
     // Set when the transaction's body is done: a failure after it is the COMMIT's.
     let mut sent = None;
     let ran = source.run(attempt > 1, |conn| {
         let result = conn.batch_transaction(|conn| -> Result<_, Abort> {
             if let Some(name) = name {
-                let row = if m.first_attempt() {
-                    lock_waiting(conn, name)
-                } else {
-                    conn.lock_checkpoint(name)
+                let row = match m.first_attempt() {
+                    true => lock_waiting(conn, name),
+                    false => conn.lock_checkpoint(name),
                 };
                 m.locked(name, row)?;
             }
             let mut loaded = rows.load(query, conn, plan.fetch())?;
-            let checked = m
-                .engine()
-                .check(&plan, query.key(), query.bounds(), &mut loaded, |r| r.key())
-                .map_err(Abort::Fail)?;
+            let batch = m.loaded(&plan, query.key(), query.bounds(), &mut loaded, |r| r.key())?;
             let n = loaded.len();
-            let first = loaded.first().map(|r| format!("{:?}", r.key().value));
-            let last = checked.last.as_ref().map(|k| format!("{:?}", k.value));
-            let written = match &checked.last {
-                Some(hi) => {
-                    let mut range = query.bounds().clone();
-                    range.until = Some(hi.clone());
-                    write(conn, loaded, &range)?
-                }
+            let written = match &batch.range {
+                Some(range) => write(conn, loaded, range)?,
                 None => 0,
             };
-            if let Some(name) = name {
-                let at = m
-                    .position(checked.last.as_ref(), n, written, checked.more)
-                    .map_err(Abort::Fail)?;
-                conn.advance_checkpoint(
-                    name,
-                    at.last_key.as_deref(),
-                    at.rows,
-                    at.batches,
-                    at.done,
-                )?;
+            let (position, keys, committed) = m.wrote(batch, n, written)?;
+            if let (Some(name), Some(at)) = (name, position) {
+                at.write(conn, name)?;
             }
-            sent = Some(Sent {
-                keys: first.zip(last),
-            });
-            Ok(Committed {
-                n,
-                written,
-                last: checked.last,
-                more: checked.more,
-            })
+            sent = Some(keys);
+            Ok(committed)
         });
         result.map_err(|abort| {
             let (e, why) = abort.split();
@@ -451,60 +403,9 @@ where
     })
 }
 
-/// Marks the checkpoint of job `name`, whose bounds hold no key, done: in a
-/// batch transaction that locks the row as a batch does, so that a run of the
-/// job elsewhere is not overtaken. `row` is the row as the job started.
-fn finish_empty<S, V>(
-    source: &mut S,
-    m: &mut WriteMachine<V>,
-    name: &str,
-    row: &Checkpoint,
-) -> Result<(), Error>
-where
-    S: ConnectionSource,
-    S::Connection: CheckpointConnection,
-    V: Clone + PartialEq + std::fmt::Debug,
-{
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let mut busy = false;
-        let ran = source.run(attempt > 1, |conn| {
-            conn.batch_transaction(|conn| {
-                match m.empty_locked(conn.lock_checkpoint(name), row, attempt) {
-                    EmptyLock::Done => Ok(()),
-                    EmptyLock::Mark => {
-                        let last = row.last_key.as_deref();
-                        conn.advance_checkpoint(name, last, row.rows, row.batches, true)
-                    }
-                    EmptyLock::Busy(e) => {
-                        busy = true;
-                        Err(e)
-                    }
-                    EmptyLock::Failed(e) => Err(e),
-                }
-            })
-        });
-        match ran {
-            Ok(()) => return Ok(()),
-            Err(e) => std::thread::sleep(m.empty_failed(attempt, busy, e)?),
-        }
-    }
-}
-
-/// How long the first attempt of a batch waits for the checkpoint row that
-/// another transaction holds, before the job stops with
-/// [`Error::CheckpointBusy`].
-const LOCK_WAIT: Duration = Duration::from_secs(5);
-
 /// [`lock_checkpoint`](CheckpointConnection::lock_checkpoint) in a savepoint
-/// of the batch's transaction, tried again (after
-/// [`retry_delay`](crate::source::retry_delay)) while the row is locked, for
-/// at most [`LOCK_WAIT`]. A runner that died inside a batch holds the row
-/// until the server notices its closed connection and rolls its transaction
-/// back, so a run started right after the crash waits for that instead of
-/// stopping. A live runner is no less excluded: once the row is free, `lock`
-/// finds it moved on by the other runner's batch.
+/// of the batch's transaction, tried again while the row is locked, as
+/// [`lock_retry`](crate::machine::lock_retry) says.
 ///
 /// The savepoint keeps the batch's transaction usable after a failed lock
 /// (PostgreSQL aborts a transaction on any error).
@@ -516,45 +417,12 @@ fn lock_waiting<C: CheckpointConnection>(
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match conn.transaction(|conn| conn.lock_checkpoint(name)) {
-            Err(e) if crate::checkpoint::is_lock_conflict(&e) && started.elapsed() < LOCK_WAIT => {
-                std::thread::sleep(crate::source::retry_delay(attempt));
-            }
-            locked => return locked,
+        let locked = conn.transaction(|conn| conn.lock_checkpoint(name));
+        match crate::machine::lock_retry(started, attempt, &locked) {
+            Some(wait) => std::thread::sleep(wait),
+            None => return locked,
         }
     }
-}
-
-/// The checks a scan runs before its first batch, run before a write job's
-/// first batch too, by the same code ([`FirstBatch::run`]): a key the
-/// database cannot order and compare consistently (a string column type on
-/// MySQL/MariaDB, a key held unique by an index in another collation than it
-/// is compared in on SQLite and PostgreSQL) is [`Error::UnsupportedKey`]; a
-/// start key given as a Rust value on a key the backend stores in forms of its
-/// own is probed, and [`Error::StoredForm`] when the row before it is stored
-/// so; a composite key whose batches would each sort the remaining rows is
-/// [`Error::SortsEveryBatch`] unless the job allows sorts, or else ordered by
-/// its unique prefix.
-fn check_key_order<S, B, K, R>(
-    source: &mut S,
-    query: &mut SeekQuery<B, K>,
-    rows: &mut R,
-    engine: &mut Engine,
-) -> Result<(), Error>
-where
-    S: ConnectionSource,
-    S::Connection: CheckpointConnection,
-    Db<S>: KeysetBackend,
-    K: Key,
-    R: Rows<S::Connection, B, K>,
-{
-    let mut first = FirstBatch {
-        query,
-        rows,
-        engine,
-    };
-    let steps = first.steps(<Db<S> as KeysetBackend>::STORED_FORMS);
-    first.run(source, steps)
 }
 
 /// `update_all` / `delete_all` need a query of one table that Diesel can
@@ -581,14 +449,15 @@ pub type RangeTarget<Q, K> = diesel::dsl::Filter<Q, SeekPredicate<K>>;
     note = "to write per batch from a join or anything else, use `for_each_batch(conn, |conn, rows: Vec<M>| ...)`, \
             which hands each batch's rows to your closure inside the batch's transaction"
 )]
-pub trait UpdateJob<'a, S: ConnectionSource, V> {
-    /// The key's value type.
-    type Value;
-    fn run_update(self, source: S, changes: V) -> Result<WriteReport<Self::Value>, Error>;
+pub trait UpdateJob<'a, S, V, Kind> {
+    /// What the job returns: `Result<WriteReport<_>, Error>` on a blocking
+    /// source, a future of it on an async one.
+    type Output;
+    fn run_update(self, source: S, changes: V) -> Self::Output;
 }
 
 #[diagnostic::do_not_recommend]
-impl<'a, Q, K, S, V> UpdateJob<'a, S, V> for Chunked<Q, K>
+impl<'a, Q, K, S, V> UpdateJob<'a, S, V, Blocking> for Chunked<Q, K>
 where
     K: Key,
     K::Value: Serialize + DeserializeOwned,
@@ -611,9 +480,9 @@ where
         diesel::query_dsl::methods::SelectDsl<diesel::dsl::count_star>,
     Q: QueryFragment<Db<S>>,
 {
-    type Value = K::Value;
+    type Output = Result<WriteReport<K::Value>, Error>;
 
-    fn run_update(self, source: S, changes: V) -> Result<WriteReport<K::Value>, Error> {
+    fn run_update(self, source: S, changes: V) -> Self::Output {
         let set = render_sql::<Db<S>, _>(&changes.clone().as_changeset());
         if let Some(column) = set.as_deref().and_then(|set| key_set_in(&self.key, set)) {
             let columns = self.key.describe();
@@ -685,22 +554,32 @@ pub type RangeTable<Q, K> = <RangeTarget<Q, K> as HasTable>::Table;
 pub type RangeCount<Q, K> =
     diesel::dsl::Count<diesel::dsl::Filter<RangeTable<Q, K>, SeekPredicate<K>>>;
 
+/// The table of the key whose columns render as `key_sql`, and its columns
+/// of that table; `None` when they cannot be read.
+pub(crate) fn key_columns_of(
+    key_sql: Option<&str>,
+) -> Option<(crate::unique::sql::TableName, Vec<String>)> {
+    let key = crate::unique::sql::key_columns(key_sql?).ok()?;
+    let table = key.first()?.table.clone();
+    let columns = key
+        .iter()
+        .filter(|k| k.table == table)
+        .map(|k| k.column.clone())
+        .collect();
+    Some((table, columns))
+}
+
 /// What the schema says can move the key of the table whose key columns
 /// render as `key_sql`; nothing when they cannot be read.
 fn read_move_watch<C: CheckpointConnection>(
     conn: &mut C,
     key_sql: Option<&str>,
 ) -> diesel::QueryResult<MoveWatch> {
-    let Some(Ok(key)) = key_sql.map(crate::unique::sql::key_columns) else {
+    let Some((table, columns)) = key_columns_of(key_sql) else {
         return Ok(MoveWatch::default());
     };
-    let table = key[0].table.clone();
-    let columns: Vec<&str> = key
-        .iter()
-        .filter(|k| k.table == table)
-        .map(|k| k.column.as_str())
-        .collect();
-    let causes = conn.key_move_causes(table.schema.as_deref(), &table.table, &columns)?;
+    let names: Vec<&str> = columns.iter().map(String::as_str).collect();
+    let causes = conn.key_move_causes(table.schema.as_deref(), &table.table, &names)?;
     Ok(MoveWatch::new(&table.to_string(), causes))
 }
 
@@ -717,43 +596,23 @@ impl From<diesel::result::Error> for Guard {
     }
 }
 
-/// Runs a batch's `UPDATE` on a table whose triggers may move keys, and
-/// checks that no row left the batch's key range: the table's rows in the
-/// range (whatever the query's filters) are counted before the `UPDATE` and
-/// after it. Fewer after means the `UPDATE` moved keys out of the range, or
-/// another transaction deleted rows of it in between; the `UPDATE` is rolled
-/// back to a savepoint and the range counted again to tell which. When the
-/// range is as it was, the rows left because of the `UPDATE`:
-/// [`Guard::Moved`]. Otherwise the check runs again against the new count
-/// (three times at most, then [`Guard::Moved`]: the range never held still).
-/// Rows another writer adds to the range while the `UPDATE` runs can hide a
-/// move in that batch, but a trigger that moves keys moves them in the next
-/// batch too.
+/// Runs a batch's `UPDATE` on a table whose triggers may move keys, as
+/// [`RangeGuard`] decides: `Guard::Moved` when rows left the batch's range.
 fn guarded_update<C: diesel::Connection>(
     conn: &mut C,
     mut update: impl FnMut(&mut C) -> diesel::QueryResult<u64>,
     mut count: impl FnMut(&mut C) -> diesel::QueryResult<i64>,
 ) -> Result<u64, Guard> {
-    const ATTEMPTS: u32 = 3;
-    let mut before = count(conn)?;
-    let mut attempt = 0;
+    let mut guard = RangeGuard::new(count(conn)?);
     loop {
-        attempt += 1;
         let done = conn.transaction(|conn| {
             let written = update(conn)?;
-            let after = count(conn)?;
-            if after < before {
-                return Err(Guard::Moved(u64::try_from(before - after).unwrap_or(0)));
-            }
+            guard.updated(count(conn)?).map_err(Guard::Moved)?;
             Ok(written)
         });
         match done {
             Err(Guard::Moved(moved)) => {
-                let again = count(conn)?;
-                if again == before || attempt >= ATTEMPTS {
-                    return Err(Guard::Moved(moved));
-                }
-                before = again;
+                guard.recounted(moved, count(conn)?).map_err(Guard::Moved)?;
             }
             other => return other,
         }
@@ -761,7 +620,7 @@ fn guarded_update<C: diesel::Connection>(
 }
 
 /// A batch's key range, in the scan's order, for an error.
-fn describe_range<V: std::fmt::Debug>(range: &Bounds<V>) -> String {
+pub(crate) fn describe_range<V: std::fmt::Debug>(range: &Bounds<V>) -> String {
     let after = range
         .after
         .as_ref()
@@ -779,7 +638,7 @@ fn describe_range<V: std::fmt::Debug>(range: &Bounds<V>) -> String {
 }
 
 /// The SQL Diesel renders for `fragment` on backend `DB`, binds as placeholders.
-fn render_sql<DB, T>(fragment: &T) -> Option<String>
+pub(crate) fn render_sql<DB, T>(fragment: &T) -> Option<String>
 where
     DB: Backend + Default,
     DB::QueryBuilder: Default,
@@ -793,7 +652,7 @@ where
 /// The first column of `key` that the rendered `SET` list `set` assigns
 /// (`"title" = $1, "n" = "n" + $2`: the names before the top-level `=` of each
 /// item, unquoted).
-fn key_set_in<K: Key>(key: &K, set: &str) -> Option<String> {
+pub(crate) fn key_set_in<K: Key>(key: &K, set: &str) -> Option<String> {
     let assigned: Vec<String> = crate::query::top_level_items(set)
         .into_iter()
         .filter_map(|item| item.split_once('='))
@@ -817,10 +676,11 @@ fn key_set_in<K: Key>(key: &K, set: &str) -> Option<String> {
     note = "to write per batch from a join or anything else, use `for_each_batch(conn, |conn, rows: Vec<M>| ...)`, \
             which hands each batch's rows to your closure inside the batch's transaction"
 )]
-pub trait DeleteJob<'a, S: ConnectionSource> {
-    /// The key's value type.
-    type Value;
-    fn run_delete(self, source: S) -> Result<WriteReport<Self::Value>, Error>;
+pub trait DeleteJob<'a, S, Kind> {
+    /// What the job returns: `Result<WriteReport<_>, Error>` on a blocking
+    /// source, a future of it on an async one.
+    type Output;
+    fn run_delete(self, source: S) -> Self::Output;
 }
 
 /// The `DELETE` of a batch's key range.
@@ -830,7 +690,7 @@ pub type RangeDelete<Q, K> = DeleteStatement<
 >;
 
 #[diagnostic::do_not_recommend]
-impl<'a, Q, K, S> DeleteJob<'a, S> for Chunked<Q, K>
+impl<'a, Q, K, S> DeleteJob<'a, S, Blocking> for Chunked<Q, K>
 where
     K: Key,
     K::Value: Serialize + DeserializeOwned,
@@ -845,9 +705,9 @@ where
     Db<S>: Default,
     <Db<S> as Backend>::QueryBuilder: Default,
 {
-    type Value = K::Value;
+    type Output = Result<WriteReport<K::Value>, Error>;
 
-    fn run_delete(self, source: S) -> Result<WriteReport<K::Value>, Error> {
+    fn run_delete(self, source: S) -> Self::Output {
         let (key, query, scan, job, seek) = self.into_job::<'a, Db<S>>();
         let job = job.with_identity("delete_all", debug_sql::<Db<S>, _>(&query));
         run_job(source, seek, KeyRows, scan, job, &mut |conn, _, range| {
@@ -863,16 +723,14 @@ where
 /// Everything `for_each_batch::<M>` needs: the query's batches load as
 /// `load_batches::<M>` loads them, on a connection that has the checkpoint
 /// statements.
-pub trait ForEachBatch<'a, S: ConnectionSource, M> {
-    /// The key's value type.
-    type Value;
-    fn run_for_each<E, F>(self, source: S, f: F) -> Result<WriteReport<Self::Value>, Error>
-    where
-        F: FnMut(&mut S::Connection, Vec<M>) -> Result<(), E>,
-        E: From<diesel::result::Error> + Into<Box<dyn std::error::Error + Send + Sync>>;
+pub trait ForEachBatch<'a, S, M, F, Kind> {
+    /// What the job returns: `Result<WriteReport<_>, Error>` on a blocking
+    /// source, a future of it on an async one.
+    type Output;
+    fn run_for_each(self, source: S, f: F) -> Self::Output;
 }
 
-impl<'a, Q, K, S, M> ForEachBatch<'a, S, M> for Chunked<Q, K>
+impl<'a, Q, K, S, M, F, E> ForEachBatch<'a, S, M, F, Blocking> for Chunked<Q, K>
 where
     K: Key,
     K::Value: Serialize + DeserializeOwned,
@@ -884,14 +742,12 @@ where
     Q: QueryFragment<Db<S>>,
     Db<S>: Default,
     <Db<S> as Backend>::QueryBuilder: Default,
+    F: FnMut(&mut S::Connection, Vec<M>) -> Result<(), E>,
+    E: From<diesel::result::Error> + Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    type Value = K::Value;
+    type Output = Result<WriteReport<K::Value>, Error>;
 
-    fn run_for_each<E, F>(self, source: S, mut f: F) -> Result<WriteReport<K::Value>, Error>
-    where
-        F: FnMut(&mut S::Connection, Vec<M>) -> Result<(), E>,
-        E: From<diesel::result::Error> + Into<Box<dyn std::error::Error + Send + Sync>>,
-    {
+    fn run_for_each(self, source: S, mut f: F) -> Self::Output {
         let (bounds, scan, job) = (self.bounds(), self.config(), self.write.clone());
         let job = job.with_identity("for_each_batch", debug_sql::<Db<S>, _>(&self.query));
         let (seek, key_columns) = match self.query.prepare_model(self.key, bounds) {
@@ -914,7 +770,7 @@ impl<Q, K: Key> Chunked<Q, K> {
     /// Splits the builder for a write job: the key, the query (kept for the
     /// range statements), the configurations and the prepared key scan.
     #[allow(clippy::type_complexity)]
-    fn into_job<'a, DB: diesel::backend::Backend>(
+    pub(crate) fn into_job<'a, DB: diesel::backend::Backend>(
         self,
     ) -> (
         K,

@@ -13,7 +13,7 @@ use crate::key::Key;
 use crate::query::{PrepareKeyed, PrepareModel};
 use crate::rows::{KeyedRows, ModelRows, Rows};
 use crate::source::ConnectionSource;
-use crate::write::{DeleteJob, ForEachBatch, UpdateJob, WriteReport};
+use crate::write::{DeleteJob, ForEachBatch, UpdateJob};
 
 /// What every driver of `load_iter::<M>` / `load_iter_keyed` starts from: the
 /// prepared query (or why it cannot run), the row loader, the configuration.
@@ -149,7 +149,7 @@ pub type KeyedBatches<'a, C, S, U, F> = LoadBatches<
 /// of `M`; the query must not have its own
 /// `.select(..)` (that is a compile error). The `*_keyed` variants keep the
 /// query's selection and read the key with a closure.
-pub trait RunChunkedDsl<S: ConnectionSource>: Sized {
+pub trait RunChunkedDsl<S>: Sized {
     /// Yields rows of model `M` one by one, loading `batch_size` at a time.
     ///
     /// ```
@@ -165,6 +165,7 @@ pub trait RunChunkedDsl<S: ConnectionSource>: Sized {
     /// ```
     fn load_iter<'a, M>(self, source: S) -> ModelIter<'a, Self, S, M>
     where
+        S: ConnectionSource,
         Self: ScanModel<'a, S, M>,
     {
         LoadIter::new(self.into_scan(source))
@@ -188,6 +189,7 @@ pub trait RunChunkedDsl<S: ConnectionSource>: Sized {
     /// ```
     fn load_batches<'a, M>(self, source: S) -> ModelBatches<'a, Self, S, M>
     where
+        S: ConnectionSource,
         Self: ScanModel<'a, S, M>,
     {
         LoadBatches::new(self.into_scan(source))
@@ -212,6 +214,7 @@ pub trait RunChunkedDsl<S: ConnectionSource>: Sized {
     /// ```
     fn load_iter_keyed<'a, U, F>(self, source: S, key_of: F) -> KeyedIter<'a, Self, S, U, F>
     where
+        S: ConnectionSource,
         Self: ScanKeyed<'a, S, U, F>,
     {
         LoadIter::new(self.into_scan(source, key_of))
@@ -236,6 +239,7 @@ pub trait RunChunkedDsl<S: ConnectionSource>: Sized {
     /// ```
     fn load_batches_keyed<'a, U, F>(self, source: S, key_of: F) -> KeyedBatches<'a, Self, S, U, F>
     where
+        S: ConnectionSource,
         Self: ScanKeyed<'a, S, U, F>,
     {
         LoadBatches::new(self.into_scan(source, key_of))
@@ -268,13 +272,13 @@ pub trait RunChunkedDsl<S: ConnectionSource>: Sized {
     /// assert_eq!((report.rows, report.batches), (2, 2));
     /// # Ok(()) }
     /// ```
-    fn update_all<'a, V>(
+    fn update_all<'a, V, Kind>(
         self,
         source: S,
         changes: V,
-    ) -> Result<WriteReport<<Self as UpdateJob<'a, S, V>>::Value>, Error>
+    ) -> <Self as UpdateJob<'a, S, V, Kind>>::Output
     where
-        Self: UpdateJob<'a, S, V>,
+        Self: UpdateJob<'a, S, V, Kind>,
     {
         self.run_update(source, changes)
     }
@@ -294,12 +298,9 @@ pub trait RunChunkedDsl<S: ConnectionSource>: Sized {
     /// assert_eq!(posts::table.count().get_result::<i64>(conn)?, 2);
     /// # Ok(()) }
     /// ```
-    fn delete_all<'a>(
-        self,
-        source: S,
-    ) -> Result<WriteReport<<Self as DeleteJob<'a, S>>::Value>, Error>
+    fn delete_all<'a, Kind>(self, source: S) -> <Self as DeleteJob<'a, S, Kind>>::Output
     where
-        Self: DeleteJob<'a, S>,
+        Self: DeleteJob<'a, S, Kind>,
     {
         self.run_delete(source)
     }
@@ -333,18 +334,16 @@ pub trait RunChunkedDsl<S: ConnectionSource>: Sized {
     /// assert_eq!((report.rows, report.batches), (5, 3));
     /// # Ok(()) }
     /// ```
-    fn for_each_batch<'a, M, E, F>(
+    fn for_each_batch<'a, M, F, Kind>(
         self,
         source: S,
         f: F,
-    ) -> Result<WriteReport<<Self as ForEachBatch<'a, S, M>>::Value>, Error>
+    ) -> <Self as ForEachBatch<'a, S, M, F, Kind>>::Output
     where
-        Self: ForEachBatch<'a, S, M>,
-        F: FnMut(&mut S::Connection, Vec<M>) -> Result<(), E>,
-        E: From<diesel::result::Error> + Into<Box<dyn std::error::Error + Send + Sync>>,
+        Self: ForEachBatch<'a, S, M, F, Kind>,
     {
         ForEachBatch::run_for_each(self, source, f)
     }
 }
 
-impl<Q, K: Key, S: ConnectionSource> RunChunkedDsl<S> for Chunked<Q, K> {}
+impl<Q, K: Key, S> RunChunkedDsl<S> for Chunked<Q, K> {}

@@ -6,6 +6,7 @@ use futures_util::future::BoxFuture;
 
 use diesel_async::AsyncConnection;
 
+use crate::moved::MoveCause;
 use crate::unique::{SchemaRead, SchemaReader, UniqueIndexes, UniqueSet};
 
 /// What a scan and the planning calls ask of an async connection's schema:
@@ -67,6 +68,19 @@ pub trait AsyncKeyCheck: Send {
         })
     }
 
+    /// What in the schema of `table` can move the key `columns` of the rows
+    /// an `UPDATE` writes (see
+    /// [`UniqueIndexes::key_move_causes`](crate::UniqueIndexes::key_move_causes)).
+    fn key_move_causes<'c>(
+        &'c mut self,
+        schema: Option<&'c str>,
+        table: &'c str,
+        columns: &'c [&'c str],
+    ) -> BoxFuture<'c, QueryResult<Vec<MoveCause>>> {
+        let _ = (schema, table, columns);
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
     /// Whether an index gives the order of `columns` (see
     /// [`UniqueIndexes::has_index_in_order`](crate::UniqueIndexes::has_index_in_order)).
     fn has_index_in_order<'c>(
@@ -105,6 +119,22 @@ impl AsyncKeyCheck for diesel_async::AsyncPgConnection {
         key_sql: &'c str,
     ) -> BoxFuture<'c, QueryResult<Option<String>>> {
         Box::pin(crate::unique::pg_key_problem_async(self, key_sql))
+    }
+
+    fn key_move_causes<'c>(
+        &'c mut self,
+        schema: Option<&'c str>,
+        table: &'c str,
+        columns: &'c [&'c str],
+    ) -> BoxFuture<'c, QueryResult<Vec<MoveCause>>> {
+        use diesel::sql_types::{Array, Nullable, Text};
+        Box::pin(diesel_async::RunQueryDsl::load(
+            diesel::sql_query(crate::moved::PG_CAUSES)
+                .bind::<Nullable<Text>, _>(schema)
+                .bind::<Text, _>(table)
+                .bind::<Array<Text>, _>(columns),
+            self,
+        ))
     }
 }
 
@@ -170,6 +200,20 @@ where
             conn.has_index_in_order(schema.as_deref(), &table, &columns)
         })
     }
+
+    fn key_move_causes<'c>(
+        &'c mut self,
+        schema: Option<&'c str>,
+        table: &'c str,
+        columns: &'c [&'c str],
+    ) -> BoxFuture<'c, QueryResult<Vec<MoveCause>>> {
+        let (schema, table) = (schema.map(str::to_owned), table.to_owned());
+        let columns: Vec<String> = columns.iter().map(|c| c.to_string()).collect();
+        self.spawn_blocking(move |conn| {
+            let columns: Vec<&str> = columns.iter().map(String::as_str).collect();
+            conn.key_move_causes(schema.as_deref(), &table, &columns)
+        })
+    }
 }
 
 #[cfg(feature = "mysql")]
@@ -209,6 +253,27 @@ impl AsyncKeyCheck for diesel_async::AsyncMysqlConnection {
         Box::pin(crate::unique::has_index_in_order_async(
             self, schema, table, columns,
         ))
+    }
+
+    fn key_move_causes<'c>(
+        &'c mut self,
+        schema: Option<&'c str>,
+        table: &'c str,
+        columns: &'c [&'c str],
+    ) -> BoxFuture<'c, QueryResult<Vec<MoveCause>>> {
+        use diesel::sql_types::{Nullable, Text};
+        Box::pin(async move {
+            let rows = diesel_async::RunQueryDsl::load(
+                diesel::sql_query(crate::moved::MYSQL_CAUSES)
+                    .bind::<Nullable<Text>, _>(schema)
+                    .bind::<Text, _>(table)
+                    .bind::<Nullable<Text>, _>(schema)
+                    .bind::<Text, _>(table),
+                self,
+            )
+            .await?;
+            Ok(crate::moved::mysql_relevant(rows, columns))
+        })
     }
 }
 

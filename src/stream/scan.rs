@@ -11,7 +11,7 @@ use super::{AsyncConnectionSource, AsyncDb, AsyncKeyCheck, AsyncRows};
 use crate::backend::KeysetBackend;
 use crate::engine::{BatchPlan, EndReason, Handed, Progress};
 use crate::error::Error;
-use crate::iter::{BatchResult, ScanCore};
+use crate::iter::{BatchResult, FirstBatch, FirstSteps, ScanCore};
 use crate::key::Key;
 use crate::query::SeekQuery;
 use crate::rows::{LoadedRow, RowType};
@@ -41,61 +41,13 @@ where
     R::Loaded: Send,
     SeekQuery<B, K>: Send,
 {
-    /// The checks before the first batch: the steps of the blocking drivers'
-    /// [`FirstBatch::run`](crate::iter::FirstBatch::run), awaited.
+    /// The checks before the first batch (see [`first_steps`]).
     async fn first_steps(&mut self, plan: &BatchPlan) -> Result<(), Error> {
         let steps = self.core.first_steps(plan, AsyncDb::<S>::STORED_FORMS);
-        let Some(mut first) = self.core.first() else {
-            return Ok(());
-        };
-        if let Some(mut key_sql) = steps.key_check {
-            first.key_check_attempted();
-            let problem = self
-                .source
-                .run(false, &mut key_sql, |conn, sql| conn.key_problem(sql))
-                .await;
-            first.key_checked(problem)?;
+        match self.core.first() {
+            Some(mut first) => first_steps(&mut self.source, &mut first, steps).await,
+            None => Ok(()),
         }
-        if steps.probe {
-            let mut state = first.probe_query();
-            let rows = self
-                .source
-                .run(false, &mut state, |conn, (query, loader)| {
-                    loader.load_async(query, conn, 1)
-                })
-                .await;
-            first.probed(rows)?;
-        }
-        if let Some(check) = steps.order {
-            let (query, loader) = first.order_query();
-            let mut state = (&check, query, loader);
-            let found = self
-                .source
-                .run(false, &mut state, |conn, (check, query, loader)| {
-                    Box::pin(async move {
-                        let prefix = match check.table() {
-                            Some((schema, table)) => {
-                                check.prefix(&conn.unique_column_sets_in(schema, table).await?)
-                            }
-                            None => 0,
-                        };
-                        let needs_plan = match check.index() {
-                            Some((schema, table, columns)) if check.needs_plan(prefix) => {
-                                !conn.has_index_in_order(schema, table, &columns).await?
-                            }
-                            _ => check.needs_plan(prefix),
-                        };
-                        let plan = match needs_plan {
-                            true => Some(loader.explain_async(query, conn, 2).await?),
-                            false => None,
-                        };
-                        Ok((prefix, plan))
-                    })
-                })
-                .await;
-            first.order_checked::<AsyncDb<S>>(&check, found)?;
-        }
-        Ok(())
     }
 
     /// Loads the next non-empty batch, or `None` at the end.
@@ -128,6 +80,70 @@ where
         };
         self.core.loaded(&plan, &trace, rows)
     }
+}
+
+/// Runs `steps`, the checks before the first batch, on connections of
+/// `source`: the steps of the blocking drivers'
+/// [`FirstBatch::run`](crate::iter::FirstBatch::run), awaited. Used by the
+/// async scans and the async write jobs.
+pub(crate) async fn first_steps<S, B, K, R>(
+    source: &mut S,
+    first: &mut FirstBatch<'_, B, K, R>,
+    steps: FirstSteps,
+) -> Result<(), Error>
+where
+    S: AsyncConnectionSource,
+    AsyncDb<S>: KeysetBackend,
+    K: Key,
+    R: AsyncRows<S::Connection, B, K>,
+    R::Loaded: Send,
+    SeekQuery<B, K>: Send,
+{
+    if let Some(mut key_sql) = steps.key_check {
+        first.key_check_attempted();
+        let problem = source
+            .run(false, &mut key_sql, |conn, sql| conn.key_problem(sql))
+            .await;
+        first.key_checked(problem)?;
+    }
+    if steps.probe {
+        let mut state = first.probe_query();
+        let rows = source
+            .run(false, &mut state, |conn, (query, loader)| {
+                loader.load_async(query, conn, 1)
+            })
+            .await;
+        first.probed(rows)?;
+    }
+    if let Some(check) = steps.order {
+        let (query, loader) = first.order_query();
+        let mut state = (&check, query, loader);
+        let found = source
+            .run(false, &mut state, |conn, (check, query, loader)| {
+                Box::pin(async move {
+                    let prefix = match check.table() {
+                        Some((schema, table)) => {
+                            check.prefix(&conn.unique_column_sets_in(schema, table).await?)
+                        }
+                        None => 0,
+                    };
+                    let needs_plan = match check.index() {
+                        Some((schema, table, columns)) if check.needs_plan(prefix) => {
+                            !conn.has_index_in_order(schema, table, &columns).await?
+                        }
+                        _ => check.needs_plan(prefix),
+                    };
+                    let plan = match needs_plan {
+                        true => Some(loader.explain_async(query, conn, 2).await?),
+                        false => None,
+                    };
+                    Ok((prefix, plan))
+                })
+            })
+            .await;
+        first.order_checked::<AsyncDb<S>>(&check, found)?;
+    }
+    Ok(())
 }
 
 /// One batch being loaded: the scan is moved into the future and comes back
