@@ -32,9 +32,9 @@ pub enum AttemptError {
 pub struct Blocking;
 
 /// The job of an async source (`AsyncConnectionSource`, feature `async`): a
-/// write verb returns a future of its report.
+/// write verb returns a future of its report, which lives as long as `'f`.
 #[derive(Debug)]
-pub struct NonBlocking;
+pub struct NonBlocking<'f>(std::marker::PhantomData<&'f ()>);
 
 /// A source of connections for a scan.
 ///

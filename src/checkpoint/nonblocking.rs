@@ -253,10 +253,8 @@ macro_rules! async_checkpoint_connection {
 
 #[cfg(feature = "postgres")]
 async_checkpoint_connection!(diesel_async::AsyncPgConnection, super::POSTGRES, |conn| {
-    <diesel_async::AsyncPgConnection as AsyncConnection>::TransactionManager::begin_transaction(
-        conn,
-    )
-    .await
+    // As the blocking connection's `build_transaction().run(..)`.
+    diesel_async::AnsiTransactionManager::begin_transaction_sql(conn, "BEGIN TRANSACTION").await
 });
 
 #[cfg(feature = "mysql")]

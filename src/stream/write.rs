@@ -496,25 +496,25 @@ where
 }
 
 #[diagnostic::do_not_recommend]
-impl<'a, Q, K, S, V> UpdateJob<'a, S, V, NonBlocking> for Chunked<Q, K>
+impl<'a, 'f, Q, K, S, V> UpdateJob<'a, S, V, NonBlocking<'f>> for Chunked<Q, K>
 where
-    K: Key + Send + 'a,
-    K::Value: Serialize + DeserializeOwned + Send + Sync + 'a,
-    S: AsyncConnectionSource + 'a,
+    K: Key + Send + 'f,
+    K::Value: Serialize + DeserializeOwned + Send + Sync + 'f,
+    S: AsyncConnectionSource + 'f,
     S::Connection: AsyncCheckpointConnection,
     AsyncDb<S>: KeysetBackend + Default,
     <AsyncDb<S> as Backend>::QueryBuilder: Default,
-    Q: UpdatableQuery + Clone + Send + 'a + PrepareKeys<'a, K, AsyncDb<S>>,
+    Q: UpdatableQuery + Clone + Send + 'f + PrepareKeys<'a, K, AsyncDb<S>>,
     Q: FilterDsl<SeekPredicate<K>> + QueryFragment<AsyncDb<S>>,
-    <Q as PrepareKeys<'a, K, AsyncDb<S>>>::Base: Send + 'a,
+    <Q as PrepareKeys<'a, K, AsyncDb<S>>>::Base: Send + 'f,
     KeyRows: AsyncRows<S::Connection, <Q as PrepareKeys<'a, K, AsyncDb<S>>>::Base, K>,
     K::Selection: QueryFragment<AsyncDb<S>>,
-    V: Clone + Send + 'a + AsChangeset,
+    V: Clone + Send + 'f + AsChangeset,
     V::Changeset: QueryFragment<AsyncDb<S>>,
     <KeyRows as RowType<K>>::Loaded: Send,
-    UpdateWrite<Q, K, V>: BatchWrite<S::Connection, <KeyRows as RowType<K>>::Loaded, K::Value> + 'a,
+    UpdateWrite<Q, K, V>: BatchWrite<S::Connection, <KeyRows as RowType<K>>::Loaded, K::Value> + 'f,
 {
-    type Output = BoxFuture<'a, Result<WriteReport<K::Value>, Error>>;
+    type Output = BoxFuture<'f, Result<WriteReport<K::Value>, Error>>;
 
     fn run_update(self, source: S, changes: V) -> Self::Output {
         let set = render_sql::<AsyncDb<S>, _>(&changes.clone().as_changeset());
@@ -542,22 +542,22 @@ where
 }
 
 #[diagnostic::do_not_recommend]
-impl<'a, Q, K, S> DeleteJob<'a, S, NonBlocking> for Chunked<Q, K>
+impl<'a, 'f, Q, K, S> DeleteJob<'a, S, NonBlocking<'f>> for Chunked<Q, K>
 where
-    K: Key + Send + 'a,
-    K::Value: Serialize + DeserializeOwned + Send + Sync + 'a,
-    S: AsyncConnectionSource + 'a,
+    K: Key + Send + 'f,
+    K::Value: Serialize + DeserializeOwned + Send + Sync + 'f,
+    S: AsyncConnectionSource + 'f,
     S::Connection: AsyncCheckpointConnection,
     AsyncDb<S>: KeysetBackend + Default,
     <AsyncDb<S> as Backend>::QueryBuilder: Default,
-    Q: UpdatableQuery + Clone + Send + 'a + PrepareKeys<'a, K, AsyncDb<S>>,
+    Q: UpdatableQuery + Clone + Send + 'f + PrepareKeys<'a, K, AsyncDb<S>>,
     Q: FilterDsl<SeekPredicate<K>> + QueryFragment<AsyncDb<S>>,
-    <Q as PrepareKeys<'a, K, AsyncDb<S>>>::Base: Send + 'a,
+    <Q as PrepareKeys<'a, K, AsyncDb<S>>>::Base: Send + 'f,
     KeyRows: AsyncRows<S::Connection, <Q as PrepareKeys<'a, K, AsyncDb<S>>>::Base, K>,
     <KeyRows as RowType<K>>::Loaded: Send,
-    DeleteWrite<Q, K>: BatchWrite<S::Connection, <KeyRows as RowType<K>>::Loaded, K::Value> + 'a,
+    DeleteWrite<Q, K>: BatchWrite<S::Connection, <KeyRows as RowType<K>>::Loaded, K::Value> + 'f,
 {
-    type Output = BoxFuture<'a, Result<WriteReport<K::Value>, Error>>;
+    type Output = BoxFuture<'f, Result<WriteReport<K::Value>, Error>>;
 
     fn run_delete(self, source: S) -> Self::Output {
         let (key, query, scan, job, seek) = self.into_job::<'a, AsyncDb<S>>();
@@ -567,28 +567,28 @@ where
     }
 }
 
-impl<'a, Q, K, S, M, F, E> ForEachBatch<'a, S, M, F, NonBlocking> for Chunked<Q, K>
+impl<'a, 'f, Q, K, S, M, F, E> ForEachBatch<'a, S, M, F, NonBlocking<'f>> for Chunked<Q, K>
 where
-    K: Key + Send + 'a,
-    K::Value: Serialize + DeserializeOwned + Send + Sync + 'a,
-    S: AsyncConnectionSource + 'a,
+    K: Key + Send + 'f,
+    K::Value: Serialize + DeserializeOwned + Send + Sync + 'f,
+    S: AsyncConnectionSource + 'f,
     S::Connection: AsyncCheckpointConnection,
     AsyncDb<S>: KeysetBackend + Default,
     <AsyncDb<S> as Backend>::QueryBuilder: Default,
     Q: PrepareModel<'a, K, M, AsyncDb<S>> + QueryFragment<AsyncDb<S>>,
-    ModelBase<'a, Q, K, M, AsyncDb<S>>: Send + 'a,
+    ModelBase<'a, Q, K, M, AsyncDb<S>>: Send + 'f,
     ModelRows<M>: AsyncRows<S::Connection, ModelBase<'a, Q, K, M, AsyncDb<S>>, K>,
     <ModelRows<M> as RowType<K>>::Loaded: Send,
-    M: Send + 'a,
-    E: 'a,
+    M: Send + 'f,
+    E: 'f,
     F: for<'c> AsyncFnMut(&'c mut S::Connection, Vec<M>) -> Result<(), E>
         + for<'c> BatchFn<&'c mut S::Connection, Vec<M>, Result<(), E>, Fut: Send>
         + Send
-        + 'a,
+        + 'f,
     ForEachWrite<F, M, E>:
         BatchWrite<S::Connection, <ModelRows<M> as RowType<K>>::Loaded, K::Value>,
 {
-    type Output = BoxFuture<'a, Result<WriteReport<K::Value>, Error>>;
+    type Output = BoxFuture<'f, Result<WriteReport<K::Value>, Error>>;
 
     fn run_for_each(self, source: S, f: F) -> Self::Output {
         let (bounds, scan, job) = (self.bounds(), self.config(), self.write.clone());

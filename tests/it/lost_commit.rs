@@ -11,7 +11,7 @@
 use crate::common;
 #[cfg(all(feature = "r2d2", any(feature = "postgres", feature = "mysql")))]
 #[path = "common/proxy.rs"]
-mod proxy;
+pub(crate) mod proxy;
 
 use common::*;
 use diesel::prelude::*;
@@ -33,19 +33,19 @@ diesel::table! {
 
 #[derive(Debug, Clone, PartialEq, Queryable, Selectable)]
 #[diesel(table_name = counters)]
-struct Counter {
-    id: i32,
-    n: i32,
+pub(crate) struct Counter {
+    pub(crate) id: i32,
+    pub(crate) n: i32,
 }
 
 /// Rows in `counters`.
-const ROWS: i32 = 100;
+pub(crate) const ROWS: i32 = 100;
 /// Rows per batch: 10 batches.
-const BATCH: u64 = 10;
+pub(crate) const BATCH: u64 = 10;
 
 /// Creates `counters` with rows `1..=rows`, all at `n = 0`, and an empty
 /// `copies`.
-fn create_tables<C>(conn: &mut C, rows: i32)
+pub(crate) fn create_tables<C>(conn: &mut C, rows: i32)
 where
     C: Connection,
     diesel::query_builder::SqlQuery: diesel::query_dsl::methods::ExecuteDsl<C>,
@@ -68,7 +68,7 @@ where
 }
 
 /// Every row of `counters` as `(id, n)`, by id.
-fn counter_rows<C>(conn: &mut C) -> Vec<(i32, i32)>
+pub(crate) fn counter_rows<C>(conn: &mut C) -> Vec<(i32, i32)>
 where
     C: Connection + diesel::connection::LoadConnection,
     for<'a> diesel::dsl::Order<
@@ -84,7 +84,7 @@ where
 }
 
 /// Every id in `copies`, in order.
-fn copy_ids<C>(conn: &mut C) -> Vec<i32>
+pub(crate) fn copy_ids<C>(conn: &mut C) -> Vec<i32>
 where
     C: Connection + diesel::connection::LoadConnection,
     for<'a> diesel::dsl::Order<diesel::dsl::Select<copies::table, copies::id>, copies::id>:
@@ -98,7 +98,7 @@ where
 }
 
 /// `(id, n)` for rows `from..=to` all at `n`.
-fn at(from: i32, to: i32, n: i32) -> Vec<(i32, i32)> {
+pub(crate) fn at(from: i32, to: i32, n: i32) -> Vec<(i32, i32)> {
     (from..=to).map(|id| (id, n)).collect()
 }
 

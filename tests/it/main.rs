@@ -8,6 +8,7 @@ mod common;
 
 mod async_core;
 mod async_pool;
+mod async_write;
 mod checkpoint;
 mod collation;
 mod composite;

@@ -1,0 +1,404 @@
+//! Write jobs on diesel-async connections and pools: `update_all`,
+//! `delete_all` and `for_each_batch` with the same names, statements and
+//! semantics as the blocking jobs, each batch one transaction, checked row by
+//! row on every backend (a counter column that each write adds 1 to, and a
+//! copy of each key into a table whose primary key refuses a second copy),
+//! with failures, crashes, killed connections and lost `COMMIT` answers.
+#![cfg(feature = "async")]
+
+use crate::common;
+use crate::lost_commit::{at, copies, copy_ids, counter_rows, counters, create_tables, Counter};
+use crate::lost_commit::{BATCH, ROWS};
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use diesel::connection::InstrumentationEvent;
+use diesel::{ExpressionMethods, QueryDsl, QueryResult};
+use diesel_async::AsyncConnection;
+// diesel-async's `RunQueryDsl` in scope, as in any diesel-async code.
+use diesel_async::RunQueryDsl;
+use diesel_chunked_iterator::prelude::*;
+use diesel_chunked_iterator::{checkpoint, Error, WriteReport};
+
+/// Records the statements an async connection runs, as `QueryLog` does for a
+/// blocking one.
+fn log_async<C: AsyncConnection>(conn: &mut C) -> Arc<Mutex<Vec<String>>> {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&log);
+    conn.set_instrumentation(move |event: InstrumentationEvent<'_>| {
+        if let InstrumentationEvent::StartQuery { query, .. } = event {
+            sink.lock().unwrap().push(query.to_string());
+        }
+    });
+    log
+}
+
+macro_rules! async_write_tests {
+    ($name:ident, $backend:ty, $conn:ty, $feature:literal) => {
+        #[cfg(feature = $feature)]
+        mod $name {
+            use super::*;
+
+            type B = $backend;
+            type Conn = $conn;
+
+            /// A fresh database with `counters` (rows 1..=ROWS at 0) and
+            /// `copies`, a blocking connection to check it with and an async
+            /// one to run the jobs on.
+            async fn setup() -> (TestDb, <B as TestBackend>::Conn, Conn) {
+                let db = <B as TestBackend>::create();
+                let mut sync = <B as TestBackend>::connect(&db);
+                create_tables(&mut sync, ROWS);
+                checkpoint::create_table(&mut sync).unwrap();
+                let conn = Conn::establish(&db.url).await.expect("async connection");
+                (db, sync, conn)
+            }
+
+            /// Copies each key of `batch` into `copies`, whose primary key
+            /// refuses a second copy.
+            async fn copy(conn: &mut Conn, batch: &[Counter]) -> QueryResult<()> {
+                for c in batch {
+                    diesel::insert_into(copies::table)
+                        .values(copies::id.eq(c.id))
+                        .execute(conn)
+                        .await?;
+                }
+                Ok(())
+            }
+
+            /// The async `update_all` runs exactly the blocking one's
+            /// statements, and writes every row once.
+            #[tokio::test(flavor = "multi_thread")]
+            async fn update_all_runs_the_blocking_statements_and_writes_each_row_once() {
+                let (_db, mut sync, mut conn) = setup().await;
+                let job = || {
+                    counters::table
+                        .filter(counters::id.gt(5))
+                        .chunked_by(counters::id)
+                        .batch_size(BATCH)
+                        .checkpoint("bump")
+                };
+                let blocking = QueryLog::install(&mut sync);
+                let expected = job()
+                    .update_all(&mut sync, counters::n.eq(counters::n + 1))
+                    .unwrap();
+                let blocking = blocking.all();
+                diesel::RunQueryDsl::execute(
+                    diesel::sql_query("UPDATE counters SET n = 0"),
+                    &mut sync,
+                )
+                .unwrap();
+                checkpoint::reset(&mut sync, "bump").unwrap();
+
+                let log = log_async(&mut conn);
+                let report = job()
+                    .update_all(&mut conn, counters::n.eq(counters::n + 1))
+                    .await
+                    .unwrap();
+                let same = |r: &WriteReport<i32>| {
+                    (
+                        r.rows,
+                        r.batches,
+                        r.last_key,
+                        r.resumed_after,
+                        r.total_rows,
+                        r.total_batches,
+                    )
+                };
+                assert_eq!(same(&report), same(&expected));
+                assert_eq!(
+                    (report.done, report.retries, report.batch_size),
+                    (true, 0, BATCH)
+                );
+                assert_eq!(
+                    (report.rows, report.batches, report.last_key),
+                    (95, 10, Some(100))
+                );
+                assert!(report.done);
+                let mut rows = at(1, 5, 0);
+                rows.extend(at(6, ROWS, 1));
+                assert_eq!(counter_rows(&mut sync), rows);
+                // The same statements; binds are shown by each connection's
+                // own debug format.
+                let sql = |log: &[String]| -> Vec<String> {
+                    log.iter()
+                        .map(|q| q.split(" -- binds").next().unwrap().to_string())
+                        .collect()
+                };
+                assert_eq!(sql(&log.lock().unwrap()), sql(&blocking));
+                let c = checkpoint::status(&mut sync, "bump").unwrap().unwrap();
+                assert_eq!((c.rows, c.batches, c.done), (95, 10, true));
+            }
+
+            /// An `UPDATE` that changes the column its query filters on writes
+            /// each row once; `delete_all` deletes each matching row once.
+            #[tokio::test(flavor = "multi_thread")]
+            async fn update_all_and_delete_all_write_each_row_once() {
+                let (_db, mut sync, mut conn) = setup().await;
+                let report = counters::table
+                    .filter(counters::n.eq(0))
+                    .chunked_by(counters::id)
+                    .batch_size(7)
+                    .update_all(&mut conn, counters::n.eq(counters::n + 1))
+                    .await
+                    .unwrap();
+                assert_eq!((report.rows, report.batches, report.done), (100, 15, true));
+                assert_eq!(counter_rows(&mut sync), at(1, ROWS, 1));
+
+                let report = counters::table
+                    .filter(counters::id.gt(40))
+                    .chunked_by(counters::id)
+                    .batch_size(BATCH)
+                    .delete_all(&mut conn)
+                    .await
+                    .unwrap();
+                assert_eq!(
+                    (report.rows, report.batches, report.last_key),
+                    (60, 6, Some(100))
+                );
+                assert_eq!(counter_rows(&mut sync), at(1, 40, 1));
+            }
+
+            /// Each batch goes to an async closure once, in the batch's
+            /// transaction, as the blocking `for_each_batch` does.
+            #[tokio::test(flavor = "multi_thread")]
+            async fn for_each_batch_hands_each_batch_to_an_async_closure_once() {
+                let (_db, mut sync, mut conn) = setup().await;
+                let calls = AtomicUsize::new(0);
+                let calls = &calls;
+                let report = counters::table
+                    .chunked_by(counters::id)
+                    .batch_size(BATCH)
+                    .for_each_batch(&mut conn, async |conn, batch: Vec<Counter>| {
+                        calls.fetch_add(1, Ordering::Relaxed);
+                        copy(conn, &batch).await
+                    })
+                    .await
+                    .unwrap();
+                assert_eq!((report.rows, report.batches, report.done), (100, 10, true));
+                assert_eq!(calls.load(Ordering::Relaxed), 10);
+                assert_eq!(copy_ids(&mut sync), (1..=ROWS).collect::<Vec<_>>());
+            }
+
+            /// A closure that fails rolls its batch back and stops the job with
+            /// `Error::Batch`; run again, the checkpointed job resumes after
+            /// the last committed batch and copies every key once.
+            #[tokio::test(flavor = "multi_thread")]
+            async fn a_failed_batch_rolls_back_and_the_checkpointed_rerun_resumes_exactly() {
+                let (_db, mut sync, mut conn) = setup().await;
+                let job = || {
+                    counters::table
+                        .chunked_by(counters::id)
+                        .batch_size(BATCH)
+                        .checkpoint("copy")
+                };
+                let calls = AtomicUsize::new(0);
+                let calls = &calls;
+                let err = job()
+                    .for_each_batch(&mut conn, async |conn, batch: Vec<Counter>| {
+                        copy(conn, &batch).await?;
+                        if calls.fetch_add(1, Ordering::Relaxed) == 3 {
+                            return Err(diesel::result::Error::RollbackTransaction);
+                        }
+                        Ok(())
+                    })
+                    .await
+                    .expect_err("batch 4 fails");
+                match &err {
+                    Error::Batch {
+                        batch: 4,
+                        last_committed: Some(last),
+                        ..
+                    } => {
+                        assert_eq!(last, "30")
+                    }
+                    other => panic!("{other:?}"),
+                }
+                assert_eq!(copy_ids(&mut sync), (1..=30).collect::<Vec<_>>());
+                let c = checkpoint::status(&mut sync, "copy").unwrap().unwrap();
+                assert_eq!((c.rows, c.batches, c.done), (30, 3, false));
+
+                let report = job()
+                    .for_each_batch(&mut conn, async |conn, batch: Vec<Counter>| {
+                        copy(conn, &batch).await
+                    })
+                    .await
+                    .unwrap();
+                assert_eq!(report.resumed_after, Some(30));
+                assert_eq!(
+                    (report.rows, report.total_rows, report.total_batches),
+                    (70, 100, 10)
+                );
+                assert!(report.done);
+                assert_eq!(copy_ids(&mut sync), (1..=ROWS).collect::<Vec<_>>());
+                // Done: a third run loads nothing; another job under the
+                // same name is refused.
+                let again = job()
+                    .for_each_batch(&mut conn, async |_, _: Vec<Counter>| QueryResult::Ok(()))
+                    .await
+                    .unwrap();
+                assert_eq!((again.rows, again.total_rows, again.done), (0, 100, true));
+                let other = job()
+                    .update_all(&mut conn, counters::n.eq(counters::n + 1))
+                    .await;
+                assert!(
+                    matches!(other, Err(Error::CheckpointMismatch { .. })),
+                    "{other:?}"
+                );
+            }
+
+            /// The refusals before any statement are the blocking jobs': a SET
+            /// list that changes the key, a checkpoint name that is not one.
+            #[tokio::test(flavor = "multi_thread")]
+            async fn bad_jobs_are_refused_before_they_write() {
+                let (_db, mut sync, mut conn) = setup().await;
+                let err = counters::table
+                    .chunked_by(counters::id)
+                    .update_all(&mut conn, counters::id.eq(counters::id + 1000))
+                    .await
+                    .unwrap_err();
+                assert!(matches!(err, Error::KeyChanged { .. }), "{err:?}");
+                let err = counters::table
+                    .chunked_by(counters::id)
+                    .checkpoint("")
+                    .delete_all(&mut conn)
+                    .await
+                    .unwrap_err();
+                assert!(
+                    matches!(err, Error::InvalidCheckpointName { .. }),
+                    "{err:?}"
+                );
+                assert_eq!(counter_rows(&mut sync), at(1, ROWS, 0));
+            }
+
+            /// A job killed inside its fourth batch (SIGKILL of the process)
+            /// resumes from its checkpoint and writes every row once.
+            #[test]
+            fn a_job_killed_inside_a_batch_resumes_exactly() {
+                let rt = tokio::runtime::Runtime::new().unwrap();
+                let (db, mut sync, mut conn) = rt.block_on(setup());
+                let marker = std::env::temp_dir().join(unique_name("async-crash"));
+                let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+                    .args([
+                        "--ignored",
+                        "--exact",
+                        "async_write::crash_child",
+                        "--nocapture",
+                    ])
+                    .env("CHUNKED_CRASH_URL", &db.url)
+                    .env("CHUNKED_CRASH_MARKER", &marker)
+                    .stdout(std::process::Stdio::null())
+                    .spawn()
+                    .unwrap();
+                let started = Instant::now();
+                while !marker.exists() {
+                    assert!(
+                        started.elapsed() < Duration::from_secs(60),
+                        "the child never reached batch 4"
+                    );
+                    if let Some(status) = child.try_wait().unwrap() {
+                        panic!("the child exited early: {status}");
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                child.kill().unwrap();
+                child.wait().unwrap();
+                let _ = std::fs::remove_file(&marker);
+                let c = checkpoint::status(&mut sync, "crash").unwrap().unwrap();
+                assert_eq!((c.batches, c.rows, c.done), (3, 30, false));
+                let mut rows = at(1, 30, 1);
+                rows.extend(at(31, ROWS, 0));
+                assert_eq!(counter_rows(&mut sync), rows);
+
+                let report = rt
+                    .block_on(
+                        counters::table
+                            .chunked_by(counters::id)
+                            .batch_size(BATCH)
+                            .checkpoint("crash")
+                            .for_each_batch(&mut conn, async |conn, batch: Vec<Counter>| {
+                                bump(conn, &batch).await
+                            }),
+                    )
+                    .unwrap();
+                assert_eq!(
+                    (report.resumed_after, report.rows, report.done),
+                    (Some(30), 70, true)
+                );
+                assert_eq!(counter_rows(&mut sync), at(1, ROWS, 1));
+            }
+        }
+    };
+}
+
+async_write_tests!(
+    sqlite,
+    Sqlite,
+    diesel_async::sync_connection_wrapper::SyncConnectionWrapper<diesel::SqliteConnection>,
+    "sqlite"
+);
+async_write_tests!(postgres, Pg, diesel_async::AsyncPgConnection, "postgres");
+async_write_tests!(mysql, Mysql, diesel_async::AsyncMysqlConnection, "mysql");
+
+/// Adds 1 to `n` of each row of `batch`.
+async fn bump<C>(conn: &mut C, batch: &[Counter]) -> QueryResult<()>
+where
+    C: diesel_async::AsyncConnection,
+    for<'q> diesel::dsl::Update<
+        diesel::dsl::Filter<counters::table, diesel::dsl::EqAny<counters::id, Vec<i32>>>,
+        diesel::dsl::Eq<counters::n, diesel::dsl::Add<counters::n, i32>>,
+    >: diesel_async::methods::ExecuteDsl<C>,
+{
+    let ids: Vec<i32> = batch.iter().map(|c| c.id).collect();
+    diesel::update(counters::table.filter(counters::id.eq_any(ids)))
+        .set(counters::n.eq(counters::n + 1))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// The process `a_job_killed_inside_a_batch_resumes_exactly` kills: an async
+/// `for_each_batch` that commits 3 batches and stops inside the 4th, its
+/// transaction open.
+#[test]
+#[ignore = "run as a child process by a_job_killed_inside_a_batch_resumes_exactly"]
+fn crash_child() {
+    let url = std::env::var("CHUNKED_CRASH_URL").expect("CHUNKED_CRASH_URL");
+    let marker = std::env::var("CHUNKED_CRASH_MARKER").expect("CHUNKED_CRASH_MARKER");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    macro_rules! run {
+        ($conn:ty) => {{
+            let mut conn = rt.block_on(<$conn>::establish(&url)).unwrap();
+            let calls = AtomicUsize::new(0);
+            let (calls, marker) = (&calls, &marker);
+            let job = counters::table
+                .chunked_by(counters::id)
+                .batch_size(BATCH)
+                .checkpoint("crash")
+                .for_each_batch(&mut conn, async |conn, batch: Vec<Counter>| {
+                    bump(conn, &batch).await?;
+                    if calls.fetch_add(1, Ordering::Relaxed) == 3 {
+                        std::fs::write(marker, "in batch 4").unwrap();
+                        tokio::time::sleep(Duration::from_secs(120)).await;
+                    }
+                    QueryResult::Ok(())
+                });
+            let _ = rt.block_on(job);
+        }};
+    }
+    #[cfg(feature = "postgres")]
+    if url.starts_with("postgres") {
+        run!(diesel_async::AsyncPgConnection);
+        return;
+    }
+    #[cfg(feature = "mysql")]
+    if url.starts_with("mysql") {
+        run!(diesel_async::AsyncMysqlConnection);
+        return;
+    }
+    #[cfg(feature = "sqlite")]
+    run!(diesel_async::sync_connection_wrapper::SyncConnectionWrapper<diesel::SqliteConnection>);
+}
