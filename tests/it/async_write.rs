@@ -402,3 +402,237 @@ fn crash_child() {
     #[cfg(feature = "sqlite")]
     run!(diesel_async::sync_connection_wrapper::SyncConnectionWrapper<diesel::SqliteConnection>);
 }
+
+/// Jobs on diesel-async's pools (deadpool, bb8), whose connections the server
+/// kills or whose `COMMIT` answers a proxy loses: each batch is retried on a
+/// fresh connection, never run again once its `COMMIT` was sent, and every key
+/// is copied once.
+#[cfg(all(feature = "deadpool", feature = "bb8", feature = "r2d2"))]
+macro_rules! async_pool_write_tests {
+    ($name:ident, $backend:ty, $conn:ty, $feature:literal, $killable:expr, $kill:path) => {
+        #[cfg(feature = $feature)]
+        mod $name {
+            use super::*;
+            use crate::lost_commit::proxy::Proxy;
+            use diesel_async::pooled_connection::{bb8, deadpool, AsyncDieselConnectionManager};
+
+            type B = $backend;
+            type Conn = $conn;
+
+            /// A fresh database with `counters` and `copies`, and a URL to it
+            /// whose connections the test can kill.
+            fn setup() -> (TestDb, String) {
+                let db = <B as TestBackend>::create();
+                let mut sync = <B as TestBackend>::connect(&db);
+                create_tables(&mut sync, ROWS);
+                checkpoint::create_table(&mut sync).unwrap();
+                let url = $killable(&db.url);
+                (db, url)
+            }
+
+            /// `url` through `proxy`, in a form the async drivers read, and
+            /// (MySQL) without mysql_async's switch to the server's Unix
+            /// socket, which would leave the proxy.
+            fn proxied(proxy: &Proxy, url: &str) -> String {
+                let url = proxy.url(url).replace("&gssencmode=disable", "");
+                match url.starts_with("mysql") {
+                    true => format!("{url}?prefer_socket=false"),
+                    false => url,
+                }
+            }
+
+            fn deadpool_of(url: &str, max: usize) -> deadpool::Pool<Conn> {
+                deadpool::Pool::builder(AsyncDieselConnectionManager::<Conn>::new(url))
+                    .max_size(max)
+                    .build()
+                    .unwrap()
+            }
+
+            async fn bb8_of(url: &str, max: u32) -> bb8::Pool<Conn> {
+                bb8::Pool::builder()
+                    .max_size(max)
+                    .test_on_check_out(false)
+                    .connection_timeout(Duration::from_secs(3))
+                    .build(AsyncDieselConnectionManager::<Conn>::new(url))
+                    .await
+                    .unwrap()
+            }
+
+            /// Copies each key of a batch into `copies`; in the third batch,
+            /// first kills every other connection to the database, its own
+            /// included.
+            macro_rules! copy_killing_batch_3 {
+                ($url:expr, $calls:expr) => {{
+                    let (url, calls) = ($url, $calls);
+                    async move |conn: &mut Conn, batch: Vec<Counter>| {
+                        if calls.fetch_add(1, Ordering::Relaxed) == 2 {
+                            let url = url.to_string();
+                            tokio::task::spawn_blocking(move || $kill(&url))
+                                .await
+                                .unwrap();
+                        }
+                        for c in &batch {
+                            diesel::insert_into(copies::table)
+                                .values(copies::id.eq(c.id))
+                                .execute(conn)
+                                .await?;
+                        }
+                        QueryResult::Ok(())
+                    }
+                }};
+            }
+
+            /// A connection killed inside batch 3's closure: the batch did
+            /// not commit, so it runs again on a fresh connection of the pool;
+            /// with and without a checkpoint, on deadpool and bb8, and in a
+            /// spawned task (the job's future is `Send`).
+            #[tokio::test(flavor = "multi_thread")]
+            async fn a_connection_killed_inside_a_batch_is_retried_and_each_key_copied_once() {
+                let (db, url) = setup();
+                let check = |db: &TestDb| {
+                    let mut sync = <B as TestBackend>::connect(db);
+                    let ids = copy_ids(&mut sync);
+                    diesel::RunQueryDsl::execute(
+                        diesel::sql_query("DELETE FROM copies"),
+                        &mut sync,
+                    )
+                    .unwrap();
+                    ids
+                };
+                let all: Vec<i32> = (1..=ROWS).collect();
+
+                let pool = deadpool_of(&url, 2);
+                let calls = AtomicUsize::new(0);
+                let report = counters::table
+                    .chunked_by(counters::id)
+                    .batch_size(BATCH)
+                    .for_each_batch(&pool, copy_killing_batch_3!(&url, &calls))
+                    .await
+                    .unwrap();
+                assert!(report.retries >= 1, "{report:?}");
+                assert_eq!((report.rows, report.batches, report.done), (100, 10, true));
+                assert_eq!(check(&db), all);
+
+                let pool = bb8_of(&url, 2).await;
+                let calls = AtomicUsize::new(0);
+                let report = counters::table
+                    .chunked_by(counters::id)
+                    .batch_size(BATCH)
+                    .checkpoint("copy")
+                    .for_each_batch(&pool, copy_killing_batch_3!(&url, &calls))
+                    .await
+                    .unwrap();
+                assert!(report.retries >= 1, "{report:?}");
+                assert_eq!((report.rows, report.batches, report.done), (100, 10, true));
+                assert_eq!(check(&db), all);
+
+                let spawned = tokio::spawn({
+                    let (pool, url) = (deadpool_of(&url, 2), url.clone());
+                    async move {
+                        let calls = AtomicUsize::new(0);
+                        counters::table
+                            .chunked_by(counters::id)
+                            .batch_size(BATCH)
+                            .checkpoint("copy-spawned")
+                            .for_each_batch(&pool, copy_killing_batch_3!(&url, &calls))
+                            .await
+                    }
+                });
+                let report = spawned.await.unwrap().unwrap();
+                assert!(report.retries >= 1, "{report:?}");
+                assert_eq!((report.rows, report.done), (100, true));
+                assert_eq!(check(&db), all);
+            }
+
+            /// `update_all` loses batch 3's `COMMIT` answer after the server
+            /// committed it: without a checkpoint the job stops with
+            /// `CommitUnknown` instead of writing the batch again; with one it
+            /// learns from the checkpoint row that the batch committed and
+            /// goes on. Every row is written once per run.
+            #[tokio::test(flavor = "multi_thread")]
+            async fn a_lost_commit_answer_is_never_written_again() {
+                let (db, _) = setup();
+                let proxy = Proxy::start(&db.url, 3);
+                let pool = deadpool_of(&proxied(&proxy, &db.url), 2);
+                let err = counters::table
+                    .chunked_by(counters::id)
+                    .batch_size(BATCH)
+                    .update_all(&pool, counters::n.eq(counters::n + 1))
+                    .await
+                    .expect_err(&format!(
+                        "the job must stop at the lost answer ({} commits)",
+                        proxy.commits()
+                    ));
+                assert_eq!(
+                    proxy.answers_dropped(),
+                    1,
+                    "the proxy must have cut: {err:?}"
+                );
+                match &err {
+                    Error::CommitUnknown {
+                        batch: 3,
+                        after: Some(after),
+                        first,
+                        last,
+                        checkpoint: None,
+                        ..
+                    } => {
+                        assert_eq!(
+                            (after.as_str(), first.as_str(), last.as_str()),
+                            ("20", "21", "30")
+                        )
+                    }
+                    other => panic!("expected CommitUnknown for batch 3, got {other:?}"),
+                }
+                let mut sync = <B as TestBackend>::connect(&db);
+                let mut rows = at(1, 30, 1);
+                rows.extend(at(31, ROWS, 0));
+                assert_eq!(counter_rows(&mut sync), rows);
+                let rest = counters::table
+                    .chunked_by(counters::id)
+                    .batch_size(BATCH)
+                    .start_after(30)
+                    .update_all(&pool, counters::n.eq(counters::n + 1))
+                    .await
+                    .unwrap();
+                assert_eq!((rest.rows, rest.done), (70, true));
+                assert_eq!(counter_rows(&mut sync), at(1, ROWS, 1));
+
+                let proxy = Proxy::start(&db.url, 3);
+                let pool = bb8_of(&proxied(&proxy, &db.url), 2).await;
+                let report = counters::table
+                    .chunked_by(counters::id)
+                    .batch_size(BATCH)
+                    .checkpoint("bump")
+                    .update_all(&pool, counters::n.eq(counters::n + 1))
+                    .await
+                    .unwrap();
+                assert_eq!(proxy.answers_dropped(), 1, "the proxy must have cut");
+                assert!(report.done && report.retries >= 1, "{report:?}");
+                assert_eq!((report.rows, report.batches), (ROWS as u64, 10));
+                assert_eq!(counter_rows(&mut sync), at(1, ROWS, 2));
+                let c = checkpoint::status(&mut sync, "bump").unwrap().unwrap();
+                assert_eq!((c.rows, c.batches, c.done), (ROWS as u64, 10, true));
+            }
+        }
+    };
+}
+
+#[cfg(all(feature = "deadpool", feature = "bb8", feature = "r2d2"))]
+async_pool_write_tests!(
+    postgres_pools,
+    Pg,
+    diesel_async::AsyncPgConnection,
+    "postgres",
+    |url: &str| format!("{url}&application_name={}", unique_name("awrite")),
+    kill_pg
+);
+#[cfg(all(feature = "deadpool", feature = "bb8", feature = "r2d2"))]
+async_pool_write_tests!(
+    mysql_pools,
+    Mysql,
+    diesel_async::AsyncMysqlConnection,
+    "mysql",
+    |url: &str| url.to_string(),
+    kill_mysql
+);

@@ -9,7 +9,7 @@
 //! `COMMIT`, exactly as when a network fails at that instant.
 //!
 //! A `COMMIT` is PostgreSQL's simple-query message `Q` with the text `COMMIT`,
-//! or MySQL's `COM_QUERY` packet whose payload is exactly `COMMIT`; the word
+//! or MySQL's `COM_QUERY` packet whose text is exactly `COMMIT`; the word
 //! inside other statements (`READ COMMITTED`) does not count.
 #![allow(dead_code)]
 
@@ -227,7 +227,13 @@ fn next_message(protocol: Protocol, pending: &[u8], startup: &mut bool) -> Optio
             if pending.len() < len {
                 return None;
             }
-            Some((len, &pending[4..len] == b"\x03COMMIT"))
+            // COM_QUERY (3) of the text `COMMIT`, after the query attributes'
+            // counts when the client sends them (mysql_async, at most 2 bytes).
+            let payload = &pending[4..len];
+            let commit = payload.first() == Some(&3)
+                && payload.len() <= 1 + 2 + 6
+                && payload.ends_with(b"COMMIT");
+            Some((len, commit))
         }
     }
 }
