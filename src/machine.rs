@@ -1925,3 +1925,237 @@ mod tests {
         assert_eq!(s.next(500, 500, ms(10)), 600); // per row (0.2 + 0.02) / 2 ms
     }
 }
+
+#[cfg(test)]
+mod steps {
+    //! A whole job driven through [`Step`]s with scripted outcomes: what the
+    //! drivers see, without a database.
+    use super::*;
+    use diesel::result::{DatabaseErrorKind, Error as DieselError};
+
+    diesel::table! {
+        t (id) {
+            id -> BigInt,
+        }
+    }
+
+    const KEY_TYPE: &str = "t.id as i64";
+
+    fn key(v: i64) -> StoredKey<i64> {
+        StoredKey::new(v, None)
+    }
+
+    fn machine(job: &WriteConfig, batch_size: u64, default_retries: u32) -> WriteMachine<i64> {
+        let scan = ScanConfig {
+            batch_size,
+            limit_total: None,
+            max_retries: None,
+            cache_statements: false,
+            allow_sort: false,
+        };
+        let bounds = Bounds {
+            after: None,
+            until: None,
+            lower: None,
+            upper: None,
+            desc: false,
+            probe: false,
+            cache: false,
+        };
+        let compare = |a: &i64, b: &i64| a.partial_cmp(b);
+        let origin = KeyOrigin::Rows;
+        let key_type = KEY_TYPE.to_string();
+        WriteMachine::new(
+            scan,
+            job,
+            origin,
+            &bounds,
+            compare,
+            key_type,
+            default_retries,
+        )
+    }
+
+    fn lost() -> DieselError {
+        DieselError::DatabaseError(
+            DatabaseErrorKind::ClosedConnection,
+            Box::new("server closed the connection unexpectedly".to_string()),
+        )
+    }
+
+    fn row(
+        m: &WriteMachine<i64>,
+        rows: u64,
+        batches: u64,
+        last: Option<i64>,
+        done: bool,
+    ) -> Checkpoint {
+        Checkpoint {
+            name: "job".into(),
+            key_type: KEY_TYPE.into(),
+            last_key: last.map(|k| serde_json::to_string(&key(k)).unwrap()),
+            rows,
+            batches,
+            done,
+            updated_at: String::new(),
+            query_fingerprint: Some(m.fingerprint().to_string()),
+        }
+    }
+
+    /// Runs the body of a batch's transaction as a driver does, on `keys`
+    /// loaded (the plan's look-ahead row included): what it commits.
+    fn body(
+        m: &WriteMachine<i64>,
+        plan: &BatchPlan,
+        after: Option<i64>,
+        keys: &[i64],
+    ) -> Result<(Option<Position>, Sent, Committed<i64>), Abort> {
+        let mut bounds = Bounds {
+            after: after.map(key),
+            until: None,
+            lower: None,
+            upper: None,
+            desc: false,
+            probe: false,
+            cache: false,
+        };
+        bounds.after = after.map(key);
+        let mut rows: Vec<StoredKey<i64>> = keys.iter().map(|&k| key(k)).collect();
+        let batch = m.loaded(plan, &crate::key::Single(t::id), &bounds, &mut rows, |r| r)?;
+        let n = rows.len();
+        m.wrote(batch, n, n as u64)
+    }
+
+    #[test]
+    fn a_checkpointed_job_through_a_failed_start_and_a_lost_commit() {
+        let job = WriteConfig {
+            checkpoint: Some("job".into()),
+            pause: Some(Duration::from_millis(7)),
+            ..WriteConfig::default()
+        };
+        let mut m = machine(&job, 10, 3);
+        // The checkpoint row: the first read loses its connection.
+        assert_eq!(m.step().unwrap(), Step::Start { retry: false });
+        m.started(Err(AttemptError::Query(lost()))).unwrap();
+        assert!(matches!(m.step().unwrap(), Step::Wait(d) if d <= Duration::from_millis(5)));
+        assert_eq!(m.step().unwrap(), Step::Start { retry: true });
+        // Two batches (20 rows, up to key 5) committed in earlier runs.
+        let start = row(&m, 20, 2, Some(5), false);
+        assert!(!m.claims(&start), "a row with a fingerprint is not claimed");
+        m.started(Ok(start)).unwrap();
+        assert_eq!(m.step().unwrap(), Step::Seek(key(5)));
+        assert_eq!(m.step().unwrap(), Step::Checks);
+        m.checked();
+
+        // Batch 1 of this run: keys 6..=15 and the look-ahead row 16.
+        let plan = match m.step().unwrap() {
+            Step::Batch { plan, attempt: 1 } => plan,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!((plan.batch, plan.fetch()), (1, 11));
+        assert!(m
+            .locked("job", Ok(Some(row(&m, 20, 2, Some(5), false))))
+            .is_ok());
+        let (at, _, committed) = body(&m, &plan, Some(5), &(6..=16).collect::<Vec<_>>())
+            .ok()
+            .unwrap();
+        let at = at.unwrap();
+        assert_eq!((at.rows, at.batches, at.done), (30, 3, false));
+        m.ran(Ok(committed)).unwrap();
+        // The pause, then the next batch after key 15.
+        assert_eq!(m.step().unwrap(), Step::Wait(Duration::from_millis(7)));
+        assert_eq!(m.step().unwrap(), Step::Seek(key(15)));
+
+        // Batch 2: keys 16..=20, the last; its COMMIT answer is lost.
+        let plan = match m.step().unwrap() {
+            Step::Batch { plan, attempt: 1 } => plan,
+            other => panic!("{other:?}"),
+        };
+        let (at, sent, _) = body(&m, &plan, Some(15), &(16..=20).collect::<Vec<_>>())
+            .ok()
+            .unwrap();
+        assert!(at.unwrap().done);
+        let failure = Failure {
+            error: AttemptError::Query(lost()),
+            rollback: None,
+            sent: Some(sent),
+        };
+        m.ran(Err(Box::new(failure))).unwrap();
+        assert!(matches!(m.step().unwrap(), Step::Wait(_)));
+        // The retry finds the row one batch ahead: the batch committed.
+        assert!(matches!(m.step().unwrap(), Step::Batch { attempt: 2, .. }));
+        let ahead = row(&m, 35, 4, Some(20), true);
+        let abort = m.locked("job", Ok(Some(ahead))).unwrap_err();
+        let (error, rollback) = abort.split();
+        let failure = Failure {
+            error: AttemptError::Query(error),
+            rollback,
+            sent: None,
+        };
+        m.ran(Err(Box::new(failure))).unwrap();
+        assert_eq!(m.step().unwrap(), Step::Seek(key(20)));
+        assert_eq!(m.step().unwrap(), Step::Done);
+        let report = m.finish();
+        assert_eq!(
+            (
+                report.rows,
+                report.batches,
+                report.total_rows,
+                report.total_batches
+            ),
+            (15, 2, 35, 4)
+        );
+        assert_eq!(
+            (report.last_key, report.resumed_after, report.done),
+            (Some(20), Some(5), true)
+        );
+        assert_eq!(report.retries, 2);
+    }
+
+    #[test]
+    fn a_batch_with_a_duplicate_or_a_backward_key_is_not_written() {
+        let mut m = machine(&WriteConfig::default(), 3, 0);
+        assert_eq!(m.step().unwrap(), Step::Checks);
+        m.checked();
+        let Step::Batch { plan, .. } = m.step().unwrap() else {
+            panic!()
+        };
+        let refused = |keys: &[i64]| match body(&m, &plan, Some(0), keys) {
+            Err(Abort::Fail(e)) => e,
+            Ok(_) => panic!("{keys:?} accepted"),
+            Err(_) => panic!("{keys:?}: not a failure of the job"),
+        };
+        assert!(matches!(
+            refused(&[1, 2, 2, 3]),
+            Error::DuplicateKey { batch: 1, .. }
+        ));
+        // The look-ahead row counts too: a duplicate across the batch's end.
+        assert!(matches!(refused(&[1, 2, 3, 3]), Error::DuplicateKey { .. }));
+        assert!(matches!(
+            refused(&[1, 3, 2]),
+            Error::InconsistentOrder { .. }
+        ));
+        assert!(matches!(refused(&[0, 1]), Error::InconsistentOrder { .. }));
+        // A good batch: 3 rows kept, the look-ahead row says more are left.
+        let (_, _, c) = body(&m, &plan, Some(0), &[1, 2, 3, 4]).ok().unwrap();
+        assert_eq!((c.n, c.last, c.more), (3, Some(key(3)), true));
+    }
+
+    #[test]
+    fn a_job_without_a_checkpoint_or_keys_is_done_at_once() {
+        let job = WriteConfig::default();
+        let mut m = machine(&job, 10, 0);
+        assert_eq!(m.step().unwrap(), Step::Checks);
+        m.checked();
+        let Step::Batch { plan, .. } = m.step().unwrap() else {
+            panic!()
+        };
+        let (at, sent, c) = body(&m, &plan, None, &[]).ok().unwrap();
+        assert!(at.is_none() && sent.keys.is_none());
+        m.ran(Ok(c)).unwrap();
+        assert_eq!(m.step().unwrap(), Step::Done);
+        let report = m.finish();
+        assert!(report.done);
+        assert_eq!((report.rows, report.batches, report.last_key), (0, 0, None));
+    }
+}

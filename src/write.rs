@@ -307,6 +307,9 @@ where
     }
 }
 
+/// A write job's prepared query and its machine.
+type Started<B, K> = (SeekQuery<B, K>, WriteMachine<<K as Key>::Value>);
+
 /// The prepared query of a write job and its machine, or why it cannot
 /// run: what both drivers start from.
 pub(crate) fn start_job<B, K, R>(
@@ -315,7 +318,7 @@ pub(crate) fn start_job<B, K, R>(
     scan: ScanConfig,
     job: &WriteConfig,
     default_retries: u32,
-) -> Result<(SeekQuery<B, K>, WriteMachine<K::Value>), Error>
+) -> Result<Started<B, K>, Error>
 where
     K: Key,
     R: crate::rows::RowType<K>,
