@@ -551,6 +551,32 @@ impl<V: Clone + PartialEq + std::fmt::Debug> WriteMachine<V> {
         Ok(())
     }
 
+    /// [`Step::Checks`]: what the checks before the first batch run on
+    /// (`query`, its row loader `rows` and the machine's engine), and which
+    /// of them to run on a backend whose
+    /// [`STORED_FORMS`](crate::backend::KeysetBackend) is `stored_forms`.
+    pub(crate) fn first_batch<'s, B, K, R>(
+        &'s mut self,
+        query: &'s mut crate::query::SeekQuery<B, K>,
+        rows: &'s mut R,
+        stored_forms: bool,
+    ) -> (
+        crate::iter::FirstBatch<'s, B, K, R>,
+        crate::iter::FirstSteps,
+    )
+    where
+        K: Key<Value = V>,
+        R: crate::rows::RowType<K>,
+    {
+        let first = crate::iter::FirstBatch {
+            query,
+            rows,
+            engine: &mut self.engine,
+        };
+        let steps = first.steps(stored_forms);
+        (first, steps)
+    }
+
     /// The checks before the first batch passed.
     pub(crate) fn checked(&mut self) {
         if self.phase == Phase::Checks {
@@ -686,11 +712,6 @@ impl<V: Clone + PartialEq + std::fmt::Debug> WriteMachine<V> {
     /// The scan's engine: its checks of a loaded batch.
     pub(crate) fn engine(&self) -> &Engine {
         &self.engine
-    }
-
-    /// The scan's engine, for the checks before the first batch.
-    pub(crate) fn engine_mut(&mut self) -> &mut Engine {
-        &mut self.engine
     }
 
     /// Whether the bounds hold no key: no batch runs.
@@ -1924,14 +1945,9 @@ mod tests {
         assert_eq!(s.next(1000, 1000, ms(200)), 500);
         assert_eq!(s.next(500, 500, ms(10)), 600); // per row (0.2 + 0.02) / 2 ms
     }
-}
 
-#[cfg(test)]
-mod steps {
-    //! A whole job driven through [`Step`]s with scripted outcomes: what the
-    //! drivers see, without a database.
-    use super::*;
-    use diesel::result::{DatabaseErrorKind, Error as DieselError};
+    // A whole job driven through its steps with scripted outcomes: what the
+    // drivers see, without a database.
 
     diesel::table! {
         t (id) {
@@ -1939,51 +1955,13 @@ mod steps {
         }
     }
 
-    const KEY_TYPE: &str = "t.id as i64";
-
-    fn key(v: i64) -> StoredKey<i64> {
-        StoredKey::new(v, None)
+    /// A machine of job `job` over all keys, in batches of `batch_size`.
+    fn stepped(job: &WriteConfig, batch_size: u64, default_retries: u32) -> WriteMachine<i64> {
+        machine(scan(batch_size, None, None), job, None, default_retries)
     }
 
-    fn machine(job: &WriteConfig, batch_size: u64, default_retries: u32) -> WriteMachine<i64> {
-        let scan = ScanConfig {
-            batch_size,
-            limit_total: None,
-            max_retries: None,
-            cache_statements: false,
-            allow_sort: false,
-        };
-        let bounds = Bounds {
-            after: None,
-            until: None,
-            lower: None,
-            upper: None,
-            desc: false,
-            probe: false,
-            cache: false,
-        };
-        let compare = |a: &i64, b: &i64| a.partial_cmp(b);
-        let origin = KeyOrigin::Rows;
-        let key_type = KEY_TYPE.to_string();
-        WriteMachine::new(
-            scan,
-            job,
-            origin,
-            &bounds,
-            compare,
-            key_type,
-            default_retries,
-        )
-    }
-
-    fn lost() -> DieselError {
-        DieselError::DatabaseError(
-            DatabaseErrorKind::ClosedConnection,
-            Box::new("server closed the connection unexpectedly".to_string()),
-        )
-    }
-
-    fn row(
+    /// A checkpoint row of the job of `m`, with its fingerprint.
+    fn own_row(
         m: &WriteMachine<i64>,
         rows: u64,
         batches: u64,
@@ -1991,14 +1969,8 @@ mod steps {
         done: bool,
     ) -> Checkpoint {
         Checkpoint {
-            name: "job".into(),
-            key_type: KEY_TYPE.into(),
-            last_key: last.map(|k| serde_json::to_string(&key(k)).unwrap()),
-            rows,
-            batches,
-            done,
-            updated_at: String::new(),
             query_fingerprint: Some(m.fingerprint().to_string()),
+            ..row(rows, batches, last, done)
         }
     }
 
@@ -2010,16 +1982,7 @@ mod steps {
         after: Option<i64>,
         keys: &[i64],
     ) -> Result<(Option<Position>, Sent, Committed<i64>), Abort> {
-        let mut bounds = Bounds {
-            after: after.map(key),
-            until: None,
-            lower: None,
-            upper: None,
-            desc: false,
-            probe: false,
-            cache: false,
-        };
-        bounds.after = after.map(key);
+        let bounds = bounds(after);
         let mut rows: Vec<StoredKey<i64>> = keys.iter().map(|&k| key(k)).collect();
         let batch = m.loaded(plan, &crate::key::Single(t::id), &bounds, &mut rows, |r| r)?;
         let n = rows.len();
@@ -2033,14 +1996,14 @@ mod steps {
             pause: Some(Duration::from_millis(7)),
             ..WriteConfig::default()
         };
-        let mut m = machine(&job, 10, 3);
+        let mut m = stepped(&job, 10, 3);
         // The checkpoint row: the first read loses its connection.
         assert_eq!(m.step().unwrap(), Step::Start { retry: false });
         m.started(Err(AttemptError::Query(lost()))).unwrap();
         assert!(matches!(m.step().unwrap(), Step::Wait(d) if d <= Duration::from_millis(5)));
         assert_eq!(m.step().unwrap(), Step::Start { retry: true });
         // Two batches (20 rows, up to key 5) committed in earlier runs.
-        let start = row(&m, 20, 2, Some(5), false);
+        let start = own_row(&m, 20, 2, Some(5), false);
         assert!(!m.claims(&start), "a row with a fingerprint is not claimed");
         m.started(Ok(start)).unwrap();
         assert_eq!(m.step().unwrap(), Step::Seek(key(5)));
@@ -2054,7 +2017,7 @@ mod steps {
         };
         assert_eq!((plan.batch, plan.fetch()), (1, 11));
         assert!(m
-            .locked("job", Ok(Some(row(&m, 20, 2, Some(5), false))))
+            .locked("job", Ok(Some(own_row(&m, 20, 2, Some(5), false))))
             .is_ok());
         let (at, _, committed) = body(&m, &plan, Some(5), &(6..=16).collect::<Vec<_>>())
             .ok()
@@ -2084,7 +2047,7 @@ mod steps {
         assert!(matches!(m.step().unwrap(), Step::Wait(_)));
         // The retry finds the row one batch ahead: the batch committed.
         assert!(matches!(m.step().unwrap(), Step::Batch { attempt: 2, .. }));
-        let ahead = row(&m, 35, 4, Some(20), true);
+        let ahead = own_row(&m, 35, 4, Some(20), true);
         let abort = m.locked("job", Ok(Some(ahead))).unwrap_err();
         let (error, rollback) = abort.split();
         let failure = Failure {
@@ -2114,7 +2077,7 @@ mod steps {
 
     #[test]
     fn a_batch_with_a_duplicate_or_a_backward_key_is_not_written() {
-        let mut m = machine(&WriteConfig::default(), 3, 0);
+        let mut m = stepped(&WriteConfig::default(), 3, 0);
         assert_eq!(m.step().unwrap(), Step::Checks);
         m.checked();
         let Step::Batch { plan, .. } = m.step().unwrap() else {
@@ -2144,7 +2107,7 @@ mod steps {
     #[test]
     fn a_job_without_a_checkpoint_or_keys_is_done_at_once() {
         let job = WriteConfig::default();
-        let mut m = machine(&job, 10, 0);
+        let mut m = stepped(&job, 10, 0);
         assert_eq!(m.step().unwrap(), Step::Checks);
         m.checked();
         let Step::Batch { plan, .. } = m.step().unwrap() else {

@@ -59,7 +59,6 @@ use crate::builder::{Chunked, Db, ModelBase};
 use crate::checkpoint::{Checkpoint, CheckpointConnection};
 use crate::engine::{BatchPlan, ScanConfig};
 use crate::error::Error;
-use crate::iter::FirstBatch;
 use crate::key::Key;
 use crate::machine::{Abort, Committed, EmptyLock, Failure, Step, WriteMachine};
 use crate::moved::{MoveWatch, RangeGuard};
@@ -284,12 +283,8 @@ where
                 m.emptied(done, busy)?;
             }
             Step::Checks => {
-                let mut first = FirstBatch {
-                    query: &mut query,
-                    rows: &mut rows,
-                    engine: m.engine_mut(),
-                };
-                let steps = first.steps(<Db<S> as KeysetBackend>::STORED_FORMS);
+                let stored_forms = <Db<S> as KeysetBackend>::STORED_FORMS;
+                let (mut first, steps) = m.first_batch(&mut query, &mut rows, stored_forms);
                 first.run(&mut source, steps)?;
                 m.checked();
             }

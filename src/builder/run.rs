@@ -144,6 +144,11 @@ pub type KeyedBatches<'a, C, S, U, F> = LoadBatches<
 /// Like Diesel's `RunQueryDsl<Conn>`, the source is a parameter of the trait so
 /// that `load_iter::<Post>(&mut conn)` names only the model.
 ///
+/// The write verbs (`update_all`, `delete_all`, `for_each_batch`) also take
+/// an async source (feature `async`: a diesel-async connection or pool), and
+/// then return a future of the same report: one verb, one trait, whichever
+/// the source (see [async write jobs](crate::guide::writes#async-write-jobs)).
+///
 /// `load_iter::<M>` and `load_batches::<M>` select `M::as_select()`, plus the key
 /// columns when `M` does not select them, so the key does not have to be a field
 /// of `M`; the query must not have its own
@@ -256,6 +261,9 @@ pub trait RunChunkedDsl<S>: Sized {
     /// `.select(..)` is a compile error: use
     /// [`for_each_batch`](Self::for_each_batch)).
     ///
+    /// Returns `Result<WriteReport<_>, Error>`; on an async source, a future
+    /// of it.
+    ///
     /// ```
     /// # include!("../../tests/doc/setup.rs");
     /// use diesel_chunked_iterator::prelude::*;
@@ -311,7 +319,8 @@ pub trait RunChunkedDsl<S>: Sized {
     ///
     /// `f` returns `Result<(), E>` for any `E` with
     /// `From<diesel::result::Error>`, as Diesel's `transaction` does, so
-    /// `QueryResult<()>` works. An `Err` rolls that batch back and ends the job
+    /// `QueryResult<()>` works. On an async source `f` is an async closure
+    /// (`async |conn, batch: Vec<Post>| { .. }`) and the job a future. An `Err` rolls that batch back and ends the job
     /// with [`Error::Batch`], which carries `E`, the batch number and the last
     /// committed key.
     ///

@@ -22,7 +22,6 @@ use crate::builder::{Chunked, ModelBase};
 use crate::checkpoint::{end_transaction, AsyncCheckpointConnection, Checkpoint};
 use crate::engine::{BatchPlan, ScanConfig};
 use crate::error::Error;
-use crate::iter::FirstBatch;
 use crate::key::Key;
 use crate::machine::{
     lock_retry, Abort, Committed, EmptyLock, Failure, Position, Step, WriteMachine,
@@ -93,12 +92,8 @@ where
                 m.emptied(done, busy)?;
             }
             Step::Checks => {
-                let mut first = FirstBatch {
-                    query: &mut query,
-                    rows: &mut rows,
-                    engine: m.engine_mut(),
-                };
-                let steps = first.steps(AsyncDb::<S>::STORED_FORMS);
+                let stored_forms = AsyncDb::<S>::STORED_FORMS;
+                let (mut first, steps) = m.first_batch(&mut query, &mut rows, stored_forms);
                 super::scan::first_steps(&mut source, &mut first, steps).await?;
                 m.checked();
             }
