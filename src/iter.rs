@@ -32,6 +32,27 @@ pub(crate) struct ScanCore<B, K: Key, R> {
     query: Option<SeekQuery<B, K>>,
     rows: R,
     pub(crate) engine: Engine,
+    /// The batch being loaded, until it is.
+    plan: Option<BatchPlan>,
+    /// A wait to hand out before the next step (a retry's back-off).
+    wait: Option<std::time::Duration>,
+    /// The current batch's tracing span.
+    trace: Trace,
+}
+
+/// What a scan's driver does next (see [`ScanCore::step`]).
+#[derive(Debug)]
+pub(crate) enum ReadStep {
+    /// Run these checks before the first batch on [`ScanCore::first`].
+    Checks(FirstSteps),
+    /// Load attempt `attempt` at batch `plan` with [`ScanCore::statement`];
+    /// hand the rows to [`ScanCore::loaded`] or the failure to
+    /// [`ScanCore::failed`].
+    Load { plan: BatchPlan, attempt: u32 },
+    /// Sleep this long (a retry's back-off), then step again.
+    Wait(std::time::Duration),
+    /// The scan is over.
+    End,
 }
 
 /// What to run before the first batch of a scan.
@@ -55,6 +76,13 @@ pub(crate) struct FirstBatch<'s, B, K: Key, R> {
     pub(crate) query: &'s mut SeekQuery<B, K>,
     pub(crate) rows: &'s mut R,
     pub(crate) engine: &'s mut Engine,
+}
+
+impl FirstSteps {
+    /// Whether there is a check to run.
+    fn any(&self) -> bool {
+        self.key_check.is_some() || self.probe || self.order.is_some()
+    }
 }
 
 impl<B, K: Key, R: RowType<K>> FirstBatch<'_, B, K, R> {
@@ -201,7 +229,51 @@ impl<B, K: Key, R: RowType<K>> ScanCore<B, K, R> {
             query,
             rows,
             engine,
+            plan: None,
+            wait: None,
+            trace: Trace::none(),
         }
+    }
+
+    /// What the driver does next: a retry's wait; else the next batch (after
+    /// the checks before the first one), attempt by attempt; or the end.
+    /// `stored_forms` is the backend's
+    /// [`KeysetBackend::STORED_FORMS`](crate::backend::KeysetBackend).
+    pub(crate) fn step(&mut self, stored_forms: bool) -> Result<ReadStep, Error> {
+        if self.engine.is_done() {
+            // Over, or failed (in a check before the first batch too).
+            self.plan = None;
+            return Ok(ReadStep::End);
+        }
+        if let Some(wait) = self.wait.take() {
+            return Ok(ReadStep::Wait(wait));
+        }
+        let plan = match self.plan {
+            Some(plan) => plan,
+            None => {
+                let Some(plan) = self.engine.plan()? else {
+                    return Ok(ReadStep::End);
+                };
+                self.plan = Some(plan);
+                let steps = self.first_steps(&plan, stored_forms);
+                if steps.any() {
+                    return Ok(ReadStep::Checks(steps));
+                }
+                plan
+            }
+        };
+        if self.engine.attempts() == 0 {
+            self.trace = self.trace(&plan);
+        }
+        let attempt = self.engine.attempt();
+        self.trace.attempt(attempt);
+        Ok(ReadStep::Load { plan, attempt })
+    }
+
+    /// The statement and the row loader of [`ReadStep::Load`], and the span
+    /// to run them in.
+    pub(crate) fn statement(&mut self) -> Option<(&mut SeekQuery<B, K>, &mut R, &Trace)> {
+        Some((self.query.as_mut()?, &mut self.rows, &self.trace))
     }
 
     /// What to run before `plan`: nothing unless it is the scan's first batch.
@@ -225,54 +297,38 @@ impl<B, K: Key, R: RowType<K>> ScanCore<B, K, R> {
         })
     }
 
-    /// The tracing span of one batch.
-    pub(crate) fn trace(&self, plan: &BatchPlan) -> Trace {
+    /// The tracing span of batch `plan`.
+    fn trace(&self, plan: &BatchPlan) -> Trace {
         let key = self.query.as_ref().map(|q| q.key().describe());
         let after = self.query.as_ref().and_then(|q| q.bounds().after.as_ref());
         Trace::read(plan, &key.unwrap_or_default(), after)
     }
 
-    /// The next attempt at `plan`, counted: its number (1-based; a later one
-    /// is a retry), the statement and the row loader to run it with.
-    #[allow(clippy::type_complexity)]
-    pub(crate) fn attempt(
-        &mut self,
-        trace: &Trace,
-    ) -> Option<(u32, (&mut SeekQuery<B, K>, &mut R))> {
-        let query = self.query.as_mut()?;
-        let attempt = self.engine.attempt();
-        trace.attempt(attempt);
-        Some((attempt, (query, &mut self.rows)))
-    }
-
-    /// After the current attempt at `plan` failed: how long to wait before
-    /// the next, or the scan's error.
-    pub(crate) fn failed(
-        &mut self,
-        plan: &BatchPlan,
-        trace: &Trace,
-        default_retries: u32,
-        e: AttemptError,
-    ) -> Result<std::time::Duration, Error> {
+    /// The current attempt at the batch failed with `e` on a source that
+    /// retries `default_retries` times: the next step waits and tries again,
+    /// or this is the scan's error.
+    pub(crate) fn failed(&mut self, default_retries: u32, e: AttemptError) -> Result<(), Error> {
+        let Some(plan) = self.plan else {
+            return Err(self.engine.error::<K::Value>(&FIRST, 1, e, None));
+        };
         let after = self.query.as_ref().and_then(|q| q.bounds().after.as_ref());
-        self.engine
-            .failed(plan, default_retries, e, after)
-            .inspect_err(|e| trace.failed(e))
+        let delay = self
+            .engine
+            .failed(&plan, default_retries, e, after)
+            .inspect_err(|e| self.trace.failed(e))?;
+        self.wait = Some(delay);
+        Ok(())
     }
 
-    /// A loaded batch: checked, its look-ahead row dropped, the bound moved
-    /// past it; `None` at the end.
-    pub(crate) fn loaded(
-        &mut self,
-        plan: &BatchPlan,
-        trace: &Trace,
-        mut rows: Vec<R::Loaded>,
-    ) -> BatchResult<R::Loaded> {
+    /// The batch's loaded rows: checked, its look-ahead row dropped, the
+    /// bound moved past it; `None` at the end.
+    pub(crate) fn loaded(&mut self, mut rows: Vec<R::Loaded>) -> BatchResult<R::Loaded> {
+        let plan = self.plan.take()?;
         let query = self.query.as_mut()?;
         let accepted = self
             .engine
-            .accept(plan, query.key(), query.bounds(), &mut rows, |r| r.key());
-        trace.loaded(rows.len(), rows.last().map(|r| r.key()));
+            .accept(&plan, query.key(), query.bounds(), &mut rows, |r| r.key());
+        self.trace.loaded(rows.len(), rows.last().map(|r| r.key()));
         match accepted {
             Ok(Some(last)) => {
                 query.set_after(Some(last));
@@ -319,42 +375,40 @@ where
     K: Key,
     R: Rows<S::Connection, B, K>,
 {
-    /// The checks before the first batch.
-    fn first_steps(&mut self, plan: &BatchPlan) -> Result<(), Error> {
-        let steps = self.core.first_steps(plan, Db::<S>::STORED_FORMS);
-        match self.core.first() {
-            Some(mut first) => first.run(&mut self.source, steps),
-            None => Ok(()),
-        }
-    }
-
-    /// Loads the next non-empty batch, or `None` at the end.
+    /// Loads the next non-empty batch, or `None` at the end: runs the steps
+    /// the scan's core asks for.
     pub(crate) fn next_batch(&mut self) -> BatchResult<R::Loaded> {
-        let plan = match self.core.engine.plan() {
-            Ok(Some(plan)) => plan,
-            Ok(None) => return None,
-            Err(e) => return Some(Err(e)),
-        };
-        if let Err(e) = self.first_steps(&plan) {
-            return Some(Err(e));
-        }
-        let trace = self.core.trace(&plan);
-        let _entered = trace.enter();
-        let rows = loop {
-            let (attempt, (query, loader)) = self.core.attempt(&trace)?;
-            let fetch = plan.fetch();
-            match self
-                .source
-                .run(attempt > 1, |conn| loader.load(query, conn, fetch))
-            {
-                Ok(rows) => break rows,
-                Err(e) => match self.core.failed(&plan, &trace, S::DEFAULT_MAX_RETRIES, e) {
-                    Ok(delay) => std::thread::sleep(delay),
-                    Err(e) => return Some(Err(e)),
-                },
+        loop {
+            let step = self.core.step(Db::<S>::STORED_FORMS);
+            match step {
+                Err(e) => return Some(Err(e)),
+                Ok(ReadStep::Checks(steps)) => {
+                    let mut first = self.core.first()?;
+                    if let Err(e) = first.run(&mut self.source, steps) {
+                        return Some(Err(e));
+                    }
+                }
+                Ok(ReadStep::Load { plan, attempt }) => {
+                    let (query, loader, trace) = self.core.statement()?;
+                    let loaded = {
+                        let _span = trace.enter();
+                        let fetch = plan.fetch();
+                        self.source
+                            .run(attempt > 1, |conn| loader.load(query, conn, fetch))
+                    };
+                    match loaded {
+                        Ok(rows) => return self.core.loaded(rows),
+                        Err(e) => {
+                            if let Err(e) = self.core.failed(S::DEFAULT_MAX_RETRIES, e) {
+                                return Some(Err(e));
+                            }
+                        }
+                    }
+                }
+                Ok(ReadStep::Wait(wait)) => std::thread::sleep(wait),
+                Ok(ReadStep::End) => return None,
             }
-        };
-        self.core.loaded(&plan, &trace, rows)
+        }
     }
 }
 

@@ -9,9 +9,9 @@ use futures_util::{FutureExt, Stream};
 
 use super::{AsyncConnectionSource, AsyncDb, AsyncKeyCheck, AsyncRows};
 use crate::backend::KeysetBackend;
-use crate::engine::{BatchPlan, EndReason, Handed, Progress};
+use crate::engine::{EndReason, Handed, Progress};
 use crate::error::Error;
-use crate::iter::{BatchResult, FirstBatch, FirstSteps, ScanCore};
+use crate::iter::{BatchResult, FirstBatch, FirstSteps, ReadStep, ScanCore};
 use crate::key::Key;
 use crate::query::SeekQuery;
 use crate::rows::{LoadedRow, RowType};
@@ -41,44 +41,41 @@ where
     R::Loaded: Send,
     SeekQuery<B, K>: Send,
 {
-    /// The checks before the first batch (see [`first_steps`]).
-    async fn first_steps(&mut self, plan: &BatchPlan) -> Result<(), Error> {
-        let steps = self.core.first_steps(plan, AsyncDb::<S>::STORED_FORMS);
-        match self.core.first() {
-            Some(mut first) => first_steps(&mut self.source, &mut first, steps).await,
-            None => Ok(()),
-        }
-    }
-
-    /// Loads the next non-empty batch, or `None` at the end.
+    /// Loads the next non-empty batch, or `None` at the end: runs the steps
+    /// the scan's core asks for, awaited.
     async fn next_batch(&mut self) -> BatchResult<R::Loaded> {
-        let plan = match self.core.engine.plan() {
-            Ok(Some(plan)) => plan,
-            Ok(None) => return None,
-            Err(e) => return Some(Err(e)),
-        };
-        if let Err(e) = self.first_steps(&plan).await {
-            return Some(Err(e));
-        }
-        let trace = self.core.trace(&plan);
-        let fetch = plan.fetch();
-        let rows = loop {
-            let (attempt, mut state) = self.core.attempt(&trace)?;
-            let loaded = self
-                .source
-                .run(attempt > 1, &mut state, |conn, (query, loader)| {
-                    loader.load_async(query, conn, fetch)
-                })
-                .await;
-            match loaded {
-                Ok(rows) => break rows,
-                Err(e) => match self.core.failed(&plan, &trace, S::DEFAULT_MAX_RETRIES, e) {
-                    Ok(delay) => tokio::time::sleep(delay).await,
-                    Err(e) => return Some(Err(e)),
-                },
+        loop {
+            let step = self.core.step(AsyncDb::<S>::STORED_FORMS);
+            match step {
+                Err(e) => return Some(Err(e)),
+                Ok(ReadStep::Checks(steps)) => {
+                    let mut first = self.core.first()?;
+                    if let Err(e) = first_steps(&mut self.source, &mut first, steps).await {
+                        return Some(Err(e));
+                    }
+                }
+                Ok(ReadStep::Load { plan, attempt }) => {
+                    let (query, loader, trace) = self.core.statement()?;
+                    let fetch = plan.fetch();
+                    let mut state = (query, loader);
+                    let loading =
+                        self.source
+                            .run(attempt > 1, &mut state, |conn, (query, loader)| {
+                                loader.load_async(query, conn, fetch)
+                            });
+                    match trace.instrument(loading).await {
+                        Ok(rows) => return self.core.loaded(rows),
+                        Err(e) => {
+                            if let Err(e) = self.core.failed(S::DEFAULT_MAX_RETRIES, e) {
+                                return Some(Err(e));
+                            }
+                        }
+                    }
+                }
+                Ok(ReadStep::Wait(wait)) => tokio::time::sleep(wait).await,
+                Ok(ReadStep::End) => return None,
             }
-        };
-        self.core.loaded(&plan, &trace, rows)
+        }
     }
 }
 
