@@ -318,6 +318,31 @@ impl<Q, K: Key> Chunked<Q, K> {
         self
     }
 
+    /// Write jobs: a handle to pause, resume or cancel this job, or change
+    /// its batch size or pause, from another thread or task while it runs
+    /// (see [`Control`](crate::Control)). Every call returns a handle to the
+    /// same job (and to the clones of this builder).
+    ///
+    /// ```
+    /// # include!("../tests/doc/setup.rs");
+    /// use diesel_chunked_iterator::prelude::*;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let conn = &mut doc_connection();
+    /// let job = posts::table.chunked_by(posts::id).batch_size(2);
+    /// let control = job.control();
+    /// let worker = std::thread::spawn(move || {
+    ///     // control.pause(); control.resume(); control.set_batch_size(500)?; control.cancel();
+    ///     control.set_batch_size(3)
+    /// });
+    /// worker.join().unwrap()?;
+    /// let report = job.update_all(conn, posts::published.eq(true))?;
+    /// assert_eq!((report.batches, report.batch_size), (2, 3));
+    /// # Ok(()) }
+    /// ```
+    pub fn control(&self) -> crate::Control {
+        self.write.control.clone()
+    }
+
     /// Restricts the scan to one slice of the key range: the rows with
     /// `partition.start_after < key <= partition.end_at`, in either direction.
     ///

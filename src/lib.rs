@@ -5,6 +5,7 @@
 mod backend;
 mod builder;
 pub mod checkpoint;
+mod control;
 mod dsl;
 mod engine;
 mod error;
@@ -31,6 +32,7 @@ mod unique;
 mod write;
 
 pub use builder::{Chunked, RunChunkedDsl, DEFAULT_BATCH_SIZE};
+pub use control::Control;
 pub use dsl::ChunkedDsl;
 pub use engine::{EndReason, Progress};
 pub use error::Error;

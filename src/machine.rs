@@ -338,6 +338,8 @@ pub(crate) struct WriteMachine<V> {
     batch_started: Option<Instant>,
     /// The current batch's tracing span.
     trace: Trace,
+    /// The job's handle: read between batches.
+    control: crate::Control,
 }
 
 /// Where a job is between two [`Step`]s.
@@ -433,6 +435,7 @@ impl<V: Clone + PartialEq + std::fmt::Debug> WriteMachine<V> {
                 total_rows: 0,
                 total_batches: 0,
                 done: false,
+                cancelled: false,
                 retries: 0,
                 batch_size,
                 elapsed: Duration::ZERO,
@@ -451,6 +454,7 @@ impl<V: Clone + PartialEq + std::fmt::Debug> WriteMachine<V> {
             fingerprint,
             batch_started: None,
             trace: Trace::none(),
+            control: job.control.clone(),
         }
     }
 
@@ -460,12 +464,43 @@ impl<V: Clone + PartialEq + std::fmt::Debug> WriteMachine<V> {
     /// job's phase: the checkpoint row (with a checkpoint), marking it done
     /// (bounds that hold no key), the checks before the first batch, and the
     /// batches, each until it commits.
+    ///
+    /// Between batches (and before the first) the job's [`Control`] is read:
+    /// a cancelled job is over, a paused one waits in steps of
+    /// [`POLL`](crate::control::POLL), and a wait longer than that is handed
+    /// out in such steps so that a cancel cuts it short. Inside a batch
+    /// (its retries) the handle is not read.
+    ///
+    /// [`Control`]: crate::Control
     pub(crate) fn step(&mut self) -> Result<Step<V>, Error> {
+        let between = !matches!(self.phase, Phase::Batch { running: true } | Phase::Over);
+        if between && self.control.is_cancelled() {
+            self.phase = Phase::Over;
+            (self.wait, self.seek) = (None, None);
+            self.report.cancelled = true;
+        }
         if let Some(wait) = self.wait.take() {
+            let poll = crate::control::POLL;
+            if between && wait > poll {
+                self.wait = Some(wait - poll);
+                return Ok(Step::Wait(poll));
+            }
             return Ok(Step::Wait(wait));
         }
         if let Some(key) = self.seek.take() {
             return Ok(Step::Seek(key));
+        }
+        if between && self.phase != Phase::Over {
+            if self.control.is_paused() {
+                return Ok(Step::Wait(crate::control::POLL));
+            }
+            if let Some(size) = self.control.take_batch_size() {
+                self.engine.config.batch_size = size;
+                self.report.batch_size = size;
+            }
+            if let Some(pause) = self.control.take_pause() {
+                self.pause = Some(pause);
+            }
         }
         match self.phase {
             Phase::Start => {
@@ -2120,5 +2155,83 @@ mod tests {
         let report = m.finish();
         assert!(report.done);
         assert_eq!((report.rows, report.batches, report.last_key), (0, 0, None));
+    }
+
+    #[test]
+    fn a_control_pauses_resizes_and_cancels_between_batches() {
+        let job = WriteConfig {
+            pause: Some(Duration::from_millis(120)),
+            ..WriteConfig::default()
+        };
+        let control = job.control.clone();
+        let mut m = stepped(&job, 3, 0);
+        assert_eq!(m.step().unwrap(), Step::Checks);
+        m.checked();
+        let Step::Batch { plan, .. } = m.step().unwrap() else {
+            panic!()
+        };
+        // Paused inside the batch: the batch goes on and commits.
+        control.pause();
+        let (_, _, c) = body(&m, &plan, None, &[1, 2, 3, 4]).ok().unwrap();
+        m.ran(Ok(c)).unwrap();
+        // The pause after it comes in slices, then the handle holds the job.
+        assert_eq!(m.step().unwrap(), Step::Wait(crate::control::POLL));
+        assert_eq!(m.step().unwrap(), Step::Wait(crate::control::POLL));
+        assert_eq!(m.step().unwrap(), Step::Wait(Duration::from_millis(20)));
+        assert_eq!(m.step().unwrap(), Step::Seek(key(3)));
+        assert_eq!(m.step().unwrap(), Step::Wait(crate::control::POLL));
+        assert_eq!(m.step().unwrap(), Step::Wait(crate::control::POLL));
+        // Resumed with another batch size and no pause.
+        control.set_batch_size(5).unwrap();
+        assert!(matches!(
+            control.set_batch_size(0),
+            Err(Error::InvalidBatchSize { batch_size: 0 })
+        ));
+        control.set_pause(Duration::ZERO);
+        control.resume();
+        let Step::Batch { plan, attempt: 1 } = m.step().unwrap() else {
+            panic!()
+        };
+        assert_eq!((plan.batch, plan.limit), (2, 5));
+        let (_, _, c) = body(&m, &plan, Some(3), &[4, 5, 6, 7, 8, 9]).ok().unwrap();
+        m.ran(Ok(c)).unwrap();
+        assert_eq!(m.step().unwrap(), Step::Seek(key(8)));
+        // Cancelled between batches: over, not done, at the last commit.
+        control.cancel();
+        assert_eq!(m.step().unwrap(), Step::Done);
+        let report = m.finish();
+        assert_eq!(
+            (report.rows, report.batches, report.last_key),
+            (8, 2, Some(8))
+        );
+        assert_eq!(
+            (report.done, report.cancelled, report.batch_size),
+            (false, true, 5)
+        );
+    }
+
+    #[test]
+    fn a_cancel_does_not_cut_into_a_batch_or_its_retries() {
+        let job = WriteConfig::default();
+        let control = job.control.clone();
+        let mut m = stepped(&job, 3, 3);
+        assert_eq!(m.step().unwrap(), Step::Checks);
+        m.checked();
+        let Step::Batch { plan, .. } = m.step().unwrap() else {
+            panic!()
+        };
+        m.ran(Err(Box::new(failed_with(lost())))).unwrap();
+        control.cancel();
+        // The retry's wait and the retry itself still run.
+        assert!(matches!(m.step().unwrap(), Step::Wait(_)));
+        assert!(matches!(m.step().unwrap(), Step::Batch { attempt: 2, .. }));
+        let (_, _, c) = body(&m, &plan, None, &[1, 2, 3, 4]).ok().unwrap();
+        m.ran(Ok(c)).unwrap();
+        assert_eq!(m.step().unwrap(), Step::Done);
+        let report = m.finish();
+        assert_eq!(
+            (report.batches, report.cancelled, report.done),
+            (1, true, false)
+        );
     }
 }

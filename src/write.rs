@@ -102,6 +102,9 @@ pub struct WriteReport<V> {
     pub total_batches: u64,
     /// Whether the job is finished: no rows were left (not only `limit_total`).
     pub done: bool,
+    /// Whether the job stopped because its [`Control`](crate::Control) was
+    /// cancelled (then `done` is false).
+    pub cancelled: bool,
     /// Batches that had to be run again after a transient failure.
     pub retries: u64,
     /// The size of the last batch asked for (see
@@ -145,6 +148,8 @@ pub(crate) struct WriteConfig {
     /// What the job writes, for its checkpoint's fingerprint: set by the
     /// terminal (`update_all`, `delete_all`, `for_each_batch`).
     pub(crate) identity: Option<JobIdentity>,
+    /// The job's handle ([`Chunked::control`]).
+    pub(crate) control: crate::Control,
 }
 
 /// What decides which rows a write job writes, besides its key and bounds:

@@ -13,6 +13,7 @@ mod checkpoint;
 mod collation;
 mod composite;
 mod concurrent;
+mod control;
 mod core_scans;
 mod correctness;
 #[cfg(all(feature = "jetstream", feature = "r2d2"))]
