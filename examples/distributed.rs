@@ -284,7 +284,7 @@ async fn work(js: &async_nats::jetstream::Context, flags: &HashMap<String, Strin
                     .batch_size(batch)
                     .pause(pause)
                     .checkpoint(slice.checkpoint_name())
-                    .throttle(slice.progress())
+                    .observe(slice.observer())
                     .for_each_batch(&pool, move |conn: &mut Conn, rows: Vec<PostId>| {
                         let now = chrono::Utc::now().naive_utc();
                         let results: Vec<Processed> = rows

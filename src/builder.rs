@@ -343,6 +343,30 @@ impl<Q, K: Key> Chunked<Q, K> {
         self.write.control.clone()
     }
 
+    /// Write jobs: tells `observer` of each committed batch and each retry
+    /// (see [`WriteObserver`](crate::WriteObserver); a later call replaces
+    /// an earlier one).
+    ///
+    /// ```
+    /// # include!("../tests/doc/setup.rs");
+    /// use diesel_chunked_iterator::prelude::*;
+    /// use diesel_chunked_iterator::{BatchStats, WriteObserver};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let conn = &mut doc_connection();
+    /// struct Log;
+    /// impl WriteObserver for Log {
+    ///     fn on_batch(&self, stats: &BatchStats) {
+    ///         println!("batch {}: {} rows in {:?}", stats.batch, stats.rows, stats.duration);
+    ///     }
+    /// }
+    /// posts::table.chunked_by(posts::id).observe(Log).delete_all(conn)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn observe(mut self, observer: impl crate::WriteObserver) -> Self {
+        self.write.observer = Some(std::sync::Arc::new(observer));
+        self
+    }
+
     /// Restricts the scan to one slice of the key range: the rows with
     /// `partition.start_after < key <= partition.end_at`, in either direction.
     ///

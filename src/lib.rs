@@ -44,7 +44,7 @@ pub use plan::Partition;
 pub use source::{AttemptError, ConnectionSource};
 pub use stored::StoredKey;
 pub use unique::UniqueIndexes;
-pub use write::{BatchStats, WriteReport};
+pub use write::{BatchStats, WriteObserver, WriteReport};
 
 #[cfg(feature = "async")]
 pub use stream::{

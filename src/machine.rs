@@ -340,6 +340,8 @@ pub(crate) struct WriteMachine<V> {
     trace: Trace,
     /// The job's handle: read between batches.
     control: crate::Control,
+    /// Told of each committed batch and each retry.
+    observer: Option<std::sync::Arc<dyn crate::WriteObserver>>,
 }
 
 /// Where a job is between two [`Step`]s.
@@ -455,6 +457,7 @@ impl<V: Clone + PartialEq + std::fmt::Debug> WriteMachine<V> {
             batch_started: None,
             trace: Trace::none(),
             control: job.control.clone(),
+            observer: job.observer.clone(),
         }
     }
 
@@ -1049,6 +1052,9 @@ impl<V: Clone + PartialEq + std::fmt::Debug> WriteMachine<V> {
         };
         let after = self.after.as_ref();
         let delay = self.engine.failed(&plan, self.default_retries, e, after)?;
+        if let Some(observer) = &self.observer {
+            observer.on_retry(plan.batch, attempt, delay);
+        }
         Ok(Next::Retry(delay))
     }
 
@@ -1070,13 +1076,8 @@ impl<V: Clone + PartialEq + std::fmt::Debug> WriteMachine<V> {
         if !c.more {
             report.done = true;
         }
-        if self.engine.is_done() {
-            return Advanced {
-                after: next,
-                wait: None,
-            };
-        }
-        if let Some(sizer) = self.sizer.as_mut() {
+        let over = self.engine.is_done();
+        if let (Some(sizer), false) = (self.sizer.as_mut(), over) {
             let size = sizer.next(self.engine.config.batch_size, c.n as u64, took);
             self.engine.config.batch_size = size;
             self.report.batch_size = size;
@@ -1089,6 +1090,17 @@ impl<V: Clone + PartialEq + std::fmt::Debug> WriteMachine<V> {
             elapsed: self.started.elapsed(),
             next_batch_size: self.engine.config.batch_size,
         };
+        if c.n > 0 {
+            if let Some(observer) = &self.observer {
+                observer.on_batch(&stats);
+            }
+        }
+        if over {
+            return Advanced {
+                after: next,
+                wait: None,
+            };
+        }
         let asked = self.throttle.as_ref().and_then(|t| t(&stats));
         Advanced {
             after: next,

@@ -150,6 +150,60 @@ pub(crate) struct WriteConfig {
     pub(crate) identity: Option<JobIdentity>,
     /// The job's handle ([`Chunked::control`]).
     pub(crate) control: crate::Control,
+    /// The job's observer ([`Chunked::observe`]).
+    pub(crate) observer: Option<Arc<dyn WriteObserver>>,
+}
+
+/// What a write job tells as it runs: an extension point whose methods do
+/// nothing unless you override them, as r2d2's `HandleEvent`. Set one with
+/// [`Chunked::observe`]; it is called on the job's thread (or task), between
+/// a batch's `COMMIT` and the next batch, so it should return quickly.
+///
+/// ```
+/// # include!("../tests/doc/setup.rs");
+/// use std::sync::atomic::{AtomicU64, Ordering};
+/// use std::sync::Arc;
+/// use diesel_chunked_iterator::prelude::*;
+/// use diesel_chunked_iterator::{BatchStats, WriteObserver};
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let conn = &mut doc_connection();
+/// #[derive(Default)]
+/// struct Rows(AtomicU64);
+/// impl WriteObserver for Rows {
+///     fn on_batch(&self, stats: &BatchStats) {
+///         self.0.store(stats.total_rows, Ordering::Relaxed); // export a metric
+///     }
+/// }
+/// let rows = Arc::new(Rows::default());
+/// posts::table
+///     .chunked_by(posts::id)
+///     .batch_size(2)
+///     .observe(Arc::clone(&rows))
+///     .update_all(conn, posts::published.eq(true))?;
+/// assert_eq!(rows.0.load(Ordering::Relaxed), 5);
+/// # Ok(()) }
+/// ```
+pub trait WriteObserver: Send + Sync + 'static {
+    /// After each committed batch that held rows (the last one included).
+    fn on_batch(&self, stats: &BatchStats) {
+        let _ = stats;
+    }
+
+    /// After attempt `attempt` at batch `batch` failed for a reason worth
+    /// another, which runs after `wait`.
+    fn on_retry(&self, batch: u64, attempt: u32, wait: Duration) {
+        let _ = (batch, attempt, wait);
+    }
+}
+
+impl<T: WriteObserver + ?Sized> WriteObserver for Arc<T> {
+    fn on_batch(&self, stats: &BatchStats) {
+        (**self).on_batch(stats);
+    }
+
+    fn on_retry(&self, batch: u64, attempt: u32, wait: Duration) {
+        (**self).on_retry(batch, attempt, wait);
+    }
 }
 
 /// What decides which rows a write job writes, besides its key and bounds:

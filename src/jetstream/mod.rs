@@ -34,7 +34,7 @@
 //!             .chunked_by(posts::id)
 //!             .within(slice)
 //!             .checkpoint(slice.checkpoint_name())
-//!             .throttle(slice.progress()) // tells JetStream after every committed batch
+//!             .observe(slice.observer()) // tells JetStream after every committed batch
 //!             .for_each_batch(&pool2, |conn, batch: Vec<Post>| -> QueryResult<()> {
 //!                 for p in &batch {
 //!                     diesel::update(posts::table.find(p.id))
@@ -85,7 +85,7 @@
 //! slice's closure on a blocking thread (`tokio::task::spawn_blocking`).
 //!
 //! - **Progress.** The closure reports every committed batch through
-//!   [`Slice::progress`] (wired into the job's `throttle`), or
+//!   [`Slice::observer`] (the job's [`observe`](crate::Chunked::observe)), or
 //!   [`Slice::committed`] for work that commits its own batches; the worker then sends `AckKind::Progress`, which
 //!   resets the slice's ack deadline, and updates the slice's rows. Progress
 //!   comes from committed batches, **not from a timer**: a worker that dies,
@@ -122,7 +122,7 @@ mod status;
 mod worker;
 
 pub use job::{Job, JobOptions};
-pub use slice::Slice;
+pub use slice::{Slice, SliceObserver};
 pub use status::{JobStatus, SliceState, SliceStatus};
 pub use worker::{Worker, WorkerReport};
 

@@ -22,7 +22,7 @@ use crate::{BatchStats, Partition};
 ///     .chunked_by(posts::id)
 ///     .within(slice)                        // its key range
 ///     .checkpoint(slice.checkpoint_name())  // "JOB/slice-INDEX"
-///     .throttle(slice.progress())           // a report per committed batch
+///     .observe(slice.observer())           // a report per committed batch
 ///     .update_all(conn, posts::archived.eq(true))
 /// # }
 /// ```
@@ -136,11 +136,21 @@ impl<V> Slice<V> {
         let _ = self.tx.send(Progress { rows, batches });
     }
 
+    /// The [`WriteObserver`](crate::WriteObserver) of a write job that runs
+    /// this slice: reports every committed batch (rows and batches of this
+    /// run, see [`committed`](Self::committed)): `.observe(slice.observer())`.
+    /// The job's `throttle` stays yours.
+    pub fn observer(&self) -> SliceObserver {
+        SliceObserver {
+            tx: self.tx.clone(),
+        }
+    }
+
     /// A [`throttle`](crate::Chunked::throttle) closure that reports every
-    /// committed batch (rows and batches of this run, see
-    /// [`committed`](Self::committed)) and asks for no wait:
-    /// `.throttle(slice.progress())`. To throttle too, call it from your own
-    /// closure.
+    /// committed batch as [`observer`](Self::observer) does (except the
+    /// job's last, which the worker counts when the job returns) and asks for
+    /// no wait: `.throttle(slice.progress())`. To throttle too, call it from
+    /// your own closure; [`observer`](Self::observer) leaves the throttle free.
     ///
     /// ```no_run
     /// # #[cfg(feature = "sqlite")]
@@ -173,6 +183,22 @@ impl<V> Slice<V> {
             });
             None
         }
+    }
+}
+
+/// What [`Slice::observer`] returns: reports a write job's committed batches
+/// to the worker that runs the slice.
+#[derive(Debug, Clone)]
+pub struct SliceObserver {
+    tx: mpsc::UnboundedSender<Progress>,
+}
+
+impl crate::WriteObserver for SliceObserver {
+    fn on_batch(&self, stats: &BatchStats) {
+        let _ = self.tx.send(Progress {
+            rows: stats.total_rows,
+            batches: stats.batch,
+        });
     }
 }
 

@@ -38,7 +38,7 @@ use crate::{Partition, WriteReport};
 ///             .chunked_by(posts::id)
 ///             .within(slice)
 ///             .checkpoint(slice.checkpoint_name())
-///             .throttle(slice.progress())
+///             .observe(slice.observer())
 ///             .update_all(&mut conn, posts::archived.eq(true))?)
 ///     })
 ///     .await?;
@@ -161,7 +161,7 @@ impl Worker {
     ///
     /// `f` runs each slice on a blocking thread and returns its
     /// [`WriteReport`]; it should resume from [`Slice::checkpoint_name`] and
-    /// report its batches with [`Slice::progress`]. A report that is not
+    /// report its batches with [`Slice::observer`]. A report that is not
     /// `done` (the run stopped early, `limit_total`) counts as an error.
     ///
     /// Fails when the job does not exist or was deleted, when its slices have
@@ -187,7 +187,7 @@ impl Worker {
     ///             .chunked_by(posts::id)
     ///             .within(slice)
     ///             .checkpoint(slice.checkpoint_name())
-    ///             .throttle(slice.progress())
+    ///             .observe(slice.observer())
     ///             .delete_all(&pool)
     ///     })
     ///     .await?;

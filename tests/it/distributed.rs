@@ -495,7 +495,7 @@ fn workers_of_the_wrong_key_type_take_no_delivery() {
                             .within(slice)
                             .batch_size(50)
                             .checkpoint(slice.checkpoint_name())
-                            .throttle(slice.progress())
+                            .observe(slice.observer())
                             .for_each_batch(&mut conn, |conn, batch: Vec<Event>| {
                                 for e in &batch {
                                     diesel::update(events::table.find(e.id))
