@@ -92,6 +92,11 @@ use std::any::{Any, TypeId};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+/// A statement of the sample, running (ready at once on a blocking
+/// connection).
+pub(crate) type BoxFuture<'a, T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
 use diesel::backend::Backend;
 use diesel::connection::Connection;
 use diesel::query_builder::SqlQuery;
@@ -103,13 +108,13 @@ use super::{KeyColumns, Partition, PreparePlan};
 use crate::backend::KeysetBackend;
 use crate::builder::{Chunked, PlanInner};
 use crate::error::Error;
-use crate::key::{Key, KeySql};
+use crate::key::{Key, KeySql, KeyValue};
 use crate::stored::StoredKey;
 
 mod sql;
 
 use sql::{render, table_of, tid_condition, FirstColumn};
-pub use sql::{SampleFilter, SampleQuery, SampleRow, TableSize};
+pub use sql::{SampleFilter, SampleQuery, SampleRow, Shared, TableSize};
 
 /// How many sampled keys [`Chunked::partitions_sampled`] aims at per slice.
 pub const SAMPLE_PER_SLICE: u64 = 200;
@@ -192,8 +197,38 @@ impl<Q, K: Key> Chunked<Q, K> {
         K: KeySql<C::Backend>,
         Q: PreparePlan<'a, K, KeyColumns<K>, C::Backend>,
         PlanInner<'a, Q, K, KeyColumns<K>, C::Backend>: FilterDsl<SampleFilter>,
-        SampleQuery<SampledInner<'a, Q, K, C::Backend>, K>: LoadQuery<'a, C, SampleRow<K>>,
+        SampleQuery<Shared<SampledInner<'a, Q, K, C::Backend>>, K>: LoadQuery<'a, C, SampleRow<K>>,
         SqlQuery: LoadQuery<'a, C, TableSize>,
+    {
+        let filter = SampleFilter::default();
+        let (setup, inner) = self.sampled::<C::Backend>(n, &filter)?;
+        let mut run = Runner {
+            inner: Shared(Arc::new(inner)),
+            filter,
+            conn,
+            _key: std::marker::PhantomData,
+        };
+        // The blocking statements answer at once: the sampler's futures are
+        // ready when polled.
+        let sample = ready(setup.sample(&mut run))?;
+        setup.slices(sample)
+    }
+
+    /// What [`partitions_sampled`](Self::partitions_sampled) and its async
+    /// twin start from: the checks of `n` and of the key, and the prepared
+    /// query with its sampling condition `filter`.
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn sampled<'a, DB>(
+        self,
+        n: usize,
+        filter: &SampleFilter,
+    ) -> Result<(Sampling<K>, SampledInner<'a, Q, K, DB>), Error>
+    where
+        DB: KeysetBackend + Default,
+        DB::QueryBuilder: Default,
+        K: KeySql<DB>,
+        Q: PreparePlan<'a, K, KeyColumns<K>, DB>,
+        PlanInner<'a, Q, K, KeyColumns<K>, DB>: FilterDsl<SampleFilter>,
     {
         if n == 0 || n > super::MAX_PARTITIONS {
             return Err(Error::InvalidPartitionCount { n });
@@ -201,8 +236,8 @@ impl<Q, K: Key> Chunked<Q, K> {
         let bounds = self.bounds();
         let ends = super::outer_ends::<K>(&bounds)?;
         let key = self.key;
-        let column = render::<C::Backend, _>(&FirstColumn(key))?;
-        let pg = <C::Backend as KeysetBackend>::TID_SAMPLING;
+        let column = render::<DB, _>(&FirstColumn(key))?;
+        let pg = DB::TID_SAMPLING;
         if !pg && !is_int::<K::Value>() {
             return Err(Error::SamplingUnsupported {
                 columns: key.describe(),
@@ -212,32 +247,139 @@ impl<Q, K: Key> Chunked<Q, K> {
                     .into(),
             });
         }
-        let filter = SampleFilter::default();
         let inner = self
             .query
             .prepare_plan(key, bounds, super::key_columns(key))?;
-        let inner = Arc::new(FilterDsl::filter(inner, filter.clone()));
-        let mut run = Runner {
-            inner,
-            filter,
-            conn,
-            _key: std::marker::PhantomData,
+        let inner = FilterDsl::filter(inner, filter.clone());
+        let setup = Sampling {
+            key,
+            n,
+            ends,
+            column,
+            pg,
         };
-        let target = SAMPLE_PER_SLICE * n as u64;
-        let sample = if pg {
-            tid_sample(&mut run, &column, target)?
-        } else {
-            probe_sample(&mut run, &column, target, POINTS_PER_SLICE * n as u64)?
-        };
+        Ok((setup, inner))
+    }
+}
+
+/// A sampled planning of `n` slices, once its query is prepared: what is
+/// sampled and how the sample becomes slices. The statements run on a
+/// [`SampleStatements`], blocking or async.
+pub(crate) struct Sampling<K: Key> {
+    key: K,
+    n: usize,
+    ends: super::OuterEnds<K::Value>,
+    column: String,
+    pg: bool,
+}
+
+impl<K: Key> Sampling<K> {
+    /// Draws the sample, with the statements of `run`.
+    pub(crate) async fn sample<S>(&self, run: &mut S) -> Result<Weighted<K::Value>, Error>
+    where
+        S: SampleStatements<K::Value>,
+    {
+        let target = SAMPLE_PER_SLICE * self.n as u64;
+        match self.pg {
+            true => tid_sample(run, &self.column, target).await,
+            false => {
+                let per_round = POINTS_PER_SLICE * self.n as u64;
+                probe_sample(run, &self.column, target, per_round).await
+            }
+        }
+    }
+
+    /// The slices the sample gives.
+    pub(crate) fn slices(
+        self,
+        sample: Weighted<K::Value>,
+    ) -> Result<Vec<Partition<K::Value>>, Error> {
         if let Some((k, _)) = sample.iter().find(|(k, _)| k.has_stored_form()) {
             return Err(Error::StoredForm {
-                columns: key.describe(),
+                columns: self.key.describe(),
                 value: format!("{k:?}"),
             });
         }
         let sample = sample.into_iter().map(|(k, w)| (k.value, w)).collect();
-        Ok(super::slices_of(boundaries(sample, n), ends))
+        Ok(super::slices_of(boundaries(sample, self.n), self.ends))
     }
+}
+
+/// The output of a future that is ready when first polled (the sampler on
+/// blocking statements, whose futures are `std::future::ready`).
+fn ready<T>(future: impl std::future::Future<Output = Result<T, Error>>) -> Result<T, Error> {
+    use std::task::{Context, Poll, Waker};
+    let mut future = std::pin::pin!(future);
+    match future
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()))
+    {
+        Poll::Ready(out) => out,
+        Poll::Pending => Err(Error::SamplingUnsupported {
+            columns: String::new(),
+            reason: "a blocking statement of the sample did not answer".into(),
+        }),
+    }
+}
+
+/// The statements a sample runs: on a blocking connection (whose futures
+/// are ready at once) or an async one. One sampler, two ways to run its
+/// statements.
+pub(crate) trait SampleStatements<V> {
+    /// The query's keys, in key order, where `condition` holds.
+    fn keys(&mut self, condition: String) -> BoxFuture<'_, Result<Vec<StoredKey<V>>, Error>>;
+    /// One statement of probes (see [`SampleQuery`]).
+    fn load(
+        &mut self,
+        probes: Vec<(String, bool)>,
+    ) -> BoxFuture<'_, Result<Vec<StoredKey<V>>, Error>>;
+    /// PostgreSQL: the size of `table`, in pages, slots and rows.
+    fn size(&mut self, table: String) -> BoxFuture<'_, Result<TableSize, Error>>;
+}
+
+/// The next key (or, with `desc`, the previous one) of each probe, a
+/// condition on the key; a probe that finds none gives no row.
+async fn probe<V, S: SampleStatements<V>>(
+    run: &mut S,
+    probes: Vec<(String, bool)>,
+) -> Result<Vec<StoredKey<V>>, Error> {
+    let mut out = Vec::with_capacity(probes.len());
+    for chunk in probes.chunks(PROBES_PER_STATEMENT) {
+        out.extend(run.load(chunk.to_vec()).await?);
+    }
+    Ok(out)
+}
+
+/// The statement of a sample's probes, as its twin on a blocking connection
+/// and on an async one runs it.
+pub(crate) fn sample_query<I, K: Key>(
+    inner: I,
+    filter: &SampleFilter,
+    probes: Vec<(String, bool)>,
+) -> SampleQuery<I, K> {
+    SampleQuery {
+        inner,
+        filter: filter.clone(),
+        probes,
+        _key: std::marker::PhantomData,
+    }
+}
+
+/// The statement that reads the size of `table` (PostgreSQL).
+pub(crate) fn size_query(table: &str) -> SqlQuery {
+    let literal = table.replace('\'', "''");
+    diesel::sql_query(format!(
+        "SELECT CAST(COALESCE(pg_relation_size(to_regclass('{literal}')), -1) \
+         / current_setting('block_size')::bigint AS BIGINT) AS pages, \
+         CAST((current_setting('block_size')::bigint - 24) / 28 AS BIGINT) AS slots, \
+         CAST(COALESCE((SELECT reltuples FROM pg_class \
+         WHERE oid = to_regclass('{literal}')), -1) AS BIGINT) AS tuples"
+    ))
+}
+
+/// The error of a statement of the sample.
+pub(crate) fn sample_error(context: &'static str) -> impl FnOnce(diesel::result::Error) -> Error {
+    move |source| Error::Query { context, source }
 }
 
 /// The prepared query of [`Chunked::partitions_sampled`]: the planning query
@@ -248,84 +390,60 @@ pub type SampledInner<'a, Q, K, DB> =
 /// Sampled keys, each with the rows it stands for.
 type Weighted<V> = Vec<(StoredKey<V>, f64)>;
 
-/// Runs the sample statements on one prepared query.
+/// The sample's statements on a blocking connection.
 struct Runner<'c, I, K, C> {
-    inner: Arc<I>,
+    inner: Shared<I>,
     filter: SampleFilter,
     conn: &'c mut C,
     _key: std::marker::PhantomData<K>,
 }
 
-impl<'a, I, K: Key, C: Connection> Runner<'_, I, K, C>
+impl<'a, I, K: Key, C: Connection> SampleStatements<K::Value> for Runner<'_, I, K, C>
 where
-    SampleQuery<I, K>: LoadQuery<'a, C, SampleRow<K>>,
+    SampleQuery<Shared<I>, K>: LoadQuery<'a, C, SampleRow<K>>,
+    SqlQuery: LoadQuery<'a, C, TableSize>,
 {
-    /// The query's keys, in key order, where `condition` holds.
-    fn keys(&mut self, condition: &str) -> Result<Vec<StoredKey<K::Value>>, Error> {
-        self.filter.set(condition);
+    fn keys(
+        &mut self,
+        condition: String,
+    ) -> BoxFuture<'_, Result<Vec<StoredKey<K::Value>>, Error>> {
+        self.filter.set(&condition);
         self.load(Vec::new())
     }
 
-    /// The next key (or, with `desc`, the previous one) of each probe, a
-    /// condition on the key; a probe that finds none gives no row.
-    fn probe(&mut self, probes: Vec<(String, bool)>) -> Result<Vec<StoredKey<K::Value>>, Error> {
-        let mut out = Vec::with_capacity(probes.len());
-        for chunk in probes.chunks(PROBES_PER_STATEMENT) {
-            out.extend(self.load(chunk.to_vec())?);
-        }
-        Ok(out)
-    }
-
-    fn load(&mut self, probes: Vec<(String, bool)>) -> Result<Vec<StoredKey<K::Value>>, Error> {
-        let query = SampleQuery {
-            inner: Arc::clone(&self.inner),
-            filter: self.filter.clone(),
-            probes,
-            _key: std::marker::PhantomData,
-        };
-        let rows: Vec<SampleRow<K>> = query.load(self.conn).map_err(|source| Error::Query {
-            context: "sampling the keys for the partitions",
-            source,
-        })?;
-        Ok(rows.into_iter().map(|r| r.0).collect())
-    }
-
-    fn size(&mut self, table: &str) -> Result<TableSize, Error>
-    where
-        SqlQuery: LoadQuery<'a, C, TableSize>,
-    {
-        let literal = table.replace('\'', "''");
-        diesel::sql_query(format!(
-            "SELECT CAST(COALESCE(pg_relation_size(to_regclass('{literal}')), -1) \
-             / current_setting('block_size')::bigint AS BIGINT) AS pages, \
-             CAST((current_setting('block_size')::bigint - 24) / 28 AS BIGINT) AS slots, \
-             CAST(COALESCE((SELECT reltuples FROM pg_class \
-             WHERE oid = to_regclass('{literal}')), -1) AS BIGINT) AS tuples"
+    fn load(
+        &mut self,
+        probes: Vec<(String, bool)>,
+    ) -> BoxFuture<'_, Result<Vec<StoredKey<K::Value>>, Error>> {
+        let query = sample_query::<_, K>(self.inner.clone(), &self.filter, probes);
+        let rows = query
+            .load::<SampleRow<K>>(self.conn)
+            .map_err(sample_error("sampling the keys for the partitions"));
+        Box::pin(std::future::ready(
+            rows.map(|rows| rows.into_iter().map(|r| r.0).collect()),
         ))
-        .get_result::<TableSize>(self.conn)
-        .map_err(|source| Error::Query {
-            context: "reading the size of the sampled table",
-            source,
-        })
+    }
+
+    fn size(&mut self, table: String) -> BoxFuture<'_, Result<TableSize, Error>> {
+        let size = size_query(&table)
+            .get_result::<TableSize>(self.conn)
+            .map_err(sample_error("reading the size of the sampled table"));
+        Box::pin(std::future::ready(size))
     }
 }
 
 /// PostgreSQL: rows at random addresses (see the module docs), each weighted
 /// by `addresses / draws`; every row when the table is small.
-fn tid_sample<'a, I, K: Key, C: Connection>(
-    run: &mut Runner<'_, I, K, C>,
+async fn tid_sample<V: KeyValue, S: SampleStatements<V>>(
+    run: &mut S,
     column: &str,
     target: u64,
-) -> Result<Weighted<K::Value>, Error>
-where
-    SampleQuery<I, K>: LoadQuery<'a, C, SampleRow<K>>,
-    SqlQuery: LoadQuery<'a, C, TableSize>,
-{
+) -> Result<Weighted<V>, Error> {
     let table = table_of(column).ok_or_else(|| Error::SamplingUnsupported {
         columns: column.to_string(),
         reason: "the key column's table could not be read from its SQL".into(),
     })?;
-    let size = run.size(table)?;
+    let size = run.size(table.to_string()).await?;
     if size.pages < 0 {
         return Err(Error::SamplingUnsupported {
             columns: column.to_string(),
@@ -333,11 +451,8 @@ where
         });
     }
     let slots = (size.pages as u64).saturating_mul(size.slots.max(1) as u64);
-    let all = |run: &mut Runner<'_, I, K, C>| -> Result<_, Error> {
-        Ok(run.keys("1 = 1")?.into_iter().map(|k| (k, 1.0)).collect())
-    };
     if slots <= 4 * target {
-        return all(run);
+        return all(run).await;
     }
     let mut rng = Rng::new(target);
     let mut drawn: HashSet<u64> = HashSet::new();
@@ -353,8 +468,10 @@ where
         while (drawn.len() as u64) < want {
             drawn.insert(rng.below(slots));
         }
-        let tids: Vec<u64> = drawn.iter().copied().collect();
-        let keys = run.keys(&tid_condition(table, &tids, size.slots))?;
+        // In order: the same draws give the same statement.
+        let mut tids: Vec<u64> = drawn.iter().copied().collect();
+        tids.sort_unstable();
+        let keys = run.keys(tid_condition(table, &tids, size.slots)).await?;
         let got = keys.len() as u64;
         if got >= target {
             let w = slots as f64 / tids.len() as f64;
@@ -362,9 +479,15 @@ where
         }
         want = next_draws(want, got, target);
         if want >= slots / 2 {
-            return all(run);
+            return all(run).await;
         }
     }
+}
+
+/// Every key of the query, each standing for itself.
+async fn all<V, S: SampleStatements<V>>(run: &mut S) -> Result<Weighted<V>, Error> {
+    let keys = run.keys("1 = 1".into()).await?;
+    Ok(keys.into_iter().map(|k| (k, 1.0)).collect())
 }
 
 /// The draws the next round needs, from the hit rate so far (at most eight
@@ -377,17 +500,14 @@ fn next_draws(drawn: u64, got: u64, target: u64) -> u64 {
 
 /// MariaDB/MySQL and SQLite: weighted index probes (see the module docs);
 /// every key when the key range is short.
-fn probe_sample<'a, I, K: Key, C: Connection>(
-    run: &mut Runner<'_, I, K, C>,
+async fn probe_sample<V: KeyValue, S: SampleStatements<V>>(
+    run: &mut S,
     column: &str,
     target: u64,
     per_round: u64,
-) -> Result<Weighted<K::Value>, Error>
-where
-    SampleQuery<I, K>: LoadQuery<'a, C, SampleRow<K>>,
-{
-    let int = |k: &StoredKey<K::Value>| int_of(&k.value).unwrap_or(0);
-    let ends = run.probe(vec![("1 = 1".into(), false), ("1 = 1".into(), true)])?;
+) -> Result<Weighted<V>, Error> {
+    let int = |k: &StoredKey<V>| int_of(&k.value).unwrap_or(0);
+    let ends = probe(run, vec![("1 = 1".into(), false), ("1 = 1".into(), true)]).await?;
     let (Some(min), Some(max)) = (ends.iter().map(int).min(), ends.iter().map(int).max()) else {
         return Ok(Vec::new());
     };
@@ -396,13 +516,13 @@ where
     // The part of the key range still sampled, and the keys of the empty
     // stretches taken out of it, counted exactly (see `Line`).
     let mut line = Line::new(min, max);
-    let mut exact: Vec<(StoredKey<K::Value>, f64)> = Vec::new();
+    let mut exact: Vec<(StoredKey<V>, f64)> = Vec::new();
     let mut pred = HashMap::new();
     let mut restarts = 0;
     let (range, mut hits, buckets) = loop {
         let range = line.len();
         if range <= 4 * i128::from(target) {
-            return Ok(run.keys("1 = 1")?.into_iter().map(|k| (k, 1.0)).collect());
+            return all(run).await;
         }
         // about four first-round points per bucket, so that a bucket's
         // density is read from more than one key
@@ -412,8 +532,8 @@ where
         let uniform = cumulative((0..buckets as usize).map(|b| widths.width(b) / range as f64));
         let points = stratified(m1, &uniform, |b| widths.start(b), &mut rng);
         let points: Vec<i128> = points.into_iter().map(|c| line.to_real(c)).collect();
-        let hits = run.probe(next_probes(column, &points))?;
-        pred = predecessors(run, column, &hits, min, pred)?;
+        let hits = probe(run, next_probes(column, &points)).await?;
+        pred = predecessors(run, column, &hits, min, pred).await?;
         // Empty stretches longer than two strata: the outliers of a key
         // range much wider than its keys (a row at i32::MAX after ids from
         // 1) leave most points there, and the keys elsewhere unseen. When
@@ -467,13 +587,13 @@ where
     let m2 = per_round;
     let points = stratified(m2, &cdf, |b| widths.start(b), &mut rng);
     let points: Vec<i128> = points.into_iter().map(|c| line.to_real(c)).collect();
-    let second = run.probe(next_probes(column, &points))?;
-    pred = predecessors(run, column, &second, min, pred)?;
+    let second = probe(run, next_probes(column, &points)).await?;
+    pred = predecessors(run, column, &second, min, pred).await?;
     hits.extend(second);
     // Each hit weighted by the inverse of its key's chance over both rounds.
     // (The stretch from a hit's predecessor to it holds no other key, so it
     // lies on the line in one piece: it ends at the hit's position.)
-    let mut sample: Vec<(StoredKey<K::Value>, f64)> = hits
+    let mut sample: Vec<(StoredKey<V>, f64)> = hits
         .into_iter()
         .map(|k| {
             let (v, p) = (int(&k), pred[&int(&k)]);
@@ -626,16 +746,13 @@ fn next_probes(column: &str, points: &[i128]) -> Vec<(String, bool)> {
 
 /// The predecessor of every key of `hits` not yet in `known` (`min - 1` for the
 /// first key): the largest key below it.
-fn predecessors<'a, I, K: Key, C: Connection>(
-    run: &mut Runner<'_, I, K, C>,
+async fn predecessors<V: KeyValue, S: SampleStatements<V>>(
+    run: &mut S,
     column: &str,
-    hits: &[StoredKey<K::Value>],
+    hits: &[StoredKey<V>],
     min: i128,
     mut known: HashMap<i128, i128>,
-) -> Result<HashMap<i128, i128>, Error>
-where
-    SampleQuery<I, K>: LoadQuery<'a, C, SampleRow<K>>,
-{
+) -> Result<HashMap<i128, i128>, Error> {
     let mut keys: Vec<i128> = hits
         .iter()
         .filter_map(|k| int_of(&k.value))
@@ -647,8 +764,8 @@ where
         .iter()
         .map(|k| (format!("{column} < {k}"), true))
         .collect();
-    let mut found: Vec<i128> = run
-        .probe(probes)?
+    let mut found: Vec<i128> = probe(run, probes)
+        .await?
         .iter()
         .filter_map(|k| int_of(&k.value))
         .collect();

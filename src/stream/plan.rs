@@ -21,10 +21,18 @@ use crate::builder::{Chunked, PlanInner};
 use crate::error::Error;
 use crate::explain::{Explain, ExplainSteps};
 use crate::key::Key;
+use crate::key::KeySql;
+use crate::plan::sample::{
+    sample_error, sample_query, size_query, SampleFilter, SampleQuery, SampleRow, SampleStatements,
+    SampledInner, TableSize,
+};
 use crate::plan::PreparePlan;
 use crate::plan::{self, CountQuery, KeyColumns, Partition, PartitionQuery, PartitionRow};
 use crate::query::{PrepareKeys, SeekQuery};
 use crate::rows::KeyRows;
+use crate::stored::StoredKey;
+use diesel::query_builder::SqlQuery;
+use diesel::query_dsl::methods::FilterDsl;
 
 impl<Q, K: Key> Chunked<Q, K> {
     /// [`partitions`](Self::partitions) on an async connection: the same
@@ -68,6 +76,68 @@ impl<Q, K: Key> Chunked<Q, K> {
         async move {
             let (statement, slicing) = prepared?;
             slicing.slices(statement.load(conn).await)
+        }
+    }
+
+    /// [`partitions_sampled`](Self::partitions_sampled) on an async
+    /// connection: the same statements, the same (seeded) draws, the same
+    /// slices.
+    ///
+    /// ```
+    /// # include!("../../tests/doc/setup.rs");
+    /// use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
+    /// use diesel_async::AsyncConnection;
+    /// use diesel_chunked_iterator::prelude::*;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let rt = tokio::runtime::Runtime::new()?;
+    /// # rt.block_on(async {
+    /// # let path = std::env::temp_dir().join(format!("doc-sampled-{}.db", std::process::id()));
+    /// # let url = path.to_string_lossy().into_owned();
+    /// # { let mut c = SqliteConnection::establish(&url)?; fill(&mut c); }
+    /// let mut conn = SyncConnectionWrapper::<SqliteConnection>::establish(&url).await?;
+    /// let parts = posts::table.chunked_by(posts::id).partitions_sampled_async(2, &mut conn).await?;
+    /// let blocking = posts::table.chunked_by(posts::id)
+    ///     .partitions_sampled(2, &mut SqliteConnection::establish(&url)?)?;
+    /// assert_eq!(parts, blocking);
+    /// # drop(conn); std::fs::remove_file(&path)?;
+    /// # Ok::<_, Box<dyn std::error::Error>>(()) })?;
+    /// # Ok(()) }
+    /// ```
+    pub fn partitions_sampled_async<'a, 'c, C>(
+        self,
+        n: usize,
+        conn: &'c mut C,
+    ) -> impl Future<Output = Result<Vec<Partition<K::Value>>, Error>> + Send + use<'a, 'c, Q, K, C>
+    where
+        'a: 'c,
+        C: AsyncConnection,
+        C::Backend: KeysetBackend + Default,
+        <C::Backend as Backend>::QueryBuilder: Default,
+        K: KeySql<C::Backend> + Send + 'c,
+        K::Value: Send,
+        Q: Clone + Send + 'c,
+        Q: PreparePlan<'a, K, KeyColumns<K>, C::Backend>,
+        PlanInner<'a, Q, K, KeyColumns<K>, C::Backend>: FilterDsl<SampleFilter>,
+        SampleQuery<SampledInner<'a, Q, K, C::Backend>, K>:
+            LoadQuery<'a, C, SampleRow<K>> + Send + 'a,
+        SqlQuery: LoadQuery<'a, C, TableSize>,
+    {
+        let filter = SampleFilter::default();
+        let setup = self
+            .clone()
+            .sampled::<C::Backend>(n, &filter)
+            .map(|(s, _)| s);
+        async move {
+            let setup = setup?;
+            let mut run = AsyncSampler {
+                chunked: self,
+                n,
+                filter,
+                conn,
+                _prepared: std::marker::PhantomData,
+            };
+            let sample = setup.sample(&mut run).await?;
+            setup.slices(sample)
         }
     }
 
@@ -190,4 +260,68 @@ where
         let lines = rows.explain_async(&mut query, conn, steps.limit()).await;
         steps.finish::<C::Backend, _>(&query, lines)
     })
+}
+
+/// The statements of a sample on an async connection: each prepares the
+/// sample's query anew (a boxed query is `Send` but cannot be shared across
+/// an await).
+struct AsyncSampler<'a, 'c, Q, K: Key, C> {
+    chunked: Chunked<Q, K>,
+    n: usize,
+    filter: SampleFilter,
+    conn: &'c mut C,
+    _prepared: std::marker::PhantomData<&'a ()>,
+}
+
+impl<'a, Q, K, C> SampleStatements<K::Value> for AsyncSampler<'a, '_, Q, K, C>
+where
+    C: AsyncConnection,
+    C::Backend: KeysetBackend + Default,
+    <C::Backend as Backend>::QueryBuilder: Default,
+    K: KeySql<C::Backend> + Send,
+    K::Value: Send,
+    Q: Clone + Send,
+    Q: PreparePlan<'a, K, KeyColumns<K>, C::Backend>,
+    PlanInner<'a, Q, K, KeyColumns<K>, C::Backend>: FilterDsl<SampleFilter>,
+    SampleQuery<SampledInner<'a, Q, K, C::Backend>, K>: LoadQuery<'a, C, SampleRow<K>> + Send + 'a,
+    SqlQuery: LoadQuery<'a, C, TableSize>,
+{
+    fn keys(
+        &mut self,
+        condition: String,
+    ) -> BoxFuture<'_, Result<Vec<StoredKey<K::Value>>, Error>> {
+        self.filter.set(&condition);
+        SampleStatements::load(self, Vec::new())
+    }
+
+    fn load(
+        &mut self,
+        probes: Vec<(String, bool)>,
+    ) -> BoxFuture<'_, Result<Vec<StoredKey<K::Value>>, Error>> {
+        use futures_util::FutureExt;
+        let prepared = self
+            .chunked
+            .clone()
+            .sampled::<C::Backend>(self.n, &self.filter);
+        let query = match prepared {
+            Ok((_, inner)) => sample_query::<_, K>(inner, &self.filter, probes),
+            Err(e) => return Box::pin(std::future::ready(Err(e))),
+        };
+        // A future built here, not an async block: the boxed query's type
+        // names the query's lifetime, which an async block's `Send` check
+        // cannot see through.
+        let loading = RunQueryDsl::load::<SampleRow<K>>(query, self.conn);
+        Box::pin(loading.map(|rows| {
+            let rows = rows.map_err(sample_error("sampling the keys for the partitions"))?;
+            Ok(rows.into_iter().map(|r| r.into_key()).collect())
+        }))
+    }
+
+    fn size(&mut self, table: String) -> BoxFuture<'_, Result<TableSize, Error>> {
+        Box::pin(async move {
+            RunQueryDsl::get_result::<TableSize>(size_query(&table), self.conn)
+                .await
+                .map_err(sample_error("reading the size of the sampled table"))
+        })
+    }
 }

@@ -378,3 +378,88 @@ mod pg_only {
         assert_eq!(parts.len(), 1, "no posts: one slice");
     }
 }
+
+/// `partitions_sampled_async` runs the same sampler on an async connection:
+/// the same statements, the same seeded draws, so the same slices as the
+/// blocking call, on a table large enough to be sampled (not read whole),
+/// filtered, with gaps; and the same errors.
+#[cfg(feature = "async")]
+macro_rules! async_sampled_tests {
+    ($name:ident, $backend:ty, $conn:ty, $feature:literal) => {
+        #[cfg(feature = $feature)]
+        #[tokio::test(flavor = "multi_thread")]
+        async fn $name() {
+            use diesel_async::AsyncConnection;
+            let db = <$backend as TestBackend>::create();
+            let mut sync = <$backend as TestBackend>::connect(&db);
+            let ids: Vec<i32> = (1..=18_000)
+                .chain((1..=2_000).map(|i| 18_000 + i * 50))
+                .collect();
+            insert_posts(&mut sync, ids.iter().copied());
+            let mut conn = <$conn>::establish(&db.url).await.unwrap();
+            let query = || posts::table.filter(posts::id.ne(7)).chunked_by(posts::id);
+            let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+            let sink = std::sync::Arc::clone(&seen);
+            conn.set_instrumentation(move |event: diesel::connection::InstrumentationEvent<'_>| {
+                if let diesel::connection::InstrumentationEvent::StartQuery { query, .. } = event {
+                    sink.lock().unwrap().push(query.to_string());
+                }
+            });
+            let sql = |log: &[String]| -> Vec<String> {
+                log.iter()
+                    .map(|q| q.split(" -- binds").next().unwrap().to_string())
+                    .collect()
+            };
+            for n in [2, 5, 8] {
+                let log = QueryLog::install(&mut sync);
+                let blocking = query().partitions_sampled(n, &mut sync).unwrap();
+                seen.lock().unwrap().clear();
+                let awaited = query()
+                    .partitions_sampled_async(n, &mut conn)
+                    .await
+                    .unwrap();
+                assert_eq!(awaited, blocking, "n = {n}");
+                let statements = sql(&log.all());
+                assert!(
+                    statements.len() >= 2,
+                    "sampled, not read whole: {statements:?}"
+                );
+                assert_eq!(
+                    sql(&seen.lock().unwrap()),
+                    statements,
+                    "n = {n}: the same statements"
+                );
+            }
+            let err = query()
+                .partitions_sampled_async(0, &mut conn)
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(err, Error::InvalidPartitionCount { n: 0 }),
+                "{err:?}"
+            );
+        }
+    };
+}
+
+#[cfg(feature = "async")]
+async_sampled_tests!(
+    sqlite_async_sampled_slices_are_the_blocking_ones,
+    Sqlite,
+    diesel_async::sync_connection_wrapper::SyncConnectionWrapper<diesel::SqliteConnection>,
+    "sqlite"
+);
+#[cfg(feature = "async")]
+async_sampled_tests!(
+    postgres_async_sampled_slices_are_the_blocking_ones,
+    Pg,
+    diesel_async::AsyncPgConnection,
+    "postgres"
+);
+#[cfg(feature = "async")]
+async_sampled_tests!(
+    mysql_async_sampled_slices_are_the_blocking_ones,
+    Mysql,
+    diesel_async::AsyncMysqlConnection,
+    "mysql"
+);

@@ -89,7 +89,7 @@ impl<K: KeySql<DB>, DB: KeysetBackend> QueryFragment<DB> for FirstColumn<K> {
 pub struct SampleFilter(Arc<Mutex<String>>);
 
 impl SampleFilter {
-    pub(super) fn set(&self, sql: &str) {
+    pub(crate) fn set(&self, sql: &str) {
         let mut s = self.0.lock().unwrap_or_else(|e| e.into_inner());
         s.clear();
         s.push_str(sql);
@@ -130,7 +130,7 @@ impl<DB: Backend> QueryFragment<DB> for SampleFilter {
 #[derive(Debug)]
 #[doc(hidden)]
 pub struct SampleQuery<I, K> {
-    pub(super) inner: Arc<I>,
+    pub(super) inner: I,
     pub(super) filter: SampleFilter,
     pub(super) probes: Vec<(String, bool)>,
     pub(super) _key: std::marker::PhantomData<K>,
@@ -190,10 +190,40 @@ impl<I: QueryFragment<DB>, K: Key, DB: KeysetBackend> QueryFragment<DB> for Samp
 
 impl<I, K, Conn> RunQueryDsl<Conn> for SampleQuery<I, K> {}
 
+/// The prepared query of a blocking sample, shared by its statements (a
+/// boxed query cannot be cloned).
+#[derive(Debug)]
+#[doc(hidden)]
+pub struct Shared<I>(pub(super) Arc<I>);
+
+impl<I> Clone for Shared<I> {
+    fn clone(&self) -> Self {
+        Shared(Arc::clone(&self.0))
+    }
+}
+
+impl<I> QueryId for Shared<I> {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl<I: QueryFragment<DB>, DB: Backend> QueryFragment<DB> for Shared<I> {
+    fn walk_ast<'b>(&'b self, out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
+        self.0.walk_ast(out)
+    }
+}
+
 /// One sampled key.
 #[doc(hidden)]
 #[derive(Debug)]
 pub struct SampleRow<K: Key>(pub(super) StoredKey<K::Value>);
+
+impl<K: Key> SampleRow<K> {
+    /// The key the row holds.
+    pub(crate) fn into_key(self) -> StoredKey<K::Value> {
+        self.0
+    }
+}
 
 impl<K: KeyFromRow<DB>, DB: KeysetBackend> QueryableByName<DB> for SampleRow<K> {
     fn build<'a>(row: &impl NamedRow<'a, DB>) -> diesel::deserialize::Result<Self> {
