@@ -12,7 +12,6 @@ mod error;
 pub mod explain;
 pub mod guide;
 mod iter;
-#[doc(hidden)]
 #[cfg(feature = "jetstream")]
 pub mod jetstream;
 pub mod key;
