@@ -15,8 +15,9 @@ use diesel_chunked_iterator::prelude::*;
 use diesel_chunked_iterator::Error;
 use futures_util::{StreamExt, TryStreamExt};
 
-/// Counts the statements an async connection runs.
-fn count_queries<C: AsyncConnection>(conn: &mut C) -> Arc<Mutex<Vec<String>>> {
+/// Records the statements an async connection runs, as `QueryLog` does for a
+/// blocking one.
+pub(crate) fn count_queries<C: AsyncConnection>(conn: &mut C) -> Arc<Mutex<Vec<String>>> {
     let log = Arc::new(Mutex::new(Vec::new()));
     let sink = Arc::clone(&log);
     conn.set_instrumentation(move |event: InstrumentationEvent<'_>| {

@@ -11,30 +11,15 @@ use crate::lost_commit::{at, copies, copy_ids, counter_rows, counters, create_ta
 use crate::lost_commit::{BATCH, ROWS};
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use diesel::connection::InstrumentationEvent;
 use diesel::{ExpressionMethods, QueryDsl, QueryResult};
 use diesel_async::AsyncConnection;
 // diesel-async's `RunQueryDsl` in scope, as in any diesel-async code.
 use diesel_async::RunQueryDsl;
 use diesel_chunked_iterator::prelude::*;
 use diesel_chunked_iterator::{checkpoint, Error, WriteReport};
-
-/// Records the statements an async connection runs, as `QueryLog` does for a
-/// blocking one.
-fn log_async<C: AsyncConnection>(conn: &mut C) -> Arc<Mutex<Vec<String>>> {
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let sink = Arc::clone(&log);
-    conn.set_instrumentation(move |event: InstrumentationEvent<'_>| {
-        if let InstrumentationEvent::StartQuery { query, .. } = event {
-            sink.lock().unwrap().push(query.to_string());
-        }
-    });
-    log
-}
 
 macro_rules! async_write_tests {
     ($name:ident, $backend:ty, $conn:ty, $feature:literal) => {
@@ -93,7 +78,7 @@ macro_rules! async_write_tests {
                 .unwrap();
                 checkpoint::reset(&mut sync, "bump").unwrap();
 
-                let log = log_async(&mut conn);
+                let log = crate::async_core::count_queries(&mut conn);
                 let report = job()
                     .update_all(&mut conn, counters::n.eq(counters::n + 1))
                     .await
