@@ -22,6 +22,7 @@ pub mod plan;
 mod predicate;
 mod query;
 mod rows;
+mod shared;
 mod source;
 mod stored;
 #[cfg(feature = "async")]

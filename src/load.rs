@@ -12,6 +12,7 @@
 //!
 //! [`PgRowByRowLoadingMode`]: https://docs.rs/diesel/2.3/diesel/pg/struct.PgRowByRowLoadingMode.html
 
+#[cfg(any(feature = "sqlite", feature = "mysql"))]
 use diesel::connection::DefaultLoadingMode;
 use diesel::query_dsl::LoadQuery;
 use diesel::{QueryResult, RunQueryDsl};

@@ -776,6 +776,7 @@ impl<V: Clone + PartialEq + std::fmt::Debug> WriteMachine<V> {
         attempt: u32,
         e: AttemptError,
     ) -> Result<Duration, Error> {
+        #[allow(irrefutable_let_patterns)] // without a pool feature, the only kind
         if let AttemptError::Query(q) = &e {
             if let Some(problem) = crate::checkpoint::table_problem(q) {
                 return Err(self.engine.fail(problem));

@@ -1,8 +1,7 @@
 //! The seek predicate: `key > $after AND key <= $until`, and the bounds it
 //! renders, in each backend's form.
 
-use std::cell::UnsafeCell;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use diesel::expression::{is_aggregate, AppearsOnTable, Expression, ValidGrouping};
 use diesel::query_builder::{AstPass, QueryFragment, QueryId};
@@ -11,6 +10,7 @@ use diesel::QueryResult;
 
 use crate::backend::KeysetBackend;
 use crate::key::{Key, KeySql};
+pub(crate) use crate::shared::BoundsCell;
 use crate::stored::StoredKey;
 
 /// The bounds of a scan: where the next batch starts and where the scan ends.
@@ -53,18 +53,6 @@ impl<V> Bounds<V> {
         highs.extend(self.upper.as_ref().map(|v| (v, false)));
         (lows, highs)
     }
-}
-
-/// The bounds, shared between the scan (which moves `after` between batches) and
-/// the [`SeekPredicate`] inside the boxed query (which renders them).
-///
-/// A `Mutex` cannot be used: Diesel binds parameters by reference for the lifetime
-/// of the AST walk, which no lock guard can outlive.
-pub(crate) struct BoundsCell<V> {
-    bounds: UnsafeCell<Bounds<V>>,
-    /// The floor of a first batch with no bound, where the backend wants one
-    /// ([`KeysetBackend::FIRST_BATCH_FLOOR`]); set once, before any walk.
-    floor: OnceLock<Floor>,
 }
 
 /// The first key column and its table, as the backend renders them: a first
@@ -120,54 +108,6 @@ impl Floor {
             column: rendered[..column_len].to_owned(),
             table: rendered[..table_len].to_owned(),
         })
-    }
-}
-
-// SAFETY: the cell hands out shared references (`get`) and is written only by
-// `set_after`, whose contract excludes any live shared reference. Sharing it is
-// sharing `&Bounds<V>`, which is `Sync` when `V` is; sending it sends a `V`.
-unsafe impl<V: Send> Send for BoundsCell<V> {}
-unsafe impl<V: Sync> Sync for BoundsCell<V> {}
-
-impl<V> BoundsCell<V> {
-    pub(crate) fn new(bounds: Bounds<V>) -> Arc<Self> {
-        Arc::new(Self {
-            bounds: UnsafeCell::new(bounds),
-            floor: OnceLock::new(),
-        })
-    }
-
-    fn get(&self) -> &Bounds<V> {
-        // SAFETY: see `set_after`: no write happens while this borrow lives.
-        unsafe { &*self.bounds.get() }
-    }
-
-    /// Sets the floor of a first batch with no bound (once).
-    pub(crate) fn set_floor(&self, floor: Floor) {
-        let _ = self.floor.set(floor);
-    }
-
-    pub(crate) fn bounds(&self) -> &Bounds<V> {
-        self.get()
-    }
-
-    /// Moves the exclusive bound.
-    ///
-    /// # Safety
-    /// No reference returned by `get`/`bounds` may be alive, on any thread. The
-    /// only holders of the cell are a [`crate::query::SeekQuery`] and the predicate
-    /// inside the query it owns; it calls this from `&mut self`, which proves that no
-    /// walk of its query (the only reader) is in progress.
-    pub(crate) unsafe fn set_after(&self, after: Option<StoredKey<V>>) {
-        unsafe { (*self.bounds.get()).after = after };
-    }
-
-    /// Switches the probe rendering on or off (see [`Bounds::probe`]).
-    ///
-    /// # Safety
-    /// As for [`set_after`](Self::set_after).
-    pub(crate) unsafe fn set_probe(&self, on: bool) {
-        unsafe { (*self.bounds.get()).probe = on };
     }
 }
 
@@ -240,7 +180,7 @@ where
     K: KeySql<DB>,
 {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
-        let bounds = self.bounds.get();
+        let bounds = self.bounds.bounds();
         if !bounds.cache {
             // Sent unnamed: no state left on the server connection (poolers).
             out.unsafe_to_cache_prepared();
@@ -272,7 +212,7 @@ where
         }
         if parts == 0 {
             // The first batch of an unbounded scan: the predicate is always true.
-            match self.bounds.floor.get() {
+            match self.bounds.floor() {
                 Some(floor) => {
                     out.push_sql(&floor.column);
                     out.push_sql(if bounds.desc {

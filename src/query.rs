@@ -44,9 +44,9 @@ use crate::stored::StoredKey;
 mod checks;
 mod select;
 
+pub(crate) use crate::shared::with_key_columns;
 pub(crate) use checks::top_level_items;
 pub use checks::{ChunkableQuery, SelectableKey};
-pub(crate) use select::with_key_columns;
 pub use select::{KeyRow, KeyedModel, PrepareKeyed, PrepareKeys, PrepareModel};
 
 pub use crate::load::LoadBatch;

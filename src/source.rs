@@ -33,6 +33,7 @@ pub struct Blocking;
 
 /// The job of an async source (`AsyncConnectionSource`, feature `async`): a
 /// write verb returns a future of its report, which lives as long as `'f`.
+#[cfg(feature = "async")]
 #[derive(Debug)]
 pub struct NonBlocking<'f>(std::marker::PhantomData<&'f ()>);
 

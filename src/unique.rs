@@ -196,6 +196,7 @@ impl UniqueSet {
 }
 
 /// Sorts and deduplicates sets read from the schema.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 fn sorted(mut sets: Vec<UniqueSet>) -> Vec<UniqueSet> {
     for s in &mut sets {
         s.columns.sort();

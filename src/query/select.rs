@@ -1,8 +1,6 @@
 //! The selections a scan loads, and the one bound per terminal that prepares a
 //! query for them ([`PrepareModel`], [`PrepareKeyed`], [`PrepareKeys`]).
 
-use std::cell::Cell;
-
 use diesel::backend::Backend;
 use diesel::deserialize::{FromSqlRow, QueryableByName};
 use diesel::expression::{AppearsOnTable, Expression, SelectableExpression, ValidGrouping};
@@ -182,20 +180,6 @@ where
     }
 }
 
-thread_local! {
-    /// Where [`KeyedModel`] finds the key in the rows of the batch being loaded
-    /// on this thread: set by [`with_key_columns`] around each batch.
-    static KEY_COLUMNS: Cell<KeyPositions> = const { Cell::new([0; 3]) };
-}
-
-/// Runs `load` with rows' keys read from columns `at`.
-pub(crate) fn with_key_columns<T>(at: KeyPositions, load: impl FnOnce() -> T) -> T {
-    let outer = KEY_COLUMNS.replace(at);
-    let loaded = load();
-    KEY_COLUMNS.set(outer);
-    loaded
-}
-
 /// One row of `load_iter::<M>`: the model, and its key read from the same row.
 ///
 /// The model is built from the row's leading columns as Diesel builds it for
@@ -214,7 +198,7 @@ where
     M: Selectable<DB> + FromSqlRow<ModelSqlType<M, DB>, DB>,
 {
     fn build<'a>(row: &impl NamedRow<'a, DB>) -> diesel::deserialize::Result<Self> {
-        let at = KEY_COLUMNS.get();
+        let at = crate::shared::key_columns();
         Ok(KeyedModel {
             key: K::from_row(row, &at)?,
             model: M::build_from_row(row)?,

@@ -4,10 +4,13 @@
 use diesel::QueryResult;
 use futures_util::future::BoxFuture;
 
+#[cfg(feature = "sqlite")]
 use diesel_async::AsyncConnection;
 
 use crate::moved::MoveCause;
-use crate::unique::{SchemaRead, SchemaReader, UniqueIndexes, UniqueSet};
+#[cfg(feature = "sqlite")]
+use crate::unique::UniqueIndexes;
+use crate::unique::{SchemaRead, SchemaReader, UniqueSet};
 
 /// What a scan and the planning calls ask of an async connection's schema:
 /// the async twin of [`UniqueIndexes`](crate::UniqueIndexes), with the same

@@ -1,18 +1,15 @@
 //! How an async connection loads the rows of one batch.
 
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
 use diesel::QueryResult;
 use diesel_async::AsyncConnectionCore;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 
 use crate::explain::{Explained, PlanLine};
-use crate::key::{Key, KeyPositions};
-use crate::query::{with_key_columns, Batch, KeyRow, KeyedModel, SeekQuery};
+use crate::key::Key;
+use crate::query::{Batch, KeyRow, KeyedModel, SeekQuery};
 use crate::rows::{KeyRows, KeyedRows, ModelRows, RowType};
+use crate::shared::WithKeyColumns;
 use crate::stored::StoredKey;
 
 /// How the rows of a batch are loaded on an async connection: the async twin
@@ -87,23 +84,6 @@ where
     ) -> BoxFuture<'a, QueryResult<Vec<String>>> {
         let lines = diesel_async::RunQueryDsl::load(Explained(self.batch_mut(limit)), conn);
         Box::pin(async move { Ok(lines.await?.into_iter().map(|l: PlanLine| l.0).collect()) })
-    }
-}
-
-/// Sets where rows' keys are read from around each `poll` of a load: the rows
-/// are read inside `poll`, on whatever thread polls, and never across an
-/// `.await`.
-struct WithKeyColumns<F> {
-    at: KeyPositions,
-    load: F,
-}
-
-impl<F: Future + Unpin> Future for WithKeyColumns<F> {
-    type Output = F::Output;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let at = self.at;
-        with_key_columns(at, || self.load.poll_unpin(cx))
     }
 }
 

@@ -218,6 +218,7 @@ impl<I: QueryFragment<DB>, DB: Backend> QueryFragment<DB> for Shared<I> {
 #[derive(Debug)]
 pub struct SampleRow<K: Key>(pub(super) StoredKey<K::Value>);
 
+#[cfg(feature = "async")]
 impl<K: Key> SampleRow<K> {
     /// The key the row holds.
     pub(crate) fn into_key(self) -> StoredKey<K::Value> {
