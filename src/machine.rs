@@ -635,6 +635,9 @@ impl<V: Clone + PartialEq + std::fmt::Debug> WriteMachine<V> {
         };
         let c = match next {
             Next::Retry(delay) => {
+                if let Some(observer) = &self.observer {
+                    observer.on_retry(self.plan.batch, self.engine.attempts(), delay);
+                }
                 self.wait = Some(delay);
                 return Ok(());
             }
@@ -1053,9 +1056,6 @@ impl<V: Clone + PartialEq + std::fmt::Debug> WriteMachine<V> {
         };
         let after = self.after.as_ref();
         let delay = self.engine.failed(&plan, self.default_retries, e, after)?;
-        if let Some(observer) = &self.observer {
-            observer.on_retry(plan.batch, attempt, delay);
-        }
         Ok(Next::Retry(delay))
     }
 

@@ -388,6 +388,27 @@ fn crash_child() {
     run!(diesel_async::sync_connection_wrapper::SyncConnectionWrapper<diesel::SqliteConnection>);
 }
 
+/// What a job's `WriteObserver` hears: each committed batch as (batch, rows
+/// so far), and each retry as (batch, attempt).
+#[derive(Default)]
+struct Heard {
+    batches: std::sync::Mutex<Vec<(u64, u64)>>,
+    retries: std::sync::Mutex<Vec<(u64, u32)>>,
+}
+
+impl diesel_chunked_iterator::WriteObserver for Heard {
+    fn on_batch(&self, stats: &diesel_chunked_iterator::BatchStats) {
+        self.batches
+            .lock()
+            .unwrap()
+            .push((stats.batch, stats.total_rows));
+    }
+
+    fn on_retry(&self, batch: u64, attempt: u32, _wait: Duration) {
+        self.retries.lock().unwrap().push((batch, attempt));
+    }
+}
+
 /// Jobs on diesel-async's pools (deadpool, bb8), whose connections the server
 /// kills or whose `COMMIT` answers a proxy loses: each batch is retried on a
 /// fresh connection, never run again once its `COMMIT` was sent, and every key
@@ -498,18 +519,32 @@ macro_rules! async_pool_write_tests {
                 assert_eq!((report.rows, report.batches, report.done), (100, 10, true));
                 assert_eq!(check(&db), all);
 
+                // The observer hears of each committed batch once, and of the
+                // retry, with its batch.
                 let pool = bb8_of(&url, 2).await;
                 let calls = AtomicUsize::new(0);
+                let heard = std::sync::Arc::new(Heard::default());
                 let report = counters::table
                     .chunked_by(counters::id)
                     .batch_size(BATCH)
                     .checkpoint("copy")
+                    .observe(std::sync::Arc::clone(&heard))
                     .for_each_batch(&pool, copy_killing_batch_3!(&url, &calls))
                     .await
                     .unwrap();
                 assert!(report.retries >= 1, "{report:?}");
                 assert_eq!((report.rows, report.batches, report.done), (100, 10, true));
                 assert_eq!(check(&db), all);
+                let batches = heard.batches.lock().unwrap().clone();
+                assert_eq!(batches, (1..=10).map(|b| (b, 10 * b)).collect::<Vec<_>>());
+                let retries = heard.retries.lock().unwrap().clone();
+                assert_eq!(retries.len() as u64, report.retries);
+                assert!(
+                    retries
+                        .iter()
+                        .all(|&(batch, attempt)| batch == 3 && attempt >= 1),
+                    "{retries:?}"
+                );
 
                 let spawned = tokio::spawn({
                     let (pool, url) = (deadpool_of(&url, 2), url.clone());
