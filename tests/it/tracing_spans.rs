@@ -7,13 +7,14 @@ use crate::common;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Once};
 
 use common::*;
 use diesel::prelude::*;
 use diesel_chunked_iterator::prelude::*;
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
+use tracing::subscriber::Interest;
 use tracing::{Event, Metadata, Subscriber};
 
 type Fields = BTreeMap<String, String>;
@@ -72,6 +73,44 @@ impl Capture {
     }
 }
 
+/// The binary's global subscriber: it records nothing but keeps every callsite
+/// `sometimes` interesting. Without it, a thread with no subscriber that reaches
+/// the batch span first (another test) can cache the callsite as never
+/// interesting while a single scoped `Capture` is registered, and a capturing
+/// test then sees no spans at all.
+struct Quiet;
+
+impl Subscriber for Quiet {
+    fn register_callsite(&self, _: &'static Metadata<'static>) -> Interest {
+        Interest::sometimes()
+    }
+    fn enabled(&self, _: &Metadata<'_>) -> bool {
+        false
+    }
+    fn new_span(&self, _: &Attributes<'_>) -> Id {
+        Id::from_u64(1)
+    }
+    fn record(&self, _: &Id, _: &Record<'_>) {}
+    fn record_follows_from(&self, _: &Id, _: &Id) {}
+    fn event(&self, _: &Event<'_>) {}
+    fn enter(&self, _: &Id) {}
+    fn exit(&self, _: &Id) {}
+}
+
+/// Runs `f` with `capture` as the thread's subscriber, once the global
+/// [`Quiet`] subscriber is in place.
+fn capturing<T>(capture: &Capture, f: impl FnOnce() -> T) -> T {
+    static QUIET: Once = Once::new();
+    QUIET.call_once(|| {
+        // Another global subscriber already set is as good: it only has to exist.
+        let _ = tracing::subscriber::set_global_default(Quiet);
+    });
+    tracing::subscriber::with_default(capture.clone(), || {
+        tracing::callsite::rebuild_interest_cache();
+        f()
+    })
+}
+
 fn field<'a>(f: &'a Fields, name: &str) -> &'a str {
     f.get(name)
         .map(String::as_str)
@@ -83,7 +122,7 @@ backend_tests! {
         let mut conn = connect::<B>(&db);
         insert_posts(&mut conn, 1..=25);
         let capture = Capture::default();
-        let ids: Vec<i32> = tracing::subscriber::with_default(capture.clone(), || {
+        let ids: Vec<i32> = capturing(&capture, || {
             posts::table
                 .chunked_by(posts::id)
                 .batch_size(10)
@@ -114,7 +153,7 @@ backend_tests! {
         insert_posts(&mut conn, 1..=15);
         let capture = Capture::default();
         let mut other = connect::<B>(&db);
-        tracing::subscriber::with_default(capture.clone(), || {
+        capturing(&capture, || {
             let mut it = posts::table.chunked_by(posts::id).batch_size(10).load_batches::<Post>(&mut conn);
             assert_eq!(it.next().unwrap().unwrap().len(), 10);
             diesel::sql_query("DROP TABLE posts").execute(&mut other).unwrap();
