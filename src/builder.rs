@@ -254,6 +254,76 @@ impl<Q, K: Key> Chunked<Q, K> {
         self
     }
 
+    /// Write jobs: reads health signal `signal` between batches and waits
+    /// while it is over its limit or cannot be read (see
+    /// [`health`](crate::health): replica lag, load, undo history,
+    /// autovacuum, or a [`Signal`](crate::health::Signal) of your own). Each
+    /// call adds a signal; the job goes on only when all of them say so.
+    ///
+    /// ```
+    /// # include!("../tests/doc/setup.rs");
+    /// use std::time::Duration;
+    /// use diesel_chunked_iterator::health::{self, Reading, Signal};
+    /// use diesel_chunked_iterator::prelude::*;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let conn = &mut doc_connection();
+    /// struct Calm;
+    /// impl Signal for Calm {
+    ///     fn name(&self) -> String { "calm".into() }
+    ///     fn read(&self) -> Result<Vec<Reading>, String> { Ok(vec![Reading::new("here", 0.0, 1.0)]) }
+    /// }
+    /// let report = posts::table
+    ///     .chunked_by(posts::id)
+    ///     .throttle_on(Calm)
+    ///     .update_all(conn, posts::published.eq(true))?;
+    /// assert!(report.waits.is_empty());
+    ///
+    /// // SQLite has no replicas: a signal that does not exist stops the job before its first batch.
+    /// let err = posts::table
+    ///     .chunked_by(posts::id)
+    ///     .throttle_on(health::replica_lag(Duration::from_secs(2)))
+    ///     .update_all(conn, posts::published.eq(false))
+    ///     .unwrap_err();
+    /// assert!(matches!(err, diesel_chunked_iterator::Error::HealthUnsupported { .. }));
+    /// # Ok(()) }
+    /// ```
+    pub fn throttle_on(mut self, signal: impl Into<crate::health::Health>) -> Self {
+        self.write.health.push(signal.into());
+        self
+    }
+
+    /// Write jobs: reads the [`throttle_on`](Self::throttle_on) signals at
+    /// most once per `d` while they let the job go on (before the first
+    /// batch always), and every `d` while one says wait (at least 50 ms).
+    /// Default 1 s.
+    ///
+    /// ```
+    /// # include!("../tests/doc/setup.rs");
+    /// use std::time::Duration;
+    /// use diesel_chunked_iterator::prelude::*;
+    /// let job = posts::table.chunked_by(posts::id).health_interval(Duration::from_millis(250));
+    /// ```
+    pub fn health_interval(mut self, d: Duration) -> Self {
+        self.write.health_interval = Some(d);
+        self
+    }
+
+    /// Write jobs: how long a [`throttle_on`](Self::throttle_on) signal may
+    /// stay unreadable (the job waiting meanwhile) before the job stops with
+    /// [`Error::HealthUnreadable`](crate::Error::HealthUnreadable). Default
+    /// 60 s.
+    ///
+    /// ```
+    /// # include!("../tests/doc/setup.rs");
+    /// use std::time::Duration;
+    /// use diesel_chunked_iterator::prelude::*;
+    /// let job = posts::table.chunked_by(posts::id).unreadable_limit(Duration::from_secs(15));
+    /// ```
+    pub fn unreadable_limit(mut self, d: Duration) -> Self {
+        self.write.unreadable_limit = Some(d);
+        self
+    }
+
     /// Write jobs: sizes each batch toward taking `d`, starting from
     /// [`batch_size`](Self::batch_size), every batch (the first included) within
     /// [`min_batch_size`](Self::min_batch_size) (default 1) and

@@ -252,7 +252,9 @@ pub struct Checkpoint {
 /// (with the features `sqlite`, `postgres`, `mysql`). The statements are listed
 /// in the [module docs](self).
 #[doc(hidden)]
-pub trait CheckpointConnection: Connection + crate::unique::UniqueIndexes {
+pub trait CheckpointConnection:
+    Connection + crate::unique::UniqueIndexes + crate::health::sql::ReadHealth
+{
     /// Creates the table if it does not exist, and adds the column
     /// `query_fingerprint` to a table that lacks it.
     fn create_checkpoint_table(&mut self) -> QueryResult<()>;

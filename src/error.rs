@@ -486,6 +486,34 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+
+    /// A health signal of [`throttle_on`](crate::Chunked::throttle_on) could
+    /// not be read for [`unreadable_limit`](crate::Chunked::unreadable_limit):
+    /// the job stopped between two batches (the last one committed; a
+    /// checkpointed job resumes after it).
+    #[error(
+        "health signal {signal} could not be read for {waited:.1?}, so the job stopped \
+         (a signal that cannot be read is never taken as healthy): {reason}"
+    )]
+    HealthUnreadable {
+        /// The signal's name.
+        signal: String,
+        /// Why it could not be read, the last time.
+        reason: String,
+        /// How long it had been unreadable.
+        waited: std::time::Duration,
+    },
+
+    /// A health signal of [`throttle_on`](crate::Chunked::throttle_on) does
+    /// not exist on the job's backend (or where it was asked to be read):
+    /// the job stopped before its first batch.
+    #[error("health signal {signal} cannot be read here: {reason}")]
+    HealthUnsupported {
+        /// The signal's name.
+        signal: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 struct DisplayAfterStart<'a>(&'a Option<String>);

@@ -11,6 +11,7 @@ mod engine;
 mod error;
 pub mod explain;
 pub mod guide;
+pub mod health;
 mod iter;
 #[cfg(feature = "jetstream")]
 pub mod jetstream;

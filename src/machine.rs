@@ -43,8 +43,11 @@ use crate::key::Key;
 use crate::predicate::Bounds;
 use crate::source::{connection_lost, user_error_connection_lost, AttemptError};
 use crate::stored::StoredKey;
+
+mod gate;
 use crate::trace::Trace;
 use crate::write::{BatchStats, Throttle, WriteConfig, WriteReport};
+use gate::Gate;
 
 /// Adapts the batch size toward a target time per batch.
 ///
@@ -342,6 +345,14 @@ pub(crate) struct WriteMachine<V> {
     control: crate::Control,
     /// Told of each committed batch and each retry.
     observer: Option<std::sync::Arc<dyn crate::WriteObserver>>,
+    /// The health signals the job reads between batches.
+    signals: crate::health::Signals,
+    /// When they are read, and what their readings mean.
+    gate: Gate,
+    /// Whether the next batch is planned (and waits only for the signals).
+    planned: bool,
+    /// How long the current batch waited on the signals.
+    waited: Duration,
 }
 
 /// Where a job is between two [`Step`]s.
@@ -381,6 +392,10 @@ pub(crate) enum Step<V> {
     /// Run attempt `attempt` at batch `plan` as one transaction; hand the
     /// outcome to [`ran`](WriteMachine::ran).
     Batch { plan: BatchPlan, attempt: u32 },
+    /// Read the job's health [`signals`](WriteMachine::signals), outside any
+    /// transaction, and hand the outcomes to
+    /// [`probed`](WriteMachine::probed).
+    Probe,
     /// Sleep this long, holding no transaction and no connection.
     Wait(Duration),
     /// The job is over: [`finish`](WriteMachine::finish) is its report.
@@ -441,6 +456,8 @@ impl<V: Clone + PartialEq + std::fmt::Debug> WriteMachine<V> {
                 retries: 0,
                 batch_size,
                 elapsed: Duration::ZERO,
+                waits: Vec::new(),
+                waited: Duration::ZERO,
             },
             after: bounds.after.clone(),
             plan: SETUP,
@@ -458,6 +475,17 @@ impl<V: Clone + PartialEq + std::fmt::Debug> WriteMachine<V> {
             trace: Trace::none(),
             control: job.control.clone(),
             observer: job.observer.clone(),
+            gate: Gate::new(
+                !job.health.is_empty(),
+                job.health_interval,
+                job.unreadable_limit,
+            ),
+            signals: crate::health::Signals {
+                list: job.health.clone(),
+                table: String::new(),
+            },
+            planned: false,
+            waited: Duration::ZERO,
         }
     }
 
@@ -525,13 +553,22 @@ impl<V: Clone + PartialEq + std::fmt::Debug> WriteMachine<V> {
             Phase::Checks => Ok(Step::Checks),
             Phase::Batch { running } => {
                 if !running {
-                    if self.next_batch()?.is_none() {
-                        self.phase = Phase::Over;
-                        return Ok(Step::Done);
+                    if !self.planned {
+                        if self.next_batch()?.is_none() {
+                            self.phase = Phase::Over;
+                            return Ok(Step::Done);
+                        }
+                        self.planned = true;
                     }
+                    if self.gate.due(Instant::now()) {
+                        return Ok(Step::Probe);
+                    }
+                    self.planned = false;
+                    self.waited = self.gate.take_before_batch();
                     self.phase = Phase::Batch { running: true };
                     self.batch_started = Some(Instant::now());
                     self.trace = Trace::write(&self.plan, &self.key_type, self.after.as_ref());
+                    self.trace.waited(self.waited);
                 }
                 let attempt = self.attempt();
                 self.trace.attempt(attempt);
@@ -903,6 +940,34 @@ impl<V: Clone + PartialEq + std::fmt::Debug> WriteMachine<V> {
         Ok(plan)
     }
 
+    /// The health signals a [`Step::Probe`] reads.
+    pub(crate) fn signals(&self) -> &crate::health::Signals {
+        &self.signals
+    }
+
+    /// The job's table, as the signals that need it name it.
+    pub(crate) fn set_table(&mut self, table: &str) {
+        self.signals.table = table.to_string();
+    }
+
+    /// The signals as [`Step::Probe`] read them: go on, or wait and read them
+    /// again, or stop.
+    pub(crate) fn probed(&mut self, outcomes: Vec<crate::health::Outcome>) -> Result<(), Error> {
+        self.probed_at(outcomes, Instant::now())
+    }
+
+    /// [`probed`](Self::probed) at `now`.
+    pub(crate) fn probed_at(
+        &mut self,
+        outcomes: Vec<crate::health::Outcome>,
+        now: Instant,
+    ) -> Result<(), Error> {
+        if let Some(wait) = self.gate.probed(outcomes, now, self.plan.batch)? {
+            self.wait = Some(wait);
+        }
+        Ok(())
+    }
+
     /// Starts an attempt at the current batch: its number, from 1 (a later
     /// one is a retry).
     pub(crate) fn attempt(&mut self) -> u32 {
@@ -1090,6 +1155,7 @@ impl<V: Clone + PartialEq + std::fmt::Debug> WriteMachine<V> {
             total_rows: self.report.rows,
             elapsed: self.started.elapsed(),
             next_batch_size: self.engine.config.batch_size,
+            waited: self.waited,
         };
         if c.n > 0 {
             if let Some(observer) = &self.observer {
@@ -1111,6 +1177,9 @@ impl<V: Clone + PartialEq + std::fmt::Debug> WriteMachine<V> {
 
     /// The job's report.
     pub(crate) fn finish(mut self) -> WriteReport<V> {
+        self.gate.close_all(Instant::now(), self.plan.batch);
+        self.report.waits = std::mem::take(&mut self.gate.closed);
+        self.report.waited = self.gate.total();
         if self.bounds_empty() {
             self.report.done = true;
         }

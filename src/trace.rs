@@ -56,12 +56,21 @@ impl Trace {
             limit = plan.limit,
             rows = tracing::field::Empty,
             written = tracing::field::Empty,
+            waited_ms = tracing::field::Empty,
             attempt = tracing::field::Empty,
             elapsed_ms = tracing::field::Empty,
             error = tracing::field::Empty,
         ));
         #[cfg(not(feature = "tracing"))]
         Self::default()
+    }
+
+    /// Records how long the batch waited on health signals before it ran.
+    pub(crate) fn waited(&self, d: std::time::Duration) {
+        #[cfg(feature = "tracing")]
+        if let (Some(span), false) = (&self.span, d.is_zero()) {
+            span.record("waited_ms", d.as_secs_f64() * 1000.0);
+        }
     }
 
     #[cfg(feature = "tracing")]
@@ -164,3 +173,27 @@ impl<T: tracing::Value> RecordValue for T {}
 pub(crate) trait RecordValue {}
 #[cfg(not(feature = "tracing"))]
 impl<T> RecordValue for T {}
+
+/// An event `chunked_health_wait` (target `diesel_chunked_iterator::health`):
+/// batch `batch` waits on `signal`, over its limit (`reading`) or unreadable
+/// (`error`).
+#[cfg_attr(not(feature = "tracing"), allow(unused_variables))]
+pub(crate) fn health_wait(
+    signal: &str,
+    batch: u64,
+    reading: Option<&crate::health::Reading>,
+    error: Option<&str>,
+) {
+    #[cfg(feature = "tracing")]
+    tracing::info!(
+        name: "chunked_health_wait",
+        target: "diesel_chunked_iterator::health",
+        signal,
+        batch,
+        source = reading.map(|r| r.source.as_str()),
+        value = reading.map(|r| r.value),
+        limit = reading.map(|r| r.limit),
+        error,
+        "waiting on {signal}"
+    );
+}

@@ -59,6 +59,7 @@ use crate::builder::{Chunked, Db, ModelBase};
 use crate::checkpoint::{Checkpoint, CheckpointConnection};
 use crate::engine::{BatchPlan, ScanConfig};
 use crate::error::Error;
+use crate::health::sql::ReadHealth;
 use crate::key::Key;
 use crate::machine::{Abort, Committed, EmptyLock, Failure, Step, WriteMachine};
 use crate::moved::{MoveWatch, RangeGuard};
@@ -112,6 +113,13 @@ pub struct WriteReport<V> {
     pub batch_size: u64,
     /// Time this run took, pauses included.
     pub elapsed: Duration,
+    /// Each wait on a health signal (see
+    /// [`throttle_on`](Chunked::throttle_on)): the signal, the reading,
+    /// how long, before which batch.
+    pub waits: Vec<crate::health::HealthWait>,
+    /// The time spent waiting on health signals (two signals waited on at
+    /// once count once).
+    pub waited: Duration,
 }
 
 /// The last committed batch, handed to a [`throttle`](Chunked::throttle)
@@ -131,6 +139,9 @@ pub struct BatchStats {
     pub elapsed: Duration,
     /// The size the next batch will ask for.
     pub next_batch_size: u64,
+    /// How long the batch waited on health signals before it ran (see
+    /// [`throttle_on`](Chunked::throttle_on)).
+    pub waited: Duration,
 }
 
 /// A closure that says how long to wait before the next batch.
@@ -152,6 +163,12 @@ pub(crate) struct WriteConfig {
     pub(crate) control: crate::Control,
     /// The job's observer ([`Chunked::observe`]).
     pub(crate) observer: Option<Arc<dyn WriteObserver>>,
+    /// Its health signals ([`Chunked::throttle_on`]).
+    pub(crate) health: Vec<crate::health::Health>,
+    /// [`Chunked::health_interval`].
+    pub(crate) health_interval: Option<Duration>,
+    /// [`Chunked::unreadable_limit`].
+    pub(crate) unreadable_limit: Option<Duration>,
 }
 
 /// What a write job tells as it runs: an extension point whose methods do
@@ -355,6 +372,14 @@ where
                 };
                 m.ran(ran)?;
             }
+            Step::Probe => {
+                let outcomes = m.signals().read_blocking(|kind, limit, table| {
+                    source
+                        .run(false, |c| Ok(c.read_health(kind, limit, table, None)))
+                        .unwrap_or_else(|e| Err(crate::health::Unread::Failed(e.to_string())))
+                });
+                m.probed(outcomes)?;
+            }
             Step::Wait(wait) => std::thread::sleep(wait),
             Step::Done => return Ok(m.finish()),
         }
@@ -396,6 +421,10 @@ where
         default_retries,
     );
     query.set_statements(m.engine().config.cache_statements, m.batch_size());
+    let mut m = m;
+    if let Some((table, _)) = query.key().names().first() {
+        m.set_table(table);
+    }
     Ok((query, m))
 }
 

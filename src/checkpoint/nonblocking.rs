@@ -14,7 +14,9 @@ use crate::stream::AsyncKeyCheck;
 /// The checkpoint statements and the batch transaction on an async
 /// connection. Implemented for `AsyncPgConnection`, `AsyncMysqlConnection`
 /// and `SyncConnectionWrapper<SqliteConnection>`.
-pub trait AsyncCheckpointConnection: AsyncConnection + AsyncKeyCheck + 'static {
+pub trait AsyncCheckpointConnection:
+    AsyncConnection + AsyncKeyCheck + crate::health::sql::AsyncReadHealth + 'static
+{
     /// See [`CheckpointConnection::create_checkpoint_table`](super::CheckpointConnection::create_checkpoint_table).
     fn create_checkpoint_table(&mut self) -> BoxFuture<'_, QueryResult<()>>;
 

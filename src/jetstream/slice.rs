@@ -246,6 +246,7 @@ mod tests {
                 total_rows: batch * 10,
                 elapsed: Duration::from_millis(batch * 5),
                 next_batch_size: 10,
+                waited: Duration::ZERO,
             };
             assert_eq!(throttle(&stats), None, "progress asks for no wait");
         }

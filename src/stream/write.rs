@@ -22,6 +22,8 @@ use crate::builder::{Chunked, ModelBase};
 use crate::checkpoint::{end_transaction, AsyncCheckpointConnection, Checkpoint};
 use crate::engine::{BatchPlan, ScanConfig};
 use crate::error::Error;
+use crate::health::sql::AsyncReadHealth;
+use crate::health::{Outcome, Unread};
 use crate::key::Key;
 use crate::machine::{
     lock_retry, Abort, Committed, EmptyLock, Failure, Position, Step, WriteMachine,
@@ -119,10 +121,50 @@ where
                 });
                 m.ran(ran)?;
             }
+            Step::Probe => {
+                let outcomes = probe(&mut source, m.signals()).await;
+                m.probed(outcomes)?;
+            }
             Step::Wait(wait) => tokio::time::sleep(wait).await,
             Step::Done => return Ok(m.finish()),
         }
     }
+}
+
+/// [`Step::Probe`]: reads the signals, those on the job's source through it,
+/// the others (blocking reads) on tokio's blocking pool.
+async fn probe<S>(source: &mut S, signals: &crate::health::Signals) -> Vec<Outcome>
+where
+    S: AsyncConnectionSource,
+    S::Connection: AsyncCheckpointConnection,
+{
+    let mut outcomes = Vec::with_capacity(signals.list.len());
+    for h in &signals.list {
+        let read = match h.on_job_source() {
+            Some(kind) => {
+                let mut args = (kind, h.limit, signals.table.clone());
+                source
+                    .run(false, &mut args, |c, (kind, limit, table)| {
+                        Box::pin(async move { Ok(c.read_health(*kind, *limit, table).await) })
+                    })
+                    .await
+                    .unwrap_or_else(|e| Err(Unread::Failed(e.to_string())))
+            }
+            None => {
+                let h = h.clone();
+                tokio::task::spawn_blocking(move || h.read_elsewhere())
+                    .await
+                    .unwrap_or_else(|e| {
+                        Err(Unread::Failed(format!("the signal's read failed: {e}")))
+                    })
+            }
+        };
+        outcomes.push(Outcome {
+            signal: h.name(),
+            read,
+        });
+    }
+    outcomes
 }
 
 /// `future`, in the current batch's tracing span.

@@ -21,6 +21,7 @@ mod distributed;
 mod explain;
 mod explain_verdicts;
 mod filters;
+mod health;
 mod lost_commit;
 mod moved_key;
 mod pgbouncer;

@@ -1,0 +1,433 @@
+//! The statements that read the health signals, on each backend, and the
+//! readings made of their rows.
+
+use diesel::sql_types::{BigInt, Double, Nullable, Text};
+use diesel::QueryableByName;
+
+use super::Reading;
+
+/// The signals this crate reads itself (public in a private module: it is
+/// named by [`ReadHealth`], which seals a public trait).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    ReplicaLag,
+    ReplicaLagBytes,
+    ThreadsRunning,
+    HistoryListLength,
+    Autovacuum,
+}
+
+impl Kind {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Kind::ReplicaLag => "replica_lag",
+            Kind::ReplicaLagBytes => "replica_lag_bytes",
+            Kind::ThreadsRunning => "mysql_threads_running",
+            Kind::HistoryListLength => "mysql_history_list_length",
+            Kind::Autovacuum => "pg_autovacuum_on_table",
+        }
+    }
+
+    pub(crate) fn unit(self) -> &'static str {
+        match self {
+            Kind::ReplicaLag => " s",
+            Kind::ReplicaLagBytes => " bytes",
+            _ => "",
+        }
+    }
+}
+
+/// Why a signal gave no readings.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Unread {
+    /// It can be read later (the server is unreachable, replication stopped).
+    Failed(String),
+    /// It does not exist where it was asked for.
+    Unsupported(String),
+}
+
+/// How a signal is read on one backend.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Statement {
+    /// A `SELECT` of `source`, `value`, `note` rows (a `note` says why the
+    /// row's value cannot be read); `table`: whether it binds the job's table.
+    Values {
+        sql: &'static str,
+        table: bool,
+        /// Why no row is unreadable.
+        empty: &'static str,
+    },
+    /// A `SHOW GLOBAL STATUS LIKE ..` of one variable.
+    Status(&'static str),
+    /// `SHOW SLAVE STATUS`.
+    ReplicaStatus,
+}
+
+/// The statement of `kind` on PostgreSQL, on the job's source or (`replica`)
+/// on a standby.
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+pub(crate) fn postgres(kind: Kind, replica: bool) -> Result<Statement, Unread> {
+    Ok(match (kind, replica) {
+        (Kind::ReplicaLag, false) => Statement::Values {
+            sql: "SELECT coalesce(nullif(application_name, ''), host(client_addr), 'pid ' || pid) AS source, \
+                  CASE WHEN state IS NULL THEN NULL \
+                  ELSE coalesce(extract(epoch FROM replay_lag), 0)::float8 END AS value, \
+                  CASE WHEN state IS NULL THEN 'pg_stat_replication hides this standby from the role \
+                  (grant it pg_monitor)' END AS note \
+                  FROM pg_stat_replication",
+            table: false,
+            empty: "no standby is connected to this server (pg_stat_replication is empty)",
+        },
+        (Kind::ReplicaLagBytes, false) => Statement::Values {
+            sql: "SELECT coalesce(nullif(application_name, ''), host(client_addr), 'pid ' || pid) AS source, \
+                  pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::float8 AS value, \
+                  CASE WHEN state IS NULL THEN 'pg_stat_replication hides this standby from the role \
+                  (grant it pg_monitor)' WHEN replay_lsn IS NULL THEN 'the standby reports no replay position' END AS note \
+                  FROM pg_stat_replication",
+            table: false,
+            empty: "no standby is connected to this server (pg_stat_replication is empty)",
+        },
+        (Kind::ReplicaLag, true) => Statement::Values {
+            sql: "SELECT coalesce(host(inet_server_addr()) || ':' || inet_server_port(), 'standby') AS source, \
+                  CASE WHEN NOT pg_is_in_recovery() THEN NULL \
+                  WHEN pg_last_wal_receive_lsn() IS NOT DISTINCT FROM pg_last_wal_replay_lsn() THEN 0 \
+                  ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp()) END::float8 AS value, \
+                  CASE WHEN NOT pg_is_in_recovery() THEN 'this server is not a standby' \
+                  WHEN pg_last_wal_receive_lsn() IS DISTINCT FROM pg_last_wal_replay_lsn() \
+                  AND pg_last_xact_replay_timestamp() IS NULL THEN 'the standby has replayed no transaction yet' END AS note",
+            table: false,
+            empty: "",
+        },
+        (Kind::ReplicaLagBytes, true) => Statement::Values {
+            sql: "SELECT coalesce(host(inet_server_addr()) || ':' || inet_server_port(), 'standby') AS source, \
+                  pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::float8 AS value, \
+                  CASE WHEN NOT pg_is_in_recovery() THEN 'this server is not a standby' END AS note",
+            table: false,
+            empty: "",
+        },
+        (Kind::Autovacuum, false) => Statement::Values {
+            sql: "SELECT 'source' AS source, count(v.pid)::float8 AS value, \
+                  CASE WHEN to_regclass($1) IS NULL THEN 'no table ' || $1 END AS note \
+                  FROM (SELECT 1) one LEFT JOIN (pg_stat_progress_vacuum v \
+                  JOIN pg_stat_activity a ON a.pid = v.pid AND a.backend_type = 'autovacuum worker') \
+                  ON v.relid = to_regclass($1)",
+            table: true,
+            empty: "",
+        },
+        (Kind::Autovacuum, true) => {
+            return Err(Unread::Unsupported(
+                "autovacuum is read on the primary, the job's own source".into(),
+            ))
+        }
+        (Kind::ThreadsRunning | Kind::HistoryListLength, _) => {
+            return Err(Unread::Unsupported("MySQL/MariaDB only".into()))
+        }
+    })
+}
+
+/// The statement of `kind` on MySQL/MariaDB, on the job's source or
+/// (`replica`) on a replica.
+#[cfg_attr(not(feature = "mysql"), allow(dead_code))]
+pub(crate) fn mysql(kind: Kind, replica: bool) -> Result<Statement, Unread> {
+    Ok(match (kind, replica) {
+        (Kind::ReplicaLag, true) => Statement::ReplicaStatus,
+        (Kind::ReplicaLag, false) => {
+            return Err(Unread::Unsupported(
+                "MySQL/MariaDB replica lag is read on the replicas: name them with \
+                 `replica_lag(..).on(&[&replica_pool])`"
+                    .into(),
+            ))
+        }
+        (Kind::ThreadsRunning, _) => Statement::Status("SHOW GLOBAL STATUS LIKE 'Threads_running'"),
+        (Kind::HistoryListLength, _) => Statement::Values {
+            sql: "SELECT 'source' AS source, CAST(`COUNT` AS DOUBLE) AS value, NULL AS note \
+                  FROM information_schema.INNODB_METRICS WHERE NAME = 'trx_rseg_history_len'",
+            table: false,
+            empty: "information_schema.INNODB_METRICS has no trx_rseg_history_len",
+        },
+        (Kind::ReplicaLagBytes | Kind::Autovacuum, _) => {
+            return Err(Unread::Unsupported("PostgreSQL only".into()))
+        }
+    })
+}
+
+/// SQLite has no signal.
+#[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
+pub(crate) fn sqlite(_: Kind, _: bool) -> Result<Statement, Unread> {
+    Err(Unread::Unsupported(
+        "SQLite has no replicas and no server load to read".into(),
+    ))
+}
+
+#[derive(Debug, QueryableByName)]
+pub struct ValueRow {
+    #[diesel(sql_type = Text)]
+    source: String,
+    #[diesel(sql_type = Nullable<Double>)]
+    value: Option<f64>,
+    #[diesel(sql_type = Nullable<Text>)]
+    note: Option<String>,
+}
+
+#[derive(Debug, QueryableByName)]
+pub struct StatusRow {
+    #[diesel(sql_type = Text, column_name = "Value")]
+    value: String,
+}
+
+#[derive(Debug, QueryableByName)]
+pub struct ReplicaRow {
+    #[diesel(sql_type = Nullable<BigInt>, column_name = "Seconds_Behind_Master")]
+    behind: Option<i64>,
+    #[diesel(sql_type = Text, column_name = "Slave_IO_Running")]
+    io: String,
+    #[diesel(sql_type = Text, column_name = "Slave_SQL_Running")]
+    sql: String,
+    #[diesel(sql_type = Text, column_name = "Last_IO_Error")]
+    io_error: String,
+    #[diesel(sql_type = Text, column_name = "Last_SQL_Error")]
+    sql_error: String,
+}
+
+/// The rows a [`Statement`] returned.
+#[derive(Debug)]
+pub enum Rows {
+    Values(Vec<ValueRow>),
+    Status(Vec<StatusRow>),
+    Replica(Vec<ReplicaRow>),
+}
+
+/// The readings of `kind` against `limit` in `rows`; `label` names the
+/// server where the rows do not.
+pub(crate) fn readings(
+    kind: Kind,
+    limit: f64,
+    statement: &Statement,
+    rows: Rows,
+    label: &str,
+) -> Result<Vec<Reading>, Unread> {
+    let unit = kind.unit();
+    let reading = |source: &str, value: f64| Reading::new(source, value, limit).unit(unit);
+    let failed = |why: String| Err(Unread::Failed(why));
+    match rows {
+        Rows::Values(rows) => {
+            if rows.is_empty() {
+                let empty = match statement {
+                    Statement::Values { empty, .. } => *empty,
+                    _ => "",
+                };
+                return failed(empty.to_string());
+            }
+            rows.into_iter()
+                .map(|r| {
+                    let source = if r.source == "source" {
+                        label
+                    } else {
+                        &r.source
+                    };
+                    match (r.value, r.note) {
+                        (_, Some(note)) => Err(Unread::Failed(format!("{source}: {note}"))),
+                        (None, None) => Err(Unread::Failed(format!("{source}: no value"))),
+                        (Some(v), None) => Ok(reading(source, v)),
+                    }
+                })
+                .collect()
+        }
+        Rows::Status(rows) => match rows.first() {
+            Some(r) => match r.value.trim().parse::<f64>() {
+                Ok(v) => Ok(vec![reading(label, v)]),
+                Err(_) => failed(format!(
+                    "{label}: status value {:?} is not a number",
+                    r.value
+                )),
+            },
+            None => failed(format!("{label}: the status variable is missing")),
+        },
+        Rows::Replica(rows) => {
+            let Some(r) = rows.first() else {
+                return failed(format!(
+                    "{label}: not a replica (SHOW SLAVE STATUS is empty)"
+                ));
+            };
+            match r.behind {
+                Some(s) => Ok(vec![reading(label, s as f64)]),
+                None => {
+                    let errors: Vec<&str> = [r.io_error.as_str(), r.sql_error.as_str()]
+                        .into_iter()
+                        .filter(|e| !e.is_empty())
+                        .collect();
+                    failed(format!(
+                        "{label}: replication is not running (Slave_IO_Running: {}, \
+                         Slave_SQL_Running: {}){}",
+                        r.io,
+                        r.sql,
+                        match errors.is_empty() {
+                            true => String::new(),
+                            false => format!(": {}", errors.join("; ")),
+                        }
+                    ))
+                }
+            }
+        }
+    }
+}
+
+/// Reads a signal on this connection: the job's source (`label` `None`) or
+/// a replica. Implemented for the blocking connections of each backend;
+/// sealed (this module is private).
+pub trait ReadHealth {
+    /// The statement of `kind`.
+    fn health_statement(kind: Kind, replica: bool) -> Result<Statement, Unread>;
+    /// Runs `statement`, binding `table` where it needs it.
+    fn health_rows(&mut self, statement: &Statement, table: &str) -> diesel::QueryResult<Rows>;
+
+    /// The readings of `kind` against `limit`.
+    fn read_health(
+        &mut self,
+        kind: Kind,
+        limit: f64,
+        table: &str,
+        label: Option<&str>,
+    ) -> Result<Vec<Reading>, Unread> {
+        let statement = Self::health_statement(kind, label.is_some())?;
+        let rows = self.health_rows(&statement, table).map_err(|e| {
+            Unread::Failed(match label {
+                Some(label) => format!("{label}: {e}"),
+                None => e.to_string(),
+            })
+        })?;
+        readings(kind, limit, &statement, rows, label.unwrap_or("source"))
+    }
+}
+
+/// Runs a [`Statement`] with `load`, the connection's `RunQueryDsl::load`
+/// (blocking or async).
+macro_rules! health_rows {
+    ($conn:expr, $statement:expr, $table:expr, $($await:tt)*) => {{
+        let statement: &Statement = $statement;
+        Ok(match *statement {
+            Statement::Values { sql, table: true, .. } => Rows::Values(
+                diesel::sql_query(sql)
+                    .bind::<Text, _>($table)
+                    .load::<ValueRow>($conn)
+                    $($await)*?,
+            ),
+            Statement::Values { sql, table: false, .. } => {
+                Rows::Values(diesel::sql_query(sql).load::<ValueRow>($conn) $($await)*?)
+            }
+            Statement::Status(sql) => {
+                Rows::Status(diesel::sql_query(sql).load::<StatusRow>($conn) $($await)*?)
+            }
+            Statement::ReplicaStatus => Rows::Replica(
+                diesel::sql_query("SHOW SLAVE STATUS")
+                    .load::<ReplicaRow>($conn)
+                    $($await)*?,
+            ),
+        })
+    }};
+}
+
+macro_rules! read_health {
+    ($conn:ty, $statements:path) => {
+        impl ReadHealth for $conn {
+            fn health_statement(kind: Kind, replica: bool) -> Result<Statement, Unread> {
+                $statements(kind, replica)
+            }
+            fn health_rows(
+                &mut self,
+                statement: &Statement,
+                table: &str,
+            ) -> diesel::QueryResult<Rows> {
+                use diesel::RunQueryDsl;
+                health_rows!(self, statement, table,)
+            }
+        }
+    };
+}
+
+#[cfg(feature = "postgres")]
+read_health!(diesel::PgConnection, postgres);
+#[cfg(feature = "mysql")]
+read_health!(diesel::MysqlConnection, mysql);
+#[cfg(feature = "sqlite")]
+read_health!(diesel::SqliteConnection, sqlite);
+
+/// How long a replica's pool is waited on for a connection.
+pub(crate) const REPLICA_CONNECT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A replica a signal can be read on (see [`Health::on`](super::Health::on)).
+pub trait ReadReplica: Send + Sync + 'static {
+    /// The readings of `kind` against `limit` on this replica, named `label`.
+    fn read(&self, kind: Kind, limit: f64, label: &str) -> Result<Vec<Reading>, Unread>;
+}
+
+#[cfg(feature = "r2d2")]
+impl<C> ReadReplica for diesel::r2d2::Pool<diesel::r2d2::ConnectionManager<C>>
+where
+    C: diesel::r2d2::R2D2Connection + ReadHealth + Send + 'static,
+{
+    fn read(&self, kind: Kind, limit: f64, label: &str) -> Result<Vec<Reading>, Unread> {
+        C::health_statement(kind, true)?;
+        let mut conn = self
+            .get_timeout(REPLICA_CONNECT)
+            .map_err(|e| Unread::Failed(format!("{label}: no connection: {e}")))?;
+        conn.read_health(kind, limit, "", Some(label))
+    }
+}
+
+/// [`ReadHealth`] on an async connection: implemented for diesel-async's
+/// connections of each backend; sealed (this module is private).
+#[cfg(feature = "async")]
+pub trait AsyncReadHealth: Send {
+    /// The readings of `kind` against `limit` on the job's source.
+    fn read_health<'a>(
+        &'a mut self,
+        kind: Kind,
+        limit: f64,
+        table: &'a str,
+    ) -> futures_util::future::BoxFuture<'a, Result<Vec<Reading>, Unread>>;
+}
+
+#[cfg(feature = "async")]
+macro_rules! async_read_health {
+    ($conn:ty, $statements:path) => {
+        impl AsyncReadHealth for $conn {
+            fn read_health<'a>(
+                &'a mut self,
+                kind: Kind,
+                limit: f64,
+                table: &'a str,
+            ) -> futures_util::future::BoxFuture<'a, Result<Vec<Reading>, Unread>> {
+                Box::pin(async move {
+                    use diesel_async::RunQueryDsl;
+                    let statement = $statements(kind, false)?;
+                    let rows: diesel::QueryResult<Rows> = async {
+                        health_rows!(self, &statement, table, .await)
+                    }
+                    .await;
+                    let rows = rows.map_err(|e| Unread::Failed(e.to_string()))?;
+                    readings(kind, limit, &statement, rows, "source")
+                })
+            }
+        }
+    };
+}
+
+#[cfg(all(feature = "async", feature = "postgres"))]
+async_read_health!(diesel_async::AsyncPgConnection, postgres);
+#[cfg(all(feature = "async", feature = "mysql"))]
+async_read_health!(diesel_async::AsyncMysqlConnection, mysql);
+
+#[cfg(all(feature = "async", feature = "sqlite"))]
+impl AsyncReadHealth
+    for diesel_async::sync_connection_wrapper::SyncConnectionWrapper<diesel::SqliteConnection>
+{
+    fn read_health<'a>(
+        &'a mut self,
+        kind: Kind,
+        _: f64,
+        _: &'a str,
+    ) -> futures_util::future::BoxFuture<'a, Result<Vec<Reading>, Unread>> {
+        Box::pin(async move { sqlite(kind, false).map(|_| Vec::new()) })
+    }
+}
