@@ -2316,4 +2316,151 @@ mod tests {
             (1, true, false)
         );
     }
+
+    /// A signal's outcome: readings of `values` against `limit`.
+    fn read(signal: &str, values: &[f64], limit: f64) -> crate::health::Outcome {
+        crate::health::Outcome {
+            signal: signal.to_string(),
+            read: Ok(values
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| crate::health::Reading::new(format!("replica {}", i + 1), v, limit))
+                .collect()),
+        }
+    }
+
+    fn unreadable(signal: &str, why: &str) -> crate::health::Outcome {
+        crate::health::Outcome {
+            signal: signal.to_string(),
+            read: Err(crate::health::Unread::Failed(why.to_string())),
+        }
+    }
+
+    /// A job with one (never read) custom signal, its health read every 100 ms
+    /// and given up after 1 s unreadable.
+    fn with_health() -> WriteConfig {
+        struct Never;
+        impl crate::health::Signal for Never {
+            fn name(&self) -> String {
+                "never".into()
+            }
+            fn read(&self) -> Result<Vec<crate::health::Reading>, String> {
+                unreachable!("the test hands the machine its outcomes")
+            }
+        }
+        WriteConfig {
+            health: vec![Never.into()],
+            health_interval: Some(ms(100)),
+            unreadable_limit: Some(Duration::from_secs(1)),
+            ..WriteConfig::default()
+        }
+    }
+
+    #[test]
+    fn signals_are_read_before_the_first_batch_and_hold_it_while_over() {
+        let job = with_health();
+        let mut m = stepped(&job, 3, 0);
+        assert_eq!(m.step().unwrap(), Step::Checks);
+        m.checked();
+        assert_eq!(m.step().unwrap(), Step::Probe);
+        let t0 = Instant::now();
+        m.probed_at(vec![read("lag", &[0.5, 3.0], 2.0)], t0).unwrap();
+        assert_eq!(m.step().unwrap(), Step::Wait(ms(50)));
+        assert_eq!(m.step().unwrap(), Step::Wait(ms(50)));
+        // read again after the wait: worse, then unreadable, then fine
+        assert_eq!(m.step().unwrap(), Step::Probe);
+        m.probed_at(vec![read("lag", &[4.0, 1.0], 2.0)], t0 + ms(100)).unwrap();
+        assert!(matches!(m.step().unwrap(), Step::Wait(_)));
+        assert!(matches!(m.step().unwrap(), Step::Wait(_)));
+        assert_eq!(m.step().unwrap(), Step::Probe);
+        m.probed_at(vec![unreadable("lag", "replica 2: gone")], t0 + ms(200))
+            .unwrap();
+        assert!(matches!(m.step().unwrap(), Step::Wait(_)));
+        assert!(matches!(m.step().unwrap(), Step::Wait(_)));
+        assert_eq!(m.step().unwrap(), Step::Probe);
+        m.probed_at(vec![read("lag", &[0.1, 0.2], 2.0)], t0 + ms(300))
+            .unwrap();
+        let Step::Batch { plan, attempt: 1 } = m.step().unwrap() else {
+            panic!()
+        };
+        assert_eq!(plan.batch, 1, "the batch held back is the first, planned once");
+        let (_, _, c) = body(&m, &plan, None, &[1, 2, 3, 4]).ok().unwrap();
+        m.ran(Ok(c)).unwrap();
+        assert_eq!(m.step().unwrap(), Step::Seek(key(3)));
+        // read 300 ms ahead of the clock: not due again within the interval
+        let Step::Batch { plan, .. } = m.step().unwrap() else {
+            panic!()
+        };
+        assert_eq!(plan.batch, 2);
+        let (_, _, c) = body(&m, &plan, Some(3), &[4, 5]).ok().unwrap();
+        m.ran(Ok(c)).unwrap();
+        assert_eq!(m.step().unwrap(), Step::Seek(key(5)));
+        assert_eq!(m.step().unwrap(), Step::Done);
+        let report = m.finish();
+        assert!(report.done);
+        assert_eq!(report.waited, ms(300));
+        assert_eq!(report.waits.len(), 1, "{:?}", report.waits);
+        let wait = &report.waits[0];
+        assert_eq!((wait.signal.as_str(), wait.batch, wait.waited), ("lag", 1, ms(300)));
+        let worst = wait.reading.as_ref().unwrap();
+        assert_eq!((worst.source.as_str(), worst.value), ("replica 1", 4.0));
+        assert_eq!(wait.error.as_deref(), Some("replica 2: gone"));
+        assert_eq!(
+            wait.to_string(),
+            "lag: replica 1: 4 > 2, waited 300.0ms before batch 1"
+        );
+    }
+
+    #[test]
+    fn a_signal_unreadable_for_the_limit_stops_the_job_and_one_unsupported_at_once() {
+        let job = with_health();
+        let mut m = stepped(&job, 3, 0);
+        assert_eq!(m.step().unwrap(), Step::Checks);
+        m.checked();
+        assert_eq!(m.step().unwrap(), Step::Probe);
+        let t0 = Instant::now();
+        m.probed_at(vec![unreadable("lag", "down")], t0).unwrap();
+        // readable again resets the clock
+        m.probed_at(vec![read("lag", &[1.0], 2.0)], t0 + ms(900)).unwrap();
+        m.probed_at(vec![unreadable("lag", "down")], t0 + ms(1000)).unwrap();
+        m.probed_at(vec![unreadable("lag", "down")], t0 + ms(1900)).unwrap();
+        let err = m
+            .probed_at(vec![unreadable("lag", "still down")], t0 + ms(2000))
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::HealthUnreadable { signal, reason, waited }
+                if signal == "lag" && reason == "still down" && *waited == ms(1000)),
+            "{err:?}"
+        );
+
+        let mut m = stepped(&job, 3, 0);
+        let unsupported = crate::health::Outcome {
+            signal: "mysql_threads_running".into(),
+            read: Err(crate::health::Unread::Unsupported("MySQL/MariaDB only".into())),
+        };
+        let err = m.probed_at(vec![unsupported], t0).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "health signal mysql_threads_running cannot be read here: MySQL/MariaDB only"
+        );
+    }
+
+    #[test]
+    fn a_cancel_ends_a_health_wait_and_the_report_keeps_it() {
+        let job = with_health();
+        let control = job.control.clone();
+        let mut m = stepped(&job, 3, 0);
+        assert_eq!(m.step().unwrap(), Step::Checks);
+        m.checked();
+        assert_eq!(m.step().unwrap(), Step::Probe);
+        m.probed_at(vec![read("load", &[40.0], 32.0)], Instant::now())
+            .unwrap();
+        assert!(matches!(m.step().unwrap(), Step::Wait(_)));
+        control.cancel();
+        assert_eq!(m.step().unwrap(), Step::Done);
+        let report = m.finish();
+        assert_eq!((report.cancelled, report.done, report.batches), (true, false, 0));
+        assert_eq!(report.waits.len(), 1);
+        assert_eq!((report.waits[0].signal.as_str(), report.waits[0].batch), ("load", 1));
+    }
 }
