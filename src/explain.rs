@@ -125,6 +125,52 @@ pub struct Explain {
     pub order_columns: usize,
 }
 
+/// What [`Chunked::dry_run`] found: a job's statements, plan, size and
+/// signals, with nothing written.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct DryRun {
+    /// The first batch's statement, then `-- binds: [..]` (as
+    /// `diesel::debug_query` shows it).
+    pub first_batch: String,
+    /// The second batch's statement (after the first batch's last key), if
+    /// the first would not be the last.
+    pub later_batch: Option<String>,
+    /// The first and last key of the first batch (`Debug`-formatted); `None`
+    /// when the scan holds no row.
+    pub first_keys: Option<(String, String)>,
+    /// The plan of a batch, with its verdict.
+    pub explain: Explain,
+    /// The rows the scan is estimated to hold (see
+    /// [`estimate_total`](Chunked::estimate_total)).
+    pub estimated_rows: u64,
+    /// The batches that makes at the scan's batch size.
+    pub estimated_batches: u64,
+    /// The current reading of each health signal.
+    pub signals: Vec<crate::health::SignalReading>,
+}
+
+impl fmt::Display for DryRun {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "first batch: {}", self.first_batch)?;
+        if let Some(later) = &self.later_batch {
+            writeln!(f, "next batch:  {later}")?;
+        }
+        if let Some((a, b)) = &self.first_keys {
+            writeln!(f, "first batch's keys: {a} ..= {b}")?;
+        }
+        writeln!(
+            f,
+            "estimated: {} rows in {} batches",
+            self.estimated_rows, self.estimated_batches
+        )?;
+        for s in &self.signals {
+            writeln!(f, "{s}")?;
+        }
+        write!(f, "plan: {}", self.explain)
+    }
+}
+
 impl fmt::Display for Explain {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.verdict)?;
@@ -576,6 +622,125 @@ impl<Q, K: Key> Chunked<Q, K> {
         }
         let lines = rows.explain(&query, conn, steps.limit());
         steps.finish::<C::Backend, _>(&query, lines)
+    }
+
+    /// What a write job (or a scan) would do, without writing anything: the
+    /// SQL of its first batch and of the second, with their bind values; the
+    /// keys the first batch would cover; the plan verdict
+    /// ([`explain`](Self::explain)); the estimated rows and batches
+    /// ([`estimate_total`](Self::estimate_total)); and the current readings
+    /// of its [`throttle_on`](Self::throttle_on) signals. It runs only reads:
+    /// the plan's statements, the count, one batch of keys, the signals.
+    ///
+    /// The statements are the key-only ones write jobs run in each batch's
+    /// transaction before writing the batch's key range (`UPDATE`/`DELETE
+    /// ... WHERE <filters> AND <key> > $first_key_before AND <key> <=
+    /// $last_key`); a read scan's batches run the same `WHERE`, `ORDER BY`
+    /// and `LIMIT` around its own selection.
+    ///
+    /// ```
+    /// # include!("../tests/doc/setup.rs");
+    /// use diesel_chunked_iterator::{prelude::*, Verdict};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let conn = &mut doc_connection();
+    /// let dry = posts::table
+    ///     .filter(posts::published.eq(false))
+    ///     .chunked_by(posts::id)
+    ///     .batch_size(1)
+    ///     .dry_run(conn)?;
+    /// assert_eq!(
+    ///     dry.first_batch,
+    ///     "SELECT `posts`.`id` FROM `posts` WHERE ((`posts`.`published` = ?) AND 1 = 1) \
+    ///      ORDER BY `posts`.`id` LIMIT ? -- binds: [false, 2]"
+    /// );
+    /// assert_eq!(
+    ///     dry.later_batch.as_deref(),
+    ///     Some("SELECT `posts`.`id` FROM `posts` WHERE ((`posts`.`published` = ?) \
+    ///           AND `posts`.`id` > ?) ORDER BY `posts`.`id` LIMIT ? -- binds: [false, 2, 2]")
+    /// );
+    /// assert_eq!(dry.first_keys, Some(("2".into(), "2".into())));
+    /// assert_eq!((dry.estimated_rows, dry.estimated_batches), (2, 2));
+    /// assert_eq!(dry.explain.verdict, Verdict::IndexRangeInKeyOrder);
+    /// # Ok(()) }
+    /// ```
+    pub fn dry_run<'a, C>(self, conn: &mut C) -> Result<DryRun, Error>
+    where
+        Q: Clone,
+        C: UniqueIndexes + crate::health::sql::ReadHealth,
+        C::Backend: KeysetBackend + Default,
+        <C::Backend as Backend>::QueryBuilder: Default,
+        K::Selection: QueryFragment<C::Backend>,
+        Q: PrepareKeys<'a, K, C::Backend>,
+        KeyRows: Rows<C, <Q as PrepareKeys<'a, K, C::Backend>>::Base, K>,
+        for<'q> Batch<'q, <Q as PrepareKeys<'a, K, C::Backend>>::Base, K>:
+            QueryFragment<C::Backend>,
+        Q: crate::plan::PreparePlan<'a, K, crate::plan::KeyColumns<K>, C::Backend>,
+        crate::plan::CountQuery<
+            crate::builder::PlanInner<'a, Q, K, crate::plan::KeyColumns<K>, C::Backend>,
+        >: LoadQuery<'a, C, String>,
+    {
+        let explain = self.clone().explain(conn)?;
+        let estimated_rows = self.clone().estimate_total(conn)?;
+        let batch = self.config().batch_size.max(1);
+        let signals = self.write.health.clone();
+        let table = self
+            .key
+            .names()
+            .first()
+            .map(|(t, _)| *t)
+            .unwrap_or_default();
+        let (mut query, mut steps) = self.explain_parts::<C::Backend>()?;
+        let sets = steps
+            .prefix_table::<C::Backend>()
+            .map(|(schema, table)| conn.unique_column_sets_in(schema, table));
+        if let Some(sets) = sets {
+            steps.order_by_prefix(&mut query, sets)?;
+        }
+        let limit = steps.limit();
+        let first_batch = crate::write::debug_sql::<C::Backend, _>(&query.batch(limit));
+        let keys = KeyRows
+            .load(&query, conn, limit)
+            .map_err(failed("reading the first batch's keys"))?;
+        let in_batch = &keys[..keys.len().min(batch as usize)];
+        let first_keys = match (in_batch.first(), in_batch.last()) {
+            (Some(a), Some(b)) => Some((
+                format!("{:?}", a.key().value),
+                format!("{:?}", b.key().value),
+            )),
+            _ => None,
+        };
+        let later_batch = match (keys.len() as u64 > batch, in_batch.last()) {
+            (true, Some(last)) => {
+                query.set_after(Some(last.key().clone()));
+                Some(crate::write::debug_sql::<C::Backend, _>(
+                    &query.batch(limit),
+                ))
+            }
+            _ => None,
+        };
+        let signals = signals
+            .iter()
+            .map(|h| crate::health::SignalReading {
+                signal: h.name(),
+                readings: match h.on_job_source() {
+                    Some(kind) => conn.read_health(kind, h.limit, table, None),
+                    None => h.read_elsewhere(),
+                }
+                .map_err(|e| match e {
+                    crate::health::Unread::Failed(why) => why,
+                    crate::health::Unread::Unsupported(why) => format!("not available: {why}"),
+                }),
+            })
+            .collect();
+        Ok(DryRun {
+            first_batch,
+            later_batch,
+            first_keys,
+            explain,
+            estimated_rows,
+            estimated_batches: estimated_rows.div_ceil(batch),
+            signals,
+        })
     }
 
     /// The key-only statement [`explain`](Self::explain) runs under

@@ -367,6 +367,31 @@ impl fmt::Display for HealthWait {
     }
 }
 
+/// A signal's current readings, as [`dry_run`](crate::Chunked::dry_run)
+/// found them.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct SignalReading {
+    /// The signal's name.
+    pub signal: String,
+    /// Its readings, or why it could not be read.
+    pub readings: Result<Vec<Reading>, String>,
+}
+
+impl fmt::Display for SignalReading {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: ", self.signal)?;
+        match &self.readings {
+            Ok(r) if r.is_empty() => f.write_str("no readings"),
+            Ok(r) => {
+                let all: Vec<String> = r.iter().map(Reading::to_string).collect();
+                f.write_str(&all.join(", "))
+            }
+            Err(e) => write!(f, "unreadable ({e})"),
+        }
+    }
+}
+
 /// A signal's outcome at one probe.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Outcome {

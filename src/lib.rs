@@ -37,7 +37,7 @@ pub use control::Control;
 pub use dsl::ChunkedDsl;
 pub use engine::{EndReason, Progress};
 pub use error::Error;
-pub use explain::{Explain, Verdict};
+pub use explain::{DryRun, Explain, Verdict};
 pub use iter::{LoadBatches, LoadIter};
 pub use key::typed;
 pub use load::BatchLoading;

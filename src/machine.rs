@@ -2364,12 +2364,14 @@ mod tests {
         m.checked();
         assert_eq!(m.step().unwrap(), Step::Probe);
         let t0 = Instant::now();
-        m.probed_at(vec![read("lag", &[0.5, 3.0], 2.0)], t0).unwrap();
+        m.probed_at(vec![read("lag", &[0.5, 3.0], 2.0)], t0)
+            .unwrap();
         assert_eq!(m.step().unwrap(), Step::Wait(ms(50)));
         assert_eq!(m.step().unwrap(), Step::Wait(ms(50)));
         // read again after the wait: worse, then unreadable, then fine
         assert_eq!(m.step().unwrap(), Step::Probe);
-        m.probed_at(vec![read("lag", &[4.0, 1.0], 2.0)], t0 + ms(100)).unwrap();
+        m.probed_at(vec![read("lag", &[4.0, 1.0], 2.0)], t0 + ms(100))
+            .unwrap();
         assert!(matches!(m.step().unwrap(), Step::Wait(_)));
         assert!(matches!(m.step().unwrap(), Step::Wait(_)));
         assert_eq!(m.step().unwrap(), Step::Probe);
@@ -2383,7 +2385,10 @@ mod tests {
         let Step::Batch { plan, attempt: 1 } = m.step().unwrap() else {
             panic!()
         };
-        assert_eq!(plan.batch, 1, "the batch held back is the first, planned once");
+        assert_eq!(
+            plan.batch, 1,
+            "the batch held back is the first, planned once"
+        );
         let (_, _, c) = body(&m, &plan, None, &[1, 2, 3, 4]).ok().unwrap();
         m.ran(Ok(c)).unwrap();
         assert_eq!(m.step().unwrap(), Step::Seek(key(3)));
@@ -2401,7 +2406,10 @@ mod tests {
         assert_eq!(report.waited, ms(300));
         assert_eq!(report.waits.len(), 1, "{:?}", report.waits);
         let wait = &report.waits[0];
-        assert_eq!((wait.signal.as_str(), wait.batch, wait.waited), ("lag", 1, ms(300)));
+        assert_eq!(
+            (wait.signal.as_str(), wait.batch, wait.waited),
+            ("lag", 1, ms(300))
+        );
         let worst = wait.reading.as_ref().unwrap();
         assert_eq!((worst.source.as_str(), worst.value), ("replica 1", 4.0));
         assert_eq!(wait.error.as_deref(), Some("replica 2: gone"));
@@ -2421,9 +2429,12 @@ mod tests {
         let t0 = Instant::now();
         m.probed_at(vec![unreadable("lag", "down")], t0).unwrap();
         // readable again resets the clock
-        m.probed_at(vec![read("lag", &[1.0], 2.0)], t0 + ms(900)).unwrap();
-        m.probed_at(vec![unreadable("lag", "down")], t0 + ms(1000)).unwrap();
-        m.probed_at(vec![unreadable("lag", "down")], t0 + ms(1900)).unwrap();
+        m.probed_at(vec![read("lag", &[1.0], 2.0)], t0 + ms(900))
+            .unwrap();
+        m.probed_at(vec![unreadable("lag", "down")], t0 + ms(1000))
+            .unwrap();
+        m.probed_at(vec![unreadable("lag", "down")], t0 + ms(1900))
+            .unwrap();
         let err = m
             .probed_at(vec![unreadable("lag", "still down")], t0 + ms(2000))
             .unwrap_err();
@@ -2436,7 +2447,9 @@ mod tests {
         let mut m = stepped(&job, 3, 0);
         let unsupported = crate::health::Outcome {
             signal: "mysql_threads_running".into(),
-            read: Err(crate::health::Unread::Unsupported("MySQL/MariaDB only".into())),
+            read: Err(crate::health::Unread::Unsupported(
+                "MySQL/MariaDB only".into(),
+            )),
         };
         let err = m.probed_at(vec![unsupported], t0).unwrap_err();
         assert_eq!(
@@ -2459,8 +2472,14 @@ mod tests {
         control.cancel();
         assert_eq!(m.step().unwrap(), Step::Done);
         let report = m.finish();
-        assert_eq!((report.cancelled, report.done, report.batches), (true, false, 0));
+        assert_eq!(
+            (report.cancelled, report.done, report.batches),
+            (true, false, 0)
+        );
         assert_eq!(report.waits.len(), 1);
-        assert_eq!((report.waits[0].signal.as_str(), report.waits[0].batch), ("load", 1));
+        assert_eq!(
+            (report.waits[0].signal.as_str(), report.waits[0].batch),
+            ("load", 1)
+        );
     }
 }

@@ -350,6 +350,46 @@ mod pg {
     }
 
     #[test]
+    fn a_dry_run_shows_the_statements_the_plan_and_the_readings_and_writes_nothing() {
+        let _serial = serial();
+        let db = Replicated::new();
+        let mut conn = db.connect();
+        let dry = counters::table
+            .filter(counters::n.eq(0))
+            .chunked_by(counters::id)
+            .batch_size(BATCH)
+            .throttle_on(health::replica_lag(Duration::from_secs(2)))
+            .throttle_on(health::pg_autovacuum_on_table())
+            .dry_run(&mut conn)
+            .unwrap();
+        assert_eq!(
+            dry.first_batch,
+            "SELECT \"counters\".\"id\" FROM \"counters\" WHERE ((\"counters\".\"n\" = $1) AND 1 = 1) \
+             ORDER BY \"counters\".\"id\" LIMIT $2 -- binds: [0, 11]"
+        );
+        assert_eq!(
+            dry.later_batch.as_deref(),
+            Some(
+                "SELECT \"counters\".\"id\" FROM \"counters\" WHERE ((\"counters\".\"n\" = $1) \
+                 AND \"counters\".\"id\" > $2) ORDER BY \"counters\".\"id\" LIMIT $3 -- binds: [0, 10, 11]"
+            )
+        );
+        assert_eq!(dry.first_keys, Some(("1".into(), "10".into())));
+        assert!(dry.estimated_rows > 0 && dry.estimated_batches == dry.estimated_rows.div_ceil(10));
+        assert_eq!(dry.signals.len(), 2);
+        let lag = dry.signals[0].readings.as_ref().unwrap();
+        assert_eq!(lag.len(), 1, "one standby: {lag:?}");
+        assert!(lag[0].value < 2.0 && lag[0].limit == 2.0, "{lag:?}");
+        let vacuum = dry.signals[1].readings.as_ref().unwrap();
+        assert_eq!(
+            (vacuum[0].source.as_str(), vacuum[0].value),
+            ("source", 0.0)
+        );
+        assert!(dry.to_string().contains("replica_lag: "), "{dry}");
+        assert_eq!(counter_rows(&mut conn), at(1, ROWS, 0));
+    }
+
+    #[test]
     fn mysql_signals_are_refused_before_the_first_batch() {
         let _serial = serial();
         let db = Replicated::new();
@@ -684,6 +724,53 @@ mod mysql {
         assert_eq!(wait.batch, 1, "{wait}");
         assert!(wait.reading.as_ref().unwrap().value > 40.0, "{wait}");
         assert!(wait.waited >= Duration::from_millis(1500), "{wait}");
+    }
+
+    #[test]
+    fn a_dry_run_reads_the_load_and_the_replicas() {
+        let _serial = serial();
+        let db = Replicated::new();
+        let mut conn = db.connect();
+        let pool = replica_pool();
+        let dry = counters::table
+            .chunked_by(counters::id)
+            .batch_size(BATCH)
+            .throttle_on(health::mysql_threads_running(50))
+            .throttle_on(health::mysql_history_list_length(1_000_000))
+            .throttle_on(health::replica_lag(Duration::from_secs(5)).on(&[&pool]))
+            .dry_run(&mut conn)
+            .unwrap();
+        assert_eq!(
+            dry.first_batch,
+            "SELECT `counters`.`id` FROM `counters` WHERE `counters`.`id` >= \
+             (SELECT MIN(`counters`.`id`) FROM `counters`) ORDER BY `counters`.`id` LIMIT ? -- binds: [11]"
+        );
+        let names: Vec<&str> = dry.signals.iter().map(|s| s.signal.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "mysql_threads_running",
+                "mysql_history_list_length",
+                "replica_lag"
+            ]
+        );
+        for s in &dry.signals {
+            let r = s
+                .readings
+                .as_ref()
+                .unwrap_or_else(|e| panic!("{}: {e}", s.signal));
+            assert_eq!(r.len(), 1, "{s}");
+            assert!(!r[0].is_over(), "{s}");
+        }
+        assert!(
+            dry.signals[0].readings.as_ref().unwrap()[0].value >= 1.0,
+            "the probe runs"
+        );
+        assert_eq!(
+            dry.signals[2].readings.as_ref().unwrap()[0].source,
+            "replica 1"
+        );
+        assert_eq!(counter_rows(&mut conn), at(1, ROWS, 0));
     }
 
     #[test]
