@@ -275,7 +275,7 @@ impl<Q, K: Key> Chunked<Q, K> {
     /// let report = posts::table
     ///     .chunked_by(posts::id)
     ///     .throttle_on(Calm)
-    ///     .update_all(conn, posts::published.eq(true))?;
+    ///     .update_all(&mut *conn, posts::published.eq(true))?;
     /// assert!(report.waits.is_empty());
     ///
     /// // SQLite has no replicas: a signal that does not exist stops the job before its first batch.
@@ -301,7 +301,9 @@ impl<Q, K: Key> Chunked<Q, K> {
     /// # include!("../tests/doc/setup.rs");
     /// use std::time::Duration;
     /// use diesel_chunked_iterator::prelude::*;
+    /// # fn main() {
     /// let job = posts::table.chunked_by(posts::id).health_interval(Duration::from_millis(250));
+    /// # }
     /// ```
     pub fn health_interval(mut self, d: Duration) -> Self {
         self.write.health_interval = Some(d);
@@ -317,7 +319,9 @@ impl<Q, K: Key> Chunked<Q, K> {
     /// # include!("../tests/doc/setup.rs");
     /// use std::time::Duration;
     /// use diesel_chunked_iterator::prelude::*;
+    /// # fn main() {
     /// let job = posts::table.chunked_by(posts::id).unreadable_limit(Duration::from_secs(15));
+    /// # }
     /// ```
     pub fn unreadable_limit(mut self, d: Duration) -> Self {
         self.write.unreadable_limit = Some(d);
