@@ -353,6 +353,7 @@ read_health!(diesel::MysqlConnection, mysql);
 read_health!(diesel::SqliteConnection, sqlite);
 
 /// How long a replica's pool is waited on for a connection.
+#[cfg(feature = "r2d2")]
 pub(crate) const REPLICA_CONNECT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A replica a signal can be read on (see [`Health::on`](super::Health::on)).
@@ -388,7 +389,7 @@ pub trait AsyncReadHealth: Send {
     ) -> futures_util::future::BoxFuture<'a, Result<Vec<Reading>, Unread>>;
 }
 
-#[cfg(feature = "async")]
+#[cfg(all(feature = "async", any(feature = "postgres", feature = "mysql")))]
 macro_rules! async_read_health {
     ($conn:ty, $statements:path) => {
         impl AsyncReadHealth for $conn {
