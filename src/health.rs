@@ -108,6 +108,8 @@ pub struct Health {
     pub(crate) limit: f64,
     /// The replicas it is read on (none: the job's own source).
     pub(crate) on: Vec<Arc<dyn sql::ReadReplica>>,
+    /// The heartbeat table it reads, quoted.
+    pub(crate) heartbeat: String,
 }
 
 #[derive(Clone)]
@@ -132,6 +134,7 @@ impl Health {
             what: What::Builtin(kind),
             limit,
             on: Vec::new(),
+            heartbeat: String::new(),
         }
     }
 
@@ -181,12 +184,51 @@ impl Health {
     }
 }
 
+impl Health {
+    /// MySQL/MariaDB replica lag from a heartbeat table instead of
+    /// `Seconds_Behind_Master`: the age of the newest `ts` in `table` (`db.table`
+    /// or `table`), by the replica's UTC clock. A process on the primary must
+    /// write it: pt-heartbeat `--update --utc` (its `ts` column), or your own
+    /// `REPLACE INTO heartbeat (server_id, ts) VALUES (1, UTC_TIMESTAMP(6))`
+    /// every second or so. The lag it reads then includes the time events
+    /// wait in the relay log and in the network, and keeps growing while
+    /// replication is stopped, where `Seconds_Behind_Master` reads 0 or
+    /// `NULL`. Read on the replicas named with [`on`](Self::on).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use diesel_chunked_iterator::health;
+    /// # fn main() -> Result<(), diesel_chunked_iterator::Error> {
+    /// let lag = health::replica_lag(Duration::from_secs(1)).heartbeat("percona.heartbeat")?;
+    /// assert!(health::replica_lag(Duration::from_secs(1)).heartbeat("x; DROP TABLE y").is_err());
+    /// # Ok(()) }
+    /// ```
+    pub fn heartbeat(mut self, table: &str) -> Result<Self, crate::Error> {
+        let unsupported = |reason: String| crate::Error::HealthUnsupported {
+            signal: self.name(),
+            reason,
+        };
+        if !matches!(
+            self.what,
+            What::Builtin(Kind::ReplicaLag | Kind::HeartbeatLag)
+        ) {
+            return Err(unsupported(
+                "only replica_lag reads a heartbeat table".into(),
+            ));
+        }
+        self.heartbeat = sql::quote_table(table).map_err(unsupported)?;
+        self.what = What::Builtin(Kind::HeartbeatLag);
+        Ok(self)
+    }
+}
+
 impl<S: Signal> From<S> for Health {
     fn from(signal: S) -> Self {
         Self {
             what: What::Custom(Arc::new(signal)),
             limit: 0.0,
             on: Vec::new(),
+            heartbeat: String::new(),
         }
     }
 }
@@ -437,7 +479,7 @@ impl Health {
                 let mut all = Vec::new();
                 for (i, r) in self.on.iter().enumerate() {
                     let label = format!("replica {}", i + 1);
-                    let mut read = r.read(*kind, self.limit, &label)?;
+                    let mut read = r.read(*kind, self.limit, &self.heartbeat, &label)?;
                     all.append(&mut read);
                 }
                 Ok(all)

@@ -15,12 +15,14 @@ pub enum Kind {
     ThreadsRunning,
     HistoryListLength,
     Autovacuum,
+    /// Replica lag from a heartbeat table (pt-heartbeat's), read on replicas.
+    HeartbeatLag,
 }
 
 impl Kind {
     pub(crate) fn name(self) -> &'static str {
         match self {
-            Kind::ReplicaLag => "replica_lag",
+            Kind::ReplicaLag | Kind::HeartbeatLag => "replica_lag",
             Kind::ReplicaLagBytes => "replica_lag_bytes",
             Kind::ThreadsRunning => "mysql_threads_running",
             Kind::HistoryListLength => "mysql_history_list_length",
@@ -30,7 +32,7 @@ impl Kind {
 
     pub(crate) fn unit(self) -> &'static str {
         match self {
-            Kind::ReplicaLag => " s",
+            Kind::ReplicaLag | Kind::HeartbeatLag => " s",
             Kind::ReplicaLagBytes => " bytes",
             _ => "",
         }
@@ -61,6 +63,9 @@ pub enum Statement {
     Status(&'static str),
     /// `SHOW SLAVE STATUS`.
     ReplicaStatus,
+    /// The age of the newest `ts` of the heartbeat table named by the
+    /// statement's `table` (quoted by [`quote_table`]), as `Values`.
+    Heartbeat,
 }
 
 /// The statement of `kind` on PostgreSQL, on the job's source or (`replica`)
@@ -119,7 +124,7 @@ pub(crate) fn postgres(kind: Kind, replica: bool) -> Result<Statement, Unread> {
                 "autovacuum is read on the primary, the job's own source".into(),
             ))
         }
-        (Kind::ThreadsRunning | Kind::HistoryListLength, _) => {
+        (Kind::ThreadsRunning | Kind::HistoryListLength | Kind::HeartbeatLag, _) => {
             return Err(Unread::Unsupported("MySQL/MariaDB only".into()))
         }
     })
@@ -135,6 +140,14 @@ pub(crate) fn mysql(kind: Kind, replica: bool) -> Result<Statement, Unread> {
             return Err(Unread::Unsupported(
                 "MySQL/MariaDB replica lag is read on the replicas: name them with \
                  `replica_lag(..).on(&[&replica_pool])`"
+                    .into(),
+            ))
+        }
+        (Kind::HeartbeatLag, true) => Statement::Heartbeat,
+        (Kind::HeartbeatLag, false) => {
+            return Err(Unread::Unsupported(
+                "a heartbeat table is read on the replicas: name them with \
+                 `replica_lag(..).heartbeat(..)?.on(&[&replica_pool])`"
                     .into(),
             ))
         }
@@ -187,6 +200,35 @@ pub struct ReplicaRow {
     io_error: String,
     #[diesel(sql_type = Text, column_name = "Last_SQL_Error")]
     sql_error: String,
+}
+
+/// The heartbeat statement on `table` (already quoted): the age of its
+/// newest `ts` (pt-heartbeat writes it as `2026-12-07T02:30:00.123456`, in
+/// UTC with `--utc`), in seconds by the replica's UTC clock.
+pub(crate) fn heartbeat_sql(table: &str) -> String {
+    format!(
+        "SELECT 'source' AS source, CAST(TIMESTAMPDIFF(MICROSECOND, \
+         CAST(REPLACE(MAX(ts), 'T', ' ') AS DATETIME(6)), UTC_TIMESTAMP(6)) AS DOUBLE) / 1000000 AS value, \
+         CASE WHEN MAX(ts) IS NULL THEN 'the heartbeat table is empty' END AS note FROM {table}"
+    )
+}
+
+/// `db.table` or `table` quoted for MySQL/MariaDB, or why it is not a plain
+/// table name.
+pub(crate) fn quote_table(name: &str) -> Result<String, String> {
+    let parts: Vec<&str> = name.split('.').collect();
+    let plain = |p: &&str| {
+        !p.is_empty()
+            && p.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$')
+    };
+    if parts.len() > 2 || !parts.iter().all(plain) {
+        return Err(format!(
+            "{name:?} is not a table name of letters, digits, `_` and `$` (optionally `db.table`)"
+        ));
+    }
+    let quoted: Vec<String> = parts.iter().map(|p| format!("`{p}`")).collect();
+    Ok(quoted.join("."))
 }
 
 /// The rows a [`Statement`] returned.
@@ -323,6 +365,11 @@ macro_rules! health_rows {
                     .load::<ReplicaRow>($conn)
                     $($await)*?,
             ),
+            Statement::Heartbeat => Rows::Values(
+                diesel::sql_query(heartbeat_sql($table))
+                    .load::<ValueRow>($conn)
+                    $($await)*?,
+            ),
         })
     }};
 }
@@ -358,8 +405,15 @@ pub(crate) const REPLICA_CONNECT: std::time::Duration = std::time::Duration::fro
 
 /// A replica a signal can be read on (see [`Health::on`](super::Health::on)).
 pub trait ReadReplica: Send + Sync + 'static {
-    /// The readings of `kind` against `limit` on this replica, named `label`.
-    fn read(&self, kind: Kind, limit: f64, label: &str) -> Result<Vec<Reading>, Unread>;
+    /// The readings of `kind` against `limit` on this replica, named
+    /// `label`; `table`: the heartbeat table's quoted name, if it reads one.
+    fn read(
+        &self,
+        kind: Kind,
+        limit: f64,
+        table: &str,
+        label: &str,
+    ) -> Result<Vec<Reading>, Unread>;
 }
 
 #[cfg(feature = "r2d2")]
@@ -367,12 +421,18 @@ impl<C> ReadReplica for diesel::r2d2::Pool<diesel::r2d2::ConnectionManager<C>>
 where
     C: diesel::r2d2::R2D2Connection + ReadHealth + Send + 'static,
 {
-    fn read(&self, kind: Kind, limit: f64, label: &str) -> Result<Vec<Reading>, Unread> {
+    fn read(
+        &self,
+        kind: Kind,
+        limit: f64,
+        table: &str,
+        label: &str,
+    ) -> Result<Vec<Reading>, Unread> {
         C::health_statement(kind, true)?;
         let mut conn = self
             .get_timeout(REPLICA_CONNECT)
             .map_err(|e| Unread::Failed(format!("{label}: no connection: {e}")))?;
-        conn.read_health(kind, limit, "", Some(label))
+        conn.read_health(kind, limit, table, Some(label))
     }
 }
 

@@ -774,6 +774,74 @@ mod mysql {
     }
 
     #[test]
+    fn a_heartbeat_table_shows_lag_while_replication_is_stopped() {
+        let _serial = serial();
+        let db = Replicated::new();
+        let mut conn = db.connect();
+        run(
+            &mut conn,
+            "CREATE TABLE heartbeat (ts VARCHAR(26) NOT NULL, server_id INT UNSIGNED NOT NULL PRIMARY KEY)",
+        );
+        let beat = "REPLACE INTO heartbeat (ts, server_id) \
+                    VALUES (DATE_FORMAT(UTC_TIMESTAMP(6), '%Y-%m-%dT%H:%i:%s.%f'), 1)";
+        run(&mut conn, beat);
+        let table = format!("{}.heartbeat", db.name);
+        let mut r = replica();
+        wait_until(
+            Duration::from_secs(30),
+            "the heartbeat on the replica",
+            || {
+                diesel::sql_query(format!("SELECT 1 FROM {table}"))
+                    .execute(&mut r)
+                    .is_ok_and(|n| n == 1)
+            },
+        );
+        run(&mut r, "STOP SLAVE SQL_THREAD");
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let pool = replica_pool();
+        let report = std::thread::scope(|s| {
+            // pt-heartbeat --update, every 100 ms
+            let (url, stop) = (db.url.clone(), &stop);
+            s.spawn(move || {
+                let mut c = MysqlConnection::establish(&url).unwrap();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    run(&mut c, beat);
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            });
+            s.spawn(move || {
+                std::thread::sleep(Duration::from_millis(2500));
+                run(&mut r, "START SLAVE SQL_THREAD");
+            });
+            std::thread::sleep(Duration::from_millis(1200));
+            let report = counters::table
+                .chunked_by(counters::id)
+                .batch_size(BATCH)
+                .health_interval(Duration::from_millis(100))
+                .throttle_on(
+                    health::replica_lag(Duration::from_millis(800))
+                        .heartbeat(&table)
+                        .unwrap()
+                        .on(&[&pool]),
+                )
+                .update_all(&mut conn, counters::n.eq(counters::n + 1))
+                .unwrap();
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            report
+        });
+        assert_eq!(counter_rows(&mut conn), at(1, ROWS, 1));
+        let wait = the_one_wait(&report.waits, "replica_lag");
+        assert_eq!(wait.batch, 1, "{wait}");
+        assert!(
+            wait.error.is_none(),
+            "a heartbeat reads a lag, not NULL: {wait}"
+        );
+        let reading = wait.reading.as_ref().unwrap();
+        assert!(reading.value > 1.0, "{wait}");
+        assert!(wait.waited >= Duration::from_millis(800), "{wait}");
+    }
+
+    #[test]
     fn lag_on_the_job_source_is_refused_with_a_hint() {
         let _serial = serial();
         let db = Replicated::new();
