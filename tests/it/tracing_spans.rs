@@ -23,12 +23,16 @@ type Fields = BTreeMap<String, String>;
 #[derive(Default, Clone)]
 struct Capture {
     spans: Arc<Mutex<Vec<(String, Fields)>>>,
+    events: Arc<Mutex<Vec<(String, Fields)>>>,
     next: Arc<AtomicU64>,
 }
 
 struct Visitor<'a>(&'a mut Fields);
 
 impl Visit for Visitor<'_> {
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.0.insert(field.name().to_string(), value.to_string());
+    }
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
         self.0
             .insert(field.name().to_string(), format!("{value:?}"));
@@ -56,12 +60,27 @@ impl Subscriber for Capture {
         values.record(&mut Visitor(&mut spans[i].1));
     }
     fn record_follows_from(&self, _: &Id, _: &Id) {}
-    fn event(&self, _: &Event<'_>) {}
+    fn event(&self, event: &Event<'_>) {
+        let mut fields = Fields::new();
+        event.record(&mut Visitor(&mut fields));
+        let name = event.metadata().name().to_string();
+        self.events.lock().unwrap().push((name, fields));
+    }
     fn enter(&self, _: &Id) {}
     fn exit(&self, _: &Id) {}
 }
 
 impl Capture {
+    fn named(&self, name: &str, events: bool) -> Vec<Fields> {
+        let all = if events { &self.events } else { &self.spans };
+        all.lock()
+            .unwrap()
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, f)| f.clone())
+            .collect()
+    }
+
     fn batches(&self) -> Vec<Fields> {
         self.spans
             .lock()
@@ -117,7 +136,57 @@ fn field<'a>(f: &'a Fields, name: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no field {name} in {f:?}"))
 }
 
+/// Over its limit for its first `n` reads, then fine.
+struct OverFor(std::sync::atomic::AtomicUsize);
+
+impl diesel_chunked_iterator::health::Signal for OverFor {
+    fn name(&self) -> String {
+        "queue".into()
+    }
+    fn read(&self) -> Result<Vec<diesel_chunked_iterator::health::Reading>, String> {
+        let left = self.0.load(Ordering::SeqCst);
+        if left > 0 {
+            self.0.store(left - 1, Ordering::SeqCst);
+        }
+        let value = if left > 0 { 50.0 } else { 1.0 };
+        Ok(vec![diesel_chunked_iterator::health::Reading::new(
+            "jobs", value, 10.0,
+        )])
+    }
+}
+
 backend_tests! {
+    fn each_health_wait_is_an_event_and_the_batch_span_records_the_wait(db) {
+        let mut conn = connect::<B>(&db);
+        insert_posts(&mut conn, 1..=5);
+        let capture = Capture::default();
+        let report = capturing(&capture, || {
+            posts::table
+                .chunked_by(posts::id)
+                .batch_size(10)
+                .health_interval(std::time::Duration::from_millis(20))
+                .throttle_on(OverFor(std::sync::atomic::AtomicUsize::new(2)))
+                .update_all(&mut conn, posts::published.eq(true))
+                .unwrap()
+        });
+        assert_eq!(report.rows, 5);
+        let events = capture.named("chunked_health_wait", true);
+        assert_eq!(events.len(), 2, "{events:#?}");
+        for e in &events {
+            assert_eq!(field(e, "signal"), "queue");
+            assert_eq!(field(e, "batch"), "1");
+            assert_eq!(field(e, "source"), "jobs");
+            assert_eq!(field(e, "value"), "50");
+            assert_eq!(field(e, "limit"), "10");
+            assert_eq!(field(e, "message"), "waiting on queue");
+        }
+        let spans = capture.named("chunked_write_batch", false);
+        assert_eq!(spans.len(), 1, "{spans:#?}");
+        let waited: f64 = field(&spans[0], "waited_ms").parse().unwrap();
+        assert!(waited >= 40.0, "two waits of 20 ms at least: {waited}");
+        assert_eq!(report.waits.len(), 1);
+    }
+
     fn one_span_per_batch_with_range_rows_attempt_and_time(db) {
         let mut conn = connect::<B>(&db);
         insert_posts(&mut conn, 1..=25);
