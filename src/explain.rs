@@ -130,6 +130,13 @@ pub struct Explain {
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct DryRun {
+    /// With a [`checkpoint`](Chunked::checkpoint): the key the job would
+    /// resume after (`Debug`-formatted), from its checkpoint row; the
+    /// statements and keys below start there.
+    pub resumes_after: Option<String>,
+    /// With a checkpoint: whether its row says the job is done (a run would
+    /// write nothing).
+    pub checkpoint_done: bool,
     /// The first batch's statement, then `-- binds: [..]` (as
     /// `diesel::debug_query` shows it).
     pub first_batch: String,
@@ -152,6 +159,12 @@ pub struct DryRun {
 
 impl fmt::Display for DryRun {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.checkpoint_done {
+            writeln!(f, "checkpoint: done, a run writes nothing")?;
+        }
+        if let Some(k) = &self.resumes_after {
+            writeln!(f, "checkpoint: resumes after key {k}")?;
+        }
         writeln!(f, "first batch: {}", self.first_batch)?;
         if let Some(later) = &self.later_batch {
             writeln!(f, "next batch:  {later}")?;
@@ -629,8 +642,10 @@ impl<Q, K: Key> Chunked<Q, K> {
     /// keys the first batch would cover; the plan verdict
     /// ([`explain`](Self::explain)); the estimated rows and batches
     /// ([`estimate_total`](Self::estimate_total)); and the current readings
-    /// of its [`throttle_on`](Self::throttle_on) signals. It runs only reads:
-    /// the plan's statements, the count, one batch of keys, the signals.
+    /// of its [`throttle_on`](Self::throttle_on) signals. With a
+    /// [`checkpoint`](Self::checkpoint), the batches start where a run would
+    /// resume. It runs only reads: the checkpoint row, the plan's
+    /// statements, the count, one batch of keys, the signals.
     ///
     /// The statements are the key-only ones write jobs run in each batch's
     /// transaction before writing the batch's key range (`UPDATE`/`DELETE
@@ -666,7 +681,8 @@ impl<Q, K: Key> Chunked<Q, K> {
     pub fn dry_run<'a, C>(self, conn: &mut C) -> Result<DryRun, Error>
     where
         Q: Clone,
-        C: UniqueIndexes + crate::health::sql::ReadHealth,
+        C: crate::checkpoint::CheckpointConnection,
+        K::Value: serde::de::DeserializeOwned,
         C::Backend: KeysetBackend + Default,
         <C::Backend as Backend>::QueryBuilder: Default,
         K::Selection: QueryFragment<C::Backend>,
@@ -683,6 +699,14 @@ impl<Q, K: Key> Chunked<Q, K> {
         let estimated_rows = self.clone().estimate_total(conn)?;
         let batch = self.config().batch_size.max(1);
         let signals = self.write.health.clone();
+        let checkpoint = match self.write.checkpoint.as_deref() {
+            Some(name) => match crate::checkpoint::status(conn, name) {
+                Ok(row) => row,
+                Err(Error::CheckpointTableMissing { .. }) => None,
+                Err(e) => return Err(e),
+            },
+            None => None,
+        };
         let table = self
             .key
             .names()
@@ -697,6 +721,25 @@ impl<Q, K: Key> Chunked<Q, K> {
             steps.order_by_prefix(&mut query, sets)?;
         }
         let limit = steps.limit();
+        let resumes_after = match checkpoint.as_ref().and_then(|c| c.last_key.as_deref()) {
+            Some(json) => {
+                let key =
+                    serde_json::from_str::<crate::StoredKey<K::Value>>(json).map_err(|e| {
+                        Error::CheckpointMismatch {
+                            name: checkpoint
+                                .as_ref()
+                                .map(|c| c.name.clone())
+                                .unwrap_or_default(),
+                            stored: format!("last key {json}: {e}"),
+                            expected: std::any::type_name::<K::Value>().to_string(),
+                        }
+                    })?;
+                let shown = format!("{:?}", key.value);
+                query.set_after(Some(key));
+                Some(shown)
+            }
+            None => None,
+        };
         let first_batch = crate::write::debug_sql::<C::Backend, _>(&query.batch(limit));
         let keys = KeyRows
             .load(&query, conn, limit)
@@ -733,6 +776,8 @@ impl<Q, K: Key> Chunked<Q, K> {
             })
             .collect();
         Ok(DryRun {
+            checkpoint_done: checkpoint.as_ref().is_some_and(|c| c.done),
+            resumes_after,
             first_batch,
             later_batch,
             first_keys,

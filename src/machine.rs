@@ -1156,6 +1156,10 @@ impl<V: Clone + PartialEq + std::fmt::Debug> WriteMachine<V> {
             elapsed: self.started.elapsed(),
             next_batch_size: self.engine.config.batch_size,
             waited: self.waited,
+            waits: match self.waited.is_zero() {
+                true => Vec::new(),
+                false => self.gate.closed_before(self.plan.batch),
+            },
         };
         if c.n > 0 {
             if let Some(observer) = &self.observer {
@@ -2358,7 +2362,15 @@ mod tests {
 
     #[test]
     fn signals_are_read_before_the_first_batch_and_hold_it_while_over() {
-        let job = with_health();
+        let seen = Arc::new(Mutex::new(vec![]));
+        let log = seen.clone();
+        let job = WriteConfig {
+            throttle: Some(Arc::new(move |s: &BatchStats| {
+                log.lock().unwrap().push(s.clone());
+                None
+            })),
+            ..with_health()
+        };
         let mut m = stepped(&job, 3, 0);
         assert_eq!(m.step().unwrap(), Step::Checks);
         m.checked();
@@ -2417,6 +2429,10 @@ mod tests {
             wait.to_string(),
             "lag: replica 1: 4 > 2, waited 300.0ms before batch 1"
         );
+        // the batch it held back says so; the next did not wait
+        let seen = seen.lock().unwrap();
+        assert_eq!((seen[0].batch, seen[0].waited), (1, ms(300)));
+        assert_eq!(seen[0].waits, report.waits);
     }
 
     #[test]

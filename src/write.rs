@@ -142,6 +142,9 @@ pub struct BatchStats {
     /// How long the batch waited on health signals before it ran (see
     /// [`throttle_on`](Chunked::throttle_on)).
     pub waited: Duration,
+    /// The waits on health signals that held this batch back: signal,
+    /// reading, how long.
+    pub waits: Vec<crate::health::HealthWait>,
 }
 
 /// A closure that says how long to wait before the next batch.

@@ -247,6 +247,7 @@ mod tests {
                 elapsed: Duration::from_millis(batch * 5),
                 next_batch_size: 10,
                 waited: Duration::ZERO,
+                waits: Vec::new(),
             };
             assert_eq!(throttle(&stats), None, "progress asks for no wait");
         }

@@ -178,6 +178,16 @@ impl Gate {
         std::mem::take(&mut self.before_batch)
     }
 
+    /// The waits that held back batch `batch`.
+    pub(crate) fn closed_before(&self, batch: u64) -> Vec<HealthWait> {
+        let from = self
+            .closed
+            .iter()
+            .rposition(|w| w.batch != batch)
+            .map_or(0, |i| i + 1);
+        self.closed[from..].to_vec()
+    }
+
     /// All the waits so far.
     pub(crate) fn total(&self) -> Duration {
         self.waited

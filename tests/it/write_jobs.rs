@@ -80,6 +80,32 @@ fn all_once(c: &BTreeMap<i32, i32>) -> bool {
 }
 
 backend_tests! {
+    fn a_dry_run_starts_where_the_checkpoint_resumes_and_writes_nothing(db) {
+        let mut conn = connect::<B>(&db);
+        insert_posts(&mut conn, 1..=50);
+        let job = || posts::table.chunked_by(posts::id).batch_size(10).checkpoint("dry");
+        // no checkpoint table yet: from the start
+        let dry = job().dry_run(&mut conn).unwrap();
+        assert_eq!((dry.resumes_after.as_deref(), dry.checkpoint_done), (None, false));
+        assert_eq!(dry.first_keys, Some(("1".into(), "10".into())));
+        checkpoint::create_table(&mut conn).unwrap();
+        let first = job().limit_total(30).update_all(&mut conn, posts::title.eq("x")).unwrap();
+        assert_eq!(first.rows, 30);
+        let dry = job().dry_run(&mut conn).unwrap();
+        assert_eq!(dry.resumes_after.as_deref(), Some("30"));
+        assert!(!dry.checkpoint_done);
+        assert_eq!(dry.first_keys, Some(("31".into(), "40".into())));
+        assert!(dry.first_batch.ends_with("-- binds: [30, 11]"), "{}", dry.first_batch);
+        assert!(dry.later_batch.as_deref().unwrap().ends_with("-- binds: [40, 11]"), "{dry}");
+        assert!(dry.to_string().starts_with("checkpoint: resumes after key 30\n"), "{dry}");
+        let titles: Vec<String> = posts::table.select(posts::title).order(posts::id).load(&mut conn).unwrap();
+        assert_eq!(titles.iter().filter(|t| *t == "x").count(), 30, "the dry run wrote nothing");
+        let rest = job().update_all(&mut conn, posts::title.eq("x")).unwrap();
+        assert_eq!((rest.rows, rest.done), (20, true));
+        let dry = job().dry_run(&mut conn).unwrap();
+        assert!(dry.checkpoint_done, "{dry}");
+        assert_eq!(dry.first_keys, None);
+    }
     /// An update of a key column would meet the rows it moves ahead of the scan
     /// again (`id = id + 1000` would never end): refused before any batch.
     fn an_update_of_the_key_is_refused(db) {
