@@ -6,8 +6,11 @@
 //! no connection, then reads them again. Each wait is in the report
 //! ([`WriteReport::waits`](crate::WriteReport::waits)), in the next batch's
 //! [`BatchStats::waited`](crate::BatchStats::waited) and, with the `tracing`
-//! feature, an event `chunked_health_wait` naming the signal, the source, the
-//! value and the limit.
+//! feature, an event `chunked_health_wait` at each reading that says wait
+//! (signal, source, value, limit, or why it is unreadable) and the fields
+//! `waited_ms` and `waited_for` (the waits, as they display) of the batch's
+//! span. A replica or a custom signal that does not answer within 10 s is
+//! unreadable.
 //!
 //! **Fail safe.** A signal that cannot be read (replica unreachable,
 //! permission denied, replication stopped, no standby connected) is a reason
@@ -47,11 +50,11 @@
 //!
 //! | signal | PostgreSQL | MySQL / MariaDB |
 //! |---|---|---|
-//! | [`replica_lag`] | on the job's source (the primary): `replay_lag` of every row of `pg_stat_replication` (it keeps growing while a standby's replay is stuck); on a standby named with [`on`](Health::on): `now() - pg_last_xact_replay_timestamp()`, 0 when all WAL received is replayed | on each replica named with [`on`](Health::on): `Seconds_Behind_Master` of `SHOW SLAVE STATUS` (`SHOW REPLICA STATUS` on MySQL 8.4); `NULL` (a replication thread stopped) is unreadable |
-//! | [`replica_lag_bytes`] | on the primary: `pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)` per standby; on a standby: WAL received but not replayed | not available |
+//! | [`replica_lag`] | on the job's source (the primary): `replay_lag` of every row of `pg_stat_replication` (it keeps growing while a standby's replay is stuck; a `NULL` is 0 only for a streaming standby that has replayed all WAL, else unreadable), and every inactive physical slot of `pg_replication_slots` is unreadable (its standby is gone); on a standby named with [`on`](Health::on): `now() - pg_last_xact_replay_timestamp()`, 0 when all WAL received is replayed, unreadable when its WAL receiver is not streaming | on each replica named with [`on`](Health::on): `Seconds_Behind_Master` of `SHOW SLAVE STATUS` (MariaDB; MySQL up to 8.3; the first replication channel); `NULL` (a replication thread stopped) is unreadable |
+//! | [`replica_lag_bytes`] | on the primary: `pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)` per standby (inactive physical slots are unreadable); on a standby: WAL received but not replayed | not available |
 //! | [`mysql_threads_running`] | not available | `SHOW GLOBAL STATUS LIKE 'Threads_running'` (the probe itself is one of them) |
-//! | [`mysql_history_list_length`] | not available | `information_schema.INNODB_METRICS`, `trx_rseg_history_len` (enabled by default) |
-//! | [`pg_autovacuum_on_table`] | autovacuum workers in `pg_stat_progress_vacuum` on the job's table | not available |
+//! | [`mysql_history_list_length`] | not available | `information_schema.INNODB_METRICS`, `trx_rseg_history_len` (enabled by default; a disabled counter is unreadable) |
+//! | [`pg_autovacuum_on_table`] | autovacuum workers in `pg_stat_progress_vacuum` on the job's table (`to_regclass(quote_ident(<the table! name>))`, found on the connection's `search_path`); unreadable for a role without `pg_read_all_stats`, which sees no table in those rows | not available |
 //!
 //! SQLite has none of them. `Seconds_Behind_Master` is the age of the event
 //! the replica's SQL thread is applying, by the primary's clock: it reads 0
@@ -159,7 +162,8 @@ impl Health {
     ///
     /// Implemented for `r2d2::Pool<ConnectionManager<C>>` (feature `r2d2`) of
     /// PostgreSQL and MySQL connections: a connection is asked for with a
-    /// 5 s timeout, so an unreachable replica is unreadable, not a hang.
+    /// 5 s timeout, and a read that takes more than 10 s counts as
+    /// unreadable, so a replica that does not answer is never a hang.
     ///
     /// ```no_run
     /// # #[cfg(all(feature = "mysql", feature = "r2d2"))]
@@ -471,15 +475,21 @@ impl Signals {
 
 impl Health {
     /// Reads a signal not read on the job's source: a custom one, or on
-    /// replicas (blocking).
+    /// replicas (blocking), each read within [`READ_DEADLINE`].
     pub(crate) fn read_elsewhere(&self) -> Result<Vec<Reading>, Unread> {
         match &self.what {
-            What::Custom(s) => s.read().map_err(Unread::Failed),
+            What::Custom(s) => {
+                let s = Arc::clone(s);
+                with_deadline(self.name(), move || s.read().map_err(Unread::Failed))
+            }
             What::Builtin(kind) => {
                 let mut all = Vec::new();
                 for (i, r) in self.on.iter().enumerate() {
                     let label = format!("replica {}", i + 1);
-                    let mut read = r.read(*kind, self.limit, &self.heartbeat, &label)?;
+                    let (r, kind, limit) = (Arc::clone(r), *kind, self.limit);
+                    let (heartbeat, name) = (self.heartbeat.clone(), label.clone());
+                    let mut read =
+                        with_deadline(label, move || r.read(kind, limit, &heartbeat, &name))?;
                     all.append(&mut read);
                 }
                 Ok(all)
@@ -492,6 +502,36 @@ impl Health {
         match (&self.what, self.on.is_empty()) {
             (What::Builtin(kind), true) => Some(*kind),
             _ => None,
+        }
+    }
+}
+
+/// How long a read of a replica or of a custom [`Signal`] may take: past it,
+/// the signal is unreadable (the read goes on, on its own thread, and its
+/// answer is dropped), so that a server that never answers cannot hold the
+/// job past its [`unreadable_limit`](crate::Chunked::unreadable_limit).
+pub(crate) const READ_DEADLINE: Duration = Duration::from_secs(10);
+
+/// `read()` on a thread of its own, waited for at most [`READ_DEADLINE`].
+fn with_deadline<F>(what: String, read: F) -> Result<Vec<Reading>, Unread>
+where
+    F: FnOnce() -> Result<Vec<Reading>, Unread> + Send + 'static,
+{
+    use std::sync::mpsc::RecvTimeoutError;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("chunked-health-read".into())
+        .spawn(move || {
+            let _ = tx.send(read());
+        })
+        .map_err(|e| Unread::Failed(format!("{what}: no thread to read it on: {e}")))?;
+    match rx.recv_timeout(READ_DEADLINE) {
+        Ok(read) => read,
+        Err(RecvTimeoutError::Timeout) => Err(Unread::Failed(format!(
+            "{what}: no answer within {READ_DEADLINE:?}"
+        ))),
+        Err(RecvTimeoutError::Disconnected) => {
+            Err(Unread::Failed(format!("{what}: its read panicked")))
         }
     }
 }

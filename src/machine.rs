@@ -568,7 +568,11 @@ impl<V: Clone + PartialEq + std::fmt::Debug> WriteMachine<V> {
                     self.phase = Phase::Batch { running: true };
                     self.batch_started = Some(Instant::now());
                     self.trace = Trace::write(&self.plan, &self.key_type, self.after.as_ref());
-                    self.trace.waited(self.waited);
+                    if !self.waited.is_zero() {
+                        let waits = self.gate.closed_before(self.plan.batch);
+                        let reasons: Vec<String> = waits.iter().map(|w| w.to_string()).collect();
+                        self.trace.waited(self.waited, &reasons.join("; "));
+                    }
                 }
                 let attempt = self.attempt();
                 self.trace.attempt(attempt);
@@ -2457,6 +2461,24 @@ mod tests {
         assert!(
             matches!(&err, Error::HealthUnreadable { signal, reason, waited }
                 if signal == "lag" && reason == "still down" && *waited == ms(1000)),
+            "{err:?}"
+        );
+
+        // two signals of one name: one readable does not reset the other's clock
+        let mut m = stepped(&job, 3, 0);
+        let both = |why: &str| {
+            vec![
+                read("replica_lag", &[0.1], 2.0),
+                unreadable("replica_lag", why),
+            ]
+        };
+        m.probed_at(both("r2 down"), t0).unwrap();
+        m.probed_at(both("r2 down"), t0 + ms(900)).unwrap();
+        let err = m
+            .probed_at(both("r2 still down"), t0 + ms(1000))
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::HealthUnreadable { reason, .. } if reason == "r2 still down"),
             "{err:?}"
         );
 

@@ -57,6 +57,7 @@ impl Trace {
             rows = tracing::field::Empty,
             written = tracing::field::Empty,
             waited_ms = tracing::field::Empty,
+            waited_for = tracing::field::Empty,
             attempt = tracing::field::Empty,
             elapsed_ms = tracing::field::Empty,
             error = tracing::field::Empty,
@@ -65,11 +66,13 @@ impl Trace {
         Self::default()
     }
 
-    /// Records how long the batch waited on health signals before it ran.
-    pub(crate) fn waited(&self, d: std::time::Duration) {
+    /// Records how long the batch waited on health signals before it ran,
+    /// and why (`reasons`: the waits, as they display).
+    pub(crate) fn waited(&self, d: std::time::Duration, reasons: &str) {
         #[cfg(feature = "tracing")]
         if let (Some(span), false) = (&self.span, d.is_zero()) {
             span.record("waited_ms", d.as_secs_f64() * 1000.0);
+            span.record("waited_for", reasons);
         }
     }
 

@@ -74,12 +74,22 @@ pub enum Statement {
 pub(crate) fn postgres(kind: Kind, replica: bool) -> Result<Statement, Unread> {
     Ok(match (kind, replica) {
         (Kind::ReplicaLag, false) => Statement::Values {
+            // `replay_lag` is NULL on a standby that has nothing left to
+            // replay and on one whose lag is not measured yet (just
+            // connected, catching up): only the first reads 0. A physical
+            // slot no standby uses is a standby gone.
             sql: "SELECT coalesce(nullif(application_name, ''), host(client_addr), 'pid ' || pid) AS source, \
-                  CASE WHEN state IS NULL THEN NULL \
-                  ELSE coalesce(extract(epoch FROM replay_lag), 0)::float8 END AS value, \
+                  CASE WHEN replay_lag IS NOT NULL THEN extract(epoch FROM replay_lag)::float8 \
+                  WHEN state = 'streaming' AND replay_lsn >= pg_current_wal_lsn() THEN 0::float8 END AS value, \
                   CASE WHEN state IS NULL THEN 'pg_stat_replication hides this standby from the role \
-                  (grant it pg_monitor)' END AS note \
-                  FROM pg_stat_replication",
+                  (grant it pg_monitor)' \
+                  WHEN replay_lag IS NULL AND (state IS DISTINCT FROM 'streaming' OR replay_lsn IS NULL \
+                  OR replay_lsn < pg_current_wal_lsn()) \
+                  THEN 'its lag is not measured yet (state ' || coalesce(state, '?') || ')' END AS note \
+                  FROM pg_stat_replication \
+                  UNION ALL SELECT slot_name::text, NULL::float8, \
+                  'replication slot ' || slot_name || ' is inactive: its standby is disconnected' \
+                  FROM pg_replication_slots WHERE slot_type = 'physical' AND NOT active",
             table: false,
             empty: "no standby is connected to this server (pg_stat_replication is empty)",
         },
@@ -88,16 +98,23 @@ pub(crate) fn postgres(kind: Kind, replica: bool) -> Result<Statement, Unread> {
                   pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::float8 AS value, \
                   CASE WHEN state IS NULL THEN 'pg_stat_replication hides this standby from the role \
                   (grant it pg_monitor)' WHEN replay_lsn IS NULL THEN 'the standby reports no replay position' END AS note \
-                  FROM pg_stat_replication",
+                  FROM pg_stat_replication \
+                  UNION ALL SELECT slot_name::text, NULL::float8, \
+                  'replication slot ' || slot_name || ' is inactive: its standby is disconnected' \
+                  FROM pg_replication_slots WHERE slot_type = 'physical' AND NOT active",
             table: false,
             empty: "no standby is connected to this server (pg_stat_replication is empty)",
         },
         (Kind::ReplicaLag, true) => Statement::Values {
+            // A standby whose WAL receiver is not streaming replays all it
+            // received and then reads 0 while its primary moves on.
             sql: "SELECT coalesce(host(inet_server_addr()) || ':' || inet_server_port(), 'standby') AS source, \
                   CASE WHEN NOT pg_is_in_recovery() THEN NULL \
                   WHEN pg_last_wal_receive_lsn() IS NOT DISTINCT FROM pg_last_wal_replay_lsn() THEN 0 \
                   ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp()) END::float8 AS value, \
                   CASE WHEN NOT pg_is_in_recovery() THEN 'this server is not a standby' \
+                  WHEN NOT EXISTS (SELECT 1 FROM pg_stat_wal_receiver WHERE status = 'streaming') \
+                  THEN 'its WAL receiver is not streaming from the primary' \
                   WHEN pg_last_wal_receive_lsn() IS DISTINCT FROM pg_last_wal_replay_lsn() \
                   AND pg_last_xact_replay_timestamp() IS NULL THEN 'the standby has replayed no transaction yet' END AS note",
             table: false,
@@ -106,16 +123,23 @@ pub(crate) fn postgres(kind: Kind, replica: bool) -> Result<Statement, Unread> {
         (Kind::ReplicaLagBytes, true) => Statement::Values {
             sql: "SELECT coalesce(host(inet_server_addr()) || ':' || inet_server_port(), 'standby') AS source, \
                   pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::float8 AS value, \
-                  CASE WHEN NOT pg_is_in_recovery() THEN 'this server is not a standby' END AS note",
+                  CASE WHEN NOT pg_is_in_recovery() THEN 'this server is not a standby' \
+                  WHEN NOT EXISTS (SELECT 1 FROM pg_stat_wal_receiver WHERE status = 'streaming') \
+                  THEN 'its WAL receiver is not streaming from the primary' END AS note",
             table: false,
             empty: "",
         },
         (Kind::Autovacuum, false) => Statement::Values {
+            // Without pg_read_all_stats, the progress rows of autovacuum
+            // workers (the bootstrap superuser's) hide their table.
             sql: "SELECT 'source' AS source, count(v.pid)::float8 AS value, \
-                  CASE WHEN to_regclass($1) IS NULL THEN 'no table ' || $1 END AS note \
+                  CASE WHEN to_regclass(quote_ident($1)) IS NULL THEN 'no table ' || quote_ident($1) \
+                  WHEN EXISTS (SELECT 1 FROM pg_stat_progress_vacuum WHERE relid IS NULL) \
+                  THEN 'pg_stat_progress_vacuum hides the tables of vacuums from the role \
+                  (grant it pg_read_all_stats)' END AS note \
                   FROM (SELECT 1) one LEFT JOIN (pg_stat_progress_vacuum v \
                   JOIN pg_stat_activity a ON a.pid = v.pid AND a.backend_type = 'autovacuum worker') \
-                  ON v.relid = to_regclass($1)",
+                  ON v.relid = to_regclass(quote_ident($1))",
             table: true,
             empty: "",
         },
@@ -153,7 +177,10 @@ pub(crate) fn mysql(kind: Kind, replica: bool) -> Result<Statement, Unread> {
         }
         (Kind::ThreadsRunning, _) => Statement::Status("SHOW GLOBAL STATUS LIKE 'Threads_running'"),
         (Kind::HistoryListLength, _) => Statement::Values {
-            sql: "SELECT 'source' AS source, CAST(`COUNT` AS DOUBLE) AS value, NULL AS note \
+            sql: "SELECT 'source' AS source, CAST(`COUNT` AS DOUBLE) AS value, \
+                  CASE WHEN TIME_ENABLED IS NULL OR TIME_DISABLED >= TIME_ENABLED \
+                  THEN 'the InnoDB counter trx_rseg_history_len is disabled \
+                  (SET GLOBAL innodb_monitor_enable = ''trx_rseg_history_len'')' END AS note \
                   FROM information_schema.INNODB_METRICS WHERE NAME = 'trx_rseg_history_len'",
             table: false,
             empty: "information_schema.INNODB_METRICS has no trx_rseg_history_len",
@@ -209,7 +236,10 @@ pub(crate) fn heartbeat_sql(table: &str) -> String {
     format!(
         "SELECT 'source' AS source, CAST(TIMESTAMPDIFF(MICROSECOND, \
          CAST(REPLACE(MAX(ts), 'T', ' ') AS DATETIME(6)), UTC_TIMESTAMP(6)) AS DOUBLE) / 1000000 AS value, \
-         CASE WHEN MAX(ts) IS NULL THEN 'the heartbeat table is empty' END AS note FROM {table}"
+         CASE WHEN MAX(ts) IS NULL THEN 'the heartbeat table is empty' \
+         WHEN TIMESTAMPDIFF(MICROSECOND, CAST(REPLACE(MAX(ts), 'T', ' ') AS DATETIME(6)), UTC_TIMESTAMP(6)) < -1000000 \
+         THEN 'its newest heartbeat is in the future: is it written in UTC (pt-heartbeat --utc)?' END AS note \
+         FROM {table}"
     )
 }
 

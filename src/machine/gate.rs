@@ -17,6 +17,7 @@ pub(crate) const DEFAULT_UNREADABLE_LIMIT: Duration = Duration::from_secs(60);
 /// One signal's wait, open until a reading lets the job go on.
 #[derive(Debug)]
 struct Episode {
+    signal: String,
     since: Instant,
     reading: Option<Reading>,
     error: Option<String>,
@@ -31,10 +32,11 @@ pub(crate) struct Gate {
     limit: Duration,
     /// The last probe that let the job go on.
     clear_at: Option<Instant>,
-    /// Signals unreadable since.
-    unreadable: BTreeMap<String, Instant>,
-    /// Signals that say wait.
-    open: BTreeMap<String, Episode>,
+    /// Signals (by their place in the job's list: two signals may share a
+    /// name) unreadable since.
+    unreadable: BTreeMap<usize, Instant>,
+    /// Signals (by place) that say wait.
+    open: BTreeMap<usize, Episode>,
     /// The first probe of the current wait.
     waiting_since: Option<Instant>,
     /// The waits closed so far.
@@ -72,7 +74,8 @@ impl Gate {
                 .is_none_or(|t| now.saturating_duration_since(t) >= self.interval)
     }
 
-    /// Judges the signals as read at `now`, before batch `batch`: `None`,
+    /// Judges the signals as read at `now` (one outcome per signal, in the
+    /// job's order), before batch `batch`: `None`,
     /// go on; `Some(d)`, wait `d` and read them again. A signal that is not
     /// available, or unreadable for the whole limit, stops the job.
     pub(crate) fn probed(
@@ -82,13 +85,13 @@ impl Gate {
         batch: u64,
     ) -> Result<Option<Duration>, Error> {
         let mut wait = false;
-        for Outcome { signal, read } in outcomes {
+        for (i, Outcome { signal, read }) in outcomes.into_iter().enumerate() {
             match read {
                 Err(Unread::Unsupported(reason)) => {
                     return Err(Error::HealthUnsupported { signal, reason });
                 }
                 Err(Unread::Failed(reason)) => {
-                    let since = *self.unreadable.entry(signal.clone()).or_insert(now);
+                    let since = *self.unreadable.entry(i).or_insert(now);
                     let unread_for = now.saturating_duration_since(since);
                     if unread_for >= self.limit {
                         return Err(Error::HealthUnreadable {
@@ -98,7 +101,8 @@ impl Gate {
                         });
                     }
                     crate::trace::health_wait(&signal, batch, None, Some(&reason));
-                    let episode = self.open.entry(signal).or_insert(Episode {
+                    let episode = self.open.entry(i).or_insert(Episode {
+                        signal,
                         since: now,
                         reading: None,
                         error: None,
@@ -107,7 +111,7 @@ impl Gate {
                     wait = true;
                 }
                 Ok(readings) => {
-                    self.unreadable.remove(&signal);
+                    self.unreadable.remove(&i);
                     let worst = readings
                         .into_iter()
                         .filter(Reading::is_over)
@@ -115,7 +119,8 @@ impl Gate {
                     match worst {
                         Some(r) => {
                             crate::trace::health_wait(&signal, batch, Some(&r), None);
-                            let episode = self.open.entry(signal).or_insert(Episode {
+                            let episode = self.open.entry(i).or_insert(Episode {
+                                signal,
                                 since: now,
                                 reading: None,
                                 error: None,
@@ -129,7 +134,7 @@ impl Gate {
                             }
                             wait = true;
                         }
-                        None => self.close(&signal, now, batch),
+                        None => self.close(i, now, batch),
                     }
                 }
             }
@@ -147,10 +152,10 @@ impl Gate {
         Ok(None)
     }
 
-    fn close(&mut self, signal: &str, now: Instant, batch: u64) {
-        if let Some(e) = self.open.remove(signal) {
+    fn close(&mut self, i: usize, now: Instant, batch: u64) {
+        if let Some(e) = self.open.remove(&i) {
             self.closed.push(HealthWait {
-                signal: signal.to_string(),
+                signal: e.signal,
                 batch,
                 waited: now.saturating_duration_since(e.since),
                 reading: e.reading,
@@ -162,9 +167,9 @@ impl Gate {
     /// The job ends (cancelled while it waited, or stopped): the open waits
     /// are closed at `now`.
     pub(crate) fn close_all(&mut self, now: Instant, batch: u64) {
-        let open: Vec<String> = self.open.keys().cloned().collect();
-        for signal in open {
-            self.close(&signal, now, batch);
+        let open: Vec<usize> = self.open.keys().copied().collect();
+        for i in open {
+            self.close(i, now, batch);
         }
         if let Some(since) = self.waiting_since.take() {
             let d = now.saturating_duration_since(since);

@@ -341,7 +341,11 @@ mod pg {
             .collect();
         // before the first batch only: the batches take less than the interval
         assert_eq!(reads.len(), 2, "{reads:#?}");
-        assert!(reads[0].contains("to_regclass($1)"), "{}", reads[0]);
+        assert!(
+            reads[0].contains("to_regclass(quote_ident($1))"),
+            "{}",
+            reads[0]
+        );
         assert!(
             reads[1].contains("pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)"),
             "{}",
@@ -386,6 +390,51 @@ mod pg {
             ("source", 0.0)
         );
         assert!(dry.to_string().contains("replica_lag: "), "{dry}");
+        assert_eq!(counter_rows(&mut conn), at(1, ROWS, 0));
+    }
+
+    /// A physical replication slot, dropped on drop.
+    struct Slot(PgConnection, String);
+    impl Drop for Slot {
+        fn drop(&mut self) {
+            let _ = diesel::sql_query(format!("SELECT pg_drop_replication_slot('{}')", self.1))
+                .execute(&mut self.0);
+        }
+    }
+
+    #[test]
+    fn a_standby_gone_from_its_slot_is_unreadable_not_healthy() {
+        let _serial = serial();
+        let db = Replicated::new();
+        let mut conn = db.connect();
+        let name = unique_name("gone");
+        let mut admin = db.connect();
+        diesel::sql_query(format!(
+            "SELECT pg_create_physical_replication_slot('{name}')"
+        ))
+        .execute(&mut admin)
+        .unwrap();
+        let _slot = Slot(admin, name.clone());
+        let err = counters::table
+            .chunked_by(counters::id)
+            .batch_size(BATCH)
+            .health_interval(Duration::from_millis(100))
+            .unreadable_limit(Duration::from_millis(500))
+            .throttle_on(health::replica_lag(Duration::from_secs(5)))
+            .update_all(&mut conn, counters::n.eq(counters::n + 1))
+            .unwrap_err();
+        match &err {
+            Error::HealthUnreadable { signal, reason, .. } => {
+                assert_eq!(signal, "replica_lag");
+                assert_eq!(
+                    reason,
+                    &format!(
+                        "{name}: replication slot {name} is inactive: its standby is disconnected"
+                    )
+                );
+            }
+            other => panic!("{other:?}"),
+        }
         assert_eq!(counter_rows(&mut conn), at(1, ROWS, 0));
     }
 

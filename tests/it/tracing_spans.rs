@@ -184,6 +184,8 @@ backend_tests! {
         assert_eq!(spans.len(), 1, "{spans:#?}");
         let waited: f64 = field(&spans[0], "waited_ms").parse().unwrap();
         assert!(waited >= 40.0, "two waits of 20 ms at least: {waited}");
+        let reason = field(&spans[0], "waited_for");
+        assert!(reason.starts_with("queue: jobs: 50 > 10, waited "), "{reason}");
         assert_eq!(report.waits.len(), 1);
     }
 
