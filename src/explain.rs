@@ -184,6 +184,147 @@ impl fmt::Display for DryRun {
     }
 }
 
+/// The steps of [`Chunked::dry_run`] around its statements, for both
+/// drivers: what it found so far.
+pub(crate) struct DryRunSteps {
+    dry: DryRun,
+    batch: u64,
+    checkpoint: Option<crate::checkpoint::Checkpoint>,
+}
+
+impl DryRunSteps {
+    /// The steps of a dry run of `chunked` whose checkpoint row (if any) is
+    /// `checkpoint`; with the signals to read and the job's table. Its plan
+    /// and estimate are set as they are read.
+    pub(crate) fn new<Q, K: Key>(
+        chunked: &Chunked<Q, K>,
+        checkpoint: Option<crate::checkpoint::Checkpoint>,
+    ) -> (Self, Vec<crate::health::Health>, String) {
+        let batch = chunked.config().batch_size.max(1);
+        let table = chunked
+            .key
+            .names()
+            .first()
+            .map(|(t, _)| t.to_string())
+            .unwrap_or_default();
+        let dry = DryRun {
+            resumes_after: None,
+            checkpoint_done: false,
+            first_batch: String::new(),
+            later_batch: None,
+            first_keys: None,
+            explain: Explain {
+                plan: String::new(),
+                verdict: Verdict::Unrecognized,
+                index: None,
+                suggestion: None,
+                order_columns: K::ARITY,
+            },
+            estimated_rows: 0,
+            estimated_batches: 0,
+            signals: Vec::new(),
+        };
+        let mut steps = Self {
+            dry,
+            batch,
+            checkpoint: None,
+        };
+        steps.set_checkpoint(checkpoint);
+        (steps, chunked.write.health.clone(), table)
+    }
+
+    /// The job's checkpoint row, as read.
+    pub(crate) fn set_checkpoint(&mut self, row: Option<crate::checkpoint::Checkpoint>) {
+        self.dry.checkpoint_done = row.as_ref().is_some_and(|c| c.done);
+        self.checkpoint = row;
+    }
+
+    /// The estimated rows.
+    pub(crate) fn set_estimate(&mut self, rows: u64) {
+        self.dry.estimated_rows = rows;
+        self.dry.estimated_batches = rows.div_ceil(self.batch);
+    }
+
+    /// Starts the query where the checkpoint would resume.
+    pub(crate) fn resume<B, K: Key>(&mut self, query: &mut SeekQuery<B, K>) -> Result<(), Error>
+    where
+        K::Value: serde::de::DeserializeOwned,
+    {
+        let Some(c) = &self.checkpoint else {
+            return Ok(());
+        };
+        let Some(json) = c.last_key.as_deref() else {
+            return Ok(());
+        };
+        let key = serde_json::from_str::<crate::StoredKey<K::Value>>(json).map_err(|e| {
+            Error::CheckpointMismatch {
+                name: c.name.clone(),
+                stored: format!("{} (last key {json}: {e})", c.key_type),
+                expected: std::any::type_name::<K::Value>().to_string(),
+            }
+        })?;
+        self.dry.resumes_after = Some(format!("{:?}", key.value));
+        query.set_after(Some(key));
+        Ok(())
+    }
+
+    /// The first batch's keys, as loaded (a batch and its look-ahead row):
+    /// true when a second batch follows, the query then starting after the
+    /// first.
+    pub(crate) fn keys<B, K: Key, T, L: LoadedRow<K::Value, T>>(
+        &mut self,
+        query: &mut SeekQuery<B, K>,
+        keys: QueryResult<Vec<L>>,
+    ) -> Result<bool, Error> {
+        let keys = keys.map_err(failed("reading the first batch's keys"))?;
+        let more = keys.len() as u64 > self.batch;
+        let in_batch: Vec<_> = keys.into_iter().take(self.batch as usize).collect();
+        let (Some(first), Some(last)) = (in_batch.first(), in_batch.last()) else {
+            return Ok(false);
+        };
+        self.dry.first_keys = Some((
+            format!("{:?}", first.key().value),
+            format!("{:?}", last.key().value),
+        ));
+        if more {
+            query.set_after(Some(last.key().clone()));
+        }
+        Ok(more)
+    }
+
+    /// Signal `h` as read.
+    pub(crate) fn signal(
+        &mut self,
+        h: &crate::health::Health,
+        read: Result<Vec<crate::health::Reading>, crate::health::Unread>,
+    ) {
+        self.dry.signals.push(crate::health::SignalReading {
+            signal: h.name(),
+            readings: read.map_err(|e| match e {
+                crate::health::Unread::Failed(why) => why,
+                crate::health::Unread::Unsupported(why) => format!("not available: {why}"),
+            }),
+        });
+    }
+
+    pub(crate) fn finish(self) -> DryRun {
+        self.dry
+    }
+}
+
+impl std::ops::Deref for DryRunSteps {
+    type Target = DryRun;
+    fn deref(&self) -> &DryRun {
+        &self.dry
+    }
+}
+
+impl std::ops::DerefMut for DryRunSteps {
+    fn deref_mut(&mut self) -> &mut DryRun {
+        &mut self.dry
+    }
+}
+
 impl fmt::Display for Explain {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.verdict)?;
@@ -697,8 +838,6 @@ impl<Q, K: Key> Chunked<Q, K> {
     {
         let explain = self.clone().explain(conn)?;
         let estimated_rows = self.clone().estimate_total(conn)?;
-        let batch = self.config().batch_size.max(1);
-        let signals = self.write.health.clone();
         let checkpoint = match self.write.checkpoint.as_deref() {
             Some(name) => match crate::checkpoint::status(conn, name) {
                 Ok(row) => row,
@@ -707,12 +846,9 @@ impl<Q, K: Key> Chunked<Q, K> {
             },
             None => None,
         };
-        let table = self
-            .key
-            .names()
-            .first()
-            .map(|(t, _)| *t)
-            .unwrap_or_default();
+        let (mut dry, signals, table) = DryRunSteps::new(&self, checkpoint);
+        dry.explain = explain;
+        dry.set_estimate(estimated_rows);
         let (mut query, mut steps) = self.explain_parts::<C::Backend>()?;
         let sets = steps
             .prefix_table::<C::Backend>()
@@ -721,71 +857,22 @@ impl<Q, K: Key> Chunked<Q, K> {
             steps.order_by_prefix(&mut query, sets)?;
         }
         let limit = steps.limit();
-        let resumes_after = match checkpoint.as_ref().and_then(|c| c.last_key.as_deref()) {
-            Some(json) => {
-                let key =
-                    serde_json::from_str::<crate::StoredKey<K::Value>>(json).map_err(|e| {
-                        Error::CheckpointMismatch {
-                            name: checkpoint
-                                .as_ref()
-                                .map(|c| c.name.clone())
-                                .unwrap_or_default(),
-                            stored: format!("last key {json}: {e}"),
-                            expected: std::any::type_name::<K::Value>().to_string(),
-                        }
-                    })?;
-                let shown = format!("{:?}", key.value);
-                query.set_after(Some(key));
-                Some(shown)
-            }
-            None => None,
-        };
-        let first_batch = crate::write::debug_sql::<C::Backend, _>(&query.batch(limit));
-        let keys = KeyRows
-            .load(&query, conn, limit)
-            .map_err(failed("reading the first batch's keys"))?;
-        let in_batch = &keys[..keys.len().min(batch as usize)];
-        let first_keys = match (in_batch.first(), in_batch.last()) {
-            (Some(a), Some(b)) => Some((
-                format!("{:?}", a.key().value),
-                format!("{:?}", b.key().value),
-            )),
-            _ => None,
-        };
-        let later_batch = match (keys.len() as u64 > batch, in_batch.last()) {
-            (true, Some(last)) => {
-                query.set_after(Some(last.key().clone()));
-                Some(crate::write::debug_sql::<C::Backend, _>(
-                    &query.batch(limit),
-                ))
-            }
-            _ => None,
-        };
-        let signals = signals
-            .iter()
-            .map(|h| crate::health::SignalReading {
-                signal: h.name(),
-                readings: match h.on_job_source() {
-                    Some(kind) => conn.read_health(kind, h.limit, table, None),
-                    None => h.read_elsewhere(),
-                }
-                .map_err(|e| match e {
-                    crate::health::Unread::Failed(why) => why,
-                    crate::health::Unread::Unsupported(why) => format!("not available: {why}"),
-                }),
-            })
-            .collect();
-        Ok(DryRun {
-            checkpoint_done: checkpoint.as_ref().is_some_and(|c| c.done),
-            resumes_after,
-            first_batch,
-            later_batch,
-            first_keys,
-            explain,
-            estimated_rows,
-            estimated_batches: estimated_rows.div_ceil(batch),
-            signals,
-        })
+        dry.resume(&mut query)?;
+        dry.first_batch = crate::write::debug_sql::<C::Backend, _>(&query.batch(limit));
+        let keys = KeyRows.load(&query, conn, limit);
+        if dry.keys(&mut query, keys)? {
+            dry.later_batch = Some(crate::write::debug_sql::<C::Backend, _>(
+                &query.batch(limit),
+            ));
+        }
+        for h in &signals {
+            let read = match h.on_job_source() {
+                Some(kind) => conn.read_health(kind, h.limit, &table, None),
+                None => h.read_elsewhere(),
+            };
+            dry.signal(h, read);
+        }
+        Ok(dry.finish())
     }
 
     /// The key-only statement [`explain`](Self::explain) runs under

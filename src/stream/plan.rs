@@ -18,8 +18,10 @@ use super::check::AsyncSchema;
 use super::{AsyncKeyCheck, AsyncRows};
 use crate::backend::KeysetBackend;
 use crate::builder::{Chunked, PlanInner};
+use crate::checkpoint::AsyncCheckpointConnection;
 use crate::error::Error;
-use crate::explain::{Explain, ExplainSteps};
+use crate::explain::{DryRun, DryRunSteps, Explain, ExplainSteps};
+use crate::health::Unread;
 use crate::key::Key;
 use crate::key::KeySql;
 use crate::plan::sample::{
@@ -28,9 +30,11 @@ use crate::plan::sample::{
 };
 use crate::plan::PreparePlan;
 use crate::plan::{self, CountQuery, KeyColumns, Partition, PartitionQuery, PartitionRow};
+use crate::query::Batch;
 use crate::query::{PrepareKeys, SeekQuery};
 use crate::rows::KeyRows;
 use crate::stored::StoredKey;
+use crate::write::debug_sql;
 use diesel::query_builder::SqlQuery;
 use diesel::query_dsl::methods::FilterDsl;
 
@@ -228,6 +232,149 @@ impl<Q, K: Key> Chunked<Q, K> {
             Err(e) => Box::pin(std::future::ready(Err(e))),
         }
     }
+
+    /// [`dry_run`](Self::dry_run) on an async connection: the same reads
+    /// and findings; signals read on replicas or of your own are read on
+    /// tokio's blocking pool.
+    ///
+    /// ```
+    /// # include!("../../tests/doc/setup.rs");
+    /// use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
+    /// use diesel_async::AsyncConnection;
+    /// use diesel_chunked_iterator::prelude::*;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let rt = tokio::runtime::Runtime::new()?;
+    /// # rt.block_on(async {
+    /// # let path = std::env::temp_dir().join(format!("doc-dry-{}.db", std::process::id()));
+    /// # let url = path.to_string_lossy().into_owned();
+    /// # { let mut c = SqliteConnection::establish(&url)?; fill(&mut c); }
+    /// let mut conn = SyncConnectionWrapper::<SqliteConnection>::establish(&url).await?;
+    /// let dry = posts::table.chunked_by(posts::id).batch_size(2).dry_run_async(&mut conn).await?;
+    /// assert_eq!(dry.first_keys, Some(("1".into(), "2".into())));
+    /// assert_eq!((dry.estimated_rows, dry.estimated_batches), (5, 3));
+    /// # drop(conn); std::fs::remove_file(&path)?;
+    /// # Ok::<_, Box<dyn std::error::Error>>(()) })?;
+    /// # Ok(()) }
+    /// ```
+    pub fn dry_run_async<'a, 'c, C>(self, conn: &'c mut C) -> BoxFuture<'c, Result<DryRun, Error>>
+    where
+        'a: 'c,
+        Q: Clone + Send + 'c,
+        C: AsyncCheckpointConnection + AsyncKeyCheck,
+        C::Backend: KeysetBackend + Default,
+        <C::Backend as Backend>::QueryBuilder: Default,
+        K: Send + Sync + 'c,
+        K::Value: Send + Sync + serde::de::DeserializeOwned,
+        K::Selection: QueryFragment<C::Backend>,
+        Q: PrepareKeys<'a, K, C::Backend>,
+        <Q as PrepareKeys<'a, K, C::Backend>>::Base: Send + 'c,
+        KeyRows: AsyncRows<C, <Q as PrepareKeys<'a, K, C::Backend>>::Base, K>,
+        for<'q> Batch<'q, <Q as PrepareKeys<'a, K, C::Backend>>::Base, K>:
+            QueryFragment<C::Backend>,
+        Q: PreparePlan<'a, K, KeyColumns<K>, C::Backend>,
+        CountQuery<PlanInner<'a, Q, K, KeyColumns<K>, C::Backend>>:
+            LoadQuery<'c, C, String> + Send + 'c,
+    {
+        let name = self.write.checkpoint.clone();
+        let (dry, signals, table) = DryRunSteps::new(&self, None);
+        let explained = self.clone().explain_parts::<C::Backend>();
+        let counted = self.clone().count_statement::<C::Backend>();
+        let parts = self.explain_parts::<C::Backend>();
+        match (explained, counted, parts) {
+            (Ok(explained), Ok(counted), Ok(parts)) => {
+                let job = DryJob {
+                    dry,
+                    signals,
+                    table,
+                    name,
+                };
+                dry_run_on(job, explained, counted, parts, conn)
+            }
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+                Box::pin(std::future::ready(Err(e)))
+            }
+        }
+    }
+}
+
+/// What [`Chunked::dry_run_async`] knows before its first statement.
+struct DryJob {
+    dry: DryRunSteps,
+    signals: Vec<crate::health::Health>,
+    table: String,
+    name: Option<String>,
+}
+
+/// The statements of [`Chunked::dry_run_async`]: the plan, the count, the
+/// checkpoint row, the first batch's keys, the signals.
+fn dry_run_on<'c, C, B, K, S>(
+    job: DryJob,
+    (explained, steps): (SeekQuery<B, K>, ExplainSteps),
+    (count, cap): (S, Option<u64>),
+    (mut query, mut steps2): (SeekQuery<B, K>, ExplainSteps),
+    conn: &'c mut C,
+) -> BoxFuture<'c, Result<DryRun, Error>>
+where
+    C: AsyncCheckpointConnection + AsyncKeyCheck,
+    C::Backend: KeysetBackend + Default,
+    <C::Backend as Backend>::QueryBuilder: Default,
+    B: Send + 'c,
+    K: Key + Send + 'c,
+    K::Value: Send + Sync + serde::de::DeserializeOwned,
+    KeyRows: AsyncRows<C, B, K>,
+    for<'q> Batch<'q, B, K>: QueryFragment<C::Backend>,
+    S: LoadQuery<'c, C, String> + Send + 'c,
+{
+    Box::pin(async move {
+        let DryJob {
+            mut dry,
+            signals,
+            table,
+            name,
+        } = job;
+        dry.explain = explain_on(explained, steps, &mut *conn).await?;
+        let counted = RunQueryDsl::get_result(count, &mut *conn).await;
+        dry.set_estimate(plan::estimate::<C::Backend>(counted, cap)?);
+        if let Some(name) = name {
+            crate::checkpoint::check_name(&name)?;
+            match conn.read_checkpoint(&name).await {
+                Ok(row) => dry.set_checkpoint(row),
+                Err(e) => match crate::checkpoint::statement_error("reading a checkpoint", e) {
+                    Error::CheckpointTableMissing { .. } => {}
+                    e => return Err(e),
+                },
+            }
+        }
+        let sets = match steps2.prefix_table::<C::Backend>() {
+            Some((schema, t)) => Some(conn.unique_column_sets_in(schema, t).await),
+            None => None,
+        };
+        if let Some(sets) = sets {
+            steps2.order_by_prefix(&mut query, sets)?;
+        }
+        let limit = steps2.limit();
+        dry.resume(&mut query)?;
+        dry.first_batch = debug_sql::<C::Backend, _>(&query.batch(limit));
+        let keys = KeyRows.load_async(&mut query, &mut *conn, limit).await;
+        if dry.keys(&mut query, keys)? {
+            dry.later_batch = Some(debug_sql::<C::Backend, _>(&query.batch(limit)));
+        }
+        for h in &signals {
+            let read = match h.on_job_source() {
+                Some(kind) => conn.read_health(kind, h.limit, &table).await,
+                None => {
+                    let h = h.clone();
+                    tokio::task::spawn_blocking(move || h.read_elsewhere())
+                        .await
+                        .unwrap_or_else(|e| {
+                            Err(Unread::Failed(format!("the signal's read failed: {e}")))
+                        })
+                }
+            };
+            dry.signal(h, read);
+        }
+        Ok(dry.finish())
+    })
 }
 
 /// The statements of [`Chunked::explain_async`] on a prepared key query.

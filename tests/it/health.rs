@@ -438,6 +438,40 @@ mod pg {
         assert_eq!(counter_rows(&mut conn), at(1, ROWS, 0));
     }
 
+    #[cfg(feature = "async")]
+    #[test]
+    fn an_async_dry_run_finds_what_the_blocking_one_does() {
+        use diesel_async::{AsyncConnection, AsyncPgConnection};
+        let _serial = serial();
+        let db = Replicated::new();
+        let mut conn = db.connect();
+        diesel_chunked_iterator::checkpoint::create_table(&mut conn).unwrap();
+        let job = || {
+            counters::table
+                .chunked_by(counters::id)
+                .batch_size(BATCH)
+                .checkpoint("dry-async")
+                .throttle_on(health::pg_autovacuum_on_table())
+        };
+        job()
+            .limit_total(20)
+            .update_all(&mut conn, counters::n.eq(counters::n + 1))
+            .unwrap();
+        let blocking = job().dry_run(&mut conn).unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let nonblocking = rt.block_on(async {
+            let mut aconn = AsyncPgConnection::establish(&db.url).await.unwrap();
+            job().dry_run_async(&mut aconn).await.unwrap()
+        });
+        assert_eq!(nonblocking, blocking);
+        assert_eq!(blocking.resumes_after.as_deref(), Some("20"));
+        assert_eq!(blocking.first_keys, Some(("21".into(), "30".into())));
+        assert_eq!(blocking.signals[0].readings.as_ref().unwrap()[0].value, 0.0);
+    }
+
     #[test]
     fn mysql_signals_are_refused_before_the_first_batch() {
         let _serial = serial();
