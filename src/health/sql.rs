@@ -261,6 +261,33 @@ pub(crate) fn quote_table(name: &str) -> Result<String, String> {
     Ok(quoted.join("."))
 }
 
+/// A row of MySQL 8.4's `SHOW REPLICA STATUS`.
+#[derive(Debug, QueryableByName)]
+pub struct SourceReplicaRow {
+    #[diesel(sql_type = Nullable<BigInt>, column_name = "Seconds_Behind_Source")]
+    behind: Option<i64>,
+    #[diesel(sql_type = Text, column_name = "Replica_IO_Running")]
+    io: String,
+    #[diesel(sql_type = Text, column_name = "Replica_SQL_Running")]
+    sql: String,
+    #[diesel(sql_type = Text, column_name = "Last_IO_Error")]
+    io_error: String,
+    #[diesel(sql_type = Text, column_name = "Last_SQL_Error")]
+    sql_error: String,
+}
+
+impl From<SourceReplicaRow> for ReplicaRow {
+    fn from(r: SourceReplicaRow) -> Self {
+        Self {
+            behind: r.behind,
+            io: r.io,
+            sql: r.sql,
+            io_error: r.io_error,
+            sql_error: r.sql_error,
+        }
+    }
+}
+
 /// The rows a [`Statement`] returned.
 #[derive(Debug)]
 pub enum Rows {
@@ -316,30 +343,33 @@ pub(crate) fn readings(
             None => failed(format!("{label}: the status variable is missing")),
         },
         Rows::Replica(rows) => {
-            let Some(r) = rows.first() else {
+            if rows.is_empty() {
                 return failed(format!(
                     "{label}: not a replica (SHOW SLAVE STATUS is empty)"
                 ));
-            };
-            match r.behind {
-                Some(s) => Ok(vec![reading(label, s as f64)]),
-                None => {
-                    let errors: Vec<&str> = [r.io_error.as_str(), r.sql_error.as_str()]
-                        .into_iter()
-                        .filter(|e| !e.is_empty())
-                        .collect();
-                    failed(format!(
-                        "{label}: replication is not running (Slave_IO_Running: {}, \
-                         Slave_SQL_Running: {}){}",
-                        r.io,
-                        r.sql,
-                        match errors.is_empty() {
-                            true => String::new(),
-                            false => format!(": {}", errors.join("; ")),
-                        }
-                    ))
-                }
             }
+            // every replication channel (a multi-source replica has several)
+            rows.iter()
+                .map(|r| match r.behind {
+                    Some(s) => Ok(reading(label, s as f64)),
+                    None => {
+                        let errors: Vec<&str> = [r.io_error.as_str(), r.sql_error.as_str()]
+                            .into_iter()
+                            .filter(|e| !e.is_empty())
+                            .collect();
+                        Err(Unread::Failed(format!(
+                            "{label}: replication is not running (Slave_IO_Running: {}, \
+                             Slave_SQL_Running: {}){}",
+                            r.io,
+                            r.sql,
+                            match errors.is_empty() {
+                                true => String::new(),
+                                false => format!(": {}", errors.join("; ")),
+                            }
+                        )))
+                    }
+                })
+                .collect()
         }
     }
 }
@@ -390,11 +420,21 @@ macro_rules! health_rows {
             Statement::Status(sql) => {
                 Rows::Status(diesel::sql_query(sql).load::<StatusRow>($conn) $($await)*?)
             }
-            Statement::ReplicaStatus => Rows::Replica(
-                diesel::sql_query("SHOW SLAVE STATUS")
-                    .load::<ReplicaRow>($conn)
-                    $($await)*?,
-            ),
+            // MySQL 8.4 has only `SHOW REPLICA STATUS`, whose columns are
+            // named after the source (MariaDB's keep the old names).
+            Statement::ReplicaStatus => match diesel::sql_query("SHOW SLAVE STATUS")
+                .load::<ReplicaRow>($conn)
+                $($await)*
+            {
+                Ok(rows) => Rows::Replica(rows),
+                Err(first) => match diesel::sql_query("SHOW REPLICA STATUS")
+                    .load::<SourceReplicaRow>($conn)
+                    $($await)*
+                {
+                    Ok(rows) => Rows::Replica(rows.into_iter().map(ReplicaRow::from).collect()),
+                    Err(_) => return Err(first),
+                },
+            },
             Statement::Heartbeat => Rows::Values(
                 diesel::sql_query(heartbeat_sql($table))
                     .load::<ValueRow>($conn)
