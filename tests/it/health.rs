@@ -205,18 +205,18 @@ mod pg {
         assert!(report.done);
         assert_eq!((report.rows, report.batches), (100, 10));
         // Between the lag crossing the limit and the replay's resumption no batch
-        // committed but the one that may have been running (one pause and one
-        // interval after the crossing at most).
+        // committed but the one that may have been running: the job held within
+        // one batch.
         let late: Vec<u64> = commits
             .0
             .lock()
             .unwrap()
             .iter()
-            .filter(|(_, t)| *t > crossed + Duration::from_millis(650) && *t < resumed)
+            .filter(|(_, t)| *t > crossed && *t < resumed)
             .map(|(b, _)| *b)
             .collect();
         assert!(
-            late.is_empty(),
+            late.len() <= 1,
             "batches {late:?} committed while the standby lagged"
         );
         assert!(
@@ -647,8 +647,9 @@ mod mysql {
         });
         assert_eq!(counter_rows(&mut conn), at(1, ROWS, 1));
         assert_eq!((report.rows, report.batches), (100, 10));
+        // at most the batch that was running when replication stopped
         let held: Vec<u64> = commits
-            .after(stopped + Duration::from_millis(300))
+            .after(stopped)
             .into_iter()
             .filter(|b| {
                 let t = commits
@@ -663,7 +664,7 @@ mod mysql {
             })
             .collect();
         assert!(
-            held.is_empty(),
+            held.len() <= 1,
             "batches {held:?} committed while replication was stopped"
         );
         let wait = the_one_wait(&report.waits, "replica_lag");
