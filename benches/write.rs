@@ -8,7 +8,8 @@
 //! ```
 //!
 //! Per backend, the table `counters` is filled once; then the methods run in rounds,
-//! alternating (big, batched 1000, batched 10000, batched 1000 with a checkpoint; again;
+//! alternating (big, batched 1000, batched 10000, batched 1000 with a checkpoint, the same
+//! with `async_commit()`; again;
 //! again), so that every ratio compares runs taken minutes apart at most. During each run a
 //! probe thread, on its own connection, updates one random row every few milliseconds and
 //! records how long each of its statements took. Results are merged into
@@ -138,28 +139,40 @@ struct Method {
     /// `None`: the one big `UPDATE`.
     batch: Option<u64>,
     checkpoint: bool,
+    /// `async_commit()` (with the checkpoint).
+    async_commit: bool,
 }
 
-const METHODS: [Method; 4] = [
+const METHODS: [Method; 5] = [
     Method {
         name: "big_update",
         batch: None,
         checkpoint: false,
+        async_commit: false,
     },
     Method {
         name: "chunked_1000",
         batch: Some(1000),
         checkpoint: false,
+        async_commit: false,
     },
     Method {
         name: "chunked_10000",
         batch: Some(10_000),
         checkpoint: false,
+        async_commit: false,
     },
     Method {
         name: "chunked_1000_checkpoint",
         batch: Some(1000),
         checkpoint: true,
+        async_commit: false,
+    },
+    Method {
+        name: "chunked_1000_checkpoint_async_commit",
+        batch: Some(1000),
+        checkpoint: true,
+        async_commit: true,
     },
 ];
 
@@ -182,6 +195,11 @@ macro_rules! write_all {
                 let job = counters::table.chunked_by(counters::id).batch_size(b);
                 let job = if m.checkpoint {
                     job.checkpoint(CHECKPOINT_NAME)
+                } else {
+                    job
+                };
+                let job = if m.async_commit {
+                    job.async_commit()
                 } else {
                     job
                 };
@@ -559,6 +577,9 @@ fn label(method: &str) -> &'static str {
         "chunked_1000" => "update_all, batch 1000",
         "chunked_10000" => "update_all, batch 10000",
         "chunked_1000_checkpoint" => "update_all, batch 1000, checkpoint",
+        "chunked_1000_checkpoint_async_commit" => {
+            "update_all, batch 1000, checkpoint, async_commit"
+        }
         _ => "?",
     }
 }

@@ -75,6 +75,12 @@ pub trait KeysetBackend: Backend + private::Sealed {
     /// (MySQL/MariaDB answer `MIN` from the index while optimizing the
     /// statement, about three times faster; SQLite would scan for it).
     const PROBES_BY_MIN_MAX: bool = false;
+    /// The statement that makes the current transaction's `COMMIT` return
+    /// before its log is flushed (see
+    /// [`async_commit`](crate::Chunked::async_commit)), where the backend can
+    /// do that for one transaction (PostgreSQL's `SET LOCAL
+    /// synchronous_commit = off`); `None` elsewhere.
+    const ASYNC_COMMIT: Option<&'static str> = None;
     /// Whether a batch of the scan's regular size writes its `LIMIT` as a
     /// literal instead of a bind parameter (PostgreSQL). With a parameter, the
     /// planner cannot see the limit in a generic plan, so it plans a cached
@@ -231,6 +237,7 @@ mod pg {
         const TID_SAMPLING: bool = true;
         const CHECKS_STRING_KEYS: bool = true;
         const LITERAL_LIMIT: bool = true;
+        const ASYNC_COMMIT: Option<&'static str> = Some("SET LOCAL synchronous_commit = off");
 
         fn bind_key<'b, ST, V>(value: &'b V, mut out: AstPass<'_, 'b, Self>) -> QueryResult<()>
         where

@@ -253,7 +253,10 @@ pub struct Checkpoint {
 /// in the [module docs](self).
 #[doc(hidden)]
 pub trait CheckpointConnection:
-    Connection + crate::unique::UniqueIndexes + crate::health::sql::ReadHealth
+    Connection
+    + crate::unique::UniqueIndexes
+    + crate::health::sql::ReadHealth
+    + crate::commit::RelaxCommit
 {
     /// Creates the table if it does not exist, and adds the column
     /// `query_fingerprint` to a table that lacks it.

@@ -504,6 +504,14 @@ pub enum Error {
         waited: std::time::Duration,
     },
 
+    /// [`async_commit`](crate::Chunked::async_commit) cannot be used as the
+    /// job is set up.
+    #[error("async_commit() cannot be used here: {reason}")]
+    AsyncCommit {
+        /// Why.
+        reason: String,
+    },
+
     /// A health signal of [`throttle_on`](crate::Chunked::throttle_on) does
     /// not exist on the job's backend (or where it was asked to be read):
     /// the job stopped before its first batch.

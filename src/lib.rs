@@ -5,6 +5,7 @@
 mod backend;
 mod builder;
 pub mod checkpoint;
+mod commit;
 mod control;
 mod dsl;
 mod engine;

@@ -353,6 +353,8 @@ pub(crate) struct WriteMachine<V> {
     planned: bool,
     /// How long the current batch waited on the signals.
     waited: Duration,
+    /// [`async_commit`](crate::Chunked::async_commit).
+    async_commit: bool,
 }
 
 /// Where a job is between two [`Step`]s.
@@ -486,6 +488,7 @@ impl<V: Clone + PartialEq + std::fmt::Debug> WriteMachine<V> {
             },
             planned: false,
             waited: Duration::ZERO,
+            async_commit: job.async_commit,
         }
     }
 
@@ -942,6 +945,12 @@ impl<V: Clone + PartialEq + std::fmt::Debug> WriteMachine<V> {
             self.plan = plan;
         }
         Ok(plan)
+    }
+
+    /// Whether each batch's `COMMIT` may return before its log is flushed
+    /// ([`async_commit`](crate::Chunked::async_commit)).
+    pub(crate) fn async_commit(&self) -> bool {
+        self.async_commit
     }
 
     /// The health signals a [`Step::Probe`] reads.

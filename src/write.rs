@@ -172,6 +172,8 @@ pub(crate) struct WriteConfig {
     pub(crate) health_interval: Option<Duration>,
     /// [`Chunked::unreadable_limit`].
     pub(crate) unreadable_limit: Option<Duration>,
+    /// [`Chunked::async_commit`].
+    pub(crate) async_commit: bool,
 }
 
 /// What a write job tells as it runs: an extension point whose methods do
@@ -409,6 +411,13 @@ where
     if let Some(name) = job.checkpoint.as_deref() {
         crate::checkpoint::check_name(name)?;
     }
+    if job.async_commit && job.checkpoint.is_none() {
+        return Err(Error::AsyncCommit {
+            reason: "it needs a checkpoint: a batch whose COMMIT a server crash loses must be \
+                     run again by the next run, which only a checkpoint (lost with it) tells"
+                .into(),
+        });
+    }
     let key_type = format!(
         "{} as {}",
         query.key().describe(),
@@ -456,6 +465,9 @@ where
     let mut sent = None;
     let ran = source.run(attempt > 1, |conn| {
         let result = conn.batch_transaction(|conn| -> Result<_, Abort> {
+            if m.async_commit() {
+                crate::commit::RelaxCommit::relax_commit(conn)?;
+            }
             if let Some(name) = name {
                 let row = match m.first_attempt() {
                     true => lock_waiting(conn, name),

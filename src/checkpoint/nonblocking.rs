@@ -15,7 +15,11 @@ use crate::stream::AsyncKeyCheck;
 /// connection. Implemented for `AsyncPgConnection`, `AsyncMysqlConnection`
 /// and `SyncConnectionWrapper<SqliteConnection>`.
 pub trait AsyncCheckpointConnection:
-    AsyncConnection + AsyncKeyCheck + crate::health::sql::AsyncReadHealth + 'static
+    AsyncConnection
+    + AsyncKeyCheck
+    + crate::health::sql::AsyncReadHealth
+    + crate::commit::AsyncRelaxCommit
+    + 'static
 {
     /// See [`CheckpointConnection::create_checkpoint_table`](super::CheckpointConnection::create_checkpoint_table).
     fn create_checkpoint_table(&mut self) -> BoxFuture<'_, QueryResult<()>>;

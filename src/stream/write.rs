@@ -296,6 +296,9 @@ where
         R: AsyncRows<C, B, K>,
         W: BatchWrite<C, R::Loaded, V>,
     {
+        if self.m.async_commit() {
+            crate::commit::AsyncRelaxCommit::relax_commit(c).await?;
+        }
         let name = self.m.checkpoint();
         if let Some(name) = name {
             let row = match self.m.first_attempt() {

@@ -192,3 +192,127 @@ fn scan_survives_server_restart_without_test_on_check_out() {
         Pool::builder().test_on_check_out(false),
     );
 }
+
+/// The postmaster of the server `conn` is connected to: the parent of its
+/// backend (the server runs on this machine).
+fn postmaster_pid(conn: &mut PgConnection) -> i32 {
+    #[derive(QueryableByName)]
+    struct Pid {
+        #[diesel(sql_type = diesel::sql_types::Integer)]
+        pid: i32,
+    }
+    let backend = diesel::sql_query("SELECT pg_backend_pid() AS pid")
+        .get_result::<Pid>(conn)
+        .unwrap()
+        .pid;
+    let stat = std::fs::read_to_string(format!("/proc/{backend}/stat"))
+        .unwrap_or_else(|e| panic!("the restart cluster must run on this machine: {e}"));
+    // pid (comm) state ppid ...
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    after.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Starts the cluster again after a crash: `PG_RESTART_COMMAND` with `start`
+/// for `restart`, tried until the orphaned backends are gone.
+fn start_after_crash() {
+    let mut cmd = restart_command();
+    if let Some(last) = cmd.last_mut() {
+        if last == "restart" {
+            *last = "start".to_string();
+        }
+    }
+    let started = Instant::now();
+    loop {
+        let ok = std::process::Command::new(&cmd[0])
+            .args(&cmd[1..])
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok && PgConnection::establish(&restart_url()).is_ok() {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{cmd:?} did not bring the server back"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// `async_commit()`: a server crash (SIGKILL of the postmaster) in the middle
+/// of a checkpointed job loses the last commits that were not flushed, their
+/// checkpoint advances with them, and the job run again writes every row
+/// exactly once.
+#[test]
+fn an_async_commit_job_is_exactly_once_across_a_server_crash() {
+    use crate::lost_commit::{at, counter_rows, counters, create_tables};
+    use diesel_chunked_iterator::{checkpoint, BatchStats};
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let schema = Schema::create();
+    let rows = 3000;
+    let mut conn = PgConnection::establish(&schema.url).unwrap();
+    create_tables(&mut conn, rows);
+    checkpoint::create_table(&mut conn).unwrap();
+    let log = QueryLog::install(&mut conn);
+    let postmaster = postmaster_pid(&mut conn);
+    let committed = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let seen = std::sync::Arc::clone(&committed);
+    let job = || {
+        counters::table
+            .chunked_by(counters::id)
+            .batch_size(50)
+            .checkpoint("crash")
+            .async_commit()
+    };
+    let err = job()
+        .throttle(move |stats: &BatchStats| {
+            seen.store(stats.batch, std::sync::atomic::Ordering::SeqCst);
+            if stats.batch == 20 {
+                // the server dies without flushing what it has not flushed
+                let status = std::process::Command::new("kill")
+                    .args(["-9", &postmaster.to_string()])
+                    .status()
+                    .unwrap();
+                assert!(status.success());
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            None
+        })
+        .update_all(&mut conn, counters::n.eq(counters::n + 1))
+        .unwrap_err();
+    eprintln!("the job after the crash: {err}");
+    let first: Vec<String> = log.all().into_iter().take(8).collect();
+    assert!(
+        first
+            .iter()
+            .any(|q| q.starts_with("SET LOCAL synchronous_commit = off")),
+        "{first:#?}"
+    );
+    drop(conn);
+    start_after_crash();
+    let mut conn = PgConnection::establish(&schema.url).unwrap();
+    let row = checkpoint::status(&mut conn, "crash").unwrap().unwrap();
+    let reported = committed.load(std::sync::atomic::Ordering::SeqCst);
+    eprintln!(
+        "committed before the crash: {reported} batches; after recovery the checkpoint has {}",
+        row.batches
+    );
+    assert!(row.batches <= reported && !row.done);
+    // what recovery kept is consistent with the checkpoint: rows up to its key once, none after
+    let kept = row.batches as i32 * 50;
+    assert_eq!(
+        counter_rows(&mut conn),
+        [at(1, kept, 1), at(kept + 1, rows, 0)].concat()
+    );
+    let rest = job()
+        .update_all(&mut conn, counters::n.eq(counters::n + 1))
+        .unwrap();
+    assert!(rest.done);
+    assert_eq!(rest.resumed_after, (kept > 0).then_some(kept));
+    assert_eq!(
+        counter_rows(&mut conn),
+        at(1, rows, 1),
+        "every row exactly once"
+    );
+    drop(conn);
+    drop(schema);
+}
