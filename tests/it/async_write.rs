@@ -54,6 +54,55 @@ macro_rules! async_write_tests {
                 Ok(())
             }
 
+            /// `async_commit()`: the same statements as the blocking job,
+            /// `SET LOCAL synchronous_commit = off` first in each batch on
+            /// PostgreSQL (nothing elsewhere), every row once.
+            #[tokio::test(flavor = "multi_thread")]
+            async fn async_commit_runs_the_blocking_statements() {
+                let (_db, mut sync, mut conn) = setup().await;
+                let job = || {
+                    counters::table
+                        .chunked_by(counters::id)
+                        .batch_size(BATCH)
+                        .checkpoint("fast")
+                        .async_commit()
+                };
+                let blocking = QueryLog::install(&mut sync);
+                job()
+                    .update_all(&mut sync, counters::n.eq(counters::n + 1))
+                    .unwrap();
+                let blocking = blocking.all();
+                diesel::RunQueryDsl::execute(
+                    diesel::sql_query("UPDATE counters SET n = 0"),
+                    &mut sync,
+                )
+                .unwrap();
+                checkpoint::reset(&mut sync, "fast").unwrap();
+                let log = crate::async_core::count_queries(&mut conn);
+                let report = job()
+                    .update_all(&mut conn, counters::n.eq(counters::n + 1))
+                    .await
+                    .unwrap();
+                assert_eq!((report.rows, report.batches, report.done), (100, 10, true));
+                assert_eq!(counter_rows(&mut sync), at(1, ROWS, 1));
+                let sql = |log: &[String]| -> Vec<String> {
+                    log.iter()
+                        .map(|q| q.split(" -- binds").next().unwrap().to_string())
+                        .collect()
+                };
+                assert_eq!(sql(&log.lock().unwrap()), sql(&blocking));
+                let relaxed = blocking
+                    .iter()
+                    .filter(|q| q.starts_with("SET LOCAL synchronous_commit = off"))
+                    .count();
+                let expected = if <B as TestBackend>::NAME == "postgres" {
+                    10
+                } else {
+                    0
+                };
+                assert_eq!(relaxed, expected, "{blocking:#?}");
+            }
+
             /// The async `update_all` runs exactly the blocking one's
             /// statements, and writes every row once.
             #[tokio::test(flavor = "multi_thread")]
