@@ -55,13 +55,16 @@
 //! | [`mysql_threads_running`] | not available | `SHOW GLOBAL STATUS LIKE 'Threads_running'` (the probe itself is one of them) |
 //! | [`mysql_history_list_length`] | not available | `information_schema.INNODB_METRICS`, `trx_rseg_history_len` (enabled by default; a disabled counter is unreadable) |
 //! | [`pg_autovacuum_on_table`] | autovacuum workers in `pg_stat_progress_vacuum` on the job's table (`to_regclass(quote_ident(<the table! name>))`, found on the connection's `search_path`); unreadable for a role without `pg_read_all_stats`, which sees no table in those rows | not available |
+//! | [`replica_lag`] with [`heartbeat`](Health::heartbeat) | not available | on each replica: `UTC_TIMESTAMP(6)` minus the newest `ts` of the heartbeat table; empty, or more than 1 s in the future, is unreadable |
 //!
 //! SQLite has none of them. `Seconds_Behind_Master` is the age of the event
 //! the replica's SQL thread is applying, by the primary's clock: it reads 0
 //! while the I/O thread itself is behind (a slow network, a stopped I/O thread
 //! reads as unreadable) and it is relative to the direct primary in a chain of
 //! replicas. Where that matters, measure lag with a heartbeat table
-//! (pt-heartbeat) and a [`Signal`] of your own.
+//! ([`Health::heartbeat`]: the age of the newest row pt-heartbeat writes on
+//! the primary, read on each replica; it keeps growing while replication is
+//! stopped and counts the time events wait in the relay log).
 //!
 //! # Signals of your own
 //!

@@ -223,8 +223,11 @@ fn start_after_crash() {
     }
     let started = Instant::now();
     loop {
+        // (it fails while the killed server's backends still hold its lock file)
         let ok = std::process::Command::new(&cmd[0])
             .args(&cmd[1..])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
             .status()
             .is_ok_and(|s| s.success());
         if ok && PgConnection::establish(&restart_url()).is_ok() {
