@@ -500,6 +500,16 @@ impl Health {
         }
     }
 
+    /// [`read_elsewhere`](Self::read_elsewhere) for an async job: on tokio's
+    /// blocking pool.
+    #[cfg(feature = "async")]
+    pub(crate) async fn read_elsewhere_async(&self) -> Result<Vec<Reading>, Unread> {
+        let h = self.clone();
+        tokio::task::spawn_blocking(move || h.read_elsewhere())
+            .await
+            .unwrap_or_else(|e| Err(Unread::Failed(format!("the signal's read failed: {e}"))))
+    }
+
     /// The built-in signal read on the job's source, if it is one.
     pub(crate) fn on_job_source(&self) -> Option<Kind> {
         match (&self.what, self.on.is_empty()) {

@@ -21,7 +21,6 @@ use crate::builder::{Chunked, PlanInner};
 use crate::checkpoint::AsyncCheckpointConnection;
 use crate::error::Error;
 use crate::explain::{DryRun, DryRunSteps, Explain, ExplainSteps};
-use crate::health::Unread;
 use crate::key::Key;
 use crate::key::KeySql;
 use crate::plan::sample::{
@@ -362,14 +361,7 @@ where
         for h in &signals {
             let read = match h.on_job_source() {
                 Some(kind) => conn.read_health(kind, h.limit, &table).await,
-                None => {
-                    let h = h.clone();
-                    tokio::task::spawn_blocking(move || h.read_elsewhere())
-                        .await
-                        .unwrap_or_else(|e| {
-                            Err(Unread::Failed(format!("the signal's read failed: {e}")))
-                        })
-                }
+                None => h.read_elsewhere_async().await,
             };
             dry.signal(h, read);
         }

@@ -150,14 +150,7 @@ where
                     .await
                     .unwrap_or_else(|e| Err(Unread::Failed(e.to_string())))
             }
-            None => {
-                let h = h.clone();
-                tokio::task::spawn_blocking(move || h.read_elsewhere())
-                    .await
-                    .unwrap_or_else(|e| {
-                        Err(Unread::Failed(format!("the signal's read failed: {e}")))
-                    })
-            }
+            None => h.read_elsewhere_async().await,
         };
         outcomes.push(Outcome {
             signal: h.name(),
