@@ -199,14 +199,8 @@ impl DryRunSteps {
     pub(crate) fn new<Q, K: Key>(
         chunked: &Chunked<Q, K>,
         checkpoint: Option<crate::checkpoint::Checkpoint>,
-    ) -> (Self, Vec<crate::health::Health>, String) {
+    ) -> (Self, crate::health::Signals) {
         let batch = chunked.config().batch_size.max(1);
-        let table = chunked
-            .key
-            .names()
-            .first()
-            .map(|(t, _)| t.to_string())
-            .unwrap_or_default();
         let dry = DryRun {
             resumes_after: None,
             checkpoint_done: false,
@@ -230,7 +224,8 @@ impl DryRunSteps {
             checkpoint: None,
         };
         steps.set_checkpoint(checkpoint);
-        (steps, chunked.write.health.clone(), table)
+        let signals = crate::health::Signals::of(chunked.write.health.clone(), &chunked.key);
+        (steps, signals)
     }
 
     /// The job's checkpoint row, as read.
@@ -292,15 +287,11 @@ impl DryRunSteps {
         Ok(more)
     }
 
-    /// Signal `h` as read.
-    pub(crate) fn signal(
-        &mut self,
-        h: &crate::health::Health,
-        read: Result<Vec<crate::health::Reading>, crate::health::Unread>,
-    ) {
+    /// A signal as read.
+    pub(crate) fn signal(&mut self, outcome: crate::health::Outcome) {
         self.dry.signals.push(crate::health::SignalReading {
-            signal: h.name(),
-            readings: read.map_err(|e| match e {
+            signal: outcome.signal,
+            readings: outcome.read.map_err(|e| match e {
                 crate::health::Unread::Failed(why) => why,
                 crate::health::Unread::Unsupported(why) => format!("not available: {why}"),
             }),
@@ -762,13 +753,7 @@ impl<Q, K: Key> Chunked<Q, K> {
         Q: PrepareKeys<'a, K, C::Backend>,
         KeyRows: Rows<C, <Q as PrepareKeys<'a, K, C::Backend>>::Base, K>,
     {
-        let (mut query, mut steps) = self.explain_parts::<C::Backend>()?;
-        let sets = steps
-            .prefix_table::<C::Backend>()
-            .map(|(schema, table)| conn.unique_column_sets_in(schema, table));
-        if let Some(sets) = sets {
-            steps.order_by_prefix(&mut query, sets)?;
-        }
+        let (mut query, steps) = self.ordered_parts(conn)?;
         let mut rows = KeyRows;
         if query.bounds().after.is_none() {
             let first = rows.load(&query, conn, 1);
@@ -846,16 +831,10 @@ impl<Q, K: Key> Chunked<Q, K> {
             },
             None => None,
         };
-        let (mut dry, signals, table) = DryRunSteps::new(&self, checkpoint);
+        let (mut dry, signals) = DryRunSteps::new(&self, checkpoint);
         dry.explain = explain;
         dry.set_estimate(estimated_rows);
-        let (mut query, mut steps) = self.explain_parts::<C::Backend>()?;
-        let sets = steps
-            .prefix_table::<C::Backend>()
-            .map(|(schema, table)| conn.unique_column_sets_in(schema, table));
-        if let Some(sets) = sets {
-            steps.order_by_prefix(&mut query, sets)?;
-        }
+        let (mut query, steps) = self.ordered_parts(conn)?;
         let limit = steps.limit();
         dry.resume(&mut query)?;
         dry.first_batch = crate::write::debug_sql::<C::Backend, _>(&query.batch(limit));
@@ -865,21 +844,39 @@ impl<Q, K: Key> Chunked<Q, K> {
                 &query.batch(limit),
             ));
         }
-        for h in &signals {
-            let read = match h.on_job_source() {
-                Some(kind) => conn.read_health(kind, h.limit, &table, None),
-                None => h.read_elsewhere(),
-            };
-            dry.signal(h, read);
+        let outcomes =
+            signals.read_blocking(|kind, limit, table| conn.read_health(kind, limit, table, None));
+        for outcome in outcomes {
+            dry.signal(outcome);
         }
         Ok(dry.finish())
     }
 
+    /// [`explain_parts`](Self::explain_parts), ordered as the scan orders
+    /// its batches on `conn`'s backend (by a unique prefix of the key on
+    /// MySQL/MariaDB): what [`explain`](Self::explain) and
+    /// [`dry_run`](Self::dry_run) render.
+    fn ordered_parts<'a, C>(self, conn: &mut C) -> Result<KeyStatement<'a, Q, K, C::Backend>, Error>
+    where
+        C: UniqueIndexes,
+        C::Backend: KeysetBackend + Default,
+        <C::Backend as Backend>::QueryBuilder: Default,
+        K::Selection: QueryFragment<C::Backend>,
+        Q: PrepareKeys<'a, K, C::Backend>,
+    {
+        let (mut query, mut steps) = self.explain_parts::<C::Backend>()?;
+        let sets = steps
+            .prefix_table::<C::Backend>()
+            .map(|(schema, table)| conn.unique_column_sets_in(schema, table));
+        if let Some(sets) = sets {
+            steps.order_by_prefix(&mut query, sets)?;
+        }
+        Ok((query, steps))
+    }
+
     /// The key-only statement [`explain`](Self::explain) runs under
     /// `EXPLAIN`, and the steps around it (shared by the async twin).
-    pub(crate) fn explain_parts<'a, DB>(
-        self,
-    ) -> Result<ExplainStatement<<Q as PrepareKeys<'a, K, DB>>::Base, K>, Error>
+    pub(crate) fn explain_parts<'a, DB>(self) -> Result<KeyStatement<'a, Q, K, DB>, Error>
     where
         DB: KeysetBackend + Default,
         DB::QueryBuilder: Default,
@@ -916,6 +913,10 @@ fn failed(context: &'static str) -> impl FnOnce(diesel::result::Error) -> Error 
 
 /// The key-only statement of [`Chunked::explain`] and the steps around it.
 pub(crate) type ExplainStatement<B, K> = (SeekQuery<B, K>, ExplainSteps);
+
+/// [`ExplainStatement`] of a scan of `Q` by `K` on backend `DB`.
+pub(crate) type KeyStatement<'a, Q, K, DB> =
+    ExplainStatement<<Q as PrepareKeys<'a, K, DB>>::Base, K>;
 
 /// The steps of [`Chunked::explain`] around its statements, for both drivers.
 pub(crate) struct ExplainSteps {

@@ -457,6 +457,17 @@ pub(crate) struct Signals {
 }
 
 impl Signals {
+    /// The signals `list` of a job by `key`, whose first column's table is
+    /// the job's table.
+    pub(crate) fn of<K: crate::key::Key>(list: Vec<Health>, key: &K) -> Self {
+        let table = key
+            .names()
+            .first()
+            .map(|(t, _)| t.to_string())
+            .unwrap_or_default();
+        Self { list, table }
+    }
+
     /// Reads every signal, those on the job's source with `on_source` (the
     /// driver's statement runner), the others by themselves.
     pub(crate) fn read_blocking<F>(&self, mut on_source: F) -> Vec<Outcome>

@@ -353,6 +353,8 @@ pub(crate) struct WriteMachine<V> {
     planned: bool,
     /// How long the current batch waited on the signals.
     waited: Duration,
+    /// The waits that held the current batch back.
+    waits: Vec<crate::health::HealthWait>,
     /// [`async_commit`](crate::Chunked::async_commit).
     async_commit: bool,
 }
@@ -482,12 +484,10 @@ impl<V: Clone + PartialEq + std::fmt::Debug> WriteMachine<V> {
                 job.health_interval,
                 job.unreadable_limit,
             ),
-            signals: crate::health::Signals {
-                list: job.health.clone(),
-                table: String::new(),
-            },
+            signals: crate::health::Signals::default(),
             planned: false,
             waited: Duration::ZERO,
+            waits: Vec::new(),
             async_commit: job.async_commit,
         }
     }
@@ -568,12 +568,16 @@ impl<V: Clone + PartialEq + std::fmt::Debug> WriteMachine<V> {
                     }
                     self.planned = false;
                     self.waited = self.gate.take_before_batch();
+                    self.waits = match self.waited.is_zero() {
+                        true => Vec::new(),
+                        false => self.gate.closed_before(self.plan.batch),
+                    };
                     self.phase = Phase::Batch { running: true };
                     self.batch_started = Some(Instant::now());
                     self.trace = Trace::write(&self.plan, &self.key_type, self.after.as_ref());
-                    if !self.waited.is_zero() {
-                        let waits = self.gate.closed_before(self.plan.batch);
-                        let reasons: Vec<String> = waits.iter().map(|w| w.to_string()).collect();
+                    if !self.waits.is_empty() {
+                        let reasons: Vec<String> =
+                            self.waits.iter().map(|w| w.to_string()).collect();
                         self.trace.waited(self.waited, &reasons.join("; "));
                     }
                 }
@@ -958,9 +962,10 @@ impl<V: Clone + PartialEq + std::fmt::Debug> WriteMachine<V> {
         &self.signals
     }
 
-    /// The job's table, as the signals that need it name it.
-    pub(crate) fn set_table(&mut self, table: &str) {
-        self.signals.table = table.to_string();
+    /// The job's health signals (the gate knows from the job's settings
+    /// whether it has any).
+    pub(crate) fn set_signals(&mut self, signals: crate::health::Signals) {
+        self.signals = signals;
     }
 
     /// The signals as [`Step::Probe`] read them: go on, or wait and read them
@@ -1169,10 +1174,7 @@ impl<V: Clone + PartialEq + std::fmt::Debug> WriteMachine<V> {
             elapsed: self.started.elapsed(),
             next_batch_size: self.engine.config.batch_size,
             waited: self.waited,
-            waits: match self.waited.is_zero() {
-                true => Vec::new(),
-                false => self.gate.closed_before(self.plan.batch),
-            },
+            waits: self.waits.clone(),
         };
         if c.n > 0 {
             if let Some(observer) = &self.observer {

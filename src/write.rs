@@ -434,9 +434,7 @@ where
     );
     query.set_statements(m.engine().config.cache_statements, m.batch_size());
     let mut m = m;
-    if let Some((table, _)) = query.key().names().first() {
-        m.set_table(table);
-    }
+    m.set_signals(crate::health::Signals::of(job.health.clone(), query.key()));
     Ok((query, m))
 }
 

@@ -68,6 +68,27 @@ pub enum Statement {
     Heartbeat,
 }
 
+/// A PostgreSQL statement on the primary: a row per standby of
+/// `pg_stat_replication` with the value `$value` (SQL), unreadable when the
+/// role cannot see the standby or `$when` (more `WHEN .. THEN '<why>'`
+/// clauses) says so; and an unreadable row per physical replication slot no
+/// standby uses (its standby is gone).
+macro_rules! per_standby {
+    ($value:literal, $when:literal) => {
+        concat!(
+            "SELECT coalesce(nullif(application_name, ''), host(client_addr), 'pid ' || pid) AS source, ",
+            $value,
+            " AS value, CASE WHEN state IS NULL THEN 'pg_stat_replication hides this standby from \
+             the role (grant it pg_monitor)' ",
+            $when,
+            " END AS note FROM pg_stat_replication \
+             UNION ALL SELECT slot_name::text, NULL::float8, \
+             'replication slot ' || slot_name || ' is inactive: its standby is disconnected' \
+             FROM pg_replication_slots WHERE slot_type = 'physical' AND NOT active"
+        )
+    };
+}
+
 /// The statement of `kind` on PostgreSQL, on the job's source or (`replica`)
 /// on a standby.
 #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
@@ -76,32 +97,22 @@ pub(crate) fn postgres(kind: Kind, replica: bool) -> Result<Statement, Unread> {
         (Kind::ReplicaLag, false) => Statement::Values {
             // `replay_lag` is NULL on a standby that has nothing left to
             // replay and on one whose lag is not measured yet (just
-            // connected, catching up): only the first reads 0. A physical
-            // slot no standby uses is a standby gone.
-            sql: "SELECT coalesce(nullif(application_name, ''), host(client_addr), 'pid ' || pid) AS source, \
-                  CASE WHEN replay_lag IS NOT NULL THEN extract(epoch FROM replay_lag)::float8 \
-                  WHEN state = 'streaming' AND replay_lsn >= pg_current_wal_lsn() THEN 0::float8 END AS value, \
-                  CASE WHEN state IS NULL THEN 'pg_stat_replication hides this standby from the role \
-                  (grant it pg_monitor)' \
-                  WHEN replay_lag IS NULL AND (state IS DISTINCT FROM 'streaming' OR replay_lsn IS NULL \
-                  OR replay_lsn < pg_current_wal_lsn()) \
-                  THEN 'its lag is not measured yet (state ' || coalesce(state, '?') || ')' END AS note \
-                  FROM pg_stat_replication \
-                  UNION ALL SELECT slot_name::text, NULL::float8, \
-                  'replication slot ' || slot_name || ' is inactive: its standby is disconnected' \
-                  FROM pg_replication_slots WHERE slot_type = 'physical' AND NOT active",
+            // connected, catching up): only the first reads 0.
+            sql: per_standby!(
+                "CASE WHEN replay_lag IS NOT NULL THEN extract(epoch FROM replay_lag)::float8 \
+                 WHEN state = 'streaming' AND replay_lsn >= pg_current_wal_lsn() THEN 0::float8 END",
+                "WHEN replay_lag IS NULL AND (state IS DISTINCT FROM 'streaming' OR replay_lsn IS NULL \
+                 OR replay_lsn < pg_current_wal_lsn()) \
+                 THEN 'its lag is not measured yet (state ' || coalesce(state, '?') || ')'"
+            ),
             table: false,
             empty: "no standby is connected to this server (pg_stat_replication is empty)",
         },
         (Kind::ReplicaLagBytes, false) => Statement::Values {
-            sql: "SELECT coalesce(nullif(application_name, ''), host(client_addr), 'pid ' || pid) AS source, \
-                  pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::float8 AS value, \
-                  CASE WHEN state IS NULL THEN 'pg_stat_replication hides this standby from the role \
-                  (grant it pg_monitor)' WHEN replay_lsn IS NULL THEN 'the standby reports no replay position' END AS note \
-                  FROM pg_stat_replication \
-                  UNION ALL SELECT slot_name::text, NULL::float8, \
-                  'replication slot ' || slot_name || ' is inactive: its standby is disconnected' \
-                  FROM pg_replication_slots WHERE slot_type = 'physical' AND NOT active",
+            sql: per_standby!(
+                "pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::float8",
+                "WHEN replay_lsn IS NULL THEN 'the standby reports no replay position'"
+            ),
             table: false,
             empty: "no standby is connected to this server (pg_stat_replication is empty)",
         },

@@ -21,6 +21,7 @@ use crate::builder::{Chunked, PlanInner};
 use crate::checkpoint::AsyncCheckpointConnection;
 use crate::error::Error;
 use crate::explain::{DryRun, DryRunSteps, Explain, ExplainSteps};
+use crate::health::Outcome;
 use crate::key::Key;
 use crate::key::KeySql;
 use crate::plan::sample::{
@@ -275,18 +276,13 @@ impl<Q, K: Key> Chunked<Q, K> {
             LoadQuery<'c, C, String> + Send + 'c,
     {
         let name = self.write.checkpoint.clone();
-        let (dry, signals, table) = DryRunSteps::new(&self, None);
+        let (dry, signals) = DryRunSteps::new(&self, None);
         let explained = self.clone().explain_parts::<C::Backend>();
         let counted = self.clone().count_statement::<C::Backend>();
         let parts = self.explain_parts::<C::Backend>();
         match (explained, counted, parts) {
             (Ok(explained), Ok(counted), Ok(parts)) => {
-                let job = DryJob {
-                    dry,
-                    signals,
-                    table,
-                    name,
-                };
+                let job = DryJob { dry, signals, name };
                 dry_run_on(job, explained, counted, parts, conn)
             }
             (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
@@ -299,8 +295,7 @@ impl<Q, K: Key> Chunked<Q, K> {
 /// What [`Chunked::dry_run_async`] knows before its first statement.
 struct DryJob {
     dry: DryRunSteps,
-    signals: Vec<crate::health::Health>,
-    table: String,
+    signals: crate::health::Signals,
     name: Option<String>,
 }
 
@@ -328,7 +323,6 @@ where
         let DryJob {
             mut dry,
             signals,
-            table,
             name,
         } = job;
         dry.explain = explain_on(explained, steps, &mut *conn).await?;
@@ -358,12 +352,15 @@ where
         if dry.keys(&mut query, keys)? {
             dry.later_batch = Some(debug_sql::<C::Backend, _>(&query.batch(limit)));
         }
-        for h in &signals {
+        for h in &signals.list {
             let read = match h.on_job_source() {
-                Some(kind) => conn.read_health(kind, h.limit, &table).await,
+                Some(kind) => conn.read_health(kind, h.limit, &signals.table).await,
                 None => h.read_elsewhere_async().await,
             };
-            dry.signal(h, read);
+            dry.signal(Outcome {
+                signal: h.name(),
+                read,
+            });
         }
         Ok(dry.finish())
     })

@@ -42,6 +42,22 @@ macro_rules! async_write_tests {
                 (db, sync, conn)
             }
 
+            /// Sets every counter back to 0 and the checkpoint `name` back to
+            /// the start: the async job runs again what the blocking one ran.
+            fn start_again(sync: &mut <B as TestBackend>::Conn, name: &str) {
+                diesel::RunQueryDsl::execute(diesel::sql_query("UPDATE counters SET n = 0"), sync)
+                    .unwrap();
+                checkpoint::reset(sync, name).unwrap();
+            }
+
+            /// The statements of `log`, their binds left out (each connection
+            /// shows them in its own debug format).
+            fn without_binds(log: &[String]) -> Vec<String> {
+                log.iter()
+                    .map(|q| q.split(" -- binds").next().unwrap().to_string())
+                    .collect()
+            }
+
             /// Copies each key of `batch` into `copies`, whose primary key
             /// refuses a second copy.
             async fn copy(conn: &mut Conn, batch: &[Counter]) -> QueryResult<()> {
@@ -72,12 +88,7 @@ macro_rules! async_write_tests {
                     .update_all(&mut sync, counters::n.eq(counters::n + 1))
                     .unwrap();
                 let blocking = blocking.all();
-                diesel::RunQueryDsl::execute(
-                    diesel::sql_query("UPDATE counters SET n = 0"),
-                    &mut sync,
-                )
-                .unwrap();
-                checkpoint::reset(&mut sync, "fast").unwrap();
+                start_again(&mut sync, "fast");
                 let log = crate::async_core::count_queries(&mut conn);
                 let report = job()
                     .update_all(&mut conn, counters::n.eq(counters::n + 1))
@@ -85,12 +96,10 @@ macro_rules! async_write_tests {
                     .unwrap();
                 assert_eq!((report.rows, report.batches, report.done), (100, 10, true));
                 assert_eq!(counter_rows(&mut sync), at(1, ROWS, 1));
-                let sql = |log: &[String]| -> Vec<String> {
-                    log.iter()
-                        .map(|q| q.split(" -- binds").next().unwrap().to_string())
-                        .collect()
-                };
-                assert_eq!(sql(&log.lock().unwrap()), sql(&blocking));
+                assert_eq!(
+                    without_binds(&log.lock().unwrap()),
+                    without_binds(&blocking)
+                );
                 let relaxed = blocking
                     .iter()
                     .filter(|q| q.starts_with("SET LOCAL synchronous_commit = off"))
@@ -120,12 +129,7 @@ macro_rules! async_write_tests {
                     .update_all(&mut sync, counters::n.eq(counters::n + 1))
                     .unwrap();
                 let blocking = blocking.all();
-                diesel::RunQueryDsl::execute(
-                    diesel::sql_query("UPDATE counters SET n = 0"),
-                    &mut sync,
-                )
-                .unwrap();
-                checkpoint::reset(&mut sync, "bump").unwrap();
+                start_again(&mut sync, "bump");
 
                 let log = crate::async_core::count_queries(&mut conn);
                 let report = job()
@@ -157,12 +161,10 @@ macro_rules! async_write_tests {
                 assert_eq!(counter_rows(&mut sync), rows);
                 // The same statements; binds are shown by each connection's
                 // own debug format.
-                let sql = |log: &[String]| -> Vec<String> {
-                    log.iter()
-                        .map(|q| q.split(" -- binds").next().unwrap().to_string())
-                        .collect()
-                };
-                assert_eq!(sql(&log.lock().unwrap()), sql(&blocking));
+                assert_eq!(
+                    without_binds(&log.lock().unwrap()),
+                    without_binds(&blocking)
+                );
                 let c = checkpoint::status(&mut sync, "bump").unwrap().unwrap();
                 assert_eq!((c.rows, c.batches, c.done), (95, 10, true));
             }
