@@ -423,7 +423,7 @@ where
         query.key().describe(),
         std::any::type_name::<K::Value>()
     );
-    let m = WriteMachine::new(
+    let mut m = WriteMachine::new(
         scan,
         job,
         R::ORIGIN,
@@ -433,7 +433,6 @@ where
         default_retries,
     );
     query.set_statements(m.engine().config.cache_statements, m.batch_size());
-    let mut m = m;
     m.set_signals(crate::health::Signals::of(job.health.clone(), query.key()));
     Ok((query, m))
 }
