@@ -100,6 +100,19 @@ pub trait KeysetBackend: Backend + private::Sealed {
     const FIRST_BATCH_FLOOR: Option<char> = None;
     /// The statement prefix that asks for a plan.
     const EXPLAIN: &'static str = "EXPLAIN ";
+    /// Whether [`move_into`](crate::RunChunkedDsl::move_into) moves a batch
+    /// in one statement, a `DELETE ... RETURNING` feeding the `INSERT` in a
+    /// data-modifying `WITH` (PostgreSQL): the rows inserted are the rows
+    /// deleted, whatever other writers do. Elsewhere a batch is an
+    /// `INSERT ... SELECT` and a `DELETE` of the same range, whose counts must
+    /// agree.
+    const MOVES_IN_ONE_STATEMENT: bool = false;
+    /// Whether a batch of [`move_into`](crate::RunChunkedDsl::move_into) first
+    /// locks its range, `SELECT COUNT(*) ... FOR UPDATE` (MySQL/MariaDB: at
+    /// `READ COMMITTED` the `INSERT ... SELECT` reads without locks, so a row
+    /// updated before the `DELETE` would lose its update). SQLite needs no
+    /// lock: a transaction that writes holds the database's only write lock.
+    const LOCKS_BEFORE_MOVE: bool = false;
 
     /// The stored form of `value`, a value of SQL type `ST`, when binding its
     /// Rust value would not reproduce it; `text` is the text the Rust value
@@ -238,6 +251,7 @@ mod pg {
         const CHECKS_STRING_KEYS: bool = true;
         const LITERAL_LIMIT: bool = true;
         const ASYNC_COMMIT: Option<&'static str> = Some("SET LOCAL synchronous_commit = off");
+        const MOVES_IN_ONE_STATEMENT: bool = true;
 
         fn bind_key<'b, ST, V>(value: &'b V, mut out: AstPass<'_, 'b, Self>) -> QueryResult<()>
         where
@@ -257,4 +271,5 @@ impl KeysetBackend for diesel::mysql::Mysql {
     const PROBES_BY_MIN_MAX: bool = true;
     const FIRST_BATCH_FLOOR: Option<char> = Some('`');
     const EXPLAIN: &'static str = "EXPLAIN FORMAT=JSON ";
+    const LOCKS_BEFORE_MOVE: bool = true;
 }

@@ -522,6 +522,40 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+
+    /// A batch of [`move_into`](crate::RunChunkedDsl::move_into) copied
+    /// another number of rows than it deleted (or locked): another writer
+    /// added or removed rows of the batch's key range between its statements
+    /// (possible on MySQL/MariaDB at `READ COMMITTED`). The batch was rolled
+    /// back, so no row was lost or copied twice; the job stopped after the
+    /// batches before it.
+    #[error(
+        "the batch {range} of move_into copied {copied} row(s) but deleted {deleted} \
+         (locked {locked:?}): another writer changed the range between its statements; \
+         the batch was rolled back and the job stopped (run it again: a checkpointed job \
+         resumes at this batch; at REPEATABLE READ the range is locked against such writers)"
+    )]
+    MoveChanged {
+        /// The batch's key range.
+        range: String,
+        /// Rows the `INSERT ... SELECT` copied.
+        copied: u64,
+        /// Rows the `DELETE` removed.
+        deleted: u64,
+        /// Rows the range held when it was locked (MySQL/MariaDB).
+        locked: Option<u64>,
+    },
+
+    /// [`move_into`](crate::RunChunkedDsl::move_into) or
+    /// [`copy_into`](crate::RunChunkedDsl::copy_into) was given the table it
+    /// reads as its destination.
+    #[error("{verb} reads and writes the same table {table}: give it another table")]
+    SameTable {
+        /// `move_into` or `copy_into`.
+        verb: &'static str,
+        /// The table, as rendered.
+        table: String,
+    },
 }
 
 struct DisplayAfterStart<'a>(&'a Option<String>);

@@ -30,6 +30,7 @@ mod stored;
 #[cfg(feature = "async")]
 mod stream;
 mod trace;
+mod transfer;
 mod unique;
 mod write;
 

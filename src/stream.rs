@@ -56,7 +56,7 @@ mod plan;
 mod pool;
 mod rows;
 mod scan;
-mod write;
+pub(crate) mod write;
 
 pub use check::AsyncKeyCheck;
 pub use rows::AsyncRows;

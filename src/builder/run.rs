@@ -13,6 +13,7 @@ use crate::key::Key;
 use crate::query::{PrepareKeyed, PrepareModel};
 use crate::rows::{KeyedRows, ModelRows, Rows};
 use crate::source::ConnectionSource;
+use crate::transfer::TransferJob;
 use crate::write::{DeleteJob, ForEachBatch, UpdateJob};
 
 /// What every driver of `load_iter::<M>` / `load_iter_keyed` starts from: the
@@ -352,6 +353,87 @@ pub trait RunChunkedDsl<S>: Sized {
         Self: ForEachBatch<'a, S, M, F, Kind>,
     {
         ForEachBatch::run_for_each(self, source, f)
+    }
+
+    /// Copies the query's rows into table `dest` of the same database in
+    /// batches, each batch one transaction (with its checkpoint, if any):
+    /// `INSERT INTO dest (<columns>) SELECT <columns> FROM <table> WHERE <the
+    /// query's filters> AND key > $lo AND key <= $hi`.
+    ///
+    /// `dest`'s `table!` must list columns of the same SQL types in the same
+    /// order as the query's table (a compile error otherwise); they are matched
+    /// by position. A row whose key `dest` already holds fails the batch with
+    /// the database's unique violation, and the job stops after the batches
+    /// before it. Everything of a write job applies: checkpoints, `within`,
+    /// `limit_total`, pauses, health signals, retries, an async source.
+    ///
+    /// ```
+    /// # include!("../../tests/doc/setup.rs");
+    /// use diesel_chunked_iterator::prelude::*;
+    /// # diesel::table! { posts_archive (id) { id -> Integer, title -> Text, published -> Bool, } }
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let conn = &mut doc_connection();
+    /// # diesel::sql_query("CREATE TABLE posts_archive AS SELECT * FROM posts WHERE 0").execute(conn)?;
+    /// let report = posts::table
+    ///     .filter(posts::published.eq(true))
+    ///     .chunked_by(posts::id)
+    ///     .batch_size(2)
+    ///     .copy_into(&mut *conn, posts_archive::table)?;
+    /// assert_eq!((report.rows, report.batches), (3, 2));
+    /// assert_eq!(posts_archive::table.count().get_result::<i64>(conn)?, 3);
+    /// # Ok(()) }
+    /// ```
+    fn copy_into<'a, T, Kind>(
+        self,
+        source: S,
+        dest: T,
+    ) -> <Self as TransferJob<'a, S, T, Kind>>::Output
+    where
+        Self: TransferJob<'a, S, T, Kind>,
+    {
+        self.run_transfer(source, dest, false)
+    }
+
+    /// Moves the query's rows into table `dest` of the same database in
+    /// batches: each batch copies its key range into `dest` and deletes it from
+    /// the query's table in one transaction (with its checkpoint, if any), so
+    /// a row is in exactly one of the tables whenever a batch commits, and a
+    /// job stopped at any instant resumes exactly.
+    ///
+    /// PostgreSQL runs one statement per batch: `WITH chunked_moved AS (DELETE
+    /// FROM <table> WHERE <the query's filters> AND key > $lo AND key <= $hi
+    /// RETURNING <columns>) INSERT INTO dest (<columns>) SELECT * FROM
+    /// chunked_moved`. MySQL/MariaDB lock the range (`SELECT COUNT(*) ... FOR
+    /// UPDATE`), then copy it as [`copy_into`](Self::copy_into) does and
+    /// delete it; SQLite copies and deletes under its write lock. Where copy
+    /// and delete are two statements, their counts must agree, or the batch
+    /// rolls back and the job stops with [`Error::MoveChanged`](crate::Error::MoveChanged).
+    ///
+    /// ```
+    /// # include!("../../tests/doc/setup.rs");
+    /// use diesel_chunked_iterator::prelude::*;
+    /// # diesel::table! { posts_archive (id) { id -> Integer, title -> Text, published -> Bool, } }
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let conn = &mut doc_connection();
+    /// # diesel::sql_query("CREATE TABLE posts_archive AS SELECT * FROM posts WHERE 0").execute(conn)?;
+    /// let report = posts::table
+    ///     .filter(posts::published.eq(false))
+    ///     .chunked_by(posts::id)
+    ///     .move_into(&mut *conn, posts_archive::table)?;
+    /// assert_eq!(report.rows, 2);
+    /// assert_eq!(posts::table.count().get_result::<i64>(conn)?, 3);
+    /// assert_eq!(posts_archive::table.count().get_result::<i64>(conn)?, 2);
+    /// # Ok(()) }
+    /// ```
+    fn move_into<'a, T, Kind>(
+        self,
+        source: S,
+        dest: T,
+    ) -> <Self as TransferJob<'a, S, T, Kind>>::Output
+    where
+        Self: TransferJob<'a, S, T, Kind>,
+    {
+        self.run_transfer(source, dest, true)
     }
 }
 

@@ -34,6 +34,7 @@ mod smoke;
 mod statements;
 mod stored_keys;
 mod tracing_spans;
+mod transfer;
 mod unique;
 mod write;
 mod write_jobs;

@@ -1,0 +1,547 @@
+//! `copy_into` and `move_into`: the rows of a query copied (and, for a move,
+//! deleted) into another table of the same database, one key range per
+//! batch, in the batch's transaction with its checkpoint.
+//!
+//! The statements of one batch, after the key query that finds its range
+//! (`<w>` is the query's filters and the range, `key > $lo AND key <= $hi`):
+//!
+//! | job | backend | statements |
+//! | --- | --- | --- |
+//! | `copy_into` | all | `INSERT INTO dest (<columns>) SELECT <columns of src> FROM src WHERE <w>` |
+//! | `move_into` | PostgreSQL | `WITH chunked_moved AS (DELETE FROM src WHERE <w> RETURNING <columns of src>) INSERT INTO dest (<columns>) SELECT * FROM chunked_moved` |
+//! | `move_into` | MySQL/MariaDB | `SELECT COUNT(*) FROM src WHERE <w> FOR UPDATE`, the `INSERT ... SELECT`, `DELETE FROM src WHERE <w>` |
+//! | `move_into` | SQLite | the `INSERT ... SELECT`, `DELETE FROM src WHERE <w>` |
+//!
+//! On PostgreSQL the rows inserted are the rows deleted, in one statement.
+//! Elsewhere the counts of the statements must agree, or the batch rolls back
+//! with [`Error::MoveChanged`]: MySQL/MariaDB lock the range's rows first
+//! (at `REPEATABLE READ` also its gaps, so no row can enter it), and SQLite's
+//! writing transaction holds the database's only write lock.
+
+use diesel::associations::HasTable;
+use diesel::backend::Backend;
+use diesel::query_builder::{AstPass, IntoUpdateTarget, Query, QueryFragment, QueryId};
+use diesel::query_dsl::methods::FilterDsl;
+use diesel::{Expression, QueryResult, Table};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::backend::KeysetBackend;
+use crate::builder::{Chunked, Db};
+use crate::checkpoint::CheckpointConnection;
+use crate::error::Error;
+use crate::key::Key;
+use crate::machine::Abort;
+use crate::predicate::{Bounds, BoundsCell, SeekPredicate};
+use crate::query::PrepareKeys;
+use crate::rows::{KeyRows, Rows};
+use crate::source::{Blocking, ConnectionSource};
+use crate::write::{
+    debug_sql, describe_range, render_sql, run_job, RangeDelete, RangeTable, RangeTarget,
+    UpdatableQuery, WriteReport,
+};
+
+/// The filters and key range of a batch: the `WHERE` clause of its
+/// statements.
+pub type RangeWhere<Q, K> = <RangeTarget<Q, K> as IntoUpdateTarget>::WhereClause;
+
+/// Whether a job deletes the rows it copies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Transfer {
+    Copy,
+    Move,
+}
+
+impl Transfer {
+    pub(crate) fn verb(self) -> &'static str {
+        match self {
+            Transfer::Copy => "copy_into",
+            Transfer::Move => "move_into",
+        }
+    }
+}
+
+/// What a batch's statements need besides its range: the destination's
+/// column list (`"a", "b"`, as Diesel's `INSERT` writes it).
+#[derive(Debug, Clone)]
+pub struct Destination<T> {
+    table: T,
+    columns: String,
+}
+
+impl<T: Table> Destination<T> {
+    /// The destination `T` of a job reading `Src` on backend `DB`, or why it
+    /// cannot be one.
+    pub(crate) fn of<DB, Src>(table: T, source: &Src, verb: &'static str) -> Result<Self, Error>
+    where
+        DB: Backend + Default,
+        DB::QueryBuilder: Default,
+        Src: Table,
+        Src::FromClause: QueryFragment<DB>,
+        T::FromClause: QueryFragment<DB>,
+        T::AllColumns: QueryFragment<DB>,
+    {
+        let rendered = |what: Option<String>| {
+            what.ok_or_else(|| Error::Query {
+                context: verb,
+                source: diesel::result::Error::QueryBuilderError(
+                    "the destination table's columns could not be rendered".into(),
+                ),
+            })
+        };
+        let from = rendered(render_sql::<DB, _>(&table.from_clause()))?;
+        let source = rendered(render_sql::<DB, _>(&source.from_clause()))?;
+        if from == source {
+            return Err(Error::SameTable { verb, table: from });
+        }
+        let all = rendered(render_sql::<DB, _>(&T::all_columns()))?;
+        // Diesel renders a column as `<the table's FROM clause>.<its name>`.
+        let prefix = format!("{from}.");
+        let names: Option<Vec<&str>> = crate::query::top_level_items(&all)
+            .into_iter()
+            .map(|item| item.trim().strip_prefix(prefix.as_str()))
+            .collect();
+        let columns = rendered(names.map(|n| n.join(", ")))?;
+        Ok(Self { table, columns })
+    }
+}
+
+/// `INSERT INTO <dest> (<columns>) SELECT <source columns> FROM <source>
+/// WHERE <filters and range>`.
+#[allow(missing_debug_implementations)]
+pub struct CopyRange<'d, Src: Table, W, T: Table> {
+    source: Src::FromClause,
+    columns: Src::AllColumns,
+    where_clause: W,
+    dest: T::FromClause,
+    dest_columns: &'d str,
+}
+
+impl<'d, Src: Table, W, T: Table> CopyRange<'d, Src, W, T> {
+    fn new(source: Src, where_clause: W, dest: &'d Destination<T>) -> Self {
+        Self {
+            source: source.from_clause(),
+            columns: Src::all_columns(),
+            where_clause,
+            dest: dest.table.from_clause(),
+            dest_columns: &dest.columns,
+        }
+    }
+}
+
+impl<DB, Src, W, T> QueryFragment<DB> for CopyRange<'_, Src, W, T>
+where
+    DB: Backend,
+    Src: Table,
+    Src::FromClause: QueryFragment<DB>,
+    Src::AllColumns: QueryFragment<DB>,
+    W: QueryFragment<DB>,
+    T: Table,
+    T::FromClause: QueryFragment<DB>,
+{
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
+        out.unsafe_to_cache_prepared();
+        out.push_sql("INSERT INTO ");
+        self.dest.walk_ast(out.reborrow())?;
+        out.push_sql(" (");
+        out.push_sql(self.dest_columns);
+        out.push_sql(") SELECT ");
+        self.columns.walk_ast(out.reborrow())?;
+        out.push_sql(" FROM ");
+        self.source.walk_ast(out.reborrow())?;
+        self.where_clause.walk_ast(out.reborrow())
+    }
+}
+
+/// `WITH chunked_moved AS (DELETE FROM <source> WHERE <filters and range>
+/// RETURNING <source columns>) INSERT INTO <dest> (<columns>) SELECT * FROM
+/// chunked_moved` (PostgreSQL).
+#[allow(missing_debug_implementations)]
+pub struct MoveRange<'d, Src: Table, W, T: Table>(CopyRange<'d, Src, W, T>);
+
+impl<DB, Src, W, T> QueryFragment<DB> for MoveRange<'_, Src, W, T>
+where
+    DB: Backend,
+    Src: Table,
+    Src::FromClause: QueryFragment<DB>,
+    Src::AllColumns: QueryFragment<DB>,
+    W: QueryFragment<DB>,
+    T: Table,
+    T::FromClause: QueryFragment<DB>,
+{
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
+        let copy = &self.0;
+        out.unsafe_to_cache_prepared();
+        out.push_sql("WITH chunked_moved AS (DELETE FROM ");
+        copy.source.walk_ast(out.reborrow())?;
+        copy.where_clause.walk_ast(out.reborrow())?;
+        out.push_sql(" RETURNING ");
+        copy.columns.walk_ast(out.reborrow())?;
+        out.push_sql(") INSERT INTO ");
+        copy.dest.walk_ast(out.reborrow())?;
+        out.push_sql(" (");
+        out.push_sql(copy.dest_columns);
+        out.push_sql(") SELECT * FROM chunked_moved");
+        Ok(())
+    }
+}
+
+/// `SELECT COUNT(*) FROM <source> WHERE <filters and range> FOR UPDATE`
+/// (MySQL/MariaDB).
+#[allow(missing_debug_implementations)]
+pub struct LockRange<Src: Table, W> {
+    source: Src::FromClause,
+    where_clause: W,
+}
+
+impl<Src: Table, W> LockRange<Src, W> {
+    fn new(source: Src, where_clause: W) -> Self {
+        Self {
+            source: source.from_clause(),
+            where_clause,
+        }
+    }
+}
+
+impl<Src: Table, W> Query for LockRange<Src, W> {
+    type SqlType = diesel::sql_types::BigInt;
+}
+
+impl<DB, Src, W> QueryFragment<DB> for LockRange<Src, W>
+where
+    DB: Backend,
+    Src: Table,
+    Src::FromClause: QueryFragment<DB>,
+    W: QueryFragment<DB>,
+{
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
+        out.unsafe_to_cache_prepared();
+        out.push_sql("SELECT COUNT(*) FROM ");
+        self.source.walk_ast(out.reborrow())?;
+        self.where_clause.walk_ast(out.reborrow())?;
+        out.push_sql(" FOR UPDATE");
+        Ok(())
+    }
+}
+
+impl<C, Src: Table, W> diesel::RunQueryDsl<C> for LockRange<Src, W> {}
+
+macro_rules! no_static_query_id {
+    ($($t:ident<$($p:tt),*>),*) => {$(
+        impl<$($p),*> QueryId for $t<$($p),*>
+        where
+            Src: Table,
+            T: Table,
+        {
+            type QueryId = ();
+            const HAS_STATIC_QUERY_ID: bool = false;
+        }
+    )*};
+}
+no_static_query_id!(CopyRange<'d, Src, W, T>, MoveRange<'d, Src, W, T>);
+
+impl<Src: Table, W> QueryId for LockRange<Src, W> {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+/// The statements of one batch of a transfer, built for its range.
+pub(crate) struct Statements<'j, Q, K: Key, T> {
+    pub(crate) query: &'j Q,
+    pub(crate) key: K,
+    pub(crate) dest: &'j Destination<T>,
+    pub(crate) transfer: Transfer,
+}
+
+impl<'j, Q, K, T> Statements<'j, Q, K, T>
+where
+    Q: FilterDsl<SeekPredicate<K>> + Clone,
+    K: Key,
+    RangeTarget<Q, K>: IntoUpdateTarget,
+    T: Table,
+{
+    fn target(&self, range: &Bounds<K::Value>) -> (RangeTable<Q, K>, RangeWhere<Q, K>) {
+        let predicate = SeekPredicate::new(self.key, BoundsCell::new(range.clone()));
+        let target = FilterDsl::filter(self.query.clone(), predicate).into_update_target();
+        (target.table, target.where_clause)
+    }
+
+    pub(crate) fn copy(
+        &self,
+        range: &Bounds<K::Value>,
+    ) -> CopyRange<'j, RangeTable<Q, K>, RangeWhere<Q, K>, T> {
+        let (table, where_clause) = self.target(range);
+        CopyRange::new(table, where_clause, self.dest)
+    }
+
+    pub(crate) fn move_all(
+        &self,
+        range: &Bounds<K::Value>,
+    ) -> MoveRange<'j, RangeTable<Q, K>, RangeWhere<Q, K>, T> {
+        MoveRange(self.copy(range))
+    }
+
+    pub(crate) fn lock(
+        &self,
+        range: &Bounds<K::Value>,
+    ) -> LockRange<RangeTable<Q, K>, RangeWhere<Q, K>> {
+        let (table, where_clause) = self.target(range);
+        LockRange::new(table, where_clause)
+    }
+
+    pub(crate) fn delete(&self, range: &Bounds<K::Value>) -> RangeDelete<Q, K> {
+        let predicate = SeekPredicate::new(self.key, BoundsCell::new(range.clone()));
+        diesel::delete(FilterDsl::filter(self.query.clone(), predicate))
+    }
+}
+
+/// What the counts of a batch moved by an `INSERT ... SELECT` and a `DELETE`
+/// say: the rows moved, or why the batch must roll back.
+pub(crate) fn moved<V: std::fmt::Debug>(
+    range: &Bounds<V>,
+    locked: Option<u64>,
+    copied: u64,
+    deleted: u64,
+) -> Result<u64, Abort> {
+    if copied == deleted && locked.is_none_or(|l| l == copied) {
+        return Ok(copied);
+    }
+    Err(Abort::Fail(Error::MoveChanged {
+        range: describe_range(range),
+        copied,
+        deleted,
+        locked,
+    }))
+}
+
+/// Everything `copy_into` / `move_into` need: the query's batches can load
+/// their keys, and the statements of a batch run on the source's connection.
+#[diagnostic::on_unimplemented(
+    message = "`copy_into` / `move_into` need a query of one table that Diesel can DELETE from, and a destination table whose columns have the same SQL types in the same order",
+    label = "not a transfer from this query into this table",
+    note = "the destination's `table!` must list columns of the same SQL types, in the same order, as the source's"
+)]
+pub trait TransferJob<'a, S, T, Kind> {
+    /// What the job returns: `Result<WriteReport<_>, Error>` on a blocking
+    /// source, a future of it on an async one.
+    type Output;
+    /// Runs the job; `delete` for a move.
+    fn run_transfer(self, source: S, dest: T, delete: bool) -> Self::Output;
+}
+
+#[diagnostic::do_not_recommend]
+impl<'a, Q, K, S, T> TransferJob<'a, S, T, Blocking> for Chunked<Q, K>
+where
+    K: Key,
+    K::Value: Serialize + DeserializeOwned,
+    S: ConnectionSource,
+    S::Connection: CheckpointConnection,
+    Db<S>: KeysetBackend + Default,
+    <Db<S> as Backend>::QueryBuilder: Default,
+    Q: UpdatableQuery + Clone + PrepareKeys<'a, K, Db<S>> + FilterDsl<SeekPredicate<K>>,
+    Q: QueryFragment<Db<S>>,
+    RangeTarget<Q, K>: IntoUpdateTarget,
+    RangeWhere<Q, K>: QueryFragment<Db<S>>,
+    <RangeTable<Q, K> as diesel::QuerySource>::FromClause: QueryFragment<Db<S>>,
+    <RangeTable<Q, K> as Table>::AllColumns: QueryFragment<Db<S>> + Expression,
+    RangeDelete<Q, K>: diesel::query_dsl::methods::ExecuteDsl<S::Connection>,
+    T: Table,
+    T::FromClause: QueryFragment<Db<S>>,
+    T::AllColumns: QueryFragment<Db<S>>
+        + Expression<SqlType = <<RangeTable<Q, K> as Table>::AllColumns as Expression>::SqlType>,
+    LockRange<RangeTable<Q, K>, RangeWhere<Q, K>>:
+        for<'x> diesel::query_dsl::LoadQuery<'x, S::Connection, i64>,
+    KeyRows: Rows<S::Connection, <Q as PrepareKeys<'a, K, Db<S>>>::Base, K>,
+{
+    type Output = Result<WriteReport<K::Value>, Error>;
+
+    fn run_transfer(self, source: S, dest: T, delete: bool) -> Self::Output {
+        let transfer = if delete {
+            Transfer::Move
+        } else {
+            Transfer::Copy
+        };
+        let from = <RangeTarget<Q, K> as HasTable>::table();
+        let dest = Destination::of::<Db<S>, _>(dest, &from, transfer.verb())?;
+        let (key, query, scan, job, seek) = self.into_job::<'a, Db<S>>();
+        let sql = format!(
+            "INTO {} ({})\n{}",
+            render_sql::<Db<S>, _>(&dest.table.from_clause()).unwrap_or_default(),
+            dest.columns,
+            debug_sql::<Db<S>, _>(&query)
+        );
+        let job = job.with_identity(transfer.verb(), sql);
+        let batch = Statements {
+            query: &query,
+            key,
+            dest: &dest,
+            transfer,
+        };
+        run_job(source, seek, KeyRows, scan, job, &mut |conn, _, range| {
+            use diesel::connection::Connection;
+            use diesel::query_dsl::methods::ExecuteDsl;
+            if batch.transfer == Transfer::Copy {
+                return Ok(conn.execute_returning_count(&batch.copy(range))? as u64);
+            }
+            if <Db<S> as KeysetBackend>::MOVES_IN_ONE_STATEMENT {
+                return Ok(conn.execute_returning_count(&batch.move_all(range))? as u64);
+            }
+            let locked = match <Db<S> as KeysetBackend>::LOCKS_BEFORE_MOVE {
+                true => {
+                    Some(diesel::RunQueryDsl::get_result::<i64>(batch.lock(range), conn)? as u64)
+                }
+                false => None,
+            };
+            let copied = conn.execute_returning_count(&batch.copy(range))? as u64;
+            let deleted = ExecuteDsl::execute(batch.delete(range), conn)? as u64;
+            moved(range, locked, copied, deleted)
+        })
+    }
+}
+
+#[cfg(feature = "async")]
+mod nonblocking {
+    use diesel::query_builder::{IntoUpdateTarget, QueryFragment, QueryId};
+    use diesel::query_dsl::methods::FilterDsl;
+    use diesel::{Expression, Table};
+    use futures_util::future::BoxFuture;
+    use serde::de::DeserializeOwned;
+    use serde::Serialize;
+
+    use super::{
+        moved, CopyRange, Destination, LockRange, MoveRange, RangeWhere, Statements, Transfer,
+        TransferJob,
+    };
+    use crate::backend::KeysetBackend;
+    use crate::builder::Chunked;
+    use crate::checkpoint::AsyncCheckpointConnection;
+    use crate::error::Error;
+    use crate::key::Key;
+    use crate::machine::Abort;
+    use crate::predicate::{Bounds, SeekPredicate};
+    use crate::query::PrepareKeys;
+    use crate::rows::{KeyRows, RowType};
+    use crate::source::NonBlocking;
+    use crate::stream::write::{run_job, BatchWrite};
+    use crate::stream::{AsyncConnectionSource, AsyncDb, AsyncRows};
+    use crate::write::{
+        debug_sql, render_sql, RangeDelete, RangeTable, RangeTarget, UpdatableQuery, WriteReport,
+    };
+
+    /// The statements of `copy_into` / `move_into` on an async connection.
+    #[allow(missing_debug_implementations)]
+    pub struct TransferWrite<Q, K, T> {
+        query: Q,
+        key: K,
+        dest: Destination<T>,
+        transfer: Transfer,
+    }
+
+    impl<Q, K, T, C, L> BatchWrite<C, L, K::Value> for TransferWrite<Q, K, T>
+    where
+        C: AsyncCheckpointConnection,
+        C::Backend: KeysetBackend,
+        K: Key + Send,
+        K::Value: Send + Sync,
+        L: Send,
+        Q: FilterDsl<SeekPredicate<K>> + Clone + Send,
+        RangeTarget<Q, K>: IntoUpdateTarget,
+        T: Table + Send,
+        for<'d> CopyRange<'d, RangeTable<Q, K>, RangeWhere<Q, K>, T>:
+            QueryFragment<C::Backend> + QueryId + Send,
+        for<'d> MoveRange<'d, RangeTable<Q, K>, RangeWhere<Q, K>, T>:
+            QueryFragment<C::Backend> + QueryId + Send,
+        LockRange<RangeTable<Q, K>, RangeWhere<Q, K>>:
+            for<'x> diesel_async::methods::LoadQuery<'x, C, i64> + Send,
+        RangeDelete<Q, K>: diesel_async::methods::ExecuteDsl<C> + Send,
+    {
+        fn write<'c>(
+            &'c mut self,
+            conn: &'c mut C,
+            _rows: Vec<L>,
+            range: &'c Bounds<K::Value>,
+        ) -> BoxFuture<'c, Result<u64, Abort>> {
+            let batch = Statements {
+                query: &self.query,
+                key: self.key,
+                dest: &self.dest,
+                transfer: self.transfer,
+            };
+            let (copy, move_all) = (batch.copy(range), batch.move_all(range));
+            let (lock, delete) = (batch.lock(range), batch.delete(range));
+            let transfer = self.transfer;
+            Box::pin(async move {
+                if transfer == Transfer::Copy {
+                    return Ok(conn.execute_returning_count(copy).await? as u64);
+                }
+                if <C::Backend as KeysetBackend>::MOVES_IN_ONE_STATEMENT {
+                    return Ok(conn.execute_returning_count(move_all).await? as u64);
+                }
+                let locked = match <C::Backend as KeysetBackend>::LOCKS_BEFORE_MOVE {
+                    true => Some(
+                        diesel_async::RunQueryDsl::get_result::<i64>(lock, &mut *conn).await?
+                            as u64,
+                    ),
+                    false => None,
+                };
+                let copied = conn.execute_returning_count(copy).await? as u64;
+                let deleted = diesel_async::RunQueryDsl::execute(delete, &mut *conn).await? as u64;
+                moved(range, locked, copied, deleted)
+            })
+        }
+    }
+
+    impl<'a, 'f, Q, K, S, T> TransferJob<'a, S, T, NonBlocking<'f>> for Chunked<Q, K>
+    where
+        K: Key + Send + 'f,
+        K::Value: Serialize + DeserializeOwned + Send + Sync + 'f,
+        S: AsyncConnectionSource + 'f,
+        S::Connection: AsyncCheckpointConnection,
+        AsyncDb<S>: KeysetBackend + Default,
+        <AsyncDb<S> as diesel::backend::Backend>::QueryBuilder: Default,
+        Q: UpdatableQuery + Clone + Send + 'f + PrepareKeys<'a, K, AsyncDb<S>>,
+        Q: FilterDsl<SeekPredicate<K>> + QueryFragment<AsyncDb<S>>,
+        <Q as PrepareKeys<'a, K, AsyncDb<S>>>::Base: Send + 'f,
+        KeyRows: AsyncRows<S::Connection, <Q as PrepareKeys<'a, K, AsyncDb<S>>>::Base, K>,
+        <KeyRows as RowType<K>>::Loaded: Send,
+        RangeTarget<Q, K>: IntoUpdateTarget,
+        <RangeTable<Q, K> as diesel::QuerySource>::FromClause: QueryFragment<AsyncDb<S>>,
+        <RangeTable<Q, K> as Table>::AllColumns: Expression,
+        T: Table + Send + 'f,
+        T::FromClause: QueryFragment<AsyncDb<S>>,
+        T::AllColumns: QueryFragment<AsyncDb<S>>
+            + Expression<SqlType = <<RangeTable<Q, K> as Table>::AllColumns as Expression>::SqlType>,
+        TransferWrite<Q, K, T>:
+            BatchWrite<S::Connection, <KeyRows as RowType<K>>::Loaded, K::Value> + 'f,
+    {
+        type Output = BoxFuture<'f, Result<WriteReport<K::Value>, Error>>;
+
+        fn run_transfer(self, source: S, dest: T, delete: bool) -> Self::Output {
+            let transfer = if delete {
+                Transfer::Move
+            } else {
+                Transfer::Copy
+            };
+            let from = <RangeTarget<Q, K> as diesel::associations::HasTable>::table();
+            let dest = match Destination::of::<AsyncDb<S>, _>(dest, &from, transfer.verb()) {
+                Ok(dest) => dest,
+                Err(e) => return Box::pin(async move { Err(e) }),
+            };
+            let (key, query, scan, job, seek) = self.into_job::<'a, AsyncDb<S>>();
+            let sql = format!(
+                "INTO {} ({})\n{}",
+                render_sql::<AsyncDb<S>, _>(&dest.table.from_clause()).unwrap_or_default(),
+                dest.columns,
+                debug_sql::<AsyncDb<S>, _>(&query)
+            );
+            let job = job.with_identity(transfer.verb(), sql);
+            let write = TransferWrite {
+                query,
+                key,
+                dest,
+                transfer,
+            };
+            Box::pin(run_job(source, seek, KeyRows, scan, job, write))
+        }
+    }
+}

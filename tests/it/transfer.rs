@@ -1,0 +1,306 @@
+//! `copy_into` and `move_into` on every backend: the rows that arrive, column
+//! by column; the statements of a batch; a move killed at arbitrary instants
+//! and run again, every row in exactly one table; a conflict in the
+//! destination; the destination being the source.
+
+use crate::common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::*;
+use diesel::prelude::*;
+use diesel_chunked_iterator::prelude::*;
+use diesel_chunked_iterator::{checkpoint, Error};
+
+diesel::table! {
+    orders (id) {
+        id -> Integer,
+        grp -> Integer,
+        note -> Text,
+        amount -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    orders_archive (id) {
+        id -> Integer,
+        grp -> Integer,
+        note -> Text,
+        amount -> Nullable<BigInt>,
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
+#[diesel(table_name = orders)]
+struct Order {
+    id: i32,
+    grp: i32,
+    note: String,
+    amount: Option<i64>,
+}
+
+const ROWS: i32 = 300;
+
+fn order(id: i32) -> Order {
+    Order {
+        id,
+        grp: id % 3,
+        note: format!("note {id} é"),
+        amount: (id % 7 != 0).then_some(i64::from(id) * 1_000_000_007),
+    }
+}
+
+fn create_tables<C>(conn: &mut C)
+where
+    C: Connection,
+    diesel::query_builder::SqlQuery: diesel::query_dsl::methods::ExecuteDsl<C>,
+{
+    for t in ["orders", "orders_archive"] {
+        diesel::sql_query(format!(
+            "CREATE TABLE {t} (id INTEGER PRIMARY KEY, grp INTEGER NOT NULL, \
+             note VARCHAR(60) NOT NULL, amount BIGINT)"
+        ))
+        .execute(conn)
+        .unwrap();
+    }
+    let values: Vec<String> = (1..=ROWS)
+        .map(order)
+        .map(|o| {
+            let amount = o.amount.map_or("NULL".to_string(), |a| a.to_string());
+            format!("({}, {}, '{}', {amount})", o.id, o.grp, o.note)
+        })
+        .collect();
+    diesel::sql_query(format!("INSERT INTO orders VALUES {}", values.join(", ")))
+        .execute(conn)
+        .unwrap();
+}
+
+/// Every row of a table, by id.
+fn rows_of<C>(conn: &mut C, archive: bool) -> BTreeMap<i32, Order>
+where
+    C: Connection + diesel::connection::LoadConnection,
+    for<'a> orders::table: diesel::query_dsl::LoadQuery<'a, C, Order>,
+    for<'a> diesel::dsl::Select<
+        orders_archive::table,
+        (
+            orders_archive::id,
+            orders_archive::grp,
+            orders_archive::note,
+            orders_archive::amount,
+        ),
+    >: diesel::query_dsl::LoadQuery<'a, C, Order>,
+{
+    let rows: Vec<Order> = match archive {
+        false => orders::table.load(conn).unwrap(),
+        true => orders_archive::table
+            .select((
+                orders_archive::id,
+                orders_archive::grp,
+                orders_archive::note,
+                orders_archive::amount,
+            ))
+            .load(conn)
+            .unwrap(),
+    };
+    rows.into_iter().map(|o| (o.id, o)).collect()
+}
+
+/// Every original row is in exactly one of the tables, with its values;
+/// `moved(id)` says which.
+fn assert_in_one_table(
+    source: &BTreeMap<i32, Order>,
+    archive: &BTreeMap<i32, Order>,
+    moved: impl Fn(i32) -> bool,
+) {
+    for id in 1..=ROWS {
+        let (here, there) = match moved(id) {
+            true => (archive, source),
+            false => (source, archive),
+        };
+        assert_eq!(here.get(&id), Some(&order(id)), "row {id}");
+        assert!(!there.contains_key(&id), "row {id} is in both tables");
+    }
+    assert_eq!(source.len() + archive.len(), ROWS as usize);
+}
+
+backend_tests! {
+    fn copy_into_copies_the_query_s_rows_column_by_column(db) {
+        let mut conn = connect::<B>(&db);
+        create_tables(&mut conn);
+        let log = QueryLog::install(&mut conn);
+        let report = orders::table
+            .filter(orders::grp.eq(1))
+            .chunked_by(orders::id)
+            .batch_size(40)
+            .copy_into(&mut conn, orders_archive::table)
+            .unwrap();
+        assert_eq!((report.rows, report.batches, report.done), (100, 3, true));
+        let inserts: Vec<String> = log.all().into_iter().filter(|q| q.starts_with("INSERT")).collect();
+        assert_eq!(inserts.len(), 3, "{inserts:#?}");
+        let q = |s: &str| match B::NAME { "postgres" => format!("\"{s}\""), _ => format!("`{s}`") };
+        let head = format!(
+            "INSERT INTO {} ({}, {}, {}, {}) SELECT {t}.{}, {t}.{}, {t}.{}, {t}.{} FROM {t} WHERE",
+            q("orders_archive"), q("id"), q("grp"), q("note"), q("amount"),
+            q("id"), q("grp"), q("note"), q("amount"), t = q("orders"),
+        );
+        assert!(inserts[0].starts_with(&head), "{}\nexpected to start with\n{head}", inserts[0]);
+        let source = rows_of(&mut conn, false);
+        let archive = rows_of(&mut conn, true);
+        assert_eq!(source.len(), ROWS as usize, "the source keeps its rows");
+        let expected: BTreeMap<i32, Order> = (1..=ROWS).filter(|i| i % 3 == 1).map(|i| (i, order(i))).collect();
+        assert_eq!(archive, expected);
+    }
+
+    fn move_into_moves_each_row_once_with_the_batch_s_statements(db) {
+        let mut conn = connect::<B>(&db);
+        create_tables(&mut conn);
+        checkpoint::create_table(&mut conn).unwrap();
+        let log = QueryLog::install(&mut conn);
+        let report = orders::table
+            .filter(orders::grp.ne(0))
+            .chunked_by(orders::id)
+            .batch_size(50)
+            .checkpoint("archive")
+            .move_into(&mut conn, orders_archive::table)
+            .unwrap();
+        assert_eq!((report.rows, report.batches, report.done), (200, 4, true));
+        let writes: Vec<String> = log
+            .all()
+            .into_iter()
+            .filter(|q| !q.contains("chunked_checkpoints"))
+            .filter(|q| q.contains("orders_archive") || q.contains("FOR UPDATE") || q.starts_with("DELETE"))
+            .map(|q| q.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+            .collect();
+        let per_batch: &[&str] = match B::NAME {
+            "postgres" => &["WITH chunked_moved AS"],
+            "mysql" => &["SELECT COUNT(*) FROM", "INSERT INTO `orders_archive`", "DELETE FROM `orders`"],
+            _ => &["INSERT INTO `orders_archive`", "DELETE FROM `orders`"],
+        };
+        let expected: Vec<String> = per_batch.iter().cycle().take(per_batch.len() * 4).map(|s| s.to_string()).collect();
+        assert_eq!(writes, expected);
+        let source = rows_of(&mut conn, false);
+        let archive = rows_of(&mut conn, true);
+        assert_in_one_table(&source, &archive, |id| id % 3 != 0);
+        let c = checkpoint::status(&mut conn, "archive").unwrap().unwrap();
+        assert_eq!((c.rows, c.done), (200, true));
+
+        // Run again: done, nothing moves.
+        let again = orders::table.filter(orders::grp.ne(0)).chunked_by(orders::id)
+            .batch_size(50).checkpoint("archive").move_into(&mut conn, orders_archive::table).unwrap();
+        assert_eq!((again.rows, again.done), (0, true));
+    }
+
+    fn a_row_the_destination_already_holds_stops_the_job_at_its_batch(db) {
+        let mut conn = connect::<B>(&db);
+        create_tables(&mut conn);
+        checkpoint::create_table(&mut conn).unwrap();
+        diesel::insert_into(orders_archive::table)
+            .values((orders_archive::id.eq(120), orders_archive::grp.eq(9), orders_archive::note.eq("old"), orders_archive::amount.eq(None::<i64>)))
+            .execute(&mut conn)
+            .unwrap();
+        let job = || orders::table.chunked_by(orders::id).batch_size(50).checkpoint("dup");
+        let err = job().move_into(&mut conn, orders_archive::table).unwrap_err();
+        assert!(matches!(err, Error::Database { .. } | Error::Query { .. }), "{err:?}");
+        let c = checkpoint::status(&mut conn, "dup").unwrap().unwrap();
+        assert_eq!((c.rows, c.batches, c.done), (100, 2, false));
+        let source = rows_of(&mut conn, false);
+        let archive = rows_of(&mut conn, true);
+        assert_eq!(source.keys().copied().collect::<Vec<_>>(), (101..=ROWS).collect::<Vec<_>>());
+        assert_eq!(archive.len(), 101);
+        assert_eq!(archive[&120].note, "old", "the conflicting row is left as it was");
+
+        // Once the conflict is gone, the job resumes at the batch that failed.
+        diesel::delete(orders_archive::table.filter(orders_archive::id.eq(120))).execute(&mut conn).unwrap();
+        let report = job().move_into(&mut conn, orders_archive::table).unwrap();
+        assert_eq!((report.resumed_after, report.rows, report.done), (Some(100), 200, true));
+        let source = rows_of(&mut conn, false);
+        let archive = rows_of(&mut conn, true);
+        assert_in_one_table(&source, &archive, |_| true);
+    }
+
+    fn the_source_table_as_destination_is_refused(db) {
+        let mut conn = connect::<B>(&db);
+        create_tables(&mut conn);
+        let err = orders::table.chunked_by(orders::id).move_into(&mut conn, orders::table).unwrap_err();
+        assert!(matches!(&err, Error::SameTable { verb: "move_into", .. }), "{err:?}");
+        assert_eq!(rows_of(&mut conn, false).len(), ROWS as usize);
+    }
+
+    /// A move run in a child process that is killed (SIGKILL) at arbitrary
+    /// instants, five times, then finished here: every row is in exactly
+    /// one table, with its values.
+    fn a_move_killed_at_any_instant_resumes_exactly(db) {
+        let mut conn = connect::<B>(&db);
+        create_tables(&mut conn);
+        checkpoint::create_table(&mut conn).unwrap();
+        let mut killed_while_running = 0;
+        for round in 0..5u64 {
+            let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["--ignored", "--exact", "transfer::move_child", "--nocapture", "--test-threads=1"])
+                .env("CHUNKED_MOVE_URL", &db.url)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            // Wait for the child to have moved something this round, then kill it
+            // a little later, at an instant nobody chose.
+            let before = rows_of(&mut conn, true).len();
+            let started = Instant::now();
+            while rows_of(&mut conn, true).len() == before && started.elapsed() < Duration::from_secs(30) {
+                if child.try_wait().unwrap().is_some() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            std::thread::sleep(Duration::from_millis(3 + 7 * round));
+            if child.try_wait().unwrap().is_none() {
+                killed_while_running += 1;
+            }
+            child.kill().ok();
+            child.wait().unwrap();
+        }
+        assert!(killed_while_running >= 3, "the child finished before it was killed");
+        let mid = rows_of(&mut conn, true).len();
+        assert!(mid > 0 && mid < ROWS as usize, "{mid} rows moved by the killed runs");
+        let report = orders::table.chunked_by(orders::id).batch_size(7).checkpoint("killed")
+            .move_into(&mut conn, orders_archive::table)
+            .unwrap();
+        assert!(report.done);
+        assert_eq!(report.rows as usize, ROWS as usize - mid);
+        let source = rows_of(&mut conn, false);
+        let archive = rows_of(&mut conn, true);
+        assert_in_one_table(&source, &archive, |_| true);
+    }
+}
+
+/// The runner `a_move_killed_at_any_instant_resumes_exactly` kills: run by
+/// that test only (it is ignored otherwise).
+#[test]
+#[ignore = "run as a child process by a_move_killed_at_any_instant_resumes_exactly"]
+fn move_child() {
+    let url = std::env::var("CHUNKED_MOVE_URL").expect("CHUNKED_MOVE_URL");
+    macro_rules! run {
+        ($conn:ty) => {{
+            let mut conn = <$conn>::establish(&url).unwrap();
+            let _ = orders::table
+                .chunked_by(orders::id)
+                .batch_size(7)
+                .pause(Duration::from_millis(10))
+                .checkpoint("killed")
+                .move_into(&mut conn, orders_archive::table);
+        }};
+    }
+    #[cfg(feature = "postgres")]
+    if url.starts_with("postgres") {
+        run!(diesel::PgConnection);
+        return;
+    }
+    #[cfg(feature = "mysql")]
+    if url.starts_with("mysql") {
+        run!(diesel::MysqlConnection);
+        return;
+    }
+    #[cfg(feature = "sqlite")]
+    run!(diesel::SqliteConnection);
+}
