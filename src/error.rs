@@ -546,6 +546,16 @@ pub enum Error {
         locked: Option<u64>,
     },
 
+    /// [`move_to`](crate::RunChunkedDsl::move_to) was started without a
+    /// [`checkpoint`](crate::Chunked::checkpoint): what the destination has
+    /// committed and the source has not yet deleted is known from it alone.
+    #[error(
+        "move_to needs a checkpoint (.checkpoint(\"name\")): a batch is committed in the \
+         destination before its rows are deleted from the source, and only the checkpoint \
+         rows in both databases tell a run what a stopped one left to delete"
+    )]
+    MoveNeedsCheckpoint,
+
     /// [`move_into`](crate::RunChunkedDsl::move_into) or
     /// [`copy_into`](crate::RunChunkedDsl::copy_into) was given the table it
     /// reads as its destination.

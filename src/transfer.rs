@@ -28,7 +28,8 @@ use serde::Serialize;
 
 use crate::backend::KeysetBackend;
 use crate::builder::{Chunked, Db};
-use crate::checkpoint::CheckpointConnection;
+use crate::checkpoint::{Checkpoint, CheckpointConnection};
+use crate::stored::StoredKey;
 use crate::error::Error;
 use crate::key::Key;
 use crate::machine::Abort;
@@ -543,5 +544,463 @@ mod nonblocking {
             };
             Box::pin(run_job(source, seek, KeyRows, scan, job, write))
         }
+    }
+}
+
+/// A statement that runs on the blocking connection of every backend this
+/// build has: what a destination's `INSERT` of rows of a model must be, as
+/// the destination's backend is only known once its source is.
+pub trait OnEveryBackend: on::Pg + on::Mysql + on::Sqlite {}
+
+impl<T: on::Pg + on::Mysql + on::Sqlite> OnEveryBackend for T {}
+
+/// One trait per backend: the statement runs on its connection when the
+/// backend's feature is on, and nothing is asked of it otherwise.
+mod on {
+    use diesel::query_dsl::methods::ExecuteDsl;
+
+    macro_rules! on_backend {
+        ($name:ident, $feature:literal, $conn:ty) => {
+            #[cfg(feature = $feature)]
+            pub trait $name: ExecuteDsl<$conn> {}
+            #[cfg(feature = $feature)]
+            impl<T: ExecuteDsl<$conn>> $name for T {}
+            #[cfg(not(feature = $feature))]
+            pub trait $name {}
+            #[cfg(not(feature = $feature))]
+            impl<T> $name for T {}
+        };
+    }
+    on_backend!(Pg, "postgres", diesel::PgConnection);
+    on_backend!(Mysql, "mysql", diesel::MysqlConnection);
+    on_backend!(Sqlite, "sqlite", diesel::SqliteConnection);
+}
+
+/// A destination table of [`copy_to`](crate::RunChunkedDsl::copy_to) for
+/// rows of model `M`: `M` is `Insertable` into it, and the `INSERT` of many
+/// rows runs on every backend. Implemented for every such table.
+#[diagnostic::on_unimplemented(
+    message = "rows of `{M}` cannot be inserted into `{Self}` on every backend of this build",
+    label = "not a destination table for rows of `{M}`",
+    note = "`{M}` must be `Insertable` into the destination table (`#[derive(Insertable)]` with `#[diesel(table_name = ..)]` of that table)"
+)]
+pub trait InsertTable<M>: Table + Copy {
+    /// `INSERT INTO <table> (..) VALUES (..), (..)` of `rows`.
+    type Statement: OnEveryBackend;
+    /// The statement.
+    fn insert(self, rows: Vec<M>) -> Self::Statement;
+}
+
+impl<M, T> InsertTable<M> for T
+where
+    T: Table + Copy,
+    Vec<M>: diesel::Insertable<T>,
+    diesel::query_builder::InsertStatement<T, <Vec<M> as diesel::Insertable<T>>::Values>:
+        OnEveryBackend,
+{
+    type Statement =
+        diesel::query_builder::InsertStatement<T, <Vec<M> as diesel::Insertable<T>>::Values>;
+
+    fn insert(self, rows: Vec<M>) -> Self::Statement {
+        diesel::insert_into(self).values(rows)
+    }
+}
+
+/// A blocking connection a job can insert rows into: PostgreSQL, MySQL or
+/// SQLite, each with the checkpoint statements. Sealed.
+pub trait InsertConnection:
+    CheckpointConnection + diesel::Connection<Backend: KeysetBackend + Default> + sealed::Sealed
+{
+    /// How many bind parameters one statement may have.
+    const MAX_BINDS: usize;
+    /// Runs `statement`: the rows inserted.
+    fn run_insert<S: OnEveryBackend>(&mut self, statement: S) -> QueryResult<usize>;
+}
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+macro_rules! insert_connection {
+    ($on:ident, $feature:literal, $conn:ty, $binds:expr) => {
+        #[cfg(feature = $feature)]
+        impl sealed::Sealed for $conn {}
+        #[cfg(feature = $feature)]
+        impl InsertConnection for $conn {
+            const MAX_BINDS: usize = $binds;
+            fn run_insert<S: OnEveryBackend>(&mut self, statement: S) -> QueryResult<usize> {
+                <S as diesel::query_dsl::methods::ExecuteDsl<$conn>>::execute(statement, self)
+            }
+        }
+    };
+}
+// PostgreSQL and MySQL count parameters in 16 bits; SQLite's bundled build
+// allows 32766 (`SQLITE_MAX_VARIABLE_NUMBER`).
+insert_connection!(Pg, "postgres", diesel::PgConnection, 65_535);
+insert_connection!(Mysql, "mysql", diesel::MysqlConnection, 65_535);
+insert_connection!(Sqlite, "sqlite", diesel::SqliteConnection, 32_766);
+
+/// Inserts `rows` into `table` on `conn` in as few statements as the
+/// backend's parameter limit allows, `columns` parameters a row.
+pub(crate) fn insert_rows<C, T, M>(
+    conn: &mut C,
+    table: T,
+    mut rows: Vec<M>,
+    columns: usize,
+) -> QueryResult<u64>
+where
+    C: InsertConnection,
+    T: InsertTable<M>,
+{
+    let per_statement = (C::MAX_BINDS / columns.max(1)).max(1);
+    let mut inserted = 0;
+    while !rows.is_empty() {
+        let rest = rows.split_off(rows.len().min(per_statement));
+        inserted += conn.run_insert(table.insert(rows))? as u64;
+        rows = rest;
+    }
+    Ok(inserted)
+}
+
+/// Everything `copy_to::<M>` / `move_to::<M>` need of a scan read from
+/// source `S` as models `M`, whatever the destination.
+#[diagnostic::on_unimplemented(
+    message = "`copy_to::<{M}>` / `move_to::<{M}>` need a scan that can load `{M}` from this source",
+    label = "cannot load `{M}` in batches from this source",
+    note = "`{M}` must be `Selectable` and `Queryable` from the query's table, as for `load_iter::<{M}>`"
+)]
+pub trait CopyToJob<'a, S, M> {
+    /// The key's values.
+    type Value;
+    /// Runs the job; `delete` for a move.
+    fn run_copy_to<D, T>(
+        self,
+        source: S,
+        dest: D,
+        table: T,
+        delete: bool,
+    ) -> Result<WriteReport<Self::Value>, Error>
+    where
+        D: ConnectionSource<Connection: InsertConnection>,
+        T: InsertTable<M>;
+}
+
+impl<'a, Q, K, S, M> CopyToJob<'a, S, M> for Chunked<Q, K>
+where
+    K: Key,
+    K::Value: Serialize + DeserializeOwned,
+    S: ConnectionSource,
+    S::Connection: crate::unique::UniqueIndexes,
+    Db<S>: KeysetBackend + Default,
+    <Db<S> as Backend>::QueryBuilder: Default,
+    Q: crate::query::PrepareModel<'a, K, M, Db<S>> + QueryFragment<Db<S>>,
+    crate::rows::ModelRows<M>: Rows<S::Connection, crate::builder::ModelBase<'a, Q, K, M, Db<S>>, K, Item = M>,
+    M: diesel::Selectable<Db<S>>,
+    M::SelectExpression: QueryFragment<Db<S>>,
+{
+    type Value = K::Value;
+
+    fn run_copy_to<D, T>(
+        self,
+        source: S,
+        dest: D,
+        table: T,
+        delete: bool,
+    ) -> Result<WriteReport<K::Value>, Error>
+    where
+        D: ConnectionSource<Connection: InsertConnection>,
+        T: InsertTable<M>,
+    {
+        use crate::rows::LoadedRow;
+        let verb = if delete { "move_to" } else { "copy_to" };
+        // The parameters of a row: at most the columns `M` selects.
+        let columns = render_sql::<Db<S>, _>(&M::construct_selection())
+            .map(|c| crate::query::top_level_items(&c).len())
+            .unwrap_or(64);
+        let job = self.write.clone().with_identity(
+            verb,
+            format!(
+                "INTO {}\n{}",
+                std::any::type_name::<T>(),
+                debug_sql::<Db<S>, _>(&self.query)
+            ),
+        );
+        let (query, rows, scan) = self.model_parts::<Db<S>, M>();
+        let reads = crate::write::Elsewhere(source);
+        crate::write::run_job_reading(dest, reads, query, rows, scan, job, &mut |conn, loaded, _| {
+            let rows: Vec<M> = loaded.into_iter().map(|r| r.into_parts().1).collect();
+            Ok(insert_rows(conn, table, rows, columns)?)
+        })
+    }
+}
+
+/// The read side of `move_to`: reads the rows on the source, as `copy_to`
+/// does, and after each batch the destination committed deletes there the
+/// rows the destination holds now.
+///
+/// The source keeps a row of its own in its checkpoint table, under the
+/// job's name: how far its deletes have come (the key, and the rows deleted
+/// so far). The destination's checkpoint row says how far the copies have
+/// come. The range between the two is deleted in one transaction of the
+/// source, which advances its row, and only if it deletes exactly as many
+/// rows as the destination copied since: a crash between the destination's
+/// commit and the source's leaves that range to the next run, which deletes
+/// it first.
+pub(crate) struct Moving<Src: ConnectionSource, Q, K: Key> {
+    source: crate::write::Elsewhere<Src>,
+    name: String,
+    key: K,
+    query: Q,
+    bounds: Bounds<K::Value>,
+    key_type: String,
+}
+
+impl<Src, Q, K> Moving<Src, Q, K>
+where
+    Src: ConnectionSource,
+    Src::Connection: CheckpointConnection,
+    K: Key,
+    K::Value: Serialize + DeserializeOwned,
+    Q: FilterDsl<SeekPredicate<K>> + Clone,
+    RangeTarget<Q, K>: IntoUpdateTarget,
+    RangeDelete<Q, K>: diesel::query_dsl::methods::ExecuteDsl<Src::Connection>,
+{
+    /// Deletes from the source what the destination (its checkpoint row
+    /// `copied`) holds beyond the source's own row.
+    fn delete_copied(&mut self, copied: &Checkpoint, fingerprint: &str) -> Result<(), Error> {
+        let name = self.name.as_str();
+        let src = &mut self.source.0;
+        let context = "move_to: the source's checkpoint row";
+        let attempt = |e: crate::source::AttemptError| match e {
+            crate::source::AttemptError::Query(source) => Error::Query { context, source },
+            #[allow(unreachable_patterns)]
+            other => Error::Query {
+                context,
+                source: diesel::result::Error::QueryBuilderError(other.to_string().into()),
+            },
+        };
+        let marker = src
+            .run(false, |c| {
+                c.start_checkpoint(name, &self.key_type)?;
+                c.claim_checkpoint(name, fingerprint)
+            })
+            .map_err(attempt)?;
+        if marker.query_fingerprint.as_deref() != Some(fingerprint) {
+            return Err(Error::CheckpointMismatch {
+                name: name.to_string(),
+                stored: format!("{} in the source database", marker.key_type),
+                expected: self.key_type.clone(),
+            });
+        }
+        if marker.rows >= copied.rows {
+            return Ok(());
+        }
+        let parse = |json: &Option<String>| -> Result<Option<StoredKey<K::Value>>, Error> {
+            json.as_deref()
+                .map(|j| {
+                    serde_json::from_str(j).map_err(|e| Error::CheckpointMismatch {
+                        name: name.to_string(),
+                        stored: format!("{} (last key {j}: {e})", copied.key_type),
+                        expected: self.key_type.clone(),
+                    })
+                })
+                .transpose()
+        };
+        let mut range = self.bounds.clone();
+        if let Some(after) = parse(&marker.last_key)? {
+            range.after = Some(after);
+        }
+        range.until = parse(&copied.last_key)?;
+        let expected = copied.rows - marker.rows;
+        let (key, query) = (self.key, &self.query);
+        let mut changed = None;
+        let done = src.run(false, |c| {
+            c.batch_transaction(|c| {
+                let Some(now) = c.lock_checkpoint(name)? else {
+                    return Err(diesel::result::Error::NotFound);
+                };
+                if now.rows != marker.rows {
+                    // Another run deleted meanwhile: nothing left to do here.
+                    return Ok(());
+                }
+                let predicate = SeekPredicate::new(key, BoundsCell::new(range.clone()));
+                let delete = diesel::delete(FilterDsl::filter(query.clone(), predicate));
+                let deleted =
+                    diesel::query_dsl::methods::ExecuteDsl::execute(delete, c)? as u64;
+                if deleted != expected {
+                    changed = Some(deleted);
+                    return Err(diesel::result::Error::RollbackTransaction);
+                }
+                c.advance_checkpoint(
+                    name,
+                    copied.last_key.as_deref(),
+                    copied.rows,
+                    copied.batches,
+                    copied.done,
+                )
+            })
+        });
+        if let Some(deleted) = changed {
+            return Err(Error::MoveChanged {
+                range: describe_range(&range),
+                copied: expected,
+                deleted,
+                locked: None,
+            });
+        }
+        done.map_err(|e| match e {
+            crate::source::AttemptError::Query(source) => Error::Query {
+                context: "move_to: deleting the copied rows from the source",
+                source,
+            },
+            #[allow(unreachable_patterns)]
+            other => attempt(other),
+        })
+    }
+}
+
+impl<S, Src, Q, K, B, R> crate::write::ReadSide<S, B, K, R> for Moving<Src, Q, K>
+where
+    S: ConnectionSource,
+    S::Connection: CheckpointConnection,
+    Src: ConnectionSource,
+    Src::Connection: CheckpointConnection,
+    Db<Src>: KeysetBackend,
+    K: Key,
+    K::Value: Serialize + DeserializeOwned,
+    R: Rows<Src::Connection, B, K>,
+    Q: FilterDsl<SeekPredicate<K>> + Clone,
+    RangeTarget<Q, K>: IntoUpdateTarget,
+    RangeDelete<Q, K>: diesel::query_dsl::methods::ExecuteDsl<Src::Connection>,
+{
+    fn check(
+        &mut self,
+        first: &mut crate::iter::FirstBatch<'_, B, K, R>,
+        source: &mut S,
+        steps: crate::iter::FirstSteps,
+    ) -> Result<(), Error> {
+        crate::write::ReadSide::<S, B, K, R>::check(&mut self.source, first, source, steps)
+    }
+
+    fn stored_forms(&self) -> bool {
+        <Db<Src> as KeysetBackend>::STORED_FORMS
+    }
+
+    fn load(
+        &mut self,
+        rows: &mut R,
+        query: &crate::query::SeekQuery<B, K>,
+        conn: &mut S::Connection,
+        limit: i64,
+    ) -> QueryResult<Vec<R::Loaded>> {
+        crate::write::ReadSide::<S, B, K, R>::load(&mut self.source, rows, query, conn, limit)
+    }
+
+    fn catch_up(&mut self, source: &mut S, fingerprint: &str) -> Result<(), Error> {
+        let name = self.name.as_str();
+        let copied = source
+            .run(false, |c| c.read_checkpoint(name))
+            .map_err(|e| match e {
+                crate::source::AttemptError::Query(source) => Error::Query {
+                    context: "move_to: the destination's checkpoint row",
+                    source,
+                },
+                #[allow(unreachable_patterns)]
+                other => Error::Query {
+                    context: "move_to: the destination's checkpoint row",
+                    source: diesel::result::Error::QueryBuilderError(other.to_string().into()),
+                },
+            })?;
+        match copied {
+            Some(copied) => self.delete_copied(&copied, fingerprint),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Everything `move_to::<M>` needs besides what `copy_to::<M>` does: the
+/// query is of one table the source can delete from.
+#[diagnostic::on_unimplemented(
+    message = "`move_to::<{M}>` needs a query of one table that Diesel can DELETE from, loading `{M}`",
+    label = "not a query `move_to::<{M}>` can move rows of",
+    note = "`copy_to::<{M}>` copies the rows of any query that loads `{M}`"
+)]
+pub trait MoveToJob<'a, S, M> {
+    /// The key's values.
+    type Value;
+    /// Runs the job.
+    fn run_move_to<D, T>(
+        self,
+        source: S,
+        dest: D,
+        table: T,
+    ) -> Result<WriteReport<Self::Value>, Error>
+    where
+        D: ConnectionSource<Connection: InsertConnection>,
+        T: InsertTable<M>;
+}
+
+impl<'a, Q, K, S, M> MoveToJob<'a, S, M> for Chunked<Q, K>
+where
+    K: Key,
+    K::Value: Serialize + DeserializeOwned,
+    S: ConnectionSource,
+    S::Connection: CheckpointConnection,
+    Db<S>: KeysetBackend + Default,
+    <Db<S> as Backend>::QueryBuilder: Default,
+    Q: crate::query::PrepareModel<'a, K, M, Db<S>> + QueryFragment<Db<S>>,
+    Q: UpdatableQuery + Clone + FilterDsl<SeekPredicate<K>>,
+    RangeTarget<Q, K>: IntoUpdateTarget,
+    RangeDelete<Q, K>: diesel::query_dsl::methods::ExecuteDsl<S::Connection>,
+    crate::rows::ModelRows<M>: Rows<S::Connection, crate::builder::ModelBase<'a, Q, K, M, Db<S>>, K, Item = M>,
+    M: diesel::Selectable<Db<S>>,
+    M::SelectExpression: QueryFragment<Db<S>>,
+{
+    type Value = K::Value;
+
+    fn run_move_to<D, T>(
+        self,
+        source: S,
+        dest: D,
+        table: T,
+    ) -> Result<WriteReport<K::Value>, Error>
+    where
+        D: ConnectionSource<Connection: InsertConnection>,
+        T: InsertTable<M>,
+    {
+        use crate::rows::LoadedRow;
+        let Some(name) = self.write.checkpoint.clone() else {
+            return Err(Error::MoveNeedsCheckpoint);
+        };
+        let columns = render_sql::<Db<S>, _>(&M::construct_selection())
+            .map(|c| crate::query::top_level_items(&c).len())
+            .unwrap_or(64);
+        let job = self.write.clone().with_identity(
+            "move_to",
+            format!(
+                "INTO {}\n{}",
+                std::any::type_name::<T>(),
+                debug_sql::<Db<S>, _>(&self.query)
+            ),
+        );
+        let key_type = format!(
+            "{} as {} (move_to: deleted from the source)",
+            self.key.describe(),
+            std::any::type_name::<K::Value>()
+        );
+        let (key, bounds, filters) = (self.key, self.bounds(), self.query.clone());
+        let (query, rows, scan) = self.model_parts::<Db<S>, M>();
+        let reads = Moving {
+            source: crate::write::Elsewhere(source),
+            name,
+            key,
+            query: filters,
+            bounds,
+            key_type,
+        };
+        crate::write::run_job_reading(dest, reads, query, rows, scan, job, &mut |conn, loaded, _| {
+            let rows: Vec<M> = loaded.into_iter().map(|r| r.into_parts().1).collect();
+            Ok(insert_rows(conn, table, rows, columns)?)
+        })
     }
 }

@@ -65,7 +65,7 @@ use crate::machine::{Abort, Committed, EmptyLock, Failure, Step, WriteMachine};
 use crate::moved::{MoveWatch, RangeGuard};
 use crate::predicate::{Bounds, BoundsCell, SeekPredicate};
 use crate::query::{PrepareKeys, PrepareModel, SeekQuery};
-use crate::rows::{KeyRows, LoadedRow, ModelRows, Rows};
+use crate::rows::{KeyRows, LoadedRow, ModelRows, RowType, Rows};
 use crate::source::{Blocking, ConnectionSource};
 
 /// What a write job did in the run that returned it; a resumed job's earlier
@@ -316,7 +316,144 @@ type WriteFn<'f, C, L, V> = dyn FnMut(&mut C, Vec<L>, &Bounds<V>) -> Result<u64,
 /// batch one transaction with the job's write and its checkpoint, and sleeps
 /// as it says.
 pub(crate) fn run_job<S, B, K, R>(
+    source: S,
+    query: Result<SeekQuery<B, K>, Error>,
+    rows: R,
+    scan: ScanConfig,
+    job: WriteConfig,
+    write: &mut WriteFn<'_, S::Connection, R::Loaded, K::Value>,
+) -> Result<WriteReport<K::Value>, Error>
+where
+    S: ConnectionSource,
+    S::Connection: CheckpointConnection,
+    Db<S>: KeysetBackend,
+    K: Key,
+    K::Value: Serialize + DeserializeOwned,
+    R: Rows<S::Connection, B, K>,
+{
+    run_job_reading(source, Here, query, rows, scan, job, write)
+}
+
+/// Where a write job reads its rows and runs the checks before its first
+/// batch: on the connection of its batch's transaction ([`Here`]), or on
+/// another source ([`Elsewhere`]: the source database of a job writing to
+/// another one).
+pub(crate) trait ReadSide<S: ConnectionSource, B, K: Key, R: RowType<K>> {
+    /// Runs the checks before the first batch.
+    fn check(
+        &mut self,
+        first: &mut crate::iter::FirstBatch<'_, B, K, R>,
+        source: &mut S,
+        steps: crate::iter::FirstSteps,
+    ) -> Result<(), Error>;
+    /// Whether keys read here may be stored in forms of the backend's own.
+    fn stored_forms(&self) -> bool;
+    /// Loads a batch; `conn` is the batch transaction's.
+    fn load(
+        &mut self,
+        rows: &mut R,
+        query: &SeekQuery<B, K>,
+        conn: &mut S::Connection,
+        limit: i64,
+    ) -> diesel::QueryResult<Vec<R::Loaded>>;
+    /// Before the first step and after each committed batch: what the read
+    /// side does once the job's source has committed (a move to another
+    /// database deletes there what the destination holds now).
+    /// `fingerprint` is the job's (see [`WriteMachine::fingerprint`]).
+    fn catch_up(&mut self, source: &mut S, fingerprint: &str) -> Result<(), Error> {
+        let _ = (source, fingerprint);
+        Ok(())
+    }
+}
+
+/// A job reads on the connection of its batch's transaction.
+pub(crate) struct Here;
+
+impl<S, B, K, R> ReadSide<S, B, K, R> for Here
+where
+    S: ConnectionSource,
+    S::Connection: CheckpointConnection,
+    Db<S>: KeysetBackend,
+    K: Key,
+    R: Rows<S::Connection, B, K>,
+{
+    fn check(
+        &mut self,
+        first: &mut crate::iter::FirstBatch<'_, B, K, R>,
+        source: &mut S,
+        steps: crate::iter::FirstSteps,
+    ) -> Result<(), Error> {
+        first.run(source, steps)
+    }
+
+    fn stored_forms(&self) -> bool {
+        <Db<S> as KeysetBackend>::STORED_FORMS
+    }
+
+    fn load(
+        &mut self,
+        rows: &mut R,
+        query: &SeekQuery<B, K>,
+        conn: &mut S::Connection,
+        limit: i64,
+    ) -> diesel::QueryResult<Vec<R::Loaded>> {
+        rows.load(query, conn, limit)
+    }
+}
+
+/// A job reads on connections of source `Src`, another database than the
+/// one its batches write to.
+pub(crate) struct Elsewhere<Src>(pub(crate) Src);
+
+impl<S, Src, B, K, R> ReadSide<S, B, K, R> for Elsewhere<Src>
+where
+    S: ConnectionSource,
+    Src: ConnectionSource,
+    Src::Connection: crate::unique::UniqueIndexes,
+    Db<Src>: KeysetBackend,
+    K: Key,
+    R: Rows<Src::Connection, B, K>,
+{
+    fn check(
+        &mut self,
+        first: &mut crate::iter::FirstBatch<'_, B, K, R>,
+        _source: &mut S,
+        steps: crate::iter::FirstSteps,
+    ) -> Result<(), Error> {
+        first.run(&mut self.0, steps)
+    }
+
+    fn stored_forms(&self) -> bool {
+        <Db<Src> as KeysetBackend>::STORED_FORMS
+    }
+
+    fn load(
+        &mut self,
+        rows: &mut R,
+        query: &SeekQuery<B, K>,
+        _conn: &mut S::Connection,
+        limit: i64,
+    ) -> diesel::QueryResult<Vec<R::Loaded>> {
+        use crate::source::AttemptError;
+        self.0
+            .run(false, |conn| rows.load(query, conn, limit))
+            .map_err(|e| match e {
+                AttemptError::Query(e) => e,
+                // No connection to the source: a connection error, retried
+                // like one.
+                #[allow(unreachable_patterns)]
+                other => diesel::result::Error::DatabaseError(
+                    diesel::result::DatabaseErrorKind::ClosedConnection,
+                    Box::new(format!("the source database: {other}")),
+                ),
+            })
+    }
+}
+
+/// [`run_job`], reading where `reads` says.
+pub(crate) fn run_job_reading<S, D, B, K, R>(
     mut source: S,
+    mut reads: D,
     query: Result<SeekQuery<B, K>, Error>,
     mut rows: R,
     scan: ScanConfig,
@@ -329,7 +466,8 @@ where
     Db<S>: KeysetBackend,
     K: Key,
     K::Value: Serialize + DeserializeOwned,
-    R: Rows<S::Connection, B, K>,
+    R: RowType<K>,
+    D: ReadSide<S, B, K, R>,
 {
     let (mut query, mut m) = start_job(query, &rows, scan, &job, S::DEFAULT_MAX_RETRIES)?;
     loop {
@@ -344,6 +482,7 @@ where
                     }
                 });
                 m.started(row)?;
+                reads.catch_up(&mut source, m.fingerprint())?;
             }
             Step::FinishEmpty { attempt } => {
                 let name = m.checkpoint().unwrap_or_default();
@@ -364,18 +503,22 @@ where
                 m.emptied(done, busy)?;
             }
             Step::Checks => {
-                let stored_forms = <Db<S> as KeysetBackend>::STORED_FORMS;
+                let stored_forms = reads.stored_forms();
                 let (mut first, steps) = m.first_batch(&mut query, &mut rows, stored_forms);
-                first.run(&mut source, steps)?;
+                reads.check(&mut first, &mut source, steps)?;
                 m.checked();
             }
             Step::Seek(after) => query.set_after(Some(after)),
             Step::Batch { plan, attempt } => {
                 let ran = {
                     let _span = m.trace().enter();
-                    run_batch(&mut source, &query, &mut rows, &m, plan, attempt, write)
+                    run_batch(&mut source, &mut reads, &query, &mut rows, &m, plan, attempt, write)
                 };
+                let committed = ran.is_ok();
                 m.ran(ran)?;
+                if committed {
+                    reads.catch_up(&mut source, m.fingerprint())?;
+                }
             }
             Step::Probe => {
                 let outcomes = m.signals().read_blocking(|kind, limit, table| {
@@ -439,8 +582,10 @@ where
 
 /// Runs attempt `attempt` at batch `plan` as one transaction: locks the
 /// checkpoint row, loads the batch, writes it, advances the checkpoint.
-fn run_batch<S, B, K, R>(
+#[allow(clippy::too_many_arguments)]
+fn run_batch<S, D, B, K, R>(
     source: &mut S,
+    reads: &mut D,
     query: &SeekQuery<B, K>,
     rows: &mut R,
     m: &WriteMachine<K::Value>,
@@ -454,7 +599,8 @@ where
     Db<S>: KeysetBackend,
     K: Key,
     K::Value: Serialize + DeserializeOwned,
-    R: Rows<S::Connection, B, K>,
+    R: RowType<K>,
+    D: ReadSide<S, B, K, R>,
 {
     let name = m.checkpoint();
     let mut rollback = None;
@@ -472,7 +618,7 @@ where
                 };
                 m.locked(name, row)?;
             }
-            let mut loaded = rows.load(query, conn, plan.fetch())?;
+            let mut loaded = reads.load(rows, query, conn, plan.fetch())?;
             let batch = m.loaded(&plan, query.key(), query.bounds(), &mut loaded, |r| r.key())?;
             let n = loaded.len();
             let written = match &batch.range {
