@@ -29,7 +29,6 @@ use serde::Serialize;
 use crate::backend::KeysetBackend;
 use crate::builder::{Chunked, Db};
 use crate::checkpoint::{Checkpoint, CheckpointConnection};
-use crate::stored::StoredKey;
 use crate::error::Error;
 use crate::key::Key;
 use crate::machine::Abort;
@@ -37,6 +36,7 @@ use crate::predicate::{Bounds, BoundsCell, SeekPredicate};
 use crate::query::PrepareKeys;
 use crate::rows::{KeyRows, Rows};
 use crate::source::{Blocking, ConnectionSource};
+use crate::stored::StoredKey;
 use crate::write::{
     debug_sql, describe_range, render_sql, run_job, RangeDelete, RangeTable, RangeTarget,
     UpdatableQuery, WriteReport,
@@ -694,7 +694,8 @@ where
     Db<S>: KeysetBackend + Default,
     <Db<S> as Backend>::QueryBuilder: Default,
     Q: crate::query::PrepareModel<'a, K, M, Db<S>> + QueryFragment<Db<S>>,
-    crate::rows::ModelRows<M>: Rows<S::Connection, crate::builder::ModelBase<'a, Q, K, M, Db<S>>, K, Item = M>,
+    crate::rows::ModelRows<M>:
+        Rows<S::Connection, crate::builder::ModelBase<'a, Q, K, M, Db<S>>, K, Item = M>,
     M: diesel::Selectable<Db<S>>,
     M::SelectExpression: QueryFragment<Db<S>>,
 {
@@ -727,10 +728,18 @@ where
         );
         let (query, rows, scan) = self.model_parts::<Db<S>, M>();
         let reads = crate::write::Elsewhere(source);
-        crate::write::run_job_reading(dest, reads, query, rows, scan, job, &mut |conn, loaded, _| {
-            let rows: Vec<M> = loaded.into_iter().map(|r| r.into_parts().1).collect();
-            Ok(insert_rows(conn, table, rows, columns)?)
-        })
+        crate::write::run_job_reading(
+            dest,
+            reads,
+            query,
+            rows,
+            scan,
+            job,
+            &mut |conn, loaded, _| {
+                let rows: Vec<M> = loaded.into_iter().map(|r| r.into_parts().1).collect();
+                Ok(insert_rows(conn, table, rows, columns)?)
+            },
+        )
     }
 }
 
@@ -825,8 +834,7 @@ where
                 }
                 let predicate = SeekPredicate::new(key, BoundsCell::new(range.clone()));
                 let delete = diesel::delete(FilterDsl::filter(query.clone(), predicate));
-                let deleted =
-                    diesel::query_dsl::methods::ExecuteDsl::execute(delete, c)? as u64;
+                let deleted = diesel::query_dsl::methods::ExecuteDsl::execute(delete, c)? as u64;
                 if deleted != expected {
                     changed = Some(deleted);
                     return Err(diesel::result::Error::RollbackTransaction);
@@ -952,18 +960,14 @@ where
     Q: UpdatableQuery + Clone + FilterDsl<SeekPredicate<K>>,
     RangeTarget<Q, K>: IntoUpdateTarget,
     RangeDelete<Q, K>: diesel::query_dsl::methods::ExecuteDsl<S::Connection>,
-    crate::rows::ModelRows<M>: Rows<S::Connection, crate::builder::ModelBase<'a, Q, K, M, Db<S>>, K, Item = M>,
+    crate::rows::ModelRows<M>:
+        Rows<S::Connection, crate::builder::ModelBase<'a, Q, K, M, Db<S>>, K, Item = M>,
     M: diesel::Selectable<Db<S>>,
     M::SelectExpression: QueryFragment<Db<S>>,
 {
     type Value = K::Value;
 
-    fn run_move_to<D, T>(
-        self,
-        source: S,
-        dest: D,
-        table: T,
-    ) -> Result<WriteReport<K::Value>, Error>
+    fn run_move_to<D, T>(self, source: S, dest: D, table: T) -> Result<WriteReport<K::Value>, Error>
     where
         D: ConnectionSource<Connection: InsertConnection>,
         T: InsertTable<M>,
@@ -998,9 +1002,17 @@ where
             bounds,
             key_type,
         };
-        crate::write::run_job_reading(dest, reads, query, rows, scan, job, &mut |conn, loaded, _| {
-            let rows: Vec<M> = loaded.into_iter().map(|r| r.into_parts().1).collect();
-            Ok(insert_rows(conn, table, rows, columns)?)
-        })
+        crate::write::run_job_reading(
+            dest,
+            reads,
+            query,
+            rows,
+            scan,
+            job,
+            &mut |conn, loaded, _| {
+                let rows: Vec<M> = loaded.into_iter().map(|r| r.into_parts().1).collect();
+                Ok(insert_rows(conn, table, rows, columns)?)
+            },
+        )
     }
 }

@@ -512,7 +512,16 @@ where
             Step::Batch { plan, attempt } => {
                 let ran = {
                     let _span = m.trace().enter();
-                    run_batch(&mut source, &mut reads, &query, &mut rows, &m, plan, attempt, write)
+                    run_batch(
+                        &mut source,
+                        &mut reads,
+                        &query,
+                        &mut rows,
+                        &m,
+                        plan,
+                        attempt,
+                        write,
+                    )
                 };
                 let committed = ran.is_ok();
                 m.ran(ran)?;

@@ -32,17 +32,17 @@ diesel::table! {
 }
 
 #[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
-#[diesel(table_name = orders)]
-struct Order {
-    id: i32,
-    grp: i32,
-    note: String,
-    amount: Option<i64>,
+#[diesel(table_name = orders, treat_none_as_default_value = false)]
+pub(crate) struct Order {
+    pub(crate) id: i32,
+    pub(crate) grp: i32,
+    pub(crate) note: String,
+    pub(crate) amount: Option<i64>,
 }
 
-const ROWS: i32 = 300;
+pub(crate) const ROWS: i32 = 300;
 
-fn order(id: i32) -> Order {
+pub(crate) fn order(id: i32) -> Order {
     Order {
         id,
         grp: id % 3,
@@ -56,6 +56,14 @@ where
     C: Connection,
     diesel::query_builder::SqlQuery: diesel::query_dsl::methods::ExecuteDsl<C>,
 {
+    create_tables_with(conn, true)
+}
+
+pub(crate) fn create_tables_with<C>(conn: &mut C, fill: bool)
+where
+    C: Connection,
+    diesel::query_builder::SqlQuery: diesel::query_dsl::methods::ExecuteDsl<C>,
+{
     for t in ["orders", "orders_archive"] {
         diesel::sql_query(format!(
             "CREATE TABLE {t} (id INTEGER PRIMARY KEY, grp INTEGER NOT NULL, \
@@ -63,6 +71,9 @@ where
         ))
         .execute(conn)
         .unwrap();
+    }
+    if !fill {
+        return;
     }
     let values: Vec<String> = (1..=ROWS)
         .map(order)
@@ -77,7 +88,7 @@ where
 }
 
 /// Every row of a table, by id.
-fn rows_of<C>(conn: &mut C, archive: bool) -> BTreeMap<i32, Order>
+pub(crate) fn rows_of<C>(conn: &mut C, archive: bool) -> BTreeMap<i32, Order>
 where
     C: Connection + diesel::connection::LoadConnection,
     for<'a> orders::table: diesel::query_dsl::LoadQuery<'a, C, Order>,
@@ -303,4 +314,226 @@ fn move_child() {
     }
     #[cfg(feature = "sqlite")]
     run!(diesel::SqliteConnection);
+}
+
+/// `copy_to` / `move_to` between two databases: for each pair, `S` is the
+/// source's backend, `D` the destination's. Each test has two databases of
+/// its own.
+macro_rules! cross_tests {
+    ($($module:ident: $src:ident($sf:literal) -> $dest:ident($df:literal);)*) => {$(
+        #[cfg(all(feature = $sf, feature = $df))]
+        mod $module {
+            use super::*;
+            type S = common::$src;
+            type D = common::$dest;
+
+            fn databases() -> (TestDb, TestDb, <S as TestBackend>::Conn, <D as TestBackend>::Conn) {
+                let (src_db, dest_db) = (S::create(), D::create());
+                let mut src = S::connect(&src_db);
+                let mut dest = D::connect(&dest_db);
+                create_tables_with(&mut src, true);
+                create_tables_with(&mut dest, false);
+                checkpoint::create_table(&mut src).unwrap();
+                checkpoint::create_table(&mut dest).unwrap();
+                (src_db, dest_db, src, dest)
+            }
+
+            #[test]
+            fn copy_to_copies_each_row_once_column_by_column() {
+                let (_s, _d, mut src, mut dest) = databases();
+                let log = QueryLog::install(&mut dest);
+                let report = orders::table
+                    .filter(orders::grp.ne(0))
+                    .chunked_by(orders::id)
+                    .batch_size(40)
+                    .checkpoint("copy")
+                    .copy_to::<Order>(&mut src, &mut dest, orders::table)
+                    .unwrap();
+                assert_eq!((report.rows, report.batches, report.done), (200, 5, true));
+                // One multi-row INSERT a batch.
+                let inserts = log.all().into_iter().filter(|q| q.starts_with("INSERT INTO") && !q.contains("chunked_checkpoints")).count();
+                assert_eq!(inserts, 5);
+                let expected: BTreeMap<i32, Order> =
+                    (1..=ROWS).filter(|i| i % 3 != 0).map(|i| (i, order(i))).collect();
+                assert_eq!(rows_of(&mut dest, false), expected);
+                assert_eq!(rows_of(&mut src, false).len(), ROWS as usize, "the source keeps its rows");
+                let c = checkpoint::status(&mut dest, "copy").unwrap().unwrap();
+                assert_eq!((c.rows, c.batches, c.done), (200, 5, true));
+                assert!(checkpoint::status(&mut src, "copy").unwrap().is_none(), "the source has no checkpoint row");
+            }
+
+            #[test]
+            fn move_to_moves_each_row_once_and_runs_again_as_done() {
+                let (_s, _d, mut src, mut dest) = databases();
+                let job = || orders::table.filter(orders::grp.ne(0)).chunked_by(orders::id)
+                    .batch_size(40).checkpoint("move");
+                let report = job().move_to::<Order>(&mut src, &mut dest, orders::table).unwrap();
+                assert_eq!((report.rows, report.batches, report.done), (200, 5, true));
+                let (left, moved) = (rows_of(&mut src, false), rows_of(&mut dest, false));
+                assert_in_one_table(&left, &moved, |id| id % 3 != 0);
+                let marker = checkpoint::status(&mut src, "move").unwrap().unwrap();
+                assert_eq!((marker.rows, marker.batches, marker.done), (200, 5, true));
+                let again = job().move_to::<Order>(&mut src, &mut dest, orders::table).unwrap();
+                assert_eq!((again.rows, again.done), (0, true));
+                assert_eq!(rows_of(&mut src, false), left);
+            }
+
+            #[test]
+            fn move_to_without_a_checkpoint_is_refused() {
+                let (_s, _d, mut src, mut dest) = databases();
+                let err = orders::table.chunked_by(orders::id)
+                    .move_to::<Order>(&mut src, &mut dest, orders::table).unwrap_err();
+                assert!(matches!(err, Error::MoveNeedsCheckpoint), "{err:?}");
+                assert!(rows_of(&mut dest, false).is_empty());
+            }
+
+            /// The runner stops between the destination's commit of batch 3
+            /// and the source's delete of it (it aborts in `on_batch`): batch
+            /// 3's rows are in both databases, those of batches 1 and 2 in
+            /// the destination only. The next run deletes batch 3's rows
+            /// from the source first, then goes on.
+            #[test]
+            fn a_move_stopped_between_the_two_commits_is_finished_by_the_next_run() {
+                let (s, d, mut src, mut dest) = databases();
+                let status = child(&s, &d, Some(3)).wait().unwrap();
+                assert!(!status.success());
+                let (left, moved) = (rows_of(&mut src, false), rows_of(&mut dest, false));
+                assert_eq!(moved.keys().copied().collect::<Vec<_>>(), (1..=21).collect::<Vec<_>>());
+                assert_eq!(left.keys().copied().collect::<Vec<_>>(), (15..=ROWS).collect::<Vec<_>>());
+                let report = orders::table.chunked_by(orders::id).batch_size(7).checkpoint("killed")
+                    .move_to::<Order>(&mut src, &mut dest, orders::table).unwrap();
+                assert_eq!((report.resumed_after, report.done), (Some(21), true));
+                assert_eq!(report.rows as i32, ROWS - 21);
+                let (left, moved) = (rows_of(&mut src, false), rows_of(&mut dest, false));
+                assert_in_one_table(&left, &moved, |_| true);
+            }
+
+            /// Killed (SIGKILL) at arbitrary instants, five times, then
+            /// finished here: every row in exactly one database.
+            #[test]
+            fn a_move_killed_at_any_instant_resumes_exactly() {
+                let (s, d, mut src, mut dest) = databases();
+                let mut killed_while_running = 0;
+                for round in 0..5u64 {
+                    let mut child = child(&s, &d, None);
+                    let before = rows_of(&mut dest, false).len();
+                    let started = Instant::now();
+                    while rows_of(&mut dest, false).len() == before && started.elapsed() < Duration::from_secs(30) {
+                        if child.try_wait().unwrap().is_some() {
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    std::thread::sleep(Duration::from_millis(3 + 7 * round));
+                    if child.try_wait().unwrap().is_none() {
+                        killed_while_running += 1;
+                    }
+                    child.kill().ok();
+                    child.wait().unwrap();
+                }
+                assert!(killed_while_running >= 3, "the child finished before it was killed");
+                let mid = rows_of(&mut dest, false).len();
+                assert!(mid > 0 && mid < ROWS as usize, "{mid} rows moved by the killed runs");
+                let report = orders::table.chunked_by(orders::id).batch_size(7).checkpoint("killed")
+                    .move_to::<Order>(&mut src, &mut dest, orders::table).unwrap();
+                assert!(report.done);
+                let (left, moved) = (rows_of(&mut src, false), rows_of(&mut dest, false));
+                assert_in_one_table(&left, &moved, |_| true);
+            }
+        }
+    )*};
+}
+
+/// The child process of the cross-database kill tests.
+fn child(src: &TestDb, dest: &TestDb, abort_at: Option<u64>) -> std::process::Child {
+    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+    cmd.args([
+        "--ignored",
+        "--exact",
+        "transfer::move_to_child",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env("CHUNKED_SRC_URL", &src.url)
+    .env("CHUNKED_DEST_URL", &dest.url)
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null());
+    if let Some(n) = abort_at {
+        cmd.env("CHUNKED_ABORT_AT", n.to_string());
+    }
+    cmd.spawn().unwrap()
+}
+
+cross_tests! {
+    sqlite_to_sqlite: Sqlite("sqlite") -> Sqlite("sqlite");
+    pg_to_pg: Pg("postgres") -> Pg("postgres");
+    mysql_to_mysql: Mysql("mysql") -> Mysql("mysql");
+    pg_to_mysql: Pg("postgres") -> Mysql("mysql");
+    sqlite_to_pg: Sqlite("sqlite") -> Pg("postgres");
+    mysql_to_sqlite: Mysql("mysql") -> Sqlite("sqlite");
+}
+
+/// Aborts the process once batch `n` is committed in the destination,
+/// before its rows are deleted from the source.
+struct AbortAt(u64);
+
+impl diesel_chunked_iterator::WriteObserver for AbortAt {
+    fn on_batch(&self, stats: &diesel_chunked_iterator::BatchStats) {
+        if stats.batch == self.0 {
+            std::process::abort();
+        }
+    }
+}
+
+/// The runner the cross-database kill tests stop: run by them only.
+#[test]
+#[ignore = "run as a child process by the cross-database move tests"]
+fn move_to_child() {
+    let src = std::env::var("CHUNKED_SRC_URL").expect("CHUNKED_SRC_URL");
+    let dest = std::env::var("CHUNKED_DEST_URL").expect("CHUNKED_DEST_URL");
+    let abort_at: u64 = std::env::var("CHUNKED_ABORT_AT")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(u64::MAX);
+    macro_rules! with_conn {
+        ($url:expr, $c:ident => $body:expr) => {{
+            let url: &str = &$url;
+            #[cfg(feature = "postgres")]
+            let pg = url.starts_with("postgres");
+            #[cfg(not(feature = "postgres"))]
+            let pg = false;
+            #[cfg(feature = "mysql")]
+            let my = url.starts_with("mysql");
+            #[cfg(not(feature = "mysql"))]
+            let my = false;
+            if pg {
+                #[cfg(feature = "postgres")]
+                {
+                    let mut $c = diesel::PgConnection::establish(url).unwrap();
+                    $body;
+                }
+            } else if my {
+                #[cfg(feature = "mysql")]
+                {
+                    let mut $c = diesel::MysqlConnection::establish(url).unwrap();
+                    $body;
+                }
+            } else {
+                #[cfg(feature = "sqlite")]
+                {
+                    let mut $c = diesel::SqliteConnection::establish(url).unwrap();
+                    $body;
+                }
+            }
+        }};
+    }
+    with_conn!(src, s => with_conn!(dest, d => {
+        let _ = orders::table
+            .chunked_by(orders::id)
+            .batch_size(7)
+            .pause(Duration::from_millis(10))
+            .checkpoint("killed")
+            .observe(AbortAt(abort_at))
+            .move_to::<Order>(&mut s, &mut d, orders::table);
+    }));
 }
