@@ -537,3 +537,69 @@ fn move_to_child() {
             .move_to::<Order>(&mut s, &mut d, orders::table);
     }));
 }
+
+/// `copy_into` / `move_into` on diesel-async connections: the same verbs,
+/// the same rows.
+#[cfg(feature = "async")]
+macro_rules! async_transfer_tests {
+    ($name:ident, $backend:ident, $conn:ty, $feature:literal) => {
+        #[cfg(feature = $feature)]
+        mod $name {
+            use super::*;
+            use diesel_async::AsyncConnection;
+
+            #[tokio::test(flavor = "multi_thread")]
+            async fn copy_into_and_move_into_write_each_row_once() {
+                let db = common::$backend::create();
+                let mut sync = common::$backend::connect(&db);
+                create_tables(&mut sync);
+                checkpoint::create_table(&mut sync).unwrap();
+                let mut conn = <$conn>::establish(&db.url).await.expect("async connection");
+
+                let copied = orders::table
+                    .filter(orders::grp.eq(0))
+                    .chunked_by(orders::id)
+                    .batch_size(30)
+                    .copy_into(&mut conn, orders_archive::table)
+                    .await
+                    .unwrap();
+                assert_eq!((copied.rows, copied.batches), (100, 4));
+                diesel::RunQueryDsl::execute(
+                    diesel::delete(orders::table.filter(orders::grp.eq(0))),
+                    &mut sync,
+                )
+                .unwrap();
+
+                let moved = orders::table
+                    .chunked_by(orders::id)
+                    .batch_size(30)
+                    .checkpoint("async-move")
+                    .move_into(&mut conn, orders_archive::table)
+                    .await
+                    .unwrap();
+                assert_eq!((moved.rows, moved.batches, moved.done), (200, 7, true));
+                let (left, archive) = (rows_of(&mut sync, false), rows_of(&mut sync, true));
+                assert!(left.is_empty(), "{left:?}");
+                let expected: BTreeMap<i32, Order> = (1..=ROWS).map(|i| (i, order(i))).collect();
+                assert_eq!(archive, expected);
+            }
+        }
+    };
+}
+
+#[cfg(feature = "async")]
+async_transfer_tests!(
+    async_sqlite,
+    Sqlite,
+    diesel_async::sync_connection_wrapper::SyncConnectionWrapper<diesel::SqliteConnection>,
+    "sqlite"
+);
+#[cfg(feature = "async")]
+async_transfer_tests!(async_pg, Pg, diesel_async::AsyncPgConnection, "postgres");
+#[cfg(feature = "async")]
+async_transfer_tests!(
+    async_mysql,
+    Mysql,
+    diesel_async::AsyncMysqlConnection,
+    "mysql"
+);
