@@ -7,6 +7,7 @@
 //! | [`keys`] | Keys: which columns can be keys, how they are compared, what is refused, and the limits. |
 //! | [`partitions`] | Many workers: splitting a scan into slices with `partitions` and `partitions_sampled`. |
 //! | [`writes`] | Batched writes: `update_all`, `delete_all`, `for_each_batch`, checkpoints and throttling. |
+//! | [`moving`] | Moving and copying rows: `move_into`, `copy_into`, `move_to`, `copy_to`, exactly once. |
 //! | [`distributed`] | Many machines: a job's slices as a NATS JetStream work queue (feature `jetstream`). |
 //! | [`sql`] | The SQL that runs: one batch's statement, composite keys, plans and sorts. |
 //! | [`streams`] | Async: the same scans as `Stream`s on diesel-async connections and pools. |
@@ -24,6 +25,9 @@ pub mod partitions {}
 
 #[doc = include_str!("guide/writes.md")]
 pub mod writes {}
+
+#[doc = include_str!("guide/moving.md")]
+pub mod moving {}
 
 #[doc = include_str!("guide/distributed.md")]
 pub mod distributed {}

@@ -444,7 +444,10 @@ pub trait RunChunkedDsl<S>: Sized {
     /// checkpoint, which lives in `dest`'s checkpoint table. A batch is thus
     /// in the destination exactly once, whenever the job stops.
     ///
-    /// `M` must be `Insertable` into `table`. Rows are inserted with
+    /// `M` must be `Insertable` into `table`: for a table of another name than
+    /// the source's, give Diesel's derive both (`#[diesel(table_name =
+    /// orders)] #[diesel(table_name = orders_cold)]`: `Insertable` into each,
+    /// `Selectable` from the first). Rows are inserted with
     /// multi-row `INSERT`s, as many rows per statement as the destination's
     /// parameter limit allows. A row whose key `table` already holds fails
     /// the batch with the database's unique violation.

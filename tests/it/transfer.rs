@@ -40,6 +40,19 @@ pub(crate) struct Order {
     pub(crate) amount: Option<i64>,
 }
 
+/// `Order` for the source's `orders` and the destination's `orders_archive`
+/// (Diesel's `Insertable` derive takes several `table_name`s; `Selectable`
+/// the first).
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
+#[diesel(table_name = orders, treat_none_as_default_value = false)]
+#[diesel(table_name = orders_archive)]
+struct OrderToArchive {
+    id: i32,
+    grp: i32,
+    note: String,
+    amount: Option<i64>,
+}
+
 pub(crate) const ROWS: i32 = 300;
 
 pub(crate) fn order(id: i32) -> Order {
@@ -360,6 +373,20 @@ macro_rules! cross_tests {
                 let c = checkpoint::status(&mut dest, "copy").unwrap().unwrap();
                 assert_eq!((c.rows, c.batches, c.done), (200, 5, true));
                 assert!(checkpoint::status(&mut src, "copy").unwrap().is_none(), "the source has no checkpoint row");
+            }
+
+            #[test]
+            fn copy_to_a_table_of_another_name() {
+                let (_s, _d, mut src, mut dest) = databases();
+                let report = orders::table
+                    .filter(orders::id.le(50))
+                    .chunked_by(orders::id)
+                    .copy_to::<OrderToArchive>(&mut src, &mut dest, orders_archive::table)
+                    .unwrap();
+                assert_eq!((report.rows, report.batches), (50, 1));
+                let expected: BTreeMap<i32, Order> = (1..=50).map(|i| (i, order(i))).collect();
+                assert_eq!(rows_of(&mut dest, true), expected);
+                assert!(rows_of(&mut dest, false).is_empty());
             }
 
             #[test]
