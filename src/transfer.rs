@@ -547,63 +547,190 @@ mod nonblocking {
     }
 }
 
-/// A statement that runs on the blocking connection of every backend this
-/// build has: what a destination's `INSERT` of rows of a model must be, as
-/// the destination's backend is only known once its source is.
-pub trait OnEveryBackend: on::Pg + on::Mysql + on::Sqlite {}
-
-impl<T: on::Pg + on::Mysql + on::Sqlite> OnEveryBackend for T {}
-
-/// One trait per backend: the statement runs on its connection when the
-/// backend's feature is on, and nothing is asked of it otherwise.
+/// One trait per backend, each asking a type for what the backend needs of
+/// it when the backend's feature is on, and nothing otherwise: the
+/// destination of `copy_to` is only known once its source is, so its
+/// statements must build for every backend of the build.
 mod on {
-    use diesel::query_dsl::methods::ExecuteDsl;
+    use diesel::insertable::InsertValues;
+    use diesel::query_builder::QueryFragment;
 
     macro_rules! on_backend {
-        ($name:ident, $feature:literal, $conn:ty) => {
+        ($fragment:ident, $values:ident, $feature:literal, $db:ty) => {
             #[cfg(feature = $feature)]
-            pub trait $name: ExecuteDsl<$conn> {}
+            pub trait $fragment: QueryFragment<$db> {}
             #[cfg(feature = $feature)]
-            impl<T: ExecuteDsl<$conn>> $name for T {}
+            impl<T: QueryFragment<$db>> $fragment for T {}
             #[cfg(not(feature = $feature))]
-            pub trait $name {}
+            pub trait $fragment {}
             #[cfg(not(feature = $feature))]
-            impl<T> $name for T {}
+            impl<T> $fragment for T {}
+
+            #[cfg(feature = $feature)]
+            pub trait $values<Tab: diesel::Table>: InsertValues<$db, Tab> {}
+            #[cfg(feature = $feature)]
+            impl<Tab: diesel::Table, T: InsertValues<$db, Tab>> $values<Tab> for T {}
+            #[cfg(not(feature = $feature))]
+            pub trait $values<Tab> {}
+            #[cfg(not(feature = $feature))]
+            impl<Tab, T> $values<Tab> for T {}
         };
     }
-    on_backend!(Pg, "postgres", diesel::PgConnection);
-    on_backend!(Mysql, "mysql", diesel::MysqlConnection);
-    on_backend!(Sqlite, "sqlite", diesel::SqliteConnection);
-}
+    on_backend!(PgFragment, PgValues, "postgres", diesel::pg::Pg);
+    on_backend!(MysqlFragment, MysqlValues, "mysql", diesel::mysql::Mysql);
+    on_backend!(
+        SqliteFragment,
+        SqliteValues,
+        "sqlite",
+        diesel::sqlite::Sqlite
+    );
 
-/// A destination table of [`copy_to`](crate::RunChunkedDsl::copy_to) for
-/// rows of model `M`: `M` is `Insertable` into it, and the `INSERT` of many
-/// rows runs on every backend. Implemented for every such table.
-#[diagnostic::on_unimplemented(
-    message = "rows of `{M}` cannot be inserted into `{Self}` on every backend of this build",
-    label = "not a destination table for rows of `{M}`",
-    note = "`{M}` must be `Insertable` into the destination table (`#[derive(Insertable)]` with `#[diesel(table_name = ..)]` of that table)"
-)]
-pub trait InsertTable<M>: Table + Copy {
-    /// `INSERT INTO <table> (..) VALUES (..), (..)` of `rows`.
-    type Statement: OnEveryBackend;
-    /// The statement.
-    fn insert(self, rows: Vec<M>) -> Self::Statement;
-}
+    /// A fragment of every backend of the build.
+    pub trait Fragment: PgFragment + MysqlFragment + SqliteFragment {}
+    impl<T: PgFragment + MysqlFragment + SqliteFragment> Fragment for T {}
 
-impl<M, T> InsertTable<M> for T
-where
-    T: Table + Copy,
-    Vec<M>: diesel::Insertable<T>,
-    diesel::query_builder::InsertStatement<T, <Vec<M> as diesel::Insertable<T>>::Values>:
-        OnEveryBackend,
-{
-    type Statement =
-        diesel::query_builder::InsertStatement<T, <Vec<M> as diesel::Insertable<T>>::Values>;
-
-    fn insert(self, rows: Vec<M>) -> Self::Statement {
-        diesel::insert_into(self).values(rows)
+    /// The values of a row of table `Tab`, on every backend of the build.
+    pub trait Values<Tab: diesel::Table>:
+        PgValues<Tab> + MysqlValues<Tab> + SqliteValues<Tab>
+    {
     }
+    impl<Tab: diesel::Table, T: PgValues<Tab> + MysqlValues<Tab> + SqliteValues<Tab>> Values<Tab>
+        for T
+    {
+    }
+}
+
+/// A destination table of [`copy_to`](crate::RunChunkedDsl::copy_to) and
+/// [`move_to`](crate::RunChunkedDsl::move_to) for rows of model `M` read
+/// from table `Src`: `M` is `Insertable` into `Src` (as
+/// `#[derive(Insertable)]` makes a model of `Src`), and its rows are inserted
+/// into this table by `Src`'s column names. Implemented for every such table.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a destination for rows of `{M}` read from `{Src}`",
+    label = "rows of `{M}` cannot be inserted here",
+    note = "`{M}` must be `Insertable` into `{Src}` (`#[derive(Insertable)]` with `#[diesel(table_name = ..)]` of the source table); they are inserted into the destination by the source's column names"
+)]
+pub trait DestTable<M, Src: Table>: Table<FromClause: on::Fragment> + Copy {
+    /// The values of one row, with `Src`'s column names.
+    type Values: on::Values<Src>;
+    /// The values of `row`.
+    fn values(row: M) -> Self::Values;
+}
+
+impl<T, M, Src, V> DestTable<M, Src> for T
+where
+    T: Table<FromClause: on::Fragment> + Copy,
+    Src: Table,
+    M: diesel::Insertable<Src, Values = diesel::query_builder::ValuesClause<V, Src>>,
+    V: on::Values<Src>,
+{
+    type Values = V;
+
+    fn values(row: M) -> V {
+        row.values().values
+    }
+}
+
+/// `INSERT INTO <dest> (<columns>) VALUES (..), (..)`: rows of table `Src`,
+/// inserted into the table whose `FROM` clause is `dest`.
+#[allow(missing_debug_implementations)]
+pub struct InsertRows<'r, F, V, Src> {
+    dest: F,
+    rows: &'r [V],
+    _source: std::marker::PhantomData<Src>,
+}
+
+impl<DB, F, V, Src> QueryFragment<DB> for InsertRows<'_, F, V, Src>
+where
+    DB: Backend,
+    F: QueryFragment<DB>,
+    Src: Table,
+    V: diesel::insertable::InsertValues<DB, Src>,
+{
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
+        out.unsafe_to_cache_prepared();
+        out.push_sql("INSERT INTO ");
+        self.dest.walk_ast(out.reborrow())?;
+        let Some((first, rest)) = self.rows.split_first() else {
+            return Err(diesel::result::Error::QueryBuilderError(
+                "no rows to insert".into(),
+            ));
+        };
+        out.push_sql(" (");
+        first.column_names(out.reborrow())?;
+        out.push_sql(") VALUES (");
+        first.walk_ast(out.reborrow())?;
+        for row in rest {
+            out.push_sql("), (");
+            row.walk_ast(out.reborrow())?;
+        }
+        out.push_sql(")");
+        Ok(())
+    }
+}
+
+impl<F, V, Src> QueryId for InsertRows<'_, F, V, Src> {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+/// The column names a row's values render (`"id", "title"`): rows whose
+/// names differ (SQLite leaves out a column whose value is `DEFAULT`) go in
+/// statements of their own.
+struct ColumnNames<'r, V, Src>(&'r V, std::marker::PhantomData<Src>);
+
+impl<DB, V, Src> QueryFragment<DB> for ColumnNames<'_, V, Src>
+where
+    DB: Backend,
+    Src: Table,
+    V: diesel::insertable::InsertValues<DB, Src>,
+{
+    fn walk_ast<'b>(&'b self, out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
+        self.0.column_names(out)
+    }
+}
+
+/// Inserts `rows` (values of table `Src`) into the table whose `FROM` clause
+/// is `dest`, on `conn`, in as few statements as `max_binds` parameters a
+/// statement allow.
+fn insert_values<C, F, V, Src>(
+    conn: &mut C,
+    dest: F,
+    rows: Vec<V>,
+    max_binds: usize,
+) -> QueryResult<usize>
+where
+    C: diesel::Connection,
+    C::Backend: Default,
+    <C::Backend as Backend>::QueryBuilder: Default,
+    F: QueryFragment<C::Backend>,
+    Src: Table,
+    V: diesel::insertable::InsertValues<C::Backend, Src>,
+{
+    let names =
+        |row: &V| render_sql::<C::Backend, _>(&ColumnNames(row, std::marker::PhantomData::<Src>));
+    let mut inserted = 0;
+    let mut start = 0;
+    while start < rows.len() {
+        let first = names(&rows[start]);
+        let per_row = first
+            .as_deref()
+            .map_or(1, |n| crate::query::top_level_items(n).len())
+            .max(1);
+        let most = (max_binds / per_row).max(1);
+        let mut end = start + 1;
+        while end < rows.len() && end - start < most && names(&rows[end]) == first {
+            end += 1;
+        }
+        let statement = InsertRows {
+            dest: &dest,
+            rows: &rows[start..end],
+            _source: std::marker::PhantomData::<Src>,
+        };
+        inserted += conn.execute_returning_count(&statement)?;
+        start = end;
+    }
+    Ok(inserted)
 }
 
 /// A blocking connection a job can insert rows into: PostgreSQL, MySQL or
@@ -611,10 +738,11 @@ where
 pub trait InsertConnection:
     CheckpointConnection + diesel::Connection<Backend: KeysetBackend + Default> + sealed::Sealed
 {
-    /// How many bind parameters one statement may have.
-    const MAX_BINDS: usize;
-    /// Runs `statement`: the rows inserted.
-    fn run_insert<S: OnEveryBackend>(&mut self, statement: S) -> QueryResult<usize>;
+    /// Inserts `rows` into `dest`: the rows inserted.
+    fn insert_rows<T, M, Src>(&mut self, dest: T, rows: Vec<M>) -> QueryResult<u64>
+    where
+        Src: Table,
+        T: DestTable<M, Src>;
 }
 
 mod sealed {
@@ -622,45 +750,28 @@ mod sealed {
 }
 
 macro_rules! insert_connection {
-    ($on:ident, $feature:literal, $conn:ty, $binds:expr) => {
+    ($feature:literal, $conn:ty, $binds:expr) => {
         #[cfg(feature = $feature)]
         impl sealed::Sealed for $conn {}
         #[cfg(feature = $feature)]
         impl InsertConnection for $conn {
-            const MAX_BINDS: usize = $binds;
-            fn run_insert<S: OnEveryBackend>(&mut self, statement: S) -> QueryResult<usize> {
-                <S as diesel::query_dsl::methods::ExecuteDsl<$conn>>::execute(statement, self)
+            fn insert_rows<T, M, Src>(&mut self, dest: T, rows: Vec<M>) -> QueryResult<u64>
+            where
+                Src: Table,
+                T: DestTable<M, Src>,
+            {
+                let values: Vec<T::Values> = rows.into_iter().map(T::values).collect();
+                let n = insert_values::<_, _, _, Src>(self, dest.from_clause(), values, $binds)?;
+                Ok(n as u64)
             }
         }
     };
 }
 // PostgreSQL and MySQL count parameters in 16 bits; SQLite's bundled build
 // allows 32766 (`SQLITE_MAX_VARIABLE_NUMBER`).
-insert_connection!(Pg, "postgres", diesel::PgConnection, 65_535);
-insert_connection!(Mysql, "mysql", diesel::MysqlConnection, 65_535);
-insert_connection!(Sqlite, "sqlite", diesel::SqliteConnection, 32_766);
-
-/// Inserts `rows` into `table` on `conn` in as few statements as the
-/// backend's parameter limit allows, `columns` parameters a row.
-pub(crate) fn insert_rows<C, T, M>(
-    conn: &mut C,
-    table: T,
-    mut rows: Vec<M>,
-    columns: usize,
-) -> QueryResult<u64>
-where
-    C: InsertConnection,
-    T: InsertTable<M>,
-{
-    let per_statement = (C::MAX_BINDS / columns.max(1)).max(1);
-    let mut inserted = 0;
-    while !rows.is_empty() {
-        let rest = rows.split_off(rows.len().min(per_statement));
-        inserted += conn.run_insert(table.insert(rows))? as u64;
-        rows = rest;
-    }
-    Ok(inserted)
-}
+insert_connection!("postgres", diesel::PgConnection, 65_535);
+insert_connection!("mysql", diesel::MysqlConnection, 65_535);
+insert_connection!("sqlite", diesel::SqliteConnection, 32_766);
 
 /// Everything `copy_to::<M>` / `move_to::<M>` need of a scan read from
 /// source `S` as models `M`, whatever the destination.
@@ -672,6 +783,8 @@ where
 pub trait CopyToJob<'a, S, M> {
     /// The key's values.
     type Value;
+    /// The query's table, which `M` is `Insertable` into.
+    type Source: Table;
     /// Runs the job; `delete` for a move.
     fn run_copy_to<D, T>(
         self,
@@ -682,7 +795,7 @@ pub trait CopyToJob<'a, S, M> {
     ) -> Result<WriteReport<Self::Value>, Error>
     where
         D: ConnectionSource<Connection: InsertConnection>,
-        T: InsertTable<M>;
+        T: DestTable<M, Self::Source>;
 }
 
 impl<'a, Q, K, S, M> CopyToJob<'a, S, M> for Chunked<Q, K>
@@ -696,10 +809,10 @@ where
     Q: crate::query::PrepareModel<'a, K, M, Db<S>> + QueryFragment<Db<S>>,
     crate::rows::ModelRows<M>:
         Rows<S::Connection, crate::builder::ModelBase<'a, Q, K, M, Db<S>>, K, Item = M>,
-    M: diesel::Selectable<Db<S>>,
-    M::SelectExpression: QueryFragment<Db<S>>,
+    Q: HasTable,
 {
     type Value = K::Value;
+    type Source = <Q as HasTable>::Table;
 
     fn run_copy_to<D, T>(
         self,
@@ -710,14 +823,10 @@ where
     ) -> Result<WriteReport<K::Value>, Error>
     where
         D: ConnectionSource<Connection: InsertConnection>,
-        T: InsertTable<M>,
+        T: DestTable<M, Self::Source>,
     {
         use crate::rows::LoadedRow;
         let verb = if delete { "move_to" } else { "copy_to" };
-        // The parameters of a row: at most the columns `M` selects.
-        let columns = render_sql::<Db<S>, _>(&M::construct_selection())
-            .map(|c| crate::query::top_level_items(&c).len())
-            .unwrap_or(64);
         let job = self.write.clone().with_identity(
             verb,
             format!(
@@ -737,7 +846,7 @@ where
             job,
             &mut |conn, loaded, _| {
                 let rows: Vec<M> = loaded.into_iter().map(|r| r.into_parts().1).collect();
-                Ok(insert_rows(conn, table, rows, columns)?)
+                Ok(conn.insert_rows::<_, _, Self::Source>(table, rows)?)
             },
         )
     }
@@ -936,6 +1045,8 @@ where
 pub trait MoveToJob<'a, S, M> {
     /// The key's values.
     type Value;
+    /// The query's table, which `M` is `Insertable` into.
+    type Source: Table;
     /// Runs the job.
     fn run_move_to<D, T>(
         self,
@@ -945,7 +1056,7 @@ pub trait MoveToJob<'a, S, M> {
     ) -> Result<WriteReport<Self::Value>, Error>
     where
         D: ConnectionSource<Connection: InsertConnection>,
-        T: InsertTable<M>;
+        T: DestTable<M, Self::Source>;
 }
 
 impl<'a, Q, K, S, M> MoveToJob<'a, S, M> for Chunked<Q, K>
@@ -962,23 +1073,19 @@ where
     RangeDelete<Q, K>: diesel::query_dsl::methods::ExecuteDsl<S::Connection>,
     crate::rows::ModelRows<M>:
         Rows<S::Connection, crate::builder::ModelBase<'a, Q, K, M, Db<S>>, K, Item = M>,
-    M: diesel::Selectable<Db<S>>,
-    M::SelectExpression: QueryFragment<Db<S>>,
 {
     type Value = K::Value;
+    type Source = RangeTable<Q, K>;
 
     fn run_move_to<D, T>(self, source: S, dest: D, table: T) -> Result<WriteReport<K::Value>, Error>
     where
         D: ConnectionSource<Connection: InsertConnection>,
-        T: InsertTable<M>,
+        T: DestTable<M, Self::Source>,
     {
         use crate::rows::LoadedRow;
         let Some(name) = self.write.checkpoint.clone() else {
             return Err(Error::MoveNeedsCheckpoint);
         };
-        let columns = render_sql::<Db<S>, _>(&M::construct_selection())
-            .map(|c| crate::query::top_level_items(&c).len())
-            .unwrap_or(64);
         let job = self.write.clone().with_identity(
             "move_to",
             format!(
@@ -1011,7 +1118,7 @@ where
             job,
             &mut |conn, loaded, _| {
                 let rows: Vec<M> = loaded.into_iter().map(|r| r.into_parts().1).collect();
-                Ok(insert_rows(conn, table, rows, columns)?)
+                Ok(conn.insert_rows::<_, _, Self::Source>(table, rows)?)
             },
         )
     }

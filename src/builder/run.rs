@@ -13,7 +13,7 @@ use crate::key::Key;
 use crate::query::{PrepareKeyed, PrepareModel};
 use crate::rows::{KeyedRows, ModelRows, Rows};
 use crate::source::ConnectionSource;
-use crate::transfer::{CopyToJob, InsertConnection, InsertTable, MoveToJob, TransferJob};
+use crate::transfer::{CopyToJob, DestTable, InsertConnection, MoveToJob, TransferJob};
 use crate::write::{DeleteJob, ForEachBatch, UpdateJob};
 
 /// What every driver of `load_iter::<M>` / `load_iter_keyed` starts from: the
@@ -444,10 +444,10 @@ pub trait RunChunkedDsl<S>: Sized {
     /// checkpoint, which lives in `dest`'s checkpoint table. A batch is thus
     /// in the destination exactly once, whenever the job stops.
     ///
-    /// `M` must be `Insertable` into `table`: for a table of another name than
-    /// the source's, give Diesel's derive both (`#[diesel(table_name =
-    /// orders)] #[diesel(table_name = orders_cold)]`: `Insertable` into each,
-    /// `Selectable` from the first). Rows are inserted with
+    /// `M` is the model of the query's table, `Insertable` into it as
+    /// `#[derive(Insertable)]` makes it; its rows are inserted into `table`
+    /// by the source table's column names, so `table` may have another name
+    /// (and more columns, with defaults). Rows are inserted with
     /// multi-row `INSERT`s, as many rows per statement as the destination's
     /// parameter limit allows. A row whose key `table` already holds fails
     /// the batch with the database's unique violation.
@@ -477,7 +477,7 @@ pub trait RunChunkedDsl<S>: Sized {
         self,
         source: S,
         dest: impl ConnectionSource<Connection: InsertConnection>,
-        table: impl InsertTable<M>,
+        table: impl DestTable<M, <Self as CopyToJob<'a, S, M>>::Source>,
     ) -> Result<crate::WriteReport<<Self as CopyToJob<'a, S, M>>::Value>, crate::Error>
     where
         Self: CopyToJob<'a, S, M>,
@@ -531,7 +531,7 @@ pub trait RunChunkedDsl<S>: Sized {
         self,
         source: S,
         dest: impl ConnectionSource<Connection: InsertConnection>,
-        table: impl InsertTable<M>,
+        table: impl DestTable<M, <Self as MoveToJob<'a, S, M>>::Source>,
     ) -> Result<crate::WriteReport<<Self as MoveToJob<'a, S, M>>::Value>, crate::Error>
     where
         Self: MoveToJob<'a, S, M>,

@@ -40,19 +40,6 @@ pub(crate) struct Order {
     pub(crate) amount: Option<i64>,
 }
 
-/// `Order` for the source's `orders` and the destination's `orders_archive`
-/// (Diesel's `Insertable` derive takes several `table_name`s; `Selectable`
-/// the first).
-#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
-#[diesel(table_name = orders, treat_none_as_default_value = false)]
-#[diesel(table_name = orders_archive)]
-struct OrderToArchive {
-    id: i32,
-    grp: i32,
-    note: String,
-    amount: Option<i64>,
-}
-
 pub(crate) const ROWS: i32 = 300;
 
 pub(crate) fn order(id: i32) -> Order {
@@ -381,7 +368,7 @@ macro_rules! cross_tests {
                 let report = orders::table
                     .filter(orders::id.le(50))
                     .chunked_by(orders::id)
-                    .copy_to::<OrderToArchive>(&mut src, &mut dest, orders_archive::table)
+                    .copy_to::<Order>(&mut src, &mut dest, orders_archive::table)
                     .unwrap();
                 assert_eq!((report.rows, report.batches), (50, 1));
                 let expected: BTreeMap<i32, Order> = (1..=50).map(|i| (i, order(i))).collect();
