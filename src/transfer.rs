@@ -910,7 +910,20 @@ where
                 expected: self.key_type.clone(),
             });
         }
-        if marker.rows >= copied.rows {
+        if marker.rows > copied.rows {
+            // The destination's row was reset (or belongs to another run):
+            // deleting by it would leave copied rows in the source.
+            return Err(Error::CheckpointMismatch {
+                name: name.to_string(),
+                stored: format!(
+                    "{} with {} rows deleted in the source, more than the {} the destination's \
+                     row says were copied (reset both rows with checkpoint::reset, or neither)",
+                    marker.key_type, marker.rows, copied.rows
+                ),
+                expected: self.key_type.clone(),
+            });
+        }
+        if marker.rows == copied.rows {
             return Ok(());
         }
         let parse = |json: &Option<String>| -> Result<Option<StoredKey<K::Value>>, Error> {

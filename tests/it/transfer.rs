@@ -442,6 +442,28 @@ macro_rules! cross_tests {
                 assert_in_one_table(&left, &moved, |id| id % 3 == 2);
             }
 
+            /// The destination's checkpoint row reset alone: the source's row
+            /// says more rows were deleted than the destination's says were
+            /// copied, and the job stops before it copies anything.
+            #[test]
+            fn a_destination_reset_alone_is_refused() {
+                let (_s, _d, mut src, mut dest) = databases();
+                let job = || orders::table.chunked_by(orders::id).batch_size(50).checkpoint("half");
+                let first = job().limit_total(100).move_to::<Order>(&mut src, &mut dest, orders::table).unwrap();
+                assert_eq!((first.rows, first.done), (100, false));
+                checkpoint::reset(&mut dest, "half").unwrap();
+                let err = job().move_to::<Order>(&mut src, &mut dest, orders::table).unwrap_err();
+                assert!(matches!(&err, Error::CheckpointMismatch { name, .. } if name == "half"), "{err:?}");
+                assert_eq!(rows_of(&mut dest, false).len(), 100);
+                assert_eq!(rows_of(&mut src, false).len(), ROWS as usize - 100);
+                // Both reset: the job starts over and moves what is left.
+                checkpoint::reset(&mut src, "half").unwrap();
+                let rest = job().move_to::<Order>(&mut src, &mut dest, orders::table).unwrap();
+                assert_eq!((rest.rows, rest.done), (ROWS as u64 - 100, true));
+                let (left, moved) = (rows_of(&mut src, false), rows_of(&mut dest, false));
+                assert_in_one_table(&left, &moved, |_| true);
+            }
+
             #[test]
             fn move_to_without_a_checkpoint_is_refused() {
                 let (_s, _d, mut src, mut dest) = databases();
