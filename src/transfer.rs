@@ -785,13 +785,12 @@ pub trait CopyToJob<'a, S, M> {
     type Value;
     /// The query's table, which `M` is `Insertable` into.
     type Source: Table;
-    /// Runs the job; `delete` for a move.
+    /// Runs the job.
     fn run_copy_to<D, T>(
         self,
         source: S,
         dest: D,
         table: T,
-        delete: bool,
     ) -> Result<WriteReport<Self::Value>, Error>
     where
         D: ConnectionSource<Connection: InsertConnection>,
@@ -814,41 +813,13 @@ where
     type Value = K::Value;
     type Source = <Q as HasTable>::Table;
 
-    fn run_copy_to<D, T>(
-        self,
-        source: S,
-        dest: D,
-        table: T,
-        delete: bool,
-    ) -> Result<WriteReport<K::Value>, Error>
+    fn run_copy_to<D, T>(self, source: S, dest: D, table: T) -> Result<WriteReport<K::Value>, Error>
     where
         D: ConnectionSource<Connection: InsertConnection>,
         T: DestTable<M, Self::Source>,
     {
-        use crate::rows::LoadedRow;
-        let verb = if delete { "move_to" } else { "copy_to" };
-        let job = self.write.clone().with_identity(
-            verb,
-            format!(
-                "INTO {}\n{}",
-                std::any::type_name::<T>(),
-                debug_sql::<Db<S>, _>(&self.query)
-            ),
-        );
-        let (query, rows, scan) = self.model_parts::<Db<S>, M>();
         let reads = crate::write::Elsewhere(source);
-        crate::write::run_job_reading(
-            dest,
-            reads,
-            query,
-            rows,
-            scan,
-            job,
-            &mut |conn, loaded, _| {
-                let rows: Vec<M> = loaded.into_iter().map(|r| r.into_parts().1).collect();
-                Ok(conn.insert_rows::<_, _, Self::Source>(table, rows)?)
-            },
-        )
+        to_another_database::<Q, K, S, M, D, T, Self::Source>(self, "copy_to", reads, dest, table)
     }
 }
 
@@ -1095,44 +1066,67 @@ where
         D: ConnectionSource<Connection: InsertConnection>,
         T: DestTable<M, Self::Source>,
     {
-        use crate::rows::LoadedRow;
         let Some(name) = self.write.checkpoint.clone() else {
             return Err(Error::MoveNeedsCheckpoint);
         };
-        let job = self.write.clone().with_identity(
-            "move_to",
-            format!(
-                "INTO {}\n{}",
-                std::any::type_name::<T>(),
-                debug_sql::<Db<S>, _>(&self.query)
-            ),
-        );
         let key_type = format!(
             "{} as {} (move_to: deleted from the source)",
             self.key.describe(),
             std::any::type_name::<K::Value>()
         );
-        let (key, bounds, filters) = (self.key, self.bounds(), self.query.clone());
-        let (query, rows, scan) = self.model_parts::<Db<S>, M>();
         let reads = Moving {
             source: crate::write::Elsewhere(source),
             name,
-            key,
-            query: filters,
-            bounds,
+            key: self.key,
+            query: self.query.clone(),
+            bounds: self.bounds(),
             key_type,
         };
-        crate::write::run_job_reading(
-            dest,
-            reads,
-            query,
-            rows,
-            scan,
-            job,
-            &mut |conn, loaded, _| {
-                let rows: Vec<M> = loaded.into_iter().map(|r| r.into_parts().1).collect();
-                Ok(conn.insert_rows::<_, _, Self::Source>(table, rows)?)
-            },
-        )
+        to_another_database::<Q, K, S, M, D, T, Self::Source>(self, "move_to", reads, dest, table)
     }
+}
+
+/// `copy_to` and `move_to`: the job runs on the destination `dest`, reading
+/// where `reads` says, each batch's rows inserted into `table`.
+fn to_another_database<'a, Q, K, S, M, D, T, Src>(
+    chunked: Chunked<Q, K>,
+    verb: &'static str,
+    reads: impl crate::write::ReadSide<
+        D,
+        crate::builder::ModelBase<'a, Q, K, M, Db<S>>,
+        K,
+        crate::rows::ModelRows<M>,
+    >,
+    dest: D,
+    table: T,
+) -> Result<WriteReport<K::Value>, Error>
+where
+    K: Key,
+    K::Value: Serialize + DeserializeOwned,
+    S: ConnectionSource,
+    Db<S>: KeysetBackend + Default,
+    <Db<S> as Backend>::QueryBuilder: Default,
+    Q: crate::query::PrepareModel<'a, K, M, Db<S>> + QueryFragment<Db<S>>,
+    crate::rows::ModelRows<M>: crate::rows::RowType<K, Item = M>,
+    D: ConnectionSource<Connection: InsertConnection>,
+    Src: Table,
+    T: DestTable<M, Src>,
+{
+    use crate::rows::LoadedRow;
+    let target = std::any::type_name::<T>();
+    let sql = format!("INTO {target}\n{}", debug_sql::<Db<S>, _>(&chunked.query));
+    let job = chunked.write.clone().with_identity(verb, sql);
+    let (query, rows, scan) = chunked.model_parts::<Db<S>, M>();
+    crate::write::run_job_reading(
+        dest,
+        reads,
+        query,
+        rows,
+        scan,
+        job,
+        &mut |conn, loaded, _| {
+            let rows: Vec<M> = loaded.into_iter().map(|r| r.into_parts().1).collect();
+            Ok(conn.insert_rows::<_, _, Src>(table, rows)?)
+        },
+    )
 }

@@ -482,7 +482,7 @@ pub trait RunChunkedDsl<S>: Sized {
     where
         Self: CopyToJob<'a, S, M>,
     {
-        self.run_copy_to(source, dest, table, false)
+        self.run_copy_to(source, dest, table)
     }
 
     /// Moves the query's rows, loaded as `M`, into table `table` of another

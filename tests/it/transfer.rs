@@ -257,32 +257,16 @@ backend_tests! {
         let mut conn = connect::<B>(&db);
         create_tables(&mut conn);
         checkpoint::create_table(&mut conn).unwrap();
-        let mut killed_while_running = 0;
-        for round in 0..5u64 {
-            let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        let spawn = || {
+            std::process::Command::new(std::env::current_exe().unwrap())
                 .args(["--ignored", "--exact", "transfer::move_child", "--nocapture", "--test-threads=1"])
                 .env("CHUNKED_MOVE_URL", &db.url)
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null())
                 .spawn()
-                .unwrap();
-            // Wait for the child to have moved something this round, then kill it
-            // a little later, at an instant nobody chose.
-            let before = rows_of(&mut conn, true).len();
-            let started = Instant::now();
-            while rows_of(&mut conn, true).len() == before && started.elapsed() < Duration::from_secs(30) {
-                if child.try_wait().unwrap().is_some() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            std::thread::sleep(Duration::from_millis(3 + 7 * round));
-            if child.try_wait().unwrap().is_none() {
-                killed_while_running += 1;
-            }
-            child.kill().ok();
-            child.wait().unwrap();
-        }
+                .unwrap()
+        };
+        let killed_while_running = kill_five_times(spawn, || rows_of(&mut conn, true).len());
         assert!(killed_while_running >= 3, "the child finished before it was killed");
         let mid = rows_of(&mut conn, true).len();
         assert!(mid > 0 && mid < ROWS as usize, "{mid} rows moved by the killed runs");
@@ -499,24 +483,8 @@ macro_rules! cross_tests {
             #[test]
             fn a_move_killed_at_any_instant_resumes_exactly() {
                 let (s, d, mut src, mut dest) = databases();
-                let mut killed_while_running = 0;
-                for round in 0..5u64 {
-                    let mut child = child(&s, &d, None);
-                    let before = rows_of(&mut dest, false).len();
-                    let started = Instant::now();
-                    while rows_of(&mut dest, false).len() == before && started.elapsed() < Duration::from_secs(30) {
-                        if child.try_wait().unwrap().is_some() {
-                            break;
-                        }
-                        std::thread::sleep(Duration::from_millis(5));
-                    }
-                    std::thread::sleep(Duration::from_millis(3 + 7 * round));
-                    if child.try_wait().unwrap().is_none() {
-                        killed_while_running += 1;
-                    }
-                    child.kill().ok();
-                    child.wait().unwrap();
-                }
+                let killed_while_running =
+                    kill_five_times(|| child(&s, &d, None), || rows_of(&mut dest, false).len());
                 assert!(killed_while_running >= 3, "the child finished before it was killed");
                 let mid = rows_of(&mut dest, false).len();
                 assert!(mid > 0 && mid < ROWS as usize, "{mid} rows moved by the killed runs");
@@ -528,6 +496,34 @@ macro_rules! cross_tests {
             }
         }
     )*};
+}
+
+/// Starts a runner five times with `spawn`, and kills it (SIGKILL) each time
+/// a little after `moved()` (the rows in the destination) has grown, at an
+/// instant nobody chose: how many of the five were still running.
+fn kill_five_times(
+    spawn: impl Fn() -> std::process::Child,
+    mut moved: impl FnMut() -> usize,
+) -> usize {
+    let mut killed_while_running = 0;
+    for round in 0..5u64 {
+        let mut child = spawn();
+        let before = moved();
+        let started = Instant::now();
+        while moved() == before && started.elapsed() < Duration::from_secs(30) {
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(3 + 7 * round));
+        if child.try_wait().unwrap().is_none() {
+            killed_while_running += 1;
+        }
+        child.kill().ok();
+        child.wait().unwrap();
+    }
+    killed_while_running
 }
 
 /// The child process of the cross-database kill tests.
