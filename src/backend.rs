@@ -100,6 +100,19 @@ pub trait KeysetBackend: Backend + private::Sealed {
     const FIRST_BATCH_FLOOR: Option<char> = None;
     /// The statement prefix that asks for a plan.
     const EXPLAIN: &'static str = "EXPLAIN ";
+    /// How a [diff](crate::Chunked::diff) hashes one row in the database:
+    /// the SQL written before and after the model's columns, which makes a
+    /// 64-bit integer column `h` of them (PostgreSQL: the first 16 hex
+    /// digits of the `md5` of the row's text; MySQL/MariaDB: of the `MD5` of
+    /// the `JSON_ARRAY` of the columns, which tells `NULL` from any string).
+    /// `None` where a chunk is compared row by row in Rust instead (SQLite,
+    /// which has no hash function: its rows are read in-process anyway).
+    const ROW_HASH: Option<(&'static str, &'static str)> = None;
+    /// The checksum of a chunk over the row hashes `t.h` of
+    /// [`ROW_HASH`](Self::ROW_HASH), written before the subquery of the
+    /// chunk's rows (which is followed by `) t`): its row count and the
+    /// `XOR` of the hashes, as text.
+    const HASH_SUM: &'static str = "";
 
     /// The stored form of `value`, a value of SQL type `ST`, when binding its
     /// Rust value would not reproduce it; `text` is the text the Rust value
@@ -238,6 +251,11 @@ mod pg {
         const CHECKS_STRING_KEYS: bool = true;
         const LITERAL_LIMIT: bool = true;
         const ASYNC_COMMIT: Option<&'static str> = Some("SET LOCAL synchronous_commit = off");
+        const ROW_HASH: Option<(&'static str, &'static str)> = Some((
+            "('x' || substr(md5(ROW(",
+            ")::text), 1, 16))::bit(64)::bigint AS h",
+        ));
+        const HASH_SUM: &'static str = "SELECT COUNT(*), COALESCE(bit_xor(t.h), 0)::text FROM (";
 
         fn bind_key<'b, ST, V>(value: &'b V, mut out: AstPass<'_, 'b, Self>) -> QueryResult<()>
         where
@@ -257,4 +275,9 @@ impl KeysetBackend for diesel::mysql::Mysql {
     const PROBES_BY_MIN_MAX: bool = true;
     const FIRST_BATCH_FLOOR: Option<char> = Some('`');
     const EXPLAIN: &'static str = "EXPLAIN FORMAT=JSON ";
+    const ROW_HASH: Option<(&'static str, &'static str)> = Some((
+        "CAST(CONV(SUBSTRING(MD5(JSON_ARRAY(",
+        ")), 1, 16), 16, 10) AS UNSIGNED) AS h",
+    ));
+    const HASH_SUM: &'static str = "SELECT COUNT(*), CAST(COALESCE(BIT_XOR(t.h), 0) AS CHAR) FROM (";
 }
