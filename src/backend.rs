@@ -279,5 +279,6 @@ impl KeysetBackend for diesel::mysql::Mysql {
         "CAST(CONV(SUBSTRING(MD5(JSON_ARRAY(",
         ")), 1, 16), 16, 10) AS UNSIGNED) AS h",
     ));
-    const HASH_SUM: &'static str = "SELECT COUNT(*), CAST(COALESCE(BIT_XOR(t.h), 0) AS CHAR) FROM (";
+    const HASH_SUM: &'static str =
+        "SELECT COUNT(*), CAST(COALESCE(BIT_XOR(t.h), 0) AS CHAR) FROM (";
 }

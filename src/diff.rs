@@ -538,10 +538,15 @@ where
     }
 
     fn prepare(self, query: Q, setup: &Setup<K>) -> Result<Self::Side, Error> {
-        let mut keys = query.clone().prepare_keys(setup.key, setup.bounds.clone())?;
+        let mut keys = query
+            .clone()
+            .prepare_keys(setup.key, setup.bounds.clone())?;
         keys.set_statements(setup.cache, setup.batch);
-        let (mut rows, at) =
-            PrepareModel::<K, M, Db<S>>::prepare_model(query.clone(), setup.key, setup.bounds.clone())?;
+        let (mut rows, at) = PrepareModel::<K, M, Db<S>>::prepare_model(
+            query.clone(),
+            setup.key,
+            setup.bounds.clone(),
+        )?;
         rows.set_statements(setup.cache, setup.batch);
         let mut sums = query.prepare_checksum(setup.key, setup.bounds.clone())?;
         sums.set_statements(setup.cache, setup.batch);
@@ -580,7 +585,10 @@ where
         let loaded = attempt(&mut self.source, self.retries, |conn| {
             Rows::<S::Connection, KB, K>::load(&mut rows, query, conn, limit)
         })?;
-        Ok(loaded.into_iter().map(|r| LoadedRow::into_parts(r).0).collect())
+        Ok(loaded
+            .into_iter()
+            .map(|r| LoadedRow::into_parts(r).0)
+            .collect())
     }
 
     fn rows(
@@ -917,7 +925,12 @@ where
     /// Compares the rows of `(lo, hi]`: the left's in pages of `page` rows,
     /// each page against the right's rows of its key range (in pages of the
     /// same size), on the right's thread while the left loads its next page.
-    fn compare_rows<M>(&mut self, lo: Bound<K::Value>, hi: Bound<K::Value>, page: usize) -> Result<(), Error>
+    fn compare_rows<M>(
+        &mut self,
+        lo: Bound<K::Value>,
+        hi: Bound<K::Value>,
+        page: usize,
+    ) -> Result<(), Error>
     where
         A: DiffSide<K, M>,
         B: DiffSide<K, M>,
@@ -926,6 +939,7 @@ where
         let by_rows = !self.report.in_database;
         let fetch = page as i64 + 1;
         let mut lo = lo;
+        let mut carry = Carry::default();
         let mut rows = self
             .left
             .rows(lo.clone(), hi.clone(), fetch)
@@ -947,17 +961,31 @@ where
             let (r_lo, r_upto) = (self.for_right(&lo), self.for_right(&upto));
             let (cap, columns, chunk) = (self.cap, self.columns.clone(), self.chunk);
             let (left, right) = (&mut *self.left, &mut *self.right);
-            let (next, tally) = both(
+            let carried = std::mem::take(&mut carry);
+            let (next, matched) = both(
                 || match more {
                     true => left.rows(upto.clone(), hi.clone(), fetch).map(Some),
                     false => Ok(None),
                 },
-                move || match_rows(right, rows, (r_lo, r_upto), page, cap, (columns, chunk)),
+                move || {
+                    let range = (r_lo, r_upto);
+                    match_rows(
+                        right,
+                        rows,
+                        range,
+                        page,
+                        cap,
+                        (columns, chunk),
+                        carried,
+                        !more,
+                    )
+                },
             );
-            let tally = tally.map_err(|e| match e {
+            let (tally, carried) = matched.map_err(|e| match e {
                 Matched::Failed(e) => self.failed("right", &lo, e),
                 Matched::Error(e) => e,
             })?;
+            carry = carried;
             self.add(tally);
             let next = next.map_err(|e| self.failed("left", &upto, e))?;
             match next {
@@ -980,9 +1008,37 @@ enum Matched {
     Error(Error),
 }
 
+/// Rows of the last page that found no twin on the other side, kept to be
+/// matched with the next page's: where the two sides store a key in forms
+/// that compare differently with a bound (SQLite text timestamps of another
+/// format), a row may fall on the other side of a page's end than its twin.
+struct Carry<V, M> {
+    left: BTreeMap<V, M>,
+    right: BTreeMap<V, M>,
+}
+
+impl<V, M> Default for Carry<V, M> {
+    fn default() -> Self {
+        Self {
+            left: BTreeMap::new(),
+            right: BTreeMap::new(),
+        }
+    }
+}
+
+/// Compares `theirs` (a left row) with `model` (its right twin).
+fn compare<V, M: PartialEq>(tally: &mut Tally<V>, key: V, theirs: M, model: &M, cap: usize) {
+    if theirs != *model {
+        tally.different.push(key, cap);
+    }
+}
+
 /// Matches the left's rows `rows` of `(lo, upto]` (bounds as the right
 /// binds them) with the right's rows of that range, loaded in pages of
-/// `page` rows.
+/// `page` rows, and with the unmatched rows of the page before (`carry`).
+/// Returns what was found and the rows left unmatched, which the next page
+/// gets; after the `last` page they are reported.
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
 fn match_rows<B, K, M>(
     right: &mut B,
     rows: Vec<(StoredKey<K::Value>, M)>,
@@ -990,7 +1046,9 @@ fn match_rows<B, K, M>(
     page: usize,
     cap: usize,
     (columns, chunk): (String, u64),
-) -> Result<Tally<K::Value>, Matched>
+    carry: Carry<K::Value, M>,
+    last: bool,
+) -> Result<(Tally<K::Value>, Carry<K::Value, M>), Matched>
 where
     B: DiffSide<K, M>,
     K: Key,
@@ -1004,13 +1062,26 @@ where
             batch: chunk,
         })
     };
+    let mut tally = Tally::default();
     let mut left: BTreeMap<K::Value, M> = BTreeMap::new();
     for (key, model) in rows {
-        if let Some(_twice) = left.insert(key.value.clone(), model) {
+        if left.insert(key.value.clone(), model).is_some() {
             return Err(duplicate(&key.value));
         }
     }
-    let mut tally = Tally::default();
+    let Carry {
+        left: mut left_before,
+        right: right_before,
+    } = carry;
+    // right rows of the page before whose twin is in this page
+    for (key, model) in right_before {
+        tally.rows += 1;
+        match left.remove(&key) {
+            Some(theirs) => compare(&mut tally, key, theirs, &model, cap),
+            None => tally.missing_in_left.push(key, cap),
+        }
+    }
+    let mut right_now: BTreeMap<K::Value, M> = BTreeMap::new();
     let mut after = lo;
     loop {
         let mut loaded = right
@@ -1018,28 +1089,52 @@ where
             .map_err(Matched::Failed)?;
         let more = loaded.len() > page;
         loaded.truncate(page);
-        let last = loaded.last().map(|r| r.0.clone());
+        let next = loaded.last().map(|r| r.0.clone());
         let mut seen: Option<K::Value> = None;
         for (key, model) in loaded {
             if seen.as_ref() == Some(&key.value) {
                 return Err(duplicate(&key.value));
             }
-            tally.rows += 1;
-            match left.remove(&key.value) {
-                Some(theirs) if theirs == model => {}
-                Some(_) => tally.different.push(key.value.clone(), cap),
-                None => tally.missing_in_left.push(key.value.clone(), cap),
+            let theirs = match left.remove(&key.value) {
+                Some(theirs) => Some(theirs),
+                None => left_before.remove(&key.value),
+            };
+            match theirs {
+                Some(theirs) => {
+                    tally.rows += 1;
+                    compare(&mut tally, key.value.clone(), theirs, &model, cap);
+                }
+                // kept for the next page, up to a page of them
+                None if !last && right_now.len() < page => {
+                    if right_now.insert(key.value.clone(), model).is_some() {
+                        return Err(duplicate(&key.value));
+                    }
+                }
+                None => {
+                    tally.rows += 1;
+                    tally.missing_in_left.push(key.value.clone(), cap);
+                }
             }
             seen = Some(key.value);
         }
         if !more {
             break;
         }
-        after = last;
+        after = next;
     }
-    for (key, _) in left {
+    for (key, _) in left_before {
         tally.rows += 1;
         tally.missing_in_right.push(key, cap);
     }
-    Ok(tally)
+    let mut carry = Carry {
+        left,
+        right: right_now,
+    };
+    if last {
+        for (key, _) in std::mem::take(&mut carry.left) {
+            tally.rows += 1;
+            tally.missing_in_right.push(key, cap);
+        }
+    }
+    Ok((tally, carry))
 }

@@ -46,8 +46,8 @@ mod select;
 
 pub(crate) use crate::shared::with_key_columns;
 pub(crate) use checks::top_level_items;
-pub use checks::{ChunkableQuery, SelectableKey};
 pub(crate) use checks::DefaultSelection;
+pub use checks::{ChunkableQuery, SelectableKey};
 pub use select::{KeyRow, KeyedModel, PrepareKeyed, PrepareKeys, PrepareModel};
 
 pub use crate::load::LoadBatch;

@@ -85,7 +85,11 @@ impl<V> BoundsCell<V> {
     ///
     /// # Safety
     /// As for [`set_after`](Self::set_after).
-    pub(crate) unsafe fn set_range(&self, after: Option<StoredKey<V>>, until: Option<StoredKey<V>>) {
+    pub(crate) unsafe fn set_range(
+        &self,
+        after: Option<StoredKey<V>>,
+        until: Option<StoredKey<V>>,
+    ) {
         let bounds = unsafe { &mut *self.bounds.get() };
         bounds.after = after;
         bounds.until = until;
