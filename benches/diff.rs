@@ -74,7 +74,9 @@ fn parse_args() -> Res<Args> {
             "--batch" => args.batch = value("--batch")?,
             // what `cargo bench` passes to every bench
             "--bench" => {}
-            other => return Err(format!("unknown argument {other} (--rows, --repeat, --batch)").into()),
+            other => {
+                return Err(format!("unknown argument {other} (--rows, --repeat, --batch)").into())
+            }
         }
     }
     Ok(args)

@@ -100,16 +100,22 @@ pub trait KeysetBackend: Backend + private::Sealed {
     const FIRST_BATCH_FLOOR: Option<char> = None;
     /// The statement prefix that asks for a plan.
     const EXPLAIN: &'static str = "EXPLAIN ";
-    /// How a [diff](crate::Chunked::diff) hashes one row in the database:
-    /// the SQL written before and after the model's columns, which makes a
-    /// 64-bit integer column `h` of them (PostgreSQL: the first 16 hex
-    /// digits of the `md5` of the row's text; MySQL/MariaDB: of the `MD5` of
-    /// the `JSON_ARRAY` of the columns, which tells `NULL` from any string).
-    /// `None` where a chunk is compared row by row in Rust instead (SQLite,
-    /// which has no hash function: its rows are read in-process anyway).
-    const ROW_HASH: Option<(&'static str, &'static str)> = None;
+    /// How a [diff](crate::Chunked::diff) hashes one row in the database,
+    /// given the model's columns as rendered: the `SELECT` list of a 64-bit
+    /// integer column `h` (PostgreSQL: `hash_record_extended` of the row,
+    /// the column types' own hash functions; MySQL/MariaDB: the `CRC32` of
+    /// the columns joined by `#` with a flag per column that tells `NULL`
+    /// from any string, as pt-table-checksum does, times a 32-bit odd
+    /// constant so that the `XOR` of two rows is not the hash of the `XOR`
+    /// of their bytes, as `CRC32`'s alone would be). `None` where a chunk is
+    /// compared row by row in Rust instead (SQLite, which has no hash
+    /// function: its rows are read in-process anyway).
+    fn row_hash(columns: &[&str]) -> Option<String> {
+        let _ = columns;
+        None
+    }
     /// The checksum of a chunk over the row hashes `t.h` of
-    /// [`ROW_HASH`](Self::ROW_HASH), written before the subquery of the
+    /// [`row_hash`](Self::row_hash), written before the subquery of the
     /// chunk's rows (which is followed by `) t`): its row count and the
     /// `XOR` of the hashes, as text.
     const HASH_SUM: &'static str = "";
@@ -251,11 +257,14 @@ mod pg {
         const CHECKS_STRING_KEYS: bool = true;
         const LITERAL_LIMIT: bool = true;
         const ASYNC_COMMIT: Option<&'static str> = Some("SET LOCAL synchronous_commit = off");
-        const ROW_HASH: Option<(&'static str, &'static str)> = Some((
-            "('x' || substr(md5(ROW(",
-            ")::text), 1, 16))::bit(64)::bigint AS h",
-        ));
         const HASH_SUM: &'static str = "SELECT COUNT(*), COALESCE(bit_xor(t.h), 0)::text FROM (";
+
+        fn row_hash(columns: &[&str]) -> Option<String> {
+            Some(format!(
+                "hash_record_extended(ROW({}), 0) AS h",
+                columns.join(", ")
+            ))
+        }
 
         fn bind_key<'b, ST, V>(value: &'b V, mut out: AstPass<'_, 'b, Self>) -> QueryResult<()>
         where
@@ -275,10 +284,15 @@ impl KeysetBackend for diesel::mysql::Mysql {
     const PROBES_BY_MIN_MAX: bool = true;
     const FIRST_BATCH_FLOOR: Option<char> = Some('`');
     const EXPLAIN: &'static str = "EXPLAIN FORMAT=JSON ";
-    const ROW_HASH: Option<(&'static str, &'static str)> = Some((
-        "CAST(CONV(SUBSTRING(MD5(JSON_ARRAY(",
-        ")), 1, 16), 16, 10) AS UNSIGNED) AS h",
-    ));
     const HASH_SUM: &'static str =
         "SELECT COUNT(*), CAST(COALESCE(BIT_XOR(t.h), 0) AS CHAR) FROM (";
+
+    fn row_hash(columns: &[&str]) -> Option<String> {
+        let nulls: Vec<String> = columns.iter().map(|c| format!("ISNULL({c})")).collect();
+        Some(format!(
+            "CRC32(CONCAT_WS('#', {}, CONCAT({}))) * 2654435761 AS h",
+            columns.join(", "),
+            nulls.join(", ")
+        ))
+    }
 }

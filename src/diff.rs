@@ -531,7 +531,7 @@ where
         K,
         M,
     >;
-    const CHECKSUMS: bool = <Db<S> as KeysetBackend>::ROW_HASH.is_some();
+    const CHECKSUMS: bool = !<Db<S> as KeysetBackend>::HASH_SUM.is_empty();
 
     fn backend() -> TypeId {
         TypeId::of::<Db<S>>()
@@ -620,9 +620,12 @@ where
 }
 
 /// The `SELECT` list of a checksum's subquery: one hash per row, of the
-/// model's columns ([`KeysetBackend::ROW_HASH`]).
-#[derive(Debug, Clone, Copy)]
-pub struct RowHash<MS>(MS);
+/// model's columns ([`KeysetBackend::row_hash`]), as rendered once.
+#[derive(Debug, Clone)]
+pub struct RowHash<MS> {
+    model: MS,
+    sql: Option<String>,
+}
 
 impl<MS> Expression for RowHash<MS> {
     type SqlType = diesel::sql_types::Untyped;
@@ -641,17 +644,18 @@ impl<MS> QueryId for RowHash<MS> {
     const HAS_STATIC_QUERY_ID: bool = false;
 }
 
-impl<MS: QueryFragment<DB>, DB: KeysetBackend> QueryFragment<DB> for RowHash<MS> {
+impl<MS, DB: KeysetBackend> QueryFragment<DB> for RowHash<MS> {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
-        let Some((before, after)) = DB::ROW_HASH else {
-            return Err(diesel::result::Error::QueryBuilderError(
-                "this backend has no row checksum".into(),
-            ));
-        };
-        out.push_sql(before);
-        self.0.walk_ast(out.reborrow())?;
-        out.push_sql(after);
-        Ok(())
+        let _ = &self.model;
+        match &self.sql {
+            Some(sql) => {
+                out.push_sql(sql);
+                Ok(())
+            }
+            None => Err(diesel::result::Error::QueryBuilderError(
+                "no row checksum for this backend or model".into(),
+            )),
+        }
     }
 }
 
@@ -702,9 +706,11 @@ type HashOf<M, DB> = RowHash<diesel::helper_types::AsSelect<M, DB>>;
 
 impl<'a, Q, K, M, DB> PrepareChecksum<'a, K, M, DB> for Q
 where
-    DB: KeysetBackend,
+    DB: KeysetBackend + Default,
+    DB::QueryBuilder: Default,
     K: Key,
     M: Selectable<DB>,
+    diesel::helper_types::AsSelect<M, DB>: QueryFragment<DB>,
     Q: ChunkableQuery<'a, DB> + DefaultSelection,
     Q::Boxed: SelectDsl<HashOf<M, DB>>,
     diesel::dsl::Select<Q::Boxed, HashOf<M, DB>>: FilterDsl<SeekPredicate<K>>,
@@ -717,7 +723,14 @@ where
         bounds: Bounds<K::Value>,
     ) -> Result<SeekQuery<Self::Base, K>, Error> {
         let boxed = self.into_boxed_checked()?;
-        let selected = SelectDsl::select(boxed, RowHash(M::as_select()));
+        let model = M::as_select();
+        // The model's columns, when they render with no bind value (columns,
+        // not expressions with parameters): the hash is written around them.
+        let rendered = crate::write::debug_sql::<DB, _>(&model);
+        let sql = rendered
+            .strip_suffix(" -- binds: []")
+            .and_then(|columns| DB::row_hash(&crate::query::top_level_items(columns)));
+        let selected = SelectDsl::select(boxed, RowHash { model, sql });
         Ok(SeekQuery::new(selected, key, bounds))
     }
 }
@@ -771,6 +784,9 @@ struct Run<'r, 'w, A, B, K: Key> {
 }
 
 type Bound<V> = Option<StoredKey<V>>;
+
+/// The checksums of one key range on the left and on the right.
+type Sums = (Result<(i64, String), Failed>, Result<(i64, String), Failed>);
 
 impl<A, B, K> Run<'_, '_, A, B, K>
 where
@@ -856,7 +872,26 @@ where
                 false => end.clone(),
             };
             let mut loaded = false;
-            self.split(lo, hi.clone(), &keys, &mut loaded)?;
+            let mut known = None;
+            if self.report.checksums == 0 {
+                // The first checksum tells whether the sides can checksum
+                // this query at all (a column type without a hash function,
+                // a model selecting a bound expression): if not, rows.
+                let sums = self.checksums(&lo, &hi);
+                let unusable = |r: &Result<_, Failed>| {
+                    matches!(r, Err(Failed { source: AttemptError::Query(e), .. })
+                        if !crate::source::connection_lost(e))
+                };
+                if unusable(&sums.0) || unusable(&sums.1) {
+                    self.report.in_database = false;
+                    self.report.checksums = 0;
+                    self.report.chunks = 0;
+                    self.chunk = 0;
+                    return self.by_rows(lo, end);
+                }
+                known = Some(sums);
+            }
+            self.split(lo, hi.clone(), &keys, &mut loaded, known)?;
             if loaded {
                 self.report.chunks_loaded += 1;
             }
@@ -876,19 +911,17 @@ where
         hi: Bound<K::Value>,
         keys: &[StoredKey<K::Value>],
         loaded: &mut bool,
+        known: Option<Sums>,
     ) -> Result<(), Error>
     where
         A: DiffSide<K, M>,
         B: DiffSide<K, M>,
         M: PartialEq + Send,
     {
-        let (r_lo, r_hi) = (self.for_right(&lo), self.for_right(&hi));
-        let (left, right) = (&mut *self.left, &mut *self.right);
-        let (l, r) = both(
-            || left.checksum(lo.clone(), hi.clone()),
-            || right.checksum(r_lo, r_hi),
-        );
-        self.report.checksums += 1;
+        let (l, r) = match known {
+            Some(sums) => sums,
+            None => self.checksums(&lo, &hi),
+        };
         let l = l.map_err(|e| self.failed("left", &lo, e))?;
         let r = r.map_err(|e| self.failed("right", &lo, e))?;
         if l == r {
@@ -906,10 +939,26 @@ where
                 Some(_) => sub.last().cloned(),
                 None => hi.clone(),
             };
-            self.split::<M>(sub_lo, sub_hi.clone(), sub, loaded)?;
+            self.split::<M>(sub_lo, sub_hi.clone(), sub, loaded, None)?;
             sub_lo = sub_hi;
         }
         Ok(())
+    }
+
+    /// The checksums of `(lo, hi]` on both sides, the right's on a thread
+    /// of its own.
+    fn checksums<M>(&mut self, lo: &Bound<K::Value>, hi: &Bound<K::Value>) -> Sums
+    where
+        A: DiffSide<K, M>,
+        B: DiffSide<K, M>,
+    {
+        let (r_lo, r_hi) = (self.for_right(lo), self.for_right(hi));
+        let (left, right) = (&mut *self.left, &mut *self.right);
+        self.report.checksums += 1;
+        both(
+            || left.checksum(lo.clone(), hi.clone()),
+            || right.checksum(r_lo, r_hi),
+        )
     }
 
     /// Compares `(start, end]` row by row in chunks.

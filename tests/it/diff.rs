@@ -216,6 +216,29 @@ backend_tests! {
         assert_eq!((d.missing_in_right.count, d.missing_in_left.count, d.chunks), (0, 1999, 1));
     }
 
+    /// Two rows that swap the values of a column (what the `XOR` of linear
+    /// row hashes such as `CRC32`'s alone would not see): both reported.
+    fn values_swapped_between_rows_are_found(db) {
+        let other = <B as TestBackend>::create();
+        let (mut left, mut right) = (connect::<B>(&db), connect::<B>(&other));
+        insert_posts(&mut left, 1..=300);
+        insert_posts(&mut right, 1..=300);
+        for (id, from) in [(110, 111), (111, 110)] {
+            diesel::update(posts::table.find(id))
+                .set(posts::slug.eq(format!("swap-{from:06}")))
+                .execute(&mut left)
+                .unwrap();
+            diesel::update(posts::table.find(id))
+                .set(posts::slug.eq(format!("swap-{id:06}")))
+                .execute(&mut right)
+                .unwrap();
+        }
+        let d = posts::table.chunked_by(posts::id)
+            .diff::<Post>(&mut left, &mut right).batch_size(100).run().unwrap();
+        assert_keys(&d, &[], &[], &[110, 111]);
+        assert_eq!(d.chunks_loaded, 1);
+    }
+
     /// Composite, text and timestamp keys on identical tables: no false
     /// difference; one changed row is found under each.
     fn composite_text_and_timestamp_keys(db) {
@@ -452,4 +475,49 @@ fn sqlite_to_postgres() {
         &[(ts(301 * 60), 301)],
         &[(ts(150 * 60), 150)],
     );
+}
+
+diesel::table! {
+    docs (id) {
+        id -> Integer,
+        body -> Text,
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable)]
+#[diesel(table_name = docs)]
+struct Doc {
+    id: i32,
+    body: String,
+}
+
+/// A column type PostgreSQL cannot hash (`json`): the first checksum
+/// fails, and the diff compares rows instead, from the start.
+#[cfg(feature = "postgres")]
+#[test]
+fn a_table_the_database_cannot_hash_is_compared_by_rows() {
+    let (a, b) = (Pg::create(), Pg::create());
+    let (mut left, mut right) = (Pg::connect(&a), Pg::connect(&b));
+    for conn in [&mut left, &mut right] {
+        diesel::sql_query("CREATE TABLE docs (id INTEGER PRIMARY KEY, body JSON NOT NULL)")
+            .execute(conn)
+            .unwrap();
+        diesel::sql_query(
+            "INSERT INTO docs SELECT i, json_build_object('n', i)::json FROM generate_series(1, 50) AS i",
+        )
+        .execute(conn)
+        .unwrap();
+    }
+    diesel::sql_query("UPDATE docs SET body = '{\"n\": 0}' WHERE id = 33")
+        .execute(&mut right)
+        .unwrap();
+    let d = docs::table
+        .chunked_by(docs::id)
+        .diff::<Doc>(&mut left, &mut right)
+        .batch_size(20)
+        .run()
+        .unwrap();
+    assert_keys(&d, &[], &[], &[33]);
+    assert!(!d.in_database);
+    assert_eq!((d.chunks, d.checksums, d.rows_compared), (3, 0, 50));
 }
