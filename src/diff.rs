@@ -1075,6 +1075,63 @@ impl<V, M> Default for Carry<V, M> {
     }
 }
 
+/// The left's rows of a page, matched with the right's as these arrive: in
+/// the same order as the left's while they can be (no lookup), through an
+/// index of the rows left once one comes out of order.
+struct LeftRows<V, M> {
+    rows: Vec<Option<(V, M)>>,
+    /// The first row not matched in order.
+    next: usize,
+    index: Option<BTreeMap<V, usize>>,
+}
+
+impl<V: Ord + Clone, M> LeftRows<V, M> {
+    /// The rows, in key order; a key twice is `Err(key)`.
+    fn new(rows: Vec<(StoredKey<V>, M)>) -> Result<Self, V> {
+        let mut out: Vec<Option<(V, M)>> = Vec::with_capacity(rows.len());
+        for (key, model) in rows {
+            if let Some(Some((last, _))) = out.last() {
+                if *last == key.value {
+                    return Err(key.value);
+                }
+            }
+            out.push(Some((key.value, model)));
+        }
+        Ok(Self {
+            rows: out,
+            next: 0,
+            index: None,
+        })
+    }
+
+    /// The row of `key`, if it is here and not taken yet.
+    fn take(&mut self, key: &V) -> Option<M> {
+        while matches!(self.rows.get(self.next), Some(None)) {
+            self.next += 1;
+        }
+        if let Some(Some((k, _))) = self.rows.get(self.next) {
+            if k == key {
+                self.next += 1;
+                return self.rows[self.next - 1].take().map(|(_, m)| m);
+            }
+        }
+        let rows = &self.rows;
+        let index = self.index.get_or_insert_with(|| {
+            rows.iter()
+                .enumerate()
+                .filter_map(|(i, r)| r.as_ref().map(|(k, _)| (k.clone(), i)))
+                .collect()
+        });
+        let at = index.remove(key)?;
+        self.rows[at].take().map(|(_, m)| m)
+    }
+
+    /// The rows not taken.
+    fn into_remaining(self) -> impl Iterator<Item = (V, M)> {
+        self.rows.into_iter().flatten()
+    }
+}
+
 /// Compares `theirs` (a left row) with `model` (its right twin).
 fn compare<V, M: PartialEq>(tally: &mut Tally<V>, key: V, theirs: M, model: &M, cap: usize) {
     if theirs != *model {
@@ -1112,12 +1169,7 @@ where
         })
     };
     let mut tally = Tally::default();
-    let mut left: BTreeMap<K::Value, M> = BTreeMap::new();
-    for (key, model) in rows {
-        if left.insert(key.value.clone(), model).is_some() {
-            return Err(duplicate(&key.value));
-        }
-    }
+    let mut left = LeftRows::new(rows).map_err(|twice| duplicate(&twice))?;
     let Carry {
         left: mut left_before,
         right: right_before,
@@ -1125,7 +1177,7 @@ where
     // right rows of the page before whose twin is in this page
     for (key, model) in right_before {
         tally.rows += 1;
-        match left.remove(&key) {
+        match left.take(&key) {
             Some(theirs) => compare(&mut tally, key, theirs, &model, cap),
             None => tally.missing_in_left.push(key, cap),
         }
@@ -1144,7 +1196,7 @@ where
             if seen.as_ref() == Some(&key.value) {
                 return Err(duplicate(&key.value));
             }
-            let theirs = match left.remove(&key.value) {
+            let theirs = match left.take(&key.value) {
                 Some(theirs) => Some(theirs),
                 None => left_before.remove(&key.value),
             };
@@ -1176,7 +1228,7 @@ where
         tally.missing_in_right.push(key, cap);
     }
     let mut carry = Carry {
-        left,
+        left: left.into_remaining().collect(),
         right: right_now,
     };
     if last {
