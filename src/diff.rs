@@ -8,23 +8,30 @@
 //! (`key > $last`), so rows only the right side has are found there too.
 //!
 //! When both sides are the same backend and it can hash rows
-//! ([`KeysetBackend::ROW_HASH`]: PostgreSQL, MySQL/MariaDB), each chunk is
+//! ([`KeysetBackend::row_hash`]: PostgreSQL, MySQL/MariaDB), each chunk is
 //! first checksummed in the database, one statement per side:
 //!
 //! ```text
 //! SELECT COUNT(*), COALESCE(bit_xor(t.h), 0)::text FROM (
-//!   SELECT ('x' || substr(md5(ROW(<M's columns>)::text), 1, 16))::bit(64)::bigint AS h
+//!   SELECT hash_record_extended(ROW(<M's columns>), 0) AS h
 //!   FROM <the query> WHERE (<filters>) AND key > $lo AND key <= $hi) t
 //! ```
 //!
-//! (MySQL/MariaDB: `BIT_XOR` of the first 64 bits of `MD5(JSON_ARRAY(<columns>))`.)
-//! Equal counts and checksums: the chunk matches. A chunk that differs is
-//! split by its left keys into [`SPLIT`] parts, each checksummed again, down
-//! to [`LEAF_ROWS`] rows; the rows of such a part are then loaded on both
-//! sides as `M` and compared in Rust. Elsewhere (SQLite, or two backends)
-//! every chunk's rows are loaded and compared in Rust: the left side's rows
-//! page by page, the right side's rows of each page's key range in pages of
-//! the same size.
+//! (MySQL/MariaDB: `BIT_XOR` of `CRC32(CONCAT_WS('#', <columns>,
+//! CONCAT(ISNULL(<column>), ..))) * 2654435761`.) Equal counts and
+//! checksums: the chunk matches. A chunk that differs is split by its left
+//! keys into [`SPLIT`] parts, each checksummed again, down to [`LEAF_ROWS`]
+//! rows; the rows of such a part are then loaded on both sides as `M` and
+//! compared in Rust. Where the first checksum fails for a reason of the
+//! query (a column type without a hash function, such as PostgreSQL's
+//! `json`), the diff compares rows from the start instead. Elsewhere
+//! (SQLite, or two backends) every chunk's rows are loaded and compared in
+//! Rust: the left side's rows page by page, the right side's rows of each
+//! page's key range in pages of the same size. A row found on one side only
+//! is kept until the next page has been compared, in case its twin fell on
+//! the other side of the page's end (keys stored in forms that compare
+//! differently with a bound, such as SQLite timestamps in another text
+//! format): at most a page of rows per side.
 //!
 //! The verdict on a row is always Rust's: `M == M` on the decoded models.
 
@@ -118,6 +125,14 @@ impl<V> DiffKeys<V> {
 /// or collation, a `NULL` the model reads as `None` on both sides) are no
 /// difference, whether or not the database checksums of their chunk were
 /// equal.
+///
+/// Where chunks are checksummed in the database, a chunk whose checksums
+/// and row counts are equal is taken as matching without loading its rows.
+/// So a difference is missed only if it leaves the checksum unchanged: on
+/// MySQL/MariaDB, a 32-bit `CRC32` per row (about one changed chunk in 2³²);
+/// on PostgreSQL, values the database's own hash functions treat as equal
+/// although they decode differently (`citext` or a case-insensitive
+/// nondeterministic collation: `'a'` and `'A'`).
 ///
 /// ```
 /// # include!("../tests/doc/setup.rs");
@@ -220,6 +235,12 @@ impl<Q, K: Key> Chunked<Q, K> {
     /// chunk but the last; the closure's [`BatchStats`](crate::BatchStats)
     /// count the chunk's left rows). [`desc`](Self::desc) and
     /// [`limit_total`](Self::limit_total) are [`Error::DiffUnsupported`].
+    ///
+    /// The checksum needs PostgreSQL 14 or later (`bit_xor`,
+    /// `hash_record_extended`) or MySQL/MariaDB; where the first checksum
+    /// fails for a reason of the query (an older server, a column type
+    /// without a hash function such as `json`), the diff compares rows
+    /// from the start instead ([`DiffReport::in_database`] says which).
     ///
     /// The key must order the same on both sides (integers, dates and
     /// times, UUIDs; text keys only in collations that agree, such as binary
