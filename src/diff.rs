@@ -192,6 +192,23 @@ impl<V> DiffReport<V> {
 
 /// A diff of one query read through two sources, made by
 /// [`Chunked::diff`]; run it with [`run`](Self::run).
+///
+/// ```
+/// # include!("../tests/doc/setup.rs");
+/// use diesel_chunked_iterator::prelude::*;
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let (mut a, mut b) = (doc_connection(), doc_connection());
+/// let diff = posts::table
+///     .filter(posts::published.eq(true))
+///     .chunked_by(posts::id)
+///     .start_after(1)
+///     .diff::<Post>(&mut a, &mut b)
+///     .batch_size(1)
+///     .max_keys(10);
+/// let report = diff.run()?;
+/// assert_eq!((report.chunks, report.rows_compared), (2, 2)); // posts 3 and 5
+/// # Ok(()) }
+/// ```
 #[must_use = "a diff does nothing until `run` runs it"]
 pub struct Diff<Q, K: Key, M, L, R> {
     chunked: Chunked<Q, K>,
@@ -383,6 +400,7 @@ impl<Q, K: Key, M, L, R> Diff<Q, K, M, L, R> {
             cap: self.max_keys,
             chunk: 0,
             columns: key.describe(),
+            left_rows: 0,
             write: &self.chunked.write,
             report: DiffReport {
                 missing_in_right: DiffKeys::default(),
@@ -798,6 +816,8 @@ struct Run<'r, 'w, A, B, K: Key> {
     chunk: u64,
     /// The key's columns, for errors.
     columns: String,
+    /// The left's rows of the chunks done, for a throttle.
+    left_rows: u64,
     write: &'w crate::write::WriteConfig,
     report: DiffReport<K::Value>,
     started: Instant,
@@ -843,14 +863,15 @@ where
 
     /// Waits after a chunk of `rows` left rows that took `took`, unless it
     /// was the last one (see [`Chunked::pause`], [`Chunked::throttle`]).
-    fn pause(&self, rows: usize, took: Duration) {
+    fn pause(&mut self, rows: usize, took: Duration) {
+        self.left_rows += rows as u64;
         let mut wait = self.write.pause.unwrap_or_default();
         if let Some(throttle) = &self.write.throttle {
             let stats = crate::BatchStats {
                 batch: self.chunk,
                 rows: rows as u64,
                 duration: took,
-                total_rows: self.report.rows_compared,
+                total_rows: self.left_rows,
                 elapsed: self.started.elapsed(),
                 next_batch_size: self.batch as u64,
                 waited: Duration::ZERO,

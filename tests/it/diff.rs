@@ -341,6 +341,33 @@ backend_tests! {
         assert_keys(&d, &[150, 200, 250, 300], &[], &[]);
     }
 
+    /// Pools as sources; the throttle is asked after each chunk but the last.
+    fn pools_and_throttle(db) {
+        use diesel::r2d2::{ConnectionManager, Pool};
+        use std::sync::atomic::{AtomicU64, Ordering};
+        use std::sync::Arc;
+        let other = <B as TestBackend>::create();
+        insert_posts(&mut connect::<B>(&db), 1..=250);
+        insert_posts(&mut connect::<B>(&other), (1..=250).filter(|&i| i != 99));
+        let pool = |url: &str| Pool::builder().max_size(1).build(ConnectionManager::<Conn>::new(url)).unwrap();
+        let (left, right) = (pool(&db.url), pool(&other.url));
+        let asked = Arc::new(AtomicU64::new(0));
+        let seen = Arc::clone(&asked);
+        let d = posts::table
+            .chunked_by(posts::id)
+            .throttle(move |stats| {
+                assert_eq!(stats.rows, 100);
+                seen.fetch_add(stats.total_rows, Ordering::Relaxed);
+                None
+            })
+            .diff::<Post>(&left, &right)
+            .batch_size(100)
+            .run()
+            .unwrap();
+        assert_keys(&d, &[99], &[], &[]);
+        assert_eq!(asked.load(Ordering::Relaxed), 100 + 200);
+    }
+
     /// Settings a diff cannot honour, and a side that fails, are errors.
     fn errors(db) {
         let other = <B as TestBackend>::create();
