@@ -1281,3 +1281,48 @@ where
     }
     Ok((tally, carry))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{DiffKeys, LeftRows};
+    use crate::stored::StoredKey;
+
+    fn rows(keys: &[i32]) -> Vec<(StoredKey<i32>, char)> {
+        keys.iter()
+            .map(|&k| (StoredKey::from(k), char::from(b'a' + k as u8)))
+            .collect()
+    }
+
+    #[test]
+    fn left_rows_match_in_order_and_out_of_it() {
+        let mut left = LeftRows::new(rows(&[1, 2, 3, 5, 8])).unwrap();
+        assert_eq!(left.take(&1), Some('b'));
+        assert_eq!(left.take(&2), Some('c'));
+        // out of order: through the index
+        assert_eq!(left.take(&5), Some('f'));
+        assert_eq!(left.take(&4), None);
+        // back in order after the index was built
+        assert_eq!(left.take(&3), Some('d'));
+        assert_eq!(left.take(&3), None, "a row is taken once");
+        assert_eq!(left.take(&5), None);
+        let rest: Vec<(i32, char)> = left.into_remaining().collect();
+        assert_eq!(rest, [(8, 'i')]);
+        assert_eq!(LeftRows::new(rows(&[1, 2, 2])).err(), Some(2));
+    }
+
+    #[test]
+    fn keys_are_capped_and_counts_exact() {
+        let mut keys = DiffKeys::default();
+        for k in 0..5 {
+            keys.push(k, 3);
+        }
+        let mut more = DiffKeys::default();
+        more.push(9, 3);
+        keys.extend(more, 4);
+        assert_eq!((keys.count, keys.keys.clone()), (6, vec![0, 1, 2, 9]));
+        assert!(keys.is_truncated());
+        let mut none: DiffKeys<i32> = DiffKeys::default();
+        none.push(1, 0);
+        assert_eq!((none.count, none.keys.len()), (1, 0));
+    }
+}
