@@ -262,7 +262,11 @@ fn main() -> Res<()> {
                     v["diff_s"],
                     v["ratio"]
                 );
-                results.retain(|r| !(r["backend"] == v["backend"] && r["rows"] == v["rows"]));
+                results.retain(|r| {
+                    !(r["backend"] == v["backend"]
+                        && r["rows"] == v["rows"]
+                        && r["batch"] == v["batch"])
+                });
                 results.push(v);
             }
             Err(e) => failures.push(format!("{}: {e}", backend.name())),
