@@ -268,6 +268,13 @@ backend_tests! {
             .diff::<Event>(&mut left, &mut right).batch_size(7).run().unwrap();
         assert!(d.is_identical(), "{d:?}");
         assert_eq!(d.chunks, 13);
+        // SmallInt and BigInt keys
+        let d = events::table.chunked_by(events::code)
+            .diff::<Event>(&mut left, &mut right).batch_size(7).run().unwrap();
+        assert!(d.is_identical() && d.chunks == 13, "{d:?}");
+        let d = events::table.chunked_by(events::id)
+            .diff::<Event>(&mut left, &mut right).batch_size(7).run().unwrap();
+        assert!(d.is_identical() && d.chunks == 13, "{d:?}");
 
         diesel::update(posts::table.find(55)).set(posts::body.eq("x")).execute(&mut right).unwrap();
         diesel::update(events::table.find(30)).set(events::payload.eq("x")).execute(&mut right).unwrap();
@@ -565,5 +572,157 @@ mod unhashable {
         assert_keys(&d, &[], &[], &[33]);
         assert!(!d.in_database);
         assert_eq!((d.chunks, d.checksums, d.rows_compared), (3, 0, 50));
+    }
+}
+
+/// The key types of PostgreSQL alone: `uuid`, `timestamptz`, `date`.
+#[cfg(all(feature = "postgres", feature = "uuid", feature = "chrono"))]
+mod pg_key_types {
+    use super::*;
+
+    diesel::table! {
+        tagged (id) {
+            id -> Uuid,
+            at -> Timestamptz,
+            day -> Date,
+            n -> Integer,
+        }
+    }
+
+    #[derive(Debug, Clone, PartialEq, Queryable, Selectable)]
+    #[diesel(table_name = tagged)]
+    struct Tagged {
+        id: uuid::Uuid,
+        at: chrono::DateTime<chrono::Utc>,
+        day: chrono::NaiveDate,
+        n: i32,
+    }
+
+    #[test]
+    fn uuid_timestamptz_and_date_keys() {
+        let (a, b) = (Pg::create(), Pg::create());
+        let (mut left, mut right) = (Pg::connect(&a), Pg::connect(&b));
+        for conn in [&mut left, &mut right] {
+            diesel::sql_query(
+                "CREATE TABLE tagged (id UUID PRIMARY KEY, at TIMESTAMPTZ NOT NULL UNIQUE, \
+                 day DATE NOT NULL UNIQUE, n INTEGER NOT NULL)",
+            )
+            .execute(conn)
+            .unwrap();
+            diesel::sql_query(
+                "INSERT INTO tagged SELECT md5(i::text)::uuid, \
+                 timestamptz '2026-01-01 00:00:00+00' + i * interval '61 seconds', \
+                 date '2026-01-01' + i, i FROM generate_series(1, 100) AS i",
+            )
+            .execute(conn)
+            .unwrap();
+        }
+        let d = tagged::table
+            .chunked_by(tagged::id)
+            .diff::<Tagged>(&mut left, &mut right)
+            .batch_size(9)
+            .run()
+            .unwrap();
+        assert!(d.is_identical() && d.in_database && d.chunks == 12, "{d:?}");
+        let d = tagged::table
+            .chunked_by(tagged::at)
+            .diff::<Tagged>(&mut left, &mut right)
+            .batch_size(9)
+            .run()
+            .unwrap();
+        assert!(d.is_identical() && d.chunks == 12, "{d:?}");
+        let d = tagged::table
+            .chunked_by(tagged::day)
+            .diff::<Tagged>(&mut left, &mut right)
+            .batch_size(9)
+            .run()
+            .unwrap();
+        assert!(d.is_identical() && d.chunks == 12, "{d:?}");
+
+        diesel::update(tagged::table.filter(tagged::n.eq(40)))
+            .set(tagged::n.eq(-40))
+            .execute(&mut right)
+            .unwrap();
+        let changed: Tagged = tagged::table
+            .filter(tagged::n.eq(40))
+            .first(&mut left)
+            .unwrap();
+        let d = tagged::table
+            .chunked_by(tagged::id)
+            .diff::<Tagged>(&mut left, &mut right)
+            .batch_size(9)
+            .run()
+            .unwrap();
+        assert_keys(&d, &[], &[], &[changed.id]);
+        let d = tagged::table
+            .chunked_by(tagged::at)
+            .diff::<Tagged>(&mut left, &mut right)
+            .batch_size(9)
+            .run()
+            .unwrap();
+        assert_keys(&d, &[], &[], &[changed.at]);
+        let d = tagged::table
+            .chunked_by(tagged::day)
+            .diff::<Tagged>(&mut left, &mut right)
+            .batch_size(9)
+            .run()
+            .unwrap();
+        assert_keys(&d, &[], &[], &[changed.day]);
+    }
+}
+
+/// MySQL/MariaDB's unsigned keys.
+#[cfg(feature = "mysql")]
+mod mysql_key_types {
+    use super::*;
+
+    diesel::table! {
+        unsigned_keys (id) {
+            id -> Unsigned<BigInt>,
+            n -> Integer,
+        }
+    }
+
+    #[derive(Debug, Clone, PartialEq, Queryable, Selectable)]
+    #[diesel(table_name = unsigned_keys)]
+    struct UnsignedKey {
+        id: u64,
+        n: i32,
+    }
+
+    #[test]
+    fn unsigned_keys() {
+        let (a, b) = (Mysql::create(), Mysql::create());
+        let (mut left, mut right) = (Mysql::connect(&a), Mysql::connect(&b));
+        for conn in [&mut left, &mut right] {
+            diesel::sql_query(
+                "CREATE TABLE unsigned_keys (id BIGINT UNSIGNED PRIMARY KEY, n INTEGER NOT NULL)",
+            )
+            .execute(conn)
+            .unwrap();
+            diesel::sql_query(
+                "INSERT INTO unsigned_keys SELECT 18446744073709551615 - seq * 1000, seq \
+                 FROM seq_1_to_100",
+            )
+            .execute(conn)
+            .unwrap();
+        }
+        let d = unsigned_keys::table
+            .chunked_by(unsigned_keys::id)
+            .diff::<UnsignedKey>(&mut left, &mut right)
+            .batch_size(9)
+            .run()
+            .unwrap();
+        assert!(d.is_identical() && d.in_database && d.chunks == 12, "{d:?}");
+        diesel::sql_query("DELETE FROM unsigned_keys WHERE n = 3")
+            .execute(&mut right)
+            .unwrap();
+        let d = unsigned_keys::table
+            .chunked_by(unsigned_keys::id)
+            .diff::<UnsignedKey>(&mut left, &mut right)
+            .batch_size(9)
+            .run()
+            .unwrap();
+        assert_keys(&d, &[u64::MAX - 3000], &[], &[]);
     }
 }
