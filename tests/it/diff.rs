@@ -349,6 +349,7 @@ backend_tests! {
     }
 
     /// Pools as sources; the throttle is asked after each chunk but the last.
+    #[cfg(feature = "r2d2")]
     fn pools_and_throttle(db) {
         use diesel::r2d2::{ConnectionManager, Pool};
         use std::sync::atomic::{AtomicU64, Ordering};
