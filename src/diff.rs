@@ -59,14 +59,14 @@ use crate::source::{AttemptError, ConnectionSource};
 use crate::stored::StoredKey;
 
 /// How many parts a chunk whose checksums differ is split into.
-pub const SPLIT: usize = 8;
+pub(crate) const SPLIT: usize = 8;
 
 /// A part of a chunk with at most this many rows on the left side is
 /// compared row by row instead of being split again.
-pub const LEAF_ROWS: usize = 128;
+pub(crate) const LEAF_ROWS: usize = 128;
 
 /// The default of [`Diff::max_keys`].
-pub const DEFAULT_MAX_KEYS: usize = 1000;
+pub(crate) const DEFAULT_MAX_KEYS: usize = 1000;
 
 /// The keys of one kind of difference: how many, and the first of them.
 ///
@@ -971,7 +971,9 @@ where
         }
         if keys.len() <= LEAF_ROWS {
             *loaded = true;
-            return self.compare_rows::<M>(lo, hi, LEAF_ROWS.max(keys.len()));
+            // the right side in pages of a chunk: the last, open range may
+            // hold many rows the left lacks
+            return self.compare_rows::<M>(lo, hi, self.batch);
         }
         let part = keys.len().div_ceil(SPLIT);
         let mut sub_lo = lo;
