@@ -253,6 +253,11 @@ impl<Q, K: Key> Chunked<Q, K> {
     /// count the chunk's left rows). [`desc`](Self::desc) and
     /// [`limit_total`](Self::limit_total) are [`Error::DiffUnsupported`].
     ///
+    /// Only what `M` selects is compared. A diff is not a snapshot: each
+    /// chunk is read on each side at its own moment, so rows written
+    /// meanwhile may show as differences; diff sources at rest, or check
+    /// the reported keys again.
+    ///
     /// The checksum needs PostgreSQL 14 or later (`bit_xor`,
     /// `hash_record_extended`) or MySQL/MariaDB; where the first checksum
     /// fails for a reason of the query (an older server, a column type
