@@ -113,6 +113,25 @@ pub trait KeysetBackend: Backend + private::Sealed {
     /// updated before the `DELETE` would lose its update). SQLite needs no
     /// lock: a transaction that writes holds the database's only write lock.
     const LOCKS_BEFORE_MOVE: bool = false;
+    /// How a [diff](crate::Chunked::diff) hashes one row in the database,
+    /// given the model's columns as rendered: the `SELECT` list of a 64-bit
+    /// integer column `h` (PostgreSQL: `hash_record_extended` of the row,
+    /// the column types' own hash functions; MySQL/MariaDB: the `CRC32` of
+    /// the columns joined by `#` with a flag per column that tells `NULL`
+    /// from any string, as pt-table-checksum does, times a 32-bit odd
+    /// constant so that the `XOR` of two rows is not the hash of the `XOR`
+    /// of their bytes, as `CRC32`'s alone would be). `None` where a chunk is
+    /// compared row by row in Rust instead (SQLite, which has no hash
+    /// function: its rows are read in-process anyway).
+    fn row_hash(columns: &[&str]) -> Option<String> {
+        let _ = columns;
+        None
+    }
+    /// The checksum of a chunk over the row hashes `t.h` of
+    /// [`row_hash`](Self::row_hash), written before the subquery of the
+    /// chunk's rows (which is followed by `) t`): its row count and the
+    /// `XOR` of the hashes, as text.
+    const HASH_SUM: &'static str = "";
 
     /// The stored form of `value`, a value of SQL type `ST`, when binding its
     /// Rust value would not reproduce it; `text` is the text the Rust value
@@ -252,6 +271,14 @@ mod pg {
         const LITERAL_LIMIT: bool = true;
         const ASYNC_COMMIT: Option<&'static str> = Some("SET LOCAL synchronous_commit = off");
         const MOVES_IN_ONE_STATEMENT: bool = true;
+        const HASH_SUM: &'static str = "SELECT COUNT(*), COALESCE(bit_xor(t.h), 0)::text FROM (";
+
+        fn row_hash(columns: &[&str]) -> Option<String> {
+            Some(format!(
+                "hash_record_extended(ROW({}), 0) AS h",
+                columns.join(", ")
+            ))
+        }
 
         fn bind_key<'b, ST, V>(value: &'b V, mut out: AstPass<'_, 'b, Self>) -> QueryResult<()>
         where
@@ -272,4 +299,15 @@ impl KeysetBackend for diesel::mysql::Mysql {
     const FIRST_BATCH_FLOOR: Option<char> = Some('`');
     const EXPLAIN: &'static str = "EXPLAIN FORMAT=JSON ";
     const LOCKS_BEFORE_MOVE: bool = true;
+    const HASH_SUM: &'static str =
+        "SELECT COUNT(*), CAST(COALESCE(BIT_XOR(t.h), 0) AS CHAR) FROM (";
+
+    fn row_hash(columns: &[&str]) -> Option<String> {
+        let nulls: Vec<String> = columns.iter().map(|c| format!("ISNULL({c})")).collect();
+        Some(format!(
+            "CRC32(CONCAT_WS('#', {}, CONCAT({}))) * 2654435761 AS h",
+            columns.join(", "),
+            nulls.join(", ")
+        ))
+    }
 }

@@ -512,6 +512,36 @@ pub enum Error {
         reason: String,
     },
 
+    /// A statement of a [diff](crate::Chunked::diff) failed on one of its
+    /// sides (after the retries a pool gets): the diff stopped, with no
+    /// report. Run it again, or from `start_after(after)` to skip the chunks
+    /// compared.
+    #[error(
+        "the diff's statement on the {side} side failed in chunk {chunk}{}{}: {source}",
+        DisplayAfter(.after),
+        DisplayAttempts(*.attempts)
+    )]
+    DiffFailed {
+        /// `"left"` or `"right"`.
+        side: &'static str,
+        /// The 1-based chunk number.
+        chunk: u64,
+        /// The key the statement's range started after (`Debug`-formatted), if any.
+        after: Option<String>,
+        /// How many times the statement was tried.
+        attempts: u32,
+        /// The failure of the last attempt.
+        #[source]
+        source: crate::AttemptError,
+    },
+
+    /// A [diff](crate::Chunked::diff) cannot run with the scan's settings.
+    #[error("cannot diff: {reason}")]
+    DiffUnsupported {
+        /// What is wrong, and what to do.
+        reason: String,
+    },
+
     /// A health signal of [`throttle_on`](crate::Chunked::throttle_on) does
     /// not exist on the job's backend (or where it was asked to be read):
     /// the job stopped before its first batch.
@@ -671,6 +701,10 @@ impl Error {
         match self {
             Error::Database { source, .. } | Error::Query { source, .. } => Some(source),
             Error::CommitUnknown { source, .. } => Some(source),
+            Error::DiffFailed {
+                source: crate::AttemptError::Query(source),
+                ..
+            } => Some(source),
             _ => None,
         }
     }

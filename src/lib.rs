@@ -7,6 +7,7 @@ mod builder;
 pub mod checkpoint;
 mod commit;
 mod control;
+mod diff;
 mod dsl;
 mod engine;
 mod error;
@@ -36,6 +37,7 @@ mod write;
 
 pub use builder::{Chunked, RunChunkedDsl, DEFAULT_BATCH_SIZE};
 pub use control::Control;
+pub use diff::{DiffKeys, DiffReport};
 pub use dsl::ChunkedDsl;
 pub use engine::{EndReason, Progress};
 pub use error::Error;
@@ -62,6 +64,7 @@ pub use stream::{
 /// streams.
 pub mod helper_types {
     pub use crate::builder::{KeyedBatches, KeyedIter, ModelBatches, ModelIter};
+    pub use crate::diff::Diff;
     #[cfg(feature = "async")]
     pub use crate::stream::{KeyedBatchesStream, KeyedStream, ModelBatchesStream, ModelStream};
 }

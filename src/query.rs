@@ -46,6 +46,7 @@ mod select;
 
 pub(crate) use crate::shared::with_key_columns;
 pub(crate) use checks::top_level_items;
+pub(crate) use checks::DefaultSelection;
 pub use checks::{ChunkableQuery, SelectableKey};
 pub use select::{KeyRow, KeyedModel, PrepareKeyed, PrepareKeys, PrepareModel};
 
@@ -157,6 +158,21 @@ impl<B, K: Key> SeekQuery<B, K> {
         // cell, and it reads it only while `self.base` is walked, which needs a
         // shared borrow of `self`; `&mut self` rules that out.
         unsafe { self.bounds.set_after(after) }
+    }
+
+    /// Moves both ends of the range the statement renders (a diff's chunk).
+    pub(crate) fn set_range(
+        &mut self,
+        after: Option<StoredKey<K::Value>>,
+        until: Option<StoredKey<K::Value>>,
+    ) {
+        // SAFETY: as in `set_after`.
+        unsafe { self.bounds.set_range(after, until) }
+    }
+
+    /// The prepared query, without the batch's `ORDER BY` and `LIMIT`.
+    pub(crate) fn base(&self) -> &B {
+        &self.base
     }
 
     /// Renders the statement as the probe of the start key (see

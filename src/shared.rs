@@ -80,6 +80,21 @@ impl<V> BoundsCell<V> {
         unsafe { (*self.bounds.get()).after = after };
     }
 
+    /// Sets both ends a range statement renders: `key > after` and
+    /// `key <= until` (see [`crate::diff`]).
+    ///
+    /// # Safety
+    /// As for [`set_after`](Self::set_after).
+    pub(crate) unsafe fn set_range(
+        &self,
+        after: Option<StoredKey<V>>,
+        until: Option<StoredKey<V>>,
+    ) {
+        let bounds = unsafe { &mut *self.bounds.get() };
+        bounds.after = after;
+        bounds.until = until;
+    }
+
     /// Switches the probe rendering on or off (see [`Bounds::probe`]).
     ///
     /// # Safety

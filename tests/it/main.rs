@@ -16,6 +16,7 @@ mod concurrent;
 mod control;
 mod core_scans;
 mod correctness;
+mod diff;
 #[cfg(all(feature = "jetstream", feature = "r2d2"))]
 mod distributed;
 mod explain;
