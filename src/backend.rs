@@ -81,6 +81,13 @@ pub trait KeysetBackend: Backend + private::Sealed {
     /// do that for one transaction (PostgreSQL's `SET LOCAL
     /// synchronous_commit = off`); `None` elsewhere.
     const ASYNC_COMMIT: Option<&'static str> = None;
+    /// The per-connection flush setting [`async_commit`](crate::Chunked::async_commit)
+    /// relaxes around each batch's transaction, outside it, where the backend
+    /// cannot change it inside one (SQLite: `PRAGMA synchronous = NORMAL` in
+    /// WAL mode, where a commit then no longer waits for the WAL's `fsync`
+    /// and a power loss can only take the last commits, whole, with their
+    /// checkpoint advances); put back after the batch.
+    const RELAXED_SYNC: Option<crate::commit::SyncPragma> = None;
     /// Whether a batch of the scan's regular size writes its `LIMIT` as a
     /// literal instead of a bind parameter (PostgreSQL). With a parameter, the
     /// planner cannot see the limit in a generic plan, so it plans a cached
@@ -171,6 +178,13 @@ impl KeysetBackend for diesel::sqlite::Sqlite {
     const STORED_FORMS: bool = true;
     const CHECKS_STRING_KEYS: bool = true;
     const EXPLAIN: &'static str = "EXPLAIN QUERY PLAN ";
+    const RELAXED_SYNC: Option<crate::commit::SyncPragma> = Some(crate::commit::SyncPragma {
+        // One row in WAL mode only: elsewhere NORMAL would not be safe.
+        read: "SELECT CAST(s.synchronous AS TEXT) AS value FROM pragma_synchronous AS s, \
+               pragma_journal_mode AS j WHERE j.journal_mode = 'wal'",
+        set: "PRAGMA synchronous = ",
+        relaxed: "1",
+    });
 
     fn stored_form<ST>(
         mut value: Self::RawValue<'_>,

@@ -328,11 +328,15 @@ impl<Q, K: Key> Chunked<Q, K> {
         self
     }
 
-    /// Write jobs with a [`checkpoint`](Self::checkpoint), on PostgreSQL:
-    /// each batch's `COMMIT` returns without waiting for its WAL to reach
-    /// the disk (`SET LOCAL synchronous_commit = off` in the batch's
-    /// transaction), which saves a log flush per batch (on the write bench,
-    /// about a third of a 1000-row batch's time).
+    /// Write jobs with a [`checkpoint`](Self::checkpoint): each batch's
+    /// `COMMIT` returns without waiting for its log to reach the disk, which
+    /// saves a flush per batch (on the write bench, about a third of a
+    /// 1000-row batch's time on PostgreSQL). PostgreSQL: `SET LOCAL
+    /// synchronous_commit = off` in the batch's transaction. SQLite in WAL
+    /// mode: `PRAGMA synchronous = NORMAL` before the batch's transaction
+    /// (SQLite cannot change it inside one) and the connection's own setting
+    /// back after it; in other journal modes, where `NORMAL` is not safe, as
+    /// without it.
     ///
     /// Still exactly once: the batch's rows and its checkpoint commit in one
     /// transaction, so a server crash that loses the last batches' commits
@@ -343,8 +347,8 @@ impl<Q, K: Key> Chunked<Q, K> {
     /// sessions may have seen its rows before they were durable. Without a
     /// checkpoint the job stops before its first batch with
     /// [`Error::AsyncCommit`](crate::Error::AsyncCommit); MySQL/MariaDB (whose
-    /// log flush is the global `innodb_flush_log_at_trx_commit`) and SQLite
-    /// run their batches as without it.
+    /// log flush is the global `innodb_flush_log_at_trx_commit`) run their
+    /// batches as without it.
     ///
     /// ```
     /// # include!("../tests/doc/setup.rs");

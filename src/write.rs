@@ -616,6 +616,10 @@ where
     // Set when the transaction's body is done: a failure after it is the COMMIT's.
     let mut sent = None;
     let ran = source.run(attempt > 1, |conn| {
+        let restore = match m.async_commit() {
+            true => crate::commit::RelaxCommit::relax_connection(conn)?,
+            false => None,
+        };
         let result = conn.batch_transaction(|conn| -> Result<_, Abort> {
             if m.async_commit() {
                 crate::commit::RelaxCommit::relax_commit(conn)?;
@@ -641,6 +645,12 @@ where
             sent = Some(keys);
             Ok(committed)
         });
+        if let Some(sql) = restore {
+            // The batch is decided: a setting that cannot be put back leaves
+            // later commits of this connection unflushed, not this batch's
+            // outcome unknown.
+            let _ = crate::commit::RelaxCommit::restore_connection(conn, sql);
+        }
         result.map_err(|abort| {
             let (e, why) = abort.split();
             rollback = why;

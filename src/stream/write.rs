@@ -270,9 +270,22 @@ where
         R: AsyncRows<C, B, K>,
         W: BatchWrite<C, R::Loaded, V>,
     {
-        c.begin_batch().await?;
-        let body = AssertUnwindSafe(self.body(c)).catch_unwind().await;
-        match end_transaction(c, body).await {
+        let restore = match self.m.async_commit() {
+            true => crate::commit::AsyncRelaxCommit::relax_connection(c).await?,
+            false => None,
+        };
+        let ended = match c.begin_batch().await {
+            Ok(()) => {
+                let body = AssertUnwindSafe(self.body(c)).catch_unwind().await;
+                end_transaction(c, body).await
+            }
+            Err(e) => Err(Abort::Db(e)),
+        };
+        if let Some(sql) = restore {
+            // As the blocking driver: the batch is decided.
+            let _ = crate::commit::AsyncRelaxCommit::restore_connection(c, sql).await;
+        }
+        match ended {
             Ok(committed) => Ok(committed),
             Err(abort) => {
                 let (e, why) = abort.split();

@@ -72,7 +72,8 @@ macro_rules! async_write_tests {
 
             /// `async_commit()`: the same statements as the blocking job,
             /// `SET LOCAL synchronous_commit = off` first in each batch on
-            /// PostgreSQL (nothing elsewhere), every row once.
+            /// PostgreSQL, `PRAGMA synchronous = NORMAL` around each batch on
+            /// SQLite in WAL mode (nothing on MariaDB), every row once.
             #[tokio::test(flavor = "multi_thread")]
             async fn async_commit_runs_the_blocking_statements() {
                 let (_db, mut sync, mut conn) = setup().await;
@@ -100,16 +101,43 @@ macro_rules! async_write_tests {
                     without_binds(&log.lock().unwrap()),
                     without_binds(&blocking)
                 );
-                let relaxed = blocking
-                    .iter()
-                    .filter(|q| q.starts_with("SET LOCAL synchronous_commit = off"))
-                    .count();
-                let expected = if <B as TestBackend>::NAME == "postgres" {
-                    10
-                } else {
-                    0
+                let count = |sql: &str| blocking.iter().filter(|q| q.starts_with(sql)).count();
+                let expected = |backend: &str| {
+                    if <B as TestBackend>::NAME == backend {
+                        10
+                    } else {
+                        0
+                    }
                 };
-                assert_eq!(relaxed, expected, "{blocking:#?}");
+                assert_eq!(
+                    count("SET LOCAL synchronous_commit = off"),
+                    expected("postgres"),
+                    "{blocking:#?}"
+                );
+                // SQLite in WAL mode: NORMAL around each batch's transaction,
+                // the connection's own FULL back after it.
+                assert_eq!(
+                    count("PRAGMA synchronous = 1"),
+                    expected("sqlite"),
+                    "{blocking:#?}"
+                );
+                assert_eq!(
+                    count("PRAGMA synchronous = 2"),
+                    expected("sqlite"),
+                    "{blocking:#?}"
+                );
+                if <B as TestBackend>::NAME == "sqlite" {
+                    let first = blocking
+                        .iter()
+                        .position(|q| q.starts_with("PRAGMA synchronous = 1"))
+                        .unwrap();
+                    assert!(blocking[first + 1].starts_with("BEGIN"), "{blocking:#?}");
+                    let last = blocking
+                        .iter()
+                        .rposition(|q| q.starts_with("PRAGMA synchronous = 2"))
+                        .unwrap();
+                    assert!(blocking[last - 1].starts_with("COMMIT"), "{blocking:#?}");
+                }
             }
 
             /// The async `update_all` runs exactly the blocking one's
