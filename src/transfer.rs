@@ -842,6 +842,8 @@ pub(crate) struct Moving<Src: ConnectionSource, Q, K: Key> {
     query: Q,
     bounds: Bounds<K::Value>,
     key_type: String,
+    /// Whether the source's row is known to be this job's.
+    claimed: bool,
 }
 
 impl<Src, Q, K> Moving<Src, Q, K>
@@ -855,82 +857,105 @@ where
     RangeDelete<Q, K>: diesel::query_dsl::methods::ExecuteDsl<Src::Connection>,
 {
     /// Deletes from the source what the destination (its checkpoint row
-    /// `copied`) holds beyond the source's own row.
+    /// `copied`) holds beyond the source's own row, which the source's
+    /// transaction locks and advances.
     fn delete_copied(&mut self, copied: &Checkpoint, fingerprint: &str) -> Result<(), Error> {
         let name = self.name.as_str();
         let src = &mut self.source.0;
-        let context = "move_to: the source's checkpoint row";
-        let attempt = |e: crate::source::AttemptError| match e {
-            crate::source::AttemptError::Query(source) => Error::Query { context, source },
-            #[allow(unreachable_patterns)]
-            other => Error::Query {
-                context,
-                source: diesel::result::Error::QueryBuilderError(other.to_string().into()),
-            },
+        let failed = |context: &'static str| {
+            move |e: crate::source::AttemptError| match e {
+                crate::source::AttemptError::Query(source) => Error::Query { context, source },
+                #[allow(unreachable_patterns)]
+                other => Error::Query {
+                    context,
+                    source: diesel::result::Error::QueryBuilderError(other.to_string().into()),
+                },
+            }
         };
-        let marker = src
-            .run(false, |c| {
-                c.start_checkpoint(name, &self.key_type)?;
-                c.claim_checkpoint(name, fingerprint)
-            })
-            .map_err(attempt)?;
-        if marker.query_fingerprint.as_deref() != Some(fingerprint) {
-            return Err(Error::CheckpointMismatch {
-                name: name.to_string(),
-                stored: format!("{} in the source database", marker.key_type),
-                expected: self.key_type.clone(),
-            });
+        if !self.claimed {
+            let marker = src
+                .run(false, |c| {
+                    c.start_checkpoint(name, &self.key_type)?;
+                    c.claim_checkpoint(name, fingerprint)
+                })
+                .map_err(failed("move_to: the source's checkpoint row"))?;
+            if marker.query_fingerprint.as_deref() != Some(fingerprint) {
+                return Err(Error::CheckpointMismatch {
+                    name: name.to_string(),
+                    stored: format!("{} in the source database", marker.key_type),
+                    expected: self.key_type.clone(),
+                });
+            }
+            self.claimed = true;
         }
-        if marker.rows > copied.rows {
-            // The destination's row was reset (or belongs to another run):
-            // deleting by it would leave copied rows in the source.
-            return Err(Error::CheckpointMismatch {
-                name: name.to_string(),
-                stored: format!(
-                    "{} with {} rows deleted in the source, more than the {} the destination's \
-                     row says were copied (reset both rows with checkpoint::reset, or neither)",
-                    marker.key_type, marker.rows, copied.rows
-                ),
-                expected: self.key_type.clone(),
-            });
-        }
-        if marker.rows == copied.rows {
-            return Ok(());
-        }
+        let key_type = self.key_type.as_str();
         let parse = |json: &Option<String>| -> Result<Option<StoredKey<K::Value>>, Error> {
             json.as_deref()
                 .map(|j| {
                     serde_json::from_str(j).map_err(|e| Error::CheckpointMismatch {
                         name: name.to_string(),
                         stored: format!("{} (last key {j}: {e})", copied.key_type),
-                        expected: self.key_type.clone(),
+                        expected: key_type.to_string(),
                     })
                 })
                 .transpose()
         };
-        let mut range = self.bounds.clone();
-        if let Some(after) = parse(&marker.last_key)? {
-            range.after = Some(after);
-        }
-        range.until = parse(&copied.last_key)?;
-        let expected = copied.rows - marker.rows;
-        let (key, query) = (self.key, &self.query);
-        let mut changed = None;
+        let until = parse(&copied.last_key)?;
+        let (key, query, bounds) = (self.key, &self.query, &self.bounds);
+        // What stopped the source's transaction, besides the database.
+        let mut stop: Option<Error> = None;
         let done = src.run(false, |c| {
             c.batch_transaction(|c| {
-                let Some(now) = c.lock_checkpoint(name)? else {
+                let Some(marker) = c.lock_checkpoint(name)? else {
                     return Err(diesel::result::Error::NotFound);
                 };
-                if now.rows != marker.rows {
-                    // Another run deleted meanwhile: nothing left to do here.
+                if marker.rows == copied.rows {
                     return Ok(());
                 }
+                let fail = |stop: &mut Option<Error>, e: Error| {
+                    *stop = Some(e);
+                    Err(diesel::result::Error::RollbackTransaction)
+                };
+                if marker.rows > copied.rows {
+                    // The destination's row was reset (or is another run's):
+                    // deleting by it would leave copied rows in the source.
+                    let stored = format!(
+                        "{} with {} rows deleted in the source, more than the {} the \
+                         destination's row says were copied (reset both rows with \
+                         checkpoint::reset, or neither)",
+                        marker.key_type, marker.rows, copied.rows
+                    );
+                    let expected = key_type.to_string();
+                    let name = name.to_string();
+                    return fail(
+                        &mut stop,
+                        Error::CheckpointMismatch {
+                            name,
+                            stored,
+                            expected,
+                        },
+                    );
+                }
+                let mut range = bounds.clone();
+                match parse(&marker.last_key) {
+                    Ok(Some(after)) => range.after = Some(after),
+                    Ok(None) => {}
+                    Err(e) => return fail(&mut stop, e),
+                }
+                range.until = until.clone();
+                let expected = copied.rows - marker.rows;
                 let predicate = SeekPredicate::new(key, BoundsCell::new(range.clone()));
                 let delete = diesel::delete(FilterDsl::filter(query.clone(), predicate));
                 let deleted = diesel::query_dsl::methods::ExecuteDsl::execute(delete, c)? as u64;
                 if deleted != expected {
-                    changed = Some(deleted);
-                    return Err(diesel::result::Error::RollbackTransaction);
+                    let range = describe_range(&range);
+                    let changed = Error::MoveChanged {
+                        range,
+                        copied: expected,
+                        deleted,
+                        locked: None,
+                    };
+                    return fail(&mut stop, changed);
                 }
                 c.advance_checkpoint(
                     name,
@@ -941,22 +966,10 @@ where
                 )
             })
         });
-        if let Some(deleted) = changed {
-            return Err(Error::MoveChanged {
-                range: describe_range(&range),
-                copied: expected,
-                deleted,
-                locked: None,
-            });
+        if let Some(e) = stop {
+            return Err(e);
         }
-        done.map_err(|e| match e {
-            crate::source::AttemptError::Query(source) => Error::Query {
-                context: "move_to: deleting the copied rows from the source",
-                source,
-            },
-            #[allow(unreachable_patterns)]
-            other => attempt(other),
-        })
+        done.map_err(failed("move_to: deleting the copied rows from the source"))
     }
 }
 
@@ -1081,6 +1094,7 @@ where
             query: self.query.clone(),
             bounds: self.bounds(),
             key_type,
+            claimed: false,
         };
         to_another_database::<Q, K, S, M, D, T, Self::Source>(self, "move_to", reads, dest, table)
     }
