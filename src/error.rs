@@ -586,6 +586,22 @@ pub enum Error {
     )]
     MoveNeedsCheckpoint,
 
+    /// [`move_to`](crate::RunChunkedDsl::move_to) found the destination's
+    /// checkpoint row where it keeps the source's own: source and destination
+    /// share a checkpoint table, so they are one database (or share the
+    /// table). Nothing was copied; in one database,
+    /// [`move_into`](crate::RunChunkedDsl::move_into) moves rows in one
+    /// transaction a batch.
+    #[error(
+        "move_to job {name:?}: the source and the destination share the checkpoint table \
+         (one database?), so the job cannot tell what the source has deleted; use move_into \
+         within one database"
+    )]
+    MoveSameDatabase {
+        /// The job's name.
+        name: String,
+    },
+
     /// [`move_into`](crate::RunChunkedDsl::move_into) or
     /// [`copy_into`](crate::RunChunkedDsl::copy_into) was given the table it
     /// reads as its destination.

@@ -879,6 +879,13 @@ where
                     c.claim_checkpoint(name, fingerprint)
                 })
                 .map_err(failed("move_to: the source's checkpoint row"))?;
+            if marker.key_type != self.key_type {
+                // The row the destination's job wrote: source and destination
+                // share the checkpoint table, so one database.
+                return Err(Error::MoveSameDatabase {
+                    name: name.to_string(),
+                });
+            }
             if marker.query_fingerprint.as_deref() != Some(fingerprint) {
                 return Err(Error::CheckpointMismatch {
                     name: name.to_string(),

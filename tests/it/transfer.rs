@@ -148,6 +148,20 @@ fn assert_in_one_table(
 }
 
 backend_tests! {
+    /// `move_to` between two connections to one database: refused before
+    /// anything is copied (the job's checkpoint row would be both sides').
+    fn move_to_into_the_same_database_is_refused(db) {
+        let (mut src, mut dest) = (connect::<B>(&db), connect::<B>(&db));
+        create_tables(&mut src);
+        checkpoint::create_table(&mut src).unwrap();
+        let err = orders::table.chunked_by(orders::id).batch_size(50).checkpoint("same-db")
+            .move_to::<Order>(&mut src, &mut dest, orders_archive::table)
+            .unwrap_err();
+        assert!(matches!(&err, Error::MoveSameDatabase { name } if name == "same-db"), "{err:?}");
+        assert_eq!(rows_of(&mut src, false).len(), ROWS as usize);
+        assert!(rows_of(&mut src, true).is_empty(), "nothing copied");
+    }
+
     fn copy_into_copies_the_query_s_rows_column_by_column(db) {
         let mut conn = connect::<B>(&db);
         create_tables(&mut conn);
