@@ -740,6 +740,7 @@ impl<Q, K: Key> Chunked<Q, K> {
             desc: self.desc,
             probe: false,
             cache: self.cache_statements,
+            only: None,
         };
         if let Some(Partition {
             start_after: lower,

@@ -1286,6 +1286,7 @@ mod tests {
             desc: false,
             probe: false,
             cache: false,
+            only: None,
         }
     }
 

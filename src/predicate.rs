@@ -31,6 +31,9 @@ pub struct Bounds<V> {
     /// Whether statements with this predicate may be kept prepared (see
     /// [`Chunked::cache_statements`](crate::Chunked::cache_statements)).
     pub(crate) cache: bool,
+    /// Only these keys, besides the range: `key IN (..)` (the rows a move
+    /// copied, which its delete in the source takes and nothing else).
+    pub(crate) only: Option<Arc<Vec<StoredKey<V>>>>,
 }
 
 /// One end of a key range: the value, and whether it is excluded.
@@ -228,8 +231,59 @@ where
                 None => out.push_sql("1 = 1"),
             }
         }
+        if let Some(only) = &bounds.only {
+            out.push_sql(" AND ");
+            walk_in(&self.key, only, out.reborrow())?;
+        }
         Ok(())
     }
+}
+
+/// `key IN (v1, v2, ..)`, or for a composite key `(a = ? AND b = ?) OR ..`
+/// (SQLite takes no list of row values after `IN`); `1 = 0` for no key.
+fn walk_in<'b, K, DB>(
+    key: &'b K,
+    keys: &'b [StoredKey<K::Value>],
+    mut out: AstPass<'_, 'b, DB>,
+) -> QueryResult<()>
+where
+    DB: KeysetBackend,
+    K: KeySql<DB>,
+{
+    if keys.is_empty() {
+        out.push_sql("1 = 0");
+        return Ok(());
+    }
+    out.push_sql("(");
+    if K::ARITY == 1 {
+        key.walk_column(0, out.reborrow())?;
+        out.push_sql(" IN (");
+        for (j, value) in keys.iter().enumerate() {
+            if j > 0 {
+                out.push_sql(", ");
+            }
+            K::walk_value(value, 0, out.reborrow())?;
+        }
+        out.push_sql(")");
+    } else {
+        for (j, value) in keys.iter().enumerate() {
+            if j > 0 {
+                out.push_sql(" OR ");
+            }
+            out.push_sql("(");
+            for i in 0..K::ARITY {
+                if i > 0 {
+                    out.push_sql(" AND ");
+                }
+                key.walk_column(i, out.reborrow())?;
+                out.push_sql(" = ");
+                K::walk_value(value, i, out.reborrow())?;
+            }
+            out.push_sql(")");
+        }
+    }
+    out.push_sql(")");
+    Ok(())
 }
 
 /// `key OP value`, lexicographic for composite keys.

@@ -18,6 +18,8 @@
 //! (at `REPEATABLE READ` also its gaps, so no row can enter it), and SQLite's
 //! writing transaction holds the database's only write lock.
 
+use std::cmp::Ordering;
+
 use diesel::associations::HasTable;
 use diesel::backend::Backend;
 use diesel::query_builder::{AstPass, IntoUpdateTarget, Query, QueryFragment, QueryId};
@@ -819,9 +821,23 @@ where
         T: DestTable<M, Self::Source>,
     {
         let reads = crate::write::Elsewhere(source);
-        to_another_database::<Q, K, S, M, D, T, Self::Source>(self, "copy_to", reads, dest, table)
+        to_another_database::<Q, K, S, M, D, T, Self::Source>(
+            self, "copy_to", reads, dest, table, None,
+        )
     }
 }
+
+/// The keys the destination's last committed batch holds, as its write
+/// recorded them: what the source's delete of that batch takes.
+pub(crate) type Copied<V> = std::rc::Rc<std::cell::RefCell<Vec<StoredKey<V>>>>;
+
+/// `DELETE FROM <table> WHERE <range> AND key IN (..)`: the source's delete
+/// of the rows a batch of `move_to` copied, whatever the query's filters say
+/// of them now.
+pub type KeysDelete<Q, K> = diesel::query_builder::DeleteStatement<
+    RangeTable<Q, K>,
+    <diesel::dsl::Filter<RangeTable<Q, K>, SeekPredicate<K>> as IntoUpdateTarget>::WhereClause,
+>;
 
 /// The read side of `move_to`: reads the rows on the source, as `copy_to`
 /// does, and after each batch the destination committed deletes there the
@@ -844,6 +860,8 @@ pub(crate) struct Moving<Src: ConnectionSource, Q, K: Key> {
     key_type: String,
     /// Whether the source's row is known to be this job's.
     claimed: bool,
+    /// The keys of the batch the destination committed last, in this run.
+    copied: Copied<K::Value>,
 }
 
 impl<Src, Q, K> Moving<Src, Q, K>
@@ -855,6 +873,10 @@ where
     Q: FilterDsl<SeekPredicate<K>> + Clone,
     RangeTarget<Q, K>: IntoUpdateTarget,
     RangeDelete<Q, K>: diesel::query_dsl::methods::ExecuteDsl<Src::Connection>,
+    RangeTable<Q, K>: FilterDsl<SeekPredicate<K>>,
+    diesel::dsl::Filter<RangeTable<Q, K>, SeekPredicate<K>>:
+        IntoUpdateTarget<Table = RangeTable<Q, K>>,
+    KeysDelete<Q, K>: diesel::query_dsl::methods::ExecuteDsl<Src::Connection>,
 {
     /// Deletes from the source what the destination (its checkpoint row
     /// `copied`) holds beyond the source's own row, which the source's
@@ -909,6 +931,7 @@ where
         };
         let until = parse(&copied.last_key)?;
         let (key, query, bounds) = (self.key, &self.query, &self.bounds);
+        let copied_keys = &self.copied;
         // What stopped the source's transaction, besides the database.
         let mut stop: Option<Error> = None;
         let done = src.run(false, |c| {
@@ -951,10 +974,36 @@ where
                 }
                 range.until = until.clone();
                 let expected = copied.rows - marker.rows;
-                let predicate = SeekPredicate::new(key, BoundsCell::new(range.clone()));
-                let delete = diesel::delete(FilterDsl::filter(query.clone(), predicate));
-                let deleted = diesel::query_dsl::methods::ExecuteDsl::execute(delete, c)? as u64;
-                if deleted != expected {
+                // The keys the batch copied, when the gap is that batch: the
+                // delete takes those rows, whatever the filters say of them
+                // now, and no other; after a stop between the two commits,
+                // the range and the filters, checked by the count.
+                let keys = copied_keys.borrow();
+                let last = keys.last().map(|k| &k.value);
+                let this_batch = keys.len() as u64 == expected
+                    && match (last, until.as_ref()) {
+                        (Some(a), Some(b)) => K::compare(a, &b.value) == Some(Ordering::Equal),
+                        _ => false,
+                    };
+                let deleted = if this_batch {
+                    range.only = Some(std::sync::Arc::new(keys.clone()));
+                    let predicate = SeekPredicate::new(key, BoundsCell::new(range.clone()));
+                    let table = <RangeTarget<Q, K> as HasTable>::table();
+                    let delete = diesel::delete(FilterDsl::filter(table, predicate));
+                    diesel::query_dsl::methods::ExecuteDsl::execute(delete, c)? as u64
+                } else {
+                    let predicate = SeekPredicate::new(key, BoundsCell::new(range.clone()));
+                    let delete = diesel::delete(FilterDsl::filter(query.clone(), predicate));
+                    diesel::query_dsl::methods::ExecuteDsl::execute(delete, c)? as u64
+                };
+                drop(keys);
+                // A copied row another writer deleted meanwhile is moved all
+                // the same: fewer rows deleted is only an error by the count.
+                let agrees = match this_batch {
+                    true => deleted <= expected,
+                    false => deleted == expected,
+                };
+                if !agrees {
                     let range = describe_range(&range);
                     let changed = Error::MoveChanged {
                         range,
@@ -993,6 +1042,10 @@ where
     Q: FilterDsl<SeekPredicate<K>> + Clone,
     RangeTarget<Q, K>: IntoUpdateTarget,
     RangeDelete<Q, K>: diesel::query_dsl::methods::ExecuteDsl<Src::Connection>,
+    RangeTable<Q, K>: FilterDsl<SeekPredicate<K>>,
+    diesel::dsl::Filter<RangeTable<Q, K>, SeekPredicate<K>>:
+        IntoUpdateTarget<Table = RangeTable<Q, K>>,
+    KeysDelete<Q, K>: diesel::query_dsl::methods::ExecuteDsl<Src::Connection>,
 {
     fn check(
         &mut self,
@@ -1075,6 +1128,10 @@ where
     Q: UpdatableQuery + Clone + FilterDsl<SeekPredicate<K>>,
     RangeTarget<Q, K>: IntoUpdateTarget,
     RangeDelete<Q, K>: diesel::query_dsl::methods::ExecuteDsl<S::Connection>,
+    RangeTable<Q, K>: FilterDsl<SeekPredicate<K>>,
+    diesel::dsl::Filter<RangeTable<Q, K>, SeekPredicate<K>>:
+        IntoUpdateTarget<Table = RangeTable<Q, K>>,
+    KeysDelete<Q, K>: diesel::query_dsl::methods::ExecuteDsl<S::Connection>,
     crate::rows::ModelRows<M>:
         Rows<S::Connection, crate::builder::ModelBase<'a, Q, K, M, Db<S>>, K, Item = M>,
 {
@@ -1089,6 +1146,7 @@ where
         let Some(name) = self.write.checkpoint.clone() else {
             return Err(Error::MoveNeedsCheckpoint);
         };
+        let copied: Copied<K::Value> = Default::default();
         let key_type = format!(
             "{} as {} (move_to: deleted from the source)",
             self.key.describe(),
@@ -1102,8 +1160,16 @@ where
             bounds: self.bounds(),
             key_type,
             claimed: false,
+            copied: copied.clone(),
         };
-        to_another_database::<Q, K, S, M, D, T, Self::Source>(self, "move_to", reads, dest, table)
+        to_another_database::<Q, K, S, M, D, T, Self::Source>(
+            self,
+            "move_to",
+            reads,
+            dest,
+            table,
+            Some(copied),
+        )
     }
 }
 
@@ -1120,6 +1186,7 @@ fn to_another_database<'a, Q, K, S, M, D, T, Src>(
     >,
     dest: D,
     table: T,
+    record: Option<Copied<K::Value>>,
 ) -> Result<WriteReport<K::Value>, Error>
 where
     K: Key,
@@ -1146,6 +1213,9 @@ where
         scan,
         job,
         &mut |conn, loaded, _| {
+            if let Some(record) = &record {
+                *record.borrow_mut() = loaded.iter().map(|r| r.key().clone()).collect();
+            }
             let rows: Vec<M> = loaded.into_iter().map(|r| r.into_parts().1).collect();
             Ok(conn.insert_rows::<_, _, Src>(table, rows)?)
         },

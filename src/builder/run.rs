@@ -487,19 +487,20 @@ pub trait RunChunkedDsl<S>: Sized {
 
     /// Moves the query's rows, loaded as `M`, into table `table` of another
     /// database `dest`: [`copy_to`](Self::copy_to), and after each batch the
-    /// destination committed, the batch's key range deleted from the
-    /// query's table: `DELETE FROM <table> WHERE <the query's filters> AND
-    /// key > $lo AND key <= $hi`, in a transaction of `source` that also
-    /// advances the source's own row of the job in its checkpoint table.
+    /// destination committed, the rows it copied deleted from the query's
+    /// table by their keys: `DELETE FROM <table> WHERE key > $lo AND key <=
+    /// $hi AND key IN (<the batch's keys>)`, in a transaction of `source` that
+    /// also advances the source's own row of the job in its checkpoint table.
     ///
     /// Needs a [`checkpoint`](crate::Chunked::checkpoint), and the checkpoint
     /// table in both databases. A run stopped at any instant leaves every
     /// row in exactly one of the databases or in both, the latter only for
     /// the batch the destination committed last; the next run deletes those
-    /// from the source first. A delete must remove exactly as many rows as
-    /// the destination copied from that range, or it rolls back and the job
-    /// stops with [`Error::MoveChanged`](crate::Error::MoveChanged) (another
-    /// writer added rows to the range). Rows of the range updated between
+    /// from the source first, by the range and the query's filters, which
+    /// must remove exactly as many rows as the destination copied, or it
+    /// rolls back and the job stops with
+    /// [`Error::MoveChanged`](crate::Error::MoveChanged) (another writer added
+    /// rows to the range). Rows of the range updated between
     /// their copy and their delete keep the copy's values: a move is for
     /// rows that are no longer written, such as old orders.
     ///

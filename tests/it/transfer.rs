@@ -462,6 +462,32 @@ macro_rules! cross_tests {
                 assert_in_one_table(&left, &moved, |_| true);
             }
 
+            /// Between the destination's commit of batch 1 and the source's
+            /// delete, another writer deletes a copied row and inserts a new
+            /// row into the batch's range: the delete takes the copied keys
+            /// only, so the new row stays in the source and the deleted one
+            /// is in the destination only.
+            #[test]
+            fn a_delete_and_an_insert_between_the_commits_lose_nothing() {
+                let (s, _d, mut src, mut dest) = databases();
+                let url = s.url.clone();
+                let meddle = move || {
+                    let mut w = <S as TestBackend>::connect_url(&url);
+                    diesel::delete(orders::table.filter(orders::id.eq(3))).execute(&mut w).unwrap();
+                    diesel::insert_into(orders::table).values(&order(0)).execute(&mut w).unwrap();
+                };
+                let report = orders::table.chunked_by(orders::id).batch_size(10).checkpoint("race")
+                    .observe(AtBatch(1, std::sync::Mutex::new(Some(Box::new(meddle)))))
+                    .move_to::<Order>(&mut src, &mut dest, orders::table)
+                    .unwrap();
+                assert_eq!((report.rows, report.done), (ROWS as u64, true));
+                let (left, moved) = (rows_of(&mut src, false), rows_of(&mut dest, false));
+                assert_eq!(left.keys().copied().collect::<Vec<_>>(), vec![0], "the new row stays");
+                assert_eq!(left[&0], order(0));
+                let expected: BTreeMap<i32, Order> = (1..=ROWS).map(|i| (i, order(i))).collect();
+                assert_eq!(moved, expected, "row 3 was copied before it was deleted");
+            }
+
             #[test]
             fn move_to_without_a_checkpoint_is_refused() {
                 let (_s, _d, mut src, mut dest) = databases();
@@ -567,6 +593,19 @@ cross_tests! {
     pg_to_mysql: Pg("postgres") -> Mysql("mysql");
     sqlite_to_pg: Sqlite("sqlite") -> Pg("postgres");
     mysql_to_sqlite: Mysql("mysql") -> Sqlite("sqlite");
+}
+
+/// Runs a closure once, when batch `n` is committed in the destination.
+struct AtBatch(u64, std::sync::Mutex<Option<Box<dyn FnOnce() + Send>>>);
+
+impl diesel_chunked_iterator::WriteObserver for AtBatch {
+    fn on_batch(&self, stats: &diesel_chunked_iterator::BatchStats) {
+        if stats.batch == self.0 {
+            if let Some(f) = self.1.lock().unwrap().take() {
+                f();
+            }
+        }
+    }
 }
 
 /// Aborts the process once batch `n` is committed in the destination,

@@ -185,6 +185,11 @@ pub trait TestBackend {
     const NAME: &'static str;
     /// Creates a fresh, migrated database for one test.
     fn create() -> TestDb;
+    /// Opens a connection to the database at `url` (a [`TestDb`]'s).
+    fn connect_url(url: &str) -> Self::Conn {
+        <Self::Conn as Connection>::establish(url)
+            .unwrap_or_else(|e| panic!("{}: cannot connect to the test database: {e}", Self::NAME))
+    }
     /// Opens a connection to it.
     fn connect(db: &TestDb) -> Self::Conn {
         <Self::Conn as Connection>::establish(&db.url)
