@@ -11,7 +11,8 @@
 //!
 //! Per backend, `orders` is filled once and `orders_archive` created empty.
 //! The methods run in rounds, alternating (the statement pair, `move_into` at
-//! batch 1000, at batch 10,000), so every ratio compares runs taken minutes
+//! batch 1000, at batch 10,000, at batch 1000 with `.async_commit()`), so
+//! every ratio compares runs taken minutes
 //! apart at most. After each run the two tables swap names (untimed), so the
 //! next run moves the same rows again from a full table into an empty one.
 //! Results go to `target/bench-report/move.json` and `move.md`; see
@@ -59,20 +60,30 @@ struct Method {
     name: &'static str,
     /// `None`: the statement pair.
     batch: Option<u64>,
+    /// `.async_commit()`.
+    async_commit: bool,
 }
 
-const METHODS: [Method; 3] = [
+const METHODS: [Method; 4] = [
     Method {
         name: "statement_pair",
         batch: None,
+        async_commit: false,
     },
     Method {
         name: "move_into_1000",
         batch: Some(1000),
+        async_commit: false,
     },
     Method {
         name: "move_into_10000",
         batch: Some(10_000),
+        async_commit: false,
+    },
+    Method {
+        name: "move_into_1000_async_commit",
+        batch: Some(1000),
+        async_commit: true,
     },
 ];
 
@@ -153,12 +164,16 @@ macro_rules! move_all {
                 diesel::QueryResult::Ok(n as u64)
             })?,
             Some(b) => {
-                orders::table
+                let job = orders::table
                     .chunked_by(orders::id)
                     .batch_size(b)
-                    .checkpoint(CHECKPOINT_NAME)
-                    .move_into(&mut *$conn, orders_archive::table)?
-                    .rows
+                    .checkpoint(CHECKPOINT_NAME);
+                let job = if m.async_commit {
+                    job.async_commit()
+                } else {
+                    job
+                };
+                job.move_into(&mut *$conn, orders_archive::table)?.rows
             }
         };
         (moved, t0.elapsed())
