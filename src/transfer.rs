@@ -431,6 +431,14 @@ mod nonblocking {
         debug_sql, render_sql, RangeDelete, RangeTable, RangeTarget, UpdatableQuery, WriteReport,
     };
 
+    /// What one batch runs: the copy; the move in one statement; or the lock
+    /// (if any), the copy and the delete.
+    enum Plan<C, M, L, D> {
+        Copy(C),
+        Move(M),
+        CopyDelete(Option<L>, C, D),
+    }
+
     /// The statements of `copy_into` / `move_into` on an async connection.
     #[allow(missing_debug_implementations)]
     pub struct TransferWrite<Q, K, T> {
@@ -470,22 +478,29 @@ mod nonblocking {
                 dest: &self.dest,
                 transfer: self.transfer,
             };
-            let (copy, move_all) = (batch.copy(range), batch.move_all(range));
-            let (lock, delete) = (batch.lock(range), batch.delete(range));
-            let transfer = self.transfer;
+            // Only the statements this backend runs for this job.
+            let one = <C::Backend as KeysetBackend>::MOVES_IN_ONE_STATEMENT;
+            let plan = match self.transfer {
+                Transfer::Copy => Plan::Copy(batch.copy(range)),
+                Transfer::Move if one => Plan::Move(batch.move_all(range)),
+                Transfer::Move => Plan::CopyDelete(
+                    <C::Backend as KeysetBackend>::LOCKS_BEFORE_MOVE.then(|| batch.lock(range)),
+                    batch.copy(range),
+                    batch.delete(range),
+                ),
+            };
             Box::pin(async move {
-                if transfer == Transfer::Copy {
-                    return Ok(conn.execute_returning_count(copy).await? as u64);
-                }
-                if <C::Backend as KeysetBackend>::MOVES_IN_ONE_STATEMENT {
-                    return Ok(conn.execute_returning_count(move_all).await? as u64);
-                }
-                let locked = match <C::Backend as KeysetBackend>::LOCKS_BEFORE_MOVE {
-                    true => Some(
+                let (lock, copy, delete) = match plan {
+                    Plan::Copy(copy) => return Ok(conn.execute_returning_count(copy).await? as u64),
+                    Plan::Move(all) => return Ok(conn.execute_returning_count(all).await? as u64),
+                    Plan::CopyDelete(lock, copy, delete) => (lock, copy, delete),
+                };
+                let locked = match lock {
+                    Some(lock) => Some(
                         diesel_async::RunQueryDsl::get_result::<i64>(lock, &mut *conn).await?
                             as u64,
                     ),
-                    false => None,
+                    None => None,
                 };
                 let copied = conn.execute_returning_count(copy).await? as u64;
                 let deleted = diesel_async::RunQueryDsl::execute(delete, &mut *conn).await? as u64;
@@ -694,12 +709,14 @@ where
 
 /// Inserts `rows` (values of table `Src`) into the table whose `FROM` clause
 /// is `dest`, on `conn`, in as few statements as `max_binds` parameters a
-/// statement allow.
+/// statement allow. `same_columns`: every row renders the same columns (a
+/// backend with `DEFAULT` in multi-row `VALUES`), so they are not compared.
 fn insert_values<C, F, V, Src>(
     conn: &mut C,
     dest: F,
     rows: Vec<V>,
     max_binds: usize,
+    same_columns: bool,
 ) -> QueryResult<usize>
 where
     C: diesel::Connection,
@@ -721,7 +738,8 @@ where
             .max(1);
         let most = (max_binds / per_row).max(1);
         let mut end = start + 1;
-        while end < rows.len() && end - start < most && names(&rows[end]) == first {
+        while end < rows.len() && end - start < most && (same_columns || names(&rows[end]) == first)
+        {
             end += 1;
         }
         let statement = InsertRows {
@@ -752,7 +770,7 @@ mod sealed {
 }
 
 macro_rules! insert_connection {
-    ($feature:literal, $conn:ty, $binds:expr) => {
+    ($feature:literal, $conn:ty, $binds:expr, $same_columns:expr) => {
         #[cfg(feature = $feature)]
         impl sealed::Sealed for $conn {}
         #[cfg(feature = $feature)]
@@ -763,17 +781,19 @@ macro_rules! insert_connection {
                 T: DestTable<M, Src>,
             {
                 let values: Vec<T::Values> = rows.into_iter().map(T::values).collect();
-                let n = insert_values::<_, _, _, Src>(self, dest.from_clause(), values, $binds)?;
+                let (from, binds) = (dest.from_clause(), $binds);
+                let n = insert_values::<_, _, _, Src>(self, from, values, binds, $same_columns)?;
                 Ok(n as u64)
             }
         }
     };
 }
 // PostgreSQL and MySQL count parameters in 16 bits; SQLite's bundled build
-// allows 32766 (`SQLITE_MAX_VARIABLE_NUMBER`).
-insert_connection!("postgres", diesel::PgConnection, 65_535);
-insert_connection!("mysql", diesel::MysqlConnection, 65_535);
-insert_connection!("sqlite", diesel::SqliteConnection, 32_766);
+// allows 32766 (`SQLITE_MAX_VARIABLE_NUMBER`). SQLite has no `DEFAULT` in a
+// multi-row `VALUES`: a row whose value is `DEFAULT` leaves its column out.
+insert_connection!("postgres", diesel::PgConnection, 65_535, true);
+insert_connection!("mysql", diesel::MysqlConnection, 65_535, true);
+insert_connection!("sqlite", diesel::SqliteConnection, 32_766, false);
 
 /// Everything `copy_to::<M>` / `move_to::<M>` need of a scan read from
 /// source `S` as models `M`, whatever the destination.
@@ -839,6 +859,19 @@ pub type KeysDelete<Q, K> = diesel::query_builder::DeleteStatement<
     <diesel::dsl::Filter<RangeTable<Q, K>, SeekPredicate<K>> as IntoUpdateTarget>::WhereClause,
 >;
 
+/// The error of a statement of `move_to` outside its batches (`context`
+/// says which), from the attempt that ran it.
+fn query_error(context: &'static str) -> impl Fn(crate::source::AttemptError) -> Error {
+    move |e| match e {
+        crate::source::AttemptError::Query(source) => Error::Query { context, source },
+        #[allow(unreachable_patterns)]
+        other => Error::Query {
+            context,
+            source: diesel::result::Error::QueryBuilderError(other.to_string().into()),
+        },
+    }
+}
+
 /// The read side of `move_to`: reads the rows on the source, as `copy_to`
 /// does, and after each batch the destination committed deletes there the
 /// rows the destination holds now.
@@ -884,23 +917,13 @@ where
     fn delete_copied(&mut self, copied: &Checkpoint, fingerprint: &str) -> Result<(), Error> {
         let name = self.name.as_str();
         let src = &mut self.source.0;
-        let failed = |context: &'static str| {
-            move |e: crate::source::AttemptError| match e {
-                crate::source::AttemptError::Query(source) => Error::Query { context, source },
-                #[allow(unreachable_patterns)]
-                other => Error::Query {
-                    context,
-                    source: diesel::result::Error::QueryBuilderError(other.to_string().into()),
-                },
-            }
-        };
         if !self.claimed {
             let marker = src
                 .run(false, |c| {
                     c.start_checkpoint(name, &self.key_type)?;
                     c.claim_checkpoint(name, fingerprint)
                 })
-                .map_err(failed("move_to: the source's checkpoint row"))?;
+                .map_err(query_error("move_to: the source's checkpoint row"))?;
             if marker.key_type != self.key_type {
                 // The row the destination's job wrote: source and destination
                 // share the checkpoint table, so one database.
@@ -1025,7 +1048,9 @@ where
         if let Some(e) = stop {
             return Err(e);
         }
-        done.map_err(failed("move_to: deleting the copied rows from the source"))
+        done.map_err(query_error(
+            "move_to: deleting the copied rows from the source",
+        ))
     }
 }
 
@@ -1074,17 +1099,7 @@ where
         let name = self.name.as_str();
         let copied = source
             .run(false, |c| c.read_checkpoint(name))
-            .map_err(|e| match e {
-                crate::source::AttemptError::Query(source) => Error::Query {
-                    context: "move_to: the destination's checkpoint row",
-                    source,
-                },
-                #[allow(unreachable_patterns)]
-                other => Error::Query {
-                    context: "move_to: the destination's checkpoint row",
-                    source: diesel::result::Error::QueryBuilderError(other.to_string().into()),
-                },
-            })?;
+            .map_err(query_error("move_to: the destination's checkpoint row"))?;
         match copied {
             Some(copied) => self.delete_copied(&copied, fingerprint),
             None => Ok(()),
