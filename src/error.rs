@@ -576,7 +576,7 @@ pub enum Error {
         locked: Option<u64>,
     },
 
-    /// [`move_to`](crate::RunChunkedDsl::move_to) was started without a
+    /// [`move_to`](crate::TransferDsl::move_to) was started without a
     /// [`checkpoint`](crate::Chunked::checkpoint): what the destination has
     /// committed and the source has not yet deleted is known from it alone.
     #[error(
@@ -586,7 +586,7 @@ pub enum Error {
     )]
     MoveNeedsCheckpoint,
 
-    /// [`move_to`](crate::RunChunkedDsl::move_to) found the destination's
+    /// [`move_to`](crate::TransferDsl::move_to) found the destination's
     /// checkpoint row where it keeps the source's own: source and destination
     /// share a checkpoint table, so they are one database (or share the
     /// table). Nothing was copied; in one database,

@@ -48,6 +48,7 @@ pub use load::BatchLoading;
 pub use plan::Partition;
 pub use source::{AttemptError, ConnectionSource};
 pub use stored::StoredKey;
+pub use transfer::TransferDsl;
 pub use unique::UniqueIndexes;
 pub use write::{BatchStats, WriteObserver, WriteReport};
 
@@ -78,6 +79,7 @@ pub mod prelude {
     pub use crate::dsl::ChunkedDsl;
     pub use crate::key::typed;
     pub use crate::RunChunkedDsl;
+    pub use crate::TransferDsl;
     #[cfg(feature = "async")]
     pub use crate::{RunChunkedAsyncDsl, ScanStream};
 }

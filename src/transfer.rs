@@ -18,8 +18,6 @@
 //! (at `REPEATABLE READ` also its gaps, so no row can enter it), and SQLite's
 //! writing transaction holds the database's only write lock.
 
-use std::cmp::Ordering;
-
 use diesel::associations::HasTable;
 use diesel::backend::Backend;
 use diesel::query_builder::{AstPass, IntoUpdateTarget, Query, QueryFragment, QueryId};
@@ -30,7 +28,7 @@ use serde::Serialize;
 
 use crate::backend::KeysetBackend;
 use crate::builder::{Chunked, Db};
-use crate::checkpoint::{Checkpoint, CheckpointConnection};
+use crate::checkpoint::CheckpointConnection;
 use crate::error::Error;
 use crate::key::Key;
 use crate::machine::Abort;
@@ -38,7 +36,6 @@ use crate::predicate::{Bounds, BoundsCell, SeekPredicate};
 use crate::query::PrepareKeys;
 use crate::rows::{KeyRows, Rows};
 use crate::source::{Blocking, ConnectionSource};
-use crate::stored::StoredKey;
 use crate::write::{
     debug_sql, describe_range, render_sql, run_job, RangeDelete, RangeTable, RangeTarget,
     UpdatableQuery, WriteReport,
@@ -617,8 +614,8 @@ mod on {
     }
 }
 
-/// A destination table of [`copy_to`](crate::RunChunkedDsl::copy_to) and
-/// [`move_to`](crate::RunChunkedDsl::move_to) for rows of model `M` read
+/// A destination table of [`copy_to`](crate::TransferDsl::copy_to) and
+/// [`move_to`](crate::TransferDsl::move_to) for rows of model `M` read
 /// from table `Src`: `M` is `Insertable` into `Src` (as
 /// `#[derive(Insertable)]` makes a model of `Src`), and its rows are inserted
 /// into this table by `Src`'s column names. Implemented for every such table.
@@ -627,19 +624,21 @@ mod on {
     label = "rows of `{M}` cannot be inserted here",
     note = "`{M}` must be `Insertable` into `{Src}` (`#[derive(Insertable)]` with `#[diesel(table_name = ..)]` of the source table); they are inserted into the destination by the source's column names"
 )]
-pub trait DestTable<M, Src: Table>: Table<FromClause: on::Fragment> + Copy {
+pub trait DestTable<M, Src: Table>:
+    Table<FromClause: on::Fragment + Send + Sync> + Copy + Send + Sync + 'static
+{
     /// The values of one row, with `Src`'s column names.
-    type Values: on::Values<Src>;
+    type Values: on::Values<Src> + Send + Sync;
     /// The values of `row`.
     fn values(row: M) -> Self::Values;
 }
 
 impl<T, M, Src, V> DestTable<M, Src> for T
 where
-    T: Table<FromClause: on::Fragment> + Copy,
+    T: Table<FromClause: on::Fragment + Send + Sync> + Copy + Send + Sync + 'static,
     Src: Table,
     M: diesel::Insertable<Src, Values = diesel::query_builder::ValuesClause<V, Src>>,
-    V: on::Values<Src>,
+    V: on::Values<Src> + Send + Sync,
 {
     type Values = V;
 
@@ -707,10 +706,45 @@ where
     }
 }
 
+/// The statements `rows` (values of table `Src`) are inserted with, as
+/// ranges of `rows`: as many rows a statement as `max_binds` parameters
+/// allow. `same_columns`: every row renders the same columns (a backend with
+/// `DEFAULT` in multi-row `VALUES`), so they are not compared; otherwise rows
+/// whose columns differ go in statements of their own.
+fn statements<DB, V, Src>(
+    rows: &[V],
+    max_binds: usize,
+    same_columns: bool,
+) -> Vec<std::ops::Range<usize>>
+where
+    DB: Backend + Default,
+    DB::QueryBuilder: Default,
+    Src: Table,
+    V: diesel::insertable::InsertValues<DB, Src>,
+{
+    let names = |row: &V| render_sql::<DB, _>(&ColumnNames(row, std::marker::PhantomData::<Src>));
+    let mut statements = Vec::new();
+    let mut start = 0;
+    while start < rows.len() {
+        let first = names(&rows[start]);
+        let per_row = first
+            .as_deref()
+            .map_or(1, |n| crate::query::top_level_items(n).len())
+            .max(1);
+        let most = (max_binds / per_row).max(1);
+        let mut end = start + 1;
+        while end < rows.len() && end - start < most && (same_columns || names(&rows[end]) == first)
+        {
+            end += 1;
+        }
+        statements.push(start..end);
+        start = end;
+    }
+    statements
+}
+
 /// Inserts `rows` (values of table `Src`) into the table whose `FROM` clause
-/// is `dest`, on `conn`, in as few statements as `max_binds` parameters a
-/// statement allow. `same_columns`: every row renders the same columns (a
-/// backend with `DEFAULT` in multi-row `VALUES`), so they are not compared.
+/// is `dest`, on `conn`, in the [`statements`] they need.
 fn insert_values<C, F, V, Src>(
     conn: &mut C,
     dest: F,
@@ -726,29 +760,14 @@ where
     Src: Table,
     V: diesel::insertable::InsertValues<C::Backend, Src>,
 {
-    let names =
-        |row: &V| render_sql::<C::Backend, _>(&ColumnNames(row, std::marker::PhantomData::<Src>));
     let mut inserted = 0;
-    let mut start = 0;
-    while start < rows.len() {
-        let first = names(&rows[start]);
-        let per_row = first
-            .as_deref()
-            .map_or(1, |n| crate::query::top_level_items(n).len())
-            .max(1);
-        let most = (max_binds / per_row).max(1);
-        let mut end = start + 1;
-        while end < rows.len() && end - start < most && (same_columns || names(&rows[end]) == first)
-        {
-            end += 1;
-        }
+    for range in statements::<C::Backend, V, Src>(&rows, max_binds, same_columns) {
         let statement = InsertRows {
             dest: &dest,
-            rows: &rows[start..end],
+            rows: &rows[range],
             _source: std::marker::PhantomData::<Src>,
         };
         inserted += conn.execute_returning_count(&statement)?;
-        start = end;
     }
     Ok(inserted)
 }
@@ -795,444 +814,102 @@ insert_connection!("postgres", diesel::PgConnection, 65_535, true);
 insert_connection!("mysql", diesel::MysqlConnection, 65_535, true);
 insert_connection!("sqlite", diesel::SqliteConnection, 32_766, false);
 
-/// Everything `copy_to::<M>` / `move_to::<M>` need of a scan read from
-/// source `S` as models `M`, whatever the destination.
-#[diagnostic::on_unimplemented(
-    message = "`copy_to::<{M}>` / `move_to::<{M}>` need a scan that can load `{M}` from this source",
-    label = "cannot load `{M}` in batches from this source",
-    note = "`{M}` must be `Selectable` and `Queryable` from the query's table, as for `load_iter::<{M}>`"
-)]
-pub trait CopyToJob<'a, S, M> {
-    /// The key's values.
-    type Value;
-    /// The query's table, which `M` is `Insertable` into.
-    type Source: Table;
-    /// Runs the job.
-    fn run_copy_to<D, T>(
-        self,
-        source: S,
-        dest: D,
-        table: T,
-    ) -> Result<WriteReport<Self::Value>, Error>
-    where
-        D: ConnectionSource<Connection: InsertConnection>,
-        T: DestTable<M, Self::Source>;
-}
-
-impl<'a, Q, K, S, M> CopyToJob<'a, S, M> for Chunked<Q, K>
-where
-    K: Key,
-    K::Value: Serialize + DeserializeOwned,
-    S: ConnectionSource,
-    S::Connection: crate::unique::UniqueIndexes,
-    Db<S>: KeysetBackend + Default,
-    <Db<S> as Backend>::QueryBuilder: Default,
-    Q: crate::query::PrepareModel<'a, K, M, Db<S>> + QueryFragment<Db<S>>,
-    crate::rows::ModelRows<M>:
-        Rows<S::Connection, crate::builder::ModelBase<'a, Q, K, M, Db<S>>, K, Item = M>,
-    Q: HasTable,
+/// An async connection a job can insert rows into: the async twin of
+/// [`InsertConnection`], for diesel-async's PostgreSQL, MySQL and SQLite
+/// connections. Sealed.
+#[cfg(feature = "async")]
+pub trait AsyncInsertConnection:
+    crate::checkpoint::AsyncCheckpointConnection
+    + diesel_async::AsyncConnectionCore<Backend: KeysetBackend + Default>
+    + sealed::Sealed
 {
-    type Value = K::Value;
-    type Source = <Q as HasTable>::Table;
-
-    fn run_copy_to<D, T>(self, source: S, dest: D, table: T) -> Result<WriteReport<K::Value>, Error>
+    /// Inserts `rows` into `dest`: the rows inserted.
+    fn insert_rows<'c, T, M, Src>(
+        &'c mut self,
+        dest: T,
+        rows: Vec<M>,
+    ) -> futures_util::future::BoxFuture<'c, QueryResult<u64>>
     where
-        D: ConnectionSource<Connection: InsertConnection>,
-        T: DestTable<M, Self::Source>,
-    {
-        let reads = crate::write::Elsewhere(source);
-        to_another_database::<Q, K, S, M, D, T, Self::Source>(
-            self, "copy_to", reads, dest, table, None,
-        )
-    }
+        Src: Table,
+        T: DestTable<M, Src>,
+        M: Send + 'static;
 }
 
-/// The keys the destination's last committed batch holds, as its write
-/// recorded them: what the source's delete of that batch takes.
-pub(crate) type Copied<V> = std::rc::Rc<std::cell::RefCell<Vec<StoredKey<V>>>>;
-
-/// `DELETE FROM <table> WHERE <range> AND key IN (..)`: the source's delete
-/// of the rows a batch of `move_to` copied, whatever the query's filters say
-/// of them now.
-pub type KeysDelete<Q, K> = diesel::query_builder::DeleteStatement<
-    RangeTable<Q, K>,
-    <diesel::dsl::Filter<RangeTable<Q, K>, SeekPredicate<K>> as IntoUpdateTarget>::WhereClause,
->;
-
-/// The error of a statement of `move_to` outside its batches (`context`
-/// says which), from the attempt that ran it.
-fn query_error(context: &'static str) -> impl Fn(crate::source::AttemptError) -> Error {
-    move |e| match e {
-        crate::source::AttemptError::Query(source) => Error::Query { context, source },
-        #[allow(unreachable_patterns)]
-        other => Error::Query {
-            context,
-            source: diesel::result::Error::QueryBuilderError(other.to_string().into()),
-        },
-    }
-}
-
-/// The read side of `move_to`: reads the rows on the source, as `copy_to`
-/// does, and after each batch the destination committed deletes there the
-/// rows the destination holds now.
-///
-/// The source keeps a row of its own in its checkpoint table, under the
-/// job's name: how far its deletes have come (the key, and the rows deleted
-/// so far). The destination's checkpoint row says how far the copies have
-/// come. The range between the two is deleted in one transaction of the
-/// source, which advances its row, and only if it deletes exactly as many
-/// rows as the destination copied since: a crash between the destination's
-/// commit and the source's leaves that range to the next run, which deletes
-/// it first.
-pub(crate) struct Moving<Src: ConnectionSource, Q, K: Key> {
-    source: crate::write::Elsewhere<Src>,
-    name: String,
-    key: K,
-    query: Q,
-    bounds: Bounds<K::Value>,
-    key_type: String,
-    /// Whether the source's row is known to be this job's.
-    claimed: bool,
-    /// The keys of the batch the destination committed last, in this run.
-    copied: Copied<K::Value>,
-}
-
-impl<Src, Q, K> Moving<Src, Q, K>
-where
-    Src: ConnectionSource,
-    Src::Connection: CheckpointConnection,
-    K: Key,
-    K::Value: Serialize + DeserializeOwned,
-    Q: FilterDsl<SeekPredicate<K>> + Clone,
-    RangeTarget<Q, K>: IntoUpdateTarget,
-    RangeDelete<Q, K>: diesel::query_dsl::methods::ExecuteDsl<Src::Connection>,
-    RangeTable<Q, K>: FilterDsl<SeekPredicate<K>>,
-    diesel::dsl::Filter<RangeTable<Q, K>, SeekPredicate<K>>:
-        IntoUpdateTarget<Table = RangeTable<Q, K>>,
-    KeysDelete<Q, K>: diesel::query_dsl::methods::ExecuteDsl<Src::Connection>,
-{
-    /// Deletes from the source what the destination (its checkpoint row
-    /// `copied`) holds beyond the source's own row, which the source's
-    /// transaction locks and advances.
-    fn delete_copied(&mut self, copied: &Checkpoint, fingerprint: &str) -> Result<(), Error> {
-        let name = self.name.as_str();
-        let src = &mut self.source.0;
-        if !self.claimed {
-            let marker = src
-                .run(false, |c| {
-                    c.start_checkpoint(name, &self.key_type)?;
-                    c.claim_checkpoint(name, fingerprint)
+/// The statements of the blocking connection, as many rows a statement as
+/// `$binds` parameters allow, awaited.
+macro_rules! async_insert_connection {
+    ($feature:literal, $conn:ty, $db:ty, $binds:expr) => {
+        #[cfg(all(feature = "async", feature = $feature))]
+        impl sealed::Sealed for $conn {}
+        #[cfg(all(feature = "async", feature = $feature))]
+        impl AsyncInsertConnection for $conn {
+            fn insert_rows<'c, T, M, Src>(
+                &'c mut self,
+                dest: T,
+                rows: Vec<M>,
+            ) -> futures_util::future::BoxFuture<'c, QueryResult<u64>>
+            where
+                Src: Table,
+                T: DestTable<M, Src>,
+                M: Send + 'static,
+            {
+                use diesel_async::AsyncConnectionCore;
+                Box::pin(async move {
+                    let values: Vec<T::Values> = rows.into_iter().map(T::values).collect();
+                    let from = dest.from_clause();
+                    let mut inserted = 0;
+                    for range in statements::<$db, _, Src>(&values, $binds, true) {
+                        let statement = InsertRows {
+                            dest: &from,
+                            rows: &values[range],
+                            _source: std::marker::PhantomData::<Src>,
+                        };
+                        inserted += self.execute_returning_count(statement).await? as u64;
+                    }
+                    Ok(inserted)
                 })
-                .map_err(query_error("move_to: the source's checkpoint row"))?;
-            if marker.key_type != self.key_type {
-                // The row the destination's job wrote: source and destination
-                // share the checkpoint table, so one database.
-                return Err(Error::MoveSameDatabase {
-                    name: name.to_string(),
-                });
             }
-            if marker.query_fingerprint.as_deref() != Some(fingerprint) {
-                return Err(Error::CheckpointMismatch {
-                    name: name.to_string(),
-                    stored: format!("{} in the source database", marker.key_type),
-                    expected: self.key_type.clone(),
-                });
-            }
-            self.claimed = true;
         }
-        let key_type = self.key_type.as_str();
-        let parse = |json: &Option<String>| -> Result<Option<StoredKey<K::Value>>, Error> {
-            json.as_deref()
-                .map(|j| {
-                    serde_json::from_str(j).map_err(|e| Error::CheckpointMismatch {
-                        name: name.to_string(),
-                        stored: format!("{} (last key {j}: {e})", copied.key_type),
-                        expected: key_type.to_string(),
-                    })
-                })
-                .transpose()
-        };
-        let until = parse(&copied.last_key)?;
-        let (key, query, bounds) = (self.key, &self.query, &self.bounds);
-        let copied_keys = &self.copied;
-        // What stopped the source's transaction, besides the database.
-        let mut stop: Option<Error> = None;
-        let done = src.run(false, |c| {
-            c.batch_transaction(|c| {
-                let Some(marker) = c.lock_checkpoint(name)? else {
-                    return Err(diesel::result::Error::NotFound);
-                };
-                if marker.rows == copied.rows {
-                    return Ok(());
-                }
-                let fail = |stop: &mut Option<Error>, e: Error| {
-                    *stop = Some(e);
-                    Err(diesel::result::Error::RollbackTransaction)
-                };
-                if marker.rows > copied.rows {
-                    // The destination's row was reset (or is another run's):
-                    // deleting by it would leave copied rows in the source.
-                    let stored = format!(
-                        "{} with {} rows deleted in the source, more than the {} the \
-                         destination's row says were copied (reset both rows with \
-                         checkpoint::reset, or neither)",
-                        marker.key_type, marker.rows, copied.rows
-                    );
-                    let expected = key_type.to_string();
-                    let name = name.to_string();
-                    return fail(
-                        &mut stop,
-                        Error::CheckpointMismatch {
-                            name,
-                            stored,
-                            expected,
-                        },
-                    );
-                }
-                let mut range = bounds.clone();
-                match parse(&marker.last_key) {
-                    Ok(Some(after)) => range.after = Some(after),
-                    Ok(None) => {}
-                    Err(e) => return fail(&mut stop, e),
-                }
-                range.until = until.clone();
-                let expected = copied.rows - marker.rows;
-                // The keys the batch copied, when the gap is that batch: the
-                // delete takes those rows, whatever the filters say of them
-                // now, and no other; after a stop between the two commits,
-                // the range and the filters, checked by the count.
-                let keys = copied_keys.borrow();
-                let last = keys.last().map(|k| &k.value);
-                let this_batch = keys.len() as u64 == expected
-                    && match (last, until.as_ref()) {
-                        (Some(a), Some(b)) => K::compare(a, &b.value) == Some(Ordering::Equal),
-                        _ => false,
-                    };
-                let deleted = if this_batch {
-                    range.only = Some(std::sync::Arc::new(keys.clone()));
-                    let predicate = SeekPredicate::new(key, BoundsCell::new(range.clone()));
-                    let table = <RangeTarget<Q, K> as HasTable>::table();
-                    let delete = diesel::delete(FilterDsl::filter(table, predicate));
-                    diesel::query_dsl::methods::ExecuteDsl::execute(delete, c)? as u64
-                } else {
-                    let predicate = SeekPredicate::new(key, BoundsCell::new(range.clone()));
-                    let delete = diesel::delete(FilterDsl::filter(query.clone(), predicate));
-                    diesel::query_dsl::methods::ExecuteDsl::execute(delete, c)? as u64
-                };
-                drop(keys);
-                // A copied row another writer deleted meanwhile is moved all
-                // the same: fewer rows deleted is only an error by the count.
-                let agrees = match this_batch {
-                    true => deleted <= expected,
-                    false => deleted == expected,
-                };
-                if !agrees {
-                    let range = describe_range(&range);
-                    let changed = Error::MoveChanged {
-                        range,
-                        copied: expected,
-                        deleted,
-                        locked: None,
-                    };
-                    return fail(&mut stop, changed);
-                }
-                c.advance_checkpoint(
-                    name,
-                    copied.last_key.as_deref(),
-                    copied.rows,
-                    copied.batches,
-                    copied.done,
-                )
-            })
-        });
-        if let Some(e) = stop {
-            return Err(e);
-        }
-        done.map_err(query_error(
-            "move_to: deleting the copied rows from the source",
-        ))
-    }
+    };
 }
+async_insert_connection!(
+    "postgres",
+    diesel_async::AsyncPgConnection,
+    diesel::pg::Pg,
+    65_535
+);
+async_insert_connection!(
+    "mysql",
+    diesel_async::AsyncMysqlConnection,
+    diesel::mysql::Mysql,
+    65_535
+);
 
-impl<S, Src, Q, K, B, R> crate::write::ReadSide<S, B, K, R> for Moving<Src, Q, K>
-where
-    S: ConnectionSource,
-    S::Connection: CheckpointConnection,
-    Src: ConnectionSource,
-    Src::Connection: CheckpointConnection,
-    Db<Src>: KeysetBackend,
-    K: Key,
-    K::Value: Serialize + DeserializeOwned,
-    R: Rows<Src::Connection, B, K>,
-    Q: FilterDsl<SeekPredicate<K>> + Clone,
-    RangeTarget<Q, K>: IntoUpdateTarget,
-    RangeDelete<Q, K>: diesel::query_dsl::methods::ExecuteDsl<Src::Connection>,
-    RangeTable<Q, K>: FilterDsl<SeekPredicate<K>>,
-    diesel::dsl::Filter<RangeTable<Q, K>, SeekPredicate<K>>:
-        IntoUpdateTarget<Table = RangeTable<Q, K>>,
-    KeysDelete<Q, K>: diesel::query_dsl::methods::ExecuteDsl<Src::Connection>,
-{
-    fn check(
-        &mut self,
-        first: &mut crate::iter::FirstBatch<'_, B, K, R>,
-        source: &mut S,
-        steps: crate::iter::FirstSteps,
-    ) -> Result<(), Error> {
-        crate::write::ReadSide::<S, B, K, R>::check(&mut self.source, first, source, steps)
-    }
+/// SQLite in diesel-async's wrapper: the blocking connection's statements,
+/// on the wrapper's blocking thread.
+#[cfg(all(feature = "async", feature = "sqlite"))]
+mod async_sqlite {
+    use super::*;
+    use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
 
-    fn stored_forms(&self) -> bool {
-        <Db<Src> as KeysetBackend>::STORED_FORMS
-    }
+    impl sealed::Sealed for SyncConnectionWrapper<diesel::SqliteConnection> {}
 
-    fn load(
-        &mut self,
-        rows: &mut R,
-        query: &crate::query::SeekQuery<B, K>,
-        conn: &mut S::Connection,
-        limit: i64,
-    ) -> QueryResult<Vec<R::Loaded>> {
-        crate::write::ReadSide::<S, B, K, R>::load(&mut self.source, rows, query, conn, limit)
-    }
-
-    fn catch_up(&mut self, source: &mut S, fingerprint: &str) -> Result<(), Error> {
-        let name = self.name.as_str();
-        let copied = source
-            .run(false, |c| c.read_checkpoint(name))
-            .map_err(query_error("move_to: the destination's checkpoint row"))?;
-        match copied {
-            Some(copied) => self.delete_copied(&copied, fingerprint),
-            None => Ok(()),
+    impl AsyncInsertConnection for SyncConnectionWrapper<diesel::SqliteConnection> {
+        fn insert_rows<'c, T, M, Src>(
+            &'c mut self,
+            dest: T,
+            rows: Vec<M>,
+        ) -> futures_util::future::BoxFuture<'c, QueryResult<u64>>
+        where
+            Src: Table,
+            T: DestTable<M, Src>,
+            M: Send + 'static,
+        {
+            self.spawn_blocking(move |c| c.insert_rows::<T, M, Src>(dest, rows))
         }
     }
 }
 
-/// Everything `move_to::<M>` needs besides what `copy_to::<M>` does: the
-/// query is of one table the source can delete from.
-#[diagnostic::on_unimplemented(
-    message = "`move_to::<{M}>` needs a query of one table that Diesel can DELETE from, loading `{M}`",
-    label = "not a query `move_to::<{M}>` can move rows of",
-    note = "`copy_to::<{M}>` copies the rows of any query that loads `{M}`"
-)]
-pub trait MoveToJob<'a, S, M> {
-    /// The key's values.
-    type Value;
-    /// The query's table, which `M` is `Insertable` into.
-    type Source: Table;
-    /// Runs the job.
-    fn run_move_to<D, T>(
-        self,
-        source: S,
-        dest: D,
-        table: T,
-    ) -> Result<WriteReport<Self::Value>, Error>
-    where
-        D: ConnectionSource<Connection: InsertConnection>,
-        T: DestTable<M, Self::Source>;
-}
+mod to;
 
-impl<'a, Q, K, S, M> MoveToJob<'a, S, M> for Chunked<Q, K>
-where
-    K: Key,
-    K::Value: Serialize + DeserializeOwned,
-    S: ConnectionSource,
-    S::Connection: CheckpointConnection,
-    Db<S>: KeysetBackend + Default,
-    <Db<S> as Backend>::QueryBuilder: Default,
-    Q: crate::query::PrepareModel<'a, K, M, Db<S>> + QueryFragment<Db<S>>,
-    Q: UpdatableQuery + Clone + FilterDsl<SeekPredicate<K>>,
-    RangeTarget<Q, K>: IntoUpdateTarget,
-    RangeDelete<Q, K>: diesel::query_dsl::methods::ExecuteDsl<S::Connection>,
-    RangeTable<Q, K>: FilterDsl<SeekPredicate<K>>,
-    diesel::dsl::Filter<RangeTable<Q, K>, SeekPredicate<K>>:
-        IntoUpdateTarget<Table = RangeTable<Q, K>>,
-    KeysDelete<Q, K>: diesel::query_dsl::methods::ExecuteDsl<S::Connection>,
-    crate::rows::ModelRows<M>:
-        Rows<S::Connection, crate::builder::ModelBase<'a, Q, K, M, Db<S>>, K, Item = M>,
-{
-    type Value = K::Value;
-    type Source = RangeTable<Q, K>;
-
-    fn run_move_to<D, T>(self, source: S, dest: D, table: T) -> Result<WriteReport<K::Value>, Error>
-    where
-        D: ConnectionSource<Connection: InsertConnection>,
-        T: DestTable<M, Self::Source>,
-    {
-        let Some(name) = self.write.checkpoint.clone() else {
-            return Err(Error::MoveNeedsCheckpoint);
-        };
-        let copied: Copied<K::Value> = Default::default();
-        let key_type = format!(
-            "{} as {} (move_to: deleted from the source)",
-            self.key.describe(),
-            std::any::type_name::<K::Value>()
-        );
-        let reads = Moving {
-            source: crate::write::Elsewhere(source),
-            name,
-            key: self.key,
-            query: self.query.clone(),
-            bounds: self.bounds(),
-            key_type,
-            claimed: false,
-            copied: copied.clone(),
-        };
-        to_another_database::<Q, K, S, M, D, T, Self::Source>(
-            self,
-            "move_to",
-            reads,
-            dest,
-            table,
-            Some(copied),
-        )
-    }
-}
-
-/// `copy_to` and `move_to`: the job runs on the destination `dest`, reading
-/// where `reads` says, each batch's rows inserted into `table`.
-fn to_another_database<'a, Q, K, S, M, D, T, Src>(
-    chunked: Chunked<Q, K>,
-    verb: &'static str,
-    reads: impl crate::write::ReadSide<
-        D,
-        crate::builder::ModelBase<'a, Q, K, M, Db<S>>,
-        K,
-        crate::rows::ModelRows<M>,
-    >,
-    dest: D,
-    table: T,
-    record: Option<Copied<K::Value>>,
-) -> Result<WriteReport<K::Value>, Error>
-where
-    K: Key,
-    K::Value: Serialize + DeserializeOwned,
-    S: ConnectionSource,
-    Db<S>: KeysetBackend + Default,
-    <Db<S> as Backend>::QueryBuilder: Default,
-    Q: crate::query::PrepareModel<'a, K, M, Db<S>> + QueryFragment<Db<S>>,
-    crate::rows::ModelRows<M>: crate::rows::RowType<K, Item = M>,
-    D: ConnectionSource<Connection: InsertConnection>,
-    Src: Table,
-    T: DestTable<M, Src>,
-{
-    use crate::rows::LoadedRow;
-    let target = std::any::type_name::<T>();
-    let sql = format!("INTO {target}\n{}", debug_sql::<Db<S>, _>(&chunked.query));
-    let job = chunked.write.clone().with_identity(verb, sql);
-    let (query, rows, scan) = chunked.model_parts::<Db<S>, M>();
-    crate::write::run_job_reading(
-        dest,
-        reads,
-        query,
-        rows,
-        scan,
-        job,
-        &mut |conn, loaded, _| {
-            if let Some(record) = &record {
-                *record.borrow_mut() = loaded.iter().map(|r| r.key().clone()).collect();
-            }
-            let rows: Vec<M> = loaded.into_iter().map(|r| r.into_parts().1).collect();
-            Ok(conn.insert_rows::<_, _, Src>(table, rows)?)
-        },
-    )
-}
+pub use to::TransferDsl;

@@ -434,19 +434,23 @@ where
         _conn: &mut S::Connection,
         limit: i64,
     ) -> diesel::QueryResult<Vec<R::Loaded>> {
-        use crate::source::AttemptError;
         self.0
             .run(false, |conn| rows.load(query, conn, limit))
-            .map_err(|e| match e {
-                AttemptError::Query(e) => e,
-                // No connection to the source: a connection error, retried
-                // like one.
-                #[allow(unreachable_patterns)]
-                other => diesel::result::Error::DatabaseError(
-                    diesel::result::DatabaseErrorKind::ClosedConnection,
-                    Box::new(format!("the source database: {other}")),
-                ),
-            })
+            .map_err(source_unreachable)
+    }
+}
+
+/// The error of a batch's load on the source of another database: a
+/// connection to it that could not be had is a connection error, retried
+/// like one.
+pub(crate) fn source_unreachable(e: crate::source::AttemptError) -> diesel::result::Error {
+    match e {
+        crate::source::AttemptError::Query(e) => e,
+        #[allow(unreachable_patterns)]
+        other => diesel::result::Error::DatabaseError(
+            diesel::result::DatabaseErrorKind::ClosedConnection,
+            Box::new(format!("the source database: {other}")),
+        ),
     }
 }
 

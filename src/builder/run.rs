@@ -13,7 +13,7 @@ use crate::key::Key;
 use crate::query::{PrepareKeyed, PrepareModel};
 use crate::rows::{KeyedRows, ModelRows, Rows};
 use crate::source::ConnectionSource;
-use crate::transfer::{CopyToJob, DestTable, InsertConnection, MoveToJob, TransferJob};
+use crate::transfer::TransferJob;
 use crate::write::{DeleteJob, ForEachBatch, UpdateJob};
 
 /// What every driver of `load_iter::<M>` / `load_iter_keyed` starts from: the
@@ -434,110 +434,6 @@ pub trait RunChunkedDsl<S>: Sized {
         Self: TransferJob<'a, S, T, Kind>,
     {
         self.run_transfer(source, dest, true)
-    }
-
-    /// Copies the query's rows, loaded as `M`, into table `table` of another
-    /// database `dest` (any of the backends, a connection or a pool), in
-    /// batches: each batch's rows are read from `source` (the scan's key
-    /// query, as [`load_batches::<M>`](Self::load_batches) reads them) and
-    /// inserted into `table` in one transaction of `dest`, with the job's
-    /// checkpoint, which lives in `dest`'s checkpoint table. A batch is thus
-    /// in the destination exactly once, whenever the job stops.
-    ///
-    /// `M` is the model of the query's table, `Insertable` into it as
-    /// `#[derive(Insertable)]` makes it; its rows are inserted into `table`
-    /// by the source table's column names, so `table` may have another name
-    /// (and more columns, with defaults). Rows are inserted with
-    /// multi-row `INSERT`s, as many rows per statement as the destination's
-    /// parameter limit allows. A row whose key `table` already holds fails
-    /// the batch with the database's unique violation.
-    ///
-    /// ```
-    /// # include!("../../tests/doc/setup.rs");
-    /// use diesel_chunked_iterator::prelude::*;
-    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let conn = &mut doc_connection();
-    /// let mut cold = SqliteConnection::establish(":memory:")?;
-    /// # diesel::sql_query("CREATE TABLE posts (id INTEGER PRIMARY KEY NOT NULL, title TEXT NOT NULL, published BOOLEAN NOT NULL)").execute(&mut cold)?;
-    /// diesel_chunked_iterator::checkpoint::create_table(&mut cold)?;
-    /// #[derive(Queryable, Selectable, Insertable)]
-    /// #[diesel(table_name = posts)]
-    /// struct Row { id: i32, title: String, published: bool }
-    ///
-    /// let report = posts::table
-    ///     .chunked_by(posts::id)
-    ///     .batch_size(2)
-    ///     .checkpoint("to-cold")
-    ///     .copy_to::<Row>(&mut *conn, &mut cold, posts::table)?;
-    /// assert_eq!((report.rows, report.batches), (5, 3));
-    /// assert_eq!(posts::table.count().get_result::<i64>(&mut cold)?, 5);
-    /// # Ok(()) }
-    /// ```
-    fn copy_to<'a, M>(
-        self,
-        source: S,
-        dest: impl ConnectionSource<Connection: InsertConnection>,
-        table: impl DestTable<M, <Self as CopyToJob<'a, S, M>>::Source>,
-    ) -> Result<crate::WriteReport<<Self as CopyToJob<'a, S, M>>::Value>, crate::Error>
-    where
-        Self: CopyToJob<'a, S, M>,
-    {
-        self.run_copy_to(source, dest, table)
-    }
-
-    /// Moves the query's rows, loaded as `M`, into table `table` of another
-    /// database `dest`: [`copy_to`](Self::copy_to), and after each batch the
-    /// destination committed, the rows it copied deleted from the query's
-    /// table by their keys: `DELETE FROM <table> WHERE key > $lo AND key <=
-    /// $hi AND key IN (<the batch's keys>)`, in a transaction of `source` that
-    /// also advances the source's own row of the job in its checkpoint table.
-    ///
-    /// Needs a [`checkpoint`](crate::Chunked::checkpoint), and the checkpoint
-    /// table in both databases. A run stopped at any instant leaves every
-    /// row in exactly one of the databases or in both, the latter only for
-    /// the batch the destination committed last; the next run deletes those
-    /// from the source first, by the range and the query's filters, which
-    /// must remove exactly as many rows as the destination copied, or it
-    /// rolls back and the job stops with
-    /// [`Error::MoveChanged`](crate::Error::MoveChanged) (another writer added
-    /// rows to the range). Rows of the range updated between
-    /// their copy and their delete keep the copy's values: a move is for
-    /// rows that are no longer written, such as old orders.
-    ///
-    /// ```
-    /// # include!("../../tests/doc/setup.rs");
-    /// use diesel_chunked_iterator::prelude::*;
-    /// use diesel_chunked_iterator::checkpoint;
-    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let conn = &mut doc_connection();
-    /// let mut cold = SqliteConnection::establish(":memory:")?;
-    /// # diesel::sql_query("CREATE TABLE posts (id INTEGER PRIMARY KEY NOT NULL, title TEXT NOT NULL, published BOOLEAN NOT NULL)").execute(&mut cold)?;
-    /// checkpoint::create_table(&mut *conn)?;
-    /// checkpoint::create_table(&mut cold)?;
-    /// #[derive(Queryable, Selectable, Insertable)]
-    /// #[diesel(table_name = posts)]
-    /// struct Row { id: i32, title: String, published: bool }
-    ///
-    /// let report = posts::table
-    ///     .filter(posts::published.eq(false))
-    ///     .chunked_by(posts::id)
-    ///     .checkpoint("unpublished-to-cold")
-    ///     .move_to::<Row>(&mut *conn, &mut cold, posts::table)?;
-    /// assert_eq!(report.rows, 2);
-    /// assert_eq!(posts::table.count().get_result::<i64>(conn)?, 3);
-    /// assert_eq!(posts::table.count().get_result::<i64>(&mut cold)?, 2);
-    /// # Ok(()) }
-    /// ```
-    fn move_to<'a, M>(
-        self,
-        source: S,
-        dest: impl ConnectionSource<Connection: InsertConnection>,
-        table: impl DestTable<M, <Self as MoveToJob<'a, S, M>>::Source>,
-    ) -> Result<crate::WriteReport<<Self as MoveToJob<'a, S, M>>::Value>, crate::Error>
-    where
-        Self: MoveToJob<'a, S, M>,
-    {
-        self.run_move_to(source, dest, table)
     }
 }
 

@@ -24,6 +24,7 @@ use crate::engine::{BatchPlan, ScanConfig};
 use crate::error::Error;
 use crate::health::sql::AsyncReadHealth;
 use crate::health::{Outcome, Unread};
+use crate::iter::{FirstBatch, FirstSteps};
 use crate::key::Key;
 use crate::machine::{
     lock_retry, Abort, Committed, EmptyLock, Failure, Position, Step, WriteMachine,
@@ -36,8 +37,8 @@ use crate::rows::{KeyRows, LoadedRow, ModelRows};
 use crate::source::NonBlocking;
 use crate::write::{
     debug_sql, describe_range, key_columns_of, key_set_in, render_sql, start_job, DeleteJob,
-    ForEachBatch, RangeCount, RangeDelete, RangeTable, RangeTarget, UpdatableQuery, UpdateJob,
-    WriteConfig, WriteReport,
+    Elsewhere, ForEachBatch, Here, RangeCount, RangeDelete, RangeTable, RangeTarget,
+    UpdatableQuery, UpdateJob, WriteConfig, WriteReport,
 };
 
 /// What an async write job writes per batch, in the batch's transaction.
@@ -56,12 +57,12 @@ pub trait BatchWrite<C, L, V>: Send {
 /// on connections of `source`, each batch one transaction with the job's
 /// write and its checkpoint, and sleeps (on the runtime's timer) as it says.
 pub(crate) async fn run_job<S, B, K, R, W>(
-    mut source: S,
+    source: S,
     query: Result<SeekQuery<B, K>, Error>,
-    mut rows: R,
+    rows: R,
     scan: ScanConfig,
     job: WriteConfig,
-    mut write: W,
+    write: W,
 ) -> Result<WriteReport<K::Value>, Error>
 where
     S: AsyncConnectionSource,
@@ -74,6 +75,140 @@ where
     SeekQuery<B, K>: Send,
     W: BatchWrite<S::Connection, R::Loaded, K::Value>,
 {
+    run_job_reading(source, Here, query, rows, scan, job, write).await
+}
+
+/// Where an async write job reads its batches: the async twin of
+/// [`ReadSide`](crate::write::ReadSide).
+pub(crate) trait AsyncReadSide<S: AsyncConnectionSource, B, K: Key, R: RowType<K>>:
+    Send
+{
+    /// Runs the checks before the first batch.
+    fn check<'x>(
+        &'x mut self,
+        first: &'x mut FirstBatch<'_, B, K, R>,
+        source: &'x mut S,
+        steps: FirstSteps,
+    ) -> BoxFuture<'x, Result<(), Error>>;
+    /// Whether keys read here may be stored in forms of the backend's own.
+    fn stored_forms(&self) -> bool;
+    /// Loads a batch; `conn` is the batch transaction's.
+    fn load<'x>(
+        &'x mut self,
+        rows: &'x mut R,
+        query: &'x mut SeekQuery<B, K>,
+        conn: &'x mut S::Connection,
+        limit: i64,
+    ) -> BoxFuture<'x, diesel::QueryResult<Vec<R::Loaded>>>;
+    /// Before the first step and after each committed batch (see
+    /// [`ReadSide::catch_up`](crate::write::ReadSide::catch_up)).
+    fn catch_up<'x>(
+        &'x mut self,
+        source: &'x mut S,
+        fingerprint: &'x str,
+    ) -> BoxFuture<'x, Result<(), Error>> {
+        let _ = (source, fingerprint);
+        Box::pin(async { Ok(()) })
+    }
+}
+
+impl<S, B, K, R> AsyncReadSide<S, B, K, R> for Here
+where
+    S: AsyncConnectionSource,
+    AsyncDb<S>: KeysetBackend,
+    K: Key + Send,
+    R: AsyncRows<S::Connection, B, K>,
+    R::Loaded: Send,
+    SeekQuery<B, K>: Send,
+{
+    fn check<'x>(
+        &'x mut self,
+        first: &'x mut FirstBatch<'_, B, K, R>,
+        source: &'x mut S,
+        steps: FirstSteps,
+    ) -> BoxFuture<'x, Result<(), Error>> {
+        Box::pin(super::scan::first_steps(source, first, steps))
+    }
+
+    fn stored_forms(&self) -> bool {
+        AsyncDb::<S>::STORED_FORMS
+    }
+
+    fn load<'x>(
+        &'x mut self,
+        rows: &'x mut R,
+        query: &'x mut SeekQuery<B, K>,
+        conn: &'x mut S::Connection,
+        limit: i64,
+    ) -> BoxFuture<'x, diesel::QueryResult<Vec<R::Loaded>>> {
+        rows.load_async(query, conn, limit)
+    }
+}
+
+impl<S, Src, B, K, R> AsyncReadSide<S, B, K, R> for Elsewhere<Src>
+where
+    S: AsyncConnectionSource,
+    Src: AsyncConnectionSource,
+    AsyncDb<Src>: KeysetBackend,
+    K: Key + Send,
+    R: AsyncRows<Src::Connection, B, K>,
+    R::Loaded: Send,
+    SeekQuery<B, K>: Send,
+{
+    fn check<'x>(
+        &'x mut self,
+        first: &'x mut FirstBatch<'_, B, K, R>,
+        _source: &'x mut S,
+        steps: FirstSteps,
+    ) -> BoxFuture<'x, Result<(), Error>> {
+        Box::pin(super::scan::first_steps(&mut self.0, first, steps))
+    }
+
+    fn stored_forms(&self) -> bool {
+        AsyncDb::<Src>::STORED_FORMS
+    }
+
+    fn load<'x>(
+        &'x mut self,
+        rows: &'x mut R,
+        query: &'x mut SeekQuery<B, K>,
+        _conn: &'x mut S::Connection,
+        limit: i64,
+    ) -> BoxFuture<'x, diesel::QueryResult<Vec<R::Loaded>>> {
+        Box::pin(async move {
+            let mut state = (rows, query);
+            self.0
+                .run(false, &mut state, |c, (rows, query)| {
+                    rows.load_async(query, c, limit)
+                })
+                .await
+                .map_err(crate::write::source_unreachable)
+        })
+    }
+}
+
+/// [`run_job`], reading where `reads` says.
+pub(crate) async fn run_job_reading<S, D, B, K, R, W>(
+    mut source: S,
+    mut reads: D,
+    query: Result<SeekQuery<B, K>, Error>,
+    mut rows: R,
+    scan: ScanConfig,
+    job: WriteConfig,
+    mut write: W,
+) -> Result<WriteReport<K::Value>, Error>
+where
+    S: AsyncConnectionSource,
+    S::Connection: AsyncCheckpointConnection,
+    AsyncDb<S>: KeysetBackend,
+    K: Key + Send,
+    K::Value: Serialize + DeserializeOwned + Send + Sync,
+    R: RowType<K> + Send,
+    R::Loaded: Send,
+    SeekQuery<B, K>: Send,
+    D: AsyncReadSide<S, B, K, R>,
+    W: BatchWrite<S::Connection, R::Loaded, K::Value>,
+{
     let (mut query, mut m) = start_job(query, &rows, scan, &job, S::DEFAULT_MAX_RETRIES)?;
     loop {
         match m.step()? {
@@ -82,6 +217,7 @@ where
                     .run(retry, &mut m, |c, m| Box::pin(start(c, m)))
                     .await;
                 m.started(row)?;
+                reads.catch_up(&mut source, m.fingerprint()).await?;
             }
             Step::FinishEmpty { attempt } => {
                 let mut state = (&mut m, false);
@@ -94,9 +230,9 @@ where
                 m.emptied(done, busy)?;
             }
             Step::Checks => {
-                let stored_forms = AsyncDb::<S>::STORED_FORMS;
+                let stored_forms = reads.stored_forms();
                 let (mut first, steps) = m.first_batch(&mut query, &mut rows, stored_forms);
-                super::scan::first_steps(&mut source, &mut first, steps).await?;
+                reads.check(&mut first, &mut source, steps).await?;
                 m.checked();
             }
             Step::Seek(after) => query.set_after(Some(after)),
@@ -105,10 +241,12 @@ where
                     m: &m,
                     query: &mut query,
                     rows: &mut rows,
+                    reads: &mut reads,
                     write: &mut write,
                     plan,
                     rollback: None,
                     sent: None,
+                    _source: std::marker::PhantomData::<fn() -> S>,
                 };
                 let ran = source.run(attempt > 1, &mut batch, |c, b| Box::pin(b.run(c)));
                 let ran = batch_trace(&m, ran).await;
@@ -119,7 +257,11 @@ where
                         sent: batch.sent.take(),
                     })
                 });
+                let committed = ran.is_ok();
                 m.ran(ran)?;
+                if committed {
+                    reads.catch_up(&mut source, m.fingerprint()).await?;
+                }
             }
             Step::Probe => {
                 let outcomes = probe(&mut source, m.signals()).await;
@@ -247,29 +389,31 @@ async fn lock_waiting<C: AsyncCheckpointConnection>(
 
 /// One attempt at one batch, and what the driver learns from it besides its
 /// outcome: what rolled it back, and whether its `COMMIT` was sent.
-struct Batch<'b, V, Q, R, W> {
+struct Batch<'b, V, Q, R, D, W, S> {
     m: &'b WriteMachine<V>,
     query: &'b mut Q,
     rows: &'b mut R,
+    reads: &'b mut D,
     write: &'b mut W,
     plan: BatchPlan,
     rollback: Option<crate::machine::Rollback>,
     sent: Option<crate::machine::Sent>,
+    _source: std::marker::PhantomData<fn() -> S>,
 }
 
-impl<V, B, K, R, W> Batch<'_, V, SeekQuery<B, K>, R, W>
+impl<V, B, K, R, D, W, S> Batch<'_, V, SeekQuery<B, K>, R, D, W, S>
 where
     K: Key<Value = V>,
     V: Clone + PartialEq + std::fmt::Debug + Serialize + Send + Sync,
+    S: AsyncConnectionSource,
+    S::Connection: AsyncCheckpointConnection,
+    R: RowType<K>,
+    D: AsyncReadSide<S, B, K, R>,
+    W: BatchWrite<S::Connection, R::Loaded, V>,
 {
     /// Runs the attempt as one transaction on `c`: locks the checkpoint row,
     /// loads the batch, writes it, advances the checkpoint.
-    async fn run<C>(&mut self, c: &mut C) -> diesel::QueryResult<Committed<V>>
-    where
-        C: AsyncCheckpointConnection,
-        R: AsyncRows<C, B, K>,
-        W: BatchWrite<C, R::Loaded, V>,
-    {
+    async fn run(&mut self, c: &mut S::Connection) -> diesel::QueryResult<Committed<V>> {
         let restore = match self.m.async_commit() {
             true => crate::commit::AsyncRelaxCommit::relax_connection(c).await?,
             false => None,
@@ -296,12 +440,7 @@ where
     }
 
     /// The statements of the batch's transaction.
-    async fn body<C>(&mut self, c: &mut C) -> Result<Committed<V>, Abort>
-    where
-        C: AsyncCheckpointConnection,
-        R: AsyncRows<C, B, K>,
-        W: BatchWrite<C, R::Loaded, V>,
-    {
+    async fn body(&mut self, c: &mut S::Connection) -> Result<Committed<V>, Abort> {
         if self.m.async_commit() {
             crate::commit::AsyncRelaxCommit::relax_commit(c).await?;
         }
@@ -314,7 +453,10 @@ where
             self.m.locked(name, row)?;
         }
         let plan = self.plan;
-        let mut loaded = self.rows.load_async(self.query, c, plan.fetch()).await?;
+        let mut loaded = self
+            .reads
+            .load(self.rows, self.query, c, plan.fetch())
+            .await?;
         let query = &*self.query;
         let batch = self
             .m

@@ -738,3 +738,198 @@ async_transfer_tests!(
     diesel_async::AsyncMysqlConnection,
     "mysql"
 );
+
+/// `copy_to` / `move_to` on diesel-async connections and pools: the same
+/// verbs, the same statements, awaited. `$src`/`$dest` are the backends,
+/// `$sc`/`$dc` their async connection types.
+#[cfg(feature = "async")]
+macro_rules! async_cross_tests {
+    ($($module:ident: $src:ident($sf:literal, $sc:ty) -> $dest:ident($df:literal, $dc:ty);)*) => {$(
+        #[cfg(all(feature = $sf, feature = $df))]
+        mod $module {
+            use super::*;
+            use diesel_async::AsyncConnection;
+            type S = common::$src;
+            type D = common::$dest;
+
+            struct Databases {
+                src_db: TestDb,
+                dest_db: TestDb,
+                src: <S as TestBackend>::Conn,
+                dest: <D as TestBackend>::Conn,
+            }
+
+            fn databases() -> Databases {
+                let (src_db, dest_db) = (S::create(), D::create());
+                let mut src = S::connect(&src_db);
+                let mut dest = D::connect(&dest_db);
+                create_tables_with(&mut src, true);
+                create_tables_with(&mut dest, false);
+                checkpoint::create_table(&mut src).unwrap();
+                checkpoint::create_table(&mut dest).unwrap();
+                Databases { src_db, dest_db, src, dest }
+            }
+
+            async fn connect(db: &Databases) -> ($sc, $dc) {
+                let src = <$sc>::establish(&db.src_db.url).await.expect("async source");
+                let dest = <$dc>::establish(&db.dest_db.url).await.expect("async destination");
+                (src, dest)
+            }
+
+            #[tokio::test(flavor = "multi_thread")]
+            async fn copy_to_copies_each_row_once_column_by_column() {
+                let mut db = databases();
+                let (mut src, mut dest) = connect(&db).await;
+                let report = orders::table
+                    .filter(orders::grp.ne(0))
+                    .chunked_by(orders::id)
+                    .batch_size(40)
+                    .checkpoint("copy")
+                    .copy_to::<Order>(&mut src, &mut dest, orders::table)
+                    .await
+                    .unwrap();
+                assert_eq!((report.rows, report.batches, report.done), (200, 5, true));
+                let expected: BTreeMap<i32, Order> =
+                    (1..=ROWS).filter(|i| i % 3 != 0).map(|i| (i, order(i))).collect();
+                assert_eq!(rows_of(&mut db.dest, false), expected);
+                assert_eq!(rows_of(&mut db.src, false).len(), ROWS as usize, "the source keeps its rows");
+                let c = checkpoint::status(&mut db.dest, "copy").unwrap().unwrap();
+                assert_eq!((c.rows, c.batches, c.done), (200, 5, true));
+                assert!(checkpoint::status(&mut db.src, "copy").unwrap().is_none());
+            }
+
+            #[tokio::test(flavor = "multi_thread")]
+            async fn copy_to_a_table_of_another_name_with_none_as_default() {
+                let mut db = databases();
+                let (mut src, mut dest) = connect(&db).await;
+                let report = orders::table
+                    .filter(orders::id.le(30))
+                    .chunked_by(orders::id)
+                    .copy_to::<OrderWithDefaults>(&mut src, &mut dest, orders_archive::table)
+                    .await
+                    .unwrap();
+                assert_eq!((report.rows, report.batches), (30, 1));
+                let expected: BTreeMap<i32, Order> = (1..=30).map(|i| (i, order(i))).collect();
+                assert_eq!(rows_of(&mut db.dest, true), expected);
+                assert!(rows_of(&mut db.dest, false).is_empty());
+            }
+
+            #[tokio::test(flavor = "multi_thread")]
+            async fn move_to_moves_each_row_once_and_runs_again_as_done() {
+                let mut db = databases();
+                let (mut src, mut dest) = connect(&db).await;
+                let job = || orders::table.filter(orders::grp.ne(0)).chunked_by(orders::id)
+                    .batch_size(40).checkpoint("move");
+                let report = job().move_to::<Order>(&mut src, &mut dest, orders::table).await.unwrap();
+                assert_eq!((report.rows, report.batches, report.done), (200, 5, true));
+                let (left, moved) = (rows_of(&mut db.src, false), rows_of(&mut db.dest, false));
+                assert_in_one_table(&left, &moved, |id| id % 3 != 0);
+                let marker = checkpoint::status(&mut db.src, "move").unwrap().unwrap();
+                assert_eq!((marker.rows, marker.batches, marker.done), (200, 5, true));
+                let again = job().move_to::<Order>(&mut src, &mut dest, orders::table).await.unwrap();
+                assert_eq!((again.rows, again.done), (0, true));
+                assert_eq!(rows_of(&mut db.src, false), left);
+            }
+
+            /// A blocking run stopped between the destination's commit of
+            /// batch 3 and the source's delete of it, finished by an async
+            /// run: it deletes batch 3's rows from the source first (by the
+            /// range and the count), then goes on.
+            #[tokio::test(flavor = "multi_thread")]
+            async fn move_to_finishes_a_run_stopped_between_the_two_commits() {
+                let mut db = databases();
+                let status = child(&db.src_db, &db.dest_db, Some(3)).wait().unwrap();
+                assert!(!status.success());
+                let (left, moved) = (rows_of(&mut db.src, false), rows_of(&mut db.dest, false));
+                assert_eq!(moved.keys().copied().collect::<Vec<_>>(), (1..=21).collect::<Vec<_>>());
+                assert_eq!(left.keys().copied().collect::<Vec<_>>(), (15..=ROWS).collect::<Vec<_>>());
+                let (mut src, mut dest) = connect(&db).await;
+                let report = orders::table.chunked_by(orders::id).batch_size(7).checkpoint("killed")
+                    .move_to::<Order>(&mut src, &mut dest, orders::table).await.unwrap();
+                assert_eq!((report.resumed_after, report.done), (Some(21), true));
+                assert_eq!(report.rows as i32, ROWS - 21);
+                let (left, moved) = (rows_of(&mut db.src, false), rows_of(&mut db.dest, false));
+                assert_in_one_table(&left, &moved, |_| true);
+            }
+
+            /// As the blocking test: a writer deletes a copied row and
+            /// inserts a new one between the commits of batch 1.
+            #[tokio::test(flavor = "multi_thread")]
+            async fn a_delete_and_an_insert_between_the_commits_lose_nothing() {
+                let mut db = databases();
+                let (mut src, mut dest) = connect(&db).await;
+                let url = db.src_db.url.clone();
+                let meddle = move || {
+                    let mut w = <S as TestBackend>::connect_url(&url);
+                    diesel::delete(orders::table.filter(orders::id.eq(3))).execute(&mut w).unwrap();
+                    diesel::insert_into(orders::table).values(&order(0)).execute(&mut w).unwrap();
+                };
+                let report = orders::table.chunked_by(orders::id).batch_size(10).checkpoint("race")
+                    .observe(AtBatch(1, std::sync::Mutex::new(Some(Box::new(meddle)))))
+                    .move_to::<Order>(&mut src, &mut dest, orders::table)
+                    .await
+                    .unwrap();
+                assert_eq!((report.rows, report.done), (ROWS as u64, true));
+                let (left, moved) = (rows_of(&mut db.src, false), rows_of(&mut db.dest, false));
+                assert_eq!(left.keys().copied().collect::<Vec<_>>(), vec![0], "the new row stays");
+                let expected: BTreeMap<i32, Order> = (1..=ROWS).map(|i| (i, order(i))).collect();
+                assert_eq!(moved, expected);
+            }
+
+            #[tokio::test(flavor = "multi_thread")]
+            async fn move_to_without_a_checkpoint_is_refused() {
+                let mut db = databases();
+                let (mut src, mut dest) = connect(&db).await;
+                let err = orders::table.chunked_by(orders::id)
+                    .move_to::<Order>(&mut src, &mut dest, orders::table).await.unwrap_err();
+                assert!(matches!(err, Error::MoveNeedsCheckpoint), "{err:?}");
+                assert!(rows_of(&mut db.dest, false).is_empty());
+            }
+
+            /// Two connections to the source's database: one checkpoint
+            /// table, refused before anything is copied.
+            #[tokio::test(flavor = "multi_thread")]
+            async fn move_to_the_same_database_is_refused() {
+                let mut db = databases();
+                let mut src = <$sc>::establish(&db.src_db.url).await.unwrap();
+                let mut same = <$sc>::establish(&db.src_db.url).await.unwrap();
+                let err = orders::table.chunked_by(orders::id).checkpoint("same")
+                    .move_to::<Order>(&mut src, &mut same, orders_archive::table).await.unwrap_err();
+                assert!(matches!(&err, Error::MoveSameDatabase { name } if name == "same"), "{err:?}");
+                assert!(rows_of(&mut db.src, true).is_empty());
+                assert_eq!(rows_of(&mut db.src, false).len(), ROWS as usize);
+            }
+
+            /// Pools on both sides: one connection a batch, lent by deadpool.
+            #[cfg(feature = "deadpool")]
+            #[tokio::test(flavor = "multi_thread")]
+            async fn move_to_between_two_deadpool_pools() {
+                use diesel_async::pooled_connection::{deadpool, AsyncDieselConnectionManager};
+                let mut db = databases();
+                let src_pool = deadpool::Pool::builder(AsyncDieselConnectionManager::<$sc>::new(&db.src_db.url))
+                    .max_size(2).build().unwrap();
+                let dest_pool = deadpool::Pool::builder(AsyncDieselConnectionManager::<$dc>::new(&db.dest_db.url))
+                    .max_size(2).build().unwrap();
+                let report = orders::table
+                    .filter(orders::grp.eq(2))
+                    .chunked_by(orders::id)
+                    .batch_size(25)
+                    .checkpoint("pools")
+                    .move_to::<Order>(&src_pool, &dest_pool, orders::table)
+                    .await
+                    .unwrap();
+                assert_eq!((report.rows, report.batches, report.done), (100, 4, true));
+                let (left, moved) = (rows_of(&mut db.src, false), rows_of(&mut db.dest, false));
+                assert_in_one_table(&left, &moved, |id| id % 3 == 2);
+            }
+        }
+    )*};
+}
+
+#[cfg(feature = "async")]
+async_cross_tests! {
+    async_pg_to_pg: Pg("postgres", diesel_async::AsyncPgConnection) -> Pg("postgres", diesel_async::AsyncPgConnection);
+    async_pg_to_mysql: Pg("postgres", diesel_async::AsyncPgConnection) -> Mysql("mysql", diesel_async::AsyncMysqlConnection);
+    async_mysql_to_sqlite: Mysql("mysql", diesel_async::AsyncMysqlConnection) -> Sqlite("sqlite", diesel_async::sync_connection_wrapper::SyncConnectionWrapper<diesel::SqliteConnection>);
+    async_sqlite_to_pg: Sqlite("sqlite", diesel_async::sync_connection_wrapper::SyncConnectionWrapper<diesel::SqliteConnection>) -> Pg("postgres", diesel_async::AsyncPgConnection);
+}
