@@ -120,6 +120,16 @@ pub trait KeysetBackend: Backend + private::Sealed {
     /// updated before the `DELETE` would lose its update). SQLite needs no
     /// lock: a transaction that writes holds the database's only write lock.
     const LOCKS_BEFORE_MOVE: bool = false;
+    /// What follows an `INSERT`'s rows so that a row whose key (or any
+    /// other unique value) the table already holds is skipped, not an error
+    /// ([`on_conflict_do_nothing`](crate::Chunked::on_conflict_do_nothing)):
+    /// `ON CONFLICT DO NOTHING` (PostgreSQL, SQLite); on MySQL/MariaDB `ON
+    /// DUPLICATE KEY UPDATE <column> = <column>` of the table's first column,
+    /// `column` as rendered with its table (unlike `INSERT IGNORE`, which
+    /// would also turn a value the column cannot hold into a warning).
+    fn skip_conflicts(_column: &str) -> String {
+        " ON CONFLICT DO NOTHING".to_string()
+    }
     /// How a [diff](crate::Chunked::diff) hashes one row in the database,
     /// given the model's columns as rendered: the `SELECT` list of a 64-bit
     /// integer column `h` (PostgreSQL: `hash_record_extended` of the row,
@@ -315,6 +325,10 @@ impl KeysetBackend for diesel::mysql::Mysql {
     const LOCKS_BEFORE_MOVE: bool = true;
     const HASH_SUM: &'static str =
         "SELECT COUNT(*), CAST(COALESCE(BIT_XOR(t.h), 0) AS CHAR) FROM (";
+
+    fn skip_conflicts(column: &str) -> String {
+        format!(" ON DUPLICATE KEY UPDATE {column} = {column}")
+    }
 
     fn row_hash(columns: &[&str]) -> Option<String> {
         let nulls: Vec<String> = columns.iter().map(|c| format!("ISNULL({c})")).collect();

@@ -375,6 +375,54 @@ impl<Q, K: Key> Chunked<Q, K> {
         self
     }
 
+    /// [`copy_into`](crate::RunChunkedDsl::copy_into),
+    /// [`move_into`](crate::RunChunkedDsl::move_into),
+    /// [`copy_to`](crate::TransferDsl::copy_to) and
+    /// [`move_to`](crate::TransferDsl::move_to): a row whose key (or any other
+    /// unique value) the destination already holds is skipped, not an error;
+    /// the destination's row stays as it was, and a move deletes the source's
+    /// row all the same. Diesel's `on_conflict_do_nothing` semantics: each
+    /// batch's `INSERT` ends with `ON CONFLICT DO NOTHING` (PostgreSQL,
+    /// SQLite) or `ON DUPLICATE KEY UPDATE <first column> = <first column>`
+    /// (MySQL/MariaDB, where `INSERT IGNORE` would also let through values a
+    /// column cannot hold). Without it (the default) such a row fails its
+    /// batch with the database's unique violation, and the batch rolls back.
+    ///
+    /// The job's [`WriteReport::rows`](crate::WriteReport::rows) then counts
+    /// the rows it took from the source, inserted or skipped (MySQL/MariaDB
+    /// report a skipped row as written, so no backend tells them apart).
+    /// Other jobs stop before their first statement with
+    /// [`Error::OptionUnsupported`](crate::Error::OptionUnsupported). The
+    /// option is not part of the job's identity: a checkpointed copy that
+    /// stopped on a conflict can be run again with it.
+    ///
+    /// ```
+    /// # include!("../tests/doc/setup.rs");
+    /// use diesel_chunked_iterator::prelude::*;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let conn = &mut doc_connection();
+    /// let mut cold = SqliteConnection::establish(":memory:")?;
+    /// # diesel::sql_query("CREATE TABLE posts (id INTEGER PRIMARY KEY NOT NULL, title TEXT NOT NULL, published BOOLEAN NOT NULL)").execute(&mut cold)?;
+    /// #[derive(Queryable, Selectable, Insertable)]
+    /// #[diesel(table_name = posts)]
+    /// struct Row { id: i32, title: String, published: bool }
+    /// diesel::sql_query("INSERT INTO posts VALUES (2, 'kept', 0)").execute(&mut cold)?;
+    ///
+    /// // INSERT INTO posts (id, title, published) VALUES (..), (..) ON CONFLICT DO NOTHING
+    /// let report = posts::table
+    ///     .chunked_by(posts::id)
+    ///     .on_conflict_do_nothing()
+    ///     .copy_to::<Row>(&mut *conn, &mut cold, posts::table)?;
+    /// assert_eq!(report.rows, 5); // 4 inserted, 1 skipped
+    /// let kept: String = posts::table.find(2).select(posts::title).get_result(&mut cold)?;
+    /// assert_eq!(kept, "kept");
+    /// # Ok(()) }
+    /// ```
+    pub fn on_conflict_do_nothing(mut self) -> Self {
+        self.write.skip_conflicts = true;
+        self
+    }
+
     /// Write jobs: sizes each batch toward taking `d`, starting from
     /// [`batch_size`](Self::batch_size), every batch (the first included) within
     /// [`min_batch_size`](Self::min_batch_size) (default 1) and

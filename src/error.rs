@@ -602,6 +602,19 @@ pub enum Error {
         name: String,
     },
 
+    /// A builder option was given to a job it does not apply to, such as
+    /// [`on_conflict_do_nothing`](crate::Chunked::on_conflict_do_nothing) to
+    /// `update_all`: the job stopped before its first statement.
+    #[error("{option}() does not apply to {job}: {reason}")]
+    OptionUnsupported {
+        /// The option.
+        option: &'static str,
+        /// The job it was given to.
+        job: &'static str,
+        /// What it applies to.
+        reason: &'static str,
+    },
+
     /// [`move_into`](crate::RunChunkedDsl::move_into) or
     /// [`copy_into`](crate::RunChunkedDsl::copy_into) was given the table it
     /// reads as its destination.

@@ -62,19 +62,28 @@ impl Transfer {
 }
 
 /// What a batch's statements need besides its range: the destination's
-/// column list (`"a", "b"`, as Diesel's `INSERT` writes it).
+/// column list (`"a", "b"`, as Diesel's `INSERT` writes it), and what follows
+/// its `INSERT` (the backend's
+/// [`skip_conflicts`](KeysetBackend::skip_conflicts), or nothing).
 #[derive(Debug, Clone)]
 pub struct Destination<T> {
     table: T,
     columns: String,
+    conflicts: String,
 }
 
 impl<T: Table> Destination<T> {
     /// The destination `T` of a job reading `Src` on backend `DB`, or why it
     /// cannot be one.
-    pub(crate) fn of<DB, Src>(table: T, source: &Src, verb: &'static str) -> Result<Self, Error>
+    /// With `skip`, its `INSERT`s skip rows that conflict with the table's.
+    pub(crate) fn of<DB, Src>(
+        table: T,
+        source: &Src,
+        verb: &'static str,
+        skip: bool,
+    ) -> Result<Self, Error>
     where
-        DB: Backend + Default,
+        DB: KeysetBackend + Default,
         DB::QueryBuilder: Default,
         Src: Table,
         Src::FromClause: QueryFragment<DB>,
@@ -101,8 +110,16 @@ impl<T: Table> Destination<T> {
             .into_iter()
             .map(|item| item.trim().strip_prefix(prefix.as_str()))
             .collect();
-        let columns = rendered(names.map(|n| n.join(", ")))?;
-        Ok(Self { table, columns })
+        let names = rendered(names.map(|n| n.join(", ")))?;
+        let conflicts = match crate::query::top_level_items(&names).first() {
+            Some(first) if skip => DB::skip_conflicts(&format!("{from}.{}", first.trim())),
+            _ => String::new(),
+        };
+        Ok(Self {
+            table,
+            columns: names,
+            conflicts,
+        })
     }
 }
 
@@ -115,6 +132,7 @@ pub struct CopyRange<'d, Src: Table, W, T: Table> {
     where_clause: W,
     dest: T::FromClause,
     dest_columns: &'d str,
+    conflicts: &'d str,
 }
 
 impl<'d, Src: Table, W, T: Table> CopyRange<'d, Src, W, T> {
@@ -125,6 +143,7 @@ impl<'d, Src: Table, W, T: Table> CopyRange<'d, Src, W, T> {
             where_clause,
             dest: dest.table.from_clause(),
             dest_columns: &dest.columns,
+            conflicts: &dest.conflicts,
         }
     }
 }
@@ -149,7 +168,9 @@ where
         self.columns.walk_ast(out.reborrow())?;
         out.push_sql(" FROM ");
         self.source.walk_ast(out.reborrow())?;
-        self.where_clause.walk_ast(out.reborrow())
+        self.where_clause.walk_ast(out.reborrow())?;
+        out.push_sql(self.conflicts);
+        Ok(())
     }
 }
 
@@ -182,6 +203,7 @@ where
         out.push_sql(" (");
         out.push_sql(copy.dest_columns);
         out.push_sql(") SELECT * FROM chunked_moved");
+        out.push_sql(copy.conflicts);
         Ok(())
     }
 }
@@ -296,14 +318,21 @@ where
 }
 
 /// What the counts of a batch moved by an `INSERT ... SELECT` and a `DELETE`
-/// say: the rows moved, or why the batch must roll back.
+/// say: the rows moved, or why the batch must roll back. With `skip`
+/// (conflicting rows skipped) the copy may insert fewer rows than it read,
+/// so only the lock's count must match the delete's.
 pub(crate) fn moved<V: std::fmt::Debug>(
     range: &Bounds<V>,
     locked: Option<u64>,
     copied: u64,
     deleted: u64,
+    skip: bool,
 ) -> Result<u64, Abort> {
-    if copied == deleted && locked.is_none_or(|l| l == copied) {
+    let agrees = |n: u64| locked.is_none_or(|l| l == n);
+    if skip && copied <= deleted && agrees(deleted) {
+        return Ok(deleted);
+    }
+    if copied == deleted && agrees(copied) {
         return Ok(copied);
     }
     Err(Abort::Fail(Error::MoveChanged {
@@ -362,7 +391,8 @@ where
             Transfer::Copy
         };
         let from = <RangeTarget<Q, K> as HasTable>::table();
-        let dest = Destination::of::<Db<S>, _>(dest, &from, transfer.verb())?;
+        let skip = self.write.skip_conflicts;
+        let dest = Destination::of::<Db<S>, _>(dest, &from, transfer.verb(), skip)?;
         let (key, query, scan, job, seek) = self.into_job::<'a, Db<S>>();
         let sql = format!(
             "INTO {} ({})\n{}",
@@ -377,14 +407,16 @@ where
             dest: &dest,
             transfer,
         };
-        run_job(source, seek, KeyRows, scan, job, &mut |conn, _, range| {
+        run_job(source, seek, KeyRows, scan, job, &mut |conn, keys, range| {
             use diesel::connection::Connection;
             use diesel::query_dsl::methods::ExecuteDsl;
+            // With `skip`, a batch counts the rows it found, inserted or not.
+            let count = |n: usize| if skip { keys.len() as u64 } else { n as u64 };
             if batch.transfer == Transfer::Copy {
-                return Ok(conn.execute_returning_count(&batch.copy(range))? as u64);
+                return Ok(count(conn.execute_returning_count(&batch.copy(range))?));
             }
             if <Db<S> as KeysetBackend>::MOVES_IN_ONE_STATEMENT {
-                return Ok(conn.execute_returning_count(&batch.move_all(range))? as u64);
+                return Ok(count(conn.execute_returning_count(&batch.move_all(range))?));
             }
             let locked = match <Db<S> as KeysetBackend>::LOCKS_BEFORE_MOVE {
                 true => {
@@ -394,7 +426,7 @@ where
             };
             let copied = conn.execute_returning_count(&batch.copy(range))? as u64;
             let deleted = ExecuteDsl::execute(batch.delete(range), conn)? as u64;
-            moved(range, locked, copied, deleted)
+            moved(range, locked, copied, deleted, skip)
         })
     }
 }
@@ -443,6 +475,7 @@ mod nonblocking {
         key: K,
         dest: Destination<T>,
         transfer: Transfer,
+        skip: bool,
     }
 
     impl<Q, K, T, C, L> BatchWrite<C, L, K::Value> for TransferWrite<Q, K, T>
@@ -466,9 +499,12 @@ mod nonblocking {
         fn write<'c>(
             &'c mut self,
             conn: &'c mut C,
-            _rows: Vec<L>,
+            keys: Vec<L>,
             range: &'c Bounds<K::Value>,
         ) -> BoxFuture<'c, Result<u64, Abort>> {
+            // With `skip`, a batch counts the rows it found, inserted or not.
+            let (skip, found) = (self.skip, keys.len() as u64);
+            let count = move |n: usize| if skip { found } else { n as u64 };
             let batch = Statements {
                 query: &self.query,
                 key: self.key,
@@ -488,8 +524,8 @@ mod nonblocking {
             };
             Box::pin(async move {
                 let (lock, copy, delete) = match plan {
-                    Plan::Copy(copy) => return Ok(conn.execute_returning_count(copy).await? as u64),
-                    Plan::Move(all) => return Ok(conn.execute_returning_count(all).await? as u64),
+                    Plan::Copy(copy) => return Ok(count(conn.execute_returning_count(copy).await?)),
+                    Plan::Move(all) => return Ok(count(conn.execute_returning_count(all).await?)),
                     Plan::CopyDelete(lock, copy, delete) => (lock, copy, delete),
                 };
                 let locked = match lock {
@@ -501,7 +537,7 @@ mod nonblocking {
                 };
                 let copied = conn.execute_returning_count(copy).await? as u64;
                 let deleted = diesel_async::RunQueryDsl::execute(delete, &mut *conn).await? as u64;
-                moved(range, locked, copied, deleted)
+                moved(range, locked, copied, deleted, skip)
             })
         }
     }
@@ -538,7 +574,8 @@ mod nonblocking {
                 Transfer::Copy
             };
             let from = <RangeTarget<Q, K> as diesel::associations::HasTable>::table();
-            let dest = match Destination::of::<AsyncDb<S>, _>(dest, &from, transfer.verb()) {
+            let skip = self.write.skip_conflicts;
+            let dest = match Destination::of::<AsyncDb<S>, _>(dest, &from, transfer.verb(), skip) {
                 Ok(dest) => dest,
                 Err(e) => return Box::pin(async move { Err(e) }),
             };
@@ -555,6 +592,7 @@ mod nonblocking {
                 key,
                 dest,
                 transfer,
+                skip,
             };
             Box::pin(run_job(source, seek, KeyRows, scan, job, write))
         }
@@ -653,6 +691,9 @@ where
 pub struct InsertRows<'r, F, V, Src> {
     dest: F,
     rows: &'r [V],
+    /// What follows the rows: the backend's
+    /// [`skip_conflicts`](KeysetBackend::skip_conflicts), or nothing.
+    conflicts: &'r str,
     _source: std::marker::PhantomData<Src>,
 }
 
@@ -681,6 +722,7 @@ where
             row.walk_ast(out.reborrow())?;
         }
         out.push_sql(")");
+        out.push_sql(self.conflicts);
         Ok(())
     }
 }
@@ -743,18 +785,49 @@ where
     statements
 }
 
+/// What follows the rows of an `INSERT` into the table whose `FROM` clause
+/// is `dest`, `row` its first row: the backend's
+/// [`skip_conflicts`](KeysetBackend::skip_conflicts) when `skip`, or nothing.
+fn conflict_clause<DB, F, V, Src>(skip: bool, dest: &F, row: &V) -> QueryResult<String>
+where
+    DB: KeysetBackend + Default,
+    DB::QueryBuilder: Default,
+    F: QueryFragment<DB>,
+    Src: Table,
+    V: diesel::insertable::InsertValues<DB, Src>,
+{
+    if !skip {
+        return Ok(String::new());
+    }
+    let from = render_sql::<DB, _>(dest);
+    let names = render_sql::<DB, _>(&ColumnNames(row, std::marker::PhantomData::<Src>));
+    let first = names.as_deref().and_then(|n| {
+        crate::query::top_level_items(n)
+            .first()
+            .map(|c| c.trim().to_string())
+    });
+    match (from, first) {
+        (Some(from), Some(first)) => Ok(DB::skip_conflicts(&format!("{from}.{first}"))),
+        _ => Err(diesel::result::Error::QueryBuilderError(
+            "the destination's first column could not be rendered".into(),
+        )),
+    }
+}
+
 /// Inserts `rows` (values of table `Src`) into the table whose `FROM` clause
-/// is `dest`, on `conn`, in the [`statements`] they need.
+/// is `dest`, on `conn`, in the [`statements`] they need; with `skip`, rows
+/// that conflict with the table's are skipped. The rows inserted, or with
+/// `skip` the rows given.
 fn insert_values<C, F, V, Src>(
     conn: &mut C,
     dest: F,
     rows: Vec<V>,
     max_binds: usize,
     same_columns: bool,
+    skip: bool,
 ) -> QueryResult<usize>
 where
-    C: diesel::Connection,
-    C::Backend: Default,
+    C: diesel::Connection<Backend: KeysetBackend + Default>,
     <C::Backend as Backend>::QueryBuilder: Default,
     F: QueryFragment<C::Backend>,
     Src: Table,
@@ -762,14 +835,17 @@ where
 {
     let mut inserted = 0;
     for range in statements::<C::Backend, V, Src>(&rows, max_binds, same_columns) {
+        let conflicts =
+            conflict_clause::<C::Backend, _, _, Src>(skip, &dest, &rows[range.start])?;
         let statement = InsertRows {
             dest: &dest,
             rows: &rows[range],
+            conflicts: &conflicts,
             _source: std::marker::PhantomData::<Src>,
         };
         inserted += conn.execute_returning_count(&statement)?;
     }
-    Ok(inserted)
+    Ok(if skip { rows.len() } else { inserted })
 }
 
 /// A blocking connection a job can insert rows into: PostgreSQL, MySQL or
@@ -777,8 +853,10 @@ where
 pub trait InsertConnection:
     CheckpointConnection + diesel::Connection<Backend: KeysetBackend + Default> + sealed::Sealed
 {
-    /// Inserts `rows` into `dest`: the rows inserted.
-    fn insert_rows<T, M, Src>(&mut self, dest: T, rows: Vec<M>) -> QueryResult<u64>
+    /// Inserts `rows` into `dest`: the rows inserted. With `skip`, rows
+    /// that conflict with the table's are skipped, and the result is the
+    /// rows given.
+    fn insert_rows<T, M, Src>(&mut self, dest: T, rows: Vec<M>, skip: bool) -> QueryResult<u64>
     where
         Src: Table,
         T: DestTable<M, Src>;
@@ -794,14 +872,20 @@ macro_rules! insert_connection {
         impl sealed::Sealed for $conn {}
         #[cfg(feature = $feature)]
         impl InsertConnection for $conn {
-            fn insert_rows<T, M, Src>(&mut self, dest: T, rows: Vec<M>) -> QueryResult<u64>
+            fn insert_rows<T, M, Src>(
+                &mut self,
+                dest: T,
+                rows: Vec<M>,
+                skip: bool,
+            ) -> QueryResult<u64>
             where
                 Src: Table,
                 T: DestTable<M, Src>,
             {
                 let values: Vec<T::Values> = rows.into_iter().map(T::values).collect();
                 let (from, binds) = (dest.from_clause(), $binds);
-                let n = insert_values::<_, _, _, Src>(self, from, values, binds, $same_columns)?;
+                let n =
+                    insert_values::<_, _, _, Src>(self, from, values, binds, $same_columns, skip)?;
                 Ok(n as u64)
             }
         }
@@ -823,11 +907,14 @@ pub trait AsyncInsertConnection:
     + diesel_async::AsyncConnectionCore<Backend: KeysetBackend + Default>
     + sealed::Sealed
 {
-    /// Inserts `rows` into `dest`: the rows inserted.
+    /// Inserts `rows` into `dest`: the rows inserted. With `skip`, rows
+    /// that conflict with the table's are skipped, and the result is the
+    /// rows given.
     fn insert_rows<'c, T, M, Src>(
         &'c mut self,
         dest: T,
         rows: Vec<M>,
+        skip: bool,
     ) -> futures_util::future::BoxFuture<'c, QueryResult<u64>>
     where
         Src: Table,
@@ -847,6 +934,7 @@ macro_rules! async_insert_connection {
                 &'c mut self,
                 dest: T,
                 rows: Vec<M>,
+                skip: bool,
             ) -> futures_util::future::BoxFuture<'c, QueryResult<u64>>
             where
                 Src: Table,
@@ -859,14 +947,20 @@ macro_rules! async_insert_connection {
                     let from = dest.from_clause();
                     let mut inserted = 0;
                     for range in statements::<$db, _, Src>(&values, $binds, true) {
+                        let conflicts = conflict_clause::<$db, _, _, Src>(
+                            skip,
+                            &from,
+                            &values[range.start],
+                        )?;
                         let statement = InsertRows {
                             dest: &from,
                             rows: &values[range],
+                            conflicts: &conflicts,
                             _source: std::marker::PhantomData::<Src>,
                         };
                         inserted += self.execute_returning_count(statement).await? as u64;
                     }
-                    Ok(inserted)
+                    Ok(if skip { values.len() as u64 } else { inserted })
                 })
             }
         }
@@ -899,13 +993,14 @@ mod async_sqlite {
             &'c mut self,
             dest: T,
             rows: Vec<M>,
+            skip: bool,
         ) -> futures_util::future::BoxFuture<'c, QueryResult<u64>>
         where
             Src: Table,
             T: DestTable<M, Src>,
             M: Send + 'static,
         {
-            self.spawn_blocking(move |c| c.insert_rows::<T, M, Src>(dest, rows))
+            self.spawn_blocking(move |c| c.insert_rows::<T, M, Src>(dest, rows, skip))
         }
     }
 }

@@ -174,6 +174,8 @@ pub(crate) struct WriteConfig {
     pub(crate) unreadable_limit: Option<Duration>,
     /// [`Chunked::async_commit`].
     pub(crate) async_commit: bool,
+    /// [`Chunked::on_conflict_do_nothing`].
+    pub(crate) skip_conflicts: bool,
 }
 
 /// What a write job tells as it runs: an extension point whose methods do
@@ -304,6 +306,7 @@ impl std::fmt::Debug for WriteConfig {
             .field("target_batch_time", &self.target_batch_time)
             .field("checkpoint", &self.checkpoint)
             .field("identity", &self.identity)
+            .field("skip_conflicts", &self.skip_conflicts)
             .finish()
     }
 }
@@ -573,6 +576,17 @@ where
                      run again by the next run, which only a checkpoint (lost with it) tells"
                 .into(),
         });
+    }
+    if job.skip_conflicts {
+        let kind = job.identity.as_ref().map_or("this job", |id| id.kind);
+        if !matches!(kind, "copy_into" | "move_into" | "copy_to" | "move_to") {
+            return Err(Error::OptionUnsupported {
+                option: "on_conflict_do_nothing",
+                job: kind,
+                reason: "it applies to the jobs that insert rows: copy_into, move_into, \
+                         copy_to and move_to",
+            });
+        }
     }
     let key_type = format!(
         "{} as {}",

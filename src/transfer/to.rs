@@ -690,6 +690,7 @@ where
 {
     use crate::rows::LoadedRow;
     let job = job_sql::<Db<S>, _, T>(verb, &chunked.query, &chunked.write);
+    let skip = job.skip_conflicts;
     let (query, rows, scan) = chunked.model_parts::<Db<S>, M>();
     crate::write::run_job_reading(
         dest,
@@ -701,7 +702,7 @@ where
         &mut |conn, loaded, _| {
             record(&copied, &loaded);
             let rows: Vec<M> = loaded.into_iter().map(|r| r.into_parts().1).collect();
-            Ok(conn.insert_rows::<_, _, Src>(table, rows)?)
+            Ok(conn.insert_rows::<_, _, Src>(table, rows, skip)?)
         },
     )
 }
@@ -853,6 +854,7 @@ mod nonblocking {
         let (query, rows, scan) = chunked.model_parts::<AsyncDb<S>, M>();
         let write = InsertWrite::<T, Src, M, K::Value> {
             table,
+            skip: job.skip_conflicts,
             copied,
             _rows: std::marker::PhantomData,
         };
@@ -862,6 +864,7 @@ mod nonblocking {
     /// The insert of `copy_to` / `move_to` on an async destination.
     struct InsertWrite<T, Src, M, V> {
         table: T,
+        skip: bool,
         copied: Option<Copied<V>>,
         _rows: std::marker::PhantomData<fn() -> (Src, M)>,
     }
@@ -883,7 +886,7 @@ mod nonblocking {
         ) -> BoxFuture<'c, Result<u64, Abort>> {
             record(&self.copied, &rows);
             let rows: Vec<M> = rows.into_iter().map(|r| r.into_parts().1).collect();
-            let insert = conn.insert_rows::<T, M, Src>(self.table, rows);
+            let insert = conn.insert_rows::<T, M, Src>(self.table, rows, self.skip);
             Box::pin(async move { Ok(insert.await?) })
         }
     }

@@ -147,7 +147,97 @@ fn assert_in_one_table(
     assert_eq!(source.len() + archive.len(), ROWS as usize);
 }
 
+/// Puts rows 120 and 250 in `orders_archive` (or `orders`, with
+/// `same_name`) with values of their own: the conflicts of the
+/// `on_conflict_do_nothing` tests.
+fn plant_conflicts<C>(conn: &mut C, same_name: bool)
+where
+    C: Connection,
+    diesel::query_builder::SqlQuery: diesel::query_dsl::methods::ExecuteDsl<C>,
+{
+    let table = if same_name { "orders" } else { "orders_archive" };
+    diesel::sql_query(format!(
+        "INSERT INTO {table} VALUES (120, 9, 'old', NULL), (250, 9, 'old', 5)"
+    ))
+    .execute(conn)
+    .unwrap();
+}
+
+/// The destination after a job that skipped the planted rows: every row of
+/// `ids`, the planted ones as they were.
+fn assert_planted_kept(dest: &BTreeMap<i32, Order>, ids: impl Iterator<Item = i32>) {
+    let mut expected: BTreeMap<i32, Order> = ids.map(|i| (i, order(i))).collect();
+    expected.insert(120, Order { id: 120, grp: 9, note: "old".into(), amount: None });
+    expected.insert(250, Order { id: 250, grp: 9, note: "old".into(), amount: Some(5) });
+    assert_eq!(dest, &expected);
+}
+
+/// The clause that skips conflicts, as the backend named `name` writes it
+/// after an `INSERT` into `orders_archive` (or `orders`).
+fn skip_clause(name: &str, table: &str) -> String {
+    match name {
+        "mysql" => format!(" ON DUPLICATE KEY UPDATE `{table}`.`id` = `{table}`.`id`"),
+        _ => " ON CONFLICT DO NOTHING".to_string(),
+    }
+}
+
 backend_tests! {
+    /// `on_conflict_do_nothing`: the rows the archive already holds are
+    /// skipped (and kept as they were), each batch's INSERT ends with the
+    /// backend's clause, the report counts every row taken; a copy that
+    /// stopped on the conflict resumes with the option (it is not part of
+    /// the job's identity).
+    fn copy_into_and_move_into_skip_the_rows_the_destination_holds(db) {
+        let mut conn = connect::<B>(&db);
+        create_tables(&mut conn);
+        checkpoint::create_table(&mut conn).unwrap();
+        plant_conflicts(&mut conn, false);
+        let job = || orders::table.chunked_by(orders::id).batch_size(50).checkpoint("copy-skip");
+        let err = job().copy_into(&mut conn, orders_archive::table).unwrap_err();
+        assert!(matches!(err, Error::Database { .. } | Error::Query { .. }), "{err:?}");
+        let log = QueryLog::install(&mut conn);
+        let report = job().on_conflict_do_nothing().copy_into(&mut conn, orders_archive::table).unwrap();
+        assert_eq!((report.resumed_after, report.rows, report.batches, report.done), (Some(100), 200, 4, true));
+        let inserts: Vec<String> = log.all().into_iter()
+            .filter(|q| q.starts_with("INSERT INTO") && !q.contains("chunked_checkpoints")).collect();
+        assert_eq!(inserts.len(), 4, "{inserts:#?}");
+        let clause = skip_clause(B::NAME, "orders_archive");
+        for q in &inserts {
+            assert!(q.contains(&clause), "{q}\nexpected {clause:?}");
+        }
+        assert_planted_kept(&rows_of(&mut conn, true), 1..=ROWS);
+        assert_eq!(rows_of(&mut conn, false).len(), ROWS as usize, "the source keeps its rows");
+
+        // A move: every source row goes, the planted ones are skipped and kept.
+        diesel::sql_query("DELETE FROM orders_archive WHERE id <> 120 AND id <> 250").execute(&mut conn).unwrap();
+        let report = orders::table.filter(orders::grp.ne(0)).chunked_by(orders::id).batch_size(50)
+            .checkpoint("move-skip").on_conflict_do_nothing()
+            .move_into(&mut conn, orders_archive::table).unwrap();
+        assert_eq!((report.rows, report.done), (200, true));
+        let left = rows_of(&mut conn, false);
+        assert_eq!(left.keys().copied().collect::<Vec<_>>(), (1..=ROWS).filter(|i| i % 3 == 0).collect::<Vec<_>>());
+        assert_planted_kept(&rows_of(&mut conn, true), (1..=ROWS).filter(|i| i % 3 != 0));
+        let c = checkpoint::status(&mut conn, "move-skip").unwrap().unwrap();
+        assert_eq!((c.rows, c.done), (200, true));
+    }
+
+    /// `on_conflict_do_nothing` on a job that inserts nothing is an error
+    /// before its first statement.
+    fn on_conflict_do_nothing_is_refused_by_jobs_that_insert_nothing(db) {
+        let mut conn = connect::<B>(&db);
+        create_tables(&mut conn);
+        let log = QueryLog::install(&mut conn);
+        let err = orders::table.chunked_by(orders::id).on_conflict_do_nothing()
+            .update_all(&mut conn, orders::grp.eq(5)).unwrap_err();
+        assert!(matches!(&err, Error::OptionUnsupported { option: "on_conflict_do_nothing", job: "update_all", .. }), "{err:?}");
+        assert!(err.to_string().contains("copy_into"), "{err}");
+        let err = orders::table.chunked_by(orders::id).on_conflict_do_nothing()
+            .delete_all(&mut conn).unwrap_err();
+        assert!(matches!(&err, Error::OptionUnsupported { job: "delete_all", .. }), "{err:?}");
+        assert!(log.all().is_empty(), "{:#?}", log.all());
+        assert_eq!(rows_of(&mut conn, false).len(), ROWS as usize);
+    }
+
     /// `move_to` between two connections to one database: refused before
     /// anything is copied (the job's checkpoint row would be both sides').
     fn move_to_into_the_same_database_is_refused(db) {
@@ -370,6 +460,39 @@ macro_rules! cross_tests {
                 let c = checkpoint::status(&mut dest, "copy").unwrap().unwrap();
                 assert_eq!((c.rows, c.batches, c.done), (200, 5, true));
                 assert!(checkpoint::status(&mut src, "copy").unwrap().is_none(), "the source has no checkpoint row");
+            }
+
+            #[test]
+            fn copy_to_and_move_to_skip_the_rows_the_destination_holds() {
+                let (_s, _d, mut src, mut dest) = databases();
+                plant_conflicts(&mut dest, true);
+                let log = QueryLog::install(&mut dest);
+                let report = orders::table.chunked_by(orders::id).batch_size(40)
+                    .checkpoint("copy-skip").on_conflict_do_nothing()
+                    .copy_to::<Order>(&mut src, &mut dest, orders::table).unwrap();
+                assert_eq!((report.rows, report.batches, report.done), (300, 8, true));
+                let inserts: Vec<String> = log.all().into_iter()
+                    .filter(|q| q.starts_with("INSERT INTO") && !q.contains("chunked_checkpoints")).collect();
+                assert_eq!(inserts.len(), 8, "{inserts:#?}");
+                let clause = skip_clause(<D as TestBackend>::NAME, "orders");
+                assert!(inserts.iter().all(|q| q.contains(&clause)), "{inserts:#?}\nexpected {clause:?}");
+                assert_planted_kept(&rows_of(&mut dest, false), 1..=ROWS);
+                assert_eq!(rows_of(&mut src, false).len(), ROWS as usize);
+
+                // Without the option the planted rows stop a copy at their batch.
+                let err = orders::table.chunked_by(orders::id).batch_size(40)
+                    .copy_to::<Order>(&mut src, &mut dest, orders::table)
+                    .unwrap_err();
+                assert!(matches!(err, Error::Database { .. } | Error::Query { .. }), "{err:?}");
+
+                // A move takes every row out of the source, skipped or not.
+                diesel::sql_query("DELETE FROM orders WHERE id <> 120 AND id <> 250").execute(&mut dest).unwrap();
+                let report = orders::table.chunked_by(orders::id).batch_size(40)
+                    .checkpoint("move-skip").on_conflict_do_nothing()
+                    .move_to::<Order>(&mut src, &mut dest, orders::table).unwrap();
+                assert_eq!((report.rows, report.done), (300, true));
+                assert!(rows_of(&mut src, false).is_empty());
+                assert_planted_kept(&rows_of(&mut dest, false), 1..=ROWS);
             }
 
             #[test]
@@ -874,6 +997,25 @@ macro_rules! async_cross_tests {
                 assert_eq!(left.keys().copied().collect::<Vec<_>>(), vec![0], "the new row stays");
                 let expected: BTreeMap<i32, Order> = (1..=ROWS).map(|i| (i, order(i))).collect();
                 assert_eq!(moved, expected);
+            }
+
+            #[tokio::test(flavor = "multi_thread")]
+            async fn copy_to_and_move_to_skip_the_rows_the_destination_holds() {
+                let mut db = databases();
+                plant_conflicts(&mut db.dest, true);
+                let (mut src, mut dest) = connect(&db).await;
+                let report = orders::table.chunked_by(orders::id).batch_size(40)
+                    .checkpoint("copy-skip").on_conflict_do_nothing()
+                    .copy_to::<Order>(&mut src, &mut dest, orders::table).await.unwrap();
+                assert_eq!((report.rows, report.batches, report.done), (300, 8, true));
+                assert_planted_kept(&rows_of(&mut db.dest, false), 1..=ROWS);
+                diesel::sql_query("DELETE FROM orders WHERE id <> 120 AND id <> 250").execute(&mut db.dest).unwrap();
+                let report = orders::table.chunked_by(orders::id).batch_size(40)
+                    .checkpoint("move-skip").on_conflict_do_nothing()
+                    .move_to::<Order>(&mut src, &mut dest, orders::table).await.unwrap();
+                assert_eq!((report.rows, report.done), (300, true));
+                assert!(rows_of(&mut db.src, false).is_empty());
+                assert_planted_kept(&rows_of(&mut db.dest, false), 1..=ROWS);
             }
 
             #[tokio::test(flavor = "multi_thread")]
