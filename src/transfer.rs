@@ -407,27 +407,34 @@ where
             dest: &dest,
             transfer,
         };
-        run_job(source, seek, KeyRows, scan, job, &mut |conn, keys, range| {
-            use diesel::connection::Connection;
-            use diesel::query_dsl::methods::ExecuteDsl;
-            // With `skip`, a batch counts the rows it found, inserted or not.
-            let count = |n: usize| if skip { keys.len() as u64 } else { n as u64 };
-            if batch.transfer == Transfer::Copy {
-                return Ok(count(conn.execute_returning_count(&batch.copy(range))?));
-            }
-            if <Db<S> as KeysetBackend>::MOVES_IN_ONE_STATEMENT {
-                return Ok(count(conn.execute_returning_count(&batch.move_all(range))?));
-            }
-            let locked = match <Db<S> as KeysetBackend>::LOCKS_BEFORE_MOVE {
-                true => {
-                    Some(diesel::RunQueryDsl::get_result::<i64>(batch.lock(range), conn)? as u64)
+        run_job(
+            source,
+            seek,
+            KeyRows,
+            scan,
+            job,
+            &mut |conn, keys, range| {
+                use diesel::connection::Connection;
+                use diesel::query_dsl::methods::ExecuteDsl;
+                // With `skip`, a batch counts the rows it found, inserted or not.
+                let count = |n: usize| if skip { keys.len() as u64 } else { n as u64 };
+                if batch.transfer == Transfer::Copy {
+                    return Ok(count(conn.execute_returning_count(&batch.copy(range))?));
                 }
-                false => None,
-            };
-            let copied = conn.execute_returning_count(&batch.copy(range))? as u64;
-            let deleted = ExecuteDsl::execute(batch.delete(range), conn)? as u64;
-            moved(range, locked, copied, deleted, skip)
-        })
+                if <Db<S> as KeysetBackend>::MOVES_IN_ONE_STATEMENT {
+                    return Ok(count(conn.execute_returning_count(&batch.move_all(range))?));
+                }
+                let locked = match <Db<S> as KeysetBackend>::LOCKS_BEFORE_MOVE {
+                    true => Some(
+                        diesel::RunQueryDsl::get_result::<i64>(batch.lock(range), conn)? as u64,
+                    ),
+                    false => None,
+                };
+                let copied = conn.execute_returning_count(&batch.copy(range))? as u64;
+                let deleted = ExecuteDsl::execute(batch.delete(range), conn)? as u64;
+                moved(range, locked, copied, deleted, skip)
+            },
+        )
     }
 }
 
@@ -524,7 +531,9 @@ mod nonblocking {
             };
             Box::pin(async move {
                 let (lock, copy, delete) = match plan {
-                    Plan::Copy(copy) => return Ok(count(conn.execute_returning_count(copy).await?)),
+                    Plan::Copy(copy) => {
+                        return Ok(count(conn.execute_returning_count(copy).await?))
+                    }
                     Plan::Move(all) => return Ok(count(conn.execute_returning_count(all).await?)),
                     Plan::CopyDelete(lock, copy, delete) => (lock, copy, delete),
                 };
@@ -835,8 +844,7 @@ where
 {
     let mut inserted = 0;
     for range in statements::<C::Backend, V, Src>(&rows, max_binds, same_columns) {
-        let conflicts =
-            conflict_clause::<C::Backend, _, _, Src>(skip, &dest, &rows[range.start])?;
+        let conflicts = conflict_clause::<C::Backend, _, _, Src>(skip, &dest, &rows[range.start])?;
         let statement = InsertRows {
             dest: &dest,
             rows: &rows[range],
@@ -947,11 +955,8 @@ macro_rules! async_insert_connection {
                     let from = dest.from_clause();
                     let mut inserted = 0;
                     for range in statements::<$db, _, Src>(&values, $binds, true) {
-                        let conflicts = conflict_clause::<$db, _, _, Src>(
-                            skip,
-                            &from,
-                            &values[range.start],
-                        )?;
+                        let conflicts =
+                            conflict_clause::<$db, _, _, Src>(skip, &from, &values[range.start])?;
                         let statement = InsertRows {
                             dest: &from,
                             rows: &values[range],

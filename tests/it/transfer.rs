@@ -155,7 +155,11 @@ where
     C: Connection,
     diesel::query_builder::SqlQuery: diesel::query_dsl::methods::ExecuteDsl<C>,
 {
-    let table = if same_name { "orders" } else { "orders_archive" };
+    let table = if same_name {
+        "orders"
+    } else {
+        "orders_archive"
+    };
     diesel::sql_query(format!(
         "INSERT INTO {table} VALUES (120, 9, 'old', NULL), (250, 9, 'old', 5)"
     ))
@@ -167,8 +171,24 @@ where
 /// `ids`, the planted ones as they were.
 fn assert_planted_kept(dest: &BTreeMap<i32, Order>, ids: impl Iterator<Item = i32>) {
     let mut expected: BTreeMap<i32, Order> = ids.map(|i| (i, order(i))).collect();
-    expected.insert(120, Order { id: 120, grp: 9, note: "old".into(), amount: None });
-    expected.insert(250, Order { id: 250, grp: 9, note: "old".into(), amount: Some(5) });
+    expected.insert(
+        120,
+        Order {
+            id: 120,
+            grp: 9,
+            note: "old".into(),
+            amount: None,
+        },
+    );
+    expected.insert(
+        250,
+        Order {
+            id: 250,
+            grp: 9,
+            note: "old".into(),
+            amount: Some(5),
+        },
+    );
     assert_eq!(dest, &expected);
 }
 
