@@ -646,6 +646,25 @@ mod on {
         diesel::sqlite::Sqlite
     );
 
+    /// A table PostgreSQL's binary `COPY` can target (a `table!` table), when
+    /// the `postgres` feature is on.
+    #[cfg(feature = "postgres")]
+    pub trait PgCopy:
+        diesel::Table<AllColumns: QueryFragment<diesel::pg::Pg>>
+        + diesel::pg::CopyTarget<Table = Self>
+    {
+    }
+    #[cfg(feature = "postgres")]
+    impl<T> PgCopy for T where
+        T: diesel::Table<AllColumns: QueryFragment<diesel::pg::Pg>>
+            + diesel::pg::CopyTarget<Table = T>
+    {
+    }
+    #[cfg(not(feature = "postgres"))]
+    pub trait PgCopy {}
+    #[cfg(not(feature = "postgres"))]
+    impl<T> PgCopy for T {}
+
     /// A fragment of every backend of the build.
     pub trait Fragment: PgFragment + MysqlFragment + SqliteFragment {}
     impl<T: PgFragment + MysqlFragment + SqliteFragment> Fragment for T {}
@@ -672,7 +691,7 @@ mod on {
     note = "`{M}` must be `Insertable` into `{Src}` (`#[derive(Insertable)]` with `#[diesel(table_name = ..)]` of the source table); they are inserted into the destination by the source's column names"
 )]
 pub trait DestTable<M, Src: Table>:
-    Table<FromClause: on::Fragment + Send + Sync> + Copy + Send + Sync + 'static
+    Table<FromClause: on::Fragment + Send + Sync> + on::PgCopy + Copy + Send + Sync + 'static
 {
     /// The values of one row, with `Src`'s column names.
     type Values: on::Values<Src> + Send + Sync;
@@ -682,7 +701,7 @@ pub trait DestTable<M, Src: Table>:
 
 impl<T, M, Src, V> DestTable<M, Src> for T
 where
-    T: Table<FromClause: on::Fragment + Send + Sync> + Copy + Send + Sync + 'static,
+    T: Table<FromClause: on::Fragment + Send + Sync> + on::PgCopy + Copy + Send + Sync + 'static,
     Src: Table,
     M: diesel::Insertable<Src, Values = diesel::query_builder::ValuesClause<V, Src>>,
     V: on::Values<Src> + Send + Sync,
@@ -902,7 +921,31 @@ macro_rules! insert_connection {
 // PostgreSQL and MySQL count parameters in 16 bits; SQLite's bundled build
 // allows 32766 (`SQLITE_MAX_VARIABLE_NUMBER`). SQLite has no `DEFAULT` in a
 // multi-row `VALUES`: a row whose value is `DEFAULT` leaves its column out.
-insert_connection!("postgres", diesel::PgConnection, 65_535, true);
+#[cfg(feature = "postgres")]
+impl sealed::Sealed for diesel::PgConnection {}
+/// PostgreSQL: a batch without conflicts to skip goes by one binary `COPY`
+/// where its rows allow ([`pg_copy`]), else by the `INSERT`s.
+#[cfg(feature = "postgres")]
+impl InsertConnection for diesel::PgConnection {
+    fn insert_rows<T, M, Src>(&mut self, dest: T, rows: Vec<M>, skip: bool) -> QueryResult<u64>
+    where
+        Src: Table,
+        T: DestTable<M, Src>,
+    {
+        let values: Vec<T::Values> = rows.into_iter().map(T::values).collect();
+        if !skip {
+            let names = values.first().and_then(|row| {
+                render_sql::<diesel::pg::Pg, _>(&ColumnNames(row, std::marker::PhantomData::<Src>))
+            });
+            if let Some(n) = pg_copy::copy_rows(self, dest, &values, names)? {
+                return Ok(n as u64);
+            }
+        }
+        let n =
+            insert_values::<_, _, _, Src>(self, dest.from_clause(), values, 65_535, true, skip)?;
+        Ok(n as u64)
+    }
+}
 insert_connection!("mysql", diesel::MysqlConnection, 65_535, true);
 insert_connection!("sqlite", diesel::SqliteConnection, 32_766, false);
 
@@ -1010,6 +1053,8 @@ mod async_sqlite {
     }
 }
 
+#[cfg(feature = "postgres")]
+mod pg_copy;
 mod to;
 
 pub use to::TransferDsl;

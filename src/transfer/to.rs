@@ -54,7 +54,9 @@ pub trait TransferDsl<S, D, Kind>: Sized {
     /// by the source table's column names, so `table` may have another name
     /// (and more columns, with defaults). Rows are inserted with
     /// multi-row `INSERT`s, as many rows per statement as the destination's
-    /// parameter limit allows. A row whose key `table` already holds fails
+    /// parameter limit allows; into a blocking PostgreSQL connection, with
+    /// one binary `COPY ... FROM STDIN` a batch where the destination's
+    /// columns are the model's (see [`guide::moving`](crate::guide::moving)). A row whose key `table` already holds fails
     /// the batch with the database's unique violation.
     ///
     /// Source and destination are both blocking (connections, r2d2 pools)

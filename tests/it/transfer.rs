@@ -31,6 +31,27 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    /// A destination with a column the source does not have.
+    orders_wide (id) {
+        id -> Integer,
+        grp -> Integer,
+        note -> Text,
+        amount -> Nullable<BigInt>,
+        extra -> Integer,
+    }
+}
+
+diesel::table! {
+    /// A destination whose integer columns are wider than the source's.
+    orders_big (id) {
+        id -> BigInt,
+        grp -> BigInt,
+        note -> Text,
+        amount -> Nullable<BigInt>,
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
 #[diesel(table_name = orders, treat_none_as_default_value = false)]
 pub(crate) struct Order {
@@ -470,9 +491,16 @@ macro_rules! cross_tests {
                     .copy_to::<Order>(&mut src, &mut dest, orders::table)
                     .unwrap();
                 assert_eq!((report.rows, report.batches, report.done), (200, 5, true));
-                // One multi-row INSERT a batch.
-                let inserts = log.all().into_iter().filter(|q| q.starts_with("INSERT INTO") && !q.contains("chunked_checkpoints")).count();
-                assert_eq!(inserts, 5);
+                // One statement a batch: a binary COPY into PostgreSQL, a multi-row INSERT elsewhere.
+                let statements = log.all();
+                let inserts = statements.iter().filter(|q| q.starts_with("INSERT INTO") && !q.contains("chunked_checkpoints")).count();
+                let copies: Vec<&String> = statements.iter().filter(|q| q.starts_with("COPY")).collect();
+                if <D as TestBackend>::NAME == "postgres" {
+                    assert_eq!((inserts, copies.len()), (0, 5), "{statements:#?}");
+                    assert!(copies[0].starts_with(r#"COPY "orders"("id", "grp", "note", "amount") FROM STDIN WITH (FORMAT binary)"#), "{}", copies[0]);
+                } else {
+                    assert_eq!((inserts, copies.len()), (5, 0), "{statements:#?}");
+                }
                 let expected: BTreeMap<i32, Order> =
                     (1..=ROWS).filter(|i| i % 3 != 0).map(|i| (i, order(i))).collect();
                 assert_eq!(rows_of(&mut dest, false), expected);
@@ -513,6 +541,50 @@ macro_rules! cross_tests {
                 assert_eq!((report.rows, report.done), (300, true));
                 assert!(rows_of(&mut src, false).is_empty());
                 assert_planted_kept(&rows_of(&mut dest, false), 1..=ROWS);
+            }
+
+            /// A destination with more columns: its `INSERT` names the source's
+            /// columns (never a `COPY`, which would need them all), and the others
+            /// take their defaults.
+            #[test]
+            fn copy_to_a_wider_table_leaves_its_other_columns_to_their_defaults() {
+                let (_s, _d, mut src, mut dest) = databases();
+                diesel::sql_query("CREATE TABLE orders_wide (id INTEGER PRIMARY KEY, grp INTEGER NOT NULL, \
+                     note VARCHAR(60) NOT NULL, amount BIGINT, extra INTEGER NOT NULL DEFAULT 7)")
+                    .execute(&mut dest).unwrap();
+                let log = QueryLog::install(&mut dest);
+                let report = orders::table.filter(orders::id.le(60)).chunked_by(orders::id).batch_size(25)
+                    .copy_to::<Order>(&mut src, &mut dest, orders_wide::table).unwrap();
+                assert_eq!((report.rows, report.batches), (60, 3));
+                let statements = log.all();
+                assert!(statements.iter().all(|q| !q.starts_with("COPY")), "{statements:#?}");
+                let rows: Vec<(i32, i32, String, Option<i64>, i32)> =
+                    orders_wide::table.order(orders_wide::id).load(&mut dest).unwrap();
+                let expected: Vec<(i32, i32, String, Option<i64>, i32)> = (1..=60)
+                    .map(|i| { let o = order(i); (o.id, o.grp, o.note, o.amount, 7) }).collect();
+                assert_eq!(rows, expected);
+            }
+
+            /// A destination whose columns are of wider types than the model's: the
+            /// database casts each value of an `INSERT` (a binary `COPY` would take
+            /// the bytes as they are, so it is not sent).
+            #[test]
+            fn copy_to_a_table_of_wider_types_casts_each_value() {
+                let (_s, _d, mut src, mut dest) = databases();
+                diesel::sql_query("CREATE TABLE orders_big (id BIGINT PRIMARY KEY, grp BIGINT NOT NULL, \
+                     note TEXT NOT NULL, amount BIGINT)")
+                    .execute(&mut dest).unwrap();
+                let log = QueryLog::install(&mut dest);
+                let report = orders::table.filter(orders::id.le(60)).chunked_by(orders::id).batch_size(25)
+                    .copy_to::<Order>(&mut src, &mut dest, orders_big::table).unwrap();
+                assert_eq!((report.rows, report.batches), (60, 3));
+                let statements = log.all();
+                assert!(statements.iter().all(|q| !q.starts_with("COPY")), "{statements:#?}");
+                let rows: Vec<(i64, i64, String, Option<i64>)> =
+                    orders_big::table.order(orders_big::id).load(&mut dest).unwrap();
+                let expected: Vec<(i64, i64, String, Option<i64>)> = (1..=60)
+                    .map(|i| { let o = order(i); (o.id.into(), o.grp.into(), o.note, o.amount) }).collect();
+                assert_eq!(rows, expected);
             }
 
             #[test]
