@@ -608,46 +608,13 @@ mod nonblocking {
     }
 }
 
-/// One trait per backend, each asking a type for what the backend needs of
-/// it when the backend's feature is on, and nothing otherwise: the
-/// destination of `copy_to` is only known once its source is, so its
-/// statements must build for every backend of the build.
+/// A table PostgreSQL's binary `COPY` can target (every `table!` table),
+/// asked of every destination when the `postgres` feature is on, and of
+/// none otherwise.
 mod on {
-    use diesel::insertable::InsertValues;
+    #[cfg(feature = "postgres")]
     use diesel::query_builder::QueryFragment;
 
-    macro_rules! on_backend {
-        ($fragment:ident, $values:ident, $feature:literal, $db:ty) => {
-            #[cfg(feature = $feature)]
-            pub trait $fragment: QueryFragment<$db> {}
-            #[cfg(feature = $feature)]
-            impl<T: QueryFragment<$db>> $fragment for T {}
-            #[cfg(not(feature = $feature))]
-            pub trait $fragment {}
-            #[cfg(not(feature = $feature))]
-            impl<T> $fragment for T {}
-
-            #[cfg(feature = $feature)]
-            pub trait $values<Tab: diesel::Table>: InsertValues<$db, Tab> {}
-            #[cfg(feature = $feature)]
-            impl<Tab: diesel::Table, T: InsertValues<$db, Tab>> $values<Tab> for T {}
-            #[cfg(not(feature = $feature))]
-            pub trait $values<Tab> {}
-            #[cfg(not(feature = $feature))]
-            impl<Tab, T> $values<Tab> for T {}
-        };
-    }
-    on_backend!(PgFragment, PgValues, "postgres", diesel::pg::Pg);
-    on_backend!(MysqlFragment, MysqlValues, "mysql", diesel::mysql::Mysql);
-    on_backend!(
-        SqliteFragment,
-        SqliteValues,
-        "sqlite",
-        diesel::sqlite::Sqlite
-    );
-
-    /// A table PostgreSQL's binary `COPY` can target (a `table!` table), when
-    /// the `postgres` feature is on.
     #[cfg(feature = "postgres")]
     pub trait PgCopy:
         diesel::Table<AllColumns: QueryFragment<diesel::pg::Pg>>
@@ -664,47 +631,40 @@ mod on {
     pub trait PgCopy {}
     #[cfg(not(feature = "postgres"))]
     impl<T> PgCopy for T {}
-
-    /// A fragment of every backend of the build.
-    pub trait Fragment: PgFragment + MysqlFragment + SqliteFragment {}
-    impl<T: PgFragment + MysqlFragment + SqliteFragment> Fragment for T {}
-
-    /// The values of a row of table `Tab`, on every backend of the build.
-    pub trait Values<Tab: diesel::Table>:
-        PgValues<Tab> + MysqlValues<Tab> + SqliteValues<Tab>
-    {
-    }
-    impl<Tab: diesel::Table, T: PgValues<Tab> + MysqlValues<Tab> + SqliteValues<Tab>> Values<Tab>
-        for T
-    {
-    }
 }
 
 /// A destination table of [`copy_to`](crate::TransferDsl::copy_to) and
-/// [`move_to`](crate::TransferDsl::move_to) for rows of model `M` read
-/// from table `Src`: `M` is `Insertable` into `Src` (as
-/// `#[derive(Insertable)]` makes a model of `Src`), and its rows are inserted
-/// into this table by `Src`'s column names. Implemented for every such table.
+/// [`move_to`](crate::TransferDsl::move_to) on backend `DB` for rows of
+/// model `M` read from table `Src`: `M` is `Insertable` into `Src` on `DB`
+/// (as `#[derive(Insertable)]` makes a model of `Src`), and its rows are
+/// inserted into this table by `Src`'s column names. Implemented for every
+/// such table.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not a destination for rows of `{M}` read from `{Src}`",
     label = "rows of `{M}` cannot be inserted here",
     note = "`{M}` must be `Insertable` into `{Src}` (`#[derive(Insertable)]` with `#[diesel(table_name = ..)]` of the source table); they are inserted into the destination by the source's column names"
 )]
-pub trait DestTable<M, Src: Table>:
-    Table<FromClause: on::Fragment + Send + Sync> + on::PgCopy + Copy + Send + Sync + 'static
+pub trait DestTable<M, Src: Table, DB: Backend>:
+    Table<FromClause: QueryFragment<DB> + Send + Sync> + on::PgCopy + Copy + Send + Sync + 'static
 {
     /// The values of one row, with `Src`'s column names.
-    type Values: on::Values<Src> + Send + Sync;
+    type Values: diesel::insertable::InsertValues<DB, Src> + Send + Sync;
     /// The values of `row`.
     fn values(row: M) -> Self::Values;
 }
 
-impl<T, M, Src, V> DestTable<M, Src> for T
+impl<T, M, Src, V, DB> DestTable<M, Src, DB> for T
 where
-    T: Table<FromClause: on::Fragment + Send + Sync> + on::PgCopy + Copy + Send + Sync + 'static,
+    DB: Backend,
+    T: Table<FromClause: QueryFragment<DB> + Send + Sync>
+        + on::PgCopy
+        + Copy
+        + Send
+        + Sync
+        + 'static,
     Src: Table,
     M: diesel::Insertable<Src, Values = diesel::query_builder::ValuesClause<V, Src>>,
-    V: on::Values<Src> + Send + Sync,
+    V: diesel::insertable::InsertValues<DB, Src> + Send + Sync,
 {
     type Values = V;
 
@@ -886,7 +846,7 @@ pub trait InsertConnection:
     fn insert_rows<T, M, Src>(&mut self, dest: T, rows: Vec<M>, skip: bool) -> QueryResult<u64>
     where
         Src: Table,
-        T: DestTable<M, Src>;
+        T: DestTable<M, Src, <Self as diesel::Connection>::Backend>;
 }
 
 mod sealed {
@@ -907,7 +867,7 @@ macro_rules! insert_connection {
             ) -> QueryResult<u64>
             where
                 Src: Table,
-                T: DestTable<M, Src>,
+                T: DestTable<M, Src, <Self as diesel::Connection>::Backend>,
             {
                 let values: Vec<T::Values> = rows.into_iter().map(T::values).collect();
                 let (from, binds) = (dest.from_clause(), $binds);
@@ -930,7 +890,7 @@ impl InsertConnection for diesel::PgConnection {
     fn insert_rows<T, M, Src>(&mut self, dest: T, rows: Vec<M>, skip: bool) -> QueryResult<u64>
     where
         Src: Table,
-        T: DestTable<M, Src>,
+        T: DestTable<M, Src, <Self as diesel::Connection>::Backend>,
     {
         let values: Vec<T::Values> = rows.into_iter().map(T::values).collect();
         if !skip {
@@ -969,7 +929,7 @@ pub trait AsyncInsertConnection:
     ) -> futures_util::future::BoxFuture<'c, QueryResult<u64>>
     where
         Src: Table,
-        T: DestTable<M, Src>,
+        T: DestTable<M, Src, <Self as diesel_async::AsyncConnectionCore>::Backend>,
         M: Send + 'static;
 }
 
@@ -989,7 +949,7 @@ macro_rules! async_insert_connection {
             ) -> futures_util::future::BoxFuture<'c, QueryResult<u64>>
             where
                 Src: Table,
-                T: DestTable<M, Src>,
+                T: DestTable<M, Src, <Self as diesel_async::AsyncConnectionCore>::Backend>,
                 M: Send + 'static,
             {
                 use diesel_async::AsyncConnectionCore;
@@ -1045,7 +1005,7 @@ mod async_sqlite {
         ) -> futures_util::future::BoxFuture<'c, QueryResult<u64>>
         where
             Src: Table,
-            T: DestTable<M, Src>,
+            T: DestTable<M, Src, <Self as diesel_async::AsyncConnectionCore>::Backend>,
             M: Send + 'static,
         {
             self.spawn_blocking(move |c| c.insert_rows::<T, M, Src>(dest, rows, skip))

@@ -91,7 +91,11 @@ pub trait TransferDsl<S, D, Kind>: Sized {
         self,
         source: S,
         dest: D,
-        table: impl DestTable<M, <Self as CopyToJob<'a, S, D, M, Kind>>::Source>,
+        table: impl DestTable<
+            M,
+            <Self as CopyToJob<'a, S, D, M, Kind>>::Source,
+            <Self as CopyToJob<'a, S, D, M, Kind>>::DestBackend,
+        >,
     ) -> <Self as CopyToJob<'a, S, D, M, Kind>>::Output
     where
         Self: CopyToJob<'a, S, D, M, Kind>,
@@ -146,7 +150,11 @@ pub trait TransferDsl<S, D, Kind>: Sized {
         self,
         source: S,
         dest: D,
-        table: impl DestTable<M, <Self as MoveToJob<'a, S, D, M, Kind>>::Source>,
+        table: impl DestTable<
+            M,
+            <Self as MoveToJob<'a, S, D, M, Kind>>::Source,
+            <Self as MoveToJob<'a, S, D, M, Kind>>::DestBackend,
+        >,
     ) -> <Self as MoveToJob<'a, S, D, M, Kind>>::Output
     where
         Self: MoveToJob<'a, S, D, M, Kind>,
@@ -170,8 +178,10 @@ pub trait CopyToJob<'a, S, D, M, Kind> {
     type Output;
     /// The query's table, which `M` is `Insertable` into.
     type Source: Table;
+    /// The destination's backend.
+    type DestBackend: Backend;
     /// Runs the job.
-    fn run_copy_to<T: DestTable<M, Self::Source>>(
+    fn run_copy_to<T: DestTable<M, Self::Source, Self::DestBackend>>(
         self,
         source: S,
         dest: D,
@@ -192,8 +202,10 @@ pub trait MoveToJob<'a, S, D, M, Kind> {
     type Output;
     /// The query's table, which `M` is `Insertable` into.
     type Source: Table;
+    /// The destination's backend.
+    type DestBackend: Backend;
     /// Runs the job.
-    fn run_move_to<T: DestTable<M, Self::Source>>(
+    fn run_move_to<T: DestTable<M, Self::Source, Self::DestBackend>>(
         self,
         source: S,
         dest: D,
@@ -218,8 +230,9 @@ where
 {
     type Output = Result<WriteReport<K::Value>, Error>;
     type Source = <Q as HasTable>::Table;
+    type DestBackend = <D::Connection as diesel::Connection>::Backend;
 
-    fn run_copy_to<T: DestTable<M, Self::Source>>(
+    fn run_copy_to<T: DestTable<M, Self::Source, Self::DestBackend>>(
         self,
         source: S,
         dest: D,
@@ -255,8 +268,9 @@ where
 {
     type Output = Result<WriteReport<K::Value>, Error>;
     type Source = RangeTable<Q, K>;
+    type DestBackend = <D::Connection as diesel::Connection>::Backend;
 
-    fn run_move_to<T: DestTable<M, Self::Source>>(
+    fn run_move_to<T: DestTable<M, Self::Source, Self::DestBackend>>(
         self,
         source: S,
         dest: D,
@@ -688,7 +702,7 @@ where
     crate::rows::ModelRows<M>: crate::rows::RowType<K, Item = M>,
     D: ConnectionSource<Connection: InsertConnection>,
     Src: Table,
-    T: DestTable<M, Src>,
+    T: DestTable<M, Src, <D::Connection as diesel::Connection>::Backend>,
 {
     use crate::rows::LoadedRow;
     let job = job_sql::<Db<S>, _, T>(verb, &chunked.query, &chunked.write);
@@ -760,8 +774,9 @@ mod nonblocking {
     {
         type Output = BoxFuture<'f, Result<WriteReport<K::Value>, Error>>;
         type Source = <Q as HasTable>::Table;
+        type DestBackend = <D::Connection as diesel_async::AsyncConnectionCore>::Backend;
 
-        fn run_copy_to<T: DestTable<M, Self::Source>>(
+        fn run_copy_to<T: DestTable<M, Self::Source, Self::DestBackend>>(
             self,
             source: S,
             dest: D,
@@ -799,8 +814,9 @@ mod nonblocking {
     {
         type Output = BoxFuture<'f, Result<WriteReport<K::Value>, Error>>;
         type Source = RangeTable<Q, K>;
+        type DestBackend = <D::Connection as diesel_async::AsyncConnectionCore>::Backend;
 
-        fn run_move_to<T: DestTable<M, Self::Source>>(
+        fn run_move_to<T: DestTable<M, Self::Source, Self::DestBackend>>(
             self,
             source: S,
             dest: D,
@@ -849,7 +865,7 @@ mod nonblocking {
         M: Send + 'static,
         D: AsyncConnectionSource<Connection: AsyncInsertConnection> + 'f,
         Src: Table + 'f,
-        T: DestTable<M, Src>,
+        T: DestTable<M, Src, <D::Connection as diesel_async::AsyncConnectionCore>::Backend>,
         R: AsyncReadSide<D, ModelBase<'a, Q, K, M, AsyncDb<S>>, K, ModelRows<M>> + 'f,
     {
         let job = job_sql::<AsyncDb<S>, _, T>(verb, &chunked.query, &chunked.write);
@@ -878,7 +894,7 @@ mod nonblocking {
         V: Clone + Send + Sync,
         M: Send + 'static,
         Src: Table,
-        T: DestTable<M, Src>,
+        T: DestTable<M, Src, C::Backend>,
     {
         fn write<'c>(
             &'c mut self,

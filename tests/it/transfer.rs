@@ -1167,3 +1167,105 @@ async_cross_tests! {
     async_mysql_to_sqlite: Mysql("mysql", diesel_async::AsyncMysqlConnection) -> Sqlite("sqlite", diesel_async::sync_connection_wrapper::SyncConnectionWrapper<diesel::SqliteConnection>);
     async_sqlite_to_pg: Sqlite("sqlite", diesel_async::sync_connection_wrapper::SyncConnectionWrapper<diesel::SqliteConnection>) -> Pg("postgres", diesel_async::AsyncPgConnection);
 }
+
+/// `copy_to` into PostgreSQL by binary `COPY`: every field is the value
+/// Diesel binds, so each type arrives as an `INSERT` would have written it.
+#[cfg(all(feature = "postgres", feature = "chrono", feature = "uuid"))]
+mod pg_copy_types {
+    use super::*;
+
+    diesel::table! {
+        typed (id) {
+            id -> Uuid,
+            at -> Timestamptz,
+            local -> Timestamp,
+            day -> Date,
+            tags -> Array<Text>,
+            counts -> Nullable<Array<Nullable<Int4>>>,
+            blob -> Binary,
+            ratio -> Nullable<Double>,
+            small -> SmallInt,
+            big -> BigInt,
+            flag -> Bool,
+            label -> Text,
+        }
+    }
+
+    #[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
+    #[diesel(table_name = typed, treat_none_as_default_value = false)]
+    struct Typed {
+        id: uuid::Uuid,
+        at: chrono::DateTime<chrono::Utc>,
+        local: chrono::NaiveDateTime,
+        day: chrono::NaiveDate,
+        tags: Vec<String>,
+        counts: Option<Vec<Option<i32>>>,
+        blob: Vec<u8>,
+        ratio: Option<f64>,
+        small: i16,
+        big: i64,
+        flag: bool,
+        label: String,
+    }
+
+    fn typed_row(i: u32) -> Typed {
+        use chrono::TimeZone;
+        let at = chrono::Utc
+            .timestamp_opt(1_700_000_000 + i64::from(i) * 3_601, i * 1_000)
+            .unwrap();
+        Typed {
+            id: uuid::Uuid::from_u128(
+                0x1234_5678_9abc_def0_0000_0000_0000_0000 + u128::from(i) * 7919,
+            ),
+            at,
+            local: at.naive_utc() - chrono::Duration::microseconds(i64::from(i)),
+            day: at.date_naive(),
+            tags: (0..i % 4).map(|t| format!("tag \"{t}\" ,{{é}}")).collect(),
+            counts: (i % 5 != 0).then(|| vec![Some(i as i32), None, Some(-1)]),
+            blob: (0..(i % 9) as u8).map(|b| b.wrapping_mul(37)).collect(),
+            ratio: (i % 3 != 0).then_some(f64::from(i) / 7.0),
+            small: -(i as i16),
+            big: i64::MAX - i64::from(i),
+            flag: i % 2 == 0,
+            label: format!("row {i}\ttab\nline \\ back"),
+        }
+    }
+
+    const CREATE: &str = "CREATE TABLE typed (id UUID PRIMARY KEY, at TIMESTAMPTZ NOT NULL, \
+        local TIMESTAMP NOT NULL, day DATE NOT NULL, tags TEXT[] NOT NULL, counts INT4[], \
+        blob BYTEA NOT NULL, ratio FLOAT8, small INT2 NOT NULL, big INT8 NOT NULL, \
+        flag BOOL NOT NULL, label VARCHAR(80) NOT NULL)";
+
+    #[test]
+    fn copy_to_postgresql_by_copy_keeps_every_value() {
+        let (src_db, dest_db) = (Pg::create(), Pg::create());
+        let (mut src, mut dest) = (Pg::connect(&src_db), Pg::connect(&dest_db));
+        for conn in [&mut src, &mut dest] {
+            diesel::sql_query(CREATE).execute(conn).unwrap();
+        }
+        checkpoint::create_table(&mut dest).unwrap();
+        let rows: Vec<Typed> = (1..=120).map(typed_row).collect();
+        diesel::insert_into(typed::table)
+            .values(&rows)
+            .execute(&mut src)
+            .unwrap();
+        let log = QueryLog::install(&mut dest);
+        let report = typed::table
+            .chunked_by(typed::id)
+            .batch_size(50)
+            .checkpoint("typed")
+            .copy_to::<Typed>(&mut src, &mut dest, typed::table)
+            .unwrap();
+        assert_eq!((report.rows, report.batches, report.done), (120, 3, true));
+        let copies = log
+            .all()
+            .into_iter()
+            .filter(|q| q.starts_with("COPY"))
+            .count();
+        assert_eq!(copies, 3, "{:#?}", log.all());
+        let mut expected = rows;
+        expected.sort_by_key(|r| r.id);
+        let copied: Vec<Typed> = typed::table.order(typed::id).load(&mut dest).unwrap();
+        assert_eq!(copied, expected);
+    }
+}
