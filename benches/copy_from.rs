@@ -27,13 +27,35 @@
 //! `postgres://root@127.0.0.1/test`). Results go to
 //! `target/bench-report/copy_from.json` and `copy_from.md`; see
 //! benches/README.md.
+//!
+//! A second part (`--parts raw,copy_to`, both by default) measures the crate
+//! end to end: `orders.chunked_by(id).batch_size(N).checkpoint(..)
+//! .copy_to::<Order>(&mut src, &mut dest, orders_dest)` of the whole table
+//! (loaded once, untimed, then `VACUUM ANALYZE`d) from one connection into an
+//! empty table `orders_dest` (same columns) through a second connection of
+//! the same database. Three methods alternate in rounds: `copy_to` with
+//! `.on_conflict_do_nothing()`, which always takes the multi-row `INSERT ...
+//! ON CONFLICT DO NOTHING` path; `copy_to`, which takes the binary `COPY`
+//! path; and `copy_to` into `orders_dest_reordered`, the same columns in
+//! another order, where the crate cannot `COPY` and takes the plain
+//! multi-row `INSERT` path (PostgreSQL's `ON CONFLICT` is not free even on an
+//! empty table: its speculative insertion checks the index first). Before
+//! each run, untimed: both destinations truncated, `checkpoint::reset` of the
+//! run's job, a `CHECKPOINT`; after it the destination must hold every row.
+//! Before the timed runs, a short check (the first 3000 rows, batch 1000,
+//! untimed) records the destination's statements (Diesel's instrumentation)
+//! and asserts that `copy_to` sent one `COPY` a batch and no `INSERT`, the
+//! two others the reverse. The ratio reported for each `INSERT` method is
+//! the `COPY` method's rows/s over its own, per round.
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use diesel::connection::SimpleConnection;
+use diesel::connection::{InstrumentationEvent, SimpleConnection};
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text};
 use diesel_chunked_iterator::checkpoint;
+use diesel_chunked_iterator::prelude::*;
 use serde_json::json;
 
 // Only the PostgreSQL parts of the shared module are used here.
@@ -51,10 +73,31 @@ diesel::table! {
     }
 }
 
-#[derive(Insertable)]
+diesel::table! {
+    orders_dest (id) {
+        id -> Integer,
+        customer -> Integer,
+        amount -> BigInt,
+        note -> Text,
+    }
+}
+
+// The destination's columns in another order: `copy_to` cannot `COPY` into
+// it and takes the plain multi-row `INSERT` path.
+diesel::table! {
+    orders_dest_reordered (id) {
+        id -> Integer,
+        customer -> Integer,
+        note -> Text,
+        amount -> BigInt,
+    }
+}
+
+#[derive(Queryable, Selectable, Insertable)]
 #[diesel(table_name = orders)]
+#[diesel(check_for_backend(diesel::pg::Pg))]
 #[diesel(treat_none_as_default_value = false)]
-struct NewOrder {
+struct Order {
     id: i32,
     customer: i32,
     amount: i64,
@@ -70,8 +113,16 @@ const ADVANCE: &str = "UPDATE chunked_checkpoints SET last_key = $1, rows_done =
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
+    /// Raw part: `diesel::insert_into(orders).values(&rows)`.
     Insert,
+    /// Raw part: `diesel::copy_from(orders).from_insertable(&rows)`.
     Copy,
+    /// End to end: `copy_to` with `.on_conflict_do_nothing()` (the `INSERT` path).
+    CopyToInsert,
+    /// End to end: `copy_to` into `orders_dest_reordered` (the plain `INSERT` path).
+    CopyToReordered,
+    /// End to end: `copy_to` (the `COPY` path).
+    CopyToCopy,
 }
 
 impl Kind {
@@ -79,13 +130,44 @@ impl Kind {
         match self {
             Kind::Insert => "insert",
             Kind::Copy => "copy",
+            Kind::CopyToInsert => "copy_to+on_conflict_do_nothing",
+            Kind::CopyToReordered => "copy_to_reordered_dest",
+            Kind::CopyToCopy => "copy_to",
         }
+    }
+
+    /// The part of the bench, and the order of the report's rows.
+    fn part(self) -> (&'static str, u64) {
+        match self {
+            Kind::Insert => ("raw", 0),
+            Kind::Copy => ("raw", 1),
+            Kind::CopyToInsert => ("copy_to", 2),
+            Kind::CopyToReordered => ("copy_to", 3),
+            Kind::CopyToCopy => ("copy_to", 4),
+        }
+    }
+
+    /// The checkpoint name of an end-to-end run.
+    fn job(self, batch: usize) -> String {
+        format!("bench-{}-{batch}", self.name())
     }
 }
 
-fn make_rows(n: u64) -> Vec<NewOrder> {
+/// The methods of each part, in the order of a round: the first is the
+/// `INSERT` each ratio COPY / INSERT is of, the `COPY` one follows.
+const RAW: &[Kind] = &[Kind::Insert, Kind::Copy];
+const COPY_TO: &[Kind] = &[Kind::CopyToInsert, Kind::CopyToCopy, Kind::CopyToReordered];
+const ALL: [Kind; 5] = [
+    Kind::Insert,
+    Kind::Copy,
+    Kind::CopyToInsert,
+    Kind::CopyToReordered,
+    Kind::CopyToCopy,
+];
+
+fn make_rows(n: u64) -> Vec<Order> {
     (1..=n as i32)
-        .map(|i| NewOrder {
+        .map(|i| Order {
             id: i,
             customer: i % 1000,
             amount: i64::from(i) * 7,
@@ -97,7 +179,11 @@ fn make_rows(n: u64) -> Vec<NewOrder> {
 fn setup(conn: &mut PgConnection) -> Res<()> {
     conn.batch_execute(
         "CREATE TABLE orders (id INTEGER PRIMARY KEY, customer INTEGER NOT NULL, \
-         amount BIGINT NOT NULL, note TEXT NOT NULL)",
+         amount BIGINT NOT NULL, note TEXT NOT NULL); \
+         CREATE TABLE orders_dest (id INTEGER PRIMARY KEY, customer INTEGER NOT NULL, \
+         amount BIGINT NOT NULL, note TEXT NOT NULL); \
+         CREATE TABLE orders_dest_reordered (id INTEGER PRIMARY KEY, customer INTEGER NOT NULL, \
+         note TEXT NOT NULL, amount BIGINT NOT NULL)",
     )?;
     checkpoint::create_table(conn)?;
     conn.batch_execute(&format!(
@@ -120,18 +206,24 @@ fn reset(conn: &mut PgConnection) -> Res<()> {
 
 /// One run: every row, `batch` rows per transaction (the rows and the
 /// checkpoint's advance), timed from the first `BEGIN` to the last `COMMIT`.
-fn run(conn: &mut PgConnection, rows: &[NewOrder], kind: Kind, batch: usize) -> Res<Duration> {
+fn run(conn: &mut PgConnection, rows: &[Order], kind: Kind, batch: usize) -> Res<Duration> {
+    let copy = match kind {
+        Kind::Insert => false,
+        Kind::Copy => true,
+        other => return Err(format!("{} is not a method of the raw part", other.name()).into()),
+    };
     let t0 = Instant::now();
     let mut done: i64 = 0;
     for (i, chunk) in rows.chunks(batch).enumerate() {
         conn.transaction(|c| {
-            let n = match kind {
-                Kind::Insert => diesel::insert_into(orders::table)
-                    .values(chunk)
-                    .execute(c)?,
-                Kind::Copy => diesel::copy_from(orders::table)
+            let n = if copy {
+                diesel::copy_from(orders::table)
                     .from_insertable(chunk)
-                    .execute(c)?,
+                    .execute(c)?
+            } else {
+                diesel::insert_into(orders::table)
+                    .values(chunk)
+                    .execute(c)?
             };
             if n != chunk.len() {
                 return Err(diesel::result::Error::QueryBuilderError(
@@ -162,10 +254,135 @@ fn run(conn: &mut PgConnection, rows: &[NewOrder], kind: Kind, batch: usize) -> 
     Ok(took)
 }
 
+/// The end-to-end part's source: `orders` holding every row (one `COPY`
+/// per 100,000), vacuumed and analyzed, so no run sets hint bits or plans
+/// without statistics. Untimed.
+fn load_source(conn: &mut PgConnection, rows: &[Order]) -> Res<()> {
+    conn.batch_execute("TRUNCATE orders, orders_dest, orders_dest_reordered")?;
+    for chunk in rows.chunks(100_000) {
+        diesel::copy_from(orders::table)
+            .from_insertable(chunk)
+            .execute(conn)?;
+    }
+    conn.batch_execute("VACUUM (ANALYZE) orders")?;
+    conn.batch_execute("VACUUM (ANALYZE) orders_dest")?;
+    conn.batch_execute("VACUUM (ANALYZE) orders_dest_reordered")?;
+    Ok(())
+}
+
+/// Untimed, before each end-to-end run: an empty destination, no checkpoint
+/// of the run's job, and no dirty pages left by the previous run.
+fn reset_dest(conn: &mut PgConnection, job: &str) -> Res<()> {
+    conn.batch_execute("TRUNCATE orders_dest, orders_dest_reordered")?;
+    checkpoint::reset(conn, job)?;
+    conn.batch_execute("CHECKPOINT")?;
+    Ok(())
+}
+
+/// One end-to-end run: `copy_to::<Order>` of the rows of `orders` with
+/// `id <= upto` from `src` into `orders_dest` through `dest`, `batch` rows
+/// a batch, with a checkpoint. Returns the time of the job and its batches.
+fn copy_to_run(
+    src: &mut PgConnection,
+    dest: &mut PgConnection,
+    kind: Kind,
+    batch: usize,
+    upto: i32,
+) -> Res<(Duration, u64)> {
+    let job = kind.job(batch);
+    let scan = orders::table
+        .filter(orders::id.le(upto))
+        .chunked_by(orders::id)
+        .batch_size(batch as u64)
+        .checkpoint(&job);
+    let t0 = Instant::now();
+    let report = match kind {
+        Kind::CopyToInsert => scan.on_conflict_do_nothing().copy_to::<Order>(
+            &mut *src,
+            &mut *dest,
+            orders_dest::table,
+        )?,
+        Kind::CopyToCopy => scan.copy_to::<Order>(&mut *src, &mut *dest, orders_dest::table)?,
+        Kind::CopyToReordered => {
+            scan.copy_to::<Order>(&mut *src, &mut *dest, orders_dest_reordered::table)?
+        }
+        other => return Err(format!("{} is not a method of copy_to", other.name()).into()),
+    };
+    let took = t0.elapsed();
+    let expected: i64 = orders::table
+        .filter(orders::id.le(upto))
+        .count()
+        .get_result(src)?;
+    let count: i64 = if kind == Kind::CopyToReordered {
+        orders_dest_reordered::table.count().get_result(dest)?
+    } else {
+        orders_dest::table.count().get_result(dest)?
+    };
+    if count != expected || report.rows != expected as u64 || !report.done {
+        return Err(format!(
+            "{} at batch {batch}: {count} rows in the destination of {expected} \
+             (report: {} rows, done {})",
+            kind.name(),
+            report.rows,
+            report.done
+        )
+        .into());
+    }
+    Ok((took, report.batches))
+}
+
+/// Untimed, before the end-to-end runs: the first 3000 rows at batch 1000
+/// by each method, the destination's statements recorded (Diesel's
+/// instrumentation, on a connection of its own): `copy_to` must send one
+/// `COPY` a batch and no `INSERT` into the destination, the other methods
+/// the reverse.
+fn check_paths(url: &str, src: &mut PgConnection) -> Res<()> {
+    for &kind in COPY_TO {
+        let mut dest = PgConnection::establish(url)?;
+        reset_dest(&mut dest, &kind.job(1000))?;
+        let log = Arc::new(Mutex::new(Vec::<String>::new()));
+        let sink = Arc::clone(&log);
+        dest.set_instrumentation(move |event: InstrumentationEvent<'_>| {
+            if let InstrumentationEvent::StartQuery { query, .. } = event {
+                sink.lock().unwrap().push(query.to_string());
+            }
+        });
+        let (_, batches) = copy_to_run(src, &mut dest, kind, 1000, 3000)?;
+        let log = log.lock().unwrap();
+        let copies = log.iter().filter(|q| q.starts_with("COPY")).count() as u64;
+        let insert = if kind == Kind::CopyToReordered {
+            r#"INSERT INTO "orders_dest_reordered""#
+        } else {
+            r#"INSERT INTO "orders_dest""#
+        };
+        let inserts = log.iter().filter(|q| q.starts_with(insert)).count() as u64;
+        let expected = if kind == Kind::CopyToCopy {
+            (batches, 0)
+        } else {
+            (0, batches)
+        };
+        if batches == 0 || (copies, inserts) != expected {
+            return Err(format!(
+                "{}: {batches} batches sent {copies} COPY and {inserts} INSERT into orders_dest, \
+                 expected {expected:?}: {log:#?}",
+                kind.name()
+            )
+            .into());
+        }
+        println!(
+            "  check {:<30} {batches} batches: {copies} COPY, {inserts} INSERT",
+            kind.name()
+        );
+    }
+    Ok(())
+}
+
 struct Options {
     rows: u64,
     repeat: usize,
     batches: Vec<usize>,
+    raw: bool,
+    copy_to: bool,
 }
 
 fn parse_options(args: Vec<String>) -> Res<Options> {
@@ -173,6 +390,8 @@ fn parse_options(args: Vec<String>) -> Res<Options> {
         rows: 100_000,
         repeat: 1,
         batches: vec![1000, 10_000],
+        raw: true,
+        copy_to: true,
     };
     let mut it = args.into_iter();
     while let Some(a) = it.next() {
@@ -186,12 +405,26 @@ fn parse_options(args: Vec<String>) -> Res<Options> {
                     .map(|s| s.trim().parse())
                     .collect::<Result<_, _>>()?
             }
+            "--parts" => {
+                let parts = value()?;
+                (o.raw, o.copy_to) = (false, false);
+                for p in parts.split(',') {
+                    match p.trim() {
+                        "raw" => o.raw = true,
+                        "copy_to" => o.copy_to = true,
+                        other => return Err(format!("unknown part {other} (raw, copy_to)").into()),
+                    }
+                }
+            }
             "--bench" => {}
             other => return Err(format!("unknown argument {other}").into()),
         }
     }
-    if o.repeat == 0 || o.rows == 0 || o.batches.is_empty() {
-        return Err("--rows, --repeat and --batch-sizes must not be zero or empty".into());
+    if o.repeat == 0 || o.rows == 0 || o.batches.is_empty() || !(o.raw || o.copy_to) {
+        return Err("--rows, --repeat, --batch-sizes and --parts must not be zero or empty".into());
+    }
+    if o.rows > i32::MAX as u64 {
+        return Err("--rows must fit an INTEGER key".into());
     }
     Ok(o)
 }
@@ -213,12 +446,20 @@ fn main() {
     }
 }
 
+/// Per part: its methods, and per batch size, per method, the rows/s of
+/// each round.
+type Runs = Vec<(&'static [Kind], Vec<Vec<Vec<f64>>>)>;
+
 fn parent_main(args: Vec<String>) -> Res<()> {
     let o = parse_options(args)?;
     let load_start = loadavg();
     println!(
-        "copy_from: {} rows, {} round(s), batch sizes {:?}, load average {load_start}",
-        o.rows, o.repeat, o.batches
+        "copy_from: {} rows, {} round(s), batch sizes {:?}, parts{}{}, load average {load_start}",
+        o.rows,
+        o.repeat,
+        o.batches,
+        if o.raw { " raw" } else { "" },
+        if o.copy_to { " copy_to" } else { "" },
     );
     let url = prepare_namespace(Backend::Pg, NAMESPACE)?;
     let result = measure(&url, &o);
@@ -228,36 +469,57 @@ fn parent_main(args: Vec<String>) -> Res<()> {
     println!("load average at the end {load_end}");
 
     let (dir, json_path, mut results) = open_report("copy_from")?;
-    for (b, &batch) in o.batches.iter().enumerate() {
-        let [insert, copy] = &runs[b];
-        let per_round: Vec<f64> = (0..copy.len()).map(|r| copy[r] / insert[r]).collect();
-        for (kind, rps) in [(Kind::Insert, insert), (Kind::Copy, copy)] {
-            let v = json!({
-                "backend": "pg",
-                "rows": o.rows,
-                "method": kind.name(),
-                "batch_size": batch,
-                "repeats": rps.len(),
-                "rows_per_sec": median(rps).round() as u64,
-                "ratio_copy_to_insert": round3(median(&per_round)),
-                "runs": rps.iter().map(|r| r.round()).collect::<Vec<_>>(),
-                "load_average_start": load_start,
-                "load_average_end": load_end,
-            });
-            results.retain(|r| {
-                !(r["rows"] == v["rows"]
-                    && r["method"] == v["method"]
-                    && r["batch_size"] == v["batch_size"])
-            });
-            results.push(v);
+    for (kinds, per_batch) in &runs {
+        let copy_at = kinds
+            .iter()
+            .position(|k| matches!(k, Kind::Copy | Kind::CopyToCopy))
+            .ok_or("a part without its COPY method")?;
+        for (b, &batch) in o.batches.iter().enumerate() {
+            let copy = &per_batch[b][copy_at];
+            // COPY / this method per round; for the COPY method, COPY / the first.
+            let ratios = |k: usize| -> Vec<f64> {
+                let of = if k == copy_at { 0 } else { k };
+                let other = &per_batch[b][of];
+                (0..copy.len()).map(|r| copy[r] / other[r]).collect()
+            };
+            for (k, &kind) in kinds.iter().enumerate() {
+                let (rps, per_round) = (&per_batch[b][k], ratios(k));
+                let v = json!({
+                    "backend": "pg",
+                    "part": kind.part().0,
+                    "rows": o.rows,
+                    "method": kind.name(),
+                    "batch_size": batch,
+                    "repeats": rps.len(),
+                    "rows_per_sec": median(rps).round() as u64,
+                    "ratio_copy_to_insert": round3(median(&per_round)),
+                    "ratios": per_round.iter().map(|r| round3(*r)).collect::<Vec<_>>(),
+                    "runs": rps.iter().map(|r| r.round()).collect::<Vec<_>>(),
+                    "load_average_start": load_start,
+                    "load_average_end": load_end,
+                });
+                results.retain(|r| {
+                    !(r["rows"] == v["rows"]
+                        && r["method"] == v["method"]
+                        && r["batch_size"] == v["batch_size"])
+                });
+                results.push(v);
+            }
         }
     }
+    let order = |method: Option<&str>| {
+        ALL.into_iter()
+            .find(|k| Some(k.name()) == method)
+            .map_or(("", 5), |k| k.part())
+    };
     results.sort_by_key(|r| {
+        let (part, o) = order(r["method"].as_str());
         (
             r["rows"].as_u64().unwrap_or(0),
+            // the raw part first, then copy_to; in each, insert before copy
+            part != "raw",
             r["batch_size"].as_u64().unwrap_or(0),
-            // insert before copy
-            r["method"].as_str() != Some("insert"),
+            o,
         )
     });
     std::fs::write(&json_path, serde_json::to_string_pretty(&results)? + "\n")?;
@@ -282,28 +544,52 @@ fn parent_main(args: Vec<String>) -> Res<()> {
     Ok(())
 }
 
-/// Per batch size, `[insert, copy]` rows/s of each round.
-fn measure(url: &str, o: &Options) -> Res<Vec<[Vec<f64>; 2]>> {
+fn measure(url: &str, o: &Options) -> Res<Runs> {
     let mut conn = PgConnection::establish(url)?;
     setup(&mut conn)?;
     let rows = make_rows(o.rows);
-    let mut runs: Vec<[Vec<f64>; 2]> = vec![[Vec::new(), Vec::new()]; o.batches.len()];
-    for round in 1..=o.repeat {
-        for (b, &batch) in o.batches.iter().enumerate() {
-            for (k, kind) in [Kind::Insert, Kind::Copy].into_iter().enumerate() {
-                reset(&mut conn)?;
-                let took = run(&mut conn, &rows, kind, batch)?;
-                let rps = o.rows as f64 / took.as_secs_f64();
-                println!(
-                    "  round {round} {:<6} batch {batch:>6} {:>7.2} s {:>10.0} rows/s  load {}",
-                    kind.name(),
-                    took.as_secs_f64(),
-                    rps,
-                    loadavg()
-                );
-                runs[b][k].push(rps);
+    let mut out: Runs = Vec::new();
+    let report = |round: usize, kind: Kind, batch: usize, took: Duration| {
+        let rps = o.rows as f64 / took.as_secs_f64();
+        println!(
+            "  round {round} {:<30} batch {batch:>6} {:>7.2} s {:>10.0} rows/s  load {}",
+            kind.name(),
+            took.as_secs_f64(),
+            rps,
+            loadavg()
+        );
+        rps
+    };
+    if o.raw {
+        let mut runs = vec![vec![Vec::new(); RAW.len()]; o.batches.len()];
+        for round in 1..=o.repeat {
+            for (b, &batch) in o.batches.iter().enumerate() {
+                for (k, &kind) in RAW.iter().enumerate() {
+                    reset(&mut conn)?;
+                    let took = run(&mut conn, &rows, kind, batch)?;
+                    runs[b][k].push(report(round, kind, batch, took));
+                }
             }
         }
+        out.push((RAW, runs));
     }
-    Ok(runs)
+    if o.copy_to {
+        load_source(&mut conn, &rows)?;
+        drop(rows);
+        // `conn` reads the source; `dest` writes the destination.
+        let mut dest = PgConnection::establish(url)?;
+        check_paths(url, &mut conn)?;
+        let mut runs = vec![vec![Vec::new(); COPY_TO.len()]; o.batches.len()];
+        for round in 1..=o.repeat {
+            for (b, &batch) in o.batches.iter().enumerate() {
+                for (k, &kind) in COPY_TO.iter().enumerate() {
+                    reset_dest(&mut dest, &kind.job(batch))?;
+                    let (took, _) = copy_to_run(&mut conn, &mut dest, kind, batch, i32::MAX)?;
+                    runs[b][k].push(report(round, kind, batch, took));
+                }
+            }
+        }
+        out.push((COPY_TO, runs));
+    }
+    Ok(out)
 }
