@@ -1,7 +1,8 @@
 //! A batch of [`copy_to`](crate::TransferDsl::copy_to) into PostgreSQL as one
 //! binary `COPY <dest> (<columns>) FROM STDIN (FORMAT binary)`, Diesel's
-//! `copy_from`: about 1.5× the rows per second of the multi-row `INSERT` at
-//! batch 1000 and 3.7× at 10,000 (`benches/copy_from.rs`).
+//! `copy_from`: a `copy_to` took 1.20× the rows per second of the same job
+//! sending multi-row `INSERT`s at batch 1000, 2.14× at 10,000
+//! (`benches/copy_from.rs`).
 //!
 //! Each field is the row's bind value as Diesel serializes it for a
 //! statement, which is PostgreSQL's binary format, the format of a binary
