@@ -58,14 +58,18 @@ struct Column {
 
 /// The columns of the table `from` (as rendered: `"orders"`), in their
 /// order, each with whether a value of type `types[i]` fits it bytes as
-/// they are.
+/// they are; none if `from` is not a table or a partitioned table (a view
+/// takes no `COPY`), or has a rule on `INSERT` (which `COPY` would not
+/// apply).
 fn columns_of(conn: &mut PgConnection, from: &str, types: &[u32]) -> QueryResult<Vec<Column>> {
     use diesel::RunQueryDsl;
     diesel::sql_query(
         "SELECT a.attname::text AS name, (a.atttypid = t.oid OR EXISTS (SELECT 1 FROM pg_cast c \
          WHERE c.castsource = t.oid AND c.casttarget = a.atttypid AND c.castmethod = 'b')) AS fits \
          FROM (SELECT attname, atttypid, row_number() OVER (ORDER BY attnum) AS n FROM pg_attribute \
-         WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped) a \
+         WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped \
+         AND (SELECT relkind FROM pg_class WHERE oid = $1::regclass) IN ('r', 'p') \
+         AND NOT EXISTS (SELECT 1 FROM pg_rewrite WHERE ev_class = $1::regclass AND ev_type = '3')) a \
          LEFT JOIN unnest($2::oid[]) WITH ORDINALITY AS t(oid, n) ON t.n = a.n ORDER BY a.n",
     )
     .bind::<diesel::sql_types::Text, _>(from)

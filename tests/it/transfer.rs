@@ -1268,4 +1268,48 @@ mod pg_copy_types {
         let copied: Vec<Typed> = typed::table.order(typed::id).load(&mut dest).unwrap();
         assert_eq!(copied, expected);
     }
+
+    /// A destination that is a view (which takes `INSERT`s, not a `COPY`):
+    /// its batches go by the `INSERT`.
+    #[test]
+    fn copy_to_a_postgresql_view_inserts() {
+        let (src_db, dest_db) = (Pg::create(), Pg::create());
+        let (mut src, mut dest) = (Pg::connect(&src_db), Pg::connect(&dest_db));
+        diesel::sql_query(CREATE).execute(&mut src).unwrap();
+        diesel::sql_query(CREATE.replace("TABLE typed", "TABLE typed_base"))
+            .execute(&mut dest)
+            .unwrap();
+        diesel::sql_query("CREATE VIEW typed AS SELECT * FROM typed_base")
+            .execute(&mut dest)
+            .unwrap();
+        let rows: Vec<Typed> = (1..=30).map(typed_row).collect();
+        diesel::insert_into(typed::table)
+            .values(&rows)
+            .execute(&mut src)
+            .unwrap();
+        let log = QueryLog::install(&mut dest);
+        let report = typed::table
+            .chunked_by(typed::id)
+            .batch_size(20)
+            .copy_to::<Typed>(&mut src, &mut dest, typed::table)
+            .unwrap();
+        assert_eq!((report.rows, report.batches), (30, 2));
+        let statements = log.all();
+        assert!(
+            statements.iter().all(|q| !q.starts_with("COPY")),
+            "{statements:#?}"
+        );
+        assert_eq!(
+            statements
+                .iter()
+                .filter(|q| q.starts_with("INSERT INTO"))
+                .count(),
+            2,
+            "{statements:#?}"
+        );
+        let mut expected = rows;
+        expected.sort_by_key(|r| r.id);
+        let copied: Vec<Typed> = typed::table.order(typed::id).load(&mut dest).unwrap();
+        assert_eq!(copied, expected);
+    }
 }
