@@ -120,6 +120,9 @@ pub trait KeysetBackend: Backend + private::Sealed {
     /// updated before the `DELETE` would lose its update). SQLite needs no
     /// lock: a transaction that writes holds the database's only write lock.
     const LOCKS_BEFORE_MOVE: bool = false;
+    /// The schema an unqualified table name resolves to, where it is fixed
+    /// (SQLite: `main`): a destination `main.orders` is the source `orders`.
+    const DEFAULT_SCHEMA: Option<&'static str> = None;
     /// What follows an `INSERT`'s rows so that a row whose key (or any
     /// other unique value) the table already holds is skipped, not an error
     /// ([`on_conflict_do_nothing`](crate::Chunked::on_conflict_do_nothing)):
@@ -188,6 +191,7 @@ impl KeysetBackend for diesel::sqlite::Sqlite {
     const STORED_FORMS: bool = true;
     const CHECKS_STRING_KEYS: bool = true;
     const EXPLAIN: &'static str = "EXPLAIN QUERY PLAN ";
+    const DEFAULT_SCHEMA: Option<&'static str> = Some("main");
     const RELAXED_SYNC: Option<crate::commit::SyncPragma> = Some(crate::commit::SyncPragma {
         // One row in WAL mode only: elsewhere NORMAL would not be safe.
         read: "SELECT CAST(s.synchronous AS TEXT) AS value FROM pragma_synchronous AS s, \

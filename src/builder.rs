@@ -391,8 +391,10 @@ impl<Q, K: Key> Chunked<Q, K> {
     /// The job's [`WriteReport::rows`](crate::WriteReport::rows) then counts
     /// the rows it took from the source, inserted or skipped (MySQL/MariaDB
     /// report a skipped row as written, so no backend tells them apart).
-    /// Other jobs stop before their first statement with
-    /// [`Error::OptionUnsupported`](crate::Error::OptionUnsupported). The
+    /// The other write jobs (`update_all`, `delete_all`, `for_each_batch`)
+    /// stop before their first statement with
+    /// [`Error::OptionUnsupported`](crate::Error::OptionUnsupported); reads,
+    /// which insert nothing, ignore it. The
     /// option is not part of the job's identity: a checkpointed copy that
     /// stopped on a conflict can be run again with it.
     ///

@@ -103,6 +103,7 @@ impl<T: Table> Destination<T> {
         if from == source {
             return Err(Error::SameTable { verb, table: from });
         }
+        check_other_table::<DB>(&from, &source, verb, skip)?;
         let all = rendered(render_sql::<DB, _>(&T::all_columns()))?;
         // Diesel renders a column as `<the table's FROM clause>.<its name>`.
         let prefix = format!("{from}.");
@@ -120,6 +121,74 @@ impl<T: Table> Destination<T> {
             columns: names,
             conflicts,
         })
+    }
+}
+
+/// A table's schema (if named) and name, from its rendered `FROM` clause
+/// (`"main"."orders"`, `` `shop`.`orders` ``, `orders`), unquoted.
+fn schema_and_name(rendered: &str) -> (Option<String>, String) {
+    let unquote = |part: &str| {
+        let part = part.trim();
+        match part.chars().next() {
+            Some(q @ ('"' | '`')) if part.len() >= 2 && part.ends_with(q) => {
+                let doubled: String = [q, q].iter().collect();
+                part[1..part.len() - 1].replace(&doubled, &q.to_string())
+            }
+            _ => part.to_string(),
+        }
+    };
+    let mut quote = None;
+    let mut dot = None;
+    for (i, c) in rendered.char_indices() {
+        match (quote, c) {
+            (None, '"' | '`') => quote = Some(c),
+            (Some(q), c) if c == q => quote = None,
+            (None, '.') => dot = Some(i),
+            _ => {}
+        }
+    }
+    match dot {
+        Some(i) => (Some(unquote(&rendered[..i])), unquote(&rendered[i + 1..])),
+        None => (None, unquote(rendered)),
+    }
+}
+
+/// Whether `dest` and `source` (rendered `FROM` clauses that differ) may
+/// still be one table: the same name, schema-qualified on one side only. On
+/// a backend whose unqualified names resolve to a known schema (SQLite's
+/// `main`) that is decided; elsewhere a move that skips conflicts is refused
+/// (it would skip every row as a conflict with itself, then delete it),
+/// while other jobs fail on the table's own unique violation.
+fn check_other_table<DB: KeysetBackend>(
+    dest: &str,
+    source: &str,
+    verb: &'static str,
+    skip: bool,
+) -> Result<(), Error> {
+    let ((dest_schema, dest_name), (source_schema, source_name)) =
+        (schema_and_name(dest), schema_and_name(source));
+    if dest_name != source_name || dest_schema == source_schema {
+        return Ok(());
+    }
+    let ((Some(schema), None) | (None, Some(schema))) = (&dest_schema, &source_schema) else {
+        return Ok(());
+    };
+    match DB::DEFAULT_SCHEMA {
+        Some(default) if schema == default => Err(Error::SameTable {
+            verb,
+            table: dest.to_string(),
+        }),
+        None if skip && verb == "move_into" && !DB::MOVES_IN_ONE_STATEMENT => {
+            Err(Error::OptionUnsupported {
+                option: "on_conflict_do_nothing",
+                job: verb,
+                reason: "the destination has the source table's name, schema-qualified on one \
+                         side only, so the job cannot tell it from the source (whose rows it \
+                         would skip as conflicts with themselves, then delete); name the \
+                         schema on both sides (`table! { shop.orders { .. } }`)",
+            })
+        }
+        _ => Ok(()),
     }
 }
 
@@ -1018,3 +1087,62 @@ mod pg_copy;
 mod to;
 
 pub use to::TransferDsl;
+
+#[cfg(test)]
+mod tests {
+    use super::{check_other_table, schema_and_name};
+    use crate::error::Error;
+
+    #[test]
+    fn a_rendered_table_splits_into_its_schema_and_name_unquoted() {
+        assert_eq!(schema_and_name("orders"), (None, "orders".into()));
+        assert_eq!(schema_and_name("\"orders\""), (None, "orders".into()));
+        assert_eq!(
+            schema_and_name("\"main\".\"orders\""),
+            (Some("main".into()), "orders".into())
+        );
+        assert_eq!(
+            schema_and_name("`shop`.`or.ders`"),
+            (Some("shop".into()), "or.ders".into())
+        );
+        assert_eq!(
+            schema_and_name("\"a\"\"b\".\"c\""),
+            (Some("a\"b".into()), "c".into())
+        );
+    }
+
+    #[cfg(feature = "sqlite")]
+    #[test]
+    fn sqlite_s_main_schema_is_the_unqualified_source() {
+        type S = diesel::sqlite::Sqlite;
+        let same = check_other_table::<S>("`main`.`orders`", "`orders`", "move_into", true);
+        assert!(matches!(same, Err(Error::SameTable { .. })), "{same:?}");
+        let same = check_other_table::<S>("`orders`", "`main`.`orders`", "copy_into", false);
+        assert!(matches!(same, Err(Error::SameTable { .. })), "{same:?}");
+        assert!(check_other_table::<S>("`cold`.`orders`", "`orders`", "move_into", true).is_ok());
+        assert!(check_other_table::<S>("`orders_archive`", "`orders`", "move_into", true).is_ok());
+    }
+
+    #[cfg(feature = "mysql")]
+    #[test]
+    fn mysql_refuses_a_skipping_move_it_cannot_tell_from_the_source() {
+        type M = diesel::mysql::Mysql;
+        let err = check_other_table::<M>("`shop`.`orders`", "`orders`", "move_into", true);
+        assert!(
+            matches!(
+                err,
+                Err(Error::OptionUnsupported {
+                    job: "move_into",
+                    ..
+                })
+            ),
+            "{err:?}"
+        );
+        // Without skipping, the table's own unique violation stops it.
+        assert!(check_other_table::<M>("`shop`.`orders`", "`orders`", "move_into", false).is_ok());
+        assert!(check_other_table::<M>("`shop`.`orders`", "`orders`", "copy_into", true).is_ok());
+        assert!(
+            check_other_table::<M>("`shop`.`orders`", "`cold`.`orders`", "move_into", true).is_ok()
+        );
+    }
+}

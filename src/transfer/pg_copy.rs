@@ -58,9 +58,11 @@ struct Column {
 
 /// The columns of the table `from` (as rendered: `"orders"`), in their
 /// order, each with whether a value of type `types[i]` fits it bytes as
-/// they are; none if `from` is not a table or a partitioned table (a view
-/// takes no `COPY`), or has a rule on `INSERT` (which `COPY` would not
-/// apply).
+/// they are; none where a `COPY` would not do what the `INSERT` does: `from`
+/// is not a table or a partitioned table (a view takes no `COPY`), has
+/// row-level security (which refuses a `COPY`), a column `GENERATED ALWAYS
+/// AS IDENTITY` (whose values a `COPY` overrides where an `INSERT` fails), or
+/// a rule on `INSERT` (which a `COPY` would not apply).
 fn columns_of(conn: &mut PgConnection, from: &str, types: &[u32]) -> QueryResult<Vec<Column>> {
     use diesel::RunQueryDsl;
     diesel::sql_query(
@@ -68,7 +70,10 @@ fn columns_of(conn: &mut PgConnection, from: &str, types: &[u32]) -> QueryResult
          WHERE c.castsource = t.oid AND c.casttarget = a.atttypid AND c.castmethod = 'b')) AS fits \
          FROM (SELECT attname, atttypid, row_number() OVER (ORDER BY attnum) AS n FROM pg_attribute \
          WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped \
-         AND (SELECT relkind FROM pg_class WHERE oid = $1::regclass) IN ('r', 'p') \
+         AND (SELECT relkind IN ('r', 'p') AND NOT relrowsecurity FROM pg_class \
+         WHERE oid = $1::regclass) \
+         AND NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = $1::regclass \
+         AND attidentity = 'a') \
          AND NOT EXISTS (SELECT 1 FROM pg_rewrite WHERE ev_class = $1::regclass AND ev_type = '3')) a \
          LEFT JOIN unnest($2::oid[]) WITH ORDINALITY AS t(oid, n) ON t.n = a.n ORDER BY a.n",
     )

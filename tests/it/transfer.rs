@@ -1313,3 +1313,433 @@ mod pg_copy_types {
         assert_eq!(copied, expected);
     }
 }
+
+/// Edge cases: a destination where a `COPY` and an `INSERT` would differ,
+/// and tables that are one though rendered differently.
+mod edge_cases {
+    use super::*;
+
+    #[cfg(feature = "postgres")]
+    fn pg_exec(conn: &mut diesel::PgConnection, sql: &str) {
+        diesel::sql_query(sql)
+            .execute(conn)
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
+    /// A destination with row-level security, written by a role that is
+    /// neither its owner nor a superuser, with a policy that admits every
+    /// row: an INSERT is allowed, PostgreSQL refuses COPY FROM.
+    #[cfg(feature = "postgres")]
+    #[test]
+    fn pg_copy_to_a_table_with_row_level_security() {
+        let (src_db, dest_db) = (Pg::create(), Pg::create());
+        let (mut src, mut dest) = (Pg::connect(&src_db), Pg::connect(&dest_db));
+        create_tables_with(&mut src, true);
+        create_tables_with(&mut dest, false);
+        checkpoint::create_table(&mut dest).unwrap();
+        let role = unique_name("chunked_rls");
+        #[derive(QueryableByName)]
+        struct S {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            s: String,
+        }
+        let schema = diesel::sql_query("SELECT current_schema()::text AS s")
+            .get_result::<S>(&mut dest)
+            .unwrap()
+            .s;
+        pg_exec(&mut dest, &format!("CREATE ROLE {role}"));
+        pg_exec(
+            &mut dest,
+            &format!("GRANT USAGE ON SCHEMA {schema} TO {role}"),
+        );
+        pg_exec(
+            &mut dest,
+            &format!("GRANT ALL ON ALL TABLES IN SCHEMA {schema} TO {role}"),
+        );
+        pg_exec(&mut dest, "ALTER TABLE orders ENABLE ROW LEVEL SECURITY");
+        pg_exec(
+            &mut dest,
+            "CREATE POLICY everyone ON orders USING (true) WITH CHECK (true)",
+        );
+        pg_exec(&mut dest, &format!("SET ROLE {role}"));
+        let result = orders::table
+            .chunked_by(orders::id)
+            .batch_size(100)
+            .copy_to::<Order>(&mut src, &mut dest, orders::table);
+        pg_exec(&mut dest, "RESET ROLE");
+        let n: i64 = orders::table.count().get_result(&mut dest).unwrap();
+        pg_exec(&mut dest, &format!("DROP OWNED BY {role}"));
+        pg_exec(&mut dest, &format!("DROP ROLE {role}"));
+        let report = result.expect("an INSERT is allowed by the policy: copy_to should succeed");
+        assert_eq!((report.rows, n), (ROWS as u64, i64::from(ROWS)));
+    }
+
+    /// A destination whose key is GENERATED ALWAYS AS IDENTITY: an INSERT of
+    /// an explicit id fails; COPY writes it (and leaves the sequence behind).
+    #[cfg(feature = "postgres")]
+    #[test]
+    fn pg_copy_to_an_identity_always_column_behaves_as_the_insert() {
+        let (src_db, dest_db) = (Pg::create(), Pg::create());
+        let (mut src, mut dest) = (Pg::connect(&src_db), Pg::connect(&dest_db));
+        create_tables_with(&mut src, true);
+        pg_exec(
+            &mut dest,
+            "CREATE TABLE orders (id INTEGER GENERATED ALWAYS AS IDENTITY PRIMARY KEY, \
+             grp INTEGER NOT NULL, note VARCHAR(60) NOT NULL, amount BIGINT)",
+        );
+        // The INSERT path (forced by on_conflict_do_nothing) refuses.
+        let by_insert = orders::table
+            .chunked_by(orders::id)
+            .batch_size(100)
+            .on_conflict_do_nothing()
+            .copy_to::<Order>(&mut src, &mut dest, orders::table);
+        assert!(by_insert.is_err(), "{by_insert:?}");
+        let by_copy = orders::table
+            .chunked_by(orders::id)
+            .batch_size(100)
+            .copy_to::<Order>(&mut src, &mut dest, orders::table);
+        let n: i64 = orders::table.count().get_result(&mut dest).unwrap();
+        assert!(
+            by_copy.is_err(),
+            "COPY path accepted explicit ids into a GENERATED ALWAYS column: {by_copy:?}, {n} rows"
+        );
+    }
+
+    /// Note columns of other types than the model's `text` (binary-coercible
+    /// ones take the COPY): the COPY path writes what the INSERT path writes.
+    #[cfg(feature = "postgres")]
+    fn pg_copy_matches_insert(note_type: &str, setup: &str) {
+        let (src_db, a_db, b_db) = (Pg::create(), Pg::create(), Pg::create());
+        let (mut src, mut a, mut b) =
+            (Pg::connect(&src_db), Pg::connect(&a_db), Pg::connect(&b_db));
+        create_tables_with(&mut src, true);
+        for conn in [&mut a, &mut b] {
+            if !setup.is_empty() {
+                pg_exec(conn, setup);
+            }
+            pg_exec(
+                conn,
+                &format!(
+                    "CREATE TABLE orders (id INTEGER PRIMARY KEY, grp INTEGER NOT NULL, \
+                     note {note_type} NOT NULL, amount BIGINT)"
+                ),
+            );
+        }
+        let log = QueryLog::install(&mut a);
+        let ra = orders::table
+            .chunked_by(orders::id)
+            .batch_size(100)
+            .copy_to::<Order>(&mut src, &mut a, orders::table);
+        let rb = orders::table
+            .chunked_by(orders::id)
+            .batch_size(100)
+            .on_conflict_do_nothing()
+            .copy_to::<Order>(&mut src, &mut b, orders::table);
+        let copies = log.all().iter().filter(|q| q.starts_with("COPY")).count();
+        eprintln!("{note_type}: COPY statements {copies}; copy {ra:?}; insert {rb:?}");
+        assert_eq!(ra.is_ok(), rb.is_ok(), "{note_type}: {ra:?} vs {rb:?}");
+        let dump = |c: &mut diesel::PgConnection| -> Vec<(i32, String, Option<i64>)> {
+            diesel::sql_query("SELECT id, note::text AS note, amount FROM orders ORDER BY id")
+                .load::<Dump>(c)
+                .unwrap()
+                .into_iter()
+                .map(|d| (d.id, d.note, d.amount))
+                .collect()
+        };
+        assert_eq!(dump(&mut a), dump(&mut b), "{note_type}");
+    }
+
+    #[derive(QueryableByName)]
+    struct Dump {
+        #[diesel(sql_type = diesel::sql_types::Integer)]
+        id: i32,
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        note: String,
+        #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
+        amount: Option<i64>,
+    }
+
+    #[cfg(feature = "postgres")]
+    #[test]
+    fn pg_copy_char_n() {
+        pg_copy_matches_insert("CHAR(20)", "");
+    }
+    #[cfg(feature = "postgres")]
+    #[test]
+    fn pg_copy_varchar_too_short() {
+        pg_copy_matches_insert("VARCHAR(9)", "");
+    }
+    #[cfg(feature = "postgres")]
+    #[test]
+    fn pg_copy_citext() {
+        pg_copy_matches_insert(
+            "public.citext",
+            "CREATE EXTENSION IF NOT EXISTS citext SCHEMA public",
+        );
+    }
+    #[cfg(feature = "postgres")]
+    #[test]
+    fn pg_copy_domain() {
+        pg_copy_matches_insert(
+            "short_note",
+            "CREATE DOMAIN short_note AS TEXT CHECK (length(VALUE) < 10)",
+        );
+    }
+    #[cfg(feature = "postgres")]
+    #[test]
+    fn pg_copy_xml_like_name() {
+        pg_copy_matches_insert("NAME", "");
+    }
+
+    /// The same table under two renderings (`main`.`orders` and `orders`):
+    /// SameTable is not raised, and with on_conflict_do_nothing every row of
+    /// the batch conflicts with itself, is skipped, then deleted.
+    mod same_sqlite {
+        diesel::table! {
+            main.orders (id) {
+                id -> Integer,
+                grp -> Integer,
+                note -> Text,
+                amount -> Nullable<BigInt>,
+            }
+        }
+    }
+
+    #[cfg(feature = "sqlite")]
+    #[test]
+    fn sqlite_move_into_the_same_table_schema_qualified_is_refused() {
+        let db = Sqlite::create();
+        let mut conn = Sqlite::connect(&db);
+        create_tables_with(&mut conn, true);
+        let result = orders::table
+            .chunked_by(orders::id)
+            .batch_size(100)
+            .on_conflict_do_nothing()
+            .move_into(&mut conn, same_sqlite::orders::table);
+        let left: i64 = orders::table.count().get_result(&mut conn).unwrap();
+        assert_eq!(
+            left,
+            i64::from(ROWS),
+            "rows lost: {left} left, job said {result:?}"
+        );
+        assert!(matches!(result, Err(Error::SameTable { .. })), "{result:?}");
+    }
+
+    #[cfg(feature = "mysql")]
+    fn mysql_base() -> String {
+        let server = server_url("MYSQL_DATABASE_URL", "mysql://root@127.0.0.1/test");
+        server.rsplit_once('/').map(|(b, _)| b.to_string()).unwrap()
+    }
+
+    mod same_mysql {
+        diesel::table! {
+            chunked_same_db.orders (id) {
+                id -> Integer,
+                grp -> Integer,
+                note -> Text,
+                amount -> Nullable<BigInt>,
+            }
+        }
+        diesel::table! {
+            chunked_other_db.orders_archive (id) {
+                id -> Integer,
+                grp -> Integer,
+                note -> Text,
+                amount -> Nullable<BigInt>,
+            }
+        }
+    }
+
+    #[cfg(feature = "mysql")]
+    #[test]
+    fn mysql_move_into_the_same_table_schema_qualified_is_refused() {
+        let mut admin =
+            diesel::MysqlConnection::establish(&format!("{}/test", mysql_base())).unwrap();
+        diesel::sql_query("DROP DATABASE IF EXISTS chunked_same_db")
+            .execute(&mut admin)
+            .unwrap();
+        diesel::sql_query("CREATE DATABASE chunked_same_db")
+            .execute(&mut admin)
+            .unwrap();
+        let mut conn =
+            diesel::MysqlConnection::establish(&format!("{}/chunked_same_db", mysql_base()))
+                .unwrap();
+        create_tables_with(&mut conn, true);
+        let result = orders::table
+            .chunked_by(orders::id)
+            .batch_size(100)
+            .on_conflict_do_nothing()
+            .move_into(&mut conn, same_mysql::orders::table);
+        let left: i64 = orders::table.count().get_result(&mut conn).unwrap();
+        diesel::sql_query("DROP DATABASE chunked_same_db")
+            .execute(&mut admin)
+            .unwrap();
+        assert_eq!(
+            left,
+            i64::from(ROWS),
+            "rows lost: {left} left, job said {result:?}"
+        );
+        assert!(
+            matches!(
+                result,
+                Err(Error::OptionUnsupported {
+                    option: "on_conflict_do_nothing",
+                    job: "move_into",
+                    ..
+                })
+            ),
+            "{result:?}"
+        );
+    }
+
+    /// ON DUPLICATE KEY UPDATE on a destination of another database
+    /// (`db`.`table`.`col`), copy_into and move_into.
+    #[cfg(feature = "mysql")]
+    #[test]
+    fn mysql_skip_into_a_schema_qualified_destination() {
+        let db = Mysql::create();
+        let mut conn = Mysql::connect(&db);
+        create_tables_with(&mut conn, true);
+        checkpoint::create_table(&mut conn).unwrap();
+        diesel::sql_query("DROP DATABASE IF EXISTS chunked_other_db")
+            .execute(&mut conn)
+            .unwrap();
+        diesel::sql_query("CREATE DATABASE chunked_other_db")
+            .execute(&mut conn)
+            .unwrap();
+        diesel::sql_query(
+            "CREATE TABLE chunked_other_db.orders_archive (id INTEGER PRIMARY KEY, \
+             grp INTEGER NOT NULL, note VARCHAR(60) NOT NULL, amount BIGINT)",
+        )
+        .execute(&mut conn)
+        .unwrap();
+        diesel::sql_query(
+            "INSERT INTO chunked_other_db.orders_archive VALUES (120, 9, 'old', NULL), (250, 9, 'old', 5)",
+        )
+        .execute(&mut conn)
+        .unwrap();
+        let log = QueryLog::install(&mut conn);
+        let copy = orders::table
+            .filter(orders::grp.eq(0))
+            .chunked_by(orders::id)
+            .batch_size(50)
+            .on_conflict_do_nothing()
+            .copy_into(&mut conn, same_mysql::orders_archive::table);
+        let mv = orders::table
+            .filter(orders::grp.ne(0))
+            .chunked_by(orders::id)
+            .batch_size(50)
+            .on_conflict_do_nothing()
+            .move_into(&mut conn, same_mysql::orders_archive::table);
+        let n: i64 = same_mysql::orders_archive::table
+            .count()
+            .get_result(&mut conn)
+            .unwrap();
+        let left: i64 = orders::table.count().get_result(&mut conn).unwrap();
+        diesel::sql_query("DROP DATABASE chunked_other_db")
+            .execute(&mut conn)
+            .unwrap();
+        let inserts: Vec<String> = log
+            .all()
+            .into_iter()
+            .filter(|q| q.starts_with("INSERT"))
+            .take(1)
+            .collect();
+        let copy = copy.unwrap_or_else(|e| panic!("copy_into: {e:?}\n{inserts:#?}"));
+        let mv = mv.unwrap_or_else(|e| panic!("move_into: {e:?}\n{inserts:#?}"));
+        assert_eq!((copy.rows, mv.rows), (100, 200));
+        assert_eq!((n, left), (300, 100));
+    }
+
+    diesel::table! {
+        kw_src (key) {
+            #[sql_name = "order"]
+            order_ -> Integer,
+            key -> Integer,
+            #[sql_name = "select"]
+            select_ -> Text,
+        }
+    }
+    diesel::table! {
+        kw_dst (key) {
+            #[sql_name = "order"]
+            order_ -> Integer,
+            key -> Integer,
+            #[sql_name = "select"]
+            select_ -> Text,
+        }
+    }
+
+    #[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
+    #[diesel(table_name = kw_src)]
+    struct Kw {
+        order_: i32,
+        key: i32,
+        select_: String,
+    }
+
+    /// Keyword column names, the first one not the key: copy_into,
+    /// move_into (same database) and copy_to (another database) with
+    /// on_conflict_do_nothing.
+    #[cfg(feature = "mysql")]
+    #[test]
+    fn mysql_skip_with_keyword_columns() {
+        let (db, other) = (Mysql::create(), Mysql::create());
+        let (mut conn, mut dest) = (Mysql::connect(&db), Mysql::connect(&other));
+        for c in [&mut conn, &mut dest] {
+            for t in ["kw_src", "kw_dst"] {
+                diesel::sql_query(format!(
+                    "CREATE TABLE {t} (`order` INTEGER NOT NULL, `key` INTEGER PRIMARY KEY, \
+                     `select` VARCHAR(20) NOT NULL, UNIQUE (`select`))"
+                ))
+                .execute(c)
+                .unwrap();
+            }
+        }
+        checkpoint::create_table(&mut dest).unwrap();
+        let values: Vec<String> = (1..=60)
+            .map(|i| format!("({}, {i}, 's{i}')", i % 4))
+            .collect();
+        diesel::sql_query(format!("INSERT INTO kw_src VALUES {}", values.join(", ")))
+            .execute(&mut conn)
+            .unwrap();
+        // conflicts: key 10 (primary) and `select` 's20' (secondary unique)
+        for c in [&mut conn, &mut dest] {
+            diesel::sql_query("INSERT INTO kw_dst VALUES (7, 10, 'old10'), (7, 999, 's20')")
+                .execute(c)
+                .unwrap();
+        }
+        let to = kw_src::table
+            .chunked_by(kw_src::key)
+            .batch_size(25)
+            .on_conflict_do_nothing()
+            .copy_to::<Kw>(&mut conn, &mut dest, kw_dst::table);
+        let copy = kw_src::table
+            .filter(kw_src::order_.eq(0))
+            .chunked_by(kw_src::key)
+            .batch_size(7)
+            .on_conflict_do_nothing()
+            .copy_into(&mut conn, kw_dst::table);
+        let mv = kw_src::table
+            .filter(kw_src::order_.ne(0))
+            .chunked_by(kw_src::key)
+            .batch_size(7)
+            .on_conflict_do_nothing()
+            .move_into(&mut conn, kw_dst::table);
+        let to = to.unwrap();
+        let copy = copy.unwrap();
+        let mv = mv.unwrap();
+        assert_eq!((to.rows, copy.rows, mv.rows), (60, 15, 45));
+        let n_dest: i64 = kw_dst::table.count().get_result(&mut dest).unwrap();
+        let n_here: i64 = kw_dst::table.count().get_result(&mut conn).unwrap();
+        let left: i64 = kw_src::table.count().get_result(&mut conn).unwrap();
+        // 60 rows + 'old10'/'s20' planted, 2 skipped => 60 rows in each kw_dst
+        assert_eq!((n_dest, n_here, left), (60, 60, 15));
+        let kept: String = kw_dst::table
+            .find(10)
+            .select(kw_dst::select_)
+            .get_result(&mut conn)
+            .unwrap();
+        assert_eq!(kept, "old10");
+    }
+}
