@@ -120,6 +120,16 @@ pub trait KeysetBackend: Backend + private::Sealed {
     /// updated before the `DELETE` would lose its update). SQLite needs no
     /// lock: a transaction that writes holds the database's only write lock.
     const LOCKS_BEFORE_MOVE: bool = false;
+    /// The bind parameters one statement may hold: a multi-row `INSERT` of
+    /// [`copy_to`](crate::TransferDsl::copy_to) takes as many rows as fit.
+    /// PostgreSQL and MySQL count them in 16 bits; SQLite's bundled build
+    /// allows 32,766 (`SQLITE_MAX_VARIABLE_NUMBER`).
+    const MAX_BINDS: usize = 65_535;
+    /// Whether a multi-row `VALUES` takes `DEFAULT`, so every row of a model
+    /// renders the same columns. SQLite has none: a row whose value is
+    /// `DEFAULT` leaves its column out, and goes in a statement with rows
+    /// like it.
+    const MULTI_ROW_DEFAULT: bool = true;
     /// The schema an unqualified table name resolves to, where it is fixed
     /// (SQLite: `main`): a destination `main.orders` is the source `orders`.
     const DEFAULT_SCHEMA: Option<&'static str> = None;
@@ -192,6 +202,8 @@ impl KeysetBackend for diesel::sqlite::Sqlite {
     const CHECKS_STRING_KEYS: bool = true;
     const EXPLAIN: &'static str = "EXPLAIN QUERY PLAN ";
     const DEFAULT_SCHEMA: Option<&'static str> = Some("main");
+    const MAX_BINDS: usize = 32_766;
+    const MULTI_ROW_DEFAULT: bool = false;
     const RELAXED_SYNC: Option<crate::commit::SyncPragma> = Some(crate::commit::SyncPragma {
         // One row in WAL mode only: elsewhere NORMAL would not be safe.
         read: "SELECT CAST(s.synchronous AS TEXT) AS value FROM pragma_synchronous AS s, \

@@ -104,14 +104,7 @@ impl<T: Table> Destination<T> {
             return Err(Error::SameTable { verb, table: from });
         }
         check_other_table::<DB>(&from, &source, verb, skip)?;
-        let all = rendered(render_sql::<DB, _>(&T::all_columns()))?;
-        // Diesel renders a column as `<the table's FROM clause>.<its name>`.
-        let prefix = format!("{from}.");
-        let names: Option<Vec<&str>> = crate::query::top_level_items(&all)
-            .into_iter()
-            .map(|item| item.trim().strip_prefix(prefix.as_str()))
-            .collect();
-        let names = rendered(names.map(|n| n.join(", ")))?;
+        let names = rendered(column_list::<DB, T>(&from))?;
         let conflicts = match crate::query::top_level_items(&names).first() {
             Some(first) if skip => DB::skip_conflicts(&format!("{from}.{}", first.trim())),
             _ => String::new(),
@@ -122,6 +115,25 @@ impl<T: Table> Destination<T> {
             conflicts,
         })
     }
+}
+
+/// The column names of table `T`, whose `FROM` clause renders as `from`, as
+/// an `INSERT` lists them (`"id", "title"`).
+pub(crate) fn column_list<DB, T>(from: &str) -> Option<String>
+where
+    DB: Backend + Default,
+    DB::QueryBuilder: Default,
+    T: Table,
+    T::AllColumns: QueryFragment<DB>,
+{
+    let all = render_sql::<DB, _>(&T::all_columns())?;
+    // Diesel renders a column as `<the table's FROM clause>.<its name>`.
+    let prefix = format!("{from}.");
+    let names: Option<Vec<&str>> = crate::query::top_level_items(&all)
+        .into_iter()
+        .map(|item| item.trim().strip_prefix(prefix.as_str()))
+        .collect();
+    names.map(|n| n.join(", "))
 }
 
 /// A table's schema (if named) and name, from its rendered `FROM` clause
@@ -750,8 +762,8 @@ pub struct InsertRows<'r, F, V, Src> {
     rows: &'r [V],
     /// What follows the rows: the backend's
     /// [`skip_conflicts`](KeysetBackend::skip_conflicts), or nothing.
-    conflicts: &'r str,
-    _source: std::marker::PhantomData<Src>,
+    conflicts: String,
+    _source: std::marker::PhantomData<fn() -> Src>,
 }
 
 impl<DB, F, V, Src> QueryFragment<DB> for InsertRows<'_, F, V, Src>
@@ -779,7 +791,7 @@ where
             row.walk_ast(out.reborrow())?;
         }
         out.push_sql(")");
-        out.push_sql(self.conflicts);
+        out.push_sql(&self.conflicts);
         Ok(())
     }
 }
@@ -871,18 +883,40 @@ where
     }
 }
 
+/// The `INSERT`s of `rows` (values of table `Src`) into the table whose
+/// `FROM` clause is `dest` on backend `DB`: the [`statements`] they need
+/// within the backend's [`MAX_BINDS`](KeysetBackend::MAX_BINDS), each
+/// skipping conflicts with `skip`. The one place both drivers build them.
+fn insert_statements<'r, DB, F, V, Src>(
+    dest: &'r F,
+    rows: &'r [V],
+    skip: bool,
+) -> QueryResult<Vec<InsertRows<'r, &'r F, V, Src>>>
+where
+    DB: KeysetBackend + Default,
+    DB::QueryBuilder: Default,
+    F: QueryFragment<DB>,
+    Src: Table,
+    V: diesel::insertable::InsertValues<DB, Src>,
+{
+    statements::<DB, V, Src>(rows, DB::MAX_BINDS, DB::MULTI_ROW_DEFAULT)
+        .into_iter()
+        .map(|range| {
+            Ok(InsertRows {
+                dest,
+                conflicts: conflict_clause::<DB, _, _, Src>(skip, dest, &rows[range.start])?,
+                rows: &rows[range],
+                _source: std::marker::PhantomData,
+            })
+        })
+        .collect()
+}
+
 /// Inserts `rows` (values of table `Src`) into the table whose `FROM` clause
-/// is `dest`, on `conn`, in the [`statements`] they need; with `skip`, rows
+/// is `dest`, on `conn`, by its [`insert_statements`]; with `skip`, rows
 /// that conflict with the table's are skipped. The rows inserted, or with
 /// `skip` the rows given.
-fn insert_values<C, F, V, Src>(
-    conn: &mut C,
-    dest: F,
-    rows: Vec<V>,
-    max_binds: usize,
-    same_columns: bool,
-    skip: bool,
-) -> QueryResult<usize>
+fn insert_values<C, F, V, Src>(conn: &mut C, dest: F, rows: Vec<V>, skip: bool) -> QueryResult<u64>
 where
     C: diesel::Connection<Backend: KeysetBackend + Default>,
     <C::Backend as Backend>::QueryBuilder: Default,
@@ -891,17 +925,10 @@ where
     V: diesel::insertable::InsertValues<C::Backend, Src>,
 {
     let mut inserted = 0;
-    for range in statements::<C::Backend, V, Src>(&rows, max_binds, same_columns) {
-        let conflicts = conflict_clause::<C::Backend, _, _, Src>(skip, &dest, &rows[range.start])?;
-        let statement = InsertRows {
-            dest: &dest,
-            rows: &rows[range],
-            conflicts: &conflicts,
-            _source: std::marker::PhantomData::<Src>,
-        };
-        inserted += conn.execute_returning_count(&statement)?;
+    for statement in insert_statements::<C::Backend, _, _, Src>(&dest, &rows, skip)? {
+        inserted += conn.execute_returning_count(&statement)? as u64;
     }
-    Ok(if skip { rows.len() } else { inserted })
+    Ok(if skip { rows.len() as u64 } else { inserted })
 }
 
 /// A blocking connection a job can insert rows into: PostgreSQL, MySQL or
@@ -923,7 +950,7 @@ mod sealed {
 }
 
 macro_rules! insert_connection {
-    ($feature:literal, $conn:ty, $binds:expr, $same_columns:expr) => {
+    ($feature:literal, $conn:ty) => {
         #[cfg(feature = $feature)]
         impl sealed::Sealed for $conn {}
         #[cfg(feature = $feature)]
@@ -939,17 +966,13 @@ macro_rules! insert_connection {
                 T: DestTable<M, Src, <Self as diesel::Connection>::Backend>,
             {
                 let values: Vec<T::Values> = rows.into_iter().map(T::values).collect();
-                let (from, binds) = (dest.from_clause(), $binds);
-                let n =
-                    insert_values::<_, _, _, Src>(self, from, values, binds, $same_columns, skip)?;
-                Ok(n as u64)
+                insert_values::<_, _, _, Src>(self, dest.from_clause(), values, skip)
             }
         }
     };
 }
-// PostgreSQL and MySQL count parameters in 16 bits; SQLite's bundled build
-// allows 32766 (`SQLITE_MAX_VARIABLE_NUMBER`). SQLite has no `DEFAULT` in a
-// multi-row `VALUES`: a row whose value is `DEFAULT` leaves its column out.
+insert_connection!("mysql", diesel::MysqlConnection);
+insert_connection!("sqlite", diesel::SqliteConnection);
 #[cfg(feature = "postgres")]
 impl sealed::Sealed for diesel::PgConnection {}
 /// PostgreSQL: a batch without conflicts to skip goes by one binary `COPY`
@@ -970,13 +993,9 @@ impl InsertConnection for diesel::PgConnection {
                 return Ok(n as u64);
             }
         }
-        let n =
-            insert_values::<_, _, _, Src>(self, dest.from_clause(), values, 65_535, true, skip)?;
-        Ok(n as u64)
+        insert_values::<_, _, _, Src>(self, dest.from_clause(), values, skip)
     }
 }
-insert_connection!("mysql", diesel::MysqlConnection, 65_535, true);
-insert_connection!("sqlite", diesel::SqliteConnection, 32_766, false);
 
 /// An async connection a job can insert rows into: the async twin of
 /// [`InsertConnection`], for diesel-async's PostgreSQL, MySQL and SQLite
@@ -1002,10 +1021,9 @@ pub trait AsyncInsertConnection:
         M: Send + 'static;
 }
 
-/// The statements of the blocking connection, as many rows a statement as
-/// `$binds` parameters allow, awaited.
+/// The blocking connection's [`insert_statements`], awaited.
 macro_rules! async_insert_connection {
-    ($feature:literal, $conn:ty, $db:ty, $binds:expr) => {
+    ($feature:literal, $conn:ty, $db:ty) => {
         #[cfg(all(feature = "async", feature = $feature))]
         impl sealed::Sealed for $conn {}
         #[cfg(all(feature = "async", feature = $feature))]
@@ -1026,15 +1044,7 @@ macro_rules! async_insert_connection {
                     let values: Vec<T::Values> = rows.into_iter().map(T::values).collect();
                     let from = dest.from_clause();
                     let mut inserted = 0;
-                    for range in statements::<$db, _, Src>(&values, $binds, true) {
-                        let conflicts =
-                            conflict_clause::<$db, _, _, Src>(skip, &from, &values[range.start])?;
-                        let statement = InsertRows {
-                            dest: &from,
-                            rows: &values[range],
-                            conflicts: &conflicts,
-                            _source: std::marker::PhantomData::<Src>,
-                        };
+                    for statement in insert_statements::<$db, _, _, Src>(&from, &values, skip)? {
                         inserted += self.execute_returning_count(statement).await? as u64;
                     }
                     Ok(if skip { values.len() as u64 } else { inserted })
@@ -1043,17 +1053,11 @@ macro_rules! async_insert_connection {
         }
     };
 }
-async_insert_connection!(
-    "postgres",
-    diesel_async::AsyncPgConnection,
-    diesel::pg::Pg,
-    65_535
-);
+async_insert_connection!("postgres", diesel_async::AsyncPgConnection, diesel::pg::Pg);
 async_insert_connection!(
     "mysql",
     diesel_async::AsyncMysqlConnection,
-    diesel::mysql::Mysql,
-    65_535
+    diesel::mysql::Mysql
 );
 
 /// SQLite in diesel-async's wrapper: the blocking connection's statements,

@@ -29,22 +29,6 @@ const HEADER: [u8; 19] = [
     b'P', b'G', b'C', b'O', b'P', b'Y', b'\n', 0xFF, b'\r', b'\n', 0, 0, 0, 0, 0, 0, 0, 0, 0,
 ];
 
-/// The column names of `T` as an `INSERT` lists them (`"id", "title"`).
-fn column_names<T: Table>(dest: &T) -> Option<String>
-where
-    T::FromClause: QueryFragment<Pg>,
-    T::AllColumns: QueryFragment<Pg>,
-{
-    let from = render_sql::<Pg, _>(&dest.from_clause())?;
-    let all = render_sql::<Pg, _>(&T::all_columns())?;
-    let prefix = format!("{from}.");
-    let names: Option<Vec<&str>> = crate::query::top_level_items(&all)
-        .into_iter()
-        .map(|item| item.trim().strip_prefix(prefix.as_str()))
-        .collect();
-    names.map(|n| n.join(", "))
-}
-
 /// A column of the destination as the database has it.
 #[derive(diesel::QueryableByName)]
 struct Column {
@@ -142,15 +126,15 @@ where
     T::AllColumns: QueryFragment<Pg>,
     V: QueryFragment<Pg>,
 {
-    let (Some(names), Some(dest_names)) = (names, column_names(&dest)) else {
+    let Some(from) = render_sql::<Pg, _>(&dest.from_clause()) else {
+        return Ok(None);
+    };
+    let (Some(names), Some(dest_names)) = (names, super::column_list::<Pg, T>(&from)) else {
         return Ok(None);
     };
     if names != dest_names || rows.is_empty() {
         return Ok(None);
     }
-    let Some(from) = render_sql::<Pg, _>(&dest.from_clause()) else {
-        return Ok(None);
-    };
     // The model's values are of one type per column in every row (a row
     // with a `DEFAULT` binds fewer, which `copy_data` finds).
     let Some(types) = bound_types(conn, &rows[0])? else {
