@@ -65,6 +65,7 @@ pub struct Chunked<Q, K: Key> {
     cache_statements: bool,
     within: Option<Partition<K::Value>>,
     pub(crate) allow_sort: bool,
+    prefetch: usize,
     pub(crate) write: WriteConfig,
 }
 
@@ -82,6 +83,7 @@ impl<Q: Clone, K: Key> Clone for Chunked<Q, K> {
             cache_statements: self.cache_statements,
             within: self.within.clone(),
             allow_sort: self.allow_sort,
+            prefetch: self.prefetch,
             write: self.write.clone(),
         }
     }
@@ -101,6 +103,7 @@ impl<Q, K: Key> Chunked<Q, K> {
             cache_statements: true,
             within: None,
             allow_sort: false,
+            prefetch: 0,
             write: WriteConfig::default(),
         }
     }
@@ -201,6 +204,65 @@ impl<Q, K: Key> Chunked<Q, K> {
     /// ```
     pub fn cache_statements(mut self, on: bool) -> Self {
         self.cache_statements = on;
+        self
+    }
+
+    /// Reads up to `n` batches ahead of the one being handed out, so that the
+    /// next batch's statement runs while you work through this one: the pause
+    /// between one batch's last row and the next batch's first (a round trip
+    /// and the start of a statement) is hidden behind your work. Off (`0`) by
+    /// default; at most 16 (else the first item is
+    /// [`Error::InvalidPrefetch`](crate::Error::InvalidPrefetch)).
+    ///
+    /// What you get does not change: the same rows in the same order, the
+    /// same checks and retries, and `last_key()` is still the key of the last
+    /// row *handed out*, not of the last one loaded. What changes is memory
+    /// (up to `n` more batches) and when statements run (a batch may be
+    /// loaded before you ask for it, and is lost unread if you stop early).
+    ///
+    /// - **Async streams** (`load_stream`, `load_batches_stream`) read ahead
+    ///   on any source: the next batch's future is polled each time the stream
+    ///   hands out a row, on the same connection (the current batch is already
+    ///   in memory, so the connection is free) or on the pool's next one.
+    /// - **Blocking iterators** need a thread to overlap with your loop:
+    ///   [`LoadIter::on_thread`](crate::LoadIter::on_thread) moves the scan to
+    ///   a thread of its own that reads `n` batches ahead (at least one). That
+    ///   takes a source the thread can own, such as an r2d2 pool by value
+    ///   (`pool.clone()`). Without `on_thread` a blocking iterator reads
+    ///   nothing ahead: on a connection you lend it there is nothing to
+    ///   overlap with.
+    ///
+    /// Write jobs do not read ahead: each batch is one transaction that reads
+    /// its keys after the previous one committed.
+    ///
+    /// ```
+    /// # include!("../tests/doc/setup.rs");
+    /// use diesel::r2d2::{ConnectionManager, Pool};
+    /// use diesel_chunked_iterator::prelude::*;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let path = std::env::temp_dir().join(format!("doc-prefetch-{}.db", std::process::id()));
+    /// # let url = path.to_string_lossy().into_owned();
+    /// # { let mut c = SqliteConnection::establish(&url)?; fill(&mut c); }
+    /// let pool = Pool::new(ConnectionManager::<SqliteConnection>::new(&url))?;
+    /// let mut ids = Vec::new();
+    /// // batch 2 is loaded on the scan's thread while the loop works through batch 1
+    /// let mut it = posts::table
+    ///     .chunked_by(posts::id)
+    ///     .batch_size(2)
+    ///     .prefetch(1)
+    ///     .load_iter::<Post>(pool.clone())
+    ///     .on_thread();
+    /// for post in it.by_ref().take(3) {
+    ///     ids.push(post?.id);
+    /// }
+    /// assert_eq!(ids, [1, 2, 3]);
+    /// assert_eq!(it.last_key(), Some(&3)); // handed out, not loaded
+    /// # drop(it);
+    /// # std::fs::remove_file(&path)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn prefetch(mut self, n: usize) -> Self {
+        self.prefetch = n;
         self
     }
 
@@ -820,6 +882,7 @@ impl<Q, K: Key> Chunked<Q, K> {
             max_retries: self.max_retries,
             cache_statements: self.cache_statements,
             allow_sort: self.allow_sort,
+            prefetch: self.prefetch,
         }
     }
 }

@@ -37,6 +37,8 @@ pub(crate) struct ScanConfig {
     pub(crate) cache_statements: bool,
     /// Run a plan that sorts every batch instead of refusing it.
     pub(crate) allow_sort: bool,
+    /// Batches to load ahead of the one being handed out (`prefetch`).
+    pub(crate) prefetch: usize,
 }
 
 /// Why a scan ended; see [`LoadIter::end_reason`](crate::LoadIter::end_reason).
@@ -108,6 +110,11 @@ impl<V> Handed<V> {
         }
     }
 
+    /// Rows handed out so far.
+    pub(crate) fn rows(&self) -> u64 {
+        self.rows
+    }
+
     pub(crate) fn last_key(&self) -> Option<&V> {
         self.last_key.as_ref().map(|k| &k.value)
     }
@@ -152,6 +159,10 @@ impl BatchPlan {
 
 /// The largest `batch_size`: SQL's `LIMIT` is an `i64`.
 pub(crate) const MAX_BATCH_SIZE: u64 = i64::MAX as u64;
+
+/// The most batches a scan reads ahead (`prefetch`): each is a batch in
+/// memory, so a scan holds at most this many plus the one handed out.
+pub(crate) const MAX_PREFETCH: usize = 16;
 
 /// The state of one scan.
 #[derive(Debug)]
@@ -209,6 +220,18 @@ impl Engine {
         }
     }
 
+    /// When the first batch was asked for.
+    pub(crate) fn started(&self) -> Option<Instant> {
+        self.started
+    }
+
+    /// Whether a driver holding `ready` loaded batches that are not handed out
+    /// yet should start loading another one now: the scan reads `prefetch`
+    /// batches ahead, and is not over.
+    pub(crate) fn wants_ahead(&self, ready: usize) -> bool {
+        ready < self.config.prefetch.min(MAX_PREFETCH) && !self.is_done()
+    }
+
     pub(crate) fn finish(&mut self, reason: EndReason) {
         self.done = true;
         self.end.get_or_insert(reason);
@@ -232,7 +255,8 @@ impl Engine {
     /// An error still to be reported (a refused query, an invalid batch size) is
     /// the one item left, so it counts as one.
     pub(crate) fn rows_left(&self) -> Option<u64> {
-        if self.pending_error.is_some() || (!self.done && self.batch_size().is_none()) {
+        let invalid = self.batch_size().is_none() || self.config.prefetch > MAX_PREFETCH;
+        if self.pending_error.is_some() || (!self.done && invalid) {
             return Some(1);
         }
         if self.done {
@@ -256,6 +280,10 @@ impl Engine {
             let batch_size = self.config.batch_size;
             return Err(self.fail(Error::InvalidBatchSize { batch_size }));
         };
+        if self.config.prefetch > MAX_PREFETCH {
+            let prefetch = self.config.prefetch;
+            return Err(self.fail(Error::InvalidPrefetch { prefetch }));
+        }
         let limit = match self.config.limit_total {
             Some(total) => {
                 let left = total.saturating_sub(self.loaded);
@@ -586,6 +614,7 @@ mod tests {
             max_retries: Some(1),
             cache_statements: false,
             allow_sort: false,
+            prefetch: 0,
         };
         let compare = |a: &i64, b: &i64| a.partial_cmp(b);
         let mut e = Engine::new(config, KeyOrigin::Rows, None, compare, None);

@@ -29,6 +29,23 @@ pub enum Error {
         batch_size: u64,
     },
 
+    /// `prefetch(n)` with `n` above the most batches a scan reads ahead.
+    #[error(
+        "prefetch must be at most {max} batches, not {prefetch}: each batch read ahead is \
+         held in memory; a larger batch_size reads more rows ahead",
+        max = crate::engine::MAX_PREFETCH
+    )]
+    InvalidPrefetch {
+        /// The number of batches that was asked for.
+        prefetch: usize,
+    },
+
+    /// The thread of a scan moved to one of its own
+    /// ([`LoadIter::on_thread`](crate::LoadIter::on_thread)) could not be
+    /// started, or ended without a result.
+    #[error("the scan's thread could not be started or ended without a result")]
+    Thread,
+
     /// The query already has a clause the scan must own. Only possible for a
     /// query boxed with `into_boxed()`: for any other query this is a compile error.
     #[error(

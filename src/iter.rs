@@ -22,6 +22,9 @@ use crate::stored::StoredKey;
 use crate::trace::Trace;
 use crate::unique::{key_problem, UniqueIndexes};
 
+mod thread;
+pub use thread::{ThreadBatches, ThreadIter};
+
 /// The I/O-free half of a scan's driver, shared by the synchronous driver
 /// ([`Scan`]) and the async one: the prepared query, the row loader and the
 /// [`Engine`], and what to run before, during and after each batch. A driver

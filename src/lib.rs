@@ -42,7 +42,7 @@ pub use dsl::ChunkedDsl;
 pub use engine::{EndReason, Progress};
 pub use error::Error;
 pub use explain::{DryRun, Explain, Verdict};
-pub use iter::{LoadBatches, LoadIter};
+pub use iter::{LoadBatches, LoadIter, ThreadBatches, ThreadIter};
 pub use key::typed;
 pub use load::BatchLoading;
 pub use plan::Partition;

@@ -1270,6 +1270,7 @@ mod tests {
             max_retries,
             cache_statements: false,
             allow_sort: false,
+            prefetch: 0,
         }
     }
 

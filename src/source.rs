@@ -302,6 +302,25 @@ mod pool {
         }
     }
 
+    /// A pool by value (a clone: r2d2 pools share their connections) is the
+    /// same source as `&pool`, and one a scan can take to a thread of its own
+    /// ([`LoadIter::on_thread`](crate::LoadIter::on_thread)).
+    impl<C> ConnectionSource for Pool<ConnectionManager<C>>
+    where
+        C: R2D2Connection + Send + 'static,
+    {
+        type Connection = C;
+        const DEFAULT_MAX_RETRIES: u32 = 3;
+
+        fn run<R, F>(&mut self, retry: bool, f: F) -> Result<R, AttemptError>
+        where
+            F: FnOnce(&mut C) -> diesel::QueryResult<R>,
+        {
+            let mut pool: &Self = self;
+            pool.run(retry, f)
+        }
+    }
+
     /// Makes r2d2 discard the connection when it comes back to the pool.
     fn mark_broken<C: R2D2Connection>(conn: &mut C) {
         <C::TransactionManager as TransactionManager<C>>::transaction_manager_status_mut(conn)

@@ -1,5 +1,6 @@
 //! The async driver of a scan and the two streams it feeds.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -158,12 +159,17 @@ enum State<'a, S, B, K: Key, R: RowType<K>> {
     Loading(Loading<'a, S, B, K, R>),
 }
 
-/// The state both streams share: the scan, idle or loading a batch, and the
-/// counters as of the last batch handed out.
+/// The state both streams share: the scan, idle or loading a batch, the
+/// batches loaded ahead of the one handed out (`prefetch`), and the counters
+/// as of the last batch the scan loaded.
 struct Batches<'a, S, B, K: Key, R: RowType<K>> {
     state: State<'a, S, B, K, R>,
+    /// Loaded, not yet handed out, in order; the last may be the end or an
+    /// error. At most `prefetch` of them.
+    ready: VecDeque<BatchResult<R::Loaded>>,
     handed: Handed<K::Value>,
-    /// Counters and end reason while a batch is loading.
+    /// The scan's counters (rows and last key aside) and end reason while a
+    /// batch is loading.
     snapshot: (Progress<K::Value>, Option<EndReason>),
 }
 
@@ -172,6 +178,7 @@ impl<'a, S, B, K: Key, R: RowType<K>> Batches<'a, S, B, K, R> {
         let snapshot = (scan.core.engine.progress(0, None), scan.core.engine.end);
         Self {
             state: State::Idle(Box::new(scan)),
+            ready: VecDeque::new(),
             handed: Handed::new(),
             snapshot,
         }
@@ -180,11 +187,18 @@ impl<'a, S, B, K: Key, R: RowType<K>> Batches<'a, S, B, K, R> {
     fn progress(&self) -> Progress<K::Value> {
         match &self.state {
             State::Idle(scan) => self.handed.progress(&scan.core.engine),
-            State::Loading(_) => self.snapshot.0.clone(),
+            State::Loading(_) => Progress {
+                rows: self.handed.rows(),
+                last_key: self.handed.last_key().cloned(),
+                ..self.snapshot.0.clone()
+            },
         }
     }
 
     fn end_reason(&self) -> Option<EndReason> {
+        if !self.ready.is_empty() {
+            return None;
+        }
         match &self.state {
             State::Idle(scan) => scan.core.engine.end,
             State::Loading(_) => self.snapshot.1,
@@ -196,6 +210,39 @@ impl<'a, S, B, K: Key, R: RowType<K>> Batches<'a, S, B, K, R> {
 pub trait PollBatch<L> {
     /// Polls the next non-empty batch (`None` at the end).
     fn poll_batch(&mut self, cx: &mut Context<'_>) -> Poll<BatchResult<L>>;
+
+    /// Makes progress on the batches read ahead (`prefetch`), if any: starts
+    /// loading the next one, or polls the one loading. Never waits.
+    fn poll_ahead(&mut self, cx: &mut Context<'_>);
+}
+
+impl<'a, S, B, K, R> Batches<'a, S, B, K, R>
+where
+    S: AsyncConnectionSource + 'a,
+    AsyncDb<S>: KeysetBackend,
+    K: Key + Send + 'a,
+    K::Value: Send,
+    B: 'a,
+    R: AsyncRows<S::Connection, B, K> + 'a,
+    R::Loaded: Send,
+    SeekQuery<B, K>: Send,
+{
+    /// Moves the idle scan into the future that loads its next batch.
+    fn start(&mut self) {
+        let state = std::mem::replace(
+            &mut self.state,
+            State::Loading(Box::pin(futures_util::future::pending())),
+        );
+        let State::Idle(mut scan) = state else {
+            self.state = state;
+            return;
+        };
+        self.snapshot = (scan.core.engine.progress(0, None), scan.core.engine.end);
+        self.state = State::Loading(Box::pin(async move {
+            let batch = scan.next_batch().await;
+            (batch, scan)
+        }));
+    }
 }
 
 impl<'a, S, B, K, R> PollBatch<R::Loaded> for Batches<'a, S, B, K, R>
@@ -211,27 +258,48 @@ where
 {
     fn poll_batch(&mut self, cx: &mut Context<'_>) -> Poll<BatchResult<R::Loaded>> {
         loop {
+            if let Some(batch) = self.ready.pop_front() {
+                self.poll_ahead(cx);
+                return Poll::Ready(batch);
+            }
             match &mut self.state {
                 State::Idle(scan) => {
                     if scan.core.engine.is_done() && scan.core.engine.rows_left() == Some(0) {
                         return Poll::Ready(None);
                     }
-                    self.snapshot = (self.progress(), self.end_reason());
-                    let State::Idle(mut scan) = std::mem::replace(
-                        &mut self.state,
-                        State::Loading(Box::pin(futures_util::future::pending())),
-                    ) else {
-                        unreachable!()
-                    };
-                    self.state = State::Loading(Box::pin(async move {
-                        let batch = scan.next_batch().await;
-                        (batch, scan)
-                    }));
+                    self.start();
                 }
                 State::Loading(load) => {
                     let (batch, scan) = std::task::ready!(load.poll_unpin(cx));
                     self.state = State::Idle(scan);
+                    if matches!(batch, Some(Ok(_))) {
+                        self.poll_ahead(cx);
+                    }
                     return Poll::Ready(batch);
+                }
+            }
+        }
+    }
+
+    fn poll_ahead(&mut self, cx: &mut Context<'_>) {
+        loop {
+            match &mut self.state {
+                State::Idle(scan) => {
+                    if !scan.core.engine.wants_ahead(self.ready.len()) {
+                        return;
+                    }
+                    self.start();
+                }
+                State::Loading(load) => {
+                    let Poll::Ready((batch, scan)) = load.poll_unpin(cx) else {
+                        return;
+                    };
+                    self.state = State::Idle(scan);
+                    let more = matches!(batch, Some(Ok(_)));
+                    self.ready.push_back(batch);
+                    if !more {
+                        return;
+                    }
                 }
             }
         }
@@ -371,6 +439,7 @@ where
             if let Some(row) = this.buffer.next() {
                 let (k, t) = row.into_parts();
                 this.batches.handed.handed_out(1, Some(k));
+                this.batches.poll_ahead(cx);
                 return Poll::Ready(Some(Ok(t)));
             }
             match std::task::ready!(this.batches.poll_batch(cx)) {

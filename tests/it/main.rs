@@ -29,6 +29,7 @@ mod pgbouncer;
 mod plan;
 mod plan_sampled;
 mod pool;
+mod prefetch;
 mod restart;
 mod retry;
 mod smoke;
