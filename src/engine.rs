@@ -228,6 +228,7 @@ impl Engine {
     /// Whether a driver holding `ready` loaded batches that are not handed out
     /// yet should start loading another one now: the scan reads `prefetch`
     /// batches ahead, and is not over.
+    #[cfg_attr(not(feature = "async"), allow(dead_code))]
     pub(crate) fn wants_ahead(&self, ready: usize) -> bool {
         ready < self.config.prefetch.min(MAX_PREFETCH) && !self.is_done()
     }
@@ -604,6 +605,43 @@ mod tests {
             DatabaseErrorKind::ClosedConnection,
             Box::new("server closed the connection unexpectedly".to_string()),
         ))
+    }
+
+    #[test]
+    fn reads_ahead_at_most_prefetch_batches_and_refuses_too_many() {
+        let config = |prefetch| ScanConfig {
+            batch_size: 2,
+            limit_total: Some(3),
+            max_retries: None,
+            cache_statements: false,
+            allow_sort: false,
+            prefetch,
+        };
+        let compare = |a: &i64, b: &i64| a.partial_cmp(b);
+        let mut e = Engine::new(config(2), KeyOrigin::Rows, None, compare, None);
+        assert!(e.wants_ahead(0) && e.wants_ahead(1) && !e.wants_ahead(2));
+        e.finish(EndReason::LimitReached);
+        assert!(
+            !e.wants_ahead(0),
+            "nothing to read ahead once the scan is over"
+        );
+        let e = Engine::new(config(0), KeyOrigin::Rows, None, compare, None);
+        assert!(!e.wants_ahead(0));
+
+        let mut e = Engine::new(
+            config(MAX_PREFETCH + 1),
+            KeyOrigin::Rows,
+            None,
+            compare,
+            None,
+        );
+        assert_eq!(e.rows_left(), Some(1), "the error is the one item left");
+        assert!(matches!(
+            e.plan(),
+            Err(Error::InvalidPrefetch { prefetch: 17 })
+        ));
+        assert_eq!((e.queries, e.end), (0, Some(EndReason::Failed)));
+        assert!(matches!(e.plan(), Ok(None)));
     }
 
     #[test]

@@ -241,7 +241,7 @@ where
     /// lend (`&mut conn`) is a compile error here.
     ///
     /// ```
-    /// # include!("../tests/doc/setup.rs");
+    /// # include!("../../tests/doc/setup.rs");
     /// use diesel::r2d2::{ConnectionManager, Pool};
     /// use diesel_chunked_iterator::prelude::*;
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -296,7 +296,7 @@ where
     /// the one you hold: see [`LoadIter::on_thread`].
     ///
     /// ```
-    /// # include!("../tests/doc/setup.rs");
+    /// # include!("../../tests/doc/setup.rs");
     /// use diesel::r2d2::{ConnectionManager, Pool};
     /// use diesel_chunked_iterator::prelude::*;
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -1,0 +1,413 @@
+//! Read-ahead benchmark: a blocking scan with and without `prefetch(1)` +
+//! `on_thread()`, against Diesel's single `load_iter` statement with and without
+//! `ORDER BY`, with and without work per row in the caller.
+//!
+//! ```sh
+//! cargo bench --bench prefetch -- --rows 2000                      # SQLite only, seconds
+//! cargo bench --bench prefetch --all-features -- --rows 1000000    # all three backends
+//! BENCH_BACKENDS=pg cargo bench --bench prefetch --all-features -- --rows 1000000 --repeat 5
+//! ```
+//!
+//! Per backend the table `items` is filled once; then every round runs each method
+//! once, in the order of `METHODS`, so that a ratio compares runs seconds apart. The
+//! work per row (`_work` methods) is a busy wait as long as the scan's own time per
+//! row, measured in an untimed warm-up scan (override: `--work-ns`). Results go to
+//! `target/bench-report/prefetch.json` and are printed as a table. See
+//! benches/README.md.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use diesel::connection::DefaultLoadingMode;
+use diesel::prelude::*;
+use diesel::r2d2::{ConnectionManager, Pool};
+use diesel_chunked_iterator::prelude::*;
+use serde_json::{json, Value};
+
+#[allow(unused_macros)]
+mod common;
+
+use common::{
+    backend_names, drop_namespace, median, namespace_or_skip, open_report, report_failures, round3,
+    wanted_backends, Backend, Res,
+};
+
+diesel::table! {
+    items (id) {
+        id -> Integer,
+        n -> Integer,
+        pad -> Text,
+    }
+}
+
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = items)]
+struct Item {
+    id: i32,
+    n: i32,
+    pad: String,
+}
+
+fn touch(i: &Item) -> u64 {
+    (i.id as u64)
+        .wrapping_add(i.n as u64)
+        .wrapping_add(i.pad.len() as u64)
+}
+
+const NAMESPACE: &str = "bench_prefetch";
+
+/// Every method, in the order each round runs them.
+const METHODS: [&str; 6] = [
+    "single_ordered",
+    "single_unordered",
+    "scan",
+    "scan_prefetch",
+    "scan_work",
+    "scan_prefetch_work",
+];
+
+/// Ratios reported: (name, numerator, denominator), each the median of the
+/// per-round ratios of rows/s.
+const RATIOS: [(&str, &str, &str); 6] = [
+    ("scan ÷ ordered statement", "scan", "single_ordered"),
+    (
+        "scan with prefetch ÷ ordered statement",
+        "scan_prefetch",
+        "single_ordered",
+    ),
+    (
+        "scan with prefetch ÷ unordered statement",
+        "scan_prefetch",
+        "single_unordered",
+    ),
+    (
+        "ordered ÷ unordered statement",
+        "single_ordered",
+        "single_unordered",
+    ),
+    ("prefetch ÷ no prefetch", "scan_prefetch", "scan"),
+    (
+        "prefetch ÷ no prefetch, with work per row",
+        "scan_prefetch_work",
+        "scan_work",
+    ),
+];
+
+struct Options {
+    rows: u64,
+    repeat: usize,
+    batch: u64,
+    work_ns: Option<u64>,
+}
+
+fn parse_options(args: Vec<String>) -> Res<Options> {
+    let mut o = Options {
+        rows: 100_000,
+        repeat: 3,
+        batch: 1000,
+        work_ns: None,
+    };
+    let mut it = args.into_iter();
+    while let Some(a) = it.next() {
+        let mut value = || it.next().ok_or(format!("{a} needs a value"));
+        match a.as_str() {
+            "--rows" => o.rows = value()?.parse()?,
+            "--repeat" => o.repeat = value()?.parse()?,
+            "--batch-size" => o.batch = value()?.parse()?,
+            "--work-ns" => o.work_ns = Some(value()?.parse()?),
+            // what `cargo bench` passes to every bench
+            "--bench" => {}
+            other => return Err(format!("unknown argument {other}").into()),
+        }
+    }
+    if o.rows == 0 || o.repeat == 0 || o.batch == 0 {
+        return Err("--rows, --repeat and --batch-size must be positive".into());
+    }
+    Ok(o)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Err(e) = run(args) {
+        eprintln!("prefetch: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: Vec<String>) -> Res<()> {
+    let o = parse_options(args)?;
+    let (_dir, json_path, mut results) = open_report("prefetch")?;
+    let backends = wanted_backends();
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load: String = load
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ");
+    println!(
+        "prefetch: {} rows, batch {}, {} round(s), backends [{}], load average {load}",
+        o.rows,
+        o.batch,
+        o.repeat,
+        backend_names(&backends)
+    );
+    let mut failures = Vec::new();
+    for &backend in &backends {
+        let Some(url) = namespace_or_skip(backend, NAMESPACE) else {
+            continue;
+        };
+        match run_backend(backend, &url, &o) {
+            Ok(v) => {
+                results.retain(|r| {
+                    !(r["backend"] == v["backend"]
+                        && r["rows"] == v["rows"]
+                        && r["batch_size"] == v["batch_size"])
+                });
+                results.push(v);
+            }
+            Err(e) => failures.push(format!("{}: {e}", backend.name())),
+        }
+        drop_namespace(backend, NAMESPACE, &url);
+    }
+    std::fs::write(&json_path, serde_json::to_string_pretty(&results)? + "\n")?;
+    println!("wrote {}", json_path.display());
+    report_failures(&failures, "backend(s)")
+}
+
+/// Runs every method `o.repeat` times, alternating, on connections of type
+/// `$conn` whose single statement loads with mode `$mode`: the summary.
+macro_rules! measure {
+    ($conn:ty, $mode:ty, $backend:expr, $url:expr, $o:expr) => {{
+        let (backend, url, o): (Backend, &str, &Options) = ($backend, $url, $o);
+        let pool = Pool::builder()
+            .max_size(2)
+            .min_idle(Some(2))
+            .build(ConnectionManager::<$conn>::new(url))?;
+        let mut conn = <$conn>::establish(url)?;
+        let batch = o.batch;
+        let one = |method: &str, work_ns: u64, conn: &mut $conn| -> Res<Run> {
+            let mut r = Run {
+                rows: 0,
+                checksum: 0,
+                seconds: 0.0,
+            };
+            let mut see = |i: &Item| {
+                work(work_ns);
+                r.rows += 1;
+                r.checksum = r.checksum.wrapping_add(touch(i));
+            };
+            let t0 = Instant::now();
+            match method {
+                "single_ordered" => {
+                    for i in items::table
+                        .order(items::id)
+                        .select(Item::as_select())
+                        .load_iter::<Item, $mode>(conn)?
+                    {
+                        see(&i?);
+                    }
+                }
+                "single_unordered" => {
+                    for i in items::table
+                        .select(Item::as_select())
+                        .load_iter::<Item, $mode>(conn)?
+                    {
+                        see(&i?);
+                    }
+                }
+                "scan" | "scan_work" => {
+                    for i in items::table
+                        .chunked_by(items::id)
+                        .batch_size(batch)
+                        .load_iter::<Item>(&pool)
+                    {
+                        see(&i?);
+                    }
+                }
+                "scan_prefetch" | "scan_prefetch_work" => {
+                    for i in items::table
+                        .chunked_by(items::id)
+                        .batch_size(batch)
+                        .prefetch(1)
+                        .load_iter::<Item>(pool.clone())
+                        .on_thread()
+                    {
+                        see(&i?);
+                    }
+                }
+                other => return Err(format!("unknown method {other}").into()),
+            }
+            r.seconds = t0.elapsed().as_secs_f64();
+            black_box(r.checksum);
+            Ok(r)
+        };
+        // warm-up (untimed): caches, and the scan's own time per row
+        one("single_ordered", 0, &mut conn)?;
+        let warm = one("scan", 0, &mut conn)?;
+        let work_ns = o
+            .work_ns
+            .unwrap_or_else(|| (warm.seconds * 1e9 / warm.rows.max(1) as f64) as u64);
+        println!(
+            "  {}: work per row in the _work methods: {work_ns} ns",
+            backend.name()
+        );
+        let mut runs: Vec<(String, Run)> = Vec::new();
+        for round in 1..=o.repeat {
+            for m in METHODS {
+                let w = if m.ends_with("_work") { work_ns } else { 0 };
+                let r = one(m, w, &mut conn)?;
+                if r.rows != o.rows {
+                    return Err(format!("{m} saw {} rows, not {}", r.rows, o.rows).into());
+                }
+                println!(
+                    "  round {round} {m:<20} {:>10.0} rows/s ({:.3} s)",
+                    r.rows as f64 / r.seconds,
+                    r.seconds
+                );
+                runs.push((m.to_string(), r));
+            }
+        }
+        let checks: Vec<u64> = runs.iter().map(|(_, r)| r.checksum).collect();
+        if checks.windows(2).any(|w| w[0] != w[1]) {
+            return Err("the methods saw different rows".into());
+        }
+        let v = summary(&runs, o, backend, work_ns);
+        for (name, _, _) in RATIOS {
+            println!(
+                "  {}: {name}: {}",
+                backend.name(),
+                v["ratios"][name]["median"]
+            );
+        }
+        Ok::<Value, Box<dyn std::error::Error>>(v)
+    }};
+}
+
+fn run_backend(backend: Backend, url: &str, o: &Options) -> Res<Value> {
+    match backend {
+        #[cfg(feature = "sqlite")]
+        Backend::Sqlite => {
+            fill::<diesel::SqliteConnection>(
+                url,
+                &format!(
+                    "PRAGMA journal_mode = WAL; \
+                     CREATE TABLE items (id INTEGER PRIMARY KEY NOT NULL, n INTEGER NOT NULL, pad TEXT NOT NULL); \
+                     INSERT INTO items WITH RECURSIVE s(i) AS \
+                     (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < {}) \
+                     SELECT i, i % 1000, printf('%0100d', i) FROM s",
+                    o.rows
+                ),
+            )?;
+            measure!(
+                diesel::SqliteConnection,
+                DefaultLoadingMode,
+                backend,
+                url,
+                o
+            )
+        }
+        #[cfg(feature = "postgres")]
+        Backend::Pg => {
+            fill::<diesel::PgConnection>(
+                url,
+                &format!(
+                    "CREATE TABLE items (id INTEGER PRIMARY KEY, n INTEGER NOT NULL, pad TEXT NOT NULL); \
+                     INSERT INTO items SELECT i, i % 1000, lpad(i::text, 100, '0') \
+                     FROM generate_series(1, {}) AS i",
+                    o.rows
+                ),
+            )?;
+            fill::<diesel::PgConnection>(url, "VACUUM ANALYZE items")?;
+            // single-row mode: the statement streams its rows, as the scan's batches do
+            measure!(
+                diesel::PgConnection,
+                diesel::pg::PgRowByRowLoadingMode,
+                backend,
+                url,
+                o
+            )
+        }
+        #[cfg(feature = "mysql")]
+        Backend::Mysql => {
+            fill::<diesel::MysqlConnection>(
+                url,
+                &format!(
+                    "CREATE TABLE items (id INTEGER PRIMARY KEY, n INTEGER NOT NULL, pad VARCHAR(100) NOT NULL); \
+                     INSERT INTO items SELECT seq, seq % 1000, LPAD(seq, 100, '0') FROM seq_1_to_{}; \
+                     ANALYZE TABLE items",
+                    o.rows
+                ),
+            )?;
+            measure!(diesel::MysqlConnection, DefaultLoadingMode, backend, url, o)
+        }
+    }
+}
+
+fn fill<C: Connection>(url: &str, sql: &str) -> Res<()> {
+    let started = Instant::now();
+    let mut conn = C::establish(url)?;
+    conn.batch_execute(sql)?;
+    println!("  filled in {:.1} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// A busy wait of `ns` nanoseconds: the caller's work on one row.
+#[inline]
+fn work(ns: u64) {
+    if ns == 0 {
+        return;
+    }
+    let until = Instant::now() + Duration::from_nanos(ns);
+    while Instant::now() < until {
+        std::hint::spin_loop();
+    }
+}
+
+/// What one run saw: rows, a checksum, and its wall time.
+struct Run {
+    rows: u64,
+    checksum: u64,
+    seconds: f64,
+}
+
+fn summary(runs: &[(String, Run)], o: &Options, backend: Backend, work_ns: u64) -> Value {
+    let mut methods = serde_json::Map::new();
+    for m in METHODS {
+        let rps: Vec<f64> = runs
+            .iter()
+            .filter(|(n, _)| n == m)
+            .map(|(_, r)| r.rows as f64 / r.seconds)
+            .collect();
+        methods.insert(
+            m.into(),
+            json!({"rows_per_sec_median": round3(median(&rps)), "rows_per_sec": rps.iter().map(|x| round3(*x)).collect::<Vec<_>>()}),
+        );
+    }
+    let mut ratios = serde_json::Map::new();
+    for (name, a, b) in RATIOS {
+        let per_round: Vec<f64> = (0..o.repeat)
+            .filter_map(|round| {
+                let of = |m: &str| {
+                    runs.iter()
+                        .filter(|(n, _)| n == m)
+                        .nth(round)
+                        .map(|(_, r)| r.rows as f64 / r.seconds)
+                };
+                Some(of(a)? / of(b)?)
+            })
+            .collect();
+        ratios.insert(
+            name.into(),
+            json!({"median": round3(median(&per_round)), "rounds": per_round.iter().map(|x| round3(*x)).collect::<Vec<_>>()}),
+        );
+    }
+    json!({
+        "backend": backend.name(),
+        "rows": o.rows,
+        "batch_size": o.batch,
+        "repeats": o.repeat,
+        "work_ns_per_row": work_ns,
+        "methods": methods,
+        "ratios": ratios,
+    })
+}
