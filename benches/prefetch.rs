@@ -56,7 +56,7 @@ fn touch(i: &Item) -> u64 {
 
 const NAMESPACE: &str = "bench_prefetch";
 
-/// Every method, in the order each round runs them.
+/// Every blocking method, in the order each round runs them.
 const METHODS: [&str; 6] = [
     "single_ordered",
     "single_unordered",
@@ -66,9 +66,28 @@ const METHODS: [&str; 6] = [
     "scan_prefetch_work",
 ];
 
+/// With `--features async`, run after the blocking ones: `load_stream` on a
+/// diesel-async connection (SQLite: `SyncConnectionWrapper`), without and with
+/// `prefetch(1)`, on a two-thread tokio runtime.
+const ASYNC_METHODS: [&str; 4] = [
+    "stream",
+    "stream_prefetch",
+    "stream_work",
+    "stream_prefetch_work",
+];
+
+/// The methods this build runs.
+fn methods() -> Vec<&'static str> {
+    let mut m = METHODS.to_vec();
+    if cfg!(feature = "async") {
+        m.extend(ASYNC_METHODS);
+    }
+    m
+}
+
 /// Ratios reported: (name, numerator, denominator), each the median of the
 /// per-round ratios of rows/s.
-const RATIOS: [(&str, &str, &str); 6] = [
+const RATIOS: [(&str, &str, &str); 9] = [
     ("scan ÷ ordered statement", "scan", "single_ordered"),
     (
         "scan with prefetch ÷ ordered statement",
@@ -90,6 +109,21 @@ const RATIOS: [(&str, &str, &str); 6] = [
         "prefetch ÷ no prefetch, with work per row",
         "scan_prefetch_work",
         "scan_work",
+    ),
+    (
+        "stream with prefetch ÷ ordered statement",
+        "stream_prefetch",
+        "single_ordered",
+    ),
+    (
+        "stream: prefetch ÷ no prefetch",
+        "stream_prefetch",
+        "stream",
+    ),
+    (
+        "stream: prefetch ÷ no prefetch, with work per row",
+        "stream_prefetch_work",
+        "stream_work",
     ),
 ];
 
@@ -177,7 +211,7 @@ fn run(args: Vec<String>) -> Res<()> {
 /// Runs every method `o.repeat` times, alternating, on connections of type
 /// `$conn` whose single statement loads with mode `$mode`: the summary.
 macro_rules! measure {
-    ($conn:ty, $mode:ty, $backend:expr, $url:expr, $o:expr) => {{
+    ($conn:ty, $aconn:ty, $mode:ty, $backend:expr, $url:expr, $o:expr) => {{
         let (backend, url, o): (Backend, &str, &Options) = ($backend, $url, $o);
         let pool = Pool::builder()
             .max_size(2)
@@ -235,6 +269,38 @@ macro_rules! measure {
                         see(&i?);
                     }
                 }
+                #[cfg(feature = "async")]
+                "stream" | "stream_work" | "stream_prefetch" | "stream_prefetch_work" => {
+                    use diesel_async::AsyncConnection;
+                    use futures_util::TryStreamExt;
+                    let prefetch = usize::from(method.starts_with("stream_prefetch"));
+                    let rt = tokio::runtime::Builder::new_multi_thread()
+                        .worker_threads(2)
+                        .enable_all()
+                        .build()?;
+                    let seen = rt.block_on(async {
+                        let mut aconn = <$aconn>::establish(url).await?;
+                        let t0 = Instant::now();
+                        let mut rows = items::table
+                            .chunked_by(items::id)
+                            .batch_size(batch)
+                            .prefetch(prefetch)
+                            .load_stream::<Item>(&mut aconn);
+                        let mut seen = (0u64, 0u64);
+                        while let Some(i) = rows.try_next().await? {
+                            work(work_ns);
+                            seen.0 += 1;
+                            seen.1 = seen.1.wrapping_add(touch(&i));
+                        }
+                        Res::Ok((seen, t0.elapsed()))
+                    })?;
+                    let ((rows, checksum), elapsed) = seen;
+                    return Ok(Run {
+                        rows,
+                        checksum,
+                        seconds: elapsed.as_secs_f64(),
+                    });
+                }
                 other => return Err(format!("unknown method {other}").into()),
             }
             r.seconds = t0.elapsed().as_secs_f64();
@@ -253,7 +319,7 @@ macro_rules! measure {
         );
         let mut runs: Vec<(String, Run)> = Vec::new();
         for round in 1..=o.repeat {
-            for m in METHODS {
+            for m in methods() {
                 let w = if m.ends_with("_work") { work_ns } else { 0 };
                 let r = one(m, w, &mut conn)?;
                 if r.rows != o.rows {
@@ -273,6 +339,9 @@ macro_rules! measure {
         }
         let v = summary(&runs, o, backend, work_ns);
         for (name, _, _) in RATIOS {
+            if v["ratios"][name].is_null() {
+                continue;
+            }
             println!(
                 "  {}: {name}: {}",
                 backend.name(),
@@ -300,6 +369,9 @@ fn run_backend(backend: Backend, url: &str, o: &Options) -> Res<Value> {
             )?;
             measure!(
                 diesel::SqliteConnection,
+                diesel_async::sync_connection_wrapper::SyncConnectionWrapper<
+                    diesel::SqliteConnection,
+                >,
                 DefaultLoadingMode,
                 backend,
                 url,
@@ -321,6 +393,7 @@ fn run_backend(backend: Backend, url: &str, o: &Options) -> Res<Value> {
             // single-row mode: the statement streams its rows, as the scan's batches do
             measure!(
                 diesel::PgConnection,
+                diesel_async::AsyncPgConnection,
                 diesel::pg::PgRowByRowLoadingMode,
                 backend,
                 url,
@@ -338,7 +411,14 @@ fn run_backend(backend: Backend, url: &str, o: &Options) -> Res<Value> {
                     o.rows
                 ),
             )?;
-            measure!(diesel::MysqlConnection, DefaultLoadingMode, backend, url, o)
+            measure!(
+                diesel::MysqlConnection,
+                diesel_async::AsyncMysqlConnection,
+                DefaultLoadingMode,
+                backend,
+                url,
+                o
+            )
         }
     }
 }
@@ -371,14 +451,14 @@ struct Run {
 }
 
 fn summary(runs: &[(String, Run)], o: &Options, backend: Backend, work_ns: u64) -> Value {
-    let mut methods = serde_json::Map::new();
-    for m in METHODS {
+    let mut per_method = serde_json::Map::new();
+    for m in methods() {
         let rps: Vec<f64> = runs
             .iter()
             .filter(|(n, _)| n == m)
             .map(|(_, r)| r.rows as f64 / r.seconds)
             .collect();
-        methods.insert(
+        per_method.insert(
             m.into(),
             json!({"rows_per_sec_median": round3(median(&rps)), "rows_per_sec": rps.iter().map(|x| round3(*x)).collect::<Vec<_>>()}),
         );
@@ -396,6 +476,9 @@ fn summary(runs: &[(String, Run)], o: &Options, backend: Backend, work_ns: u64) 
                 Some(of(a)? / of(b)?)
             })
             .collect();
+        if per_round.is_empty() {
+            continue;
+        }
         ratios.insert(
             name.into(),
             json!({"median": round3(median(&per_round)), "rounds": per_round.iter().map(|x| round3(*x)).collect::<Vec<_>>()}),
@@ -407,7 +490,7 @@ fn summary(runs: &[(String, Run)], o: &Options, backend: Backend, work_ns: u64) 
         "batch_size": o.batch,
         "repeats": o.repeat,
         "work_ns_per_row": work_ns,
-        "methods": methods,
+        "methods": per_method,
         "ratios": ratios,
     })
 }

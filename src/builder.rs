@@ -221,9 +221,10 @@ impl<Q, K: Key> Chunked<Q, K> {
     /// loaded before you ask for it, and is lost unread if you stop early).
     ///
     /// - **Async streams** (`load_stream`, `load_batches_stream`) read ahead
-    ///   on any source: the next batch's future is polled each time the stream
-    ///   hands out a row, on the same connection (the current batch is already
-    ///   in memory, so the connection is free) or on the pool's next one.
+    ///   on any source: the next batch's statement starts as soon as a batch
+    ///   arrives and is polled as its rows are handed out (every 64 rows), on
+    ///   the same connection (the current batch is already in memory, so the
+    ///   connection is free) or on the pool's next one.
     /// - **Blocking iterators** need a thread to overlap with your loop:
     ///   [`LoadIter::on_thread`](crate::LoadIter::on_thread) moves the scan to
     ///   a thread of its own that reads `n` batches ahead (at least one). That

@@ -159,6 +159,10 @@ enum State<'a, S, B, K: Key, R: RowType<K>> {
     Loading(Loading<'a, S, B, K, R>),
 }
 
+/// How often a row stream polls the batches it reads ahead: every this many
+/// rows handed out.
+const AHEAD_EVERY: usize = 64;
+
 /// The state both streams share: the scan, idle or loading a batch, the
 /// batches loaded ahead of the one handed out (`prefetch`), and the counters
 /// as of the last batch the scan loaded.
@@ -439,7 +443,12 @@ where
             if let Some(row) = this.buffer.next() {
                 let (k, t) = row.into_parts();
                 this.batches.handed.handed_out(1, Some(k));
-                this.batches.poll_ahead(cx);
+                // Every so many rows (and at the batch's last), not at every
+                // row: polling a pending statement costs more than handing
+                // out a row.
+                if this.buffer.len() % AHEAD_EVERY == 0 {
+                    this.batches.poll_ahead(cx);
+                }
                 return Poll::Ready(Some(Ok(t)));
             }
             match std::task::ready!(this.batches.poll_batch(cx)) {
