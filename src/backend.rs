@@ -130,6 +130,13 @@ pub trait KeysetBackend: Backend + private::Sealed {
     /// `DEFAULT` leaves its column out, and goes in a statement with rows
     /// like it.
     const MULTI_ROW_DEFAULT: bool = true;
+    /// Whether an async stream may start a batch's statement ahead of the
+    /// rows being handed out ([`prefetch`](crate::Chunked::prefetch)): only
+    /// where dropping that statement's future in flight (a stream dropped
+    /// early) leaves the connection usable. diesel-async's MySQL connection
+    /// does not: the next statement on it then reads no rows, so a MySQL
+    /// stream reads nothing ahead.
+    const ASYNC_READ_AHEAD: bool = true;
     /// The schema an unqualified table name resolves to, where it is fixed
     /// (SQLite: `main`): a destination `main.orders` is the source `orders`.
     const DEFAULT_SCHEMA: Option<&'static str> = None;
@@ -333,6 +340,7 @@ mod pg {
 #[cfg(feature = "mysql")]
 impl KeysetBackend for diesel::mysql::Mysql {
     const ROW_VALUES: bool = false;
+    const ASYNC_READ_AHEAD: bool = false;
     const CHECKS_STRING_KEYS: bool = true;
     const ORDERS_BY_UNIQUE_PREFIX: bool = true;
     const PROBES_BY_MIN_MAX: bool = true;

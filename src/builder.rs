@@ -225,6 +225,10 @@ impl<Q, K: Key> Chunked<Q, K> {
     ///   arrives and is polled as its rows are handed out (every 64 rows), on
     ///   the same connection (the current batch is already in memory, so the
     ///   connection is free) or on the pool's next one.
+    ///   Except on MySQL/MariaDB: a stream dropped early drops the statement
+    ///   it started ahead, and diesel-async's MySQL connection is not left
+    ///   usable by that (its next statement reads no rows), so there a stream
+    ///   reads nothing ahead.
     /// - **Blocking iterators** need a thread to overlap with your loop:
     ///   [`LoadIter::on_thread`](crate::LoadIter::on_thread) moves the scan to
     ///   a thread of its own that reads `n` batches ahead (at least one). That

@@ -289,7 +289,9 @@ where
         loop {
             match &mut self.state {
                 State::Idle(scan) => {
-                    if !scan.core.engine.wants_ahead(self.ready.len()) {
+                    if !AsyncDb::<S>::ASYNC_READ_AHEAD
+                        || !scan.core.engine.wants_ahead(self.ready.len())
+                    {
                         return;
                     }
                     self.start();

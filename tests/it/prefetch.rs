@@ -325,10 +325,39 @@ mod streams {
                         .iter()
                         .filter(|q| q.contains("posts"))
                         .count();
-                    assert_eq!(sent, 2, "{:?}", log.lock().unwrap());
+                    // MySQL: diesel-async's connection cannot drop a statement in
+                    // flight safely (a stream dropped early), so nothing starts ahead
+                    let ahead = stringify!($name) != "mysql";
+                    assert_eq!(sent, 1 + usize::from(ahead), "{:?}", log.lock().unwrap());
                     assert_eq!(s.last_key(), Some(&10));
                     let rest: Vec<i32> = s.map_ok(|p| p.id).try_collect().await.unwrap();
                     assert_eq!(rest, (11..=30).collect::<Vec<_>>());
+                }
+
+                #[tokio::test(flavor = "multi_thread")]
+                async fn a_stream_dropped_while_reading_ahead_leaves_the_connection_usable() {
+                    let (_db, mut conn) = setup(40).await;
+                    for taken in [1, 3, 10, 11] {
+                        let mut s = posts::table
+                            .chunked_by(posts::id)
+                            .batch_size(10)
+                            .prefetch(2)
+                            .load_stream::<Post>(&mut conn);
+                        for id in 1..=taken {
+                            assert_eq!(s.try_next().await.unwrap().unwrap().id, id);
+                        }
+                        // the next batches' statements are in flight, or their rows half read
+                        drop(s);
+                        let ids: Vec<i32> = posts::table
+                            .chunked_by(posts::id)
+                            .batch_size(7)
+                            .load_stream::<Post>(&mut conn)
+                            .map_ok(|p| p.id)
+                            .try_collect()
+                            .await
+                            .unwrap();
+                        assert_eq!(ids, (1..=40).collect::<Vec<_>>(), "after taking {taken}");
+                    }
                 }
 
                 #[tokio::test(flavor = "multi_thread")]
