@@ -88,16 +88,17 @@ impl<P: Send + 'static, V> Ahead<P, V> {
         let thread = std::thread::Builder::new()
             .name("chunked-scan".into())
             .spawn(move || run(&mut scan, &tx, shape));
-        let (rx, thread, over, counters) = match thread {
-            Ok(thread) => (Some(rx), Some(thread), false, counters),
-            Err(_) => (None, None, true, counters),
+        // No thread: the first `next()` is `Error::Thread`.
+        let (rx, thread) = match thread {
+            Ok(thread) => (Some(rx), Some(thread)),
+            Err(_) => (None, None),
         };
         Self {
             rx,
             thread,
             handed,
             counters,
-            over,
+            over: false,
         }
     }
 
