@@ -220,25 +220,29 @@ impl<Q, K: Key> Chunked<Q, K> {
     /// (up to `n` more batches) and when statements run (a batch may be
     /// loaded before you ask for it, and is lost unread if you stop early).
     ///
-    /// - **Async streams** (`load_stream`, `load_batches_stream`) read ahead
-    ///   on any source: the next batch's statement starts as soon as a batch
-    ///   arrives and is polled as its rows are handed out (every 64 rows), on
-    ///   the same connection (the current batch is already in memory, so the
-    ///   connection is free) or on the pool's next one.
-    ///   Except on MySQL/MariaDB: a stream dropped early drops the statement
-    ///   it started ahead, and diesel-async's MySQL connection is not left
-    ///   usable by that (its next statement reads no rows), so there a stream
-    ///   reads nothing ahead.
+    /// - **Async streams** (`load_stream`, `load_batches_stream`) on a
+    ///   connection you lend them read ahead on it: the next batch's statement
+    ///   starts as soon as a batch arrives (the batch is in memory, so the
+    ///   connection is free) and is polled as its rows are handed out (every
+    ///   64 rows). Not on a pool: a batch loading ahead would hold one of its
+    ///   connections while your code runs, and a loop body that needs the
+    ///   pool's last connection would wait for ever. Not on MySQL/MariaDB: a
+    ///   stream dropped early drops the statement it started ahead, and
+    ///   diesel-async's MySQL connection is not usable after that (its next
+    ///   statement reads no rows).
     /// - **Blocking iterators** need a thread to overlap with your loop:
     ///   [`LoadIter::on_thread`](crate::LoadIter::on_thread) moves the scan to
     ///   a thread of its own that reads `n` batches ahead (at least one). That
     ///   takes a source the thread can own, such as an r2d2 pool by value
     ///   (`pool.clone()`). Without `on_thread` a blocking iterator reads
     ///   nothing ahead: on a connection you lend it there is nothing to
-    ///   overlap with.
+    ///   overlap with. Dropping the iterator returns at once; its thread
+    ///   stops after the batch it is loading.
     ///
-    /// Write jobs do not read ahead: each batch is one transaction that reads
-    /// its keys after the previous one committed.
+    /// `progress()` counts the rows handed out, and the batches and queries
+    /// as of the last batch handed out. Write jobs do not read ahead: each
+    /// batch is one transaction that reads its keys after the previous one
+    /// committed (an invalid `n` is still an error there).
     ///
     /// ```
     /// # include!("../tests/doc/setup.rs");

@@ -81,6 +81,13 @@ pub trait AsyncConnectionSource: Send {
     /// How often a failed batch is retried unless `max_retries` says otherwise.
     const DEFAULT_MAX_RETRIES: u32;
 
+    /// Whether a stream on this source reads batches ahead when asked to
+    /// ([`prefetch`](crate::Chunked::prefetch)). A connection lent to the
+    /// stream does; a pool does not, since a batch loading ahead would hold
+    /// one of its connections while your code runs (and a loop body that
+    /// needs the pool's last connection would wait for ever).
+    const READS_AHEAD: bool = true;
+
     /// Runs `f` on a connection with `state`: one attempt at one batch.
     ///
     /// `retry` is false for a batch's first attempt and true for every later

@@ -6,8 +6,8 @@
 //! bounded channel as soon as it is loaded and starts the next, and stops
 //! when the channel is full: at most `prefetch` batches (at least one) wait
 //! loaded while the caller works through the current one. Dropping the
-//! iterator closes the channel and waits for the thread, which stops after
-//! the statement it is running.
+//! iterator closes the channel and returns at once; the thread stops after
+//! the batch it is loading.
 
 use std::fmt;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
@@ -119,6 +119,7 @@ impl<P: Send + 'static, V> Ahead<P, V> {
             }
             None => {
                 self.over = true;
+                self.counters.end = Some(EndReason::Failed);
                 self.join();
                 Some(Err(Error::Thread))
             }
@@ -151,24 +152,19 @@ impl<P, V> Ahead<P, V> {
         }
     }
 
+    /// Why the scan ended, as of the last batch received: the scan's thread
+    /// knows it with the last batch (its end or `limit_total`), before the
+    /// message that ends the channel.
     fn end_reason(&self) -> Option<EndReason> {
-        match self.over {
-            true => self.counters.end,
-            false => None,
-        }
+        self.counters.end
     }
 }
 
-impl<P, V> Drop for Ahead<P, V> {
-    fn drop(&mut self) {
-        // Closing the channel stops the thread after its current statement.
-        self.rx = None;
-        if let Some(thread) = self.thread.take() {
-            // A panic was the caller's to see while iterating; not in a drop.
-            let _ = thread.join();
-        }
-    }
-}
+// Dropping the iterator closes the channel and does not wait: the thread
+// finishes the batch it is loading (its connection then goes back to the
+// pool), finds the channel closed and ends. Waiting here could block the
+// caller for as long as that batch takes, or for ever if the caller holds
+// what the batch waits for (the pool's last connection, a lock).
 
 fn counters<S: ConnectionSource, B, K: Key, R>(scan: &Scan<S, B, K, R>) -> Counters {
     let engine = &scan.core.engine;
@@ -208,7 +204,8 @@ fn run<S, B, K, R, P>(
 /// made by [`LoadIter::on_thread`].
 ///
 /// Holds the batch being handed out and at most `prefetch` (at least one)
-/// loaded ones. Dropping it waits for the statement its thread is running.
+/// loaded ones. Dropping it returns at once; its thread stops after the
+/// batch it is loading, and then gives its connection back.
 pub struct ThreadIter<T, V> {
     ahead: Ahead<Keyed<T, V>, V>,
     buffer: std::vec::IntoIter<(StoredKey<V>, T)>,
@@ -386,6 +383,14 @@ impl<T, V> ThreadBatches<T, V> {
 
 impl<T: Send + 'static, V: Send + 'static> Iterator for ThreadIter<T, V> {
     type Item = Result<T, Error>;
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        match self.ahead.over || self.ahead.counters.end.is_some() {
+            // only the rows in hand are left
+            true => (self.buffer.len(), Some(self.buffer.len())),
+            false => (self.buffer.len(), None),
+        }
+    }
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {

@@ -130,6 +130,7 @@ macro_rules! pooled_source {
         {
             type Connection = C;
             const DEFAULT_MAX_RETRIES: u32 = 3;
+            const READS_AHEAD: bool = false;
 
             fn run<'s, T, R, F>(
                 &'s mut self,

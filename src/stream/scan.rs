@@ -163,38 +163,60 @@ enum State<'a, S, B, K: Key, R: RowType<K>> {
 /// rows handed out.
 const AHEAD_EVERY: usize = 64;
 
+/// The scan's counters (rows and last key aside), end reason and start, as of
+/// one batch.
+struct Snap<V> {
+    progress: Progress<V>,
+    end: Option<EndReason>,
+    started: Option<std::time::Instant>,
+}
+
+impl<V> Snap<V> {
+    fn of(engine: &crate::engine::Engine) -> Self {
+        Self {
+            progress: engine.progress(0, None),
+            end: engine.end,
+            started: engine.started(),
+        }
+    }
+}
+
+/// A batch loaded ahead, with the counters as of it.
+type Ahead<L, V> = (BatchResult<L>, Snap<V>);
+
 /// The state both streams share: the scan, idle or loading a batch, the
 /// batches loaded ahead of the one handed out (`prefetch`), and the counters
-/// as of the last batch the scan loaded.
+/// as of the last batch handed out.
 struct Batches<'a, S, B, K: Key, R: RowType<K>> {
     state: State<'a, S, B, K, R>,
-    /// Loaded, not yet handed out, in order; the last may be the end or an
-    /// error. At most `prefetch` of them.
-    ready: VecDeque<BatchResult<R::Loaded>>,
+    /// Loaded, not yet handed out, in order, each with the counters as of
+    /// it; the last may be the end or an error. At most `prefetch` of them.
+    ready: VecDeque<Ahead<R::Loaded, K::Value>>,
     handed: Handed<K::Value>,
-    /// The scan's counters (rows and last key aside) and end reason while a
-    /// batch is loading.
-    snapshot: (Progress<K::Value>, Option<EndReason>),
+    /// The counters as of the last batch handed out: what `progress()` shows
+    /// while the scan is loading or batches wait in `ready`.
+    shown: Snap<K::Value>,
 }
 
 impl<'a, S, B, K: Key, R: RowType<K>> Batches<'a, S, B, K, R> {
     fn new(scan: AsyncScan<S, B, K, R>) -> Self {
-        let snapshot = (scan.core.engine.progress(0, None), scan.core.engine.end);
+        let shown = Snap::of(&scan.core.engine);
         Self {
             state: State::Idle(Box::new(scan)),
             ready: VecDeque::new(),
             handed: Handed::new(),
-            snapshot,
+            shown,
         }
     }
 
     fn progress(&self) -> Progress<K::Value> {
         match &self.state {
-            State::Idle(scan) => self.handed.progress(&scan.core.engine),
-            State::Loading(_) => Progress {
+            State::Idle(scan) if self.ready.is_empty() => self.handed.progress(&scan.core.engine),
+            _ => Progress {
                 rows: self.handed.rows(),
                 last_key: self.handed.last_key().cloned(),
-                ..self.snapshot.0.clone()
+                elapsed: self.shown.started.map(|s| s.elapsed()).unwrap_or_default(),
+                ..self.shown.progress.clone()
             },
         }
     }
@@ -205,7 +227,7 @@ impl<'a, S, B, K: Key, R: RowType<K>> Batches<'a, S, B, K, R> {
         }
         match &self.state {
             State::Idle(scan) => scan.core.engine.end,
-            State::Loading(_) => self.snapshot.1,
+            State::Loading(_) => self.shown.end,
         }
     }
 }
@@ -241,7 +263,6 @@ where
             self.state = state;
             return;
         };
-        self.snapshot = (scan.core.engine.progress(0, None), scan.core.engine.end);
         self.state = State::Loading(Box::pin(async move {
             let batch = scan.next_batch().await;
             (batch, scan)
@@ -262,7 +283,8 @@ where
 {
     fn poll_batch(&mut self, cx: &mut Context<'_>) -> Poll<BatchResult<R::Loaded>> {
         loop {
-            if let Some(batch) = self.ready.pop_front() {
+            if let Some((batch, snap)) = self.ready.pop_front() {
+                self.shown = snap;
                 self.poll_ahead(cx);
                 return Poll::Ready(batch);
             }
@@ -275,6 +297,7 @@ where
                 }
                 State::Loading(load) => {
                     let (batch, scan) = std::task::ready!(load.poll_unpin(cx));
+                    self.shown = Snap::of(&scan.core.engine);
                     self.state = State::Idle(scan);
                     if matches!(batch, Some(Ok(_))) {
                         self.poll_ahead(cx);
@@ -286,12 +309,13 @@ where
     }
 
     fn poll_ahead(&mut self, cx: &mut Context<'_>) {
+        if !AsyncDb::<S>::ASYNC_READ_AHEAD || !S::READS_AHEAD {
+            return;
+        }
         loop {
             match &mut self.state {
                 State::Idle(scan) => {
-                    if !AsyncDb::<S>::ASYNC_READ_AHEAD
-                        || !scan.core.engine.wants_ahead(self.ready.len())
-                    {
+                    if !scan.core.engine.wants_ahead(self.ready.len()) {
                         return;
                     }
                     self.start();
@@ -300,9 +324,10 @@ where
                     let Poll::Ready((batch, scan)) = load.poll_unpin(cx) else {
                         return;
                     };
+                    let snap = Snap::of(&scan.core.engine);
                     self.state = State::Idle(scan);
                     let more = matches!(batch, Some(Ok(_)));
-                    self.ready.push_back(batch);
+                    self.ready.push_back((batch, snap));
                     if !more {
                         return;
                     }
@@ -442,15 +467,18 @@ where
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
         loop {
+            if this.buffer.len() > 0 {
+                // Every so many rows (and before the batch's last), not at
+                // every row: polling a pending statement costs more than
+                // handing out a row. Before the row is taken, so that a panic
+                // there (a key closure's) loses no row handed out.
+                if this.buffer.len() % AHEAD_EVERY == 1 {
+                    this.batches.poll_ahead(cx);
+                }
+            }
             if let Some(row) = this.buffer.next() {
                 let (k, t) = row.into_parts();
                 this.batches.handed.handed_out(1, Some(k));
-                // Every so many rows (and at the batch's last), not at every
-                // row: polling a pending statement costs more than handing
-                // out a row.
-                if this.buffer.len() % AHEAD_EVERY == 0 {
-                    this.batches.poll_ahead(cx);
-                }
                 return Poll::Ready(Some(Ok(t)));
             }
             match std::task::ready!(this.batches.poll_batch(cx)) {

@@ -135,6 +135,57 @@ backend_tests! {
         assert_eq!(rest, (11..=30).collect::<Vec<_>>(), "batches 2 and 3 were read ahead, no more");
     }
 
+    fn dropping_on_thread_returns_at_once_and_ends_like_load_iter(db) {
+        let mut conn = connect::<B>(&db);
+        insert_posts(&mut conn, 1..=100);
+        let pool = Pool::builder()
+            .max_size(1)
+            .connection_timeout(Duration::from_secs(2))
+            .build(ConnectionManager::<Conn>::new(&db.url))
+            .unwrap();
+        let mut it = posts::table
+            .chunked_by(posts::id)
+            .batch_size(10)
+            .prefetch(2)
+            .load_iter::<Post>(pool.clone())
+            .on_thread();
+        assert_eq!(it.next().unwrap().unwrap().id, 1);
+        // the caller takes the pool's only connection: the scan's thread may be
+        // waiting for it; dropping the iterator must not wait for the thread
+        let held = pool.get().unwrap();
+        let t0 = Instant::now();
+        drop(it);
+        assert!(t0.elapsed() < Duration::from_millis(500), "drop took {:?}", t0.elapsed());
+        drop(held);
+        // the thread gives the connection back once it has stopped
+        assert!(pool.get_timeout(Duration::from_secs(10)).is_ok());
+
+        // end_reason as load_iter gives it: once the last row is handed out
+        let mut it = posts::table
+            .chunked_by(posts::id)
+            .batch_size(30)
+            .load_iter::<Post>(pool.clone())
+            .on_thread();
+        let mut n = 0;
+        while let Some(p) = it.next() {
+            p.unwrap();
+            n += 1;
+            assert_eq!(it.end_reason().is_some(), n == 100, "after {n} rows");
+            if n == 100 {
+                assert_eq!(it.size_hint(), (0, Some(0)));
+            }
+        }
+        assert_eq!(it.end_reason(), Some(EndReason::Exhausted));
+        let mut it = posts::table
+            .chunked_by(posts::id)
+            .start_after(10)
+            .end_at(5)
+            .load_batches::<Post>(pool.clone())
+            .on_thread();
+        assert_eq!(it.end_reason(), Some(EndReason::EmptyBounds));
+        assert!(it.next().is_none());
+    }
+
     fn on_thread_errors_come_after_the_rows_before_them(db) {
         let mut conn = connect::<B>(&db);
         insert_posts(&mut conn, 1..=60);
@@ -384,43 +435,81 @@ mod streams {
                 }
 
                 #[tokio::test(flavor = "multi_thread")]
-                async fn pools_read_ahead_on_their_connections() {
+                async fn pools_lend_the_loop_their_connection_and_read_nothing_ahead() {
                     let (db, conn) = setup(95).await;
                     drop(conn);
                     let pool = deadpool::Pool::builder(AsyncDieselConnectionManager::<$conn>::new(
                         db.url.clone(),
                     ))
-                    .max_size(2)
+                    .max_size(1)
                     .build()
                     .unwrap();
-                    let ids: Vec<i32> = posts::table
-                        .chunked_by(posts::id)
-                        .batch_size(10)
-                        .prefetch(2)
-                        .load_stream::<Post>(&pool)
-                        .map_ok(|p| p.id)
-                        .try_collect()
-                        .await
-                        .unwrap();
-                    assert_eq!(ids, (1..=95).collect::<Vec<_>>());
-                    // a stream dropped while its next batch loads leaves the pool whole
                     let mut s = posts::table
                         .chunked_by(posts::id)
                         .batch_size(10)
                         .prefetch(2)
                         .load_stream::<Post>(&pool);
-                    assert_eq!(s.try_next().await.unwrap().unwrap().id, 1);
-                    drop(s);
-                    let mut a = pool.get().await.unwrap();
-                    let mut b = pool.get().await.unwrap();
-                    let count = || posts::table.count();
-                    let n: i64 = diesel_async::RunQueryDsl::get_result(count(), &mut a)
-                        .await
-                        .unwrap();
-                    let m: i64 = diesel_async::RunQueryDsl::get_result(count(), &mut b)
-                        .await
-                        .unwrap();
-                    assert_eq!((n, m), (95, 95));
+                    let mut ids = Vec::new();
+                    while let Some(p) = s.try_next().await.unwrap() {
+                        ids.push(p.id);
+                        // the pool's only connection is free in the loop body
+                        let c = tokio::time::timeout(Duration::from_secs(5), pool.get())
+                            .await
+                            .expect("the stream holds no connection between batches")
+                            .unwrap();
+                        drop(c);
+                    }
+                    assert_eq!(ids, (1..=95).collect::<Vec<_>>());
+                    assert_eq!(s.progress().queries, 10);
+                }
+
+                #[tokio::test(flavor = "multi_thread")]
+                async fn a_key_closure_panicking_ahead_loses_no_row_handed_out() {
+                    use futures_util::FutureExt;
+                    let (_db, mut conn) = setup(60).await;
+                    let mut s = posts::table
+                        .select((posts::id, posts::title))
+                        .chunked_by(posts::id)
+                        .batch_size(10)
+                        .prefetch(1)
+                        .load_stream_keyed(&mut conn, |r: &(i32, String)| {
+                            assert!(r.0 != 15, "key closure panicked at 15");
+                            r.0
+                        });
+                    let mut seen = Vec::new();
+                    loop {
+                        match std::panic::AssertUnwindSafe(s.next()).catch_unwind().await {
+                            Ok(Some(Ok((id, _)))) => seen.push(id),
+                            Ok(other) => panic!("expected the panic, got {other:?}"),
+                            Err(_) => break,
+                        }
+                    }
+                    // every row received is counted, and no row is counted unreceived
+                    let last = seen.last().copied();
+                    assert_eq!(s.last_key().copied(), last, "received {seen:?}");
+                    assert_eq!(s.progress().rows, seen.len() as u64);
+                    assert_eq!(seen, (1..=seen.len() as i32).collect::<Vec<_>>());
+                }
+
+                #[tokio::test(flavor = "multi_thread")]
+                async fn progress_is_as_of_the_last_batch_handed_out() {
+                    let (_db, mut conn) = setup(40).await;
+                    let mut s = posts::table
+                        .chunked_by(posts::id)
+                        .batch_size(10)
+                        .prefetch(2)
+                        .load_stream::<Post>(&mut conn);
+                    for id in 1..=10 {
+                        assert_eq!(s.try_next().await.unwrap().unwrap().id, id);
+                    }
+                    let p = s.progress();
+                    assert_eq!((p.rows, p.batches, p.queries), (10, 1, 1), "{p:?}");
+                    assert_eq!(p.last_key, Some(10));
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    assert!(s.progress().elapsed >= p.elapsed + Duration::from_millis(50));
+                    assert_eq!(s.try_next().await.unwrap().unwrap().id, 11);
+                    let p = s.progress();
+                    assert_eq!((p.rows, p.batches, p.queries), (11, 2, 2), "{p:?}");
                 }
             }
         };
