@@ -86,6 +86,34 @@ pub struct Progress<V> {
     pub elapsed: Duration,
 }
 
+/// A scan's counters as of one batch ([`Engine::counters`]), kept by the
+/// drivers that read ahead (the blocking scan on a thread, the async streams)
+/// to show as of the last batch they handed out.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Counters {
+    batches: u64,
+    queries: u64,
+    retries: u64,
+    started: Option<Instant>,
+    /// Why the scan had ended, if it had.
+    pub(crate) end: Option<EndReason>,
+}
+
+impl Counters {
+    /// These counters with `rows` handed out, the last with key `last_key`;
+    /// the time elapsed is up to now.
+    pub(crate) fn progress<V>(&self, rows: u64, last_key: Option<V>) -> Progress<V> {
+        Progress {
+            rows,
+            batches: self.batches,
+            queries: self.queries,
+            retries: self.retries,
+            last_key,
+            elapsed: self.started.map(|s| s.elapsed()).unwrap_or_default(),
+        }
+    }
+}
+
 /// What an iterator or a stream has handed to its caller so far: how many
 /// rows, and the key of the last one.
 #[derive(Debug)]
@@ -110,11 +138,6 @@ impl<V> Handed<V> {
         }
     }
 
-    /// Rows handed out so far.
-    pub(crate) fn rows(&self) -> u64 {
-        self.rows
-    }
-
     pub(crate) fn last_key(&self) -> Option<&V> {
         self.last_key.as_ref().map(|k| &k.value)
     }
@@ -128,7 +151,15 @@ impl<V> Handed<V> {
     where
         V: Clone,
     {
-        engine.progress(self.rows, self.last_key().cloned())
+        self.progress_as_of(&engine.counters())
+    }
+
+    /// `counters`, with these rows and this last key.
+    pub(crate) fn progress_as_of(&self, counters: &Counters) -> Progress<V>
+    where
+        V: Clone,
+    {
+        counters.progress(self.rows, self.last_key().cloned())
     }
 }
 
@@ -209,20 +240,16 @@ impl Engine {
         }
     }
 
-    pub(crate) fn progress<V>(&self, rows: u64, last_key: Option<V>) -> Progress<V> {
-        Progress {
-            rows,
+    /// The counters as of now, to show later: what a driver that reads
+    /// ahead shows as of the last batch it handed out.
+    pub(crate) fn counters(&self) -> Counters {
+        Counters {
             batches: self.batches,
             queries: self.queries,
             retries: self.retries,
-            last_key,
-            elapsed: self.started.map(|s| s.elapsed()).unwrap_or_default(),
+            started: self.started,
+            end: self.end,
         }
-    }
-
-    /// When the first batch was asked for.
-    pub(crate) fn started(&self) -> Option<Instant> {
-        self.started
     }
 
     /// Whether a driver holding `ready` loaded batches that are not handed out

@@ -12,12 +12,11 @@
 use std::fmt;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::thread::JoinHandle;
-use std::time::Instant;
 
 use super::{LoadBatches, LoadIter, Scan};
 use crate::backend::KeysetBackend;
 use crate::builder::Db;
-use crate::engine::{EndReason, Handed, Progress};
+use crate::engine::{Counters, EndReason, Handed, Progress};
 use crate::error::Error;
 use crate::key::Key;
 use crate::rows::{LoadedRow, Rows};
@@ -36,16 +35,6 @@ struct Loaded<P> {
 type Keyed<T, V> = Vec<(StoredKey<V>, T)>;
 /// A batch as a batch iterator takes it: the items, and the last one's key.
 type Items<T, V> = (Vec<T>, Option<StoredKey<V>>);
-
-/// The scan's own counters, as of the last batch received.
-#[derive(Debug, Clone, Copy, Default)]
-struct Counters {
-    batches: u64,
-    queries: u64,
-    retries: u64,
-    started: Option<Instant>,
-    end: Option<EndReason>,
-}
 
 /// The receiving side both iterators share: the channel, the thread, what
 /// was handed out, and the counters.
@@ -75,7 +64,7 @@ impl<P: Send + 'static, V> Ahead<P, V> {
         K: Key<Value = V>,
         R: Rows<S::Connection, B, K>,
     {
-        let counters = counters(&scan);
+        let counters = scan.core.engine.counters();
         let ahead = scan
             .core
             .engine
@@ -141,15 +130,7 @@ impl<P, V> Ahead<P, V> {
     where
         V: Clone,
     {
-        let c = &self.counters;
-        Progress {
-            rows: self.handed.rows(),
-            batches: c.batches,
-            queries: c.queries,
-            retries: c.retries,
-            last_key: self.handed.last_key().cloned(),
-            elapsed: c.started.map(|s| s.elapsed()).unwrap_or_default(),
-        }
+        self.handed.progress_as_of(&self.counters)
     }
 
     /// Why the scan ended, as of the last batch received: the scan's thread
@@ -165,17 +146,6 @@ impl<P, V> Ahead<P, V> {
 // pool), finds the channel closed and ends. Waiting here could block the
 // caller for as long as that batch takes, or for ever if the caller holds
 // what the batch waits for (the pool's last connection, a lock).
-
-fn counters<S: ConnectionSource, B, K: Key, R>(scan: &Scan<S, B, K, R>) -> Counters {
-    let engine = &scan.core.engine;
-    Counters {
-        batches: engine.batches,
-        queries: engine.queries,
-        retries: engine.retries,
-        started: engine.started(),
-        end: engine.end,
-    }
-}
 
 /// The scan's thread: loads batches and sends them until the scan ends or the
 /// iterator is dropped.
@@ -193,7 +163,7 @@ fn run<S, B, K, R, P>(
     loop {
         let batch = scan.next_batch().map(|b| b.map(shape));
         let last = !matches!(batch, Some(Ok(_)));
-        let counters = counters(scan);
+        let counters = scan.core.engine.counters();
         if tx.send(Loaded { batch, counters }).is_err() || last {
             return;
         }

@@ -10,7 +10,7 @@ use futures_util::{FutureExt, Stream};
 
 use super::{AsyncConnectionSource, AsyncDb, AsyncKeyCheck, AsyncRows};
 use crate::backend::KeysetBackend;
-use crate::engine::{EndReason, Handed, Progress};
+use crate::engine::{Counters, EndReason, Handed, Progress};
 use crate::error::Error;
 use crate::iter::{BatchResult, FirstBatch, FirstSteps, ReadStep, ScanCore};
 use crate::key::Key;
@@ -163,26 +163,8 @@ enum State<'a, S, B, K: Key, R: RowType<K>> {
 /// rows handed out.
 const AHEAD_EVERY: usize = 64;
 
-/// The scan's counters (rows and last key aside), end reason and start, as of
-/// one batch.
-struct Snap<V> {
-    progress: Progress<V>,
-    end: Option<EndReason>,
-    started: Option<std::time::Instant>,
-}
-
-impl<V> Snap<V> {
-    fn of(engine: &crate::engine::Engine) -> Self {
-        Self {
-            progress: engine.progress(0, None),
-            end: engine.end,
-            started: engine.started(),
-        }
-    }
-}
-
 /// A batch loaded ahead, with the counters as of it.
-type Ahead<L, V> = (BatchResult<L>, Snap<V>);
+type Ahead<L> = (BatchResult<L>, Counters);
 
 /// The state both streams share: the scan, idle or loading a batch, the
 /// batches loaded ahead of the one handed out (`prefetch`), and the counters
@@ -191,16 +173,16 @@ struct Batches<'a, S, B, K: Key, R: RowType<K>> {
     state: State<'a, S, B, K, R>,
     /// Loaded, not yet handed out, in order, each with the counters as of
     /// it; the last may be the end or an error. At most `prefetch` of them.
-    ready: VecDeque<Ahead<R::Loaded, K::Value>>,
+    ready: VecDeque<Ahead<R::Loaded>>,
     handed: Handed<K::Value>,
     /// The counters as of the last batch handed out: what `progress()` shows
     /// while the scan is loading or batches wait in `ready`.
-    shown: Snap<K::Value>,
+    shown: Counters,
 }
 
 impl<'a, S, B, K: Key, R: RowType<K>> Batches<'a, S, B, K, R> {
     fn new(scan: AsyncScan<S, B, K, R>) -> Self {
-        let shown = Snap::of(&scan.core.engine);
+        let shown = scan.core.engine.counters();
         Self {
             state: State::Idle(Box::new(scan)),
             ready: VecDeque::new(),
@@ -212,12 +194,7 @@ impl<'a, S, B, K: Key, R: RowType<K>> Batches<'a, S, B, K, R> {
     fn progress(&self) -> Progress<K::Value> {
         match &self.state {
             State::Idle(scan) if self.ready.is_empty() => self.handed.progress(&scan.core.engine),
-            _ => Progress {
-                rows: self.handed.rows(),
-                last_key: self.handed.last_key().cloned(),
-                elapsed: self.shown.started.map(|s| s.elapsed()).unwrap_or_default(),
-                ..self.shown.progress.clone()
-            },
+            _ => self.handed.progress_as_of(&self.shown),
         }
     }
 
@@ -297,7 +274,7 @@ where
                 }
                 State::Loading(load) => {
                     let (batch, scan) = std::task::ready!(load.poll_unpin(cx));
-                    self.shown = Snap::of(&scan.core.engine);
+                    self.shown = scan.core.engine.counters();
                     self.state = State::Idle(scan);
                     if matches!(batch, Some(Ok(_))) {
                         self.poll_ahead(cx);
@@ -324,7 +301,7 @@ where
                     let Poll::Ready((batch, scan)) = load.poll_unpin(cx) else {
                         return;
                     };
-                    let snap = Snap::of(&scan.core.engine);
+                    let snap = scan.core.engine.counters();
                     self.state = State::Idle(scan);
                     let more = matches!(batch, Some(Ok(_)));
                     self.ready.push_back((batch, snap));
