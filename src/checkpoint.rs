@@ -148,16 +148,17 @@
 //! ([`batch_transaction`](CheckpointConnection::batch_transaction)) that first
 //! locks the job's row, without waiting: two runs of one job never write batches
 //! at the same time, and the second one learns it instead of queueing behind the
-//! first. (A write job's batch tries a conflicting lock again, in a savepoint, for
-//! up to 5 s: a runner that died inside a batch holds the row until the server
-//! rolls its transaction back. Then it checks that the row did not move on.)
+//! first. (A write job's batch whose lock conflicts rolls its transaction back,
+//! in which nothing else ran, and begins it again, for up to 5 s: a runner that
+//! died inside a batch holds the row until the server rolls its transaction
+//! back. Then it checks that the row did not move on.)
 //!
 //! - PostgreSQL: a plain transaction; the row is locked with
 //!   `SELECT ... FOR UPDATE NOWAIT`, which fails at once with SQLSTATE 55P03
 //!   (`could not obtain lock on row ...`) if another transaction holds it.
 //! - MySQL/MariaDB: a `READ COMMITTED` transaction (`SET TRANSACTION ISOLATION
-//!   LEVEL READ COMMITTED` right before `BEGIN`; it applies to that transaction
-//!   only), so that a batch's range `UPDATE` takes no gap locks that would block
+//!   LEVEL READ COMMITTED; BEGIN`, sent as one; the level applies to that
+//!   transaction only), so that a batch's range `UPDATE` takes no gap locks that would block
 //!   writers of other rows. The row is locked with `SELECT ... FOR UPDATE NOWAIT`,
 //!   which fails at once (MariaDB: error 1205 `Lock wait timeout exceeded`,
 //!   MySQL: error 3572) if another transaction holds it.
@@ -803,7 +804,6 @@ const MYSQL: Statements = Statements {
 #[cfg(feature = "mysql")]
 checkpoint_connection!(diesel::MysqlConnection, MYSQL, |conn, f| {
     use diesel::connection::{AnsiTransactionManager, TransactionManager};
-    use diesel::RunQueryDsl;
     // SET TRANSACTION is an error inside a transaction, and a savepoint could
     // not get the isolation level anyway.
     if AnsiTransactionManager::transaction_manager_status_mut(conn)
@@ -813,9 +813,26 @@ checkpoint_connection!(diesel::MysqlConnection, MYSQL, |conn, f| {
         return Err(DieselError::AlreadyInTransaction.into());
     }
     // Applies to the next transaction only: the session's level is untouched.
-    diesel::sql_query("SET TRANSACTION ISOLATION LEVEL READ COMMITTED").execute(conn)?;
-    conn.transaction(f)
+    // Sent with the BEGIN, in one round trip.
+    AnsiTransactionManager::begin_transaction_sql(conn, MYSQL_BEGIN)?;
+    match f(conn) {
+        Ok(value) => {
+            AnsiTransactionManager::commit_transaction(conn)?;
+            Ok(value)
+        }
+        // As Diesel's own `transaction`: the body's error says more than a
+        // broken transaction manager's.
+        Err(e) => match AnsiTransactionManager::rollback_transaction(conn) {
+            Ok(()) | Err(DieselError::BrokenTransactionManager) => Err(e),
+            Err(rollback) => Err(rollback.into()),
+        },
+    }
 });
+
+/// How a batch's transaction begins on MySQL/MariaDB: `READ COMMITTED` for
+/// that transaction only, in one round trip with its `BEGIN`.
+#[cfg(feature = "mysql")]
+pub(crate) const MYSQL_BEGIN: &str = "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; BEGIN";
 
 #[cfg(test)]
 mod tests {

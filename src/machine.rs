@@ -144,6 +144,44 @@ pub(crate) fn lock_retry<T>(
     }
 }
 
+/// How the first attempt of a batch waits for a checkpoint row that another
+/// transaction holds: the driver rolls the batch's transaction back (nothing
+/// ran in it but the lock), waits as [`again`](Self::again) says, and begins
+/// it again. No savepoint is needed around the lock, which keeps a batch two
+/// statements shorter.
+#[derive(Debug)]
+pub(crate) struct LockWait {
+    started: Instant,
+    tries: u32,
+}
+
+impl LockWait {
+    /// Before the batch's first transaction.
+    pub(crate) fn new() -> Self {
+        LockWait {
+            started: Instant::now(),
+            tries: 0,
+        }
+    }
+
+    /// After the batch's transaction locked the checkpoint row as `locked`
+    /// says: how long to wait before beginning the transaction again, or
+    /// `None` to go on with what it found (and let
+    /// [`WriteMachine::locked`] judge it). Only a first attempt waits, as
+    /// [`lock_retry`] says; a retry is the machine's own.
+    pub(crate) fn again<V: Clone + PartialEq + std::fmt::Debug, T>(
+        &mut self,
+        m: &WriteMachine<V>,
+        locked: &diesel::QueryResult<T>,
+    ) -> Option<Duration> {
+        if !m.first_attempt() {
+            return None;
+        }
+        self.tries += 1;
+        lock_retry(self.started, self.tries, locked)
+    }
+}
+
 /// Why a batch's transaction was rolled back.
 #[allow(missing_debug_implementations)]
 pub enum Abort {

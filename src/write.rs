@@ -5,9 +5,9 @@
 //! A write job is a scan whose every batch is one transaction:
 //!
 //! ```text
-//! BEGIN                                         -- SQLite: BEGIN IMMEDIATE; MySQL: READ COMMITTED
-//! [SAVEPOINT; SELECT ... FROM chunked_checkpoints WHERE name = $job FOR UPDATE NOWAIT; RELEASE SAVEPOINT]
-//!   -- a first attempt: while the row is locked, rolled back to the savepoint and tried again, up to 5 s
+//! BEGIN          -- SQLite: BEGIN IMMEDIATE; MySQL: SET TRANSACTION ISOLATION LEVEL READ COMMITTED; BEGIN
+//! [SELECT ... FROM chunked_checkpoints WHERE name = $job FOR UPDATE NOWAIT]
+//!   -- a first attempt: while the row is locked, rolled back and begun again, up to 5 s
 //! SELECT <key> FROM t WHERE (<filters>) AND key > $lo ORDER BY key LIMIT <n + 1>
 //! [SELECT ... generated key columns, UPDATE triggers of t]   -- update_all, first batch only
 //! [SELECT count(*) FROM t WHERE key > $lo AND key <= $hi; SAVEPOINT]  -- t has UPDATE triggers
@@ -45,7 +45,7 @@
 //! whose key it moves ahead of the scan is met again.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use diesel::associations::HasTable;
 use diesel::backend::Backend;
@@ -56,12 +56,12 @@ use serde::Serialize;
 
 use crate::backend::KeysetBackend;
 use crate::builder::{Chunked, Db, ModelBase};
-use crate::checkpoint::{Checkpoint, CheckpointConnection};
+use crate::checkpoint::CheckpointConnection;
 use crate::engine::{BatchPlan, ScanConfig};
 use crate::error::Error;
 use crate::health::sql::ReadHealth;
 use crate::key::Key;
-use crate::machine::{Abort, Committed, EmptyLock, Failure, Step, WriteMachine};
+use crate::machine::{Abort, Committed, EmptyLock, Failure, LockWait, Step, WriteMachine};
 use crate::moved::{MoveWatch, RangeGuard};
 use crate::predicate::{Bounds, BoundsCell, SeekPredicate};
 use crate::query::{PrepareKeys, PrepareModel, SeekQuery};
@@ -638,31 +638,41 @@ where
             true => crate::commit::RelaxCommit::relax_connection(conn)?,
             false => None,
         };
-        let result = conn.batch_transaction(|conn| -> Result<_, Abort> {
-            if m.async_commit() {
-                crate::commit::RelaxCommit::relax_commit(conn)?;
-            }
-            if let Some(name) = name {
-                let row = match m.first_attempt() {
-                    true => lock_waiting(conn, name),
-                    false => conn.lock_checkpoint(name),
+        let mut waiting = LockWait::new();
+        let result = loop {
+            let mut wait = None;
+            let result = conn.batch_transaction(|conn| -> Result<_, Abort> {
+                if m.async_commit() {
+                    crate::commit::RelaxCommit::relax_commit(conn)?;
+                }
+                if let Some(name) = name {
+                    let row = conn.lock_checkpoint(name);
+                    if let Some(w) = waiting.again(m, &row) {
+                        wait = Some(w);
+                        return Err(Abort::Db(diesel::result::Error::RollbackTransaction));
+                    }
+                    m.locked(name, row)?;
+                }
+                let mut loaded = reads.load(rows, query, conn, plan.fetch())?;
+                let batch =
+                    m.loaded(&plan, query.key(), query.bounds(), &mut loaded, |r| r.key())?;
+                let n = loaded.len();
+                let written = match &batch.range {
+                    Some(range) => write(conn, loaded, range)?,
+                    None => 0,
                 };
-                m.locked(name, row)?;
+                let (position, keys, committed) = m.wrote(batch, n, written)?;
+                if let (Some(name), Some(at)) = (name, position) {
+                    at.write(conn, name)?;
+                }
+                sent = Some(keys);
+                Ok(committed)
+            });
+            match wait {
+                Some(wait) => std::thread::sleep(wait),
+                None => break result,
             }
-            let mut loaded = reads.load(rows, query, conn, plan.fetch())?;
-            let batch = m.loaded(&plan, query.key(), query.bounds(), &mut loaded, |r| r.key())?;
-            let n = loaded.len();
-            let written = match &batch.range {
-                Some(range) => write(conn, loaded, range)?,
-                None => 0,
-            };
-            let (position, keys, committed) = m.wrote(batch, n, written)?;
-            if let (Some(name), Some(at)) = (name, position) {
-                at.write(conn, name)?;
-            }
-            sent = Some(keys);
-            Ok(committed)
-        });
+        };
         if let Some(sql) = restore {
             // The batch is decided: a setting that cannot be put back leaves
             // later commits of this connection unflushed, not this batch's
@@ -682,28 +692,6 @@ where
             sent,
         })
     })
-}
-
-/// [`lock_checkpoint`](CheckpointConnection::lock_checkpoint) in a savepoint
-/// of the batch's transaction, tried again while the row is locked, as
-/// [`lock_retry`](crate::machine::lock_retry) says.
-///
-/// The savepoint keeps the batch's transaction usable after a failed lock
-/// (PostgreSQL aborts a transaction on any error).
-fn lock_waiting<C: CheckpointConnection>(
-    conn: &mut C,
-    name: &str,
-) -> diesel::QueryResult<Option<Checkpoint>> {
-    let started = Instant::now();
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let locked = conn.transaction(|conn| conn.lock_checkpoint(name));
-        match crate::machine::lock_retry(started, attempt, &locked) {
-            Some(wait) => std::thread::sleep(wait),
-            None => return locked,
-        }
-    }
 }
 
 /// `update_all` / `delete_all` need a query of one table that Diesel can

@@ -265,16 +265,9 @@ async_checkpoint_connection!(diesel_async::AsyncPgConnection, super::POSTGRES, |
 
 #[cfg(feature = "mysql")]
 async_checkpoint_connection!(diesel_async::AsyncMysqlConnection, super::MYSQL, |conn| {
-    // Applies to the next transaction only: the session's level is untouched.
-    diesel_async::RunQueryDsl::execute(
-        diesel::sql_query("SET TRANSACTION ISOLATION LEVEL READ COMMITTED"),
-        &mut *conn,
-    )
-    .await?;
-    <diesel_async::AsyncMysqlConnection as AsyncConnection>::TransactionManager::begin_transaction(
-        conn,
-    )
-    .await
+    // As the blocking connection's: `READ COMMITTED` for that transaction
+    // only, with its BEGIN in one round trip.
+    diesel_async::AnsiTransactionManager::begin_transaction_sql(conn, super::MYSQL_BEGIN).await
 });
 
 /// SQLite in diesel-async's wrapper: the blocking statements, on the

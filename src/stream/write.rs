@@ -5,7 +5,6 @@
 //! decision is the machine's.
 
 use std::panic::AssertUnwindSafe;
-use std::time::Instant;
 
 use diesel::associations::HasTable;
 use diesel::backend::Backend;
@@ -27,7 +26,7 @@ use crate::health::{Outcome, Unread};
 use crate::iter::{FirstBatch, FirstSteps};
 use crate::key::Key;
 use crate::machine::{
-    lock_retry, Abort, Committed, EmptyLock, Failure, Position, Step, WriteMachine,
+    Abort, Committed, EmptyLock, Failure, LockWait, Position, Step, WriteMachine,
 };
 use crate::moved::{MoveWatch, RangeGuard};
 use crate::predicate::{Bounds, BoundsCell, SeekPredicate};
@@ -366,27 +365,6 @@ async fn advance<C: AsyncCheckpointConnection>(
         .await
 }
 
-/// [`lock_checkpoint`](AsyncCheckpointConnection::lock_checkpoint) in a
-/// savepoint of the batch's transaction (which a failed lock leaves usable),
-/// tried again while the row is locked, as [`lock_retry`] says.
-async fn lock_waiting<C: AsyncCheckpointConnection>(
-    c: &mut C,
-    name: &str,
-) -> diesel::QueryResult<Option<Checkpoint>> {
-    let started = Instant::now();
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        crate::checkpoint::begin_savepoint(c).await?;
-        let locked = c.lock_checkpoint(name).await;
-        let locked = end_transaction(c, Ok(locked)).await;
-        match lock_retry(started, attempt, &locked) {
-            Some(wait) => tokio::time::sleep(wait).await,
-            None => return locked,
-        }
-    }
-}
-
 /// One attempt at one batch, and what the driver learns from it besides its
 /// outcome: what rolled it back, and whether its `COMMIT` was sent.
 struct Batch<'b, V, Q, R, D, W, S> {
@@ -418,12 +396,22 @@ where
             true => crate::commit::AsyncRelaxCommit::relax_connection(c).await?,
             false => None,
         };
-        let ended = match c.begin_batch().await {
-            Ok(()) => {
-                let body = AssertUnwindSafe(self.body(c)).catch_unwind().await;
-                end_transaction(c, body).await
+        let mut waiting = LockWait::new();
+        let ended = loop {
+            let mut wait = None;
+            let ended = match c.begin_batch().await {
+                Ok(()) => {
+                    let body = AssertUnwindSafe(self.body(c, &mut waiting, &mut wait))
+                        .catch_unwind()
+                        .await;
+                    end_transaction(c, body).await
+                }
+                Err(e) => Err(Abort::Db(e)),
+            };
+            match wait {
+                Some(wait) => tokio::time::sleep(wait).await,
+                None => break ended,
             }
-            Err(e) => Err(Abort::Db(e)),
         };
         if let Some(sql) = restore {
             // As the blocking driver: the batch is decided.
@@ -440,16 +428,24 @@ where
     }
 
     /// The statements of the batch's transaction.
-    async fn body(&mut self, c: &mut S::Connection) -> Result<Committed<V>, Abort> {
+    /// A checkpoint row another transaction holds on a first attempt rolls
+    /// the transaction back with `wait` set, as [`LockWait`] says.
+    async fn body(
+        &mut self,
+        c: &mut S::Connection,
+        waiting: &mut LockWait,
+        wait: &mut Option<std::time::Duration>,
+    ) -> Result<Committed<V>, Abort> {
         if self.m.async_commit() {
             crate::commit::AsyncRelaxCommit::relax_commit(c).await?;
         }
         let name = self.m.checkpoint();
         if let Some(name) = name {
-            let row = match self.m.first_attempt() {
-                true => lock_waiting(c, name).await,
-                false => c.lock_checkpoint(name).await,
-            };
+            let row = c.lock_checkpoint(name).await;
+            if let Some(w) = waiting.again(self.m, &row) {
+                *wait = Some(w);
+                return Err(Abort::Db(diesel::result::Error::RollbackTransaction));
+            }
             self.m.locked(name, row)?;
         }
         let plan = self.plan;
