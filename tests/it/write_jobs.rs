@@ -318,6 +318,52 @@ backend_tests! {
         assert!(all_once(&counters(&mut conn)));
     }
 
+    /// A batch with a checkpoint is six statements, in this order, and no
+    /// savepoint: BEGIN (on MySQL/MariaDB with its isolation level, sent as
+    /// one), the checkpoint row's lock, the key query, the range UPDATE, the
+    /// checkpoint's advance, COMMIT.
+    fn a_batch_with_a_checkpoint_is_six_statements(db) {
+        let mut conn = connect::<B>(&db);
+        create_items(&mut conn);
+        checkpoint::create_table(&mut conn).unwrap();
+        let log = QueryLog::install(&mut conn);
+        let r = items::table.chunked_by(items::id).batch_size(100).checkpoint("six")
+            .update_all(&mut conn, items::n.eq(items::n + 1)).unwrap();
+        assert_eq!((r.rows, r.batches, r.done), (600, 6, true));
+        assert!(all_once(&counters(&mut conn)));
+        let all = log.all();
+        assert!(!all.iter().any(|q| q.to_uppercase().contains("SAVEPOINT")), "{all:#?}");
+        let kind = |q: &str| -> &'static str {
+            let q = q.to_uppercase();
+            if q.starts_with("BEGIN") || q.starts_with("SET TRANSACTION") {
+                assert_eq!(q.starts_with("SET TRANSACTION ISOLATION LEVEL READ COMMITTED; BEGIN"), <B as TestBackend>::NAME == "mysql", "{q}");
+                "begin"
+            } else if q.starts_with("COMMIT") {
+                "commit"
+            } else if q.contains("CHUNKED_CHECKPOINTS") && q.starts_with("SELECT") {
+                "checkpoint"
+            } else if q.contains("CHUNKED_CHECKPOINTS") && q.starts_with("UPDATE") {
+                "advance"
+            } else if q.starts_with("SELECT") && q.contains("ITEMS") && q.contains("LIMIT") {
+                "keys"
+            } else if q.starts_with("UPDATE") && q.contains("ITEMS") {
+                "update"
+            } else {
+                "other"
+            }
+        };
+        // The third batch, as every batch after the first (which reads the
+        // schema besides): from its BEGIN to the next batch's.
+        let begins: Vec<usize> = all.iter().enumerate().filter(|(_, q)| kind(q) == "begin").map(|(i, _)| i).collect();
+        assert_eq!(begins.len(), 6, "{all:#?}");
+        let third = &all[begins[2]..begins[3]];
+        let kinds: Vec<&str> = third.iter().map(|q| kind(q)).collect();
+        assert_eq!(kinds, ["begin", "checkpoint", "keys", "update", "advance", "commit"], "{all:#?}");
+        // The lock: FOR UPDATE NOWAIT (SQLite's BEGIN IMMEDIATE is its lock).
+        assert_eq!(third[1].contains("FOR UPDATE NOWAIT"), <B as TestBackend>::NAME != "sqlite", "{}", third[1]);
+        assert_eq!(third[0].starts_with("BEGIN IMMEDIATE"), <B as TestBackend>::NAME == "sqlite", "{}", third[0]);
+    }
+
     /// Without the checkpoint table, or with a name the table cannot hold, a
     /// job stops with a clear error before any statement of its own.
     fn a_missing_table_or_a_bad_name_is_a_clear_error(db) {
@@ -445,6 +491,7 @@ backend_tests! {
 
         let mut holder = connect::<B>(&db);
         let locked = Barrier::new(2);
+        let log = QueryLog::install(&mut conn);
         let (report, held) = std::thread::scope(|s| {
             let held = s.spawn(|| {
                 holder.transaction(|c| {
@@ -464,6 +511,18 @@ backend_tests! {
         let report = report.unwrap();
         assert_eq!((report.resumed_after, report.rows, report.total_batches, report.done), (Some(150), 450, 12, true));
         assert!(all_once(&counters(&mut conn)), "{:?}", counters(&mut conn));
+        // No savepoint: the first batch found the row held, so its transaction,
+        // in which only the lock ran, was rolled back and begun again (SQLite
+        // waits in its BEGIN IMMEDIATE instead).
+        let all = log.all();
+        assert!(!all.iter().any(|q| q.to_uppercase().contains("SAVEPOINT")), "{all:#?}");
+        if <B as TestBackend>::NAME != "sqlite" {
+            let lock = all.iter().position(|q| q.contains("FOR UPDATE NOWAIT")).unwrap();
+            assert!(all[lock + 1].starts_with("ROLLBACK"), "{all:#?}");
+            let again = &all[lock + 2];
+            assert!(again.starts_with("BEGIN") || again.starts_with("SET TRANSACTION"), "{all:#?}");
+            assert!(all[lock + 3].contains("FOR UPDATE NOWAIT"), "{all:#?}");
+        }
     }
 
     fn a_runner_killed_inside_a_batch_resumes_exactly(db) {
