@@ -140,6 +140,80 @@ macro_rules! async_write_tests {
                 }
             }
 
+            /// A checkpoint row another transaction holds when a run starts
+            /// (a runner that died inside a batch): the first batch rolls its
+            /// transaction back, in which only the lock ran, and begins again
+            /// until the row is free, as the blocking job does; no savepoint,
+            /// every row once.
+            #[tokio::test(flavor = "multi_thread")]
+            async fn a_first_batch_waits_for_a_held_checkpoint_row() {
+                let (db, mut sync, mut conn) = setup().await;
+                let job = || {
+                    counters::table
+                        .chunked_by(counters::id)
+                        .batch_size(BATCH)
+                        .checkpoint("held")
+                };
+                let first = job()
+                    .limit_total(BATCH)
+                    .update_all(&mut sync, counters::n.eq(counters::n + 1))
+                    .unwrap();
+                assert_eq!((first.rows, first.done), (BATCH, false));
+                let (locked, is_locked) = std::sync::mpsc::channel();
+                let url = db.url.clone();
+                let holder = std::thread::spawn(move || {
+                    let mut holder = <B as TestBackend>::connect_url(&url);
+                    diesel::Connection::transaction(&mut holder, |c| {
+                        // Locks the row (SQLite: the database's write lock).
+                        diesel::RunQueryDsl::execute(
+                            diesel::sql_query(
+                                "UPDATE chunked_checkpoints SET rows_done = rows_done WHERE name = 'held'",
+                            ),
+                            c,
+                        )?;
+                        locked.send(()).unwrap();
+                        std::thread::sleep(Duration::from_millis(700));
+                        Err::<(), _>(diesel::result::Error::RollbackTransaction)
+                    })
+                });
+                if <B as TestBackend>::NAME == "sqlite" {
+                    // SQLite waits in BEGIN IMMEDIATE, as long as this says.
+                    diesel::sql_query("PRAGMA busy_timeout = 10000")
+                        .execute(&mut conn)
+                        .await
+                        .unwrap();
+                }
+                is_locked.recv().unwrap();
+                let log = crate::async_core::count_queries(&mut conn);
+                let started = Instant::now();
+                let report = job()
+                    .update_all(&mut conn, counters::n.eq(counters::n + 1))
+                    .await
+                    .unwrap();
+                assert!(started.elapsed() >= Duration::from_millis(300), "{:?}", started.elapsed());
+                assert_eq!(
+                    holder.join().unwrap(),
+                    Err(diesel::result::Error::RollbackTransaction)
+                );
+                assert_eq!(
+                    (report.resumed_after, report.rows, report.done),
+                    (Some(BATCH as i32), ROWS as u64 - BATCH, true)
+                );
+                assert_eq!(counter_rows(&mut sync), at(1, ROWS, 1));
+                let all = log.lock().unwrap().clone();
+                assert!(!all.iter().any(|q| q.to_uppercase().contains("SAVEPOINT")), "{all:#?}");
+                if <B as TestBackend>::NAME != "sqlite" {
+                    let lock = all.iter().position(|q| q.contains("FOR UPDATE NOWAIT")).unwrap();
+                    assert!(all[lock + 1].starts_with("ROLLBACK"), "{all:#?}");
+                    let again = &all[lock + 2];
+                    assert!(
+                        again.starts_with("BEGIN") || again.starts_with("SET TRANSACTION"),
+                        "{all:#?}"
+                    );
+                    assert!(all[lock + 3].contains("FOR UPDATE NOWAIT"), "{all:#?}");
+                }
+            }
+
             /// The async `update_all` runs exactly the blocking one's
             /// statements, and writes every row once.
             #[tokio::test(flavor = "multi_thread")]
