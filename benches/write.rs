@@ -1,5 +1,6 @@
-//! Batched-write benchmark: one big `UPDATE` of the whole table against this crate's
-//! `update_all` (one transaction per batch), with a concurrent single-row writer.
+//! Batched-write benchmark: one big `UPDATE` (or `DELETE`) of the whole table against this
+//! crate's `update_all` (`delete_all`), one transaction per batch, with a concurrent
+//! single-row writer.
 //!
 //! ```sh
 //! cargo bench --bench write -- --rows 2000                       # SQLite only, seconds (CI)
@@ -9,7 +10,8 @@
 //!
 //! Per backend, the table `counters` is filled once; then the methods run in rounds,
 //! alternating (big, batched 1000, batched 10000, batched 1000 with a checkpoint, the same
-//! with `async_commit()`; again;
+//! with `async_commit()`, big DELETE, `delete_all` at 1000 and 10000 with a checkpoint, the
+//! table filled again after each delete, untimed; again;
 //! again), so that every ratio compares runs taken minutes apart at most. During each run a
 //! probe thread, on its own connection, updates one random row every few milliseconds and
 //! records how long each of its statements took. Results are merged into
@@ -73,11 +75,7 @@ fn create_and_fill(backend: Backend, url: &str, rows: u64) -> Res<()> {
             "CREATE TABLE counters (id INTEGER PRIMARY KEY NOT NULL, n INTEGER NOT NULL DEFAULT 0, \
              p INTEGER NOT NULL DEFAULT 0, pad TEXT NOT NULL)"
                 .into(),
-            format!(
-                "INSERT INTO counters (id, n, p, pad) WITH RECURSIVE s(i) AS \
-                 (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < {rows}) \
-                 SELECT i, 0, 0, printf('%0100d', i) FROM s"
-            ),
+            fill_sql(backend, rows, 0),
             "ANALYZE".into(),
         ],
         #[cfg(feature = "postgres")]
@@ -85,10 +83,7 @@ fn create_and_fill(backend: Backend, url: &str, rows: u64) -> Res<()> {
             "CREATE TABLE counters (id INTEGER PRIMARY KEY, n INTEGER NOT NULL DEFAULT 0, \
              p INTEGER NOT NULL DEFAULT 0, pad TEXT NOT NULL)"
                 .into(),
-            format!(
-                "INSERT INTO counters (id, n, p, pad) \
-                 SELECT i, 0, 0, lpad(i::text, 100, '0') FROM generate_series(1, {rows}) AS i"
-            ),
+            fill_sql(backend, rows, 0),
             "VACUUM ANALYZE counters".into(),
         ],
         #[cfg(feature = "mysql")]
@@ -96,11 +91,7 @@ fn create_and_fill(backend: Backend, url: &str, rows: u64) -> Res<()> {
             "CREATE TABLE counters (id INT PRIMARY KEY, n INT NOT NULL DEFAULT 0, \
              p INT NOT NULL DEFAULT 0, pad VARCHAR(100) NOT NULL) ENGINE = InnoDB"
                 .into(),
-            // MariaDB's Sequence engine: the table seq_1_to_N.
-            format!(
-                "INSERT INTO counters (id, n, p, pad) \
-                 SELECT seq, 0, 0, LPAD(seq, 100, '0') FROM seq_1_to_{rows}"
-            ),
+            fill_sql(backend, rows, 0),
         ],
     };
     with_conn!(backend, url, session_sql(backend), |conn| {
@@ -114,6 +105,43 @@ fn create_and_fill(backend: Backend, url: &str, rows: u64) -> Res<()> {
         backend.name(),
         started.elapsed().as_secs_f64()
     );
+    Ok(())
+}
+
+/// The statement that fills `counters` with ids 1..=rows, `n` at `n`, generated in the
+/// server.
+fn fill_sql(backend: Backend, rows: u64, n: i32) -> String {
+    match backend {
+        #[cfg(feature = "sqlite")]
+        Backend::Sqlite => format!(
+            "INSERT INTO counters (id, n, p, pad) WITH RECURSIVE s(i) AS \
+             (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < {rows}) \
+             SELECT i, {n}, 0, printf('%0100d', i) FROM s"
+        ),
+        #[cfg(feature = "postgres")]
+        Backend::Pg => format!(
+            "INSERT INTO counters (id, n, p, pad) \
+             SELECT i, {n}, 0, lpad(i::text, 100, '0') FROM generate_series(1, {rows}) AS i"
+        ),
+        // MariaDB's Sequence engine: the table seq_1_to_N.
+        #[cfg(feature = "mysql")]
+        Backend::Mysql => format!(
+            "INSERT INTO counters (id, n, p, pad) \
+             SELECT seq, {n}, 0, LPAD(seq, 100, '0') FROM seq_1_to_{rows}"
+        ),
+    }
+}
+
+/// Untimed, after a run that deleted every row: checks that none is left and fills the
+/// table again, every `n` at `n` (the update runs so far).
+fn refill(backend: Backend, url: &str, rows: u64, n: i32) -> Res<()> {
+    with_conn!(backend, url, session_sql(backend), |conn| {
+        let left: i64 = counters::table.count().get_result(&mut *conn)?;
+        if left != 0 {
+            return Err(format!("{}: {left} rows left after a delete", backend.name()).into());
+        }
+        conn.batch_execute(&fill_sql(backend, rows, n))?;
+    });
     Ok(())
 }
 
@@ -141,38 +169,66 @@ struct Method {
     checkpoint: bool,
     /// `async_commit()` (with the checkpoint).
     async_commit: bool,
+    /// Deletes every row (`DELETE`, `delete_all`) instead of updating it.
+    delete: bool,
 }
 
-const METHODS: [Method; 5] = [
+const METHODS: [Method; 8] = [
     Method {
         name: "big_update",
         batch: None,
         checkpoint: false,
         async_commit: false,
+        delete: false,
     },
     Method {
         name: "chunked_1000",
         batch: Some(1000),
         checkpoint: false,
         async_commit: false,
+        delete: false,
     },
     Method {
         name: "chunked_10000",
         batch: Some(10_000),
         checkpoint: false,
         async_commit: false,
+        delete: false,
     },
     Method {
         name: "chunked_1000_checkpoint",
         batch: Some(1000),
         checkpoint: true,
         async_commit: false,
+        delete: false,
     },
     Method {
         name: "chunked_1000_checkpoint_async_commit",
         batch: Some(1000),
         checkpoint: true,
         async_commit: true,
+        delete: false,
+    },
+    Method {
+        name: "big_delete",
+        batch: None,
+        checkpoint: false,
+        async_commit: false,
+        delete: true,
+    },
+    Method {
+        name: "delete_1000_checkpoint",
+        batch: Some(1000),
+        checkpoint: true,
+        async_commit: false,
+        delete: true,
+    },
+    Method {
+        name: "delete_10000_checkpoint",
+        batch: Some(10_000),
+        checkpoint: true,
+        async_commit: false,
+        delete: true,
     },
 ];
 
@@ -188,9 +244,21 @@ macro_rules! write_all {
         }
         let t0 = Instant::now();
         let written = match m.batch {
+            // With a WHERE clause: SQLite drops a whole table's pages at once for a
+            // `DELETE` without one (its truncate optimization), which no batch can be
+            // compared with, and a real purge has a condition.
+            None if m.delete => diesel::delete(counters::table.filter(counters::id.gt(0)))
+                .execute(&mut *$conn)? as u64,
             None => diesel::update(counters::table)
                 .set(counters::n.eq(counters::n + 1))
                 .execute(&mut *$conn)? as u64,
+            Some(b) if m.delete => {
+                let job = counters::table
+                    .chunked_by(counters::id)
+                    .batch_size(b)
+                    .checkpoint(CHECKPOINT_NAME);
+                job.delete_all(&mut *$conn)?.rows
+            }
             Some(b) => {
                 let job = counters::table.chunked_by(counters::id).batch_size(b);
                 let job = if m.checkpoint {
@@ -376,7 +444,11 @@ fn run_backend(backend: Backend, url: &str, o: &Options) -> Res<Vec<Value>> {
                 )
                 .into());
             }
-            done += 1;
+            if m.delete {
+                refill(backend, url, o.rows, done)?;
+            } else {
+                done += 1;
+            }
             let rps = o.rows as f64 / took.as_secs_f64();
             let stats = probe_stats(&waits);
             println!(
@@ -410,9 +482,13 @@ fn run_backend(backend: Backend, url: &str, o: &Options) -> Res<Vec<Value>> {
         return Err(format!("{}: {wrong} rows whose n is not {done}", backend.name()).into());
     }
     let rps_of = |i: usize, round: usize| runs[i][round]["rows_per_sec"].as_f64();
-    let big = o.methods.iter().position(|m| m.batch.is_none());
     let mut out = Vec::new();
     for (i, m) in o.methods.iter().enumerate() {
+        // An update compares with the big UPDATE, a delete with the big DELETE.
+        let big = o
+            .methods
+            .iter()
+            .position(|b| b.batch.is_none() && b.delete == m.delete);
         let rps: Vec<f64> = (0..runs[i].len()).filter_map(|r| rps_of(i, r)).collect();
         // The ratio of each round (runs minutes apart at most), then their median.
         let ratio = big.filter(|&b| b != i).map(|b| {
@@ -580,6 +656,9 @@ fn label(method: &str) -> &'static str {
         "chunked_1000_checkpoint_async_commit" => {
             "update_all, batch 1000, checkpoint, async_commit"
         }
+        "big_delete" => "one big DELETE",
+        "delete_1000_checkpoint" => "delete_all, batch 1000, checkpoint",
+        "delete_10000_checkpoint" => "delete_all, batch 10000, checkpoint",
         _ => "?",
     }
 }
@@ -589,14 +668,16 @@ fn markdown(results: &[Value]) -> String {
     md.push_str("# Batched-write benchmark (`cargo bench --bench write`)\n\n");
     md.push_str(
         "Every row's counter incremented once per run, by one `UPDATE counters SET n = n + 1` \
-         (one statement, one transaction) or by `update_all` (one transaction per batch). \
-         rows/s: median of the runs; ratio: the batched run's rows/s ÷ the big UPDATE's in the \
-         same round, median over the rounds (the methods alternate within each round). Probe: \
-         a second connection updating one random row (`SET p = p + 1`, autocommit) every 5 ms \
-         during each run; wall time of each statement, pooled over the runs of the method. \
-         See benches/README.md.\n\n",
+         (one statement, one transaction) or by `update_all` (one transaction per batch); or \
+         every row deleted, by one `DELETE FROM counters WHERE id > 0` or by `delete_all` (the table filled \
+         again after each, untimed). rows/s: median of the runs; ratio: the batched run's \
+         rows/s ÷ the big statement's (UPDATE or DELETE) in the same round, median over the \
+         rounds (the methods alternate within each round). Probe: a second connection \
+         updating one random row (`SET p = p + 1`, autocommit) every 5 ms during each run; \
+         wall time of each statement, pooled over the runs of the method. See \
+         benches/README.md.\n\n",
     );
-    md.push_str("| backend | rows | method | runs | rows/s (median) | ÷ big UPDATE | probe statements | probe median ms | p99 ms | max ms | rows/s of each run |\n");
+    md.push_str("| backend | rows | method | runs | rows/s (median) | ÷ big statement | probe statements | probe median ms | p99 ms | max ms | rows/s of each run |\n");
     md.push_str("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n");
     for r in results {
         let each: Vec<String> = r["runs"]
