@@ -1712,6 +1712,47 @@ mod tests {
         assert_eq!(m.finish().retries, 3);
     }
 
+    /// A first attempt that finds the checkpoint row held begins its
+    /// transaction again after growing delays; a row it could lock, another
+    /// error, or a retry goes on to `locked` at once.
+    #[test]
+    fn a_first_attempt_waits_for_a_held_row_and_a_retry_does_not() {
+        let mut m = machine(scan(10, None, None), &with_checkpoint(), None, 3);
+        m.resume("job", &row(0, 0, None, false), "fp", "id")
+            .unwrap();
+        m.next_batch().unwrap();
+        assert_eq!(m.attempt(), 1);
+        let mut waiting = LockWait::new();
+        let held: diesel::QueryResult<Option<Checkpoint>> = Err(lock_conflict());
+        let mut delays = Vec::new();
+        for _ in 0..4 {
+            delays.push(waiting.again(&m, &held).expect("a held row is waited for"));
+        }
+        for (i, d) in delays.iter().enumerate() {
+            let ceiling = ms(5 << i);
+            assert!(*d >= ceiling / 2 && *d <= ceiling, "{i}: {d:?}");
+        }
+        let free: diesel::QueryResult<Option<Checkpoint>> = Ok(Some(row(0, 0, None, false)));
+        assert_eq!(waiting.again(&m, &free), None);
+        let other: diesel::QueryResult<Option<Checkpoint>> = Err(lost());
+        assert_eq!(waiting.again(&m, &other), None);
+        // Past LOCK_WAIT the row is taken as held by a live runner.
+        let mut late = LockWait {
+            started: Instant::now() - LOCK_WAIT,
+            tries: 0,
+        };
+        assert_eq!(late.again(&m, &held), None);
+        assert!(matches!(
+            m.locked("job", held),
+            Err(Abort::Fail(Error::CheckpointBusy { .. }))
+        ));
+
+        // A retry: the machine's own delays, not these.
+        m.attempt();
+        let mut waiting = LockWait::new();
+        assert_eq!(waiting.again(&m, &Err::<(), _>(lock_conflict())), None);
+    }
+
     #[derive(Debug)]
     struct Wrapped(DieselError);
 
