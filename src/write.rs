@@ -668,9 +668,13 @@ where
                 sent = Some(keys);
                 Ok(committed)
             });
-            match wait {
-                Some(wait) => std::thread::sleep(wait),
-                None => break result,
+            // Only a rollback that went through leaves the connection fit to
+            // begin again: a failed one's error is the attempt's.
+            match (wait, &result) {
+                (Some(wait), Err(Abort::Db(diesel::result::Error::RollbackTransaction))) => {
+                    std::thread::sleep(wait)
+                }
+                _ => break result,
             }
         };
         if let Some(sql) = restore {

@@ -404,7 +404,17 @@ where
                     let body = AssertUnwindSafe(self.body(c, &mut waiting, &mut wait))
                         .catch_unwind()
                         .await;
-                    end_transaction(c, body).await
+                    match wait {
+                        // The rollback's own error, if any, is the attempt's.
+                        Some(_) => match crate::checkpoint::rollback(c).await {
+                            Ok(()) => Err(Abort::Db(diesel::result::Error::RollbackTransaction)),
+                            Err(e) => {
+                                wait = None;
+                                Err(Abort::Db(e))
+                            }
+                        },
+                        None => end_transaction(c, body).await,
+                    }
                 }
                 Err(e) => Err(Abort::Db(e)),
             };

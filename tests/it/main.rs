@@ -23,6 +23,7 @@ mod explain;
 mod explain_verdicts;
 mod filters;
 mod health;
+mod lock_rollback;
 mod lost_commit;
 mod moved_key;
 mod pgbouncer;

@@ -37,6 +37,8 @@ pub struct Proxy {
 struct Shared {
     upstream: SocketAddr,
     protocol: Protocol,
+    /// The statement whose answer is lost: `COMMIT`, or `ROLLBACK`.
+    word: &'static str,
     cut_at: usize,
     commits: Arc<AtomicUsize>,
     answers_dropped: Arc<AtomicUsize>,
@@ -46,6 +48,13 @@ impl Proxy {
     /// A proxy to the server of `url` that loses the answer to the `cut_at`-th
     /// `COMMIT` (1-based; 0 never cuts).
     pub fn start(url: &str, cut_at: usize) -> Proxy {
+        Self::start_cutting(url, "COMMIT", cut_at)
+    }
+
+    /// A proxy that loses the answer to the `cut_at`-th statement `word`
+    /// (`COMMIT` or `ROLLBACK`, sent alone); [`commits`](Self::commits)
+    /// counts those statements.
+    pub fn start_cutting(url: &str, word: &'static str, cut_at: usize) -> Proxy {
         let protocol = if url.starts_with("postgres") {
             Protocol::Postgres
         } else {
@@ -72,6 +81,7 @@ impl Proxy {
         let shared = Arc::new(Shared {
             upstream,
             protocol,
+            word,
             cut_at,
             commits: commits.clone(),
             answers_dropped: answers_dropped.clone(),
@@ -177,7 +187,9 @@ fn forward_client(mut client: TcpStream, mut server: TcpStream, shared: &Shared,
             Ok(n) => n,
         };
         pending.extend_from_slice(&buf[..n]);
-        while let Some((len, is_commit)) = next_message(shared.protocol, &pending, &mut startup) {
+        while let Some((len, is_commit)) =
+            next_message(shared.protocol, shared.word, &pending, &mut startup)
+        {
             let message: Vec<u8> = pending.drain(..len).collect();
             if is_commit {
                 let nth = shared.commits.fetch_add(1, Ordering::SeqCst) + 1;
@@ -196,9 +208,14 @@ fn forward_client(mut client: TcpStream, mut server: TcpStream, shared: &Shared,
     let _ = server.shutdown(Shutdown::Both);
 }
 
-/// The length of the first complete message of `pending`, and whether it is a
-/// `COMMIT`; `None` while it is incomplete.
-fn next_message(protocol: Protocol, pending: &[u8], startup: &mut bool) -> Option<(usize, bool)> {
+/// The length of the first complete message of `pending`, and whether it is
+/// the statement `word` alone; `None` while it is incomplete.
+fn next_message(
+    protocol: Protocol,
+    word: &str,
+    pending: &[u8],
+    startup: &mut bool,
+) -> Option<(usize, bool)> {
     match protocol {
         Protocol::Postgres if *startup => {
             // Untyped: length (itself included), then a request code.
@@ -218,7 +235,12 @@ fn next_message(protocol: Protocol, pending: &[u8], startup: &mut bool) -> Optio
             if pending.len() < len {
                 return None;
             }
-            Some((len, pending[0] == b'Q' && &pending[5..len] == b"COMMIT\0"))
+            let text = &pending[5..len];
+            let is = pending[0] == b'Q'
+                && text.len() == word.len() + 1
+                && text.starts_with(word.as_bytes())
+                && text.ends_with(b"\0");
+            Some((len, is))
         }
         Protocol::Mysql => {
             let header = pending.get(..4)?;
@@ -231,8 +253,8 @@ fn next_message(protocol: Protocol, pending: &[u8], startup: &mut bool) -> Optio
             // counts when the client sends them (mysql_async, at most 2 bytes).
             let payload = &pending[4..len];
             let commit = payload.first() == Some(&3)
-                && payload.len() <= 1 + 2 + 6
-                && payload.ends_with(b"COMMIT");
+                && payload.len() <= 1 + 2 + word.len()
+                && payload.ends_with(word.as_bytes());
             Some((len, commit))
         }
     }
