@@ -1037,7 +1037,7 @@ impl<V: Clone + PartialEq + std::fmt::Debug> WriteMachine<V> {
 
     /// Whether the batch's attempt running now is its first: a first attempt
     /// waits a while for a checkpoint row another transaction holds (see
-    /// `lock_waiting` in the driver), a retry does not.
+    /// [`LockWait`]), a retry does not.
     pub(crate) fn first_attempt(&self) -> bool {
         self.engine.attempts() <= 1
     }

@@ -52,7 +52,9 @@ macro_rules! review_tests {
             type B = $backend;
             type Conn = <B as TestBackend>::Conn;
 
-            fn prepare() -> (TestDb, Conn) {
+            /// A fresh database whose job `held` committed its first batch
+            /// (rows 1..=BATCH), and a connection to it.
+            pub(super) fn prepare() -> (TestDb, Conn) {
                 let db = <B as TestBackend>::create();
                 let mut conn = <B as TestBackend>::connect(&db);
                 create_tables(&mut conn, ROWS);
@@ -145,21 +147,7 @@ mod async_postgres {
     use diesel_async::AsyncConnection;
     type Conn = diesel_async::AsyncPgConnection;
 
-    fn prepare() -> (TestDb, <Pg as TestBackend>::Conn) {
-        let db = <Pg as TestBackend>::create();
-        let mut conn = <Pg as TestBackend>::connect(&db);
-        create_tables(&mut conn, ROWS);
-        checkpoint::create_table(&mut conn).unwrap();
-        let first = counters::table
-            .chunked_by(counters::id)
-            .batch_size(BATCH)
-            .checkpoint("held")
-            .limit_total(BATCH)
-            .update_all(&mut conn, counters::n.eq(counters::n + 1))
-            .unwrap();
-        assert_eq!(first.rows, BATCH);
-        (db, conn)
-    }
+    use super::postgres::prepare;
 
     #[tokio::test(flavor = "multi_thread")]
     async fn async_pool_job_survives_a_broken_rollback_after_a_lock_conflict() {
@@ -230,17 +218,7 @@ mod async_cancel {
     /// connection must be outside any transaction and usable.
     #[tokio::test(flavor = "multi_thread")]
     async fn a_job_dropped_while_it_waits_leaves_its_connection_usable() {
-        let db = <Pg as TestBackend>::create();
-        let mut sync = <Pg as TestBackend>::connect(&db);
-        create_tables(&mut sync, ROWS);
-        checkpoint::create_table(&mut sync).unwrap();
-        counters::table
-            .chunked_by(counters::id)
-            .batch_size(BATCH)
-            .checkpoint("held")
-            .limit_total(BATCH)
-            .update_all(&mut sync, counters::n.eq(counters::n + 1))
-            .unwrap();
+        let (db, mut sync) = super::postgres::prepare();
         let mut conn = diesel_async::AsyncPgConnection::establish(&db.url)
             .await
             .unwrap();
