@@ -1,11 +1,14 @@
 //! Read-ahead benchmark: a blocking scan with and without `prefetch(1)` +
 //! `on_thread()`, against Diesel's single `load_iter` statement with and without
-//! `ORDER BY`, with and without work per row in the caller.
+//! `ORDER BY`, with and without work per row in the caller; and `hand_ranges`, a
+//! hand-written read-ahead on several connections (a boundary probe feeding range
+//! loads), the ceiling of that design on the machine that runs it.
 //!
 //! ```sh
 //! cargo bench --bench prefetch -- --rows 2000                      # SQLite only, seconds
 //! cargo bench --bench prefetch --all-features -- --rows 1000000    # all three backends
 //! BENCH_BACKENDS=pg cargo bench --bench prefetch --all-features -- --rows 1000000 --repeat 5
+//! BENCH_BACKENDS=pg cargo bench --bench prefetch --all-features -- --rows 1000000 --loaders 3
 //! ```
 //!
 //! Per backend the table `items` is filled once; then every round runs each method
@@ -57,8 +60,9 @@ fn touch(i: &Item) -> u64 {
 const NAMESPACE: &str = "bench_prefetch";
 
 /// Every blocking method, in the order each round runs them.
-const METHODS: [&str; 6] = [
+const METHODS: [&str; 7] = [
     "single_ordered",
+    "hand_ranges",
     "single_unordered",
     "scan",
     "scan_prefetch",
@@ -87,7 +91,12 @@ fn methods() -> Vec<&'static str> {
 
 /// Ratios reported: (name, numerator, denominator), each the median of the
 /// per-round ratios of rows/s.
-const RATIOS: [(&str, &str, &str); 9] = [
+const RATIOS: [(&str, &str, &str); 10] = [
+    (
+        "hand ranges ÷ ordered statement",
+        "hand_ranges",
+        "single_ordered",
+    ),
     ("scan ÷ ordered statement", "scan", "single_ordered"),
     (
         "scan with prefetch ÷ ordered statement",
@@ -132,6 +141,8 @@ struct Options {
     repeat: usize,
     batch: u64,
     work_ns: Option<u64>,
+    /// The connections `hand_ranges` loads ranges on (besides its probe's).
+    loaders: usize,
 }
 
 fn parse_options(args: Vec<String>) -> Res<Options> {
@@ -140,6 +151,7 @@ fn parse_options(args: Vec<String>) -> Res<Options> {
         repeat: 3,
         batch: 1000,
         work_ns: None,
+        loaders: 2,
     };
     let mut it = args.into_iter();
     while let Some(a) = it.next() {
@@ -149,13 +161,14 @@ fn parse_options(args: Vec<String>) -> Res<Options> {
             "--repeat" => o.repeat = value()?.parse()?,
             "--batch-size" => o.batch = value()?.parse()?,
             "--work-ns" => o.work_ns = Some(value()?.parse()?),
+            "--loaders" => o.loaders = value()?.parse()?,
             // what `cargo bench` passes to every bench
             "--bench" => {}
             other => return Err(format!("unknown argument {other}").into()),
         }
     }
-    if o.rows == 0 || o.repeat == 0 || o.batch == 0 {
-        return Err("--rows, --repeat and --batch-size must be positive".into());
+    if o.rows == 0 || o.repeat == 0 || o.batch == 0 || o.loaders == 0 || o.loaders > 8 {
+        return Err("--rows, --repeat and --batch-size must be positive, --loaders 1 to 8".into());
     }
     Ok(o)
 }
@@ -217,6 +230,11 @@ macro_rules! measure {
             .max_size(2)
             .min_idle(Some(2))
             .build(ConnectionManager::<$conn>::new(url))?;
+        // `hand_ranges`: its probe's connection and one per loader
+        let hand = Pool::builder()
+            .max_size(o.loaders as u32 + 1)
+            .min_idle(Some(o.loaders as u32 + 1))
+            .build(ConnectionManager::<$conn>::new(url))?;
         let mut conn = <$conn>::establish(url)?;
         let batch = o.batch;
         let one = |method: &str, work_ns: u64, conn: &mut $conn| -> Res<Run> {
@@ -240,6 +258,83 @@ macro_rules! measure {
                     {
                         see(&i?);
                     }
+                }
+                // Not this crate: the best a read-ahead on several connections can do. A
+                // probe on its own connection walks the batch boundaries (`WHERE id > $lo
+                // ORDER BY id OFFSET n-1 LIMIT 1`, index only) and hands each range to
+                // the next of `--loaders` threads, round robin; each loads `WHERE id >
+                // $lo AND id <= $hi ORDER BY id` on its own connection and sends the
+                // batch on; the caller takes the batches in order. Unchecked: no
+                // retries, and a panic on a failed statement.
+                "hand_ranges" => {
+                    use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+                    let loaders = o.loaders;
+                    let mut txs: Vec<SyncSender<(i32, Option<i32>)>> = Vec::new();
+                    let mut rxs: Vec<Receiver<(i32, Option<i32>)>> = Vec::new();
+                    let mut bts: Vec<SyncSender<Vec<Item>>> = Vec::new();
+                    let mut brs: Vec<Receiver<Vec<Item>>> = Vec::new();
+                    let mut cs = Vec::new();
+                    for _ in 0..loaders {
+                        let (t, r) = sync_channel(2);
+                        txs.push(t);
+                        rxs.push(r);
+                        let (t, r) = sync_channel(1);
+                        bts.push(t);
+                        brs.push(r);
+                        cs.push(hand.get()?);
+                    }
+                    let mut pc = hand.get()?;
+                    std::thread::scope(|s| {
+                        s.spawn(move || {
+                            let mut lo = i32::MIN;
+                            let mut k = 0usize;
+                            loop {
+                                let hi: Option<i32> = items::table
+                                    .select(items::id)
+                                    .filter(items::id.gt(lo))
+                                    .order(items::id)
+                                    .offset(batch as i64 - 1)
+                                    .limit(1)
+                                    .get_result(&mut *pc)
+                                    .optional()
+                                    .unwrap();
+                                if txs[k % loaders].send((lo, hi)).is_err() {
+                                    break;
+                                }
+                                k += 1;
+                                match hi {
+                                    Some(h) => lo = h,
+                                    None => break,
+                                }
+                            }
+                        });
+                        for ((rx, bt), c) in rxs.into_iter().zip(bts).zip(cs.iter_mut()) {
+                            s.spawn(move || {
+                                for (lo, hi) in rx {
+                                    let q = items::table
+                                        .filter(items::id.gt(lo))
+                                        .order(items::id)
+                                        .select(Item::as_select())
+                                        .into_boxed();
+                                    let q = match hi {
+                                        Some(h) => q.filter(items::id.le(h)),
+                                        None => q,
+                                    };
+                                    let v = q.load::<Item>(&mut **c).unwrap();
+                                    if bt.send(v).is_err() {
+                                        break;
+                                    }
+                                }
+                            });
+                        }
+                        let mut k = 0;
+                        while let Ok(v) = brs[k % loaders].recv() {
+                            for i in &v {
+                                see(i)
+                            }
+                            k += 1;
+                        }
+                    });
                 }
                 "single_unordered" => {
                     for i in items::table

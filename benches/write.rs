@@ -11,8 +11,9 @@
 //! Per backend, the table `counters` is filled once; then the methods run in rounds,
 //! alternating (big, batched 1000, batched 10000, batched 1000 with a checkpoint, the same
 //! with `async_commit()`, big DELETE, `delete_all` at 1000 and 10000 with a checkpoint, the
-//! table filled again after each delete, untimed; again;
-//! again), so that every ratio compares runs taken minutes apart at most. During each run a
+//! table filled again after each delete, untimed; then the floors: a hand loop of one
+//! autocommitted `UPDATE`/`DELETE` per 1000 (durable and relaxed commit) or 10000 dense
+//! ids, the fastest any batched job can be at that batch size here; again; again), so that every ratio compares runs taken minutes apart at most. During each run a
 //! probe thread, on its own connection, updates one random row every few milliseconds and
 //! records how long each of its statements took. Results are merged into
 //! `target/bench-report/write.json`; `write.md` and `write_probe.svg` are drawn again from
@@ -171,15 +172,21 @@ struct Method {
     async_commit: bool,
     /// Deletes every row (`DELETE`, `delete_all`) instead of updating it.
     delete: bool,
+    /// Not this crate: a hand loop of one autocommitted statement per batch over the
+    /// table's dense ids (`WHERE id > $lo AND id <= $lo + batch`), with no transaction,
+    /// key query or checkpoint: the fastest any batched job can be at this batch size on
+    /// this machine (the rows, one round trip and one commit per batch).
+    floor: bool,
 }
 
-const METHODS: [Method; 8] = [
+const METHODS: [Method; 14] = [
     Method {
         name: "big_update",
         batch: None,
         checkpoint: false,
         async_commit: false,
         delete: false,
+        floor: false,
     },
     Method {
         name: "chunked_1000",
@@ -187,6 +194,7 @@ const METHODS: [Method; 8] = [
         checkpoint: false,
         async_commit: false,
         delete: false,
+        floor: false,
     },
     Method {
         name: "chunked_10000",
@@ -194,6 +202,7 @@ const METHODS: [Method; 8] = [
         checkpoint: false,
         async_commit: false,
         delete: false,
+        floor: false,
     },
     Method {
         name: "chunked_1000_checkpoint",
@@ -201,6 +210,7 @@ const METHODS: [Method; 8] = [
         checkpoint: true,
         async_commit: false,
         delete: false,
+        floor: false,
     },
     Method {
         name: "chunked_1000_checkpoint_async_commit",
@@ -208,6 +218,7 @@ const METHODS: [Method; 8] = [
         checkpoint: true,
         async_commit: true,
         delete: false,
+        floor: false,
     },
     Method {
         name: "big_delete",
@@ -215,6 +226,7 @@ const METHODS: [Method; 8] = [
         checkpoint: false,
         async_commit: false,
         delete: true,
+        floor: false,
     },
     Method {
         name: "delete_1000_checkpoint",
@@ -222,6 +234,7 @@ const METHODS: [Method; 8] = [
         checkpoint: true,
         async_commit: false,
         delete: true,
+        floor: false,
     },
     Method {
         name: "delete_10000_checkpoint",
@@ -229,21 +242,107 @@ const METHODS: [Method; 8] = [
         checkpoint: true,
         async_commit: false,
         delete: true,
+        floor: false,
+    },
+    Method {
+        name: "floor_update_1000",
+        batch: Some(1000),
+        checkpoint: false,
+        async_commit: false,
+        delete: false,
+        floor: true,
+    },
+    Method {
+        name: "floor_update_1000_async_commit",
+        batch: Some(1000),
+        checkpoint: false,
+        async_commit: true,
+        delete: false,
+        floor: true,
+    },
+    Method {
+        name: "floor_delete_1000",
+        batch: Some(1000),
+        checkpoint: false,
+        async_commit: false,
+        delete: true,
+        floor: true,
+    },
+    Method {
+        name: "floor_delete_1000_async_commit",
+        batch: Some(1000),
+        checkpoint: false,
+        async_commit: true,
+        delete: true,
+        floor: true,
+    },
+    Method {
+        name: "floor_update_10000",
+        batch: Some(10_000),
+        checkpoint: false,
+        async_commit: false,
+        delete: false,
+        floor: true,
+    },
+    Method {
+        name: "floor_delete_10000",
+        batch: Some(10_000),
+        checkpoint: false,
+        async_commit: false,
+        delete: true,
+        floor: true,
     },
 ];
+
+/// What `async_commit()` sets, for the whole connection of a floor run: PostgreSQL's
+/// `synchronous_commit`, SQLite's `synchronous` (WAL). MariaDB has no such setting per
+/// connection (`innodb_flush_log_at_trx_commit` is global), so its `_async_commit`
+/// floors run as the plain ones.
+fn relaxed_commit_sql(backend: Backend) -> &'static str {
+    match backend {
+        #[cfg(feature = "sqlite")]
+        Backend::Sqlite => "PRAGMA synchronous = NORMAL",
+        #[cfg(feature = "postgres")]
+        Backend::Pg => "SET synchronous_commit = off",
+        #[cfg(feature = "mysql")]
+        Backend::Mysql => "",
+    }
+}
 
 const CHECKPOINT_NAME: &str = "bench-write";
 
 /// One run of `$method` on `$conn`: every row's `n` goes up by one. Returns the rows
 /// written and the wall time (the checkpoint's reset is done before the clock starts).
 macro_rules! write_all {
-    ($conn:ident, $method:expr) => {{
+    ($conn:ident, $method:expr, $backend:expr, $rows:expr) => {{
         let m: Method = $method;
         if m.checkpoint {
             checkpoint::reset(&mut *$conn, CHECKPOINT_NAME)?;
         }
+        let relax = relaxed_commit_sql($backend);
+        // (an empty statement crashes MySQL's client library)
+        if m.floor && m.async_commit && !relax.is_empty() {
+            $conn.batch_execute(relax)?;
+        }
+        let rows: u64 = $rows;
         let t0 = Instant::now();
         let written = match m.batch {
+            Some(b) if m.floor => {
+                let (mut lo, mut written) = (0i32, 0u64);
+                while (lo as u64) < rows {
+                    let hi = lo + b as i32;
+                    let range = counters::id.gt(lo).and(counters::id.le(hi));
+                    written += if m.delete {
+                        diesel::delete(counters::table.filter(range)).execute(&mut *$conn)?
+                    } else {
+                        diesel::update(counters::table.filter(range))
+                            .set(counters::n.eq(counters::n + 1))
+                            .execute(&mut *$conn)?
+                    } as u64;
+                    lo = hi;
+                }
+                written
+            }
             // With a WHERE clause: SQLite drops a whole table's pages at once for a
             // `DELETE` without one (its truncate optimization), which no batch can be
             // compared with, and a real purge has a condition.
@@ -432,7 +531,7 @@ fn run_backend(backend: Backend, url: &str, o: &Options) -> Res<Vec<Value>> {
             let ((written, took), waits) =
                 with_probe(backend, url, o.rows, o.interval, seed, || {
                     Ok(with_conn!(backend, url, session_sql(backend), |conn| {
-                        write_all!(conn, *m)
+                        write_all!(conn, *m, backend, o.rows)
                     }))
                 })?;
             if written != o.rows {
@@ -659,6 +758,16 @@ fn label(method: &str) -> &'static str {
         "big_delete" => "one big DELETE",
         "delete_1000_checkpoint" => "delete_all, batch 1000, checkpoint",
         "delete_10000_checkpoint" => "delete_all, batch 10000, checkpoint",
+        "floor_update_1000" => "floor: hand loop, one UPDATE a batch of 1000",
+        "floor_update_1000_async_commit" => {
+            "floor: hand loop, one UPDATE a batch of 1000, relaxed commit"
+        }
+        "floor_delete_1000" => "floor: hand loop, one DELETE a batch of 1000",
+        "floor_delete_1000_async_commit" => {
+            "floor: hand loop, one DELETE a batch of 1000, relaxed commit"
+        }
+        "floor_update_10000" => "floor: hand loop, one UPDATE a batch of 10000",
+        "floor_delete_10000" => "floor: hand loop, one DELETE a batch of 10000",
         _ => "?",
     }
 }
