@@ -81,6 +81,13 @@ pub trait KeysetBackend: Backend + private::Sealed {
     /// do that for one transaction (PostgreSQL's `SET LOCAL
     /// synchronous_commit = off`); `None` elsewhere.
     const ASYNC_COMMIT: Option<&'static str> = None;
+    /// The statement that makes the current transaction's `COMMIT` wait for
+    /// its log again after [`ASYNC_COMMIT`](Self::ASYNC_COMMIT): run in the
+    /// batch that ends an `async_commit` job, so that a job that reports its
+    /// end has every batch on disk (PostgreSQL's `SET LOCAL
+    /// synchronous_commit = on`; a flushed commit flushes the log of every
+    /// commit before it). `None` elsewhere.
+    const DURABLE_COMMIT: Option<&'static str> = None;
     /// The per-connection flush setting [`async_commit`](crate::Chunked::async_commit)
     /// relaxes around each batch's transaction, outside it, where the backend
     /// cannot change it inside one (SQLite: `PRAGMA synchronous = NORMAL` in
@@ -317,6 +324,7 @@ mod pg {
         const CHECKS_STRING_KEYS: bool = true;
         const LITERAL_LIMIT: bool = true;
         const ASYNC_COMMIT: Option<&'static str> = Some("SET LOCAL synchronous_commit = off");
+        const DURABLE_COMMIT: Option<&'static str> = Some("SET LOCAL synchronous_commit = on");
         const MOVES_IN_ONE_STATEMENT: bool = true;
         const HASH_SUM: &'static str = "SELECT COUNT(*), COALESCE(bit_xor(t.h), 0)::text FROM (";
 

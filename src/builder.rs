@@ -413,9 +413,17 @@ impl<Q, K: Key> Chunked<Q, K> {
     /// transaction, so a server crash that loses the last batches' commits
     /// (at most about three times `wal_writer_delay`, 600 ms by default) loses
     /// their checkpoint advances with them, and the job run again redoes
-    /// exactly those batches. What you give up: a job that reported them
-    /// written may, after a server crash, have to be run again, and other
-    /// sessions may have seen its rows before they were durable. Without a
+    /// exactly those batches. The batch that ends the job (no rows left, or
+    /// [`limit_total`](Self::limit_total) reached) waits for its flush on
+    /// PostgreSQL (`SET LOCAL synchronous_commit = on` before its `COMMIT`),
+    /// and with it for every batch's before: a job that returned its report
+    /// has every batch on disk. What you give up: a job that stopped before
+    /// its end (an error, or [`Control::cancel`](crate::Control::cancel)) may, after a
+    /// server crash, have to run its last batches again, and other sessions
+    /// may have seen rows before they were durable. On SQLite a relaxed
+    /// commit can be lost only by a power loss or an operating system crash
+    /// (not by a crash of the process), and reaches the disk at the WAL's
+    /// next checkpoint or the next commit that waits. Without a
     /// checkpoint the job stops before its first batch with
     /// [`Error::AsyncCommit`](crate::Error::AsyncCommit); MySQL/MariaDB (whose
     /// log flush is the global `innodb_flush_log_at_trx_commit`) run their

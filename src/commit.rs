@@ -15,6 +15,11 @@ pub trait RelaxCommit {
     /// Runs the backend's statement, if it has one.
     fn relax_commit(&mut self) -> QueryResult<()>;
 
+    /// Undoes [`relax_commit`](Self::relax_commit) for the current
+    /// transaction: runs [`KeysetBackend::DURABLE_COMMIT`], if the backend
+    /// has it.
+    fn durable_commit(&mut self) -> QueryResult<()>;
+
     /// Outside any transaction, before a batch's: relaxes the connection's
     /// flush setting where the backend keeps it per connection and it cannot
     /// change inside a transaction (SQLite in WAL mode); returns the
@@ -41,6 +46,13 @@ where
 {
     fn relax_commit(&mut self) -> QueryResult<()> {
         if let Some(sql) = <C::Backend as KeysetBackend>::ASYNC_COMMIT {
+            diesel::RunQueryDsl::execute(diesel::sql_query(sql), self)?;
+        }
+        Ok(())
+    }
+
+    fn durable_commit(&mut self) -> QueryResult<()> {
+        if let Some(sql) = <C::Backend as KeysetBackend>::DURABLE_COMMIT {
             diesel::RunQueryDsl::execute(diesel::sql_query(sql), self)?;
         }
         Ok(())
@@ -89,6 +101,9 @@ pub trait AsyncRelaxCommit {
     /// Runs the backend's statement, if it has one.
     fn relax_commit(&mut self) -> futures_util::future::BoxFuture<'_, QueryResult<()>>;
 
+    /// [`RelaxCommit::durable_commit`].
+    fn durable_commit(&mut self) -> futures_util::future::BoxFuture<'_, QueryResult<()>>;
+
     /// [`RelaxCommit::relax_connection`].
     fn relax_connection(
         &mut self,
@@ -112,6 +127,15 @@ where
     fn relax_commit(&mut self) -> futures_util::future::BoxFuture<'_, QueryResult<()>> {
         Box::pin(async move {
             if let Some(sql) = <C::Backend as KeysetBackend>::ASYNC_COMMIT {
+                diesel_async::RunQueryDsl::execute(diesel::sql_query(sql), self).await?;
+            }
+            Ok(())
+        })
+    }
+
+    fn durable_commit(&mut self) -> futures_util::future::BoxFuture<'_, QueryResult<()>> {
+        Box::pin(async move {
+            if let Some(sql) = <C::Backend as KeysetBackend>::DURABLE_COMMIT {
                 diesel_async::RunQueryDsl::execute(diesel::sql_query(sql), self).await?;
             }
             Ok(())

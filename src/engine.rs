@@ -485,6 +485,17 @@ impl Engine {
         Some(last)
     }
 
+    /// Whether a batch of `n` rows, rows left after it if `more`, would end
+    /// the scan once [`count`](Self::count)ed: no rows left, or
+    /// `limit_total` reached.
+    pub(crate) fn would_end(&self, n: usize, more: bool) -> bool {
+        !more
+            || self
+                .config
+                .limit_total
+                .is_some_and(|t| self.loaded + n as u64 >= t)
+    }
+
     /// Whether the scan has ended.
     pub(crate) fn is_done(&self) -> bool {
         self.done

@@ -995,6 +995,16 @@ impl<V: Clone + PartialEq + std::fmt::Debug> WriteMachine<V> {
         self.async_commit
     }
 
+    /// Whether the batch about to commit as `c` waits for its log after all
+    /// in a job whose commits do not
+    /// ([`async_commit`](crate::Chunked::async_commit)): the batch that ends
+    /// the job (no rows left, or `limit_total` reached), so that a job that
+    /// reports its end has every batch on disk, a flushed commit flushing
+    /// the log of every commit before it.
+    pub(crate) fn commits_durably(&self, c: &Committed<V>) -> bool {
+        self.async_commit && self.engine.would_end(c.n, c.more)
+    }
+
     /// The health signals a [`Step::Probe`] reads.
     pub(crate) fn signals(&self) -> &crate::health::Signals {
         &self.signals
@@ -1715,6 +1725,39 @@ mod tests {
     /// A first attempt that finds the checkpoint row held begins its
     /// transaction again after growing delays; a row it could lock, another
     /// error, or a retry goes on to `locked` at once.
+    #[test]
+    fn an_async_commit_job_commits_the_batch_that_ends_it_durably() {
+        let relaxed = WriteConfig {
+            async_commit: true,
+            ..with_checkpoint()
+        };
+        let mut m = machine(scan(10, None, None), &relaxed, None, 3);
+        m.next_batch().unwrap().unwrap();
+        // rows left after it: relaxed
+        assert!(!m.commits_durably(&batch(10, Some(10), true)));
+        // the last batch, full or not, and an empty last batch: durable
+        assert!(m.commits_durably(&batch(10, Some(10), false)));
+        assert!(m.commits_durably(&batch(3, Some(3), false)));
+        assert!(m.commits_durably(&batch(0, None, false)));
+
+        // `limit_total` 25: the third batch reaches it, rows left or not.
+        let mut m = machine(scan(10, Some(25), None), &relaxed, None, 3);
+        for last in [10, 20] {
+            m.next_batch().unwrap().unwrap();
+            assert!(!m.commits_durably(&batch(10, Some(last), true)));
+            m.committed(batch(10, Some(last), true), ms(1));
+        }
+        let plan = m.next_batch().unwrap().unwrap();
+        assert_eq!(plan.limit, 5);
+        assert!(m.commits_durably(&batch(5, Some(25), true)));
+        assert!(m.commits_durably(&batch(4, Some(24), false)));
+
+        // Without `async_commit` every commit waits anyway: nothing to undo.
+        let mut m = machine(scan(10, None, None), &with_checkpoint(), None, 3);
+        m.next_batch().unwrap().unwrap();
+        assert!(!m.commits_durably(&batch(10, Some(10), false)));
+    }
+
     #[test]
     fn a_first_attempt_waits_for_a_held_row_and_a_retry_does_not() {
         let mut m = machine(scan(10, None, None), &with_checkpoint(), None, 3);

@@ -6,6 +6,7 @@
 //!
 //! ```text
 //! BEGIN          -- SQLite: BEGIN IMMEDIATE; MySQL: SET TRANSACTION ISOLATION LEVEL READ COMMITTED; BEGIN
+//! [SET LOCAL synchronous_commit = off]     -- async_commit(), PostgreSQL
 //! [SELECT ... FROM chunked_checkpoints WHERE name = $job FOR UPDATE NOWAIT]
 //!   -- a first attempt: while the row is locked, rolled back and begun again, up to 5 s
 //! SELECT <key> FROM t WHERE (<filters>) AND key > $lo ORDER BY key LIMIT <n + 1>
@@ -14,6 +15,7 @@
 //! UPDATE t SET <changes> WHERE (<filters>) AND key > $lo AND key <= $hi
 //!   -- or DELETE FROM t WHERE ..., or your closure with the batch's rows
 //! [SELECT count(*) FROM t WHERE key > $lo AND key <= $hi; RELEASE SAVEPOINT]
+//! [SET LOCAL synchronous_commit = on]      -- async_commit(), PostgreSQL: the job's last batch
 //! [UPDATE chunked_checkpoints SET last_key = $hi, rows_done = .., batches_done = .. WHERE name = $job]
 //! COMMIT
 //! ```
@@ -662,6 +664,9 @@ where
                     None => 0,
                 };
                 let (position, keys, committed) = m.wrote(batch, n, written)?;
+                if m.commits_durably(&committed) {
+                    crate::commit::RelaxCommit::durable_commit(conn)?;
+                }
                 if let (Some(name), Some(at)) = (name, position) {
                     at.write(conn, name)?;
                 }

@@ -473,6 +473,9 @@ where
             None => 0,
         };
         let (position, keys, committed) = self.m.wrote(batch, n, written)?;
+        if self.m.commits_durably(&committed) {
+            crate::commit::AsyncRelaxCommit::durable_commit(c).await?;
+        }
         if let (Some(name), Some(at)) = (name, position) {
             advance(c, name, &at).await?;
         }

@@ -138,6 +138,86 @@ macro_rules! async_write_tests {
                         .unwrap();
                     assert!(blocking[last - 1].starts_with("COMMIT"), "{blocking:#?}");
                 }
+                // PostgreSQL: the job's last batch (the tenth) waits for its
+                // flush after all, just before its checkpoint's advance.
+                assert_eq!(
+                    count("SET LOCAL synchronous_commit = on"),
+                    expected("postgres") / 10,
+                    "{blocking:#?}"
+                );
+                if <B as TestBackend>::NAME == "postgres" {
+                    let on = blocking
+                        .iter()
+                        .position(|q| q.starts_with("SET LOCAL synchronous_commit = on"))
+                        .unwrap();
+                    let last_off = blocking
+                        .iter()
+                        .rposition(|q| q.starts_with("SET LOCAL synchronous_commit = off"))
+                        .unwrap();
+                    assert!(last_off < on, "{blocking:#?}");
+                    assert!(
+                        blocking[on - 1].starts_with("UPDATE \"counters\""),
+                        "{blocking:#?}"
+                    );
+                    assert!(
+                        blocking[on + 1].starts_with("UPDATE chunked_checkpoints"),
+                        "{blocking:#?}"
+                    );
+                    assert!(blocking[on + 2].starts_with("COMMIT"), "{blocking:#?}");
+                }
+            }
+
+            /// `async_commit()` with `limit_total`: the batch that reaches the
+            /// limit ends the job, so it is the one that waits for its flush
+            /// (PostgreSQL), blocking and async alike; a run again goes on from
+            /// there.
+            #[tokio::test(flavor = "multi_thread")]
+            async fn async_commit_flushes_the_batch_that_reaches_limit_total() {
+                let (_db, mut sync, mut conn) = setup().await;
+                let job = || {
+                    counters::table
+                        .chunked_by(counters::id)
+                        .batch_size(BATCH)
+                        .checkpoint("capped")
+                        .async_commit()
+                        .limit_total(25)
+                };
+                let blocking = QueryLog::install(&mut sync);
+                let report = job()
+                    .update_all(&mut sync, counters::n.eq(counters::n + 1))
+                    .unwrap();
+                assert_eq!((report.rows, report.batches), (25, 3));
+                let blocking = blocking.all();
+                let log = crate::async_core::count_queries(&mut conn);
+                let report = job()
+                    .update_all(&mut conn, counters::n.eq(counters::n + 1))
+                    .await
+                    .unwrap();
+                assert_eq!((report.rows, report.batches), (25, 3));
+                let mut want = at(1, 50, 1);
+                want.extend(at(51, ROWS, 0));
+                assert_eq!(counter_rows(&mut sync), want);
+                let log = log.lock().unwrap().clone();
+                for statements in [&blocking, &log] {
+                    let batches: Vec<&[String]> = statements
+                        .split(|q| q.starts_with("COMMIT"))
+                        .filter(|b| {
+                            b.iter().any(|q| {
+                                q.starts_with("UPDATE") && !q.contains("chunked_checkpoints")
+                            })
+                        })
+                        .collect();
+                    assert_eq!(batches.len(), 3, "{statements:#?}");
+                    let durable: Vec<bool> = batches
+                        .iter()
+                        .map(|b| {
+                            b.iter()
+                                .any(|q| q.starts_with("SET LOCAL synchronous_commit = on"))
+                        })
+                        .collect();
+                    let last = <B as TestBackend>::NAME == "postgres";
+                    assert_eq!(durable, [false, false, last], "{statements:#?}");
+                }
             }
 
             /// A checkpoint row another transaction holds when a run starts

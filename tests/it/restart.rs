@@ -319,3 +319,57 @@ fn an_async_commit_job_is_exactly_once_across_a_server_crash() {
     drop(conn);
     drop(schema);
 }
+
+/// `async_commit()`: the batch that ends the job waits for its flush, and so
+/// for every batch's before it, so a server crash (SIGKILL of the
+/// postmaster) right after the job returned loses nothing: every row is
+/// written once and the checkpoint says done.
+#[test]
+fn an_async_commit_job_that_returned_done_survives_a_server_crash() {
+    use crate::lost_commit::{at, counter_rows, counters, create_tables};
+    use diesel_chunked_iterator::checkpoint;
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let schema = Schema::create();
+    let rows = 600;
+    let mut conn = PgConnection::establish(&schema.url).unwrap();
+    create_tables(&mut conn, rows);
+    checkpoint::create_table(&mut conn).unwrap();
+    let postmaster = postmaster_pid(&mut conn);
+    let log = QueryLog::install(&mut conn);
+    let report = counters::table
+        .chunked_by(counters::id)
+        .batch_size(20)
+        .checkpoint("crash-after")
+        .async_commit()
+        .update_all(&mut conn, counters::n.eq(counters::n + 1))
+        .unwrap();
+    // the server dies at once, without flushing what it has not flushed
+    let status = std::process::Command::new("kill")
+        .args(["-9", &postmaster.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    drop(conn);
+    start_after_crash();
+    assert!(report.done);
+    let mut conn = PgConnection::establish(&schema.url).unwrap();
+    let row = checkpoint::status(&mut conn, "crash-after")
+        .unwrap()
+        .unwrap();
+    assert!(row.done, "{row:?}");
+    assert_eq!(row.rows, rows as u64);
+    assert_eq!(
+        counter_rows(&mut conn),
+        at(1, rows, 1),
+        "every row exactly once"
+    );
+    // The last batch only: the others commit without waiting.
+    let statements = log.all();
+    let durable = statements
+        .iter()
+        .filter(|q| q.starts_with("SET LOCAL synchronous_commit = on"))
+        .count();
+    assert_eq!(durable, 1, "{statements:#?}");
+    drop(conn);
+    drop(schema);
+}
