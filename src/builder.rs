@@ -413,17 +413,23 @@ impl<Q, K: Key> Chunked<Q, K> {
     /// transaction, so a server crash that loses the last batches' commits
     /// (at most about three times `wal_writer_delay`, 600 ms by default) loses
     /// their checkpoint advances with them, and the job run again redoes
-    /// exactly those batches. The batch that ends the job (no rows left, or
-    /// [`limit_total`](Self::limit_total) reached) waits for its flush on
-    /// PostgreSQL (`SET LOCAL synchronous_commit = on` before its `COMMIT`),
+    /// exactly those batches. On PostgreSQL the batch that ends the job (no
+    /// rows left, or [`limit_total`](Self::limit_total) reached) waits for
+    /// its flush (`SET LOCAL synchronous_commit = on` before its `COMMIT`),
     /// and with it for every batch's before: a job that returned its report
-    /// has every batch on disk. What you give up: a job that stopped before
-    /// its end (an error, or [`Control::cancel`](crate::Control::cancel)) may, after a
-    /// server crash, have to run its last batches again, and other sessions
-    /// may have seen rows before they were durable. On SQLite a relaxed
-    /// commit can be lost only by a power loss or an operating system crash
-    /// (not by a crash of the process), and reaches the disk at the WAL's
-    /// next checkpoint or the next commit that waits. Without a
+    /// has every batch on disk. When that batch's `COMMIT` is lost with the
+    /// connection and no retry is left, the job stops with the error, even
+    /// when the batch was empty. What you give up: a job that stopped before
+    /// its end (an error, or [`Control::cancel`](crate::Control::cancel))
+    /// may, after a server crash, have to run its last batches again, and
+    /// other sessions may have seen rows before they were durable. On SQLite
+    /// every batch commits relaxed, the last one too (the setting cannot
+    /// change inside the batch's transaction, where the job learns that the
+    /// batch is its last): a relaxed commit there can be lost only by a power
+    /// loss or an operating system crash (not by a crash of the process), and
+    /// reaches the disk at the WAL's next checkpoint or the next commit that
+    /// waits, so after such a crash even a job that reported its end may have
+    /// to run its last batches again. Without a
     /// checkpoint the job stops before its first batch with
     /// [`Error::AsyncCommit`](crate::Error::AsyncCommit); MySQL/MariaDB (whose
     /// log flush is the global `innodb_flush_log_at_trx_commit`) run their

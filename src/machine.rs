@@ -1170,6 +1170,11 @@ impl<V: Clone + PartialEq + std::fmt::Debug> WriteMachine<V> {
                         };
                         return Err(self.engine.fail(e));
                     }
+                    // An `async_commit` job's empty last batch carries its
+                    // one flushed commit (see `commits_durably`): lost, the
+                    // batches before it may not be on disk, so the job stops
+                    // with the error; a run again redoes what a crash took.
+                    None if self.async_commit => AttemptError::Query(source),
                     // An empty batch wrote no row (only, with a checkpoint,
                     // that the job is done): whether it committed or not, no
                     // row is left.
@@ -1552,6 +1557,27 @@ mod tests {
         let report = m.finish();
         assert!(report.done);
         assert_eq!((report.rows, report.batches), (0, 0));
+
+        // Not with `async_commit`: that batch's COMMIT was the job's one
+        // flushed commit, so without a retry left the job stops with the error.
+        let relaxed = WriteConfig {
+            async_commit: true,
+            ..with_checkpoint()
+        };
+        let mut m = machine(scan(10, None, None), &relaxed, None, 0);
+        m.next_batch().unwrap();
+        m.attempt();
+        match m.failed(commit_lost(None)) {
+            Err(Error::Database { attempts: 1, .. }) => {}
+            other => panic!("{other:?}"),
+        }
+        assert!(!m.finish().done);
+        // With a retry left it is retried, as any lost COMMIT of a
+        // checkpointed job, and the checkpoint row tells.
+        let mut m = machine(scan(10, None, None), &relaxed, None, 3);
+        m.next_batch().unwrap();
+        m.attempt();
+        retry_delay(m.failed(commit_lost(None)));
     }
 
     #[test]

@@ -373,3 +373,76 @@ fn an_async_commit_job_that_returned_done_survives_a_server_crash() {
     drop(conn);
     drop(schema);
 }
+
+/// `async_commit()`: when the job's last batch is empty (the batch before it
+/// deleted the rows that were left) and its `COMMIT` never reaches the server
+/// (the connection breaks; no retry left), that lost `COMMIT` was the job's
+/// one flushed commit: the job stops with the error instead of reporting
+/// `done`, and after a server crash right then, a run again writes every row
+/// exactly once. (Found by a hostile review: the job reported `done` and the
+/// crash took its last batch.)
+#[test]
+fn an_async_commit_job_whose_empty_last_commit_is_lost_stops_with_an_error() {
+    use crate::lost_commit::proxy::Proxy;
+    use crate::lost_commit::{at, counter_rows, counters, create_tables, Counter};
+    use diesel_chunked_iterator::{checkpoint, Error};
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let schema = Schema::create();
+    let rows = 301;
+    let mut conn = PgConnection::establish(&schema.url).unwrap();
+    create_tables(&mut conn, rows);
+    checkpoint::create_table(&mut conn).unwrap();
+    let postmaster = postmaster_pid(&mut conn);
+    let job = || {
+        counters::table
+            .chunked_by(counters::id)
+            .batch_size(100)
+            .checkpoint("empty-last")
+            .async_commit()
+    };
+    let write = |conn: &mut PgConnection, batch: Vec<Counter>| {
+        let ids: Vec<i32> = batch.iter().map(|c| c.id).collect();
+        diesel::update(counters::table.filter(counters::id.eq_any(&ids)))
+            .set(counters::n.eq(counters::n + 1))
+            .execute(conn)?;
+        if ids.last() == Some(&300) {
+            // the rows left after this batch go: the next batch is empty
+            diesel::delete(counters::table.filter(counters::id.gt(300))).execute(conn)?;
+        }
+        diesel::QueryResult::Ok(())
+    };
+    // COMMITs: batches 1 to 3, then the empty fourth, never forwarded
+    let proxy = Proxy::start_swallowing(&schema.url, 4);
+    let pool = Pool::builder()
+        .max_size(1)
+        .build(ConnectionManager::<PgConnection>::new(
+            proxy.url(&schema.url),
+        ))
+        .unwrap();
+    let result = job().max_retries(0).for_each_batch(&pool, write);
+    // the server dies at once, without flushing what it has not flushed
+    let status = std::process::Command::new("kill")
+        .args(["-9", &postmaster.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    drop(conn);
+    drop(pool);
+    start_after_crash();
+    assert_eq!(proxy.answers_dropped(), 1);
+    assert!(matches!(result, Err(Error::Database { .. })), "{result:?}");
+    let mut conn = PgConnection::establish(&schema.url).unwrap();
+    let rest = job().for_each_batch(&mut conn, write).unwrap();
+    assert!(rest.done);
+    assert_eq!(
+        counter_rows(&mut conn),
+        at(1, 300, 1),
+        "every row exactly once"
+    );
+    let row = checkpoint::status(&mut conn, "empty-last")
+        .unwrap()
+        .unwrap();
+    assert!(row.done, "{row:?}");
+    drop(conn);
+    drop(schema);
+}

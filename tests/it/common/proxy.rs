@@ -40,6 +40,8 @@ struct Shared {
     /// The statement whose answer is lost: `COMMIT`, or `ROLLBACK`.
     word: &'static str,
     cut_at: usize,
+    /// Drop the cut statement itself (the server never sees it).
+    swallow: bool,
     commits: Arc<AtomicUsize>,
     answers_dropped: Arc<AtomicUsize>,
 }
@@ -55,6 +57,16 @@ impl Proxy {
     /// (`COMMIT` or `ROLLBACK`, sent alone); [`commits`](Self::commits)
     /// counts those statements.
     pub fn start_cutting(url: &str, word: &'static str, cut_at: usize) -> Proxy {
+        Self::start_with(url, word, cut_at, false)
+    }
+
+    /// A proxy that never forwards the `cut_at`-th `COMMIT`: it closes both
+    /// sockets instead (the server rolls the transaction back).
+    pub fn start_swallowing(url: &str, cut_at: usize) -> Proxy {
+        Self::start_with(url, "COMMIT", cut_at, true)
+    }
+
+    fn start_with(url: &str, word: &'static str, cut_at: usize, swallow: bool) -> Proxy {
         let protocol = if url.starts_with("postgres") {
             Protocol::Postgres
         } else {
@@ -83,6 +95,7 @@ impl Proxy {
             protocol,
             word,
             cut_at,
+            swallow,
             commits: commits.clone(),
             answers_dropped: answers_dropped.clone(),
         });
@@ -193,6 +206,11 @@ fn forward_client(mut client: TcpStream, mut server: TcpStream, shared: &Shared,
             let message: Vec<u8> = pending.drain(..len).collect();
             if is_commit {
                 let nth = shared.commits.fetch_add(1, Ordering::SeqCst) + 1;
+                if nth == shared.cut_at && shared.swallow {
+                    shared.answers_dropped.fetch_add(1, Ordering::SeqCst);
+                    cut.store(true, Ordering::SeqCst);
+                    break 'read;
+                }
                 if nth == shared.cut_at {
                     // Set before the server can answer: the next bytes from
                     // the server are the answer to this COMMIT.
