@@ -241,22 +241,40 @@ fn start_after_crash() {
     }
 }
 
+/// A schema of the restart cluster with `counters` (ids `1..=rows`) and the
+/// checkpoint table, a connection to it, and the pid of the server's
+/// postmaster.
+fn crash_setup(rows: i32) -> (Schema, PgConnection, i32) {
+    let schema = Schema::create();
+    let mut conn = PgConnection::establish(&schema.url).unwrap();
+    crate::lost_commit::create_tables(&mut conn, rows);
+    diesel_chunked_iterator::checkpoint::create_table(&mut conn).unwrap();
+    let postmaster = postmaster_pid(&mut conn);
+    (schema, conn, postmaster)
+}
+
+/// SIGKILL of the postmaster `pid`: the server dies at once, without
+/// flushing what it has not flushed.
+fn kill_server(pid: i32) {
+    let status = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
 /// `async_commit()`: a server crash (SIGKILL of the postmaster) in the middle
 /// of a checkpointed job loses the last commits that were not flushed, their
 /// checkpoint advances with them, and the job run again writes every row
 /// exactly once.
 #[test]
 fn an_async_commit_job_is_exactly_once_across_a_server_crash() {
-    use crate::lost_commit::{at, counter_rows, counters, create_tables};
+    use crate::lost_commit::{at, counter_rows, counters};
     use diesel_chunked_iterator::{checkpoint, BatchStats};
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let schema = Schema::create();
     let rows = 3000;
-    let mut conn = PgConnection::establish(&schema.url).unwrap();
-    create_tables(&mut conn, rows);
-    checkpoint::create_table(&mut conn).unwrap();
+    let (schema, mut conn, postmaster) = crash_setup(rows);
     let log = QueryLog::install(&mut conn);
-    let postmaster = postmaster_pid(&mut conn);
     let committed = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let seen = std::sync::Arc::clone(&committed);
     let job = || {
@@ -270,12 +288,7 @@ fn an_async_commit_job_is_exactly_once_across_a_server_crash() {
         .throttle(move |stats: &BatchStats| {
             seen.store(stats.batch, std::sync::atomic::Ordering::SeqCst);
             if stats.batch == 20 {
-                // the server dies without flushing what it has not flushed
-                let status = std::process::Command::new("kill")
-                    .args(["-9", &postmaster.to_string()])
-                    .status()
-                    .unwrap();
-                assert!(status.success());
+                kill_server(postmaster);
                 std::thread::sleep(Duration::from_millis(300));
             }
             None
@@ -326,15 +339,11 @@ fn an_async_commit_job_is_exactly_once_across_a_server_crash() {
 /// written once and the checkpoint says done.
 #[test]
 fn an_async_commit_job_that_returned_done_survives_a_server_crash() {
-    use crate::lost_commit::{at, counter_rows, counters, create_tables};
+    use crate::lost_commit::{at, counter_rows, counters};
     use diesel_chunked_iterator::checkpoint;
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let schema = Schema::create();
     let rows = 600;
-    let mut conn = PgConnection::establish(&schema.url).unwrap();
-    create_tables(&mut conn, rows);
-    checkpoint::create_table(&mut conn).unwrap();
-    let postmaster = postmaster_pid(&mut conn);
+    let (schema, mut conn, postmaster) = crash_setup(rows);
     let log = QueryLog::install(&mut conn);
     let report = counters::table
         .chunked_by(counters::id)
@@ -343,12 +352,7 @@ fn an_async_commit_job_that_returned_done_survives_a_server_crash() {
         .async_commit()
         .update_all(&mut conn, counters::n.eq(counters::n + 1))
         .unwrap();
-    // the server dies at once, without flushing what it has not flushed
-    let status = std::process::Command::new("kill")
-        .args(["-9", &postmaster.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    kill_server(postmaster);
     drop(conn);
     start_after_crash();
     assert!(report.done);
@@ -384,15 +388,11 @@ fn an_async_commit_job_that_returned_done_survives_a_server_crash() {
 #[test]
 fn an_async_commit_job_whose_empty_last_commit_is_lost_stops_with_an_error() {
     use crate::lost_commit::proxy::Proxy;
-    use crate::lost_commit::{at, counter_rows, counters, create_tables, Counter};
+    use crate::lost_commit::{at, counter_rows, counters, Counter};
     use diesel_chunked_iterator::{checkpoint, Error};
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let schema = Schema::create();
     let rows = 301;
-    let mut conn = PgConnection::establish(&schema.url).unwrap();
-    create_tables(&mut conn, rows);
-    checkpoint::create_table(&mut conn).unwrap();
-    let postmaster = postmaster_pid(&mut conn);
+    let (schema, conn, postmaster) = crash_setup(rows);
     let job = || {
         counters::table
             .chunked_by(counters::id)
@@ -420,12 +420,7 @@ fn an_async_commit_job_whose_empty_last_commit_is_lost_stops_with_an_error() {
         ))
         .unwrap();
     let result = job().max_retries(0).for_each_batch(&pool, write);
-    // the server dies at once, without flushing what it has not flushed
-    let status = std::process::Command::new("kill")
-        .args(["-9", &postmaster.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    kill_server(postmaster);
     drop(conn);
     drop(pool);
     start_after_crash();
