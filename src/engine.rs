@@ -477,9 +477,10 @@ impl Engine {
             self.finish(EndReason::Exhausted);
         }
         let last = last?;
+        let limit = self.reaches_limit(n);
         self.loaded += n as u64;
         self.batches = plan.batch;
-        if self.config.limit_total.is_some_and(|t| self.loaded >= t) {
+        if limit {
             self.finish(EndReason::LimitReached);
         }
         Some(last)
@@ -489,11 +490,14 @@ impl Engine {
     /// the scan once [`count`](Self::count)ed: no rows left, or
     /// `limit_total` reached.
     pub(crate) fn would_end(&self, n: usize, more: bool) -> bool {
-        !more
-            || self
-                .config
-                .limit_total
-                .is_some_and(|t| self.loaded + n as u64 >= t)
+        !more || self.reaches_limit(n)
+    }
+
+    /// Whether `n` rows more reach `limit_total`.
+    fn reaches_limit(&self, n: usize) -> bool {
+        self.config
+            .limit_total
+            .is_some_and(|t| self.loaded + n as u64 >= t)
     }
 
     /// Whether the scan has ended.
